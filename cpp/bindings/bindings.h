@@ -1,0 +1,10 @@
+// Registration functions of the Python module, one per area (each in its own bind_*.cc).
+#pragma once
+#include <nanobind/nanobind.h>
+
+namespace sinkstream::bindings {
+void bind_gguf(nanobind::module_& m);
+void bind_quant(nanobind::module_& m);
+void bind_tokenizer(nanobind::module_& m);
+void bind_model(nanobind::module_& m);
+}  // namespace sinkstream::bindings

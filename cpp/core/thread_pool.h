@@ -1,0 +1,53 @@
+// A persistent pool of worker threads: no thread is created per token.
+// run(n_tasks, fn) calls fn(task, thread_index) for every task in [0, n_tasks) and returns when all
+// are done; the calling thread works too. Tasks are claimed with an atomic counter, so uneven tasks
+// balance themselves.
+#pragma once
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace sinkstream {
+
+class ThreadPool {
+ public:
+  // n_threads counts the caller: n_threads = 1 runs everything inline.
+  explicit ThreadPool(int n_threads);
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int n_threads() const { return (int)workers_.size() + 1; }
+
+  // Runs fn(task, thread) for task in [0, n_tasks). Not reentrant: one run() at a time per pool.
+  void run(int64_t n_tasks, const std::function<void(int64_t task, int thread)>& fn);
+
+  // Splits [0, n) into about n_threads * chunks_per_thread contiguous ranges and runs
+  // fn(begin, end, thread) on each; small n runs inline.
+  void parallel_for(int64_t n, const std::function<void(int64_t begin, int64_t end, int thread)>& fn,
+                    int64_t min_per_task = 1);
+
+  // Physical cores when they can be told apart from SMT siblings, else logical CPUs.
+  static int default_thread_count();
+
+ private:
+  void worker_loop(int thread_index);
+  void work_on_current_job(int thread_index);
+
+  std::vector<std::thread> workers_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::condition_variable done_;
+  const std::function<void(int64_t, int)>* job_ = nullptr;
+  int64_t job_tasks_ = 0;
+  std::atomic<int64_t> next_task_{0};
+  std::atomic<int> busy_workers_{0};
+  uint64_t generation_ = 0;
+  bool stopping_ = false;
+};
+
+}  // namespace sinkstream

@@ -1,0 +1,16 @@
+"""sinkstream: StreamingLLM (attention sinks) for GGUF models, constant memory and time per token.
+
+See shared docs: the public API is listed in api.md; streaming semantics in streaming.md.
+"""
+from importlib.metadata import PackageNotFoundError, version as _version
+
+from ._core import GGUFError, ModelError
+from .gguf_file import GGUFFile, TensorInfo
+from .default_model import default_model_path
+
+try:
+    __version__ = _version("sinkstream")
+except PackageNotFoundError:  # running from a source tree
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["GGUFError", "ModelError", "GGUFFile", "TensorInfo", "default_model_path", "__version__"]

@@ -1,0 +1,59 @@
+"""GGUFFile: inspect a GGUF file (metadata, tensor table, dequantized tensors) without loading a model."""
+from __future__ import annotations
+
+import os
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import _core
+
+
+class TensorInfo(NamedTuple):
+    name: str
+    shape: tuple[int, ...]  # numpy order: the contiguous axis last
+    dtype: str              # GGML type name, e.g. "Q4_1"
+    offset: int             # absolute byte offset of the data in the file
+    nbytes: int
+
+
+class GGUFFile:
+    """A memory-mapped, validated GGUF file. Raises GGUFError (a ValueError) naming any problem."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"GGUF file not found: {path}")
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"expected a GGUF file, got a directory: {path}")
+        self.path = path
+        self._file = _core.GgufFile.open(path)
+        self._metadata: dict[str, Any] | None = None
+        self._tensors: list[TensorInfo] | None = None
+
+    @property
+    def version(self) -> int:
+        return self._file.version
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        if self._metadata is None:
+            self._metadata = self._file.metadata()
+        return self._metadata
+
+    @property
+    def tensors(self) -> list[TensorInfo]:
+        if self._tensors is None:
+            self._tensors = [
+                TensorInfo(name, tuple(reversed(dims)), type_name, offset, nbytes)
+                for name, dims, type_name, _type_id, offset, nbytes in self._file.tensor_infos()
+            ]
+        return self._tensors
+
+    def tensor(self, name: str) -> np.ndarray:
+        """The tensor dequantized to float32, numpy axis order (token_embd -> (n_vocab, n_embd))."""
+        return self._file.tensor_f32(name)
+
+    def __repr__(self) -> str:
+        arch = self.metadata.get("general.architecture", "?")
+        return f"GGUFFile({self.path!r}, arch={arch!r}, tensors={len(self.tensors)})"
