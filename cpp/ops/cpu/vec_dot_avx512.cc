@@ -2,5 +2,5 @@
 #include "ops/cpu/vec_dot.h"
 
 namespace sinkstream {
-RowDotFn avx512_row_dot(GgmlType) { return nullptr; }
+DotTileFn avx512_dot_tile(GgmlType) { return nullptr; }
 }  // namespace sinkstream
