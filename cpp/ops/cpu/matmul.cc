@@ -2,9 +2,8 @@
 //
 // Work split: output rows are divided into contiguous ranges, one ThreadPool task each, so every
 // thread streams its own part of W once. Inside a range, rows are taken in groups small enough to
-// stay in L2 (kTileBytes of weights), and for each group the tokens are walked kTokenTile at a time
-// in tiles of kRowTile rows: a weight row is read from memory once per call and from cache for every
-// further token.
+// stay in L2 (kTileBytes of weights), and for each group the tokens are walked kTokenTile at a time:
+// a weight row is read from memory once per call and from cache for every further token.
 #include <algorithm>
 #include <cstdint>
 #include <vector>
@@ -108,19 +107,16 @@ void matmul_at_isa(const WeightMatrix& w, const float* x, int64_t n, float* y, T
     act = q;
   }
 
-  const int64_t rows_per_group = std::max<int64_t>(kRowTile, kTileBytes / w.row_bytes / kRowTile * kRowTile);
+  const int64_t rows_per_group = std::max<int64_t>(1, kTileBytes / w.row_bytes);
   pool.parallel_for(
       w.rows,
       [&](int64_t row_begin, int64_t row_end, int) {
         for (int64_t g = row_begin; g < row_end; g += rows_per_group) {
-          const int64_t g_end = std::min(row_end, g + rows_per_group);
+          const int nr = (int)std::min(row_end - g, rows_per_group);
           for (int64_t t = 0; t < n; t += kTokenTile) {
             const int nt = (int)std::min<int64_t>(kTokenTile, n - t);
-            for (int64_t r = g; r < g_end; r += kRowTile) {
-              const int nr = (int)std::min<int64_t>(kRowTile, g_end - r);
-              dot(n_blocks, w.data + r * w.row_bytes, w.row_bytes, nr, act + t * act_stride, act_stride, nt,
-                  y + t * w.rows + r, w.rows);
-            }
+            dot(n_blocks, w.data + g * w.row_bytes, w.row_bytes, nr, act + t * act_stride, act_stride, nt,
+                y + t * w.rows + g, w.rows);
           }
         }
       },

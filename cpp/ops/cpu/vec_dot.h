@@ -65,14 +65,14 @@ int64_t activation_row_bytes(ActFormat format, int64_t cols);
 // Converts one float row to the format (F32: a copy). Round half to even, |q| <= 127.
 void quantize_activations(ActFormat format, const float* x, int64_t cols, uint8_t* out);
 
-// A tile of nr (1 .. kRowTile) weight rows, row r at w + r * w_stride, against nt (1 .. kTokenTile)
-// activation rows, row t at x + t * x_stride:  y[t * y_stride + r] = dot(weight row r, activation t).
+// A tile of nr weight rows, row r at w + r * w_stride, against nt (1 .. kTokenTile) activation rows,
+// row t at x + t * x_stride:  y[t * y_stride + r] = dot(weight row r, activation row t).
 // n_blocks counts weight blocks per row (for F32/F16/BF16: elements). Several tokens per call let a
-// kernel unpack each weight block once and reuse it from registers (prefill); several rows per call
-// share the activation loads and the final reductions (decode).
+// kernel unpack each weight block once and reuse it from registers (prefill). Rows are done one
+// after the other: interleaving rows (to share activation loads) made DRAM streaming of the weights
+// 2-4x slower, as the hardware prefetchers then see short interleaved streams instead of one.
 using DotTileFn = void (*)(int64_t n_blocks, const uint8_t* w, int64_t w_stride, int nr, const uint8_t* x,
                            int64_t x_stride, int nt, float* y, int64_t y_stride);
-constexpr int kRowTile = 4;
 constexpr int kTokenTile = 4;
 
 // Kernel tables, one per ISA file; nullptr where that ISA has no kernel for the type (or the file

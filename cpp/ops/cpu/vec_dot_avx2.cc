@@ -66,26 +66,6 @@ void tile_dot_rows(int64_t nb, const uint8_t* w, int64_t ws, int nr, const uint8
   }
 }
 
-// A DotTileFn from a kernel with `template <int NR, int NT> static void run(nb, w, ws, x, xs, y, ys)`:
-// full kRowTile x 1 tiles (decode) in one call, other shapes one row at a time.
-template <typename Kernel>
-void tile_dot_multirow(int64_t nb, const uint8_t* w, int64_t ws, int nr, const uint8_t* x, int64_t xs, int nt,
-                       float* y, int64_t ys) {
-  if (nr == kRowTile && nt == 1) {
-    Kernel::template run<kRowTile, 1>(nb, w, ws, x, xs, y, ys);
-    return;
-  }
-  for (int r = 0; r < nr; ++r) {
-    const uint8_t* row = w + r * ws;
-    switch (nt) {
-      case 1: Kernel::template run<1, 1>(nb, row, ws, x, xs, y + r, ys); break;
-      case 2: Kernel::template run<1, 2>(nb, row, ws, x, xs, y + r, ys); break;
-      case 3: Kernel::template run<1, 3>(nb, row, ws, x, xs, y + r, ys); break;
-      default: Kernel::template run<1, 4>(nb, row, ws, x, xs, y + r, ys); break;
-    }
-  }
-}
-
 // ---- 32-element formats ----------------------------------------------------------------------------
 // Blocks are processed in pairs (i, i + 1) to match the Q8A activation layout (vec_dot.h):
 //   w0 = [block i elements 0..15 | block i+1 elements 0..15]  against activation bytes 0..31 of the pair
@@ -223,53 +203,49 @@ struct Kernel32 {
     return _mm256_madd_epi16(p16, ones);
   }
 
-  template <int NR, int NT>
-  static void run(int64_t nb, const uint8_t* w, int64_t ws, const uint8_t* x, int64_t xs, float* y, int64_t ys) {
+  template <int NT>
+  static void run(int64_t nb, const uint8_t* w, const uint8_t* x, int64_t xs, float* y, int64_t ys) {
     const int64_t scales_offset = q8a_scales_offset(nb);
     const __m256i lane_of_scale = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2);
-    // One accumulator per (row, token) and pairs always in order, so a row's result has the same
-    // summation order whatever tile it is in: outputs do not depend on the thread split or on which
-    // tokens are evaluated together. (A second accumulator set to hide FMA latency gained nothing:
-    // a pair's integer work is longer than the FMA latency, and the extra registers spilled.)
-    __m256 acc[NR][NT];
-    __m128 extra[NR][NT];
-    for (int r = 0; r < NR; ++r)
-      for (int t = 0; t < NT; ++t) acc[r][t] = _mm256_setzero_ps(), extra[r][t] = _mm_setzero_ps();
+    // One accumulator per token and pairs always in order, so a row's result has the same summation
+    // order whatever tile it is in: outputs do not depend on the thread split or on which tokens are
+    // evaluated together. (A second accumulator set to hide the FMA latency gained nothing: a
+    // pair's integer work takes longer than that latency.)
+    __m256 acc[NT];
+    __m128 extra[NT];
+    for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps(), extra[t] = _mm_setzero_ps();
 
     auto pair = [&](int64_t i, bool has_next) {
-      for (int r = 0; r < NR; ++r) {
-        const Block* b = reinterpret_cast<const Block*>(w + r * ws) + i;
-        const Block* next = has_next ? b + 1 : nullptr;
-        const PairWeights wq = Traits::unpack(b, next);
-        PairWeights w_abs = wq;
-        if (Traits::kSigned) w_abs = {_mm256_sign_epi8(wq.w0, wq.w0), _mm256_sign_epi8(wq.w1, wq.w1)};
-        const __m128 header = _mm_cvtph_ps(Traits::header(b, next));
-        for (int t = 0; t < NT; ++t) {
-          const uint8_t* row = x + t * xs;
-          const float* sc = reinterpret_cast<const float*>(row + scales_offset) + 2 * i;
-          const __m128 act =
-              has_next ? _mm_loadu_ps(sc) : _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(sc)));
-          const __m128 prod = _mm_mul_ps(header, act);  // [s_i, e_i ds_i, s_i+1, e_i+1 ds_i+1]
-          const __m256 scale = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(prod), lane_of_scale);
-          const __m256i dot = pair_dot(wq, w_abs, reinterpret_cast<const int8_t*>(row) + 64 * (i / 2));
-          acc[r][t] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), acc[r][t]);
-          if (Traits::kExtra != 0.0f) extra[r][t] = _mm_add_ps(extra[r][t], prod);
-        }
+      const Block* b = reinterpret_cast<const Block*>(w) + i;
+      const Block* next = has_next ? b + 1 : nullptr;
+      const PairWeights wq = Traits::unpack(b, next);
+      PairWeights w_abs = wq;
+      if (Traits::kSigned) w_abs = {_mm256_sign_epi8(wq.w0, wq.w0), _mm256_sign_epi8(wq.w1, wq.w1)};
+      const __m128 header = _mm_cvtph_ps(Traits::header(b, next));
+      for (int t = 0; t < NT; ++t) {
+        const uint8_t* row = x + t * xs;
+        const float* sc = reinterpret_cast<const float*>(row + scales_offset) + 2 * i;
+        const __m128 act =
+            has_next ? _mm_loadu_ps(sc) : _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(sc)));
+        const __m128 prod = _mm_mul_ps(header, act);  // [s_i, e_i ds_i, s_i+1, e_i+1 ds_i+1]
+        const __m256 scale = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(prod), lane_of_scale);
+        const __m256i dot = pair_dot(wq, w_abs, reinterpret_cast<const int8_t*>(row) + 64 * (i / 2));
+        acc[t] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), acc[t]);
+        if (Traits::kExtra != 0.0f) extra[t] = _mm_add_ps(extra[t], prod);
       }
     };
     int64_t i = 0;
     for (; i + 2 <= nb; i += 2) pair(i, true);
     if (i < nb) pair(i, false);
-    for (int r = 0; r < NR; ++r)
-      for (int t = 0; t < NT; ++t) {
-        float sum = hsum(acc[r][t]);
-        if (Traits::kExtra != 0.0f) {
-          alignas(16) float e[4];
-          _mm_store_ps(e, extra[r][t]);
-          sum += Traits::kExtra * (e[1] + e[3]);
-        }
-        y[t * ys + r] = sum;
+    for (int t = 0; t < NT; ++t) {
+      float sum = hsum(acc[t]);
+      if (Traits::kExtra != 0.0f) {
+        alignas(16) float e[4];
+        _mm_store_ps(e, extra[t]);
+        sum += Traits::kExtra * (e[1] + e[3]);
       }
+      y[t * ys] = sum;
+    }
   }
 };
 
@@ -512,12 +488,12 @@ DotTileFn avx2_dot_tile(GgmlType type) {
     case GgmlType::F32: return tile_dot_rows<FloatKernel<LoadF32>>;
     case GgmlType::F16: return tile_dot_rows<FloatKernel<LoadF16>>;
     case GgmlType::BF16: return tile_dot_rows<FloatKernel<LoadBF16>>;
-    case GgmlType::Q4_0: return tile_dot_multirow<Kernel32<Q4_0Traits>>;
-    case GgmlType::Q4_1: return tile_dot_multirow<Kernel32<Q4_1Traits>>;
-    case GgmlType::Q5_0: return tile_dot_multirow<Kernel32<Q5_0Traits>>;
-    case GgmlType::Q5_1: return tile_dot_multirow<Kernel32<Q5_1Traits>>;
-    case GgmlType::Q8_0: return tile_dot_multirow<Kernel32<Q8_0Traits>>;
-    case GgmlType::IQ4_NL: return tile_dot_multirow<Kernel32<IQ4_NLTraits>>;
+    case GgmlType::Q4_0: return tile_dot_rows<Kernel32<Q4_0Traits>>;
+    case GgmlType::Q4_1: return tile_dot_rows<Kernel32<Q4_1Traits>>;
+    case GgmlType::Q5_0: return tile_dot_rows<Kernel32<Q5_0Traits>>;
+    case GgmlType::Q5_1: return tile_dot_rows<Kernel32<Q5_1Traits>>;
+    case GgmlType::Q8_0: return tile_dot_rows<Kernel32<Q8_0Traits>>;
+    case GgmlType::IQ4_NL: return tile_dot_rows<Kernel32<IQ4_NLTraits>>;
     case GgmlType::Q2_K: return tile_dot_rows<Q2_KKernel>;
     case GgmlType::Q3_K: return tile_dot_rows<Q3_KKernel>;
     case GgmlType::Q4_K: return tile_dot_rows<Q45_KKernel<false>>;
