@@ -3,10 +3,14 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
 
+#include <algorithm>
 #include <chrono>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "bindings/bindings.h"
@@ -137,6 +141,39 @@ void bind_quant(nb::module_& m) {
       nb::arg("type_id"), nb::arg("weight"), nb::arg("rows"), nb::arg("cols"), nb::arg("n"), nb::arg("isa"),
       nb::arg("n_threads"), nb::arg("iterations"),
       "Benchmark hook: seconds per matmul call (after one warm-up call) with a persistent thread pool.");
+
+  m.def(
+      "matmul_bench_sequence",
+      [](const std::vector<std::tuple<uint32_t, nb::bytes, int64_t, int64_t>>& weights, int64_t n,
+         const std::string& isa, int n_threads, int iterations) {
+        std::vector<WeightMatrix> ws;
+        int64_t max_rows = 1, max_cols = 1;
+        for (const auto& [type_id, data, rows, cols] : weights) {
+          ws.push_back(weight_from_bytes(type_id, data, rows, cols));
+          max_rows = std::max(max_rows, rows);
+          max_cols = std::max(max_cols, cols);
+        }
+        SS_CHECK_ARG(n > 0 && iterations > 0, "n = ", n, " and iterations = ", iterations, " must be positive");
+        const Isa level = parse_isa(isa);
+        std::vector<float> x((size_t)(n * max_cols)), y((size_t)(n * max_rows));
+        for (size_t i = 0; i < x.size(); ++i) x[i] = (float)((i * 2654435761u) % 1000) / 1000.0f - 0.5f;
+        std::vector<double> seconds(ws.size(), 0.0);
+        nb::gil_scoped_release release;
+        ThreadPool pool(n_threads);
+        for (int it = -1; it < iterations; ++it) {  // iteration -1 warms up
+          for (size_t k = 0; k < ws.size(); ++k) {
+            const auto start = std::chrono::steady_clock::now();
+            matmul_at_isa(ws[k], x.data(), n, y.data(), pool, level);
+            const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
+            if (it >= 0) seconds[k] += elapsed.count() / iterations;
+          }
+        }
+        return seconds;
+      },
+      nb::arg("weights"), nb::arg("n"), nb::arg("isa"), nb::arg("n_threads"), nb::arg("iterations"),
+      "Benchmark hook: runs matmuls over a list of (type_id, bytes, rows, cols) weights in order, like a\n"
+      "forward pass (weights stream from memory when they exceed the caches); returns the mean seconds\n"
+      "per call of each entry after one warm-up pass.");
 
   m.def(
       "matmul_kernel_isa",
