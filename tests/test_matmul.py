@@ -264,3 +264,64 @@ def test_neon_kernels_under_qemu(tmp_path):
         out = subprocess.run([qemu, "-cpu", cpu, str(exe)], capture_output=True, text=True)
         assert out.returncode == 0 and "all levels match scalar" in out.stdout, out.stdout[-3000:]
         assert "(kernel neon  )" in out.stdout  # the NEON kernels really ran
+
+
+# ---- activation quantization -------------------------------------------------------------------------
+
+def numpy_quantize_blocks(x: np.ndarray, block: int):
+    """Reference 8-bit activation quantization in float32 numpy: d = max|x| / 127, q = rint(x / d)
+    computed as x * (1 / d), ties to even. Returns (q int8 (nb, block), d float32 (nb,))."""
+    xb = x.astype(np.float32).reshape(-1, block)
+    d = (np.abs(xb).max(axis=1) / np.float32(127)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+    q = np.rint(xb * inv[:, None]).astype(np.int8)
+    return q, d
+
+
+def numpy_q8a_row(x: np.ndarray) -> bytes:
+    q, d = numpy_quantize_blocks(x, 32)
+    nb = q.shape[0]
+    pairs = np.zeros((nb + 1) // 2 * 2 * 32, np.int8).reshape(-1, 2, 2, 16)  # (pair, half, member, 16)
+    for b in range(nb):
+        pairs[b // 2, 0, b % 2] = q[b, :16]
+        pairs[b // 2, 1, b % 2] = q[b, 16:]
+    ds = (d * q.astype(np.int32).sum(axis=1).astype(np.float32)).astype(np.float32)
+    scales = np.stack([d, ds], axis=1).astype(np.float32)
+    raw = pairs.tobytes() + scales.tobytes()
+    return raw + b"\xab" * (-len(raw) % 64)  # padding is left untouched (the test fills it with 0xAB)
+
+
+def numpy_q8k_row(x: np.ndarray) -> bytes:
+    q, d = numpy_quantize_blocks(x, 256)
+    out = b""
+    for b in range(q.shape[0]):
+        bsums = q[b].astype(np.int32).reshape(16, 16).sum(axis=1).astype(np.int16)
+        out += q[b].tobytes() + bsums.tobytes() + np.float32(d[b]).tobytes() + b"\0" * 28
+    return out
+
+
+def tricky_activations(rng: np.random.Generator, cols: int) -> list[np.ndarray]:
+    rows = [rng.standard_normal(cols).astype(np.float32),
+            (rng.standard_normal(cols) * 1e-30).astype(np.float32),   # tiny, some subnormal products
+            (rng.standard_normal(cols) * 1e30).astype(np.float32),    # huge
+            np.zeros(cols, np.float32)]                               # all-zero blocks: d = 0
+    ties = rng.integers(-127, 127, cols).astype(np.float32) + np.float32(0.5)  # exact .5 ties with d = 1
+    ties[::32] = 127.0
+    rows.append(ties)
+    mixed = rng.standard_normal(cols).astype(np.float32)
+    mixed[: cols // 2] = -0.0
+    rows.append(mixed)
+    return rows
+
+
+@pytest.mark.parametrize("qtype", [T.Q4_1, T.Q6_K], ids=lambda t: t.name)
+def test_activation_quantization_matches_numpy_on_every_level(qtype):
+    rng = np.random.default_rng(7)
+    block = 256 if qtype == T.Q6_K else 32
+    for cols in ([32, 64, 96, 352, 576, 1536] if block == 32 else [256, 512, 1536]):
+        for x in tricky_activations(rng, cols):
+            want = numpy_q8a_row(x) if block == 32 else numpy_q8k_row(x)
+            for isa in ["scalar"] + SIMD_LEVELS:
+                got = _core.quantize_activations_test(int(qtype), x, isa)
+                assert got == want, f"{qtype.name} cols={cols} {isa}: activation bytes differ from numpy"

@@ -176,6 +176,24 @@ void bind_quant(nb::module_& m) {
       "per call of each entry after one warm-up pass.");
 
   m.def(
+      "quantize_activations_test",
+      [](uint32_t weight_type_id, F32Array x, const std::string& isa) {
+        const GgmlTypeInfo* info = ggml_type_info(weight_type_id);
+        SS_CHECK_ARG(info != nullptr, "unknown ggml type id ", weight_type_id);
+        const ActFormat format = activation_format(info->type);
+        const int64_t cols = (int64_t)x.shape(0);
+        const int64_t block = format == ActFormat::Q8K ? kQKK : format == ActFormat::Q8A ? kQK : 1;
+        SS_CHECK_ARG(cols % block == 0, "x has ", cols, " values, not a multiple of ", block);
+        const Isa level = parse_isa(isa);
+        SS_CHECK_ARG(isa_supported(level), "ISA ", isa, " is not available on this CPU");
+        std::vector<uint8_t> out((size_t)activation_row_bytes(format, cols), 0xAB);
+        select_quantize(level)(format, x.data(), cols, out.data());
+        return nb::bytes(reinterpret_cast<const char*>(out.data()), out.size());
+      },
+      nb::arg("weight_type_id"), nb::arg("x"), nb::arg("isa"),
+      "Test hook: the activation row matmul makes for weights of this type (raw bytes, vec_dot.h layout).");
+
+  m.def(
       "matmul_kernel_isa",
       [](uint32_t type_id, const std::string& isa) {
         const GgmlTypeInfo* info = ggml_type_info(type_id);
