@@ -2,13 +2,13 @@
 // run-time check needed). With the dot-product extension enabled at compile time
 // (__ARM_FEATURE_DOTPROD, e.g. -march=armv8.2-a+dotprod or Apple targets) the integer products use
 // SDOT; otherwise widening multiplies (SMULL) and pairwise adds, same integers either way.
-// K-quants fall back to the scalar kernels (matmul.cc: select_dot_tile).
 #include "ops/cpu/vec_dot.h"
 
 #if defined(__aarch64__) && defined(__ARM_NEON)
 #include <arm_neon.h>
 
 #include <cstring>
+#include <type_traits>
 
 #include "core/fp16.h"
 
@@ -134,6 +134,160 @@ struct Kernel32 {
   }
 };
 
+// ---- K-quants (BlockQ8KA activations): integer dot per sub-block, times its integer scale ---------
+
+static inline int dot32(int8x16_t w0, int8x16_t w1, const int8_t* a) {
+  return vaddvq_s32(dot16(dot16(vdupq_n_s32(0), w0, vld1q_s8(a)), w1, vld1q_s8(a + 16)));
+}
+static inline int dot16s(int8x16_t w, const int8_t* a) { return vaddvq_s32(dot16(vdupq_n_s32(0), w, vld1q_s8(a))); }
+static inline int8x16_t s8(uint8x16_t v) { return vreinterpretq_s8_u8(v); }
+
+static inline const BlockQ8KA* q8k_row(const uint8_t* x, int64_t stride, int t) {
+  return reinterpret_cast<const BlockQ8KA*>(x + t * stride);
+}
+
+struct Q2_KKernel {
+  template <int NT>
+  static void run(int64_t nb, const uint8_t* w, const uint8_t* x, int64_t xs, float* y, int64_t ys) {
+    const BlockQ2_K* b = reinterpret_cast<const BlockQ2_K*>(w);
+    float sum[NT] = {};
+    const uint8x16_t three = vdupq_n_u8(3);
+    for (int64_t i = 0; i < nb; ++i) {
+      int sumq[NT] = {}, summ[NT] = {};
+      for (int h = 0; h < 2; ++h) {
+        const uint8x16_t q0 = vld1q_u8(b[i].qs + 32 * h), q1 = vld1q_u8(b[i].qs + 32 * h + 16);
+        for (int s = 0; s < 4; ++s) {  // elements 128h + 32s .. +32: sub-blocks j, j + 1
+          const int j = 8 * h + 2 * s;
+          const int8x16_t w0 = s8(vandq_u8(vshlq_u8(q0, vdupq_n_s8((int8_t)(-2 * s))), three));
+          const int8x16_t w1 = s8(vandq_u8(vshlq_u8(q1, vdupq_n_s8((int8_t)(-2 * s))), three));
+          for (int t = 0; t < NT; ++t) {
+            const int8_t* a = q8k_row(x, xs, t)[i].qs + 16 * j;
+            sumq[t] += (b[i].scales[j] & 0x0f) * dot16s(w0, a) + (b[i].scales[j + 1] & 0x0f) * dot16s(w1, a + 16);
+          }
+        }
+      }
+      for (int t = 0; t < NT; ++t)
+        for (int j = 0; j < 16; ++j) summ[t] += (b[i].scales[j] >> 4) * q8k_row(x, xs, t)[i].bsums[j];
+      const float d = fp16_to_f32(b[i].d), dmin = fp16_to_f32(b[i].dmin);
+      for (int t = 0; t < NT; ++t) {
+        const float dx = q8k_row(x, xs, t)[i].d;
+        sum[t] += d * dx * (float)sumq[t] - dmin * dx * (float)summ[t];
+      }
+    }
+    for (int t = 0; t < NT; ++t) y[t * ys] = sum[t];
+  }
+};
+
+struct Q3_KKernel {
+  template <int NT>
+  static void run(int64_t nb, const uint8_t* w, const uint8_t* x, int64_t xs, float* y, int64_t ys) {
+    const BlockQ3_K* b = reinterpret_cast<const BlockQ3_K*>(w);
+    float sum[NT] = {};
+    const uint8x16_t three = vdupq_n_u8(3), four = vdupq_n_u8(4);
+    for (int64_t i = 0; i < nb; ++i) {
+      int sumq[NT] = {};
+      const uint8x16_t hm0 = vld1q_u8(b[i].hmask), hm1 = vld1q_u8(b[i].hmask + 16);
+      for (int h = 0; h < 2; ++h) {
+        const uint8x16_t q0 = vld1q_u8(b[i].qs + 32 * h), q1 = vld1q_u8(b[i].qs + 32 * h + 16);
+        for (int s = 0; s < 4; ++s) {
+          const int j = 8 * h + 2 * s;
+          const uint8x16_t bit = vdupq_n_u8((uint8_t)(1u << (4 * h + s)));
+          // q = low - 4 where the high bit is clear: (low + 4 * hbit) - 4
+          const int8x16_t w0 = vsubq_s8(s8(vorrq_u8(vandq_u8(vshlq_u8(q0, vdupq_n_s8((int8_t)(-2 * s))), three),
+                                                    vandq_u8(vtstq_u8(hm0, bit), four))),
+                                        vdupq_n_s8(4));
+          const int8x16_t w1 = vsubq_s8(s8(vorrq_u8(vandq_u8(vshlq_u8(q1, vdupq_n_s8((int8_t)(-2 * s))), three),
+                                                    vandq_u8(vtstq_u8(hm1, bit), four))),
+                                        vdupq_n_s8(4));
+          const int sc0 = q3k_scale(b[i].scales, j), sc1 = q3k_scale(b[i].scales, j + 1);
+          for (int t = 0; t < NT; ++t) {
+            const int8_t* a = q8k_row(x, xs, t)[i].qs + 16 * j;
+            sumq[t] += sc0 * dot16s(w0, a) + sc1 * dot16s(w1, a + 16);
+          }
+        }
+      }
+      const float d = fp16_to_f32(b[i].d);
+      for (int t = 0; t < NT; ++t) sum[t] += d * q8k_row(x, xs, t)[i].d * (float)sumq[t];
+    }
+    for (int t = 0; t < NT; ++t) y[t * ys] = sum[t];
+  }
+};
+
+template <bool kFifthBit>
+struct Q45_KKernel {
+  using Block = typename std::conditional<kFifthBit, BlockQ5_K, BlockQ4_K>::type;
+  template <int NT>
+  static void run(int64_t nb, const uint8_t* w, const uint8_t* x, int64_t xs, float* y, int64_t ys) {
+    const Block* b = reinterpret_cast<const Block*>(w);
+    float sum[NT] = {};
+    const uint8x16_t low4 = vdupq_n_u8(0x0f), bit4 = vdupq_n_u8(0x10);
+    for (int64_t i = 0; i < nb; ++i) {
+      uint8_t sc[8], mn[8];
+      for (int j = 0; j < 8; ++j) unpack_k4_scale_min(b[i].scales, j, &sc[j], &mn[j]);
+      int sumq[NT] = {}, summ[NT] = {};
+      uint8x16_t qh0 = vdupq_n_u8(0), qh1 = vdupq_n_u8(0);
+      if constexpr (kFifthBit) qh0 = vld1q_u8(b[i].qh), qh1 = vld1q_u8(b[i].qh + 16);
+      for (int c = 0; c < 4; ++c) {  // sub-blocks 2c (low nibbles) and 2c + 1 (high nibbles)
+        const uint8x16_t r0 = vld1q_u8(b[i].qs + 32 * c), r1 = vld1q_u8(b[i].qs + 32 * c + 16);
+        uint8x16_t lo0 = vandq_u8(r0, low4), lo1 = vandq_u8(r1, low4), hi0 = vshrq_n_u8(r0, 4), hi1 = vshrq_n_u8(r1, 4);
+        if constexpr (kFifthBit) {
+          const uint8x16_t bit_lo = vdupq_n_u8((uint8_t)(1u << (2 * c))), bit_hi = vdupq_n_u8((uint8_t)(2u << (2 * c)));
+          lo0 = vorrq_u8(lo0, vandq_u8(vtstq_u8(qh0, bit_lo), bit4));
+          lo1 = vorrq_u8(lo1, vandq_u8(vtstq_u8(qh1, bit_lo), bit4));
+          hi0 = vorrq_u8(hi0, vandq_u8(vtstq_u8(qh0, bit_hi), bit4));
+          hi1 = vorrq_u8(hi1, vandq_u8(vtstq_u8(qh1, bit_hi), bit4));
+        }
+        for (int t = 0; t < NT; ++t) {
+          const int8_t* a = q8k_row(x, xs, t)[i].qs + 64 * c;
+          sumq[t] += sc[2 * c] * dot32(s8(lo0), s8(lo1), a) + sc[2 * c + 1] * dot32(s8(hi0), s8(hi1), a + 32);
+        }
+      }
+      for (int t = 0; t < NT; ++t) {
+        const BlockQ8KA& a = q8k_row(x, xs, t)[i];
+        for (int j = 0; j < 8; ++j) summ[t] += mn[j] * (a.bsums[2 * j] + a.bsums[2 * j + 1]);
+      }
+      const float d = fp16_to_f32(b[i].d), dmin = fp16_to_f32(b[i].dmin);
+      for (int t = 0; t < NT; ++t) {
+        const float dx = q8k_row(x, xs, t)[i].d;
+        sum[t] += d * dx * (float)sumq[t] - dmin * dx * (float)summ[t];
+      }
+    }
+    for (int t = 0; t < NT; ++t) y[t * ys] = sum[t];
+  }
+};
+
+struct Q6_KKernel {
+  template <int NT>
+  static void run(int64_t nb, const uint8_t* w, const uint8_t* x, int64_t xs, float* y, int64_t ys) {
+    const BlockQ6_K* b = reinterpret_cast<const BlockQ6_K*>(w);
+    float sum[NT] = {};
+    const uint8x16_t low4 = vdupq_n_u8(0x0f), three = vdupq_n_u8(3);
+    const int8x16_t offset = vdupq_n_s8(32);
+    for (int64_t i = 0; i < nb; ++i) {
+      int sumq[NT] = {};
+      for (int h = 0; h < 2; ++h) {
+        const uint8_t* ql = b[i].ql + 64 * h;
+        const uint8_t* qh = b[i].qh + 32 * h;
+        for (int s = 0; s < 4; ++s) {  // elements 128h + 32s + l, l < 32: sub-blocks j, j + 1
+          const int j = 8 * h + 2 * s;
+          for (int half = 0; half < 2; ++half) {
+            const uint8x16_t l = vld1q_u8(ql + 32 * (s % 2) + 16 * half);
+            const uint8x16_t low = s < 2 ? vandq_u8(l, low4) : vshrq_n_u8(l, 4);
+            const uint8x16_t high =
+                vshlq_n_u8(vandq_u8(vshlq_u8(vld1q_u8(qh + 16 * half), vdupq_n_s8((int8_t)(-2 * s))), three), 4);
+            const int8x16_t q = vsubq_s8(s8(vorrq_u8(low, high)), offset);
+            for (int t = 0; t < NT; ++t)
+              sumq[t] += b[i].scales[j + half] * dot16s(q, q8k_row(x, xs, t)[i].qs + 16 * (j + half));
+          }
+        }
+      }
+      const float d = fp16_to_f32(b[i].d);
+      for (int t = 0; t < NT; ++t) sum[t] += d * q8k_row(x, xs, t)[i].d * (float)sumq[t];
+    }
+    for (int t = 0; t < NT; ++t) y[t * ys] = sum[t];
+  }
+};
+
 // ---- float weights ---------------------------------------------------------------------------------
 
 struct LoadF32 {
@@ -201,7 +355,12 @@ DotTileFn neon_dot_tile(GgmlType type) {
     case GgmlType::Q5_1: return tile_dot_rows<Kernel32<Q5_1Traits>>;
     case GgmlType::Q8_0: return tile_dot_rows<Kernel32<Q8_0Traits>>;
     case GgmlType::IQ4_NL: return tile_dot_rows<Kernel32<IQ4_NLTraits>>;
-    default: return nullptr;  // K-quants: the scalar kernels
+    case GgmlType::Q2_K: return tile_dot_rows<Q2_KKernel>;
+    case GgmlType::Q3_K: return tile_dot_rows<Q3_KKernel>;
+    case GgmlType::Q4_K: return tile_dot_rows<Q45_KKernel<false>>;
+    case GgmlType::Q5_K: return tile_dot_rows<Q45_KKernel<true>>;
+    case GgmlType::Q6_K: return tile_dot_rows<Q6_KKernel>;
+    default: return nullptr;
   }
 }
 
