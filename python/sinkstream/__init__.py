@@ -7,10 +7,11 @@ from importlib.metadata import PackageNotFoundError, version as _version
 from ._core import GGUFError, ModelError
 from .gguf_file import GGUFFile, TensorInfo
 from .default_model import default_model_path
+from .model import Model, Session
 
 try:
     __version__ = _version("sinkstream")
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0+unknown"
 
-__all__ = ["GGUFError", "ModelError", "GGUFFile", "TensorInfo", "default_model_path", "__version__"]
+__all__ = ["GGUFError", "ModelError", "GGUFFile", "TensorInfo", "default_model_path", "Model", "Session", "__version__"]
