@@ -8,6 +8,9 @@
 
 #include <memory>
 #include <vector>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include "bindings/bindings.h"
 #include "core/error.h"
@@ -29,11 +32,6 @@ nb::ndarray<nb::numpy, float> owned_array(std::unique_ptr<std::vector<float>> da
   return nb::ndarray<nb::numpy, float>(raw->data(), shape.size(), shape.data(), owner);
 }
 
-const Tokenizer& tokenizer_of(const Model& m) {
-  // The model's tokenizer (may be absent only in builds without one).
-  return m.tokenizer();
-}
-
 }  // namespace
 
 void bind_model(nb::module_& m) {
@@ -47,8 +45,22 @@ void bind_model(nb::module_& m) {
       .def_prop_ro("n_head_kv", [](const Model& m) { return m.config().n_head_kv; })
       .def_prop_ro("head_dim", [](const Model& m) { return m.config().head_dim; })
       .def_prop_ro("architecture", [](const Model& m) { return m.config().architecture; })
-      .def_prop_ro("path", [](const Model& m) { return m.file().path(); });
+      .def_prop_ro("path", [](const Model& m) { return m.file().path(); })
+      .def_prop_ro(
+          "tokenizer", [](const Model& m) -> const Tokenizer& { return m.tokenizer(); }, nb::rv_policy::reference_internal,
+          "The model's tokenizer (built from the GGUF tokenizer.ggml.* metadata).");
 
+  m.def(
+      "heap_bytes_in_use",
+      []() -> int64_t {
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
+        return (int64_t)mallinfo2().uordblks;
+#else
+        return -1;
+#endif
+      },
+      "Bytes the C heap has handed out now (glibc; -1 elsewhere): lets tests check that a stream allocates "
+      "nothing per token.");
   m.def("default_thread_count", &ThreadPool::default_thread_count,
         "Threads a session uses by default: the physical cores.");
 
@@ -56,7 +68,8 @@ void bind_model(nb::module_& m) {
       .def(
           "__init__",
           [](Session* self, std::shared_ptr<const Model> model, const std::string& mode, int64_t n_sink, int64_t window,
-             int64_t batch_size, const std::string& kv_type, int n_threads, bool allow_beyond_training_context) {
+             int64_t batch_size, const std::string& kv_type, int n_threads, bool allow_beyond_training_context,
+             uint64_t position_offset) {
             SessionOptions o;
             o.mode = parse_mode(mode);
             o.n_sink = n_sink;
@@ -67,11 +80,12 @@ void bind_model(nb::module_& m) {
             SS_CHECK_ARG(n_threads >= 0 && n_threads <= 1024, "n_threads must be in 0..1024, got ", n_threads);
             o.n_threads = n_threads;
             o.allow_beyond_training_context = allow_beyond_training_context;
+            o.position_offset = position_offset;
             new (self) Session(std::move(model), o);
           },
           nb::arg("model"), nb::arg("mode") = "streaming", nb::arg("n_sink") = 4, nb::arg("window") = -1,
           nb::arg("batch_size") = 256, nb::arg("kv_type") = "f16", nb::arg("n_threads") = 0,
-          nb::arg("allow_beyond_training_context") = false)
+          nb::arg("allow_beyond_training_context") = false, nb::arg("position_offset") = 0)
       .def(
           "eval",
           [](Session& s, TokenArray tokens, bool all_logits, bool want_logits) {
@@ -100,8 +114,10 @@ void bind_model(nb::module_& m) {
       .def_prop_ro("n_sink", &Session::n_sink)
       .def_prop_ro("window", &Session::window)
       .def_prop_ro("n_threads", &Session::n_threads)
+      .def_prop_ro("keys_rotated", &Session::keys_rotated, "RoPE rotations of keys so far (one per key and layer).")
+      .def_prop_ro("entries_attended", &Session::entries_attended,
+                   "K/V entries read by attention so far (|A(t)| per query head and layer).")
       .def_prop_ro("mode", [](const Session& s) { return std::string(mode_name(s.mode())); });
-  (void)tokenizer_of;
 }
 
 }  // namespace sinkstream::bindings

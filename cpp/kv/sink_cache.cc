@@ -8,9 +8,9 @@
 namespace sinkstream {
 
 SinkCache::SinkCache(int64_t n_layer, int64_t n_head_kv, int64_t head_dim, int64_t n_sink, int64_t window,
-                     int64_t max_chunk, KvType type)
+                     int64_t max_chunk, KvType type, uint64_t position_offset)
     : n_layer_(n_layer), n_head_kv_(n_head_kv), head_dim_(head_dim), n_sink_(n_sink), window_(window),
-      ring_slots_(window + max_chunk - 1), type_(type) {
+      ring_slots_(window + max_chunk - 1), type_(type), position_offset_(position_offset) {
   SS_CHECK_ARG(n_sink >= 0, "n_sink must be >= 0, got ", n_sink);
   SS_CHECK_ARG(window >= 1, "window must be >= 1, got ", window);
   SS_CHECK_ARG(max_chunk >= 1, "batch size must be >= 1, got ", max_chunk);

@@ -32,7 +32,15 @@ class SinkCache {
   // n_sink + window = capacity C. max_chunk: the most tokens written before their queries attend.
   // dense = true: no eviction at all (window = capacity, ring of exactly `window` slots).
   SinkCache(int64_t n_layer, int64_t n_head_kv, int64_t head_dim, int64_t n_sink, int64_t window,
-            int64_t max_chunk, KvType type);
+            int64_t max_chunk, KvType type, uint64_t position_offset = 0);
+
+  // RoPE positions. Window keys and the window copy of a query sit at position_offset + t (the
+  // absolute index in a stream whose first token had index position_offset; 0 for a fresh stream);
+  // a sink key sits at its rank s, and the sink copy of query t at p(t). Only differences of
+  // positions reach the scores, so the offset changes nothing but the size of the angles
+  // (streaming.md invariant 4).
+  uint64_t position_offset() const { return position_offset_; }
+  uint64_t window_position(uint64_t t) const { return position_offset_ + t; }
 
   int64_t n_layer() const { return n_layer_; }
   int64_t n_head_kv() const { return n_head_kv_; }
@@ -80,6 +88,7 @@ class SinkCache {
  private:
   int64_t n_layer_, n_head_kv_, head_dim_, n_sink_, window_, ring_slots_;
   KvType type_;
+  uint64_t position_offset_;
   int64_t layer_bytes_;
   std::vector<uint8_t> keys_;    // (n_layer, n_slots, n_head_kv, head_dim)
   std::vector<uint8_t> values_;  // (n_layer, n_slots, n_head_kv, head_dim)

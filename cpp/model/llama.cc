@@ -64,17 +64,25 @@ void LlamaModel::forward(const int32_t* tokens, int64_t n, uint64_t t0, SinkCach
 
   for (int64_t b = 0; b < n; ++b) get_row(token_embd_, tokens[b], s.x.data() + b * E);
 
-  // RoPE tables for this chunk: angles at t for window scores and keys, at p(t) for sink scores.
+  // RoPE tables for this chunk: at window_position(t) for the window query and window keys, at
+  // p(t) for the sink query and sink keys (sink_cache.h). Usually equal; then one copy of q serves.
+  std::vector<uint8_t>& separate_sink_query = s.separate_sink_query;
   bool any_sink_query = false;
   for (int64_t b = 0; b < n; ++b) {
     const uint64_t t = t0 + (uint64_t)b;
-    rope_cos_sin(t, rope_thetas_.data(), n_freq, &s.rope_cos[b * n_freq], &s.rope_sin[b * n_freq]);
-    const uint64_t p = cache.span(t).query_position;
-    if (p != t) {
-      rope_cos_sin(p, rope_thetas_.data(), n_freq, &s.rope_cos_sink[b * n_freq], &s.rope_sin_sink[b * n_freq]);
+    const uint64_t window_pos = cache.window_position(t), sink_pos = cache.span(t).query_position;
+    rope_cos_sin(window_pos, rope_thetas_.data(), n_freq, &s.rope_cos[b * n_freq], &s.rope_sin[b * n_freq]);
+    separate_sink_query[b] = sink_pos != window_pos;
+    if (separate_sink_query[b]) {
+      rope_cos_sin(sink_pos, rope_thetas_.data(), n_freq, &s.rope_cos_sink[b * n_freq], &s.rope_sin_sink[b * n_freq]);
       any_sink_query = true;
     }
   }
+  // A key is rotated once, at its own position: sinks (t < n_sink) at their rank t = p(t).
+  const auto key_table = [&](int64_t b, bool sine) -> const float* {
+    const bool sink = t0 + (uint64_t)b < (uint64_t)cache.n_sink() && separate_sink_query[b];
+    return (sink ? (sine ? s.rope_sin_sink : s.rope_cos_sink) : (sine ? s.rope_sin : s.rope_cos)).data() + b * n_freq;
+  };
 
   for (int64_t l = 0; l < c.n_layer; ++l) {
     const LlamaLayer& L = layers_[(size_t)l];
@@ -90,9 +98,10 @@ void LlamaModel::forward(const int32_t* tokens, int64_t n, uint64_t t0, SinkCach
       const uint64_t t = t0 + (uint64_t)b;
       float* k = s.k.data() + b * kv_dim;
       float* q = s.q.data() + b * q_dim;
-      rope_apply(k, c.n_head_kv, hd, c.n_rot, c.rope_layout, &s.rope_cos[b * n_freq], &s.rope_sin[b * n_freq]);
+      rope_apply(k, c.n_head_kv, hd, c.n_rot, c.rope_layout, key_table(b, false), key_table(b, true));
+      s.keys_rotated += 1;
       cache.store(l, t, k, s.v.data() + b * kv_dim);  // written once, never rotated again
-      if (any_sink_query && cache.span(t).query_position != t) {
+      if (any_sink_query && separate_sink_query[b]) {
         float* qs = s.q_sink.data() + b * q_dim;
         std::memcpy(qs, q, (size_t)q_dim * sizeof(float));
         rope_apply(qs, c.n_head, hd, c.n_rot, c.rope_layout, &s.rope_cos_sink[b * n_freq],
@@ -107,10 +116,14 @@ void LlamaModel::forward(const int32_t* tokens, int64_t n, uint64_t t0, SinkCach
       const int64_t b = task / c.n_head, head = task % c.n_head;
       const uint64_t t = t0 + (uint64_t)b;
       const float* q = s.q.data() + b * q_dim + head * hd;
-      const float* qs = cache.span(t).query_position != t ? s.q_sink.data() + b * q_dim + head * hd : q;
+      const float* qs = separate_sink_query[b] ? s.q_sink.data() + b * q_dim + head * hd : q;
       attend(cache, l, head / group, t, qs, q, scale, s.scores.data() + thread * s.scores_stride,
              s.attn.data() + b * q_dim + head * hd);
     });
+    for (int64_t b = 0; b < n; ++b) {
+      const AttentionSpan span = cache.span(t0 + (uint64_t)b);
+      s.entries_attended += (uint64_t)c.n_head * (span.query_position + 1);  // |A(t)| = p(t) + 1
+    }
     matmul(L.wo, s.attn.data(), n, s.h.data(), pool);
     add_inplace(s.x.data(), s.h.data(), n * E);
 

@@ -31,8 +31,13 @@ struct ForwardScratch {
   std::vector<float> rope_sin;
   std::vector<float> rope_cos_sink;  // (max_tokens, n_rot/2) at p(t)
   std::vector<float> rope_sin_sink;
+  std::vector<uint8_t> separate_sink_query;  // (max_tokens) p(t) != window position of t
   std::vector<float> scores;    // (n_threads, capacity) attention scores
   int64_t scores_stride = 0;
+  // Work done so far, counted where it is done: key rotations (one per key per layer, never
+  // again: streaming.md invariant 3) and cache entries read by attention (|A(t)| per head and layer).
+  uint64_t keys_rotated = 0;
+  uint64_t entries_attended = 0;
 };
 
 class Model {

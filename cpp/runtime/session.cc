@@ -96,7 +96,7 @@ Session::Session(std::shared_ptr<const Model> model, const SessionOptions& optio
       window_(resolve_geometry(*model_, options).window),
       pool_(options.n_threads > 0 ? options.n_threads : ThreadPool::default_thread_count()),
       cache_(model_->config().n_layer, model_->config().n_head_kv, model_->config().head_dim, n_sink_, window_,
-             chunk_capacity(options), options.kv_type),
+             chunk_capacity(options), options.kv_type, options.position_offset),
       scratch_(model_->make_scratch(options.batch_size, n_sink_ + window_, pool_.n_threads())) {
   if (options_.mode == AttentionMode::kRecompute) history_.assign((size_t)capacity(), 0);
 }

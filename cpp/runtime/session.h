@@ -31,6 +31,9 @@ struct SessionOptions {
   KvType kv_type = KvType::kF16;
   int n_threads = 0;          // 0: physical cores
   bool allow_beyond_training_context = false;
+  // Absolute index of the stream's first token (RoPE angles of window keys and queries start
+  // here). 0 for a fresh stream; a large value checks that nothing drifts (streaming.md inv. 4).
+  uint64_t position_offset = 0;
 };
 
 class Session {
@@ -52,6 +55,8 @@ class Session {
   const SessionOptions& options() const { return options_; }
   const Model& model() const { return *model_; }
   int n_threads() const { return pool_.n_threads(); }
+  uint64_t keys_rotated() const { return scratch_.keys_rotated; }
+  uint64_t entries_attended() const { return scratch_.entries_attended; }
 
   // Exact snapshot of the stream (cache contents, counter, recompute history) and its restore.
   std::vector<uint8_t> save() const;

@@ -6,7 +6,6 @@ The Python layer validates arguments and holds handles to C++ objects; all compu
 from __future__ import annotations
 
 import os
-import threading
 import warnings
 from typing import Any, Iterator, Sequence
 
@@ -50,8 +49,11 @@ class Model:
         self.n_threads = _core.default_thread_count() if n_threads is None else _check_int("n_threads", n_threads, 1, 1024)
         self.path = path
         self._core = _core.Model.load(path)
-        self._tokenizer = self._core.tokenizer
         self._metadata: dict[str, Any] | None = None
+
+    @property
+    def _tokenizer(self) -> "_core.Tokenizer":
+        return self._core.tokenizer
 
     # -- facts -----------------------------------------------------------------------------------
     @property
@@ -118,9 +120,10 @@ class Model:
     # -- sessions and generation -----------------------------------------------------------------
     def session(self, mode: str = "streaming", n_sink: int | None = None, window: int | None = None,
                 *, batch_size: int = 256, kv_type: str = "f16", n_threads: int | None = None,
-                allow_beyond_training_context: bool = False) -> "Session":
+                allow_beyond_training_context: bool = False, position_offset: int = 0) -> "Session":
         return Session(self, mode=mode, n_sink=n_sink, window=window, batch_size=batch_size, kv_type=kv_type,
-                       n_threads=n_threads, allow_beyond_training_context=allow_beyond_training_context)
+                       n_threads=n_threads, allow_beyond_training_context=allow_beyond_training_context,
+                       position_offset=position_offset)
 
     def stream(self, prompt: str | Sequence[int], **options: Any) -> Iterator[str]:
         """Generates from a fresh streaming session, yielding text pieces (UTF-8 complete)."""
@@ -140,11 +143,14 @@ class Session:
     mode: "streaming" (n_sink sinks + window), "window" (window only), "dense" (everything up to
     the capacity), "recompute" (re-encode the last `window` tokens per token). Defaults: n_sink 4
     in streaming mode (0 otherwise), capacity n_sink + window = 2048 capped at the training context.
+    batch_size: tokens per forward chunk (prefill speed vs. ring slack of batch_size - 1 slots).
+    position_offset: absolute index of the stream's first token (RoPE angles start there; only
+    differences of positions matter, so the logits do not change: streaming.md invariant 4).
     """
 
     def __init__(self, model: Model, mode: str = "streaming", n_sink: int | None = None, window: int | None = None,
                  batch_size: int = 256, kv_type: str = "f16", n_threads: int | None = None,
-                 allow_beyond_training_context: bool = False):
+                 allow_beyond_training_context: bool = False, position_offset: int = 0):
         if not isinstance(model, Model):
             raise TypeError(f"model must be a sinkstream.Model, got {type(model).__name__}")
         if mode not in MODES:
@@ -159,16 +165,16 @@ class Session:
         if kv_type not in ("f16", "f32"):
             raise ValueError(f"kv_type must be 'f16' or 'f32', got {kv_type!r}")
         n_threads = model.n_threads if n_threads is None else _check_int("n_threads", n_threads, 1, 1024)
+        position_offset = _check_int("position_offset", position_offset, 0, 2**62)
         capacity = n_sink + (window if window > 0 else 0)
         if allow_beyond_training_context and capacity > model.n_ctx_train:
             warnings.warn(f"n_sink + window = {capacity} exceeds the training context {model.n_ctx_train}: "
                           "positions past it were never trained", stacklevel=3)
         self.model = model
         self._core = _core.Session(model._core, mode, n_sink, window, batch_size, kv_type, n_threads,
-                                   bool(allow_beyond_training_context))
+                                   bool(allow_beyond_training_context), position_offset)
         self._pending: list[int] = []     # sampled tokens not yet fed (see generation.py)
         self._chat_history: list[dict[str, str]] = []
-        self._lock = threading.Lock()
         self.last_stats = None
 
     # -- the stream ------------------------------------------------------------------------------
