@@ -155,3 +155,33 @@ def test_sinks_matter(model, reference, tokens):
     streaming = reference.logits(tokens[:20], mode="streaming", n_sink=S, window=W)
     window = reference.logits(tokens[:20], mode="window", window=W)
     assert np.abs(streaming[C:] - window[C:]).max() > 1e-2
+
+
+# Park and resume ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", sorted(GEOMETRY))
+@pytest.mark.parametrize("split", [1, C - 1, 3 * C + 1])
+def test_save_load_continues_exactly(model, tokens, mode, split, tmp_path):
+    whole = model.session(**GEOMETRY[mode], kv_type="f32").eval(tokens, logits="all")
+    first = model.session(**GEOMETRY[mode], kv_type="f32", batch_size=4)
+    first.eval(tokens[:split], logits=None)
+    blob = first.save()
+    first.save(tmp_path / "state.bin")
+    for state in (blob, tmp_path / "state.bin"):
+        # A different batch size (ring layout) on purpose: the state is stored by token, not by slot.
+        resumed = model.session(**GEOMETRY[mode], kv_type="f32", batch_size=16)
+        resumed.load(state)
+        assert resumed.n_past == split
+        got = resumed.eval(tokens[split:], logits="all")
+        np.testing.assert_allclose(got, whole[split:], rtol=0, atol=2e-4)
+
+
+def test_load_rejects_other_settings_and_garbage(model, tokens):
+    s = model.session(**GEOMETRY["streaming"])
+    s.eval(tokens[:10], logits=None)
+    blob = s.save()
+    with pytest.raises(ValueError, match="other settings"):
+        model.session(mode="streaming", n_sink=S, window=W + 1).load(blob)
+    with pytest.raises(ValueError, match="not a sinkstream session state"):
+        model.session(**GEOMETRY["streaming"]).load(b"garbage" * 10)
+    with pytest.raises(ValueError):
+        model.session(**GEOMETRY["streaming"]).load(blob[:-5])

@@ -105,7 +105,27 @@ void bind_model(nb::module_& m) {
           nb::arg("tokens"), nb::arg("all_logits") = false, nb::arg("want_logits") = true,
           "Feeds int32 token ids; returns (n_vocab,) logits of the last token, (n, n_vocab) with all_logits, "
           "or None with want_logits=False.")
-      .def("reset", &Session::reset)
+      .def("reset", &Session::reset, nb::call_guard<nb::gil_scoped_release>())
+      .def(
+          "save",
+          [](const Session& s) {
+            std::vector<uint8_t> state;
+            {
+              nb::gil_scoped_release release;
+              state = s.save();
+            }
+            return nb::bytes(reinterpret_cast<const char*>(state.data()), state.size());
+          },
+          "The stream's exact state as bytes (sinks, window K/V, counter).")
+      .def(
+          "load",
+          [](Session& s, nb::bytes data) {
+            std::vector<uint8_t> state(reinterpret_cast<const uint8_t*>(data.c_str()),
+                                       reinterpret_cast<const uint8_t*>(data.c_str()) + data.size());
+            nb::gil_scoped_release release;
+            s.load(state);
+          },
+          nb::arg("state"), "Restores a state from save(); the session must have the same settings.")
       .def("request_cancel", &Session::request_cancel)
       .def_prop_ro("n_past", &Session::n_past)
       .def_prop_ro("n_cached", &Session::n_cached)

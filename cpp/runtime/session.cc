@@ -179,12 +179,114 @@ void Session::eval_recompute(const int32_t* tokens, int64_t n, bool all_logits, 
   }
 }
 
-std::vector<uint8_t> Session::save() const {
-  (void)kStateMagic;
-  (void)kStateVersion;
-  throw ArgumentError("Session.save is not implemented yet");
+// Saved state: a header that pins the model shape and session geometry, the recompute history,
+// then the K/V rows of exactly the tokens a future query can attend to (sinks and the last
+// window - 1 tokens), in token order. Rows are stored by token, not by slot, so the layout of the
+// ring (which depends on batch_size) does not matter.
+namespace {
+
+struct StateHeader {
+  uint32_t magic, version, mode, kv_type;
+  int64_t n_sink, window, n_layer, n_head_kv, head_dim, n_vocab;
+  uint64_t position_offset, n_past;
+  uint64_t sink_end, window_begin;  // entries [0, sink_end) and [window_begin, n_past)
+  uint64_t n_history;               // recompute: the last n_history tokens
+};
+
+void append(std::vector<uint8_t>& out, const void* data, size_t n) {
+  const uint8_t* p = static_cast<const uint8_t*>(data);
+  out.insert(out.end(), p, p + n);
 }
 
-void Session::load(const std::vector<uint8_t>&) { throw ArgumentError("Session.load is not implemented yet"); }
+}  // namespace
+
+std::vector<uint8_t> Session::save() const {
+  StateHeader h{};
+  h.magic = kStateMagic;
+  h.version = kStateVersion;
+  h.mode = (uint32_t)options_.mode;
+  h.kv_type = (uint32_t)options_.kv_type;
+  h.n_sink = n_sink_;
+  h.window = window_;
+  h.n_layer = cache_.n_layer();
+  h.n_head_kv = cache_.n_head_kv();
+  h.head_dim = cache_.head_dim();
+  h.n_vocab = model_->n_vocab();
+  h.position_offset = cache_.position_offset();
+  h.n_past = n_past_;
+  const uint64_t C = (uint64_t)capacity();
+  const bool recompute = options_.mode == AttentionMode::kRecompute;
+  h.sink_end = std::min<uint64_t>((uint64_t)n_sink_, n_past_);
+  h.window_begin = std::max<uint64_t>(h.sink_end, n_past_ + 1 > (uint64_t)window_ ? n_past_ + 1 - (uint64_t)window_ : 0);
+  if (recompute && n_past_ >= C) h.window_begin = n_past_;  // re-encoded from the history instead
+  h.n_history = recompute ? std::min<uint64_t>(n_past_, C) : 0;
+
+  std::vector<uint8_t> out;
+  append(out, &h, sizeof(h));
+  for (uint64_t j = n_past_ - h.n_history; j < n_past_; ++j) append(out, &history_[(size_t)(j % C)], sizeof(int32_t));
+  const size_t row_bytes = (size_t)cache_.row_elements() * cache_.element_bytes();
+  for (int64_t l = 0; l < cache_.n_layer(); ++l) {
+    auto copy_rows = [&](uint64_t begin, uint64_t end) {
+      for (uint64_t j = begin; j < end; ++j) {
+        append(out, cache_.keys(l) + (size_t)cache_.slot_of(j) * row_bytes, row_bytes);
+        append(out, cache_.values(l) + (size_t)cache_.slot_of(j) * row_bytes, row_bytes);
+      }
+    };
+    copy_rows(0, h.sink_end);
+    copy_rows(h.window_begin, n_past_);
+  }
+  return out;
+}
+
+void Session::load(const std::vector<uint8_t>& state) {
+  BusyGuard guard(busy_);
+  StateHeader h{};
+  SS_CHECK_ARG(state.size() >= sizeof(h), "session state is truncated (", state.size(), " bytes)");
+  std::memcpy(&h, state.data(), sizeof(h));
+  SS_CHECK_ARG(h.magic == kStateMagic, "not a sinkstream session state (bad magic)");
+  SS_CHECK_ARG(h.version == kStateVersion, "session state version ", h.version, " is not supported (expected ",
+               kStateVersion, ")");
+  SS_CHECK_ARG(h.n_layer == cache_.n_layer() && h.n_head_kv == cache_.n_head_kv() && h.head_dim == cache_.head_dim() &&
+                   h.n_vocab == model_->n_vocab(),
+               "session state was saved from a different model (layers/heads/vocabulary differ)");
+  SS_CHECK_ARG(h.mode == (uint32_t)options_.mode && h.n_sink == n_sink_ && h.window == window_ &&
+                   h.kv_type == (uint32_t)options_.kv_type && h.position_offset == cache_.position_offset(),
+               "session state was saved with other settings (mode ", mode_name((AttentionMode)std::min<uint32_t>(h.mode, 3)),
+               ", n_sink ", h.n_sink, ", window ", h.window, "); create the session with the same ones");
+  const uint64_t C = (uint64_t)capacity();
+  const bool recompute = options_.mode == AttentionMode::kRecompute;
+  SS_CHECK_ARG(h.sink_end <= h.window_begin && h.window_begin <= h.n_past && h.sink_end <= (uint64_t)n_sink_ &&
+                   h.n_past - h.window_begin <= (uint64_t)window_ && h.n_history <= C &&
+                   h.n_history == (recompute ? std::min<uint64_t>(h.n_past, C) : 0),
+               "session state is corrupt (inconsistent ranges)");
+  if (options_.mode == AttentionMode::kDense)
+    SS_CHECK_ARG(h.n_past <= C, "session state holds ", h.n_past, " tokens, more than this dense session's ", C);
+  const size_t row_bytes = (size_t)cache_.row_elements() * cache_.element_bytes();
+  const uint64_t n_rows = h.sink_end + (h.n_past - h.window_begin);
+  const size_t expected = sizeof(h) + (size_t)h.n_history * sizeof(int32_t) +
+                          (size_t)(n_rows * 2 * (uint64_t)cache_.n_layer()) * row_bytes;
+  SS_CHECK_ARG(state.size() == expected, "session state has ", state.size(), " bytes, expected ", expected);
+
+  const uint8_t* p = state.data() + sizeof(h);
+  for (uint64_t j = h.n_past - h.n_history; j < h.n_past; ++j, p += sizeof(int32_t)) {
+    int32_t token;
+    std::memcpy(&token, p, sizeof(token));
+    SS_CHECK_ARG(token >= 0 && token < model_->n_vocab(), "session state holds token id ", token,
+                 " outside the vocabulary");
+    history_[(size_t)(j % C)] = token;
+  }
+  for (int64_t l = 0; l < cache_.n_layer(); ++l) {
+    auto copy_rows = [&](uint64_t begin, uint64_t end) {
+      for (uint64_t j = begin; j < end; ++j) {
+        std::memcpy(cache_.keys(l) + (size_t)cache_.slot_of(j) * row_bytes, p, row_bytes);
+        std::memcpy(cache_.values(l) + (size_t)cache_.slot_of(j) * row_bytes, p + row_bytes, row_bytes);
+        p += 2 * row_bytes;
+      }
+    };
+    copy_rows(0, h.sink_end);
+    copy_rows(h.window_begin, h.n_past);
+  }
+  n_past_ = h.n_past;
+}
 
 }  // namespace sinkstream

@@ -5,6 +5,7 @@ The Python layer validates arguments and holds handles to C++ objects; all compu
 """
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from typing import Any, Iterator, Sequence
@@ -235,6 +236,46 @@ class Session:
         self._core.reset()
         self._pending.clear()
         self._chat_history.clear()
+
+    # -- park and resume ---------------------------------------------------------------------------
+    _STATE_MAGIC = b"SINKSTREAM-SESSION\x00\x01"
+
+    def save(self, path: str | os.PathLike[str] | None = None) -> bytes | None:
+        """The stream's exact state (K/V of the sinks and window, counter, pending tokens, chat
+        history): bytes, or written to `path`. Restore with load() on a session made with the same
+        model and settings."""
+        extra = json.dumps({"pending": self._pending, "chat_history": self._chat_history}).encode()
+        blob = self._STATE_MAGIC + len(extra).to_bytes(8, "little") + extra + self._core.save()
+        if path is None:
+            return blob
+        tmp = os.fspath(path) + ".partial"
+        with open(tmp, "wb") as f:
+            f.write(blob)
+        os.replace(tmp, path)
+        return None
+
+    def load(self, state: bytes | str | os.PathLike[str]) -> None:
+        """Restores a state from save() (bytes or a file path)."""
+        if isinstance(state, (str, os.PathLike)):
+            with open(state, "rb") as f:
+                state = f.read()
+        if not isinstance(state, (bytes, bytearray, memoryview)):
+            raise TypeError(f"state must be bytes or a path, got {type(state).__name__}")
+        state = bytes(state)
+        magic = self._STATE_MAGIC
+        if not state.startswith(magic) or len(state) < len(magic) + 8:
+            raise ValueError("not a sinkstream session state")
+        n_extra = int.from_bytes(state[len(magic):len(magic) + 8], "little")
+        start = len(magic) + 8
+        if n_extra > len(state) - start:
+            raise ValueError("session state is truncated")
+        try:
+            extra = json.loads(state[start:start + n_extra])
+            pending, history = list(extra["pending"]), list(extra["chat_history"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"session state is corrupt: {e}") from None
+        self._core.load(state[start + n_extra:])
+        self._pending, self._chat_history = pending, history
 
     # -- generation (generation.py / chat_template.py do the work) -------------------------------
     def stream(self, prompt: str | Sequence[int] | None = None, **options: Any) -> Iterator[str]:
