@@ -6,6 +6,7 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include <functional>
 #include <memory>
 #include <vector>
 #if defined(__GLIBC__)
@@ -93,9 +94,18 @@ void bind_model(nb::module_& m) {
             const int64_t n_vocab = s.model().n_vocab();
             std::unique_ptr<std::vector<float>> out;
             if (want_logits) out = std::make_unique<std::vector<float>>((size_t)((all_logits ? n : 1) * n_vocab));
-            {
+            // Between chunks, take the GIL for a moment to let Python handle Ctrl-C (and other
+            // signals); a pending KeyboardInterrupt stops the eval with finished chunks kept.
+            const std::function<bool()> python_signals = [] {
+              nb::gil_scoped_acquire acquire;
+              return PyErr_CheckSignals() != 0;
+            };
+            try {
               nb::gil_scoped_release release;
-              s.eval(tokens.data(), n, all_logits, out ? out->data() : nullptr);
+              s.eval(tokens.data(), n, all_logits, out ? out->data() : nullptr, python_signals);
+            } catch (const Interrupted& e) {
+              if (PyErr_Occurred()) throw nb::python_error();
+              throw;
             }
             if (!out) return nb::object(nb::none());
             std::vector<size_t> shape = all_logits ? std::vector<size_t>{(size_t)n, (size_t)n_vocab}

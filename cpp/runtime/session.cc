@@ -113,11 +113,13 @@ int64_t Session::n_cached() const {
 
 size_t Session::kv_bytes() const { return cache_.bytes(); }
 
-void Session::check_cancel() {
-  if (cancel_requested_.exchange(false)) throw std::runtime_error("evaluation cancelled");
+void Session::check_interrupt() {
+  if (cancel_requested_.exchange(false)) throw Interrupted("evaluation cancelled by request_cancel()");
+  if (interrupt_ != nullptr && *interrupt_ && (*interrupt_)()) throw Interrupted("evaluation interrupted");
 }
 
-void Session::eval(const int32_t* tokens, int64_t n, bool all_logits, float* out) {
+void Session::eval(const int32_t* tokens, int64_t n, bool all_logits, float* out,
+                   const std::function<bool()>& interrupt) {
   BusyGuard guard(busy_);
   SS_CHECK_ARG(n >= 0, "token count must be >= 0, got ", n);
   const int64_t n_vocab = model_->n_vocab();
@@ -129,6 +131,11 @@ void Session::eval(const int32_t* tokens, int64_t n, bool all_logits, float* out
                  " tokens: ", n_past_, " fed plus ", n, " more would exceed it (use mode='streaming')");
   if (n == 0) return;
   cancel_requested_.store(false);
+  interrupt_ = &interrupt;
+  struct ClearHook {
+    const std::function<bool()>*& hook;
+    ~ClearHook() { hook = nullptr; }
+  } clear_hook{interrupt_};
   if (options_.mode == AttentionMode::kRecompute)
     eval_recompute(tokens, n, all_logits, out);
   else
@@ -144,7 +151,7 @@ void Session::eval_cached(const int32_t* tokens, int64_t n, bool all_logits, flo
     model_->forward(tokens + done, chunk, n_past_, cache_, scratch_, pool_, logits, all_logits);
     n_past_ += (uint64_t)chunk;
     done += chunk;
-    if (!last_chunk) check_cancel();
+    if (!last_chunk) check_interrupt();
   }
 }
 
@@ -175,7 +182,7 @@ void Session::eval_recompute(const int32_t* tokens, int64_t n, bool all_logits, 
       }
     }
     n_past_ = t + 1;
-    if (i + 1 < n) check_cancel();
+    if (i + 1 < n) check_interrupt();
   }
 }
 

@@ -3,6 +3,7 @@
 #pragma once
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -42,7 +43,10 @@ class Session {
 
   // Feeds n tokens. all_logits: out is (n, n_vocab); else out is (n_vocab) for the last token.
   // out may be nullptr (no logits wanted). Validates every token id before touching any state.
-  void eval(const int32_t* tokens, int64_t n, bool all_logits, float* out);
+  // Between chunks, `interrupt` (if given) is asked whether to stop; stopping, or a request_cancel()
+  // from another thread, throws Interrupted with every finished chunk kept (n_past counts them).
+  void eval(const int32_t* tokens, int64_t n, bool all_logits, float* out,
+            const std::function<bool()>& interrupt = nullptr);
 
   void reset();
   uint64_t n_past() const { return n_past_; }
@@ -62,13 +66,13 @@ class Session {
   std::vector<uint8_t> save() const;
   void load(const std::vector<uint8_t>& state);
 
-  // Raised from another thread to stop a long eval between chunks (then eval throws).
+  // Asks a running eval (in another thread) to stop after its current chunk.
   void request_cancel() { cancel_requested_.store(true); }
 
  private:
   void eval_cached(const int32_t* tokens, int64_t n, bool all_logits, float* out);
   void eval_recompute(const int32_t* tokens, int64_t n, bool all_logits, float* out);
-  void check_cancel();
+  void check_interrupt();
 
   std::shared_ptr<const Model> model_;
   SessionOptions options_;
@@ -83,6 +87,7 @@ class Session {
   std::vector<int32_t> scratch_recompute_tokens_;  // (C) tokens re-encoded for one prediction
   std::atomic<bool> busy_{false};
   std::atomic<bool> cancel_requested_{false};
+  const std::function<bool()>* interrupt_ = nullptr;  // set for the duration of one eval
 };
 
 }  // namespace sinkstream
