@@ -39,16 +39,22 @@ class ReferenceLlama:
         self.freq_base = scalar("rope.freq_base", 10000.0)
         self.eps = scalar("attention.layer_norm_rms_epsilon", 1e-5)
         self.neox = self.arch == "qwen2"
+        scaling = f.get(f"{self.arch}.rope.scaling.type")
+        self.linear_factor = 1.0
+        if scaling is not None and str(bytes(scaling.parts[-1]), "utf-8") == "linear":
+            self.linear_factor = scalar("rope.scaling.factor")
         self.w = {}
         for t in reader.tensors:
             shape = tuple(int(d) for d in reversed(t.shape.tolist()))
             self.w[t.name] = gguf.quants.dequantize(t.data, t.tensor_type).reshape(shape).astype(np.float64)
         self.out = self.w.get("output.weight", self.w["token_embd.weight"])
+        self.freq_factors = self.w.get("rope_freqs.weight", np.ones(self.n_rot // 2))
 
     def rope(self, x: np.ndarray, pos: int) -> np.ndarray:
         """Rotates each head vector in x (n_heads, head_dim) to position pos."""
         half = self.n_rot // 2
-        theta = self.freq_base ** (-2.0 * np.arange(half) / self.n_rot) * pos
+        # Linear scaling divides positions by the factor; llama3-style factors divide each frequency.
+        theta = self.freq_base ** (-2.0 * np.arange(half) / self.n_rot) / self.freq_factors * (pos / self.linear_factor)
         c, s = np.cos(theta), np.sin(theta)
         y = x.copy()
         if self.neox:

@@ -17,6 +17,9 @@ CASES = {
     "llama-partial-rope-q8": dict(arch="llama", n_head=4, n_head_kv=4, rope_dim=4, n_ff=64, weight_type="Q8_0", seed=2),
     "qwen2-q4_1-partial": dict(arch="qwen2", biases=True, rope_dim=6, weight_type="Q4_1", n_embd=64, n_ff=96, seed=3),
     "llama-f16-gqa4": dict(arch="llama", n_head=8, n_head_kv=2, n_embd=64, weight_type="F16", seed=4),
+    # RoPE frequency scaling from metadata: linear (positions / factor) and llama3-style factors
+    "llama-linear-scaling": dict(arch="llama", rope_linear_factor=4.0, freq_base=500.0, seed=5),
+    "llama3-freq-factors": dict(arch="llama", rope_freq_factors=[1.0, 2.0, 8.0, 32.0], freq_base=100.0, seed=6),
 }
 
 

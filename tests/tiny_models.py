@@ -27,7 +27,8 @@ def byte_level_alphabet() -> list[str]:
 def write_tiny_model(path: Path, *, arch: str = "llama", n_layer: int = 2, n_embd: int = 32, n_head: int = 4,
                      n_head_kv: int = 2, n_ff: int = 48, n_ctx: int = 512, rope_dim: int | None = None,
                      biases: bool = False, tied: bool = True, weight_type: str = "F32", seed: int = 0,
-                     freq_base: float = 10000.0) -> Path:
+                     freq_base: float = 10000.0, rope_linear_factor: float | None = None,
+                     rope_freq_factors: np.ndarray | None = None) -> Path:
     rng = np.random.default_rng(seed)
     head_dim = n_embd // n_head
     tokens = byte_level_alphabet() + ["<s>", "</s>"]
@@ -42,6 +43,9 @@ def write_tiny_model(path: Path, *, arch: str = "llama", n_layer: int = 2, n_emb
     w.add_head_count_kv(n_head_kv)
     w.add_rope_dimension_count(rope_dim or head_dim)
     w.add_rope_freq_base(freq_base)
+    if rope_linear_factor is not None:
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(rope_linear_factor)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")
@@ -65,6 +69,8 @@ def write_tiny_model(path: Path, *, arch: str = "llama", n_layer: int = 2, n_emb
     def vector(name: str, n: int, center: float, spread: float) -> None:
         w.add_tensor(name, (center + spread * rng.standard_normal(n)).astype(np.float32))
 
+    if rope_freq_factors is not None:  # llama3-style: per-frequency divisors in rope_freqs.weight
+        w.add_tensor("rope_freqs.weight", np.asarray(rope_freq_factors, dtype=np.float32))
     matrix("token_embd.weight", n_vocab, n_embd, 1.0)
     vector("output_norm.weight", n_embd, 1.0, 0.1)
     if not tied:
