@@ -175,7 +175,8 @@ int32_t Sampler::prepare(const float* logits, int32_t n_vocab) {
   ByLogitDesc order{work_.data()};
 
   // top-k: keep the k best, found in O(n) by nth_element instead of sorting the vocabulary.
-  if (p.top_k > 0 && p.top_k < n_cand_) {
+  const bool top_k_cut = p.top_k > 0 && p.top_k < n_cand_;
+  if (top_k_cut) {
     std::nth_element(cand_.begin(), cand_.begin() + p.top_k, cand_.begin() + n_cand_, order);
     n_cand_ = p.top_k;
   }
@@ -192,9 +193,10 @@ int32_t Sampler::prepare(const float* logits, int32_t n_vocab) {
   // ever get sorted.
   if (p.min_p > 0.0f) {
     const float threshold = max_logit + std::log(p.min_p);
-    auto end = std::partition(cand_.begin(), cand_.begin() + n_cand_,
-                              [&](int32_t id) { return work_[id] >= threshold; });
-    n_cand_ = static_cast<int32_t>(end - cand_.begin());
+    int32_t n_survivors = 0;  // stable compaction: keeps id order when nothing else reordered
+    for (int32_t i = 0; i < n_cand_; ++i)
+      if (work_[cand_[i]] >= threshold) cand_[n_survivors++] = cand_[i];
+    n_cand_ = n_survivors;
   }
 
   n_kept_ = n_cand_;
@@ -211,6 +213,11 @@ int32_t Sampler::prepare(const float* logits, int32_t n_vocab) {
       }
     }
   }
+
+  // The draw walks the survivors in a canonical order so a seed gives the same token with any
+  // standard library: id order when no cut reordered them, else (logit desc, id asc). The top-p
+  // path has sorted them already; after a top-k cut this sorts at most k tokens.
+  if (top_k_cut || use_top_p) ensure_sorted_prefix(n_kept_);
 
   weight_sum_ = 0.0;
   const double inv_temperature = 1.0 / static_cast<double>(p.temperature);

@@ -3,6 +3,9 @@
 // The chain follows llama.cpp's common sampler order (common/sampling.cpp):
 //   logit bias -> penalties -> top-k -> top-p -> min-p -> temperature -> softmax -> seeded draw.
 // temperature == 0 means greedy: the argmax after bias and penalties (ties -> lowest id).
+// Ties in top-k are broken by the lower id. The draw is an inverse-CDF walk with one uniform from
+// xoshiro256** over the survivors in a canonical order (id order when no top-k/top-p cut was made,
+// else logit desc, id asc), so a seed picks the same token on every platform.
 //
 // Cost per call: O(n_vocab) for the copy, bias and max scan, plus a partial sort of only the tokens
 // that can survive the filters (nth_element for top-k; a growing sorted prefix for top-p). Every
