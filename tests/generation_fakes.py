@@ -109,4 +109,7 @@ class FakeSession:
         return out
 
     def reset(self) -> None:
+        from sinkstream.generation import reset_generation_state
+
         self.fed.clear()
+        reset_generation_state(self)

@@ -39,6 +39,7 @@ __all__ = [
     "generate_text",
     "make_sampler",
     "validate_sampling_options",
+    "reset_generation_state",
 ]
 
 # Defaults shared by stream_tokens, stream_text, generate_text and the CLI.
@@ -218,6 +219,14 @@ def _prompt_ids(session: Any, prompt: Any, add_bos: bool | None, special: bool) 
     if not prompt:
         return []
     return [int(t) for t in session.model.tokenize(prompt, add_bos=bos, special=special)]
+
+
+def reset_generation_state(session: Any) -> None:
+    """Forgets what the generation layer keeps on a session (pending token, cached logits, chat
+    record and history, last stats). Session.reset() should call it."""
+    for name in ("_pending", "_last_logits", "_chat_record", "_chat_history", "last_stats"):
+        if hasattr(session, name):
+            setattr(session, name, [] if name == "_pending" else None)
 
 
 def make_sampler(n_vocab: int, **options: Any):
