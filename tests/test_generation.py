@@ -320,6 +320,12 @@ def test_seed_makes_sampling_reproducible(model):
     assert sample(7) != sample(8)
 
 
+def test_huge_top_k_and_window_mean_all(model):
+    s = FakeSession(model)
+    s.say("Hello", "<|im_end|>")
+    assert run(s, "Hi", top_k=10**12, repeat_last_n=10**12, repeat_penalty=1.1, temperature=0.5) == ["Hello"]
+
+
 def test_logit_bias_reaches_the_sampler(model):
     s = FakeSession(model)
     s.say("Hello", "<|im_end|>")

@@ -303,6 +303,10 @@ def test_penalty_window_and_history():
     s.reset()
     assert s.history == []
     assert Sampler(10, repeat_last_n=0).history == []
+    big = Sampler(10, repeat_last_n=2**31 - 1)  # the window fills as tokens come, no upfront buffer
+    for t in range(20):
+        big.accept(t % 10)
+    assert big.history == [t % 10 for t in range(20)]
     off = Sampler(10, repeat_last_n=0, repeat_penalty=2.0, **PLAIN)
     off.accept(1)
     logits = random_logits(10, 1)

@@ -76,46 +76,45 @@ Sampler::Sampler(int32_t n_vocab, SamplerParams params) : n_vocab_(n_vocab), par
   cand_.resize(n_vocab);
   weights_.resize(n_vocab);
   counts_.assign(n_vocab, 0);
-  ring_.resize(p.penalty_last_n);
+  // The window fills as tokens are accepted: a huge repeat_last_n costs memory only once that
+  // many tokens were seen.
+  ring_.reserve(std::min<int32_t>(p.penalty_last_n, 4096));
 }
 
 void Sampler::accept(int32_t token) {
   SS_CHECK_ARG(token >= 0 && token < n_vocab_, "sampler: accepted token id ", token,
                " is outside the vocabulary [0, ", n_vocab_, ")");
-  const int32_t capacity = static_cast<int32_t>(ring_.size());
-  if (capacity == 0) return;
-  if (ring_size_ < capacity) {
-    ring_[(ring_start_ + ring_size_) % capacity] = token;
-    ++ring_size_;
+  if (params_.penalty_last_n == 0) return;
+  if (static_cast<int32_t>(ring_.size()) < params_.penalty_last_n) {
+    ring_.push_back(token);  // still filling: oldest at ring_start_ == 0
   } else {
     ring_[ring_start_] = token;  // overwrite the oldest
-    ring_start_ = (ring_start_ + 1) % capacity;
+    ring_start_ = (ring_start_ + 1) % static_cast<int32_t>(ring_.size());
   }
 }
 
 void Sampler::reset() {
+  ring_.clear();  // keeps the capacity
   ring_start_ = 0;
-  ring_size_ = 0;
   rng_.reseed(params_.seed);
 }
 
 std::vector<int32_t> Sampler::history() const {
   std::vector<int32_t> out;
-  out.reserve(ring_size_);
-  for (int32_t i = 0; i < ring_size_; ++i) out.push_back(ring_[(ring_start_ + i) % ring_.size()]);
+  out.reserve(ring_.size());
+  for (size_t i = 0; i < ring_.size(); ++i) out.push_back(ring_[(ring_start_ + i) % ring_.size()]);
   return out;
 }
 
 void Sampler::apply_penalties() {
   const SamplerParams& p = params_;
   const bool active = p.repeat_penalty != 1.0f || p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f;
-  if (!active || ring_size_ == 0) return;
-  const int32_t capacity = static_cast<int32_t>(ring_.size());
-  for (int32_t i = 0; i < ring_size_; ++i) ++counts_[ring_[(ring_start_ + i) % capacity]];
+  if (!active || ring_.empty()) return;
+  // Order does not matter here: every entry of the window is counted once.
+  for (const int32_t token : ring_) ++counts_[token];
   // Each distinct token is penalized once, using its count; zeroing the count marks it done and
   // leaves counts_ all zero for the next call.
-  for (int32_t i = 0; i < ring_size_; ++i) {
-    const int32_t token = ring_[(ring_start_ + i) % capacity];
+  for (const int32_t token : ring_) {
     const int32_t count = counts_[token];
     if (count == 0) continue;
     float& logit = work_[token];

@@ -87,9 +87,8 @@ class Sampler {
   std::vector<int32_t> cand_;    // (n_vocab) candidate ids; the first sorted_ are sorted
   std::vector<double> weights_;  // (n_vocab) exp((logit - max) / temperature) of the survivors
   std::vector<int32_t> counts_;  // (n_vocab) scratch counts for the penalties; all zero between calls
-  std::vector<int32_t> ring_;    // (penalty_last_n) last accepted tokens
+  std::vector<int32_t> ring_;    // (<= penalty_last_n) last accepted tokens, a ring once full
   int32_t ring_start_ = 0;       // index of the oldest entry
-  int32_t ring_size_ = 0;        // valid entries
   int32_t n_cand_ = 0;
   int32_t sorted_ = 0;
   int32_t n_kept_ = 0;

@@ -229,13 +229,19 @@ def reset_generation_state(session: Any) -> None:
             setattr(session, name, [] if name == "_pending" else None)
 
 
-def make_sampler(n_vocab: int, **options: Any):
-    """A sinkstream._core.Sampler from validated options (max_tokens is ignored)."""
+def _sampler_from(n_vocab: int, opts: dict[str, Any]):
     from ._core import Sampler
 
-    opts = validate_sampling_options(n_vocab, **options)
-    opts.pop("max_tokens")
-    return Sampler(n_vocab, **opts)
+    kwargs = {k: v for k, v in opts.items() if k != "max_tokens"}
+    # Past the vocabulary (top_k) or past 2**31 tokens (the window) the options mean "all".
+    kwargs["top_k"] = min(kwargs["top_k"], n_vocab)
+    kwargs["repeat_last_n"] = min(kwargs["repeat_last_n"], 2**31 - 1)
+    return Sampler(n_vocab, **kwargs)
+
+
+def make_sampler(n_vocab: int, **options: Any):
+    """A sinkstream._core.Sampler from validated options (max_tokens is ignored)."""
+    return _sampler_from(n_vocab, validate_sampling_options(n_vocab, **options))
 
 
 # ---- the token loop ------------------------------------------------------------------------------
@@ -277,11 +283,8 @@ def stream_tokens(session: Any, prompt: str | Sequence[int] | np.ndarray, *, max
     _validate_prompt(model, prompt, add_bos, special)
     if len(prompt) == 0 and _at_stream_start(session):
         raise ValueError("the prompt is empty and the session holds no tokens: nothing to condition on")
-    limit = opts.pop("max_tokens")
-    from ._core import Sampler
-
-    sampler = Sampler(model.n_vocab, **opts)
-    return _token_loop(session, prompt, add_bos, special, sampler, limit, opts["repeat_last_n"])
+    sampler = _sampler_from(model.n_vocab, opts)
+    return _token_loop(session, prompt, add_bos, special, sampler, opts["max_tokens"], opts["repeat_last_n"])
 
 
 def _token_loop(session, prompt, add_bos, special, sampler, limit, repeat_last_n) -> Iterator[int]:
