@@ -174,8 +174,11 @@ class Session:
         self.model = model
         self._core = _core.Session(model._core, mode, n_sink, window, batch_size, kv_type, n_threads,
                                    bool(allow_beyond_training_context), position_offset)
-        self._pending: list[int] = []     # sampled tokens not yet fed (see generation.py)
-        self._chat_history: list[dict[str, str]] = []
+        # Generation state kept on the session by generation.py / chat_template.py.
+        self._pending: list[int] = []     # the last sampled token, not fed yet
+        self._last_logits: np.ndarray | None = None
+        self._chat_history: list[dict[str, str]] | None = None
+        self._chat_record = None
         self.last_stats = None
 
     # -- the stream ------------------------------------------------------------------------------
@@ -233,19 +236,29 @@ class Session:
         return self._core.capacity
 
     def reset(self) -> None:
+        """Starts a new stream: empty cache, counter 0, no pending token or chat history."""
+        from .generation import reset_generation_state
+
         self._core.reset()
-        self._pending.clear()
-        self._chat_history.clear()
+        reset_generation_state(self)
 
     # -- park and resume ---------------------------------------------------------------------------
-    _STATE_MAGIC = b"SINKSTREAM-SESSION\x00\x01"
+    _STATE_MAGIC = b"SINKSTREAM-SESSION\x00\x02"
 
     def save(self, path: str | os.PathLike[str] | None = None) -> bytes | None:
-        """The stream's exact state (K/V of the sinks and window, counter, pending tokens, chat
-        history): bytes, or written to `path`. Restore with load() on a session made with the same
-        model and settings."""
-        extra = json.dumps({"pending": self._pending, "chat_history": self._chat_history}).encode()
-        blob = self._STATE_MAGIC + len(extra).to_bytes(8, "little") + extra + self._core.save()
+        """The stream's exact state (K/V of the sinks and window, counter, pending token, chat
+        history, last logits): bytes, or written to `path`. Restore with load() on a session made
+        with the same model and settings."""
+        record = getattr(self, "_chat_record", None)
+        extra = json.dumps({
+            "pending": [int(t) for t in self._pending],
+            "chat_history": getattr(self, "_chat_history", None),
+            "chat_record": list(record) if record is not None else None,
+        }).encode()
+        last = getattr(self, "_last_logits", None)
+        logits = b"" if last is None else np.ascontiguousarray(last, dtype=np.float32).tobytes()
+        blob = b"".join([self._STATE_MAGIC, len(extra).to_bytes(8, "little"), extra,
+                         len(logits).to_bytes(8, "little"), logits, self._core.save()])
         if path is None:
             return blob
         tmp = os.fspath(path) + ".partial"
@@ -262,34 +275,52 @@ class Session:
         if not isinstance(state, (bytes, bytearray, memoryview)):
             raise TypeError(f"state must be bytes or a path, got {type(state).__name__}")
         state = bytes(state)
-        magic = self._STATE_MAGIC
-        if not state.startswith(magic) or len(state) < len(magic) + 8:
+        if not state.startswith(self._STATE_MAGIC):
             raise ValueError("not a sinkstream session state")
-        n_extra = int.from_bytes(state[len(magic):len(magic) + 8], "little")
-        start = len(magic) + 8
-        if n_extra > len(state) - start:
-            raise ValueError("session state is truncated")
+        pos = len(self._STATE_MAGIC)
+
+        def take(n: int) -> bytes:
+            nonlocal pos
+            if n > len(state) - pos:
+                raise ValueError("session state is truncated")
+            pos += n
+            return state[pos - n:pos]
+
         try:
-            extra = json.loads(state[start:start + n_extra])
-            pending, history = list(extra["pending"]), list(extra["chat_history"])
+            extra = json.loads(take(int.from_bytes(take(8), "little")))
+            pending = [int(t) for t in extra["pending"]]
+            history, record = extra["chat_history"], extra["chat_record"]
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"session state is corrupt: {e}") from None
-        self._core.load(state[start + n_extra:])
-        self._pending, self._chat_history = pending, history
+        logits = take(int.from_bytes(take(8), "little"))
+        if logits and len(logits) != 4 * self.model.n_vocab:
+            raise ValueError("session state is corrupt: its logits do not match this model's vocabulary")
+        self._core.load(state[pos:])
+        self._pending = pending
+        self._chat_history = history
+        self._chat_record = tuple(record) if record is not None else None
+        self._last_logits = np.frombuffer(logits, dtype=np.float32).copy() if logits else None
 
-    # -- generation (generation.py / chat_template.py do the work) -------------------------------
+    # -- generation (generation.py and chat_template.py do the work) -----------------------------
     def stream(self, prompt: str | Sequence[int] | None = None, **options: Any) -> Iterator[str]:
+        """Continues this session's stream: feeds the prompt, yields generated text pieces (UTF-8
+        complete). Options: see sinkstream.generation.stream_text."""
         from .generation import stream_text
 
         return stream_text(self, prompt, **options)
 
     def generate(self, prompt: str | Sequence[int] | None = None, **options: Any) -> str:
-        return "".join(self.stream(prompt, **options))
+        from .generation import generate_text
 
-    def chat(self, messages: str | list[dict[str, str]], **options: Any) -> Iterator[str]:
+        return generate_text(self, prompt, **options)
+
+    def chat(self, messages: str | list[dict[str, str]], history: list | None = None, **options: Any) -> Iterator[str]:
+        """One chat turn: renders the GGUF chat template over the conversation so far plus
+        `messages` (a user text or a list of {"role", "content"}), feeds only what is new, and
+        streams the reply. The session remembers the conversation (constant memory)."""
         from .chat_template import chat_turn
 
-        return chat_turn(self, messages, self._chat_history, **options)
+        return chat_turn(self, messages, history, **options)
 
     def __repr__(self) -> str:
         return (f"Session(mode={self.mode!r}, n_sink={self.n_sink}, window={self.window}, "
