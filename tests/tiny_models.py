@@ -1,7 +1,7 @@
 """Tiny random llama-family GGUF models for unit tests, written with the `gguf` package.
 
-The vocabulary is GPT-2 byte-level: one token per byte (so any text tokenizes) plus BOS/EOS control
-tokens; weights are random with scales that give peaked, position-sensitive attention.
+The vocabulary is GPT-2 byte-level: one token per byte (so any text tokenizes), three merged
+tokens, and BOS/EOS control tokens; weights are random with scales that give peaked, position-sensitive attention.
 """
 from __future__ import annotations
 
@@ -31,7 +31,11 @@ def write_tiny_model(path: Path, *, arch: str = "llama", n_layer: int = 2, n_emb
                      rope_freq_factors: np.ndarray | None = None) -> Path:
     rng = np.random.default_rng(seed)
     head_dim = n_embd // n_head
-    tokens = byte_level_alphabet() + ["<s>", "</s>"]
+    alphabet = byte_level_alphabet()
+    space = alphabet[ord(" ")]
+    merges = [f"{space} t", "t h", "h e"]                 # a few real BPE merges, ranked
+    merged = [f"{space}t", "th", "he"]
+    tokens = alphabet + merged + ["<s>", "</s>"]
     n_vocab = len(tokens)
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name(f"tiny-{arch}")
@@ -50,8 +54,8 @@ def write_tiny_model(path: Path, *, arch: str = "llama", n_layer: int = 2, n_emb
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")
     w.add_token_list(tokens)
-    w.add_token_types([gguf.TokenType.NORMAL] * 256 + [gguf.TokenType.CONTROL] * 2)
-    w.add_token_merges([])
+    w.add_token_types([gguf.TokenType.NORMAL] * (256 + len(merged)) + [gguf.TokenType.CONTROL] * 2)
+    w.add_token_merges(merges)
     w.add_bos_token_id(n_vocab - 2)
     w.add_eos_token_id(n_vocab - 1)
     w.add_add_bos_token(False)
