@@ -253,7 +253,8 @@ class Session:
         extra = json.dumps({
             "pending": [int(t) for t in self._pending],
             "chat_history": getattr(self, "_chat_history", None),
-            "chat_record": list(record) if record is not None else None,
+            # (rendered prompt text, bytes of the reply tokens read since, n_past): see chat_template.py
+            "chat_record": [record[0], record[1].hex(), record[2]] if record is not None else None,
         }).encode()
         last = getattr(self, "_last_logits", None)
         logits = b"" if last is None else np.ascontiguousarray(last, dtype=np.float32).tobytes()
@@ -298,7 +299,7 @@ class Session:
         self._core.load(state[pos:])
         self._pending = pending
         self._chat_history = history
-        self._chat_record = tuple(record) if record is not None else None
+        self._chat_record = (record[0], bytes.fromhex(record[1]), int(record[2])) if record is not None else None
         self._last_logits = np.frombuffer(logits, dtype=np.float32).copy() if logits else None
 
     # -- generation (generation.py and chat_template.py do the work) -----------------------------
