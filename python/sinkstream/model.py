@@ -176,7 +176,7 @@ class Session:
                                    bool(allow_beyond_training_context), position_offset)
         # Generation state kept on the session by generation.py / chat_template.py.
         self._pending: list[int] = []     # the last sampled token, not fed yet
-        self._last_logits: np.ndarray | None = None
+        self._last_logits: tuple[int, np.ndarray] | None = None  # (n_past then, logits)
         self._chat_history: list[dict[str, str]] | None = None
         self._chat_record = None
         self.last_stats = None
@@ -255,9 +255,10 @@ class Session:
             "chat_history": getattr(self, "_chat_history", None),
             # (rendered prompt text, bytes of the reply tokens read since, n_past): see chat_template.py
             "chat_record": [record[0], record[1].hex(), record[2]] if record is not None else None,
+            "last_logits_n_past": None if last is None else int(last[0]),
         }).encode()
-        last = getattr(self, "_last_logits", None)
-        logits = b"" if last is None else np.ascontiguousarray(last, dtype=np.float32).tobytes()
+        last = getattr(self, "_last_logits", None)  # (n_past when computed, logits): see generation.py
+        logits = b"" if last is None else np.ascontiguousarray(last[1], dtype=np.float32).tobytes()
         blob = b"".join([self._STATE_MAGIC, len(extra).to_bytes(8, "little"), extra,
                          len(logits).to_bytes(8, "little"), logits, self._core.save()])
         if path is None:
@@ -291,6 +292,7 @@ class Session:
             extra = json.loads(take(int.from_bytes(take(8), "little")))
             pending = [int(t) for t in extra["pending"]]
             history, record = extra["chat_history"], extra["chat_record"]
+            logits_n_past = extra["last_logits_n_past"]
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"session state is corrupt: {e}") from None
         logits = take(int.from_bytes(take(8), "little"))
@@ -300,7 +302,7 @@ class Session:
         self._pending = pending
         self._chat_history = history
         self._chat_record = (record[0], bytes.fromhex(record[1]), int(record[2])) if record is not None else None
-        self._last_logits = np.frombuffer(logits, dtype=np.float32).copy() if logits else None
+        self._last_logits = (int(logits_n_past), np.frombuffer(logits, dtype=np.float32).copy()) if logits else None
 
     # -- generation (generation.py and chat_template.py do the work) -----------------------------
     def stream(self, prompt: str | Sequence[int] | None = None, **options: Any) -> Iterator[str]:
