@@ -250,6 +250,7 @@ class Session:
         history, last logits): bytes, or written to `path`. Restore with load() on a session made
         with the same model and settings."""
         record = getattr(self, "_chat_record", None)
+        last = getattr(self, "_last_logits", None)  # (n_past when computed, logits): see generation.py
         extra = json.dumps({
             "pending": [int(t) for t in self._pending],
             "chat_history": getattr(self, "_chat_history", None),
@@ -257,7 +258,6 @@ class Session:
             "chat_record": [record[0], record[1].hex(), record[2]] if record is not None else None,
             "last_logits_n_past": None if last is None else int(last[0]),
         }).encode()
-        last = getattr(self, "_last_logits", None)  # (n_past when computed, logits): see generation.py
         logits = b"" if last is None else np.ascontiguousarray(last[1], dtype=np.float32).tobytes()
         blob = b"".join([self._STATE_MAGIC, len(extra).to_bytes(8, "little"), extra,
                          len(logits).to_bytes(8, "little"), logits, self._core.save()])
