@@ -144,6 +144,39 @@ def test_long_text_is_fast_and_exact(smollm):
     assert elapsed < 1.0, f"encoding 1 MB took {elapsed:.2f} s"
 
 
+def reference_byte_level_bpe(word: bytes, ranks: dict[tuple[str, str], int], ids: dict[str, int]) -> list[int]:
+    """Byte-level BPE of one pre-tokenized word, from the algorithm: write the bytes in the GPT-2
+    byte alphabet; while some adjacent pair has a merge rule, merge the pair with the lowest rank
+    (the leftmost on ties); each final symbol is a token."""
+    chars = gpt2_byte_chars()
+    symbols = [chars[b] for b in word]
+    while True:
+        candidates = [(ranks[pair], i) for i, pair in enumerate(zip(symbols, symbols[1:])) if pair in ranks]
+        if not candidates:
+            break
+        _, i = min(candidates)
+        symbols[i:i + 2] = [symbols[i] + symbols[i + 1]]
+    return [ids[s] for s in symbols]
+
+
+@pytest.mark.model
+def test_default_model_merges_match_reference_bpe(smollm):
+    metadata = _core.GgufFile.open(sinkstream.default_model_path()).metadata()
+    ids = {t: i for i, t in enumerate(metadata["tokenizer.ggml.tokens"])}
+    ranks = {}
+    for rank, rule in enumerate(metadata["tokenizer.ggml.merges"]):
+        ranks.setdefault(tuple(rule.split(" ", 1)), rank)
+    rng = random.Random(11)
+    texts = ROUND_TRIP_TEXTS + [c["text"] for c in oracle_cases]
+    alphabet = "etaoinshrdlucmfwypvbgkqjxz ETAOIN,.;'!?0123456789\n\t-()éü中😀"
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40))) for _ in range(150)]
+    for text in texts:
+        expected = []
+        for word in _core.pre_tokenize("smollm", text):
+            expected += reference_byte_level_bpe(word.encode(), ranks, ids)
+        assert smollm.encode(text, parse_special=False) == expected, repr(text)
+
+
 # ---- pre-tokenizers against the `regex` package ---------------------------------------------------
 
 GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
