@@ -10,8 +10,9 @@ output). Nothing is typed by hand:
 The pre-tokenizer regexes (GPT-2, Llama 3, Qwen2, ...) use \\p{L}, \\p{N}, \\p{P} and \\s; llama.cpp
 evaluates them over the same two properties.
 
-Usage: python scripts/gen_unicode_tables.py            (rewrites the two files)
-       python scripts/gen_unicode_tables.py --check    (exit 1 if the files differ from a fresh run)
+Usage: python scripts/gen_unicode_tables.py                  (rewrites the two files)
+       python scripts/gen_unicode_tables.py --check          (exit 1 if they differ from a fresh run)
+       python scripts/gen_unicode_tables.py --output-dir DIR (writes them into DIR instead)
 The output depends only on the interpreter's Unicode version, so reruns are byte-identical.
 """
 from __future__ import annotations
@@ -132,21 +133,25 @@ const size_t kWhiteSpaceCount = sizeof(kWhiteSpace) / sizeof(kWhiteSpace[0]);
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="compare instead of writing")
+    parser.add_argument("--output-dir", type=Path, help="write the files here instead of cpp/runtime")
     args = parser.parse_args()
 
     version = unicodedata.unidata_version
     runs = category_runs()
     spaces = white_space()
-    outputs = {HEADER: render_header(version), SOURCE: render_source(version, runs, spaces)}
+    header, source = HEADER, SOURCE
+    if args.output_dir is not None:
+        header, source = args.output_dir / HEADER.name, args.output_dir / SOURCE.name
+    outputs = {header: render_header(version), source: render_source(version, runs, spaces)}
 
     if args.check:
         stale = [p for p, text in outputs.items() if not p.exists() or p.read_text() != text]
         for p in stale:
-            print(f"{p.relative_to(ROOT)} differs from a fresh run (Unicode {version})", file=sys.stderr)
+            print(f"{p} differs from a fresh run (Unicode {version})", file=sys.stderr)
         return 1 if stale else 0
     for path, text in outputs.items():
         path.write_text(text)
-        print(f"wrote {path.relative_to(ROOT)}: Unicode {version}, {len(runs)} category runs, "
+        print(f"wrote {path}: Unicode {version}, {len(runs)} category runs, "
               f"{len(spaces)} White_Space code points")
     return 0
 

@@ -3,16 +3,13 @@
 // (src/llama-vocab.cpp) so token ids match it exactly; where sinkstream deliberately differs it is
 // said at the spot.
 #include <algorithm>
-#include <cstdlib>
 #include <optional>
-#include <unordered_set>
 
 #include "core/error.h"
 #include "gguf/gguf_file.h"
 #include "runtime/pre_tokenizer.h"
 #include "runtime/tokenizer.h"
 #include "runtime/tokenizer_impl.h"
-#include "runtime/unicode.h"
 
 namespace sinkstream {
 

@@ -4,6 +4,7 @@
 // into UTF-8 characters; repeatedly the adjacent pair whose concatenation is the vocabulary entry
 // with the highest score is merged (leftmost first among equal scores); a final symbol that is no
 // token falls back to its bytes as <0xNN> byte tokens.
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <queue>
