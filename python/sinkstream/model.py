@@ -98,13 +98,21 @@ class Model:
         return self.token_bytes(self.eos_id).decode("utf-8", "replace") if self.eos_id >= 0 else ""
 
     # -- tokens ----------------------------------------------------------------------------------
-    def tokenize(self, text: str, add_bos: bool | None = None, special: bool = True) -> list[int]:
-        """Text -> token ids. add_bos=None: the GGUF metadata decides (tokenizer.ggml.add_bos_token)."""
+    def tokenize(self, text: str, add_bos: bool | None = None, special: bool = True,
+                 add_eos: bool | None = None) -> list[int]:
+        """Text -> token ids. add_bos / add_eos = None: the GGUF metadata decides
+        (tokenizer.ggml.add_bos_token / add_eos_token). special: parse special-token text such as
+        <|im_start|> into its id (False: tokenize it as plain text)."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         if add_bos is None:
             add_bos = self._tokenizer.add_bos_default
-        return self._tokenizer.encode(text, bool(add_bos), bool(special))
+        if add_eos is None:
+            add_eos = self._tokenizer.add_eos_default
+        ids = self._tokenizer.encode(text, bool(add_bos), bool(special))
+        if add_eos and self.eos_id >= 0:
+            ids.append(self.eos_id)
+        return ids
 
     def token_bytes(self, token: int) -> bytes:
         """The exact bytes of one token's piece (may be an incomplete UTF-8 sequence)."""
