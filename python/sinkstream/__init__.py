@@ -8,10 +8,11 @@ from ._core import GGUFError, ModelError
 from .gguf_file import GGUFFile, TensorInfo
 from .default_model import default_model_path
 from .model import Model, Session
+from .perplexity import perplexity
 
 try:
     __version__ = _version("sinkstream")
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0+unknown"
 
-__all__ = ["GGUFError", "ModelError", "GGUFFile", "TensorInfo", "default_model_path", "Model", "Session", "__version__"]
+__all__ = ["GGUFError", "ModelError", "GGUFFile", "TensorInfo", "default_model_path", "Model", "Session", "perplexity", "__version__"]
