@@ -91,11 +91,12 @@ def positions_bench(model: sinkstream.Model, args: argparse.Namespace) -> bool:
         if position < session.n_past:
             raise ValueError(f"--positions must increase: {position} comes after {session.n_past} tokens were fed")
         seconds = prefill_to(session, position, rng, model.n_vocab)
+        cached = session.n_cached
         times = time_decode(session, args.steps, args.repeats, rng, model.n_vocab)
         medians.append(statistics.median(times))
         rss.append(rss_bytes())
         rows.append((f"{position}", f"{medians[-1]:.3f}", f"{min(times):.3f}", f"{max(times):.3f}",
-                     f"{rss[-1] / 2**20:.1f}", f"{session.kv_bytes / 2**20:.2f}", f"{session.n_cached}",
+                     f"{rss[-1] / 2**20:.1f}", f"{session.kv_bytes / 2**20:.2f}", f"{cached}",
                      f"{seconds:.1f}"))
     print_table(("position", "ms/token", "min", "max", "RSS MiB", "KV MiB", "cached", "prefill s"), rows)
     time_ratio = max(medians) / min(medians)
