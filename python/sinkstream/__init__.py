@@ -10,6 +10,7 @@ from .default_model import default_model_path
 from .model import Model, Session
 from .generation import GenerationStats
 from .chat_template import ChatTemplateError
+from .perplexity import perplexity
 
 try:
     __version__ = _version("sinkstream")
@@ -17,4 +18,4 @@ except PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0+unknown"
 
 __all__ = ["Cancelled", "GGUFError", "ModelError", "GGUFFile", "TensorInfo", "default_model_path", "Model", "Session",
-           "GenerationStats", "ChatTemplateError", "__version__"]
+           "GenerationStats", "ChatTemplateError", "perplexity", "__version__"]
