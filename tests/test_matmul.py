@@ -74,7 +74,7 @@ def run(qtype: T, w: np.ndarray, rows: int, cols: int, x: np.ndarray, isa: str, 
 def cols_for(qtype: T) -> int:
     if qtype in FLOATS:
         return 100 + 37  # not a multiple of 8 or 16: exercises the SIMD tails
-    return 512 if qtype in ACT_BLOCK else 320
+    return 512 if qtype in ACT_BLOCK else 352  # 11 blocks of 32: SIMD loops' pairs and an unpaired tail
 
 
 @pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
@@ -118,24 +118,49 @@ def test_simd_levels_match_scalar(qtype, n):
         assert np.all(diff <= 1e-5 * absdot + 1e-30), f"{qtype.name} {isa} differs from scalar beyond rounding"
 
 
+@pytest.mark.skipif(not SIMD_LEVELS, reason="this CPU has no SIMD level beyond scalar")
+@pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
+def test_simd_levels_match_scalar_across_row_counts(qtype):
+    # Weight widths from one block up (odd and even block counts) and row counts around the
+    # kernels' row tiles, one and two tokens.
+    rng = np.random.default_rng(250 + int(qtype))
+    block = 1 if qtype in FLOATS else GGML_QUANT_SIZES[qtype][0]
+    widths = [1, 2, 3, 8, 15] if qtype in FLOATS else ([1, 2, 3] if block == 256 else [1, 2, 3, 4, 5, 6, 7, 9])
+    for blocks in widths:
+        cols = blocks * block
+        for rows in (1, 3, 4, 5, 8, 11):
+            w = make_weight(qtype, rows, cols, rng)
+            wf = dequantized(qtype, w, rows)
+            for n in (1, 2):
+                x = rng.standard_normal((n, cols)).astype(np.float32)
+                absdot = np.abs(x.astype(np.float64)) @ np.abs(wf).T
+                scalar = run(qtype, w, rows, cols, x, "scalar")
+                for isa in SIMD_LEVELS:
+                    got = run(qtype, w, rows, cols, x, isa)
+                    ok = np.abs(got.astype(np.float64) - scalar) <= 1e-5 * absdot + 1e-30
+                    assert ok.all(), f"{qtype.name} {isa} cols={cols} rows={rows} n={n}"
+
+
 @pytest.mark.parametrize("qtype", [T.Q4_1, T.Q8_0, T.Q6_K, T.F16], ids=lambda t: t.name)
 def test_threads_do_not_change_results(qtype):
     rng = np.random.default_rng(300 + int(qtype))
-    rows, cols, n = 301, cols_for(qtype), 6
+    rows, cols = 301, cols_for(qtype)
     w = make_weight(qtype, rows, cols, rng)
-    x = rng.standard_normal((n, cols)).astype(np.float32)
-    for isa in ["scalar"] + SIMD_LEVELS:
-        one = run(qtype, w, rows, cols, x, isa, n_threads=1)
-        two = run(qtype, w, rows, cols, x, isa, n_threads=2)
-        three = run(qtype, w, rows, cols, x, isa, n_threads=3)
-        assert np.array_equal(one, two) and np.array_equal(one, three)
+    for n in (1, 6):
+        x = rng.standard_normal((n, cols)).astype(np.float32)
+        for isa in ["scalar"] + SIMD_LEVELS:
+            one = run(qtype, w, rows, cols, x, isa, n_threads=1)
+            two = run(qtype, w, rows, cols, x, isa, n_threads=2)
+            three = run(qtype, w, rows, cols, x, isa, n_threads=3)
+            assert np.array_equal(one, two) and np.array_equal(one, three), (n, isa)
 
 
 def test_token_tiles_do_not_change_results():
-    # A token's output must not depend on which other tokens share its tile.
+    # A token's output must not depend on which other tokens share its tile (so evaluating a prompt
+    # in one call or token by token gives identical numbers).
     rng = np.random.default_rng(4)
-    rows, cols = 24, 256
-    for qtype in (T.Q4_1, T.Q8_0, T.Q4_K):
+    rows, cols = 26, 256  # not a multiple of the 4-row tiles
+    for qtype in (T.Q4_1, T.Q8_0, T.Q4_K, T.IQ4_NL, T.F16):
         w = make_weight(qtype, rows, cols, rng)
         x = rng.standard_normal((5, cols)).astype(np.float32)
         for isa in ["scalar"] + SIMD_LEVELS:

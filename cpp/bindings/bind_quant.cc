@@ -144,7 +144,7 @@ void bind_quant(nb::module_& m) {
         const GgmlTypeInfo* info = ggml_type_info(type_id);
         SS_CHECK_ARG(info != nullptr, "unknown ggml type id ", type_id);
         Isa chosen;
-        select_row_dot(info->type, parse_isa(isa), &chosen);
+        select_dot_tile(info->type, parse_isa(isa), &chosen);
         return std::string(isa_name(chosen));
       },
       nb::arg("type_id"), nb::arg("isa"), "The ISA level whose kernel serves this weight type at level `isa`.");

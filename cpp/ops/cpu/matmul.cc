@@ -3,8 +3,9 @@
 // Work split: output rows are divided into contiguous ranges, one ThreadPool task each, so every
 // thread streams its own part of W once. Inside a range, rows are taken in groups small enough to
 // stay in L2 (kTileBytes of weights), and for each group the tokens are walked kTokenTile at a time:
-// a weight row is then read from memory once per call and from cache for every further token.
+// a weight row is read from memory once per call and from cache for every further token.
 #include <algorithm>
+#include <cstdint>
 #include <vector>
 
 #include "core/error.h"
@@ -29,12 +30,13 @@ void check_weight(const WeightMatrix& w) {
                " but ", info.name, " x ", w.cols, " needs ", ggml_row_bytes(info, w.cols));
 }
 
-// Scratch for the quantized activations, reused across calls (matmul runs on the caller's thread;
-// each thread that calls matmul gets its own).
+// Scratch for the quantized activations, 64-byte aligned (rows are multiples of 64 bytes, so every
+// row starts on a cache line), reused across calls; each thread that calls matmul gets its own.
 uint8_t* activation_scratch(int64_t bytes) {
   thread_local std::vector<uint8_t> scratch;
-  if ((int64_t)scratch.size() < bytes) scratch.resize((size_t)bytes);
-  return scratch.data();
+  if ((int64_t)scratch.size() < bytes + 64) scratch.resize((size_t)(bytes + 64));
+  const uintptr_t address = reinterpret_cast<uintptr_t>(scratch.data());
+  return scratch.data() + ((64 - address % 64) % 64);
 }
 
 }  // namespace
@@ -63,20 +65,23 @@ ActFormat activation_format(GgmlType weight_type) {
 int64_t activation_row_bytes(ActFormat format, int64_t cols) {
   switch (format) {
     case ActFormat::F32: return cols * (int64_t)sizeof(float);
-    case ActFormat::Q8A: return cols / kQK * (int64_t)sizeof(BlockQ8A);
-    case ActFormat::Q8K: return cols / kQKK * (int64_t)sizeof(BlockQ8_K);
+    case ActFormat::Q8A: {
+      const int64_t nb = cols / kQK;
+      return (q8a_scales_offset(nb) + nb * (int64_t)sizeof(Q8AScale) + 63) / 64 * 64;
+    }
+    case ActFormat::Q8K: return cols / kQKK * (int64_t)sizeof(BlockQ8KA);
   }
   return 0;
 }
 
-RowDotFn select_row_dot(GgmlType type, Isa isa, Isa* chosen) {
-  RowDotFn fn = nullptr;
+DotTileFn select_dot_tile(GgmlType type, Isa isa, Isa* chosen) {
+  DotTileFn fn = nullptr;
   Isa from = Isa::Scalar;
-  if (isa == Isa::Avx512 && (fn = avx512_row_dot(type)) != nullptr) from = Isa::Avx512;
-  if (fn == nullptr && (isa == Isa::Avx512 || isa == Isa::Avx2) && (fn = avx2_row_dot(type)) != nullptr)
+  if (isa == Isa::Avx512 && (fn = avx512_dot_tile(type)) != nullptr) from = Isa::Avx512;
+  if (fn == nullptr && (isa == Isa::Avx512 || isa == Isa::Avx2) && (fn = avx2_dot_tile(type)) != nullptr)
     from = Isa::Avx2;
-  if (fn == nullptr && isa == Isa::Neon && (fn = neon_row_dot(type)) != nullptr) from = Isa::Neon;
-  if (fn == nullptr) fn = scalar_row_dot(type), from = Isa::Scalar;
+  if (fn == nullptr && isa == Isa::Neon && (fn = neon_dot_tile(type)) != nullptr) from = Isa::Neon;
+  if (fn == nullptr) fn = scalar_dot_tile(type), from = Isa::Scalar;
   SS_CHECK_ARG(fn != nullptr, "matmul does not support weight type ", ggml_type_name(type));
   if (chosen != nullptr) *chosen = from;
   return fn;
@@ -90,7 +95,7 @@ void matmul_at_isa(const WeightMatrix& w, const float* x, int64_t n, float* y, T
   SS_CHECK_ARG(isa_supported(isa), "ISA ", isa_name(isa), " is not available on this CPU (best: ",
                isa_name(best_isa()), ")");
   const ActFormat format = activation_format(w.type);
-  const RowDotFn dot = select_row_dot(w.type, isa);
+  const DotTileFn dot = select_dot_tile(w.type, isa);
   const int64_t n_blocks = w.cols / ggml_type_info(w.type).block_size;
 
   // Activations: float rows are used in place; quantized rows are made once for all output rows.
@@ -107,12 +112,11 @@ void matmul_at_isa(const WeightMatrix& w, const float* x, int64_t n, float* y, T
       w.rows,
       [&](int64_t row_begin, int64_t row_end, int) {
         for (int64_t g = row_begin; g < row_end; g += rows_per_group) {
-          const int64_t g_end = std::min(row_end, g + rows_per_group);
+          const int nr = (int)std::min(row_end - g, rows_per_group);
           for (int64_t t = 0; t < n; t += kTokenTile) {
             const int nt = (int)std::min<int64_t>(kTokenTile, n - t);
-            for (int64_t r = g; r < g_end; ++r)
-              dot(n_blocks, w.data + r * w.row_bytes, act + t * act_stride, act_stride, nt, y + t * w.rows + r,
-                  w.rows);
+            dot(n_blocks, w.data + g * w.row_bytes, w.row_bytes, nr, act + t * act_stride, act_stride, nt,
+                y + t * w.rows + g, w.rows);
           }
         }
       },

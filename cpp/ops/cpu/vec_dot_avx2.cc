@@ -31,17 +31,8 @@ static inline float hsum(__m256 v) {
 
 static inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 
-// 16 bytes of packed nibbles -> 32 bytes: elements 0..15 from the low nibbles, 16..31 from the high.
-static inline __m256i unpack_nibbles(const uint8_t* p) {
-  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  const __m256i both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
-  return _mm256_and_si256(both, _mm256_set1_epi8(0x0f));
-}
-
-// Q5 fifth bits: byte j = 0x10 where bit j of the little-endian uint32 qh is set.
-static inline __m256i fifth_bits(const uint8_t qh[4]) {
-  uint32_t bits;
-  std::memcpy(&bits, qh, 4);
+// Q5 fifth bits: byte j = 0x10 where bit j of `bits` is set.
+static inline __m256i fifth_bits(uint32_t bits) {
   const __m256i byte_of_bit = _mm256_setr_epi64x(0x0000000000000000, 0x0101010101010101,
                                                  0x0202020202020202, 0x0303030303030303);
   const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), byte_of_bit);
@@ -50,130 +41,215 @@ static inline __m256i fifth_bits(const uint8_t qh[4]) {
   return _mm256_and_si256(set, _mm256_set1_epi8(0x10));
 }
 
-// sum over pairs of u8 * s8, as 8 int32 lanes.
-static inline __m256i dot_u8_s8(__m256i u, __m256i s) {
-  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
-}
-
-// Signed weights: |w| * (sign(w) * a).
-static inline __m256i dot_s8_s8(__m256i w, __m256i a) {
-  return dot_u8_s8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
-}
-
 // int16 scale vector for 32 products spanning sub-blocks of 16: lanes 0..7 (elements 0..15) get s0,
 // lanes 8..15 get s1.
 static inline __m256i pair_scales(int s0, int s1) {
   return _mm256_set_m128i(_mm_set1_epi16((short)s1), _mm_set1_epi16((short)s0));
 }
 
-static inline const BlockQ8A* q8a_row(const uint8_t* x, int64_t stride, int t) {
-  return reinterpret_cast<const BlockQ8A*>(x + t * stride);
-}
-static inline const BlockQ8_K* q8k_row(const uint8_t* x, int64_t stride, int t) {
-  return reinterpret_cast<const BlockQ8_K*>(x + t * stride);
+static inline const BlockQ8KA* q8k_row(const uint8_t* x, int64_t stride, int t) {
+  return reinterpret_cast<const BlockQ8KA*>(x + t * stride);
 }
 
-// A RowDotFn from a kernel struct with `template <int NT> static void run(...)`.
+// A DotTileFn from a one-row kernel, `template <int NT> static void run(nb, w, x, xs, y, ys)`.
 template <typename Kernel>
-void row_dot(int64_t nb, const uint8_t* w, const uint8_t* x, int64_t xs, int nt, float* y, int64_t ys) {
-  switch (nt) {
-    case 1: Kernel::template run<1>(nb, w, x, xs, y, ys); break;
-    case 2: Kernel::template run<2>(nb, w, x, xs, y, ys); break;
-    case 3: Kernel::template run<3>(nb, w, x, xs, y, ys); break;
-    default: Kernel::template run<4>(nb, w, x, xs, y, ys); break;
+void tile_dot_rows(int64_t nb, const uint8_t* w, int64_t ws, int nr, const uint8_t* x, int64_t xs, int nt, float* y,
+                   int64_t ys) {
+  for (int r = 0; r < nr; ++r) {
+    const uint8_t* row = w + r * ws;
+    switch (nt) {
+      case 1: Kernel::template run<1>(nb, row, x, xs, y + r, ys); break;
+      case 2: Kernel::template run<2>(nb, row, x, xs, y + r, ys); break;
+      case 3: Kernel::template run<3>(nb, row, x, xs, y + r, ys); break;
+      default: Kernel::template run<4>(nb, row, x, xs, y + r, ys); break;
+    }
   }
 }
 
 // ---- 32-element formats ----------------------------------------------------------------------------
-// Traits: unpack(block) -> Weights {q, d, m}; dot(weights, activation quants) -> 8 float partial sums;
-// kExtra: the factor of the per-block term `extra_scale * a.ds` (0: none). The kernel computes
-//   sum over blocks of d * a.d * dot + kExtra * extra_scale * a.ds.
+// Blocks are processed in pairs (i, i + 1) to match the Q8A activation layout (vec_dot.h):
+//   w0 = [block i elements 0..15 | block i+1 elements 0..15]  against activation bytes 0..31 of the pair
+//   w1 = [block i elements 16..31 | block i+1 elements 16..31] against bytes 32..63
+// so the int32 lanes 0..3 of the products belong to block i and lanes 4..7 to block i + 1.
+// Per pair, one multiply gives all four scale products at once:
+//   header(i) = [d_i, e_i, d_i+1, e_i+1] (weight halves) times [dx_i, ds_i, dx_i+1, ds_i+1]
+// where the lanes 0, 2 scale the integer dot and the lanes 1, 3 are the per-block extra terms
+// kExtra * e * ds (Q4_1/Q5_1: the min, e = m, kExtra = 1; Q4_0: the -8 offset, e = d, kExtra = -8).
 
-struct Weights32 {
-  __m256i q;
-  float d;
-  float extra_scale;
+struct PairWeights {
+  __m256i w0, w1;
 };
 
+static inline uint32_t load_u32(const void* p) { uint32_t v; std::memcpy(&v, p, 4); return v; }
+static inline uint32_t twice(uint16_t h) { return (uint32_t)h * 0x10001u; }  // [h, h] as two halves
+
+// Two 16-byte pieces into one register: lo at bits 0..127, hi at 128..255.
+static inline __m256i load_two(const uint8_t* lo, const uint8_t* hi) {
+  return _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(hi), reinterpret_cast<const __m128i*>(lo));
+}
+static inline __m256i load_one(const uint8_t* lo) {
+  return _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lo)));
+}
+
+static inline PairWeights split_nibbles(__m256i packed) {
+  const __m256i low4 = _mm256_set1_epi8(0x0f);
+  return {_mm256_and_si256(packed, low4), _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4)};
+}
+
+// Fifth bits of a pair: w0 takes bits 0..15 of qh_i then of qh_i+1, w1 bits 16..31 of each.
+static inline void add_fifth_bits(PairWeights* p, uint32_t qh_i, uint32_t qh_next) {
+  p->w0 = _mm256_or_si256(p->w0, fifth_bits((qh_i & 0xffffu) | (qh_next << 16)));
+  p->w1 = _mm256_or_si256(p->w1, fifth_bits((qh_i >> 16) | (qh_next & 0xffff0000u)));
+}
+
+// `next` is nullptr for an unpaired last block: its partner's lanes are zero.
 struct Q4_0Traits {
   using Block = BlockQ4_0;
-  static constexpr float kExtra = -8.0f;  // sum (q - 8) a = sum q a - 8 sum a
-  static Weights32 unpack(const Block& b) { const float d = h2f(b.d); return {unpack_nibbles(b.qs), d, d}; }
-  static __m256 dot(const Weights32& w, __m256i a) { return _mm256_cvtepi32_ps(dot_u8_s8(w.q, a)); }
+  static constexpr bool kSigned = false;
+  static constexpr float kExtra = -8.0f;
+  static PairWeights unpack(const Block* b, const Block* next) {
+    return split_nibbles(next ? load_two(b->qs, next->qs) : load_one(b->qs));
+  }
+  static __m128i header(const Block* b, const Block* next) {
+    return _mm_set_epi32(0, 0, next ? (int)twice(next->d) : 0, (int)twice(b->d));
+  }
 };
 
 struct Q4_1Traits {
   using Block = BlockQ4_1;
-  static constexpr float kExtra = 1.0f;  // + m * d_x * sum a
-  static Weights32 unpack(const Block& b) { return {unpack_nibbles(b.qs), h2f(b.d), h2f(b.m)}; }
-  static __m256 dot(const Weights32& w, __m256i a) { return _mm256_cvtepi32_ps(dot_u8_s8(w.q, a)); }
+  static constexpr bool kSigned = false;
+  static constexpr float kExtra = 1.0f;
+  static PairWeights unpack(const Block* b, const Block* next) {
+    return split_nibbles(next ? load_two(b->qs, next->qs) : load_one(b->qs));
+  }
+  static __m128i header(const Block* b, const Block* next) {  // d and m are adjacent: one 32-bit load
+    return _mm_set_epi32(0, 0, next ? (int)load_u32(next) : 0, (int)load_u32(b));
+  }
 };
 
 struct Q5_0Traits {
   using Block = BlockQ5_0;
+  static constexpr bool kSigned = false;
   static constexpr float kExtra = -16.0f;
-  static Weights32 unpack(const Block& b) {
-    const float d = h2f(b.d);
-    return {_mm256_or_si256(unpack_nibbles(b.qs), fifth_bits(b.qh)), d, d};
+  static PairWeights unpack(const Block* b, const Block* next) {
+    PairWeights p = split_nibbles(next ? load_two(b->qs, next->qs) : load_one(b->qs));
+    add_fifth_bits(&p, load_u32(b->qh), next ? load_u32(next->qh) : 0);
+    return p;
   }
-  static __m256 dot(const Weights32& w, __m256i a) { return _mm256_cvtepi32_ps(dot_u8_s8(w.q, a)); }
+  static __m128i header(const Block* b, const Block* next) {
+    return _mm_set_epi32(0, 0, next ? (int)twice(next->d) : 0, (int)twice(b->d));
+  }
 };
 
 struct Q5_1Traits {
   using Block = BlockQ5_1;
+  static constexpr bool kSigned = false;
   static constexpr float kExtra = 1.0f;
-  static Weights32 unpack(const Block& b) {
-    return {_mm256_or_si256(unpack_nibbles(b.qs), fifth_bits(b.qh)), h2f(b.d), h2f(b.m)};
+  static PairWeights unpack(const Block* b, const Block* next) {
+    PairWeights p = split_nibbles(next ? load_two(b->qs, next->qs) : load_one(b->qs));
+    add_fifth_bits(&p, load_u32(b->qh), next ? load_u32(next->qh) : 0);
+    return p;
   }
-  static __m256 dot(const Weights32& w, __m256i a) { return _mm256_cvtepi32_ps(dot_u8_s8(w.q, a)); }
+  static __m128i header(const Block* b, const Block* next) {
+    return _mm_set_epi32(0, 0, next ? (int)load_u32(next) : 0, (int)load_u32(b));
+  }
 };
 
 struct Q8_0Traits {
   using Block = BlockQ8_0;
+  static constexpr bool kSigned = true;
   static constexpr float kExtra = 0.0f;
-  static Weights32 unpack(const Block& b) { return {load256(b.qs), h2f(b.d), 0.0f}; }
-  static __m256 dot(const Weights32& w, __m256i a) { return _mm256_cvtepi32_ps(dot_s8_s8(w.q, a)); }
+  static PairWeights unpack(const Block* b, const Block* next) {
+    const uint8_t* q = reinterpret_cast<const uint8_t*>(b->qs);
+    if (next == nullptr) return {load_one(q), load_one(q + 16)};
+    const uint8_t* qn = reinterpret_cast<const uint8_t*>(next->qs);
+    return {load_two(q, qn), load_two(q + 16, qn + 16)};
+  }
+  static __m128i header(const Block* b, const Block* next) {
+    return _mm_set_epi32(0, 0, next ? (int)twice(next->d) : 0, (int)twice(b->d));
+  }
 };
 
 struct IQ4_NLTraits {
   using Block = BlockIQ4_NL;
+  static constexpr bool kSigned = true;
   static constexpr float kExtra = 0.0f;
-  static Weights32 unpack(const Block& b) {
-    const __m128i table128 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues));
-    const __m256i table = _mm256_broadcastsi128_si256(table128);
-    return {_mm256_shuffle_epi8(table, unpack_nibbles(b.qs)), h2f(b.d), 0.0f};
+  static PairWeights unpack(const Block* b, const Block* next) {
+    const __m256i table =
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues)));
+    const PairWeights idx = split_nibbles(next ? load_two(b->qs, next->qs) : load_one(b->qs));
+    return {_mm256_shuffle_epi8(table, idx.w0), _mm256_shuffle_epi8(table, idx.w1)};
   }
-  static __m256 dot(const Weights32& w, __m256i a) { return _mm256_cvtepi32_ps(dot_s8_s8(w.q, a)); }
+  static __m128i header(const Block* b, const Block* next) {
+    return _mm_set_epi32(0, 0, next ? (int)twice(next->d) : 0, (int)twice(b->d));
+  }
 };
 
 template <typename Traits>
 struct Kernel32 {
+  using Block = typename Traits::Block;
+
+  // Integer dot of a pair against 64 activation bytes: 8 int32 lanes (0..3 block i, 4..7 block i+1).
+  // Unsigned weights <= 31: the two int16 products add without overflow (2 * 2 * 31 * 127 < 32768).
+  static inline __m256i pair_dot(const PairWeights& w, const PairWeights& w_abs, const int8_t* a) {
+    const __m256i a0 = load256(a), a1 = load256(a + 32);
+    const __m256i ones = _mm256_set1_epi16(1);
+    if (Traits::kSigned) {
+      const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(w_abs.w0, _mm256_sign_epi8(a0, w.w0)), ones);
+      const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(w_abs.w1, _mm256_sign_epi8(a1, w.w1)), ones);
+      return _mm256_add_epi32(p0, p1);
+    }
+    const __m256i p16 = _mm256_add_epi16(_mm256_maddubs_epi16(w.w0, a0), _mm256_maddubs_epi16(w.w1, a1));
+    return _mm256_madd_epi16(p16, ones);
+  }
+
   template <int NT>
   static void run(int64_t nb, const uint8_t* w, const uint8_t* x, int64_t xs, float* y, int64_t ys) {
-    const typename Traits::Block* b = reinterpret_cast<const typename Traits::Block*>(w);
-    // Two accumulator sets (even / odd blocks) hide the FMA latency when NT is 1.
-    __m256 acc[2][NT];
-    float extra[NT];
-    for (int t = 0; t < NT; ++t) acc[0][t] = acc[1][t] = _mm256_setzero_ps(), extra[t] = 0.0f;
-    auto block = [&](int64_t i, __m256* into) {
-      const Weights32 wq = Traits::unpack(b[i]);
+    const int64_t scales_offset = q8a_scales_offset(nb);
+    const __m256i lane_of_scale = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2);
+    // One accumulator per token and pairs always in order, so a row's result has the same summation
+    // order whatever tile it is in: outputs do not depend on the thread split or on which tokens are
+    // evaluated together. (A second accumulator set to hide the FMA latency gained nothing: a
+    // pair's integer work takes longer than that latency.)
+    __m256 acc[NT];
+    __m128 extra[NT];
+    for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps(), extra[t] = _mm_setzero_ps();
+
+    auto pair = [&](int64_t i, bool has_next) {
+      const Block* b = reinterpret_cast<const Block*>(w) + i;
+      const Block* next = has_next ? b + 1 : nullptr;
+      const PairWeights wq = Traits::unpack(b, next);
+      PairWeights w_abs = wq;
+      if (Traits::kSigned) w_abs = {_mm256_sign_epi8(wq.w0, wq.w0), _mm256_sign_epi8(wq.w1, wq.w1)};
+      const __m128 header = _mm_cvtph_ps(Traits::header(b, next));
       for (int t = 0; t < NT; ++t) {
-        const BlockQ8A& a = q8a_row(x, xs, t)[i];
-        into[t] = _mm256_fmadd_ps(_mm256_set1_ps(wq.d * a.d), Traits::dot(wq, load256(a.qs)), into[t]);
-        if (Traits::kExtra != 0.0f) extra[t] += wq.extra_scale * a.ds;
+        const uint8_t* row = x + t * xs;
+        const float* sc = reinterpret_cast<const float*>(row + scales_offset) + 2 * i;
+        const __m128 act =
+            has_next ? _mm_loadu_ps(sc) : _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(sc)));
+        const __m128 prod = _mm_mul_ps(header, act);  // [s_i, e_i ds_i, s_i+1, e_i+1 ds_i+1]
+        const __m256 scale = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(prod), lane_of_scale);
+        const __m256i dot = pair_dot(wq, w_abs, reinterpret_cast<const int8_t*>(row) + 64 * (i / 2));
+        acc[t] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), acc[t]);
+        if (Traits::kExtra != 0.0f) extra[t] = _mm_add_ps(extra[t], prod);
       }
     };
     int64_t i = 0;
-    for (; i + 1 < nb; i += 2) {
-      block(i, acc[0]);
-      block(i + 1, acc[1]);
+    for (; i + 2 <= nb; i += 2) pair(i, true);
+    if (i < nb) pair(i, false);
+    for (int t = 0; t < NT; ++t) {
+      float sum = hsum(acc[t]);
+      if (Traits::kExtra != 0.0f) {
+        alignas(16) float e[4];
+        _mm_store_ps(e, extra[t]);
+        sum += Traits::kExtra * (e[1] + e[3]);
+      }
+      y[t * ys] = sum;
     }
-    if (i < nb) block(i, acc[0]);
-    for (int t = 0; t < NT; ++t) y[t * ys] = hsum(_mm256_add_ps(acc[0][t], acc[1][t])) + Traits::kExtra * extra[t];
   }
 };
 
-// ---- K-quants (256-element super-blocks, BlockQ8_K activations) ----------------------------------
+// ---- K-quants (256-element super-blocks, BlockQ8KA activations) - ----------------------------------
 // Within a super-block the integer sums of all sub-blocks, each times its sub-block scale, are
 // accumulated in int32 (sumi); the float scales d * d_x (and dmin * d_x for the mins) are applied
 // once per super-block.
@@ -205,7 +281,7 @@ struct Q2_KKernel {
       const __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(scales, 4), _mm_set1_epi8(0x0f)));
       const float d = h2f(b[i].d), dmin = h2f(b[i].dmin);
       for (int t = 0; t < NT; ++t) {
-        const BlockQ8_K& a = q8k_row(x, xs, t)[i];
+        const BlockQ8KA& a = q8k_row(x, xs, t)[i];
         const __m256i summ = _mm256_madd_epi16(load256(a.bsums), mins);
         acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
         acc[t] = _mm256_fnmadd_ps(_mm256_set1_ps(dmin * a.d), _mm256_cvtepi32_ps(summ), acc[t]);
@@ -245,7 +321,7 @@ struct Q3_KKernel {
       const __m256i scales16 = load256(sc);
       const float d = h2f(b[i].d);
       for (int t = 0; t < NT; ++t) {
-        const BlockQ8_K& a = q8k_row(x, xs, t)[i];
+        const BlockQ8KA& a = q8k_row(x, xs, t)[i];
         const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(load256(a.bsums), scales16), 2);
         acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(_mm256_sub_epi32(sumi[t], offset)),
                                  acc[t]);
@@ -296,7 +372,7 @@ struct Q45_KKernel {
       const __m256i mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn8, mn8));
       const float d = h2f(b[i].d), dmin = h2f(b[i].dmin);
       for (int t = 0; t < NT; ++t) {
-        const BlockQ8_K& a = q8k_row(x, xs, t)[i];
+        const BlockQ8KA& a = q8k_row(x, xs, t)[i];
         const __m256i summ = _mm256_madd_epi16(load256(a.bsums), mins);
         acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
         acc[t] = _mm256_fnmadd_ps(_mm256_set1_ps(dmin * a.d), _mm256_cvtepi32_ps(summ), acc[t]);
@@ -341,7 +417,7 @@ struct Q6_KKernel {
           _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b[i].scales)));
       const float d = h2f(b[i].d);
       for (int t = 0; t < NT; ++t) {
-        const BlockQ8_K& a = q8k_row(x, xs, t)[i];
+        const BlockQ8KA& a = q8k_row(x, xs, t)[i];
         const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(load256(a.bsums), scales16), 5);  // 32 * ...
         acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(_mm256_sub_epi32(sumi[t], offset)),
                                  acc[t]);
@@ -407,22 +483,22 @@ struct FloatKernel {
 
 }  // namespace
 
-RowDotFn avx2_row_dot(GgmlType type) {
+DotTileFn avx2_dot_tile(GgmlType type) {
   switch (type) {
-    case GgmlType::F32: return row_dot<FloatKernel<LoadF32>>;
-    case GgmlType::F16: return row_dot<FloatKernel<LoadF16>>;
-    case GgmlType::BF16: return row_dot<FloatKernel<LoadBF16>>;
-    case GgmlType::Q4_0: return row_dot<Kernel32<Q4_0Traits>>;
-    case GgmlType::Q4_1: return row_dot<Kernel32<Q4_1Traits>>;
-    case GgmlType::Q5_0: return row_dot<Kernel32<Q5_0Traits>>;
-    case GgmlType::Q5_1: return row_dot<Kernel32<Q5_1Traits>>;
-    case GgmlType::Q8_0: return row_dot<Kernel32<Q8_0Traits>>;
-    case GgmlType::IQ4_NL: return row_dot<Kernel32<IQ4_NLTraits>>;
-    case GgmlType::Q2_K: return row_dot<Q2_KKernel>;
-    case GgmlType::Q3_K: return row_dot<Q3_KKernel>;
-    case GgmlType::Q4_K: return row_dot<Q45_KKernel<false>>;
-    case GgmlType::Q5_K: return row_dot<Q45_KKernel<true>>;
-    case GgmlType::Q6_K: return row_dot<Q6_KKernel>;
+    case GgmlType::F32: return tile_dot_rows<FloatKernel<LoadF32>>;
+    case GgmlType::F16: return tile_dot_rows<FloatKernel<LoadF16>>;
+    case GgmlType::BF16: return tile_dot_rows<FloatKernel<LoadBF16>>;
+    case GgmlType::Q4_0: return tile_dot_rows<Kernel32<Q4_0Traits>>;
+    case GgmlType::Q4_1: return tile_dot_rows<Kernel32<Q4_1Traits>>;
+    case GgmlType::Q5_0: return tile_dot_rows<Kernel32<Q5_0Traits>>;
+    case GgmlType::Q5_1: return tile_dot_rows<Kernel32<Q5_1Traits>>;
+    case GgmlType::Q8_0: return tile_dot_rows<Kernel32<Q8_0Traits>>;
+    case GgmlType::IQ4_NL: return tile_dot_rows<Kernel32<IQ4_NLTraits>>;
+    case GgmlType::Q2_K: return tile_dot_rows<Q2_KKernel>;
+    case GgmlType::Q3_K: return tile_dot_rows<Q3_KKernel>;
+    case GgmlType::Q4_K: return tile_dot_rows<Q45_KKernel<false>>;
+    case GgmlType::Q5_K: return tile_dot_rows<Q45_KKernel<true>>;
+    case GgmlType::Q6_K: return tile_dot_rows<Q6_KKernel>;
     default: return nullptr;
   }
 }
@@ -432,7 +508,7 @@ RowDotFn avx2_row_dot(GgmlType type) {
 #else  // not an x86-64 build with the AVX2 flags: no kernels
 
 namespace sinkstream {
-RowDotFn avx2_row_dot(GgmlType) { return nullptr; }
+DotTileFn avx2_dot_tile(GgmlType) { return nullptr; }
 }  // namespace sinkstream
 
 #endif

@@ -2,5 +2,5 @@
 #include "ops/cpu/vec_dot.h"
 
 namespace sinkstream {
-RowDotFn neon_row_dot(GgmlType) { return nullptr; }
+DotTileFn neon_dot_tile(GgmlType) { return nullptr; }
 }  // namespace sinkstream

@@ -5,7 +5,7 @@
 // Each quantized dot follows from the block formulas in quant/quant_blocks.h with x ~= d_x * a:
 //   Q4_0  sum_b d_w d_x sum_i (q_i - 8) a_i          Q4_1  sum_b d_w d_x sum_i q_i a_i + m d_x sum_i a_i
 //   K-quants: sum over sub-blocks of (d sc_j) d_x sum_i q_i a_i - (dmin mn_j) d_x sum_i a_i,
-// where the activation block sums (BlockQ8A::ds, BlockQ8_K::bsums) give the min / offset terms.
+// where the activation block sums (Q8AScale::ds, BlockQ8KA::bsums) give the min / offset terms.
 #include <cmath>
 #include <cstring>
 
@@ -50,16 +50,21 @@ void quantize_activations(ActFormat format, const float* x, int64_t cols, uint8_
   switch (format) {
     case ActFormat::F32: std::memcpy(out, x, (size_t)cols * sizeof(float)); return;
     case ActFormat::Q8A: {
-      BlockQ8A* blocks = reinterpret_cast<BlockQ8A*>(out);
-      for (int64_t b = 0; b < cols / kQK; ++b) {
+      const int64_t nb = cols / kQK;
+      Q8AScale* scales = reinterpret_cast<Q8AScale*>(out + q8a_scales_offset(nb));
+      if (nb % 2 == 1) std::memset(out + q8a_quant_offset(nb - 1, 0), 0, 64);  // the missing partner's zeros
+      for (int64_t b = 0; b < nb; ++b) {
+        int8_t q[kQK];
         int sum;
-        blocks[b].d = quantize_block(x + b * kQK, kQK, blocks[b].qs, &sum);
-        blocks[b].ds = blocks[b].d * (float)sum;
+        scales[b].d = quantize_block(x + b * kQK, kQK, q, &sum);
+        scales[b].ds = scales[b].d * (float)sum;
+        std::memcpy(out + q8a_quant_offset(b, 0), q, 16);
+        std::memcpy(out + q8a_quant_offset(b, 1), q + 16, 16);
       }
       return;
     }
     case ActFormat::Q8K: {
-      BlockQ8_K* blocks = reinterpret_cast<BlockQ8_K*>(out);
+      BlockQ8KA* blocks = reinterpret_cast<BlockQ8KA*>(out);
       for (int64_t b = 0; b < cols / kQKK; ++b) {
         int sum;
         blocks[b].d = quantize_block(x + b * kQKK, kQKK, blocks[b].qs, &sum);
@@ -68,6 +73,7 @@ void quantize_activations(ActFormat format, const float* x, int64_t cols, uint8_
           for (int i = 0; i < 16; ++i) group += blocks[b].qs[16 * g + i];
           blocks[b].bsums[g] = (int16_t)group;
         }
+        std::memset(blocks[b].padding, 0, sizeof(blocks[b].padding));
       }
       return;
     }
@@ -82,100 +88,111 @@ uint32_t load_qh(const uint8_t qh[4]) {
   return (uint32_t)qh[0] | (uint32_t)qh[1] << 8 | (uint32_t)qh[2] << 16 | (uint32_t)qh[3] << 24;
 }
 
+// A Q8A activation row (layout in vec_dot.h).
+struct Q8ARow {
+  const uint8_t* base;
+  int64_t nb;
+  // Quants [16 * half, 16 * half + 16) of block b.
+  const int8_t* quants(int64_t b, int half) const {
+    return reinterpret_cast<const int8_t*>(base + q8a_quant_offset(b, half));
+  }
+  const Q8AScale& scale(int64_t b) const {
+    return reinterpret_cast<const Q8AScale*>(base + q8a_scales_offset(nb))[b];
+  }
+};
+
 float dot_q4_0(int64_t nb, const uint8_t* w, const uint8_t* x) {
   const BlockQ4_0* b = reinterpret_cast<const BlockQ4_0*>(w);
-  const BlockQ8A* a = reinterpret_cast<const BlockQ8A*>(x);
+  const Q8ARow a{x, nb};
   float sum = 0.0f;
   for (int64_t i = 0; i < nb; ++i) {
+    const int8_t *lo = a.quants(i, 0), *hi = a.quants(i, 1);
     int isum = 0;
-    for (int j = 0; j < kQK / 2; ++j) {
-      isum += ((b[i].qs[j] & 0x0f) - 8) * a[i].qs[j];
-      isum += ((b[i].qs[j] >> 4) - 8) * a[i].qs[j + kQK / 2];
-    }
-    sum += fp16_to_f32(b[i].d) * a[i].d * (float)isum;
+    for (int j = 0; j < kQK / 2; ++j) isum += ((b[i].qs[j] & 0x0f) - 8) * lo[j] + ((b[i].qs[j] >> 4) - 8) * hi[j];
+    sum += fp16_to_f32(b[i].d) * a.scale(i).d * (float)isum;
   }
   return sum;
 }
 
 float dot_q4_1(int64_t nb, const uint8_t* w, const uint8_t* x) {
   const BlockQ4_1* b = reinterpret_cast<const BlockQ4_1*>(w);
-  const BlockQ8A* a = reinterpret_cast<const BlockQ8A*>(x);
+  const Q8ARow a{x, nb};
   float sum = 0.0f;
   for (int64_t i = 0; i < nb; ++i) {
+    const int8_t *lo = a.quants(i, 0), *hi = a.quants(i, 1);
     int isum = 0;
-    for (int j = 0; j < kQK / 2; ++j) {
-      isum += (b[i].qs[j] & 0x0f) * a[i].qs[j];
-      isum += (b[i].qs[j] >> 4) * a[i].qs[j + kQK / 2];
-    }
-    sum += fp16_to_f32(b[i].d) * a[i].d * (float)isum + fp16_to_f32(b[i].m) * a[i].ds;
+    for (int j = 0; j < kQK / 2; ++j) isum += (b[i].qs[j] & 0x0f) * lo[j] + (b[i].qs[j] >> 4) * hi[j];
+    sum += fp16_to_f32(b[i].d) * a.scale(i).d * (float)isum + fp16_to_f32(b[i].m) * a.scale(i).ds;
   }
   return sum;
 }
 
 float dot_q5_0(int64_t nb, const uint8_t* w, const uint8_t* x) {
   const BlockQ5_0* b = reinterpret_cast<const BlockQ5_0*>(w);
-  const BlockQ8A* a = reinterpret_cast<const BlockQ8A*>(x);
+  const Q8ARow a{x, nb};
   float sum = 0.0f;
   for (int64_t i = 0; i < nb; ++i) {
     const uint32_t qh = load_qh(b[i].qh);
+    const int8_t *lo = a.quants(i, 0), *hi = a.quants(i, 1);
     int isum = 0;
     for (int j = 0; j < kQK / 2; ++j) {
-      const int lo = ((b[i].qs[j] & 0x0f) | (int)((qh >> j) & 1) << 4) - 16;
-      const int hi = ((b[i].qs[j] >> 4) | (int)((qh >> (j + 16)) & 1) << 4) - 16;
-      isum += lo * a[i].qs[j] + hi * a[i].qs[j + kQK / 2];
+      const int q_lo = ((b[i].qs[j] & 0x0f) | (int)((qh >> j) & 1) << 4) - 16;
+      const int q_hi = ((b[i].qs[j] >> 4) | (int)((qh >> (j + 16)) & 1) << 4) - 16;
+      isum += q_lo * lo[j] + q_hi * hi[j];
     }
-    sum += fp16_to_f32(b[i].d) * a[i].d * (float)isum;
+    sum += fp16_to_f32(b[i].d) * a.scale(i).d * (float)isum;
   }
   return sum;
 }
 
 float dot_q5_1(int64_t nb, const uint8_t* w, const uint8_t* x) {
   const BlockQ5_1* b = reinterpret_cast<const BlockQ5_1*>(w);
-  const BlockQ8A* a = reinterpret_cast<const BlockQ8A*>(x);
+  const Q8ARow a{x, nb};
   float sum = 0.0f;
   for (int64_t i = 0; i < nb; ++i) {
     const uint32_t qh = load_qh(b[i].qh);
+    const int8_t *lo = a.quants(i, 0), *hi = a.quants(i, 1);
     int isum = 0;
     for (int j = 0; j < kQK / 2; ++j) {
-      const int lo = (b[i].qs[j] & 0x0f) | (int)((qh >> j) & 1) << 4;
-      const int hi = (b[i].qs[j] >> 4) | (int)((qh >> (j + 16)) & 1) << 4;
-      isum += lo * a[i].qs[j] + hi * a[i].qs[j + kQK / 2];
+      const int q_lo = (b[i].qs[j] & 0x0f) | (int)((qh >> j) & 1) << 4;
+      const int q_hi = (b[i].qs[j] >> 4) | (int)((qh >> (j + 16)) & 1) << 4;
+      isum += q_lo * lo[j] + q_hi * hi[j];
     }
-    sum += fp16_to_f32(b[i].d) * a[i].d * (float)isum + fp16_to_f32(b[i].m) * a[i].ds;
+    sum += fp16_to_f32(b[i].d) * a.scale(i).d * (float)isum + fp16_to_f32(b[i].m) * a.scale(i).ds;
   }
   return sum;
 }
 
 float dot_q8_0(int64_t nb, const uint8_t* w, const uint8_t* x) {
   const BlockQ8_0* b = reinterpret_cast<const BlockQ8_0*>(w);
-  const BlockQ8A* a = reinterpret_cast<const BlockQ8A*>(x);
+  const Q8ARow a{x, nb};
   float sum = 0.0f;
   for (int64_t i = 0; i < nb; ++i) {
+    const int8_t *lo = a.quants(i, 0), *hi = a.quants(i, 1);
     int isum = 0;
-    for (int j = 0; j < kQK; ++j) isum += b[i].qs[j] * a[i].qs[j];
-    sum += fp16_to_f32(b[i].d) * a[i].d * (float)isum;
+    for (int j = 0; j < kQK / 2; ++j) isum += b[i].qs[j] * lo[j] + b[i].qs[j + 16] * hi[j];
+    sum += fp16_to_f32(b[i].d) * a.scale(i).d * (float)isum;
   }
   return sum;
 }
 
 float dot_iq4_nl(int64_t nb, const uint8_t* w, const uint8_t* x) {
   const BlockIQ4_NL* b = reinterpret_cast<const BlockIQ4_NL*>(w);
-  const BlockQ8A* a = reinterpret_cast<const BlockQ8A*>(x);
+  const Q8ARow a{x, nb};
   float sum = 0.0f;
   for (int64_t i = 0; i < nb; ++i) {
+    const int8_t *lo = a.quants(i, 0), *hi = a.quants(i, 1);
     int isum = 0;
-    for (int j = 0; j < kQK / 2; ++j) {
-      isum += kIq4nlValues[b[i].qs[j] & 0x0f] * a[i].qs[j];
-      isum += kIq4nlValues[b[i].qs[j] >> 4] * a[i].qs[j + kQK / 2];
-    }
-    sum += fp16_to_f32(b[i].d) * a[i].d * (float)isum;
+    for (int j = 0; j < kQK / 2; ++j)
+      isum += kIq4nlValues[b[i].qs[j] & 0x0f] * lo[j] + kIq4nlValues[b[i].qs[j] >> 4] * hi[j];
+    sum += fp16_to_f32(b[i].d) * a.scale(i).d * (float)isum;
   }
   return sum;
 }
 
 float dot_q2_k(int64_t nb, const uint8_t* w, const uint8_t* x) {
   const BlockQ2_K* b = reinterpret_cast<const BlockQ2_K*>(w);
-  const BlockQ8_K* a = reinterpret_cast<const BlockQ8_K*>(x);
+  const BlockQ8KA* a = reinterpret_cast<const BlockQ8KA*>(x);
   float sum = 0.0f;
   for (int64_t i = 0; i < nb; ++i) {
     int sumq = 0, summ = 0;
@@ -193,7 +210,7 @@ float dot_q2_k(int64_t nb, const uint8_t* w, const uint8_t* x) {
 
 float dot_q3_k(int64_t nb, const uint8_t* w, const uint8_t* x) {
   const BlockQ3_K* b = reinterpret_cast<const BlockQ3_K*>(w);
-  const BlockQ8_K* a = reinterpret_cast<const BlockQ8_K*>(x);
+  const BlockQ8KA* a = reinterpret_cast<const BlockQ8KA*>(x);
   float sum = 0.0f;
   for (int64_t i = 0; i < nb; ++i) {
     int sumq = 0;
@@ -214,7 +231,7 @@ float dot_q3_k(int64_t nb, const uint8_t* w, const uint8_t* x) {
 
 float dot_q4_k(int64_t nb, const uint8_t* w, const uint8_t* x) {
   const BlockQ4_K* b = reinterpret_cast<const BlockQ4_K*>(w);
-  const BlockQ8_K* a = reinterpret_cast<const BlockQ8_K*>(x);
+  const BlockQ8KA* a = reinterpret_cast<const BlockQ8KA*>(x);
   float sum = 0.0f;
   for (int64_t i = 0; i < nb; ++i) {
     int sumq = 0, summ = 0;
@@ -235,7 +252,7 @@ float dot_q4_k(int64_t nb, const uint8_t* w, const uint8_t* x) {
 
 float dot_q5_k(int64_t nb, const uint8_t* w, const uint8_t* x) {
   const BlockQ5_K* b = reinterpret_cast<const BlockQ5_K*>(w);
-  const BlockQ8_K* a = reinterpret_cast<const BlockQ8_K*>(x);
+  const BlockQ8KA* a = reinterpret_cast<const BlockQ8KA*>(x);
   float sum = 0.0f;
   for (int64_t i = 0; i < nb; ++i) {
     int sumq = 0, summ = 0;
@@ -259,7 +276,7 @@ float dot_q5_k(int64_t nb, const uint8_t* w, const uint8_t* x) {
 
 float dot_q6_k(int64_t nb, const uint8_t* w, const uint8_t* x) {
   const BlockQ6_K* b = reinterpret_cast<const BlockQ6_K*>(w);
-  const BlockQ8_K* a = reinterpret_cast<const BlockQ8_K*>(x);
+  const BlockQ8KA* a = reinterpret_cast<const BlockQ8KA*>(x);
   float sum = 0.0f;
   for (int64_t i = 0; i < nb; ++i) {
     int sumq = 0;
@@ -294,31 +311,32 @@ float load_f32(const uint8_t* w, int64_t i) { float v; std::memcpy(&v, w + 4 * i
 float load_f16(const uint8_t* w, int64_t i) { uint16_t h; std::memcpy(&h, w + 2 * i, 2); return fp16_to_f32(h); }
 float load_bf16(const uint8_t* w, int64_t i) { uint16_t h; std::memcpy(&h, w + 2 * i, 2); return bf16_to_f32(h); }
 
-// A RowDotFn from a one-row, one-token dot.
+// A DotTileFn from a one-row, one-token dot.
 template <float (*Dot)(int64_t, const uint8_t*, const uint8_t*)>
-void row_dot(int64_t nb, const uint8_t* w, const uint8_t* x, int64_t x_stride, int nt, float* y,
-             int64_t y_stride) {
-  for (int t = 0; t < nt; ++t) y[t * y_stride] = Dot(nb, w, x + t * x_stride);
+void tile_dot(int64_t nb, const uint8_t* w, int64_t w_stride, int nr, const uint8_t* x, int64_t x_stride, int nt,
+              float* y, int64_t y_stride) {
+  for (int t = 0; t < nt; ++t)
+    for (int r = 0; r < nr; ++r) y[t * y_stride + r] = Dot(nb, w + r * w_stride, x + t * x_stride);
 }
 
 }  // namespace
 
-RowDotFn scalar_row_dot(GgmlType type) {
+DotTileFn scalar_dot_tile(GgmlType type) {
   switch (type) {
-    case GgmlType::F32: return row_dot<dot_float<load_f32>>;
-    case GgmlType::F16: return row_dot<dot_float<load_f16>>;
-    case GgmlType::BF16: return row_dot<dot_float<load_bf16>>;
-    case GgmlType::Q4_0: return row_dot<dot_q4_0>;
-    case GgmlType::Q4_1: return row_dot<dot_q4_1>;
-    case GgmlType::Q5_0: return row_dot<dot_q5_0>;
-    case GgmlType::Q5_1: return row_dot<dot_q5_1>;
-    case GgmlType::Q8_0: return row_dot<dot_q8_0>;
-    case GgmlType::IQ4_NL: return row_dot<dot_iq4_nl>;
-    case GgmlType::Q2_K: return row_dot<dot_q2_k>;
-    case GgmlType::Q3_K: return row_dot<dot_q3_k>;
-    case GgmlType::Q4_K: return row_dot<dot_q4_k>;
-    case GgmlType::Q5_K: return row_dot<dot_q5_k>;
-    case GgmlType::Q6_K: return row_dot<dot_q6_k>;
+    case GgmlType::F32: return tile_dot<dot_float<load_f32>>;
+    case GgmlType::F16: return tile_dot<dot_float<load_f16>>;
+    case GgmlType::BF16: return tile_dot<dot_float<load_bf16>>;
+    case GgmlType::Q4_0: return tile_dot<dot_q4_0>;
+    case GgmlType::Q4_1: return tile_dot<dot_q4_1>;
+    case GgmlType::Q5_0: return tile_dot<dot_q5_0>;
+    case GgmlType::Q5_1: return tile_dot<dot_q5_1>;
+    case GgmlType::Q8_0: return tile_dot<dot_q8_0>;
+    case GgmlType::IQ4_NL: return tile_dot<dot_iq4_nl>;
+    case GgmlType::Q2_K: return tile_dot<dot_q2_k>;
+    case GgmlType::Q3_K: return tile_dot<dot_q3_k>;
+    case GgmlType::Q4_K: return tile_dot<dot_q4_k>;
+    case GgmlType::Q5_K: return tile_dot<dot_q5_k>;
+    case GgmlType::Q6_K: return tile_dot<dot_q6_k>;
     default: return nullptr;
   }
 }
