@@ -445,8 +445,17 @@ std::vector<float> GgufFile::tensor_to_f32(const GgufTensorInfo& tensor) const {
     throw GgufError(cat(path_, ": tensor '", tensor.name, "' has type ", info.name,
                         ", which sinkstream cannot dequantize"));
   std::vector<float> out((size_t)tensor.n_elements);
+  // Data a small general.alignment left misaligned is dequantized from an aligned copy
+  // (fuzz_gguf_parse finding: a Q4_1 block read at an odd address, undefined behaviour).
+  const void* src = tensor.data;
+  std::vector<uint64_t> aligned_copy;
+  if (reinterpret_cast<uintptr_t>(src) % kTensorDataAlignment != 0) {
+    aligned_copy.resize((size_t)((tensor.n_bytes + 7) / 8));
+    std::memcpy(aligned_copy.data(), tensor.data, (size_t)tensor.n_bytes);
+    src = aligned_copy.data();
+  }
   try {
-    dequantize_row(tensor.type, tensor.data, out.data(), (int64_t)tensor.n_elements);
+    dequantize_row(tensor.type, src, out.data(), (int64_t)tensor.n_elements);
   } catch (const ArgumentError& e) {  // a type the table lists but the kernels do not handle yet
     throw GgufError(cat(path_, ": tensor '", tensor.name, "' has type ", info.name,
                         ", which sinkstream cannot dequantize (", e.what(), ")"));

@@ -14,6 +14,11 @@
 
 namespace sinkstream {
 
+// Alignment the kernels need for tensor data read in place (block structs hold fp16 and float
+// fields). The spec asks general.alignment to be a multiple of 8, but files with 1, 2 or 4 exist
+// (gguf-py writes them, llama.cpp reads them) and are accepted; their data may sit anywhere.
+constexpr uint64_t kTensorDataAlignment = 8;
+
 enum class GgufValueType : uint32_t {
   UINT8 = 0, INT8 = 1, UINT16 = 2, INT16 = 3, UINT32 = 4, INT32 = 5, FLOAT32 = 6, BOOL = 7,
   STRING = 8, ARRAY = 9, UINT64 = 10, INT64 = 11, FLOAT64 = 12,

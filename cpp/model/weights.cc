@@ -24,6 +24,12 @@ WeightMatrix WeightBinder::matrix(const std::string& name, int64_t rows, int64_t
   const GgmlTypeInfo& info = ggml_type_info(t.type);
   if (!info.can_dequantize)
     throw ModelError(cat(file_.path(), ": tensor '", name, "' has type ", info.name, ", which sinkstream cannot run"));
+  // The kernels read weights in place, block structs included: misaligned data (a small
+  // general.alignment; fuzz_gguf_parse found it in tensor_to_f32) would be undefined behaviour.
+  if (reinterpret_cast<uintptr_t>(t.data) % kTensorDataAlignment != 0)
+    throw ModelError(cat(file_.path(), ": tensor '", name, "' data starts at byte ", file_.data_offset() + t.offset,
+                         ", not a multiple of ", kTensorDataAlignment, " (general.alignment ", file_.alignment(),
+                         "; the GGUF spec asks for a multiple of 8): re-save the file with the default alignment 32"));
   WeightMatrix w;
   w.name = name;
   w.type = t.type;
