@@ -21,16 +21,23 @@ namespace sinkstream {
 namespace {
 
 constexpr auto kSpinTime = std::chrono::microseconds(200);
+constexpr int kPauseIterations = 1000;  // about 10-50 us of pure spinning first
 
-// Spins until done() or kSpinTime passed; true if done() became true.
+// Waits until done() or kSpinTime passed; true if done() became true. After a short pure spin it
+// yields the CPU between checks, so on an oversubscribed machine the thread being waited for can
+// run instead of the waiter burning its time slice.
 template <typename Done>
 bool spin_until(Done done) {
-  const auto deadline = std::chrono::steady_clock::now() + kSpinTime;
-  for (int i = 0;; ++i) {
+  for (int i = 0; i < kPauseIterations; ++i) {
     if (done()) return true;
     SS_CPU_RELAX();
-    if ((i & 63) == 63 && std::chrono::steady_clock::now() > deadline) return done();
   }
+  const auto deadline = std::chrono::steady_clock::now() + kSpinTime;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (done()) return true;
+    std::this_thread::yield();
+  }
+  return done();
 }
 
 }  // namespace
