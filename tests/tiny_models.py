@@ -28,7 +28,10 @@ def write_tiny_model(path: Path, *, arch: str = "llama", n_layer: int = 2, n_emb
                      n_head_kv: int = 2, n_ff: int = 48, n_ctx: int = 512, rope_dim: int | None = None,
                      biases: bool = False, tied: bool = True, weight_type: str = "F32", seed: int = 0,
                      freq_base: float = 10000.0, rope_linear_factor: float | None = None,
-                     rope_freq_factors: np.ndarray | None = None) -> Path:
+                     rope_freq_factors: np.ndarray | None = None, qk_scale: float = 0.6) -> Path:
+    """qk_scale: spread of the Q/K weights. The default makes attention peaked (sensitive to
+    positions, good for checking them); a small one keeps it smooth (tiny numeric differences stay
+    tiny, good for comparing two implementations of the same arithmetic)."""
     rng = np.random.default_rng(seed)
     head_dim = n_embd // n_head
     alphabet = byte_level_alphabet()
@@ -82,8 +85,8 @@ def write_tiny_model(path: Path, *, arch: str = "llama", n_layer: int = 2, n_emb
     for l in range(n_layer):
         p = f"blk.{l}."
         vector(p + "attn_norm.weight", n_embd, 1.0, 0.1)
-        matrix(p + "attn_q.weight", n_head * head_dim, n_embd, 0.6)
-        matrix(p + "attn_k.weight", n_head_kv * head_dim, n_embd, 0.6)
+        matrix(p + "attn_q.weight", n_head * head_dim, n_embd, qk_scale)
+        matrix(p + "attn_k.weight", n_head_kv * head_dim, n_embd, qk_scale)
         matrix(p + "attn_v.weight", n_head_kv * head_dim, n_embd, 0.3)
         if biases:
             vector(p + "attn_q.bias", n_head * head_dim, 0.0, 0.3)

@@ -1,6 +1,7 @@
 // Attention over the sink cache (ops.h `attend`): a GQA group of query heads, A(t) as runs of slots.
 // The scalar kernels here are the reference; attention_avx2.cc has the fast ones, picked at run time.
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "core/fp16.h"
@@ -25,6 +26,8 @@ const float* fp16_table() {
 }
 
 inline float to_f32(float v) { return v; }
+inline float round_to_half(float v) { return fp16_to_f32(f32_to_fp16(v)); }
+constexpr int64_t kMaxGroupDim = 2048;  // query heads per KV head * head_dim rounded on the stack
 inline float to_f32(uint16_t v) { return fp16_table()[v]; }
 
 template <typename T>
@@ -96,6 +99,20 @@ void attend_typed(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_
   Run runs[3];
   const int n_runs = collect_runs(cache, t, runs);
 
+  // With a half-precision cache both operands of each product are half precision: the query is
+  // rounded like the keys, and the attention weights like the values (as llama.cpp's f16 cache
+  // does), so the two engines agree closely.
+  constexpr bool kHalf = std::is_same<T, uint16_t>::value;
+  float q_half[2][kMaxGroupDim];
+  if (kHalf && group * dim <= kMaxGroupDim) {
+    for (int64_t i = 0; i < group * dim; ++i) {
+      q_half[0][i] = round_to_half(q_sink[i]);
+      q_half[1][i] = round_to_half(q_window[i]);
+    }
+    q_sink = q_half[0];
+    q_window = q_half[1];
+  }
+
   int64_t n = 0;  // rows scored so far
   for (int i = 0; i < n_runs; ++i) {
     score(keys + runs[i].first_slot * row, runs[i].n_rows, row, runs[i].sink ? q_sink : q_window, group, dim, scale,
@@ -114,6 +131,8 @@ void attend_typed(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_
     }
     const float inv = 1.0f / sum;
     for (int64_t r = 0; r < n; ++r) scores[r * group + h] *= inv;
+    if (kHalf)
+      for (int64_t r = 0; r < n; ++r) scores[r * group + h] = round_to_half(scores[r * group + h]);
   }
   for (int64_t i = 0; i < group * dim; ++i) out[i] = 0.0f;
   n = 0;
