@@ -1,5 +1,6 @@
-"""Every run-time-dispatched SIMD path against its scalar twin: the same model and stream with
-SINKSTREAM_ISA=scalar and with the best ISA this CPU has (fresh processes: the choice is made once)."""
+"""Every run-time-dispatched SIMD path against its scalar twin and against the NumPy reference:
+the same model and stream with SINKSTREAM_ISA=scalar / avx2 / the best this CPU has (fresh
+processes: the choice is made once per process)."""
 from __future__ import annotations
 
 import os
@@ -10,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sinkstream import _core
 from tiny_models import write_tiny_model
 
+HERE = Path(__file__).parent
 SCRIPT = """
 import sys, numpy as np, sinkstream
 model = sinkstream.Model(sys.argv[1], n_threads=2)
@@ -24,21 +27,43 @@ np.save(sys.argv[2], np.stack(out))
 """
 
 
-def run_with_isa(model_path: Path, out: Path, isa: str | None) -> np.ndarray:
+def isa_env(isa: str | None) -> dict:
     env = dict(os.environ)
     env.pop("SINKSTREAM_ISA", None)
     if isa:
         env["SINKSTREAM_ISA"] = isa
-    subprocess.run([sys.executable, "-c", SCRIPT, str(model_path), str(out)], env=env, check=True)
-    return np.load(out)
+    return env
 
 
-@pytest.mark.parametrize("weight_type", ["F32", "F16", "Q8_0", "Q4_1", "Q4_0", "Q5_0", "Q5_1"])
-def test_simd_equals_scalar(tmp_path, weight_type):
+def available_isas() -> list[str]:
+    order = ["scalar", "avx2", "avx512"] if _core.cpu_features()["best_isa"] != "neon" else ["scalar", "neon"]
+    return order[:order.index(_core.cpu_features()["best_isa"]) + 1]
+
+
+@pytest.mark.parametrize("weight_type", ["F32", "F16"])
+def test_simd_equals_scalar_with_float_weights(tmp_path, weight_type):
+    """Float weights: the ISAs differ in summation order only."""
     path = write_tiny_model(tmp_path / "m.gguf", n_embd=64, n_head=4, n_head_kv=2, n_ff=128, weight_type=weight_type,
                             qk_scale=0.15)
-    scalar = run_with_isa(path, tmp_path / "scalar.npy", "scalar")
-    best = run_with_isa(path, tmp_path / "best.npy", None)
-    diff = np.abs(scalar - best).max()
-    print(f"{weight_type}: max |simd - scalar| = {diff:.2e}")
-    assert diff < 2e-3 * max(1.0, np.abs(scalar).max())
+    results = {}
+    for isa in available_isas():
+        subprocess.run([sys.executable, "-c", SCRIPT, str(path), str(tmp_path / f"{isa}.npy")], env=isa_env(isa),
+                       check=True)
+        results[isa] = np.load(tmp_path / f"{isa}.npy")
+    scale = max(1.0, np.abs(results["scalar"]).max())
+    for isa, got in results.items():
+        diff = np.abs(got - results["scalar"]).max()
+        print(f"{weight_type} {isa}: max |simd - scalar| = {diff:.2e} (logit scale {scale:.1f})")
+        assert diff < 2e-3 * scale
+
+
+@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
+def test_each_isa_matches_the_reference(isa):
+    """Quantized weights: each path against the NumPy reference, which rounds matmul inputs and the
+    half-precision cache exactly as specified (so differences are summation order only)."""
+    if isa not in available_isas():
+        pytest.skip(f"this CPU has no {isa}")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             str(HERE / "test_forward_reference.py")], env=isa_env(isa), cwd=HERE.parent,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert result.returncode == 0, result.stdout[-3000:]
