@@ -1,5 +1,153 @@
+// Python view of Model and Session. Compute releases the GIL; logits come back as NumPy arrays
+// that own their memory (a fresh array per call, so later evals never change earlier results).
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/shared_ptr.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <functional>
+#include <memory>
+#include <vector>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 #include "bindings/bindings.h"
+#include "core/error.h"
+#include "core/thread_pool.h"
+#include "model/model.h"
+#include "runtime/session.h"
+
+namespace nb = nanobind;
 
 namespace sinkstream::bindings {
-void bind_model(nanobind::module_&) {}
+
+namespace {
+
+using TokenArray = nb::ndarray<const int32_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+
+nb::ndarray<nb::numpy, float> owned_array(std::unique_ptr<std::vector<float>> data, std::vector<size_t> shape) {
+  std::vector<float>* raw = data.release();
+  nb::capsule owner(raw, [](void* p) noexcept { delete static_cast<std::vector<float>*>(p); });
+  return nb::ndarray<nb::numpy, float>(raw->data(), shape.size(), shape.data(), owner);
+}
+
+}  // namespace
+
+void bind_model(nb::module_& m) {
+  nb::class_<Model>(m, "Model", "A loaded model (weights mapped once; share it between sessions).")
+      .def_static("load", &Model::load, nb::arg("path"), nb::call_guard<nb::gil_scoped_release>())
+      .def_prop_ro("n_vocab", &Model::n_vocab)
+      .def_prop_ro("n_ctx_train", [](const Model& m) { return m.config().n_ctx_train; })
+      .def_prop_ro("n_layer", [](const Model& m) { return m.config().n_layer; })
+      .def_prop_ro("n_embd", [](const Model& m) { return m.config().n_embd; })
+      .def_prop_ro("n_head", [](const Model& m) { return m.config().n_head; })
+      .def_prop_ro("n_head_kv", [](const Model& m) { return m.config().n_head_kv; })
+      .def_prop_ro("head_dim", [](const Model& m) { return m.config().head_dim; })
+      .def_prop_ro("architecture", [](const Model& m) { return m.config().architecture; })
+      .def_prop_ro("path", [](const Model& m) { return m.file().path(); })
+      .def_prop_ro(
+          "tokenizer", [](const Model& m) -> const Tokenizer& { return m.tokenizer(); }, nb::rv_policy::reference_internal,
+          "The model's tokenizer (built from the GGUF tokenizer.ggml.* metadata).");
+
+  m.def(
+      "heap_bytes_in_use",
+      []() -> int64_t {
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
+        return (int64_t)mallinfo2().uordblks;
+#else
+        return -1;
+#endif
+      },
+      "Bytes the C heap has handed out now (glibc; -1 elsewhere): lets tests check that a stream allocates "
+      "nothing per token.");
+  m.def("default_thread_count", &ThreadPool::default_thread_count,
+        "Threads a session uses by default: the physical cores.");
+
+  nb::class_<Session>(m, "Session", "One stream over a Model (see streaming.md for the modes).")
+      .def(
+          "__init__",
+          [](Session* self, std::shared_ptr<const Model> model, const std::string& mode, int64_t n_sink, int64_t window,
+             int64_t batch_size, const std::string& kv_type, int n_threads, bool allow_beyond_training_context,
+             uint64_t position_offset) {
+            SessionOptions o;
+            o.mode = parse_mode(mode);
+            o.n_sink = n_sink;
+            o.window = window;
+            o.batch_size = batch_size;
+            SS_CHECK_ARG(kv_type == "f16" || kv_type == "f32", "kv_type must be 'f16' or 'f32', got '", kv_type, "'");
+            o.kv_type = kv_type == "f16" ? KvType::kF16 : KvType::kF32;
+            SS_CHECK_ARG(n_threads >= 0 && n_threads <= 1024, "n_threads must be in 0..1024, got ", n_threads);
+            o.n_threads = n_threads;
+            o.allow_beyond_training_context = allow_beyond_training_context;
+            o.position_offset = position_offset;
+            new (self) Session(std::move(model), o);
+          },
+          nb::arg("model"), nb::arg("mode") = "streaming", nb::arg("n_sink") = 4, nb::arg("window") = -1,
+          nb::arg("batch_size") = 256, nb::arg("kv_type") = "f16", nb::arg("n_threads") = 0,
+          nb::arg("allow_beyond_training_context") = false, nb::arg("position_offset") = 0)
+      .def(
+          "eval",
+          [](Session& s, TokenArray tokens, bool all_logits, bool want_logits) {
+            const int64_t n = (int64_t)tokens.shape(0);
+            const int64_t n_vocab = s.model().n_vocab();
+            std::unique_ptr<std::vector<float>> out;
+            if (want_logits) out = std::make_unique<std::vector<float>>((size_t)((all_logits ? n : 1) * n_vocab));
+            // Between chunks, take the GIL for a moment to let Python handle Ctrl-C (and other
+            // signals); a pending KeyboardInterrupt stops the eval with finished chunks kept.
+            const std::function<bool()> python_signals = [] {
+              nb::gil_scoped_acquire acquire;
+              return PyErr_CheckSignals() != 0;
+            };
+            try {
+              nb::gil_scoped_release release;
+              s.eval(tokens.data(), n, all_logits, out ? out->data() : nullptr, python_signals);
+            } catch (const Interrupted& e) {
+              if (PyErr_Occurred()) throw nb::python_error();
+              throw;
+            }
+            if (!out) return nb::object(nb::none());
+            std::vector<size_t> shape = all_logits ? std::vector<size_t>{(size_t)n, (size_t)n_vocab}
+                                                   : std::vector<size_t>{(size_t)n_vocab};
+            return nb::cast(owned_array(std::move(out), shape));
+          },
+          nb::arg("tokens"), nb::arg("all_logits") = false, nb::arg("want_logits") = true,
+          "Feeds int32 token ids; returns (n_vocab,) logits of the last token, (n, n_vocab) with all_logits, "
+          "or None with want_logits=False.")
+      .def("reset", &Session::reset, nb::call_guard<nb::gil_scoped_release>())
+      .def(
+          "save",
+          [](const Session& s) {
+            std::vector<uint8_t> state;
+            {
+              nb::gil_scoped_release release;
+              state = s.save();
+            }
+            return nb::bytes(reinterpret_cast<const char*>(state.data()), state.size());
+          },
+          "The stream's exact state as bytes (sinks, window K/V, counter).")
+      .def(
+          "load",
+          [](Session& s, nb::bytes data) {
+            std::vector<uint8_t> state(reinterpret_cast<const uint8_t*>(data.c_str()),
+                                       reinterpret_cast<const uint8_t*>(data.c_str()) + data.size());
+            nb::gil_scoped_release release;
+            s.load(state);
+          },
+          nb::arg("state"), "Restores a state from save(); the session must have the same settings.")
+      .def("request_cancel", &Session::request_cancel)
+      .def_prop_ro("n_past", &Session::n_past)
+      .def_prop_ro("n_cached", &Session::n_cached)
+      .def_prop_ro("kv_bytes", &Session::kv_bytes)
+      .def_prop_ro("capacity", &Session::capacity)
+      .def_prop_ro("n_sink", &Session::n_sink)
+      .def_prop_ro("window", &Session::window)
+      .def_prop_ro("n_threads", &Session::n_threads)
+      .def_prop_ro("keys_rotated", &Session::keys_rotated, "RoPE rotations of keys so far (one per key and layer).")
+      .def_prop_ro("entries_attended", &Session::entries_attended,
+                   "K/V entries read by attention so far (|A(t)| per query head and layer).")
+      .def_prop_ro("mode", [](const Session& s) { return std::string(mode_name(s.mode())); });
+}
+
 }  // namespace sinkstream::bindings

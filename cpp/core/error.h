@@ -25,6 +25,13 @@ class ModelError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A long computation was stopped between two of its steps (cancel request or Ctrl-C); the state it
+// worked on stays consistent (every completed step is kept).
+class Interrupted : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
 // cat("a", 1, "b") -> "a1b": builds messages without printf format pitfalls.
 template <typename... Parts>
 std::string cat(const Parts&... parts) {

@@ -17,10 +17,51 @@ namespace sinkstream {
 
 namespace {
 
+// The reader copies little-endian fields straight out of the map.
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "sinkstream reads GGUF on little-endian hosts only");
+
 constexpr uint32_t kGgufMagic = 0x46554747;  // "GGUF" little-endian
 constexpr int kMaxDims = 4;                  // GGML_MAX_DIMS
 constexpr int kMaxArrayDepth = 8;            // nested arrays deeper than this are rejected
 constexpr uint64_t kMaxStringBytes = 1ull << 30;
+// Parsed metadata and tensor infos take more memory than their encoding (a 1-byte uint8 array
+// element becomes a GgufValue of ~100 bytes), which a hostile file could use to ask for many GiB.
+// The decoded size is capped; real files stay far below it (a 256k-token vocabulary with its merges
+// needs ~150 MiB, a few thousand tensor infos under 1 MiB).
+constexpr uint64_t kMaxParsedMemory = 1ull << 30;
+// Counts come from the file: reserve at most this many entries up front, grow as records parse.
+constexpr uint64_t kMaxReserve = 4096;
+
+uint32_t byte_swap32(uint32_t v) {
+  return (v >> 24) | ((v >> 8) & 0xff00u) | ((v << 8) & 0xff0000u) | (v << 24);
+}
+
+// Keys and tensor names become Python str and dictionary keys: they must be valid UTF-8 without
+// NUL bytes (the spec asks for ASCII keys; UTF-8 is the lenient superset).
+bool is_valid_utf8_name(const std::string& s) {
+  static const uint32_t kMinCodePoint[] = {0, 0x80, 0x800, 0x10000};  // shorter forms are overlong
+  size_t i = 0;
+  while (i < s.size()) {
+    const unsigned char c = (unsigned char)s[i];
+    if (c == 0) return false;
+    if (c < 0x80) { ++i; continue; }
+    size_t extra;
+    uint32_t cp;
+    if ((c & 0xe0) == 0xc0) { extra = 1; cp = c & 0x1f; }
+    else if ((c & 0xf0) == 0xe0) { extra = 2; cp = c & 0x0f; }
+    else if ((c & 0xf8) == 0xf0) { extra = 3; cp = c & 0x07; }
+    else return false;
+    if (i + extra >= s.size()) return false;
+    for (size_t k = 1; k <= extra; ++k) {
+      const unsigned char cc = (unsigned char)s[i + k];
+      if ((cc & 0xc0) != 0x80) return false;
+      cp = (cp << 6) | (cc & 0x3f);
+    }
+    if (cp < kMinCodePoint[extra] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
+    i += extra + 1;
+  }
+  return true;
+}
 
 // A bounds-checked cursor over the file image. Every read checks the remaining bytes first, so a
 // lying count or length ends in a GgufError, never a read past the map or a giant allocation.
@@ -51,9 +92,17 @@ class Reader {
     const uint64_t len = read<uint64_t>(what);
     if (len > kMaxStringBytes) fail(cat(what, " has an implausible length ", len));
     need(len, what);
+    charge(len, what);
     std::string s(reinterpret_cast<const char*>(data_ + pos_), (size_t)len);
     pos_ += len;
     return s;
+  }
+  // Accounts for memory the parsed header will hold; refuses past kMaxParsedMemory.
+  void charge(uint64_t bytes, const char* what) {
+    if (bytes > kMaxParsedMemory - charged_)
+      fail(cat("the header would need more than ", kMaxParsedMemory >> 20, " MiB of memory once parsed (at ",
+               what, ")"));
+    charged_ += bytes;
   }
 
  private:
@@ -61,6 +110,7 @@ class Reader {
   const uint8_t* data_;
   uint64_t size_;
   uint64_t pos_ = 0;
+  uint64_t charged_ = 0;
 };
 
 bool valid_value_type(uint32_t t) { return t <= (uint32_t)GgufValueType::FLOAT64; }
@@ -110,6 +160,7 @@ GgufValue read_value(Reader& r, GgufValueType type, const std::string& key, int 
       if (n > r.remaining() / min_encoded_bytes(v.element_type))
         r.fail(cat("metadata key '", key, "': array length ", n, " does not fit in the ",
                    r.remaining(), " bytes left in the file"));
+      r.charge(n * sizeof(GgufValue), "an array");
       v.array.reserve((size_t)n);
       for (uint64_t k = 0; k < n; ++k) v.array.push_back(read_value(r, v.element_type, key, depth + 1));
       break;
@@ -147,12 +198,18 @@ bool is_unsigned(GgufValueType t) {
 std::shared_ptr<GgufFile> GgufFile::open(const std::string& path) {
   std::shared_ptr<GgufFile> file(new GgufFile());
   file->path_ = path;
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO must not wait for a writer (it is then refused as not a regular file).
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) throw GgufError(cat(path, ": cannot open: ", std::strerror(errno)));
   struct stat st {};
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+  if (fstat(fd, &st) != 0) {
+    const int err = errno;
     ::close(fd);
-    throw GgufError(cat(path, ": not a regular file"));
+    throw GgufError(cat(path, ": cannot stat: ", std::strerror(err)));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw GgufError(cat(path, S_ISDIR(st.st_mode) ? ": is a directory, not a GGUF file" : ": not a regular file"));
   }
   file->size_ = (uint64_t)st.st_size;
   if (file->size_ > 0) {
@@ -186,9 +243,17 @@ GgufFile::~GgufFile() {
 
 void GgufFile::parse() {
   Reader r(path_, base_, size_);
-  if (size_ < 4 || r.read<uint32_t>("the magic") != kGgufMagic)
+  if (size_ == 0) throw GgufError(cat(path_, ": the file is empty (0 bytes), not a GGUF file"));
+  if (size_ < 4 && std::memcmp(base_, "GGUF", (size_t)size_) != 0)
+    throw GgufError(cat(path_, ": not a GGUF file (the first bytes are not 'GGUF')"));
+  if (r.read<uint32_t>("the magic") != kGgufMagic)
     throw GgufError(cat(path_, ": not a GGUF file (the first 4 bytes are not 'GGUF')"));
   version_ = r.read<uint32_t>("the version");
+  // GGUF v3 allows big-endian files: the magic bytes stay "GGUF" and every number, the version
+  // included, is stored big-endian (spec, "Version 3"), so a byte-swapped small version means one.
+  if ((version_ & 0x00ffffffu) == 0 && version_ != 0)
+    r.fail(cat("big-endian GGUF is not supported (version field reads ", byte_swap32(version_),
+               " byte-swapped); convert the file to little-endian"));
   if (version_ == 1) r.fail("GGUF version 1 is not supported (only versions 2 and 3)");
   if (version_ != 2 && version_ != 3) r.fail(cat("unsupported GGUF version ", version_, " (only 2 and 3)"));
   const uint64_t n_tensors = r.read<uint64_t>("the tensor count");
@@ -198,10 +263,12 @@ void GgufFile::parse() {
   if (n_kv > r.remaining() / 13) r.fail(cat("metadata count ", n_kv, " does not fit in the file"));
   if (n_tensors > r.remaining() / 24) r.fail(cat("tensor count ", n_tensors, " does not fit in the file"));
 
-  metadata_.reserve((size_t)n_kv);
+  metadata_.reserve((size_t)std::min(n_kv, kMaxReserve));
   for (uint64_t k = 0; k < n_kv; ++k) {
     std::string key = r.read_string("a metadata key");
     if (key.empty()) r.fail(cat("metadata pair ", k, " has an empty key"));
+    if (!is_valid_utf8_name(key)) r.fail(cat("metadata pair ", k, " has a key that is not valid UTF-8 text"));
+    r.charge(sizeof(std::pair<std::string, GgufValue>) + 64, "a metadata pair");  // + index entry
     const uint32_t type = r.read<uint32_t>("a metadata value type");
     if (!valid_value_type(type)) r.fail(cat("metadata key '", key, "' has unknown value type ", type));
     GgufValue value = read_value(r, (GgufValueType)type, key, 0);
@@ -210,17 +277,21 @@ void GgufFile::parse() {
     metadata_.emplace_back(std::move(key), std::move(value));
   }
 
+  if (const GgufValue* a = find("general.alignment"); a != nullptr && !a->is_integer())
+    r.fail(cat("general.alignment is a ", gguf_value_type_name(a->type), ", expected an integer (uint32)"));
   if (std::optional<int64_t> align = get_int("general.alignment")) {
     if (*align <= 0 || (*align & (*align - 1)) != 0 || *align > (1 << 20))
       r.fail(cat("general.alignment is ", *align, ", not a power of two up to 1 MiB"));
     alignment_ = (uint64_t)*align;
   }
 
-  tensors_.reserve((size_t)n_tensors);
+  tensors_.reserve((size_t)std::min(n_tensors, kMaxReserve));
   for (uint64_t k = 0; k < n_tensors; ++k) {
+    r.charge(sizeof(GgufTensorInfo) + 64, "a tensor info");  // + index entry
     GgufTensorInfo t;
     t.name = r.read_string("a tensor name");
     if (t.name.empty()) r.fail(cat("tensor ", k, " has an empty name"));
+    if (!is_valid_utf8_name(t.name)) r.fail(cat("tensor ", k, " has a name that is not valid UTF-8 text"));
     const uint32_t n_dims = r.read<uint32_t>("a tensor's dimension count");
     if (n_dims == 0 || n_dims > kMaxDims)
       r.fail(cat("tensor '", t.name, "' has ", n_dims, " dimensions (1 to ", kMaxDims, " allowed)"));
@@ -245,7 +316,11 @@ void GgufFile::parse() {
     if (t.offset % alignment_ != 0)
       r.fail(cat("tensor '", t.name, "' offset ", t.offset, " is not a multiple of the alignment ", alignment_));
     t.n_elements = n_elements;
-    t.n_bytes = n_elements / (uint64_t)info->block_size * (uint64_t)info->block_bytes;
+    const uint64_t n_blocks = n_elements / (uint64_t)info->block_size;
+    if (n_blocks > size_ / (uint64_t)info->block_bytes)
+      r.fail(cat("tensor '", t.name, "' needs ", n_blocks, " blocks of ", info->block_bytes, " bytes (", info->name,
+                 "), more than the file's ", size_, " bytes"));
+    t.n_bytes = n_blocks * (uint64_t)info->block_bytes;
     if (tensor_index_.count(t.name)) r.fail(cat("duplicate tensor name '", t.name, "'"));
     tensor_index_[t.name] = tensors_.size();
     tensors_.push_back(std::move(t));
@@ -260,8 +335,8 @@ void GgufFile::parse() {
   const uint64_t data_size = tensors_.empty() ? 0 : size_ - data_offset_;
   for (auto& t : tensors_) {
     if (t.offset > data_size || t.n_bytes > data_size - t.offset)
-      throw GgufError(cat(path_, ": tensor '", t.name, "' data [", t.offset, ", ", t.offset + t.n_bytes,
-                          ") lies outside the data section of ", data_size, " bytes (file truncated?)"));
+      throw GgufError(cat(path_, ": tensor '", t.name, "' data (offset ", t.offset, ", ", t.n_bytes,
+                          " bytes) lies outside the data section of ", data_size, " bytes (file truncated?)"));
     t.data = base_ + data_offset_ + t.offset;
   }
   // Overlapping tensors would let one write alias another's bytes in a careless consumer; reject them.
@@ -370,7 +445,21 @@ std::vector<float> GgufFile::tensor_to_f32(const GgufTensorInfo& tensor) const {
     throw GgufError(cat(path_, ": tensor '", tensor.name, "' has type ", info.name,
                         ", which sinkstream cannot dequantize"));
   std::vector<float> out((size_t)tensor.n_elements);
-  dequantize_row(tensor.type, tensor.data, out.data(), (int64_t)tensor.n_elements);
+  // Data a small general.alignment left misaligned is dequantized from an aligned copy
+  // (fuzz_gguf_parse finding: a Q4_1 block read at an odd address, undefined behaviour).
+  const void* src = tensor.data;
+  std::vector<uint64_t> aligned_copy;
+  if (reinterpret_cast<uintptr_t>(src) % kTensorDataAlignment != 0) {
+    aligned_copy.resize((size_t)((tensor.n_bytes + 7) / 8));
+    std::memcpy(aligned_copy.data(), tensor.data, (size_t)tensor.n_bytes);
+    src = aligned_copy.data();
+  }
+  try {
+    dequantize_row(tensor.type, src, out.data(), (int64_t)tensor.n_elements);
+  } catch (const ArgumentError& e) {  // a type the table lists but the kernels do not handle yet
+    throw GgufError(cat(path_, ": tensor '", tensor.name, "' has type ", info.name,
+                        ", which sinkstream cannot dequantize (", e.what(), ")"));
+  }
   return out;
 }
 

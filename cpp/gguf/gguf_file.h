@@ -1,6 +1,7 @@
 // GgufFile: a GGUF v2/v3 file, memory-mapped, parsed and validated once; tensor data stays in the map
 // (zero-copy). Every offset, count and size a hostile file could lie about is checked; failures
-// throw GgufError naming the file and the problem. Spec: ggml/docs/gguf.md.
+// throw GgufError naming the file and the problem; parsed metadata is capped at 1 GiB of memory.
+// Spec: ggml/docs/gguf.md (v2: 64-bit counts and lengths; v3: adds big-endian files, refused here).
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -12,6 +13,11 @@
 #include "quant/quant_types.h"
 
 namespace sinkstream {
+
+// Alignment the kernels need for tensor data read in place (block structs hold fp16 and float
+// fields). The spec asks general.alignment to be a multiple of 8, but files with 1, 2 or 4 exist
+// (gguf-py writes them, llama.cpp reads them) and are accepted; their data may sit anywhere.
+constexpr uint64_t kTensorDataAlignment = 8;
 
 enum class GgufValueType : uint32_t {
   UINT8 = 0, INT8 = 1, UINT16 = 2, INT16 = 3, UINT32 = 4, INT32 = 5, FLOAT32 = 6, BOOL = 7,
@@ -50,7 +56,7 @@ struct GgufTensorInfo {
 
 class GgufFile {
  public:
-  // Maps and validates the file; throws GgufError (or std::system_error-free GgufError for I/O).
+  // Maps and validates the file; throws GgufError naming the file and the problem (I/O included).
   static std::shared_ptr<GgufFile> open(const std::string& path);
   // Parses an in-memory image (tests, fuzzing); the buffer is copied.
   static std::shared_ptr<GgufFile> from_bytes(const std::string& name, const void* data, size_t size);

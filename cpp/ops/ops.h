@@ -5,9 +5,15 @@
 #include <string>
 
 #include "core/thread_pool.h"
+#include "kv/sink_cache.h"
 #include "quant/quant_types.h"
 
 namespace sinkstream {
+
+enum class RopeLayout {
+  kAdjacentPairs,  // rotate (x[2i], x[2i+1]): ggml "normal" mode, llama GGUFs (Q/K rows permuted)
+  kNeox,           // rotate (x[i], x[i + n_rot/2]): qwen2, gptneox, falcon, ...
+};
 
 // A 2-D weight left in the GGUF map: `rows` rows of `cols` elements of `type`, rows contiguous.
 // In ggml order a tensor with dims (cols, rows) is exactly this.
@@ -36,5 +42,22 @@ void silu_mul(const float* gate, const float* up, int64_t n, float* out);
 
 // y += x over n values.
 void add_inplace(float* y, const float* x, int64_t n);
+
+// cos/sin of the RoPE angles pos * theta_i, i < n_freq. The product is reduced modulo 2*pi in
+// extended precision from the integer position, so the angle is as exact at pos = 2^40 as at
+// pos = 5 (streaming.md invariant 4; a float32 position would lose all precision there).
+void rope_cos_sin(uint64_t pos, const double* thetas, int64_t n_freq, float* cos_out, float* sin_out);
+
+// Rotates the first n_rot dims of each of n_heads vectors (length head_dim, contiguous) in x.
+void rope_apply(float* x, int64_t n_heads, int64_t head_dim, int64_t n_rot, RopeLayout layout,
+                const float* cos, const float* sin);
+
+// The query heads that share one KV head (GQA group) against that head over A(t) in the cache
+// (sink_cache.h); each key and value row is read once for the whole group.
+// q_sink / q_window: (group, head_dim) contiguous, rotated at p(t) and at t (equal while t < C).
+// out (group, head_dim) = softmax(scale * [q_sink . K_sinks, q_window . K_window]) . V per head.
+// scores: scratch of at least group * capacity() floats. Cost: group * |A(t)| * head_dim * 2 FMAs.
+void attend(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
+            const float* q_sink, const float* q_window, float scale, float* scores, float* out);
 
 }  // namespace sinkstream

@@ -4,13 +4,18 @@ See shared docs: the public API is listed in api.md; streaming semantics in stre
 """
 from importlib.metadata import PackageNotFoundError, version as _version
 
-from ._core import GGUFError, ModelError
+from ._core import Cancelled, GGUFError, ModelError
 from .gguf_file import GGUFFile, TensorInfo
 from .default_model import default_model_path
+from .model import Model, Session
+from .generation import GenerationStats
+from .chat_template import ChatTemplateError
+from .perplexity import perplexity
 
 try:
     __version__ = _version("sinkstream")
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0+unknown"
 
-__all__ = ["GGUFError", "ModelError", "GGUFFile", "TensorInfo", "default_model_path", "__version__"]
+__all__ = ["Cancelled", "GGUFError", "ModelError", "GGUFFile", "TensorInfo", "default_model_path", "Model", "Session",
+           "GenerationStats", "ChatTemplateError", "perplexity", "__version__"]

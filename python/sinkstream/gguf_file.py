@@ -1,6 +1,7 @@
 """GGUFFile: inspect a GGUF file (metadata, tensor table, dequantized tensors) without loading a model."""
 from __future__ import annotations
 
+import errno
 import os
 from typing import Any, NamedTuple
 
@@ -21,11 +22,13 @@ class GGUFFile:
     """A memory-mapped, validated GGUF file. Raises GGUFError (a ValueError) naming any problem."""
 
     def __init__(self, path: str | os.PathLike[str]):
-        path = os.fspath(path)
+        path = os.fsdecode(path)
+        # Python's own exceptions for a missing path or a directory; everything about the bytes
+        # (empty, truncated, lying counts, ...) is a GGUFError from the native parser.
         if not os.path.exists(path):
-            raise FileNotFoundError(f"GGUF file not found: {path}")
+            raise FileNotFoundError(errno.ENOENT, "GGUF file not found", path)
         if os.path.isdir(path):
-            raise IsADirectoryError(f"expected a GGUF file, got a directory: {path}")
+            raise IsADirectoryError(errno.EISDIR, "expected a GGUF file, got a directory", path)
         self.path = path
         self._file = _core.GgufFile.open(path)
         self._metadata: dict[str, Any] | None = None
@@ -34,6 +37,15 @@ class GGUFFile:
     @property
     def version(self) -> int:
         return self._file.version
+
+    @property
+    def alignment(self) -> int:
+        return self._file.alignment
+
+    @property
+    def data_offset(self) -> int:
+        """Absolute byte offset of the tensor data section."""
+        return self._file.data_offset
 
     @property
     def metadata(self) -> dict[str, Any]:

@@ -1,1 +1,78 @@
-// placeholder
+// Reference CPU implementations of the elementwise ops, RoPE and attention (ops.h).
+#include <cmath>
+
+#include "core/fp16.h"
+#include "ops/ops.h"
+
+namespace sinkstream {
+
+void rms_norm(const float* x, const float* weight, int64_t n, int64_t d, float eps, float* out) {
+  for (int64_t r = 0; r < n; ++r) {
+    const float* xr = x + r * d;
+    float* yr = out + r * d;
+    double sum = 0.0;  // double: d can be thousands of squares
+    for (int64_t i = 0; i < d; ++i) sum += (double)xr[i] * xr[i];
+    const float scale = (float)(1.0 / std::sqrt(sum / (double)d + (double)eps));
+    for (int64_t i = 0; i < d; ++i) yr[i] = xr[i] * scale * weight[i];
+  }
+}
+
+void silu_mul(const float* gate, const float* up, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    out[i] = g / (1.0f + std::exp(-g)) * up[i];
+  }
+}
+
+void add_inplace(float* y, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+}
+
+namespace {
+
+// 2*pi as a sum of two doubles (hi + lo agrees with 2*pi to ~1e-32).
+constexpr double kTwoPiHi = 6.283185307179586232;
+constexpr double kTwoPiLo = 2.4492935982947063e-16;
+
+// x * y mod 2*pi for |x| < 2^32 integral and 0 < y <= 2^32: the exact product as hi + lo
+// (the FMA gives the rounding error exactly), then hi reduced with 2*pi in two parts.
+double product_mod_two_pi(double x, double y) {
+  const double hi = x * y;
+  const double lo = std::fma(x, y, -hi);
+  const double n = std::nearbyint(hi / kTwoPiHi);
+  double r = std::fma(-n, kTwoPiHi, hi);
+  r = std::fma(-n, kTwoPiLo, r);
+  return r + lo;
+}
+
+}  // namespace
+
+void rope_cos_sin(uint64_t pos, const double* thetas, int64_t n_freq, float* cos_out, float* sin_out) {
+  // pos = high * 2^32 + low, each part exact in a double.
+  const double high = (double)(pos >> 32);
+  const double low = (double)(pos & 0xffffffffu);
+  for (int64_t i = 0; i < n_freq; ++i) {
+    double angle = product_mod_two_pi(low, thetas[i]);
+    if (high != 0.0) angle += product_mod_two_pi(high, std::ldexp(thetas[i], 32));
+    cos_out[i] = (float)std::cos(angle);
+    sin_out[i] = (float)std::sin(angle);
+  }
+}
+
+void rope_apply(float* x, int64_t n_heads, int64_t head_dim, int64_t n_rot, RopeLayout layout,
+                const float* cos, const float* sin) {
+  const int64_t half = n_rot / 2;
+  for (int64_t h = 0; h < n_heads; ++h) {
+    float* v = x + h * head_dim;
+    for (int64_t i = 0; i < half; ++i) {
+      // Adjacent pairs: (2i, 2i+1); NeoX: (i, i + n_rot/2). Both rotate the pair by angle_i.
+      const int64_t a = layout == RopeLayout::kAdjacentPairs ? 2 * i : i;
+      const int64_t b = layout == RopeLayout::kAdjacentPairs ? 2 * i + 1 : i + half;
+      const float x0 = v[a], x1 = v[b];
+      v[a] = x0 * cos[i] - x1 * sin[i];
+      v[b] = x0 * sin[i] + x1 * cos[i];
+    }
+  }
+}
+
+}  // namespace sinkstream

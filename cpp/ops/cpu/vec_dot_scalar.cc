@@ -33,7 +33,7 @@ float quantize_block(const float* x, int count, int8_t* q, int* sum) {
   float amax = 0.0f;
   for (int i = 0; i < count; ++i) amax = std::fmax(amax, std::fabs(x[i]));
   const float d = amax / 127.0f;
-  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+  const float id = amax != 0.0f ? 127.0f / amax : 0.0f;  // as llama.cpp: 127 / amax, not 1 / d
   int s = 0;
   for (int i = 0; i < count; ++i) {
     const int v = round_to_int(x[i] * id);
@@ -56,7 +56,9 @@ void quantize_activations(ActFormat format, const float* x, int64_t cols, uint8_
       for (int64_t b = 0; b < nb; ++b) {
         int8_t q[kQK];
         int sum;
-        scales[b].d = quantize_block(x + b * kQK, kQK, q, &sum);
+        // The scale is kept at half precision, as llama.cpp's Q8_0/Q8_1 activation blocks keep it,
+        // so both engines round the same activations the same way (and agree more closely).
+        scales[b].d = fp16_to_f32(f32_to_fp16(quantize_block(x + b * kQK, kQK, q, &sum)));
         scales[b].ds = scales[b].d * (float)sum;
         std::memcpy(out + q8a_quant_offset(b, 0), q, 16);
         std::memcpy(out + q8a_quant_offset(b, 1), q + 16, 16);

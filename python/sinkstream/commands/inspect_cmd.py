@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from collections import defaultdict
 
+import numpy as np
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="describe a GGUF file")
@@ -22,8 +24,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"GGUF version:  {g.version}")
     print(f"architecture:  {arch}")
     print(f"name:          {md.get('general.name', '?')}")
+    print("hyper-parameters:")
     for key, value in md.items():
         if key.startswith(f"{arch}.") and not isinstance(value, list):
+            if isinstance(value, float):  # GGUF floats are mostly float32: print the shortest repr
+                value = str(np.float32(value)) if float(np.float32(value)) == value else repr(value)
             print(f"  {key[len(arch) + 1:]:<34} {value}")
     tokens = md.get("tokenizer.ggml.tokens")
     print(f"tokenizer:     {md.get('tokenizer.ggml.model', '?')} (pre: {md.get('tokenizer.ggml.pre', '-')}), "
@@ -33,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     for t in g.tensors:
         counts[t.dtype][0] += 1
         counts[t.dtype][1] += t.nbytes
-    print(f"tensors:       {len(g.tensors)}")
+    total_bytes = sum(nbytes for _, nbytes in counts.values())
+    print(f"tensors:       {len(g.tensors)} ({total_bytes} bytes)")
     for dtype, (n, nbytes) in sorted(counts.items(), key=lambda kv: -kv[1][1]):
-        print(f"  {dtype:<8} {n:>5} tensors {nbytes / 1e6:>10.2f} MB")
+        print(f"  {dtype:<8} {n:>5} tensors {nbytes:>14} bytes ({nbytes / 1e6:.2f} MB)")
     return 0

@@ -1,0 +1,97 @@
+// SinkCache: the K/V cache of one stream (StreamingLLM, Xiao et al. 2024, sec. 3.2).
+//
+// Per layer, `n_sink` sink slots hold tokens 0..n_sink-1 forever, and a ring of `ring_slots` holds
+// the most recent tokens: token j >= n_sink lives in slot n_sink + (j - n_sink) % ring_slots.
+// The ring has `window + max_chunk - 1` slots, so while a chunk of queries is processed every query
+// t still finds its whole attention set A(t) = sinks U {t-window+1 .. t} (streaming.md, chunked
+// prefill); nothing is copied or moved when the window slides.
+//
+// Keys are stored already rotated by RoPE at their absolute index j and never touched again: a
+// score depends only on the difference of the query's and key's positions, so a window key scored
+// against the query rotated at t sits at distance t - j, exactly as in the cache, and a sink key
+// (rotated at s) is scored against a second copy of the query rotated at p(t) = min(t, C - 1).
+// Two query rotations per head per token; no O(window) work per step.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace sinkstream {
+
+enum class KvType { kF16, kF32 };
+
+// The attention set A(t) of query t, as two index ranges (streaming.md, "Modes").
+struct AttentionSpan {
+  uint64_t sink_end = 0;      // sinks are tokens [0, sink_end)
+  uint64_t window_begin = 0;  // window tokens are [window_begin, t]
+  uint64_t query_position = 0;  // p(t) = |A(t)| - 1: where the query sits within the cache
+};
+
+class SinkCache {
+ public:
+  // n_sink + window = capacity C. max_chunk: the most tokens written before their queries attend.
+  // dense = true: no eviction at all (window = capacity, ring of exactly `window` slots).
+  SinkCache(int64_t n_layer, int64_t n_head_kv, int64_t head_dim, int64_t n_sink, int64_t window,
+            int64_t max_chunk, KvType type, uint64_t position_offset = 0);
+
+  // RoPE positions. Window keys and the window copy of a query sit at position_offset + t (the
+  // absolute index in a stream whose first token had index position_offset; 0 for a fresh stream);
+  // a sink key sits at its rank s, and the sink copy of query t at p(t). Only differences of
+  // positions reach the scores, so the offset changes nothing but the size of the angles
+  // (streaming.md invariant 4).
+  uint64_t position_offset() const { return position_offset_; }
+  uint64_t window_position(uint64_t t) const { return position_offset_ + t; }
+
+  int64_t n_layer() const { return n_layer_; }
+  int64_t n_head_kv() const { return n_head_kv_; }
+  int64_t head_dim() const { return head_dim_; }
+  int64_t n_sink() const { return n_sink_; }
+  int64_t window() const { return window_; }
+  int64_t capacity() const { return n_sink_ + window_; }
+  int64_t ring_slots() const { return ring_slots_; }
+  int64_t n_slots() const { return n_sink_ + ring_slots_; }
+  int64_t row_elements() const { return n_head_kv_ * head_dim_; }  // one token's K (or V) in a layer
+  KvType type() const { return type_; }
+  size_t bytes() const { return keys_.size() + values_.size(); }
+
+  // StreamingLLM's attention set of query t (0-based token index in the stream).
+  AttentionSpan span(uint64_t t) const {
+    AttentionSpan s;
+    const uint64_t S = (uint64_t)n_sink_, W = (uint64_t)window_;
+    s.sink_end = t + 1 < S ? t + 1 : S;
+    const uint64_t lo = t + 1 > W ? t + 1 - W : 0;
+    s.window_begin = lo > S ? lo : S;
+    // Rank of t in A(t) = |A(t)| - 1; while t < n_sink the window part is empty.
+    const uint64_t window_size = t >= s.window_begin ? t + 1 - s.window_begin : 0;
+    s.query_position = s.sink_end + window_size - 1;
+    return s;
+  }
+
+  int64_t slot_of(uint64_t j) const {
+    return j < (uint64_t)n_sink_ ? (int64_t)j : n_sink_ + (int64_t)((j - (uint64_t)n_sink_) % (uint64_t)ring_slots_);
+  }
+
+  // Raw storage of layer `layer`: n_slots rows of row_elements() values (f16 bits or f32).
+  uint8_t* keys(int64_t layer) { return keys_.data() + (size_t)(layer * layer_bytes_); }
+  uint8_t* values(int64_t layer) { return values_.data() + (size_t)(layer * layer_bytes_); }
+  const uint8_t* keys(int64_t layer) const { return keys_.data() + (size_t)(layer * layer_bytes_); }
+  const uint8_t* values(int64_t layer) const { return values_.data() + (size_t)(layer * layer_bytes_); }
+  size_t element_bytes() const { return type_ == KvType::kF16 ? 2 : 4; }
+
+  // Writes one token's rows (float32, row_elements() each), converting to the storage type.
+  void store(int64_t layer, uint64_t token, const float* key, const float* value);
+
+  // Raw bytes for save/restore (exact: the storage is written as is).
+  std::vector<uint8_t>& raw_keys() { return keys_; }
+  std::vector<uint8_t>& raw_values() { return values_; }
+
+ private:
+  int64_t n_layer_, n_head_kv_, head_dim_, n_sink_, window_, ring_slots_;
+  KvType type_;
+  uint64_t position_offset_;
+  int64_t layer_bytes_;
+  std::vector<uint8_t> keys_;    // (n_layer, n_slots, n_head_kv, head_dim)
+  std::vector<uint8_t> values_;  // (n_layer, n_slots, n_head_kv, head_dim)
+};
+
+}  // namespace sinkstream

@@ -1,0 +1,99 @@
+// Session: one stream over a shared Model. Owns its SinkCache, scratch memory, thread pool and the
+// 64-bit stream counter; feeding tokens in any chunking gives the same logits (streaming.md).
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/thread_pool.h"
+#include "kv/sink_cache.h"
+#include "model/model.h"
+
+namespace sinkstream {
+
+enum class AttentionMode {
+  kStreaming,  // sinks + rolling window, positions within the cache (the paper's method)
+  kWindow,     // rolling window only (n_sink = 0): the paper's failing baseline
+  kDense,      // everything, absolute positions; t >= capacity is an error
+  kRecompute,  // re-encode the last C tokens from scratch per token (exact, O(C^2) per token)
+};
+
+AttentionMode parse_mode(const std::string& name);  // ArgumentError for an unknown name
+const char* mode_name(AttentionMode mode);
+
+struct SessionOptions {
+  AttentionMode mode = AttentionMode::kStreaming;
+  int64_t n_sink = 4;
+  int64_t window = -1;        // -1: capacity 2048 (capped at the training context) minus n_sink
+  int64_t batch_size = 256;   // tokens per forward chunk
+  KvType kv_type = KvType::kF16;
+  int n_threads = 0;          // 0: physical cores
+  bool allow_beyond_training_context = false;
+  // Absolute index of the stream's first token (RoPE angles of window keys and queries start
+  // here). 0 for a fresh stream; a large value checks that nothing drifts (streaming.md inv. 4).
+  uint64_t position_offset = 0;
+};
+
+class Session {
+ public:
+  Session(std::shared_ptr<const Model> model, const SessionOptions& options);
+
+  // Feeds n tokens. all_logits: out is (n, n_vocab); else out is (n_vocab) for the last token.
+  // out may be nullptr (no logits wanted). Validates every token id before touching any state.
+  // Between chunks, `interrupt` (if given) is asked whether to stop; stopping, or a request_cancel()
+  // from another thread, throws Interrupted with every finished chunk kept (n_past counts them).
+  void eval(const int32_t* tokens, int64_t n, bool all_logits, float* out,
+            const std::function<bool()>& interrupt = nullptr);
+
+  void reset();
+  uint64_t n_past() const { return n_past_; }
+  int64_t n_cached() const;   // K/V entries the next query would attend over (<= capacity)
+  size_t kv_bytes() const;
+  int64_t capacity() const { return n_sink_ + window_; }
+  int64_t n_sink() const { return n_sink_; }
+  int64_t window() const { return window_; }
+  AttentionMode mode() const { return options_.mode; }
+  const SessionOptions& options() const { return options_; }
+  const Model& model() const { return *model_; }
+  int n_threads() const { return pool_.n_threads(); }
+  uint64_t keys_rotated() const { return scratch_.keys_rotated; }
+  uint64_t entries_attended() const { return scratch_.entries_attended; }
+
+  // Exact snapshot of the stream (cache contents, counter, recompute history) and its restore.
+  std::vector<uint8_t> save() const;
+  void load(const std::vector<uint8_t>& state);
+
+  // Asks a running eval (in another thread) to stop after its current chunk.
+  void request_cancel() { cancel_requested_.store(true); }
+
+ private:
+  struct Geometry {
+    int64_t n_sink, window;
+  };
+  static Geometry resolve_geometry(const Model& model, const SessionOptions& options);
+  Session(std::shared_ptr<const Model> model, const SessionOptions& options, Geometry geometry);
+
+  void eval_cached(const int32_t* tokens, int64_t n, bool all_logits, float* out);
+  void eval_recompute(const int32_t* tokens, int64_t n, bool all_logits, float* out);
+  void check_interrupt();
+
+  std::shared_ptr<const Model> model_;
+  SessionOptions options_;
+  int64_t n_sink_ = 0;
+  int64_t window_ = 0;
+  ThreadPool pool_;
+  SinkCache cache_;
+  ForwardScratch scratch_;
+  uint64_t n_past_ = 0;
+  // recompute mode: the last C tokens (a ring indexed by stream position) and the logits buffer.
+  std::vector<int32_t> history_;
+  std::vector<int32_t> scratch_recompute_tokens_;  // (C) tokens re-encoded for one prediction
+  std::atomic<bool> busy_{false};
+  std::atomic<bool> cancel_requested_{false};
+  const std::function<bool()>* interrupt_ = nullptr;  // set for the duration of one eval
+};
+
+}  // namespace sinkstream

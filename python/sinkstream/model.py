@@ -1,0 +1,338 @@
+"""Model and Session: the Python face of the engine (see api.md and streaming.md).
+
+The Python layer validates arguments and holds handles to C++ objects; all compute happens in
+`_core` with the GIL released.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from . import _core
+from .default_model import default_model_path
+
+MODES = ("streaming", "window", "dense", "recompute")
+_LOGITS = ("last", "all", None)
+
+
+def _check_int(name: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+class Model:
+    """A GGUF model loaded once (weights memory-mapped) and shared by any number of sessions.
+
+    path=None loads the default model (fetched once into the user cache). n_threads=None uses the
+    physical cores for each session's compute.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, n_threads: int | None = None):
+        if path is None:
+            path = default_model_path()
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"model file not found: {path}")
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"expected a GGUF model file, got a directory: {path}")
+        self.n_threads = _core.default_thread_count() if n_threads is None else _check_int("n_threads", n_threads, 1, 1024)
+        self.path = path
+        self._core = _core.Model.load(path)
+        self._metadata: dict[str, Any] | None = None
+
+    @property
+    def _tokenizer(self) -> "_core.Tokenizer":
+        return self._core.tokenizer
+
+    # -- facts -----------------------------------------------------------------------------------
+    @property
+    def n_vocab(self) -> int:
+        return self._core.n_vocab
+
+    @property
+    def n_ctx_train(self) -> int:
+        return self._core.n_ctx_train
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        if self._metadata is None:
+            from .gguf_file import GGUFFile
+
+            self._metadata = GGUFFile(self.path).metadata
+        return self._metadata
+
+    @property
+    def architecture(self) -> str:
+        return self._core.architecture
+
+    @property
+    def chat_template(self) -> str | None:
+        return self.metadata.get("tokenizer.chat_template")
+
+    @property
+    def bos_id(self) -> int:
+        return self._tokenizer.bos_id
+
+    @property
+    def eos_id(self) -> int:
+        return self._tokenizer.eos_id
+
+    @property
+    def bos_token(self) -> str:
+        return self.token_bytes(self.bos_id).decode("utf-8", "replace") if self.bos_id >= 0 else ""
+
+    @property
+    def eos_token(self) -> str:
+        return self.token_bytes(self.eos_id).decode("utf-8", "replace") if self.eos_id >= 0 else ""
+
+    # -- tokens ----------------------------------------------------------------------------------
+    def tokenize(self, text: str, add_bos: bool | None = None, special: bool = True,
+                 add_eos: bool | None = None) -> list[int]:
+        """Text -> token ids. add_bos / add_eos = None: the GGUF metadata decides
+        (tokenizer.ggml.add_bos_token / add_eos_token). special: parse special-token text such as
+        <|im_start|> into its id (False: tokenize it as plain text)."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        if add_bos is None:
+            add_bos = self._tokenizer.add_bos_default
+        if add_eos is None:
+            add_eos = self._tokenizer.add_eos_default
+        ids = self._tokenizer.encode(text, bool(add_bos), bool(special))
+        if add_eos and self.eos_id >= 0:
+            ids.append(self.eos_id)
+        return ids
+
+    def token_bytes(self, token: int) -> bytes:
+        """The exact bytes of one token's piece (may be an incomplete UTF-8 sequence)."""
+        token = _check_int("token", token, 0, self.n_vocab - 1)
+        return self._tokenizer.token_to_piece(token, True)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        ids = [_check_int("token id", i, 0, self.n_vocab - 1) for i in ids]
+        return self._tokenizer.decode(ids).decode("utf-8", "replace")
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return self._tokenizer.is_end_of_generation(int(token))
+
+    # -- sessions and generation -----------------------------------------------------------------
+    def session(self, mode: str = "streaming", n_sink: int | None = None, window: int | None = None,
+                *, batch_size: int = 256, kv_type: str = "f16", n_threads: int | None = None,
+                allow_beyond_training_context: bool = False, position_offset: int = 0) -> "Session":
+        return Session(self, mode=mode, n_sink=n_sink, window=window, batch_size=batch_size, kv_type=kv_type,
+                       n_threads=n_threads, allow_beyond_training_context=allow_beyond_training_context,
+                       position_offset=position_offset)
+
+    def stream(self, prompt: str | Sequence[int], **options: Any) -> Iterator[str]:
+        """Generates from a fresh streaming session, yielding text pieces (UTF-8 complete)."""
+        session_options = {k: options.pop(k) for k in ("mode", "n_sink", "window") if k in options}
+        return self.session(**session_options).stream(prompt, **options)
+
+    def generate(self, prompt: str | Sequence[int], **options: Any) -> str:
+        return "".join(self.stream(prompt, **options))
+
+    def __repr__(self) -> str:
+        return f"Model({self.path!r}, arch={self.architecture!r}, n_vocab={self.n_vocab})"
+
+
+class Session:
+    """One stream over a Model: its own K/V cache (sinks + rolling window), counter and scratch.
+
+    mode: "streaming" (n_sink sinks + window), "window" (window only), "dense" (everything up to
+    the capacity), "recompute" (re-encode the last `window` tokens per token). Defaults: n_sink 4
+    in streaming mode (0 otherwise), capacity n_sink + window = 2048 capped at the training context.
+    batch_size: tokens per forward chunk (prefill speed vs. ring slack of batch_size - 1 slots).
+    position_offset: absolute index of the stream's first token (RoPE angles start there; only
+    differences of positions matter, so the logits do not change: streaming.md invariant 4).
+    """
+
+    def __init__(self, model: Model, mode: str = "streaming", n_sink: int | None = None, window: int | None = None,
+                 batch_size: int = 256, kv_type: str = "f16", n_threads: int | None = None,
+                 allow_beyond_training_context: bool = False, position_offset: int = 0):
+        if not isinstance(model, Model):
+            raise TypeError(f"model must be a sinkstream.Model, got {type(model).__name__}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+        if n_sink is None:
+            n_sink = 4 if mode == "streaming" else 0
+        n_sink = _check_int("n_sink", n_sink, 0)
+        if mode != "streaming" and n_sink != 0:
+            raise ValueError(f"mode {mode!r} keeps no attention sinks: n_sink must be 0 (or None), got {n_sink}")
+        window = -1 if window is None else _check_int("window", window, 1)
+        batch_size = _check_int("batch_size", batch_size, 1, 65536)
+        if kv_type not in ("f16", "f32"):
+            raise ValueError(f"kv_type must be 'f16' or 'f32', got {kv_type!r}")
+        n_threads = model.n_threads if n_threads is None else _check_int("n_threads", n_threads, 1, 1024)
+        position_offset = _check_int("position_offset", position_offset, 0, 2**62)
+        capacity = n_sink + (window if window > 0 else 0)
+        if allow_beyond_training_context and capacity > model.n_ctx_train:
+            warnings.warn(f"n_sink + window = {capacity} exceeds the training context {model.n_ctx_train}: "
+                          "positions past it were never trained", stacklevel=3)
+        self.model = model
+        self._core = _core.Session(model._core, mode, n_sink, window, batch_size, kv_type, n_threads,
+                                   bool(allow_beyond_training_context), position_offset)
+        # Generation state kept on the session by generation.py / chat_template.py.
+        self._pending: list[int] = []     # the last sampled token, not fed yet
+        self._last_logits: tuple[int, np.ndarray] | None = None  # (n_past then, logits)
+        self._chat_history: list[dict[str, str]] | None = None
+        self._chat_record = None
+        self.last_stats = None
+
+    # -- the stream ------------------------------------------------------------------------------
+    def eval(self, tokens: Sequence[int] | np.ndarray, logits: str | None = "last") -> np.ndarray | None:
+        """Feeds tokens (any count; chunked internally). logits="last" -> (n_vocab,) float32,
+        "all" -> (len(tokens), n_vocab), None -> nothing returned."""
+        if logits not in _LOGITS:
+            raise ValueError(f"logits must be 'last', 'all' or None, got {logits!r}")
+        array = self._token_array(tokens)
+        if len(array) == 0 and logits is not None:
+            raise ValueError("tokens is empty: there are no logits to return")
+        return self._core.eval(array, logits == "all", logits is not None)
+
+    def _token_array(self, tokens: Sequence[int] | np.ndarray) -> np.ndarray:
+        if isinstance(tokens, (str, bytes)):
+            raise TypeError("tokens must be a sequence of token ids, not text (use model.tokenize)")
+        array = np.asarray(tokens)
+        if array.ndim != 1:
+            raise ValueError(f"tokens must be 1-D, got shape {array.shape}")
+        if array.size and not np.issubdtype(array.dtype, np.integer):
+            raise TypeError(f"tokens must be integers, got dtype {array.dtype}")
+        if array.size:
+            lo, hi = int(array.min()), int(array.max())
+            if lo < 0 or hi >= self.model.n_vocab:
+                bad = lo if lo < 0 else hi
+                raise ValueError(f"token id {bad} is outside the vocabulary (0..{self.model.n_vocab - 1})")
+        return np.ascontiguousarray(array, dtype=np.int32)
+
+    @property
+    def n_past(self) -> int:
+        return self._core.n_past
+
+    @property
+    def n_cached(self) -> int:
+        return self._core.n_cached
+
+    @property
+    def kv_bytes(self) -> int:
+        return self._core.kv_bytes
+
+    @property
+    def mode(self) -> str:
+        return self._core.mode
+
+    @property
+    def n_sink(self) -> int:
+        return self._core.n_sink
+
+    @property
+    def window(self) -> int:
+        return self._core.window
+
+    @property
+    def capacity(self) -> int:
+        return self._core.capacity
+
+    def reset(self) -> None:
+        """Starts a new stream: empty cache, counter 0, no pending token or chat history."""
+        from .generation import reset_generation_state
+
+        self._core.reset()
+        reset_generation_state(self)
+
+    # -- park and resume ---------------------------------------------------------------------------
+    _STATE_MAGIC = b"SINKSTREAM-SESSION\x00\x02"
+
+    def save(self, path: str | os.PathLike[str] | None = None) -> bytes | None:
+        """The stream's exact state (K/V of the sinks and window, counter, pending token, chat
+        history, last logits): bytes, or written to `path`. Restore with load() on a session made
+        with the same model and settings."""
+        record = getattr(self, "_chat_record", None)
+        last = getattr(self, "_last_logits", None)  # (n_past when computed, logits): see generation.py
+        extra = json.dumps({
+            "pending": [int(t) for t in self._pending],
+            "chat_history": getattr(self, "_chat_history", None),
+            # (rendered prompt text, bytes of the reply tokens read since, n_past): see chat_template.py
+            "chat_record": [record[0], record[1].hex(), record[2]] if record is not None else None,
+            "last_logits_n_past": None if last is None else int(last[0]),
+        }).encode()
+        logits = b"" if last is None else np.ascontiguousarray(last[1], dtype=np.float32).tobytes()
+        blob = b"".join([self._STATE_MAGIC, len(extra).to_bytes(8, "little"), extra,
+                         len(logits).to_bytes(8, "little"), logits, self._core.save()])
+        if path is None:
+            return blob
+        tmp = os.fspath(path) + ".partial"
+        with open(tmp, "wb") as f:
+            f.write(blob)
+        os.replace(tmp, path)
+        return None
+
+    def load(self, state: bytes | str | os.PathLike[str]) -> None:
+        """Restores a state from save() (bytes or a file path)."""
+        if isinstance(state, (str, os.PathLike)):
+            with open(state, "rb") as f:
+                state = f.read()
+        if not isinstance(state, (bytes, bytearray, memoryview)):
+            raise TypeError(f"state must be bytes or a path, got {type(state).__name__}")
+        state = bytes(state)
+        if not state.startswith(self._STATE_MAGIC):
+            raise ValueError("not a sinkstream session state")
+        pos = len(self._STATE_MAGIC)
+
+        def take(n: int) -> bytes:
+            nonlocal pos
+            if n > len(state) - pos:
+                raise ValueError("session state is truncated")
+            pos += n
+            return state[pos - n:pos]
+
+        try:
+            extra = json.loads(take(int.from_bytes(take(8), "little")))
+            pending = [int(t) for t in extra["pending"]]
+            history, record = extra["chat_history"], extra["chat_record"]
+            logits_n_past = extra["last_logits_n_past"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"session state is corrupt: {e}") from None
+        logits = take(int.from_bytes(take(8), "little"))
+        if logits and len(logits) != 4 * self.model.n_vocab:
+            raise ValueError("session state is corrupt: its logits do not match this model's vocabulary")
+        self._core.load(state[pos:])
+        self._pending = pending
+        self._chat_history = history
+        self._chat_record = (record[0], bytes.fromhex(record[1]), int(record[2])) if record is not None else None
+        self._last_logits = (int(logits_n_past), np.frombuffer(logits, dtype=np.float32).copy()) if logits else None
+
+    # -- generation (generation.py and chat_template.py do the work) -----------------------------
+    def stream(self, prompt: str | Sequence[int] | None = None, **options: Any) -> Iterator[str]:
+        """Continues this session's stream: feeds the prompt, yields generated text pieces (UTF-8
+        complete). Options: see sinkstream.generation.stream_text."""
+        from .generation import stream_text
+
+        return stream_text(self, prompt, **options)
+
+    def generate(self, prompt: str | Sequence[int] | None = None, **options: Any) -> str:
+        from .generation import generate_text
+
+        return generate_text(self, prompt, **options)
+
+    def chat(self, messages: str | list[dict[str, str]], history: list | None = None, **options: Any) -> Iterator[str]:
+        """One chat turn: renders the GGUF chat template over the conversation so far plus
+        `messages` (a user text or a list of {"role", "content"}), feeds only what is new, and
+        streams the reply. The session remembers the conversation (constant memory)."""
+        from .chat_template import chat_turn
+
+        return chat_turn(self, messages, history, **options)
+
+    def __repr__(self) -> str:
+        return (f"Session(mode={self.mode!r}, n_sink={self.n_sink}, window={self.window}, "
+                f"n_past={self.n_past}, n_cached={self.n_cached})")

@@ -1,0 +1,141 @@
+// SinkCache::span and slot_of against a brute-force reading of shared/docs/streaming.md:
+//   A(t) = {0 .. min(S, t+1)-1} U {max(S, t-W+1) .. t}, a token's position is its rank in sorted A(t),
+//   so the query sits at p(t) = |A(t)| - 1 = min(t, C-1).
+// Checked for many S, W, t, including t near 2^32 and 2^63 (a stream counter never wraps in
+// practice), plus the ring property: while a chunk of up to max_chunk queries is processed, every
+// token any of them attends to is still in its own slot (no later token of the chunk overwrote it).
+#include <algorithm>
+#include <cstring>
+#include <cstdint>
+#include <set>
+#include <vector>
+
+#include "check.h"
+#include "kv/sink_cache.h"
+#include "core/fp16.h"
+
+using namespace sinkstream;
+
+namespace {
+
+// A(t) materialized: the definition's two index sets, enumerated element by element and merged.
+std::vector<uint64_t> brute_force_attention_set(uint64_t t, uint64_t S, uint64_t W) {
+  std::set<uint64_t> set;
+  for (uint64_t j = 0; j < S && j <= t; ++j) set.insert(j);  // {0 .. min(S, t+1)-1}
+  // {max(S, t-W+1) .. t}: walk down from t, W tokens at most, never below S or 0.
+  for (uint64_t k = 0; k < W; ++k) {
+    if (k > t) break;
+    const uint64_t j = t - k;
+    if (j < S) break;
+    set.insert(j);
+  }
+  return std::vector<uint64_t>(set.begin(), set.end());
+}
+
+void check_span(const SinkCache& cache, uint64_t t) {
+  const uint64_t S = (uint64_t)cache.n_sink(), W = (uint64_t)cache.window(), C = S + W;
+  const std::vector<uint64_t> a = brute_force_attention_set(t, S, W);
+  const AttentionSpan span = cache.span(t);
+  // The span's two ranges list exactly A(t), in order.
+  std::vector<uint64_t> from_span;
+  for (uint64_t j = 0; j < span.sink_end && j <= C; ++j) from_span.push_back(j);
+  // (bounded: a wrong span with a far window_begin must fail the comparison, not loop for ages)
+  for (uint64_t j = span.window_begin; j <= t && from_span.size() <= C + 1; ++j) {
+    from_span.push_back(j);
+    if (j == UINT64_MAX) break;
+  }
+  CHECK(from_span == a, "S", S, "W", W, "t", t, "sink_end", span.sink_end, "window_begin", span.window_begin);
+  CHECK(span.sink_end <= S, "S", S, "t", t);
+  // The query is the last element of A(t): its rank is |A(t)| - 1 = min(t, C - 1).
+  CHECK_EQ(span.query_position, (uint64_t)a.size() - 1, "S", S, "W", W, "t", t);
+  CHECK_EQ(span.query_position, std::min<uint64_t>(t, C - 1), "S", S, "W", W, "t", t);
+  CHECK(!a.empty() && a.back() == t, "S", S, "W", W, "t", t);
+}
+
+// Queries t0 .. t0+m-1 run after all m keys were stored. Every token any of them attends to must
+// hold its own slot: distinct slots among all tokens in [first attended, t0+m-1], sinks apart.
+void check_ring(const SinkCache& cache, uint64_t t0, uint64_t m) {
+  const uint64_t S = (uint64_t)cache.n_sink();
+  const uint64_t last = t0 + m - 1;
+  std::set<uint64_t> needed;
+  for (uint64_t t = t0; t <= last; ++t)
+    for (uint64_t j : brute_force_attention_set(t, S, (uint64_t)cache.window())) needed.insert(j);
+  // Tokens written up to `last` that share a slot with a needed token and came after it would have
+  // overwritten it. Check every token in [min needed window token, last].
+  uint64_t lowest_window = UINT64_MAX;  // stays so when every needed token is a sink
+  for (uint64_t j : needed)
+    if (j >= S) lowest_window = std::min(lowest_window, j);
+  bool ok = true;
+  std::vector<uint64_t> owner_token((size_t)cache.n_slots(), 0);
+  std::vector<bool> used((size_t)cache.n_slots(), false);
+  for (uint64_t j = lowest_window; j <= last && lowest_window != UINT64_MAX; ++j) {
+    const int64_t slot = cache.slot_of(j);
+    if (slot < cache.n_sink() || slot >= cache.n_slots()) { ok = false; break; }
+    if (used[(size_t)slot] && needed.count(owner_token[(size_t)slot])) { ok = false; break; }
+    used[(size_t)slot] = true;
+    owner_token[(size_t)slot] = j;
+  }
+  for (uint64_t j : needed)
+    if (j < S && cache.slot_of(j) != (int64_t)j) ok = false;
+  CHECK(ok, "S", S, "W", cache.window(), "ring", cache.ring_slots(), "t0", t0, "chunk", m);
+}
+
+}  // namespace
+
+int main() {
+  const uint64_t kFar[] = {(1ull << 32) - 3, 1ull << 40, (1ull << 62) + 7, (1ull << 63) - 5, 1ull << 63,
+                           (1ull << 63) + 123};
+  int n_configs = 0;
+  for (int64_t S : {0, 1, 2, 4, 7}) {
+    for (int64_t W : {1, 2, 3, 5, 16, 33}) {
+      for (int64_t max_chunk : {1, 3, 8}) {
+        const SinkCache cache(1, 1, 2, S, W, max_chunk, KvType::kF32);
+        CHECK_EQ(cache.capacity(), S + W);
+        CHECK_EQ(cache.ring_slots(), W + max_chunk - 1);
+        ++n_configs;
+        for (uint64_t t = 0; t < 200; ++t) check_span(cache, t);
+        for (uint64_t far : kFar)
+          for (uint64_t d = 0; d < 40; ++d) check_span(cache, far + d);
+        // Chunks of every size up to max_chunk, starting anywhere (near the start and far out).
+        for (uint64_t m = 1; m <= (uint64_t)max_chunk; ++m) {
+          for (uint64_t t0 = 0; t0 < 120; ++t0) check_ring(cache, t0, m);
+          for (uint64_t far : kFar)
+            for (uint64_t d = 0; d < 20; ++d) check_ring(cache, far + d, m);
+        }
+      }
+    }
+  }
+  std::fprintf(stderr, "span and ring checked for %d (S, W, chunk) configurations\n", n_configs);
+
+  // store() writes token j's rows into slot_of(j), converted to the storage type.
+  for (KvType type : {KvType::kF32, KvType::kF16}) {
+    SinkCache cache(2, 2, 3, 2, 4, 2, type);
+    const int64_t n = cache.row_elements();
+    for (uint64_t j = 0; j < 30; ++j) {
+      std::vector<float> k((size_t)n), v((size_t)n);
+      for (int64_t i = 0; i < n; ++i) {
+        k[(size_t)i] = (float)j + 0.25f * (float)i;
+        v[(size_t)i] = -(float)j - 0.5f * (float)i;
+      }
+      const int64_t layer = (int64_t)(j % 2);
+      cache.store(layer, j, k.data(), v.data());
+      const size_t row = (size_t)(cache.slot_of(j) * n) * cache.element_bytes();
+      for (int64_t i = 0; i < n; ++i) {
+        float got_k, got_v;
+        if (type == KvType::kF32) {
+          std::memcpy(&got_k, cache.keys(layer) + row + (size_t)i * 4, 4);
+          std::memcpy(&got_v, cache.values(layer) + row + (size_t)i * 4, 4);
+        } else {
+          uint16_t hk, hv;
+          std::memcpy(&hk, cache.keys(layer) + row + (size_t)i * 2, 2);
+          std::memcpy(&hv, cache.values(layer) + row + (size_t)i * 2, 2);
+          got_k = fp16_to_f32(hk);
+          got_v = fp16_to_f32(hv);
+        }
+        CHECK_EQ(got_k, k[(size_t)i], "token", j, "element", i);  // values exact in f16 too
+        CHECK_EQ(got_v, v[(size_t)i], "token", j, "element", i);
+      }
+    }
+  }
+  return sinkstream_test::check_summary("test_sink_cache");
+}

@@ -1,0 +1,92 @@
+// ThreadPool: every task runs exactly once per run(), on a valid thread index, and run() returns only
+// after all of them finished; parallel_for covers [0, n) exactly once with contiguous ranges. Many
+// runs back to back with sizes that grow, shrink and straddle the thread count, so a worker that
+// picks up a stale job or a run that returns early shows up as a miscount.
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "check.h"
+#include "core/thread_pool.h"
+
+using namespace sinkstream;
+
+namespace {
+
+void check_run(ThreadPool& pool, int64_t n_tasks, bool uneven, std::mt19937& rng) {
+  std::vector<std::atomic<int>> runs((size_t)std::max<int64_t>(n_tasks, 1));
+  for (auto& r : runs) r.store(0);
+  std::atomic<int> bad_thread{0};
+  std::vector<int> sleep_us((size_t)std::max<int64_t>(n_tasks, 1), 0);
+  if (uneven)
+    for (auto& s : sleep_us) s = (int)(rng() % 4 == 0 ? rng() % 200 : 0);
+  const int n_threads = pool.n_threads();
+  pool.run(n_tasks, [&](int64_t task, int thread) {
+    if (thread < 0 || thread >= n_threads) bad_thread.fetch_add(1);
+    if (sleep_us[(size_t)task]) std::this_thread::sleep_for(std::chrono::microseconds(sleep_us[(size_t)task]));
+    runs[(size_t)task].fetch_add(1, std::memory_order_relaxed);
+  });
+  // run() has returned: every count must already be final.
+  int wrong = 0;
+  for (int64_t t = 0; t < n_tasks; ++t) wrong += runs[(size_t)t].load() != 1;
+  CHECK_EQ(wrong, 0, "threads", n_threads, "tasks", n_tasks);
+  CHECK_EQ(bad_thread.load(), 0, "threads", n_threads, "tasks", n_tasks);
+}
+
+void check_parallel_for(ThreadPool& pool, int64_t n, int64_t min_per_task) {
+  std::vector<std::atomic<int>> covered((size_t)std::max<int64_t>(n, 1));
+  for (auto& c : covered) c.store(0);
+  std::atomic<int> bad_range{0};
+  pool.parallel_for(
+      n,
+      [&](int64_t begin, int64_t end, int thread) {
+        if (begin < 0 || end > n || begin >= end || thread < 0 || thread >= pool.n_threads()) bad_range.fetch_add(1);
+        for (int64_t i = std::max<int64_t>(begin, 0); i < std::min(end, n); ++i) covered[(size_t)i].fetch_add(1);
+      },
+      min_per_task);
+  int wrong = 0;
+  for (int64_t i = 0; i < n; ++i) wrong += covered[(size_t)i].load() != 1;
+  CHECK_EQ(wrong, 0, "threads", pool.n_threads(), "n", n, "min_per_task", min_per_task);
+  CHECK_EQ(bad_range.load(), 0, "threads", pool.n_threads(), "n", n, "min_per_task", min_per_task);
+}
+
+}  // namespace
+
+int main() {
+  std::mt19937 rng(12345);
+  CHECK(ThreadPool::default_thread_count() >= 1);
+  for (int n_threads : {0, 1, 2, 3, 4, 8}) {
+    ThreadPool pool(n_threads);
+    CHECK_EQ(pool.n_threads(), std::max(1, n_threads));
+    // Sizes around the thread count, then big ones, alternating with tiny ones.
+    std::vector<int64_t> sizes = {0, 1, 2, 3, 5, 7, 8, 9, 16, 17, 64, 1000, 1, 4096, 0, 2, 333};
+    for (int round = 0; round < 60; ++round) {
+      for (int64_t n : sizes) check_run(pool, n, /*uneven=*/false, rng);
+      check_run(pool, (int64_t)(rng() % 300), /*uneven=*/false, rng);
+    }
+    for (int round = 0; round < 5; ++round) check_run(pool, 64, /*uneven=*/true, rng);
+    for (int64_t n : {0, 1, 2, 3, 10, 31, 100, 1000, 4097})
+      for (int64_t min_per_task : {1, 2, 7, 64, 10000}) check_parallel_for(pool, n, min_per_task);
+  }
+  // Pools created and destroyed in quick succession (destructor joins workers that may never have
+  // received a job).
+  for (int i = 0; i < 50; ++i) {
+    ThreadPool pool(1 + i % 4);
+    if (i % 2) check_run(pool, i, false, rng);
+  }
+  // Several pools used from several threads at once (each pool by one thread: run() is not reentrant).
+  std::vector<std::thread> users;
+  for (int u = 0; u < 3; ++u) {
+    users.emplace_back([u] {
+      std::mt19937 local_rng(u);
+      ThreadPool pool(2);
+      for (int round = 0; round < 200; ++round) check_run(pool, (int64_t)(local_rng() % 50), false, local_rng);
+    });
+  }
+  for (auto& t : users) t.join();
+  return sinkstream_test::check_summary("test_thread_pool");
+}
