@@ -269,18 +269,20 @@ def test_neon_kernels_under_qemu(tmp_path):
 # ---- activation quantization -------------------------------------------------------------------------
 
 def numpy_quantize_blocks(x: np.ndarray, block: int):
-    """Reference 8-bit activation quantization in float32 numpy: d = max|x| / 127, q = rint(x / d)
-    computed as x * (1 / d), ties to even. Returns (q int8 (nb, block), d float32 (nb,))."""
+    """Reference 8-bit activation quantization in float32 numpy, as llama.cpp's AVX2 quantize_row_q8_*:
+    d = max|x| / 127, q = rint(x * (127 / max|x|)), ties to even. Returns (q int8 (nb, block), d (nb,))."""
     xb = x.astype(np.float32).reshape(-1, block)
-    d = (np.abs(xb).max(axis=1) / np.float32(127)).astype(np.float32)
+    amax = np.abs(xb).max(axis=1).astype(np.float32)
+    d = (amax / np.float32(127)).astype(np.float32)
     with np.errstate(divide="ignore"):
-        inv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+        inv = np.where(amax != 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
     q = np.rint(xb * inv[:, None]).astype(np.int8)
     return q, d
 
 
 def numpy_q8a_row(x: np.ndarray) -> bytes:
     q, d = numpy_quantize_blocks(x, 32)
+    d = d.astype(np.float16).astype(np.float32)  # the 32-element formats keep the scale at half precision
     nb = q.shape[0]
     pairs = np.zeros((nb + 1) // 2 * 2 * 32, np.int8).reshape(-1, 2, 2, 16)  # (pair, half, member, 16)
     for b in range(nb):
@@ -303,8 +305,9 @@ def numpy_q8k_row(x: np.ndarray) -> bytes:
 
 def tricky_activations(rng: np.random.Generator, cols: int) -> list[np.ndarray]:
     rows = [rng.standard_normal(cols).astype(np.float32),
-            (rng.standard_normal(cols) * 1e-30).astype(np.float32),   # tiny, some subnormal products
-            (rng.standard_normal(cols) * 1e30).astype(np.float32),    # huge
+            (rng.standard_normal(cols) * 1e-6).astype(np.float32),    # tiny: Q8A scales are half subnormals
+            (rng.standard_normal(cols) * 3e-9).astype(np.float32),    # tinier: Q8A scales round to 0
+            (rng.standard_normal(cols) * 1e4).astype(np.float32),     # large
             np.zeros(cols, np.float32)]                               # all-zero blocks: d = 0
     ties = rng.integers(-127, 127, cols).astype(np.float32) + np.float32(0.5)  # exact .5 ties with d = 1
     ties[::32] = 127.0

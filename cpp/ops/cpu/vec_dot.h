@@ -8,8 +8,8 @@
 // error is at most half a step, d_x / 2, per element, independent between elements).
 //
 // The activation quantizers of all ISAs give bit-identical bytes (the same IEEE operations: max|x|,
-// d = max / 127, id = 1 / d, x * id, round half to even), so the integer products are identical
-// across ISAs and kernel paths differ only in float summation order.
+// d = max / 127, id = 127 / max, x * id, round half to even; Q8A keeps d at half precision), so the
+// integer products are identical across ISAs and kernel paths differ only in float summation order.
 #pragma once
 #include <cstdint>
 

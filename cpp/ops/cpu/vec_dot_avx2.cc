@@ -531,11 +531,13 @@ void quantize_activations_avx2(ActFormat format, const float* x, int64_t cols, u
       if (nb % 2 == 1) std::memset(out + q8a_quant_offset(nb - 1, 0), 0, 64);  // the missing partner's zeros
       for (int64_t b = 0; b < nb; ++b) {
         const float* xb = x + b * kQK;
-        const float d = abs_max(xb, kQK) / 127.0f;
-        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        const float amax = abs_max(xb, kQK);
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
         int sum_lo, sum_hi;
         quantize32(xb, id, reinterpret_cast<int8_t*>(out + q8a_quant_offset(b, 0)),
                    reinterpret_cast<int8_t*>(out + q8a_quant_offset(b, 1)), &sum_lo, &sum_hi);
+        // The scale at half precision (round to nearest even), as the scalar quantizer keeps it.
+        const float d = _cvtsh_ss(_cvtss_sh(amax / 127.0f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
         scales[b].d = d;
         scales[b].ds = d * (float)(sum_lo + sum_hi);
       }
@@ -545,8 +547,9 @@ void quantize_activations_avx2(ActFormat format, const float* x, int64_t cols, u
       BlockQ8KA* blocks = reinterpret_cast<BlockQ8KA*>(out);
       for (int64_t b = 0; b < cols / kQKK; ++b) {
         const float* xb = x + b * kQKK;
-        const float d = abs_max(xb, kQKK) / 127.0f;
-        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        const float amax = abs_max(xb, kQKK);
+        const float d = amax / 127.0f;
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
         for (int k = 0; k < kQKK / 32; ++k) {
           int sum_lo, sum_hi;
           quantize32(xb + 32 * k, id, blocks[b].qs + 32 * k, blocks[b].qs + 32 * k + 16, &sum_lo, &sum_hi);
