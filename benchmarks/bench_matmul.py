@@ -7,6 +7,9 @@ call of each shape, GB/s of weights read, and the total per pass: at n = 1 that 
 per decoded token; at n = 64 the time per 64-token prefill chunk.
 
     python benchmarks/bench_matmul.py [--isa avx512|avx2|scalar] [--threads 1,2] [--n 1,64] [--iterations 20]
+                                      [--hot]
+
+--hot instead repeats each shape on one matrix (weights stay in cache): the kernels' own speed.
 """
 from __future__ import annotations
 
@@ -49,8 +52,12 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--n", default="1,64")
     parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--hot", action="store_true", help="one matrix per shape, repeated (cache-resident)")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
+    if args.hot:
+        hot(args, rng)
+        return
     shapes = [s for _ in range(N_LAYERS) for s in LAYER] + [OUTPUT]
     weights = [(int(qt), random_weight(qt, rows, cols, rng), rows, cols) for _, qt, rows, cols in shapes]
     total_bytes = sum(len(w[1]) for w in weights)
@@ -72,6 +79,19 @@ def main() -> None:
             total = sum(seconds)
             what = "per token" if n == 1 else f"per {n}-token chunk ({total * 1e3 / n:.3f} ms/token)"
             print(f"  all {len(weights)} matmuls {what}: {total * 1e3:.2f} ms, {total_bytes / total / 1e9:.1f} GB/s")
+
+
+def hot(args, rng: np.random.Generator) -> None:
+    print(f"isa={args.isa}, cache-resident weights (each shape repeated on one matrix), best of 5")
+    for n in (int(v) for v in args.n.split(",")):
+        for n_threads in (int(v) for v in args.threads.split(",")):
+            print(f"\n n={n} threads={n_threads}")
+            for name, qt, rows, cols in LAYER[:2] + LAYER[4:] + [OUTPUT]:
+                w = random_weight(qt, rows, cols, rng)
+                iterations = max(2, int(2e6 / (rows * cols * n)))
+                s = min(_core.matmul_bench(int(qt), w, rows, cols, n, args.isa, n_threads, iterations) for _ in range(5))
+                print(f"  {name:24s} {s * 1e3:8.3f} ms/call  {len(w) / s / 1e9:6.1f} GB/s  "
+                      f"{n * rows * cols / s / 1e9:6.1f} GMAC/s")
 
 
 if __name__ == "__main__":
