@@ -254,6 +254,34 @@ struct Kernel32 {
 // accumulated in int32 (sumi); the float scales d * d_x (and dmin * d_x for the mins) are applied
 // once per super-block.
 
+// Scale unpacking with 32-bit word operations (all 16 at once instead of byte by byte). These are
+// local, not the inline helpers of quant_blocks.h: an inline function compiled here with AVX2 flags
+// could be the copy the linker keeps for baseline callers too.
+
+// Q4_K / Q5_K: the 8 6-bit scales and 8 6-bit mins (layout: quant_blocks.h, unpack_k4_scale_min).
+static inline void k4_scales_mins(const uint8_t* packed, __m128i* scales8, __m128i* mins8) {
+  uint32_t u[3];
+  std::memcpy(u, packed, 12);
+  const uint32_t low6 = 0x3f3f3f3fu, low4 = 0x0f0f0f0fu, low2 = 0x03030303u;
+  const uint32_t sc_hi = (u[2] & low4) | ((u[0] >> 6) & low2) << 4;
+  const uint32_t mn_hi = ((u[2] >> 4) & low4) | ((u[1] >> 6) & low2) << 4;
+  *scales8 = _mm_set_epi32(0, 0, (int)sc_hi, (int)(u[0] & low6));
+  *mins8 = _mm_set_epi32(0, 0, (int)mn_hi, (int)(u[1] & low6));
+}
+
+// Q3_K: the 16 6-bit scales minus 32, as int16 (layout: quant_blocks.h, q3k_scale).
+static inline void q3k_scales(const uint8_t* packed, int16_t out[16]) {
+  uint32_t u[3];
+  std::memcpy(u, packed, 12);
+  const uint32_t low4 = 0x0f0f0f0fu, low2 = 0x03030303u;
+  const __m128i biased = _mm_setr_epi32((int)((u[0] & low4) | (u[2] & low2) << 4),
+                                        (int)((u[1] & low4) | ((u[2] >> 2) & low2) << 4),
+                                        (int)(((u[0] >> 4) & low4) | ((u[2] >> 4) & low2) << 4),
+                                        (int)(((u[1] >> 4) & low4) | ((u[2] >> 6) & low2) << 4));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out),
+                      _mm256_cvtepi8_epi16(_mm_sub_epi8(biased, _mm_set1_epi8(32))));
+}
+
 struct Q2_KKernel {
   template <int NT>
   static void run(int64_t nb, const uint8_t* w, const uint8_t* x, int64_t xs, float* y, int64_t ys) {
@@ -300,7 +328,7 @@ struct Q3_KKernel {
     const __m256i three = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
     for (int64_t i = 0; i < nb; ++i) {
       int16_t sc[16];
-      for (int j = 0; j < 16; ++j) sc[j] = (int16_t)q3k_scale(b[i].scales, j);
+      q3k_scales(b[i].scales, sc);
       __m256i sumi[NT];
       for (int t = 0; t < NT; ++t) sumi[t] = _mm256_setzero_si256();
       __m256i hmask = load256(b[i].hmask);  // bit 4h + s of hmask[l] is the high bit of element 128h + 32s + l
@@ -342,8 +370,10 @@ struct Q45_KKernel {
     for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
     const __m256i low4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
     for (int64_t i = 0; i < nb; ++i) {
-      uint8_t sc[8], mn[8];
-      for (int j = 0; j < 8; ++j) unpack_k4_scale_min(b[i].scales, j, &sc[j], &mn[j]);
+      __m128i scales8, mins8;
+      k4_scales_mins(b[i].scales, &scales8, &mins8);
+      // The 8 scales as int16 in both 128-bit lanes; a byte shuffle broadcasts one of them.
+      const __m256i scales16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(scales8));
       __m256i sumi[NT];
       for (int t = 0; t < NT; ++t) sumi[t] = _mm256_setzero_si256();
       __m256i qh = _mm256_setzero_si256();
@@ -357,7 +387,8 @@ struct Q45_KKernel {
           hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 1), one), 4));
           qh = _mm256_srli_epi16(qh, 2);
         }
-        const __m256i sc_lo = _mm256_set1_epi16(sc[2 * c]), sc_hi = _mm256_set1_epi16(sc[2 * c + 1]);
+        const __m256i sc_lo = _mm256_shuffle_epi8(scales16, _mm256_set1_epi16((short)(0x0100 + 0x0202 * (2 * c))));
+        const __m256i sc_hi = _mm256_shuffle_epi8(scales16, _mm256_set1_epi16((short)(0x0100 + 0x0202 * (2 * c + 1))));
         for (int t = 0; t < NT; ++t) {
           const int8_t* a = q8k_row(x, xs, t)[i].qs + 64 * c;
           const __m256i p_lo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load256(a)), sc_lo);
@@ -366,10 +397,7 @@ struct Q45_KKernel {
         }
       }
       // mins: sum_j mn_j * (bsum_2j + bsum_2j+1); each min repeated for its two groups of 16.
-      uint64_t mn_bytes;
-      std::memcpy(&mn_bytes, mn, 8);
-      const __m128i mn8 = _mm_cvtsi64_si128((long long)mn_bytes);
-      const __m256i mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn8, mn8));
+      const __m256i mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mins8, mins8));
       const float d = h2f(b[i].d), dmin = h2f(b[i].dmin);
       for (int t = 0; t < NT; ++t) {
         const BlockQ8KA& a = q8k_row(x, xs, t)[i];
