@@ -20,26 +20,9 @@ namespace sinkstream {
 
 namespace {
 
+#include "ops/cpu/kernel32_x86.inc"
+
 static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
-
-static inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-static inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
-
-// Q5 fifth bits: byte j = 0x10 where bit j of `bits` is set.
-static inline __m256i fifth_bits(uint32_t bits) {
-  const __m256i byte_of_bit = _mm256_setr_epi64x(0x0000000000000000, 0x0101010101010101,
-                                                 0x0202020202020202, 0x0303030303030303);
-  const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), byte_of_bit);
-  const __m256i bit_in_byte = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
-  const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit_in_byte), bit_in_byte);
-  return _mm256_and_si256(set, _mm256_set1_epi8(0x10));
-}
 
 // int16 scale vector for 32 products spanning sub-blocks of 16: lanes 0..7 (elements 0..15) get s0,
 // lanes 8..15 get s1.
@@ -66,135 +49,15 @@ void tile_dot_rows(int64_t nb, const uint8_t* w, int64_t ws, int nr, const uint8
   }
 }
 
-// ---- 32-element formats ----------------------------------------------------------------------------
-// Blocks are processed in pairs (i, i + 1) to match the Q8A activation layout (vec_dot.h):
-//   w0 = [block i elements 0..15 | block i+1 elements 0..15]  against activation bytes 0..31 of the pair
-//   w1 = [block i elements 16..31 | block i+1 elements 16..31] against bytes 32..63
-// so the int32 lanes 0..3 of the products belong to block i and lanes 4..7 to block i + 1.
-// Per pair, one multiply gives all four scale products at once:
-//   header(i) = [d_i, e_i, d_i+1, e_i+1] (weight halves) times [dx_i, ds_i, dx_i+1, ds_i+1]
-// where the lanes 0, 2 scale the integer dot and the lanes 1, 3 are the per-block extra terms
-// kExtra * e * ds (Q4_1/Q5_1: the min, e = m, kExtra = 1; Q4_0: the -8 offset, e = d, kExtra = -8).
+// ---- 32-element formats: kernel32_x86.inc with VPMADDUBSW / VPMADDWD products -------------------
 
-struct PairWeights {
-  __m256i w0, w1;
-};
-
-static inline uint32_t load_u32(const void* p) { uint32_t v; std::memcpy(&v, p, 4); return v; }
-static inline uint32_t twice(uint16_t h) { return (uint32_t)h * 0x10001u; }  // [h, h] as two halves
-
-// Two 16-byte pieces into one register: lo at bits 0..127, hi at 128..255.
-static inline __m256i load_two(const uint8_t* lo, const uint8_t* hi) {
-  return _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(hi), reinterpret_cast<const __m128i*>(lo));
-}
-static inline __m256i load_one(const uint8_t* lo) {
-  return _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lo)));
-}
-
-static inline PairWeights split_nibbles(__m256i packed) {
-  const __m256i low4 = _mm256_set1_epi8(0x0f);
-  return {_mm256_and_si256(packed, low4), _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4)};
-}
-
-// Fifth bits of a pair: w0 takes bits 0..15 of qh_i then of qh_i+1, w1 bits 16..31 of each.
-static inline void add_fifth_bits(PairWeights* p, uint32_t qh_i, uint32_t qh_next) {
-  p->w0 = _mm256_or_si256(p->w0, fifth_bits((qh_i & 0xffffu) | (qh_next << 16)));
-  p->w1 = _mm256_or_si256(p->w1, fifth_bits((qh_i >> 16) | (qh_next & 0xffff0000u)));
-}
-
-// `next` is nullptr for an unpaired last block: its partner's lanes are zero.
-struct Q4_0Traits {
-  using Block = BlockQ4_0;
-  static constexpr bool kSigned = false;
-  static constexpr float kExtra = -8.0f;
-  static PairWeights unpack(const Block* b, const Block* next) {
-    return split_nibbles(next ? load_two(b->qs, next->qs) : load_one(b->qs));
-  }
-  static __m128i header(const Block* b, const Block* next) {
-    return _mm_set_epi32(0, 0, next ? (int)twice(next->d) : 0, (int)twice(b->d));
-  }
-};
-
-struct Q4_1Traits {
-  using Block = BlockQ4_1;
-  static constexpr bool kSigned = false;
-  static constexpr float kExtra = 1.0f;
-  static PairWeights unpack(const Block* b, const Block* next) {
-    return split_nibbles(next ? load_two(b->qs, next->qs) : load_one(b->qs));
-  }
-  static __m128i header(const Block* b, const Block* next) {  // d and m are adjacent: one 32-bit load
-    return _mm_set_epi32(0, 0, next ? (int)load_u32(next) : 0, (int)load_u32(b));
-  }
-};
-
-struct Q5_0Traits {
-  using Block = BlockQ5_0;
-  static constexpr bool kSigned = false;
-  static constexpr float kExtra = -16.0f;
-  static PairWeights unpack(const Block* b, const Block* next) {
-    PairWeights p = split_nibbles(next ? load_two(b->qs, next->qs) : load_one(b->qs));
-    add_fifth_bits(&p, load_u32(b->qh), next ? load_u32(next->qh) : 0);
-    return p;
-  }
-  static __m128i header(const Block* b, const Block* next) {
-    return _mm_set_epi32(0, 0, next ? (int)twice(next->d) : 0, (int)twice(b->d));
-  }
-};
-
-struct Q5_1Traits {
-  using Block = BlockQ5_1;
-  static constexpr bool kSigned = false;
-  static constexpr float kExtra = 1.0f;
-  static PairWeights unpack(const Block* b, const Block* next) {
-    PairWeights p = split_nibbles(next ? load_two(b->qs, next->qs) : load_one(b->qs));
-    add_fifth_bits(&p, load_u32(b->qh), next ? load_u32(next->qh) : 0);
-    return p;
-  }
-  static __m128i header(const Block* b, const Block* next) {
-    return _mm_set_epi32(0, 0, next ? (int)load_u32(next) : 0, (int)load_u32(b));
-  }
-};
-
-struct Q8_0Traits {
-  using Block = BlockQ8_0;
-  static constexpr bool kSigned = true;
-  static constexpr float kExtra = 0.0f;
-  static PairWeights unpack(const Block* b, const Block* next) {
-    const uint8_t* q = reinterpret_cast<const uint8_t*>(b->qs);
-    if (next == nullptr) return {load_one(q), load_one(q + 16)};
-    const uint8_t* qn = reinterpret_cast<const uint8_t*>(next->qs);
-    return {load_two(q, qn), load_two(q + 16, qn + 16)};
-  }
-  static __m128i header(const Block* b, const Block* next) {
-    return _mm_set_epi32(0, 0, next ? (int)twice(next->d) : 0, (int)twice(b->d));
-  }
-};
-
-struct IQ4_NLTraits {
-  using Block = BlockIQ4_NL;
-  static constexpr bool kSigned = true;
-  static constexpr float kExtra = 0.0f;
-  static PairWeights unpack(const Block* b, const Block* next) {
-    const __m256i table =
-        _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues)));
-    const PairWeights idx = split_nibbles(next ? load_two(b->qs, next->qs) : load_one(b->qs));
-    return {_mm256_shuffle_epi8(table, idx.w0), _mm256_shuffle_epi8(table, idx.w1)};
-  }
-  static __m128i header(const Block* b, const Block* next) {
-    return _mm_set_epi32(0, 0, next ? (int)twice(next->d) : 0, (int)twice(b->d));
-  }
-};
-
-template <typename Traits>
-struct Kernel32 {
-  using Block = typename Traits::Block;
-
-  // Integer dot of a pair against 64 activation bytes: 8 int32 lanes (0..3 block i, 4..7 block i+1).
-  // Unsigned weights <= 31: the two int16 products add without overflow (2 * 2 * 31 * 127 < 32768).
-  static inline __m256i pair_dot(const PairWeights& w, const PairWeights& w_abs, const int8_t* a) {
-    const __m256i a0 = load256(a), a1 = load256(a + 32);
+// Integer dot of a pair against 64 activation bytes: 8 int32 lanes (0..3 block i, 4..7 block i+1).
+// Unsigned weights <= 31: the two int16 products add without overflow (2 * 2 * 31 * 127 < 32768).
+struct MaddubsPairDot {
+  template <bool kSigned>
+  static inline __m256i dot(const PairWeights& w, const PairWeights& w_abs, __m256i a0, __m256i a1) {
     const __m256i ones = _mm256_set1_epi16(1);
-    if (Traits::kSigned) {
+    if (kSigned) {
       const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(w_abs.w0, _mm256_sign_epi8(a0, w.w0)), ones);
       const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(w_abs.w1, _mm256_sign_epi8(a1, w.w1)), ones);
       return _mm256_add_epi32(p0, p1);
@@ -202,52 +65,9 @@ struct Kernel32 {
     const __m256i p16 = _mm256_add_epi16(_mm256_maddubs_epi16(w.w0, a0), _mm256_maddubs_epi16(w.w1, a1));
     return _mm256_madd_epi16(p16, ones);
   }
-
-  template <int NT>
-  static void run(int64_t nb, const uint8_t* w, const uint8_t* x, int64_t xs, float* y, int64_t ys) {
-    const int64_t scales_offset = q8a_scales_offset(nb);
-    const __m256i lane_of_scale = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2);
-    // One accumulator per token and pairs always in order, so a row's result has the same summation
-    // order whatever tile it is in: outputs do not depend on the thread split or on which tokens are
-    // evaluated together. (A second accumulator set to hide the FMA latency gained nothing: a
-    // pair's integer work takes longer than that latency.)
-    __m256 acc[NT];
-    __m128 extra[NT];
-    for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps(), extra[t] = _mm_setzero_ps();
-
-    auto pair = [&](int64_t i, bool has_next) {
-      const Block* b = reinterpret_cast<const Block*>(w) + i;
-      const Block* next = has_next ? b + 1 : nullptr;
-      const PairWeights wq = Traits::unpack(b, next);
-      PairWeights w_abs = wq;
-      if (Traits::kSigned) w_abs = {_mm256_sign_epi8(wq.w0, wq.w0), _mm256_sign_epi8(wq.w1, wq.w1)};
-      const __m128 header = _mm_cvtph_ps(Traits::header(b, next));
-      for (int t = 0; t < NT; ++t) {
-        const uint8_t* row = x + t * xs;
-        const float* sc = reinterpret_cast<const float*>(row + scales_offset) + 2 * i;
-        const __m128 act =
-            has_next ? _mm_loadu_ps(sc) : _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(sc)));
-        const __m128 prod = _mm_mul_ps(header, act);  // [s_i, e_i ds_i, s_i+1, e_i+1 ds_i+1]
-        const __m256 scale = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(prod), lane_of_scale);
-        const __m256i dot = pair_dot(wq, w_abs, reinterpret_cast<const int8_t*>(row) + 64 * (i / 2));
-        acc[t] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), acc[t]);
-        if (Traits::kExtra != 0.0f) extra[t] = _mm_add_ps(extra[t], prod);
-      }
-    };
-    int64_t i = 0;
-    for (; i + 2 <= nb; i += 2) pair(i, true);
-    if (i < nb) pair(i, false);
-    for (int t = 0; t < NT; ++t) {
-      float sum = hsum(acc[t]);
-      if (Traits::kExtra != 0.0f) {
-        alignas(16) float e[4];
-        _mm_store_ps(e, extra[t]);
-        sum += Traits::kExtra * (e[1] + e[3]);
-      }
-      y[t * ys] = sum;
-    }
-  }
 };
+template <typename Traits>
+using Kernel32 = Kernel32X86<Traits, MaddubsPairDot>;
 
 // ---- K-quants (256-element super-blocks, BlockQ8KA activations) - ----------------------------------
 // Within a super-block the integer sums of all sub-blocks, each times its sub-block scale, are

@@ -1,12 +1,13 @@
 // AVX-512 kernels (F, BW, VL, DQ, VNNI). Compiled with the AVX-512 flags of CMakeLists.txt and only
-// called when cpu_features() reports all of them with ZMM state enabled; every helper is static.
-// Types without a kernel here fall back to the AVX2 file (matmul.cc: select_dot_tile).
+// called when cpu_features() reports all of them with ZMM state enabled; every helper has internal
+// linkage. Types without a kernel here (Q2_K, Q3_K, Q4_K, Q5_K) use the AVX2 file's kernels
+// (matmul.cc: select_dot_tile): on Zen 4 (where 512-bit operations take two 256-bit passes) 512-bit
+// versions of those measured no faster.
 //
-// 32-element formats: one 512-bit register holds a pair of blocks in exactly the order of the Q8A
-// activation pair (vec_dot.h): [i: 0..15][i+1: 0..15][i: 16..31][i+1: 16..31]. VPDPBUSD multiplies
-// unsigned weight bytes by signed activation bytes and sums groups of four into int32 without
-// intermediate saturation; signed weights (Q8_0, IQ4_NL) use |w| and sign(w) * a, exact as well.
-// Int32 lanes 0..3 and 8..11 then belong to block i, lanes 4..7 and 12..15 to block i + 1.
+// 32-element formats: the 256-bit kernels of kernel32_x86.inc with AVX512-VNNI products: VPDPBUSD
+// multiplies unsigned weight bytes by signed activation bytes and sums groups of four into int32
+// without intermediate saturation, replacing VPMADDUBSW + VPADDW + VPMADDWD. Signed weights (Q8_0,
+// IQ4_NL) use |w| and sign(w) * a. 256-bit registers: 512-bit ones gave no gain on Zen 4.
 #include "ops/cpu/vec_dot.h"
 
 #if defined(__x86_64__) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
@@ -25,161 +26,80 @@ namespace sinkstream {
 
 namespace {
 
-static inline uint32_t load_u32(const void* p) { uint32_t v; std::memcpy(&v, p, 4); return v; }
-static inline uint32_t twice(uint16_t h) { return (uint32_t)h * 0x10001u; }  // [h, h] as two halves
+#include "ops/cpu/kernel32_x86.inc"
 
-// Two 16-byte pieces into one 256-bit register: lo at bits 0..127, hi at 128..255.
-static inline __m256i load_two(const void* lo, const void* hi) {
-  return _mm256_loadu2_m128i(static_cast<const __m128i*>(hi), static_cast<const __m128i*>(lo));
-}
-static inline __m256i load_one(const void* lo) {
-  return _mm256_zextsi128_si256(_mm_loadu_si128(static_cast<const __m128i*>(lo)));
-}
+static inline float hsum512(__m512 v) { return _mm512_reduce_add_ps(v); }
 
-// Packed nibbles of a pair [qs_i | qs_i+1] -> [lo_i, lo_i+1, hi_i, hi_i+1] as bytes 0..15.
-static inline __m512i split_nibbles(__m256i packed) {
-  const __m512i both = _mm512_inserti64x4(_mm512_zextsi256_si512(packed), _mm256_srli_epi16(packed, 4), 1);
-  return _mm512_and_si512(both, _mm512_set1_epi8(0x0f));
-}
+// ---- 32-element formats -----------------------------------------------------------------------------
 
-// Q5 fifth bits of a pair, in register order: bit k of the mask is byte k of the register.
-static inline __m512i add_fifth_bits(__m512i w, uint32_t qh_i, uint32_t qh_next) {
-  const uint64_t lo = (qh_i & 0xffffu) | (uint64_t)(qh_next & 0xffffu) << 16;
-  const uint64_t hi = (qh_i >> 16) | (uint64_t)(qh_next >> 16) << 16;
-  return _mm512_mask_add_epi8(w, _cvtu64_mask64(lo | hi << 32), w, _mm512_set1_epi8(0x10));
-}
-
-static inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
-
-struct Q4_0Traits {
-  using Block = BlockQ4_0;
-  static constexpr bool kSigned = false;
-  static constexpr float kExtra = -8.0f;  // sum (q - 8) a = sum q a - 8 sum a
-  static __m512i unpack(const Block* b, const Block* next) {
-    return split_nibbles(next ? load_two(b->qs, next->qs) : load_one(b->qs));
-  }
-  static __m128i header(const Block* b, const Block* next) {
-    return _mm_set_epi32(0, 0, next ? (int)twice(next->d) : 0, (int)twice(b->d));
+struct VnniPairDot {
+  template <bool kSigned>
+  static inline __m256i dot(const PairWeights& w, const PairWeights& w_abs, __m256i a0, __m256i a1) {
+    const __m256i zero = _mm256_setzero_si256();
+    if (kSigned)
+      return _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(zero, w_abs.w0, _mm256_sign_epi8(a0, w.w0)), w_abs.w1,
+                                 _mm256_sign_epi8(a1, w.w1));
+    return _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(zero, w.w0, a0), w.w1, a1);
   }
 };
-
-struct Q4_1Traits {
-  using Block = BlockQ4_1;
-  static constexpr bool kSigned = false;
-  static constexpr float kExtra = 1.0f;  // + m * d_x * sum a
-  static __m512i unpack(const Block* b, const Block* next) {
-    return split_nibbles(next ? load_two(b->qs, next->qs) : load_one(b->qs));
-  }
-  static __m128i header(const Block* b, const Block* next) {  // d and m are adjacent
-    return _mm_set_epi32(0, 0, next ? (int)load_u32(next) : 0, (int)load_u32(b));
-  }
-};
-
-struct Q5_0Traits {
-  using Block = BlockQ5_0;
-  static constexpr bool kSigned = false;
-  static constexpr float kExtra = -16.0f;
-  static __m512i unpack(const Block* b, const Block* next) {
-    const __m512i w = split_nibbles(next ? load_two(b->qs, next->qs) : load_one(b->qs));
-    return add_fifth_bits(w, load_u32(b->qh), next ? load_u32(next->qh) : 0);
-  }
-  static __m128i header(const Block* b, const Block* next) {
-    return _mm_set_epi32(0, 0, next ? (int)twice(next->d) : 0, (int)twice(b->d));
-  }
-};
-
-struct Q5_1Traits {
-  using Block = BlockQ5_1;
-  static constexpr bool kSigned = false;
-  static constexpr float kExtra = 1.0f;
-  static __m512i unpack(const Block* b, const Block* next) {
-    const __m512i w = split_nibbles(next ? load_two(b->qs, next->qs) : load_one(b->qs));
-    return add_fifth_bits(w, load_u32(b->qh), next ? load_u32(next->qh) : 0);
-  }
-  static __m128i header(const Block* b, const Block* next) {
-    return _mm_set_epi32(0, 0, next ? (int)load_u32(next) : 0, (int)load_u32(b));
-  }
-};
-
-struct Q8_0Traits {
-  using Block = BlockQ8_0;
-  static constexpr bool kSigned = true;
-  static constexpr float kExtra = 0.0f;
-  static __m512i unpack(const Block* b, const Block* next) {
-    const __m256i first = next ? load_two(b->qs, next->qs) : load_one(b->qs);
-    const __m256i second = next ? load_two(b->qs + 16, next->qs + 16) : load_one(b->qs + 16);
-    return _mm512_inserti64x4(_mm512_zextsi256_si512(first), second, 1);
-  }
-  static __m128i header(const Block* b, const Block* next) {
-    return _mm_set_epi32(0, 0, next ? (int)twice(next->d) : 0, (int)twice(b->d));
-  }
-};
-
-struct IQ4_NLTraits {
-  using Block = BlockIQ4_NL;
-  static constexpr bool kSigned = true;
-  static constexpr float kExtra = 0.0f;
-  static __m512i unpack(const Block* b, const Block* next) {
-    const __m512i table =
-        _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues)));
-    return _mm512_shuffle_epi8(table, split_nibbles(next ? load_two(b->qs, next->qs) : load_one(b->qs)));
-  }
-  static __m128i header(const Block* b, const Block* next) {
-    return _mm_set_epi32(0, 0, next ? (int)twice(next->d) : 0, (int)twice(b->d));
-  }
-};
-
-// Same structure as the AVX2 Kernel32 (see there): header(i) = [d_i, e_i, d_i+1, e_i+1] times the
-// activation scales [dx_i, ds_i, dx_i+1, ds_i+1]; lanes 0, 2 scale the integer dots, lanes 1, 3 are
-// the extra terms. One accumulator per (row, token), pairs in order: results do not depend on tiles.
 template <typename Traits>
-struct Kernel32 {
-  using Block = typename Traits::Block;
+using Kernel32 = Kernel32X86<Traits, VnniPairDot>;
 
+// ---- Q6_K: 64 weights per register (four sub-blocks of 16) -------------------------------------
+// The AVX2 scheme at twice the width: VPMADDUBSW then VPMADDWD by the int16 sub-block scales (no
+// int16 overflow: 2 * 63 * 127 < 32768), int32 sums per super-block, float scales once per super-block.
+
+static inline const BlockQ8KA* q8k_row(const uint8_t* x, int64_t stride, int t) {
+  return reinterpret_cast<const BlockQ8KA*>(x + t * stride);
+}
+
+struct Q6_KKernel {
   template <int NT>
   static void run(int64_t nb, const uint8_t* w, const uint8_t* x, int64_t xs, float* y, int64_t ys) {
-    const int64_t scales_offset = q8a_scales_offset(nb);
-    const __m512i lane_of_scale = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 0, 0, 0, 0, 2, 2, 2, 2);
+    const BlockQ6_K* b = reinterpret_cast<const BlockQ6_K*>(w);
     __m512 acc[NT];
-    __m128 extra[NT];
-    for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps(), extra[t] = _mm_setzero_ps();
-
-    auto pair = [&](int64_t i, bool has_next) {
-      const Block* b = reinterpret_cast<const Block*>(w) + i;
-      const Block* next = has_next ? b + 1 : nullptr;
-      __m512i wq = Traits::unpack(b, next);
-      __mmask64 negative = 0;
-      if (Traits::kSigned) {
-        negative = _mm512_movepi8_mask(wq);
-        wq = _mm512_abs_epi8(wq);
+    for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
+    const __m256i low4 = _mm256_set1_epi8(0x0f), bits45 = _mm256_set1_epi8(0x30);
+    // int16 lane k of a 64-element register covers elements 2k, 2k + 1: sub-block first + k / 8.
+    const __m512i quarter_of_lane = _mm512_set_epi16(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2, 1, 1, 1, 1, 1, 1,
+                                                     1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    for (int64_t i = 0; i < nb; ++i) {
+      const __m256i scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b[i].scales)));
+      const __m512i scales16z = _mm512_zextsi256_si512(scales16);
+      __m512i sumi[NT];
+      for (int t = 0; t < NT; ++t) sumi[t] = _mm512_setzero_si512();
+      for (int h = 0; h < 2; ++h) {
+        const __m256i ql_a = load256(b[i].ql + 64 * h), ql_b = load256(b[i].ql + 64 * h + 32);
+        const __m256i qh = load256(b[i].qh + 32 * h);
+        // Elements 128h + 64g .. +63 (g = 0, 1): low nibbles of ql_a, ql_b (g = 0) or their high nibbles
+        // (g = 1); high bits 2s, 2s + 1 of qh for the quarters s = 2g, 2g + 1, moved to bits 4, 5.
+        for (int g = 0; g < 2; ++g) {
+          const __m256i low_a = g == 0 ? _mm256_and_si256(ql_a, low4) : _mm256_and_si256(_mm256_srli_epi16(ql_a, 4), low4);
+          const __m256i low_b = g == 0 ? _mm256_and_si256(ql_b, low4) : _mm256_and_si256(_mm256_srli_epi16(ql_b, 4), low4);
+          const __m256i high_a = g == 0 ? _mm256_and_si256(_mm256_slli_epi16(qh, 4), bits45) : _mm256_and_si256(qh, bits45);
+          const __m256i high_b = g == 0 ? _mm256_and_si256(_mm256_slli_epi16(qh, 2), bits45)
+                                        : _mm256_and_si256(_mm256_srli_epi16(qh, 2), bits45);
+          const __m512i q = _mm512_inserti64x4(_mm512_zextsi256_si512(_mm256_or_si256(low_a, high_a)),
+                                               _mm256_or_si256(low_b, high_b), 1);  // q + 32, in 0..63
+          const int first = 8 * h + 4 * g;  // sub-blocks first .. first + 3
+          const __m512i scv = _mm512_permutexvar_epi16(_mm512_add_epi16(quarter_of_lane, _mm512_set1_epi16((short)first)),
+                                                       scales16z);
+          for (int t = 0; t < NT; ++t) {
+            const __m512i a = _mm512_loadu_si512(q8k_row(x, xs, t)[i].qs + 16 * first);
+            sumi[t] = _mm512_add_epi32(sumi[t], _mm512_madd_epi16(_mm512_maddubs_epi16(q, a), scv));
+          }
+        }
       }
-      const __m128 header = _mm_cvtph_ps(Traits::header(b, next));
+      const float d = _cvtsh_ss(b[i].d);
       for (int t = 0; t < NT; ++t) {
-        const uint8_t* row = x + t * xs;
-        const float* sc = reinterpret_cast<const float*>(row + scales_offset) + 2 * i;
-        const __m128 act =
-            has_next ? _mm_loadu_ps(sc) : _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(sc)));
-        const __m128 prod = _mm_mul_ps(header, act);  // [s_i, e_i ds_i, s_i+1, e_i+1 ds_i+1]
-        const __m512 scale = _mm512_permutexvar_ps(lane_of_scale, _mm512_zextps128_ps512(prod));
-        __m512i a = _mm512_loadu_si512(row + 64 * (i / 2));
-        if (Traits::kSigned) a = _mm512_mask_sub_epi8(a, negative, _mm512_setzero_si512(), a);
-        const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq, a);
-        acc[t] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc[t]);
-        if (Traits::kExtra != 0.0f) extra[t] = _mm_add_ps(extra[t], prod);
+        const BlockQ8KA& a = q8k_row(x, xs, t)[i];
+        // sum (q - 32) a = sum q a - 32 * sum_j sc_j bsum_j
+        const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(load256(a.bsums), scales16), 5);
+        const __m512i total = _mm512_sub_epi32(sumi[t], _mm512_zextsi256_si512(offset));
+        acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(d * a.d), _mm512_cvtepi32_ps(total), acc[t]);
       }
-    };
-    int64_t i = 0;
-    for (; i + 2 <= nb; i += 2) pair(i, true);
-    if (i < nb) pair(i, false);
-    for (int t = 0; t < NT; ++t) {
-      float sum = hsum(acc[t]);
-      if (Traits::kExtra != 0.0f) {
-        alignas(16) float e[4];
-        _mm_store_ps(e, extra[t]);
-        sum += Traits::kExtra * (e[1] + e[3]);
-      }
-      y[t * ys] = sum;
     }
+    for (int t = 0; t < NT; ++t) y[t * ys] = hsum512(acc[t]);
   }
 };
 
@@ -214,7 +134,7 @@ struct FloatKernel {
       for (int t = 0; t < NT; ++t)
         acc[t] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, reinterpret_cast<const float*>(x + t * xs) + i), acc[t]);
     }
-    for (int t = 0; t < NT; ++t) y[t * ys] = hsum(acc[t]);
+    for (int t = 0; t < NT; ++t) y[t * ys] = hsum512(acc[t]);
   }
 };
 
@@ -246,7 +166,8 @@ DotTileFn avx512_dot_tile(GgmlType type) {
     case GgmlType::Q5_1: return tile_dot_rows<Kernel32<Q5_1Traits>>;
     case GgmlType::Q8_0: return tile_dot_rows<Kernel32<Q8_0Traits>>;
     case GgmlType::IQ4_NL: return tile_dot_rows<Kernel32<IQ4_NLTraits>>;
-    default: return nullptr;  // K-quants: the AVX2 kernels
+    case GgmlType::Q6_K: return tile_dot_rows<Q6_KKernel>;
+    default: return nullptr;  // the other K-quants: the AVX2 kernels
   }
 }
 
