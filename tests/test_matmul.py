@@ -144,7 +144,7 @@ def test_simd_levels_match_scalar_across_row_counts(qtype):
 @pytest.mark.parametrize("qtype", [T.Q4_1, T.Q8_0, T.Q6_K, T.F16], ids=lambda t: t.name)
 def test_threads_do_not_change_results(qtype):
     rng = np.random.default_rng(300 + int(qtype))
-    rows, cols = 301, cols_for(qtype)
+    rows, cols = 1501, cols_for(qtype)  # enough work per token for several tasks at n = 1
     w = make_weight(qtype, rows, cols, rng)
     for n in (1, 6):
         x = rng.standard_normal((n, cols)).astype(np.float32)
