@@ -242,3 +242,89 @@ def test_bad_arguments_raise():
     if FEATURES["best_isa"] != "neon":
         with pytest.raises(ValueError, match="not available"):
             _core.matmul_test(int(T.Q4_1), w.tobytes(), 4, 64, x, "neon")
+
+
+@pytest.mark.slow
+def test_neon_kernels_under_qemu(tmp_path):
+    # The NEON kernels cannot run on x86: cross-compile tests/cpp/matmul_isa_check.cc for AArch64
+    # (with and without the dot-product extension) and run it under qemu-user, when both exist.
+    import shutil
+    cxx, qemu = shutil.which("aarch64-linux-gnu-g++"), shutil.which("qemu-aarch64")
+    if cxx is None or qemu is None:
+        pytest.skip("needs aarch64-linux-gnu-g++ and qemu-aarch64")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sources = ["tests/cpp/matmul_isa_check.cc", "cpp/quant/quant_types.cc", "cpp/quant/dequantize.cc",
+               "cpp/ops/cpu/matmul.cc", "cpp/ops/cpu/cpu_features.cc", "cpp/ops/cpu/vec_dot_scalar.cc",
+               "cpp/ops/cpu/vec_dot_neon.cc", "cpp/ops/cpu/vec_dot_avx2.cc", "cpp/ops/cpu/vec_dot_avx512.cc",
+               "cpp/core/thread_pool.cc"]
+    for march, cpu in [("armv8-a", "cortex-a57"), ("armv8.2-a+dotprod", "max")]:
+        exe = tmp_path / f"check_{march.replace('+', '_')}"
+        subprocess.run([cxx, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", f"-march={march}", "-Icpp",
+                        *sources, "-static", "-pthread", "-o", str(exe)], cwd=root, check=True)
+        out = subprocess.run([qemu, "-cpu", cpu, str(exe)], capture_output=True, text=True)
+        assert out.returncode == 0 and "all levels match scalar" in out.stdout, out.stdout[-3000:]
+        assert "(kernel neon  )" in out.stdout  # the NEON kernels really ran
+
+
+# ---- activation quantization -------------------------------------------------------------------------
+
+def numpy_quantize_blocks(x: np.ndarray, block: int):
+    """Reference 8-bit activation quantization in float32 numpy, as llama.cpp's AVX2 quantize_row_q8_*:
+    d = max|x| / 127, q = rint(x * (127 / max|x|)), ties to even. Returns (q int8 (nb, block), d (nb,))."""
+    xb = x.astype(np.float32).reshape(-1, block)
+    amax = np.abs(xb).max(axis=1).astype(np.float32)
+    d = (amax / np.float32(127)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(amax != 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
+    q = np.rint(xb * inv[:, None]).astype(np.int8)
+    return q, d
+
+
+def numpy_q8a_row(x: np.ndarray) -> bytes:
+    q, d = numpy_quantize_blocks(x, 32)
+    d = d.astype(np.float16).astype(np.float32)  # the 32-element formats keep the scale at half precision
+    nb = q.shape[0]
+    pairs = np.zeros((nb + 1) // 2 * 2 * 32, np.int8).reshape(-1, 2, 2, 16)  # (pair, half, member, 16)
+    for b in range(nb):
+        pairs[b // 2, 0, b % 2] = q[b, :16]
+        pairs[b // 2, 1, b % 2] = q[b, 16:]
+    ds = (d * q.astype(np.int32).sum(axis=1).astype(np.float32)).astype(np.float32)
+    scales = np.stack([d, ds], axis=1).astype(np.float32)
+    raw = pairs.tobytes() + scales.tobytes()
+    return raw + b"\xab" * (-len(raw) % 64)  # padding is left untouched (the test fills it with 0xAB)
+
+
+def numpy_q8k_row(x: np.ndarray) -> bytes:
+    q, d = numpy_quantize_blocks(x, 256)
+    out = b""
+    for b in range(q.shape[0]):
+        bsums = q[b].astype(np.int32).reshape(16, 16).sum(axis=1).astype(np.int16)
+        out += q[b].tobytes() + bsums.tobytes() + np.float32(d[b]).tobytes() + b"\0" * 28
+    return out
+
+
+def tricky_activations(rng: np.random.Generator, cols: int) -> list[np.ndarray]:
+    rows = [rng.standard_normal(cols).astype(np.float32),
+            (rng.standard_normal(cols) * 1e-6).astype(np.float32),    # tiny: Q8A scales are half subnormals
+            (rng.standard_normal(cols) * 3e-9).astype(np.float32),    # tinier: Q8A scales round to 0
+            (rng.standard_normal(cols) * 1e4).astype(np.float32),     # large
+            np.zeros(cols, np.float32)]                               # all-zero blocks: d = 0
+    ties = rng.integers(-127, 127, cols).astype(np.float32) + np.float32(0.5)  # exact .5 ties with d = 1
+    ties[::32] = 127.0
+    rows.append(ties)
+    mixed = rng.standard_normal(cols).astype(np.float32)
+    mixed[: cols // 2] = -0.0
+    rows.append(mixed)
+    return rows
+
+
+@pytest.mark.parametrize("qtype", [T.Q4_1, T.Q6_K], ids=lambda t: t.name)
+def test_activation_quantization_matches_numpy_on_every_level(qtype):
+    rng = np.random.default_rng(7)
+    block = 256 if qtype == T.Q6_K else 32
+    for cols in ([32, 64, 96, 352, 576, 1536] if block == 32 else [256, 512, 1536]):
+        for x in tricky_activations(rng, cols):
+            want = numpy_q8a_row(x) if block == 32 else numpy_q8k_row(x)
+            for isa in ["scalar"] + SIMD_LEVELS:
+                got = _core.quantize_activations_test(int(qtype), x, isa)
+                assert got == want, f"{qtype.name} cols={cols} {isa}: activation bytes differ from numpy"

@@ -3,10 +3,14 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
 
+#include <algorithm>
 #include <chrono>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "bindings/bindings.h"
@@ -137,6 +141,57 @@ void bind_quant(nb::module_& m) {
       nb::arg("type_id"), nb::arg("weight"), nb::arg("rows"), nb::arg("cols"), nb::arg("n"), nb::arg("isa"),
       nb::arg("n_threads"), nb::arg("iterations"),
       "Benchmark hook: seconds per matmul call (after one warm-up call) with a persistent thread pool.");
+
+  m.def(
+      "matmul_bench_sequence",
+      [](const std::vector<std::tuple<uint32_t, nb::bytes, int64_t, int64_t>>& weights, int64_t n,
+         const std::string& isa, int n_threads, int iterations) {
+        std::vector<WeightMatrix> ws;
+        int64_t max_rows = 1, max_cols = 1;
+        for (const auto& [type_id, data, rows, cols] : weights) {
+          ws.push_back(weight_from_bytes(type_id, data, rows, cols));
+          max_rows = std::max(max_rows, rows);
+          max_cols = std::max(max_cols, cols);
+        }
+        SS_CHECK_ARG(n > 0 && iterations > 0, "n = ", n, " and iterations = ", iterations, " must be positive");
+        const Isa level = parse_isa(isa);
+        std::vector<float> x((size_t)(n * max_cols)), y((size_t)(n * max_rows));
+        for (size_t i = 0; i < x.size(); ++i) x[i] = (float)((i * 2654435761u) % 1000) / 1000.0f - 0.5f;
+        std::vector<double> seconds(ws.size(), 0.0);
+        nb::gil_scoped_release release;
+        ThreadPool pool(n_threads);
+        for (int it = -1; it < iterations; ++it) {  // iteration -1 warms up
+          for (size_t k = 0; k < ws.size(); ++k) {
+            const auto start = std::chrono::steady_clock::now();
+            matmul_at_isa(ws[k], x.data(), n, y.data(), pool, level);
+            const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
+            if (it >= 0) seconds[k] += elapsed.count() / iterations;
+          }
+        }
+        return seconds;
+      },
+      nb::arg("weights"), nb::arg("n"), nb::arg("isa"), nb::arg("n_threads"), nb::arg("iterations"),
+      "Benchmark hook: runs matmuls over a list of (type_id, bytes, rows, cols) weights in order, like a\n"
+      "forward pass (weights stream from memory when they exceed the caches); returns the mean seconds\n"
+      "per call of each entry after one warm-up pass.");
+
+  m.def(
+      "quantize_activations_test",
+      [](uint32_t weight_type_id, F32Array x, const std::string& isa) {
+        const GgmlTypeInfo* info = ggml_type_info(weight_type_id);
+        SS_CHECK_ARG(info != nullptr, "unknown ggml type id ", weight_type_id);
+        const ActFormat format = activation_format(info->type);
+        const int64_t cols = (int64_t)x.shape(0);
+        const int64_t block = format == ActFormat::Q8K ? kQKK : format == ActFormat::Q8A ? kQK : 1;
+        SS_CHECK_ARG(cols % block == 0, "x has ", cols, " values, not a multiple of ", block);
+        const Isa level = parse_isa(isa);
+        SS_CHECK_ARG(isa_supported(level), "ISA ", isa, " is not available on this CPU");
+        std::vector<uint8_t> out((size_t)activation_row_bytes(format, cols), 0xAB);
+        select_quantize(level)(format, x.data(), cols, out.data());
+        return nb::bytes(reinterpret_cast<const char*>(out.data()), out.size());
+      },
+      nb::arg("weight_type_id"), nb::arg("x"), nb::arg("isa"),
+      "Test hook: the activation row matmul makes for weights of this type (raw bytes, vec_dot.h layout).");
 
   m.def(
       "matmul_kernel_isa",

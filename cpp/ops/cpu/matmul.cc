@@ -87,6 +87,12 @@ DotTileFn select_dot_tile(GgmlType type, Isa isa, Isa* chosen) {
   return fn;
 }
 
+QuantizeFn select_quantize(Isa isa) {
+  QuantizeFn fn = nullptr;
+  if (isa == Isa::Avx2 || isa == Isa::Avx512) fn = avx2_quantize_activations();
+  return fn != nullptr ? fn : quantize_activations;
+}
+
 void matmul_at_isa(const WeightMatrix& w, const float* x, int64_t n, float* y, ThreadPool& pool, Isa isa) {
   check_weight(w);
   SS_CHECK_ARG(n >= 0, "matmul with ", w.name, ": n = ", n, " tokens");
@@ -103,7 +109,8 @@ void matmul_at_isa(const WeightMatrix& w, const float* x, int64_t n, float* y, T
   const int64_t act_stride = activation_row_bytes(format, w.cols);
   if (format != ActFormat::F32) {
     uint8_t* q = activation_scratch(n * act_stride);
-    for (int64_t t = 0; t < n; ++t) quantize_activations(format, x + t * w.cols, w.cols, q + t * act_stride);
+    const QuantizeFn quantize = select_quantize(isa);
+    for (int64_t t = 0; t < n; ++t) quantize(format, x + t * w.cols, w.cols, q + t * act_stride);
     act = q;
   }
 

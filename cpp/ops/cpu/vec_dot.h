@@ -7,8 +7,9 @@
 // The 8-bit activation quantization costs about 0.4 % relative error per dot product (its rounding
 // error is at most half a step, d_x / 2, per element, independent between elements).
 //
-// Every ISA uses the same activation quantization (quantize_activations, portable code), so the
-// integer products are identical across ISAs and paths differ only in float summation order.
+// The activation quantizers of all ISAs give bit-identical bytes (the same IEEE operations: max|x|,
+// d = max / 127, id = 127 / max, x * id, round half to even; Q8A keeps d at half precision), so the
+// integer products are identical across ISAs and kernel paths differ only in float summation order.
 #pragma once
 #include <cstdint>
 
@@ -62,8 +63,13 @@ ActFormat activation_format(GgmlType weight_type);
 // Bytes of one quantized activation row of `cols` elements (a multiple of the format's block);
 // a multiple of 64 for the quantized formats.
 int64_t activation_row_bytes(ActFormat format, int64_t cols);
-// Converts one float row to the format (F32: a copy). Round half to even, |q| <= 127.
+// Converts one float row to the format (F32: a copy). Round half to even, |q| <= 127. This is the
+// portable reference; ISA files may provide faster, bit-identical versions.
 void quantize_activations(ActFormat format, const float* x, int64_t cols, uint8_t* out);
+using QuantizeFn = void (*)(ActFormat format, const float* x, int64_t cols, uint8_t* out);
+QuantizeFn avx2_quantize_activations();  // nullptr when not compiled for x86-64
+// The quantizer matmul uses at level `isa`.
+QuantizeFn select_quantize(Isa isa);
 
 // A tile of nr weight rows, row r at w + r * w_stride, against nt (1 .. kTokenTile) activation rows,
 // row t at x + t * x_stride:  y[t * y_stride + r] = dot(weight row r, activation row t).

@@ -481,7 +481,92 @@ struct FloatKernel {
   }
 };
 
+// ---- activation quantization: bit-identical to quantize_activations (vec_dot_scalar.cc) -----------
+
+static inline float hmax(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+
+static inline int hsum_i32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
+  return _mm_cvtsi128_si32(s);
+}
+
+// max |x| over count (a multiple of 32) floats.
+static inline float abs_max(const float* x, int count) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 m = _mm256_setzero_ps();
+  for (int i = 0; i < count; i += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)));
+  return hmax(m);
+}
+
+// Rounds 32 values x * id half to even into int8 (elements in order at q), returns the int32 sums of
+// elements 0..15 and 16..31. The same float multiply and rounding as the scalar code.
+static inline void quantize32(const float* x, float id, int8_t* q_lo, int8_t* q_hi, int* sum_lo, int* sum_hi) {
+  const __m256 scale = _mm256_set1_ps(id);
+  __m256i v[4];
+  for (int k = 0; k < 4; ++k)
+    v[k] = _mm256_cvttps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * k), scale),
+                                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  *sum_lo = hsum_i32(_mm256_add_epi32(v[0], v[1]));
+  *sum_hi = hsum_i32(_mm256_add_epi32(v[2], v[3]));
+  // |v| <= 127: the saturating packs are exact; they interleave 128-bit lanes, the permute undoes it.
+  const __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
+  const __m256i ordered = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(q_lo), _mm256_castsi256_si128(ordered));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(q_hi), _mm256_extracti128_si256(ordered, 1));
+}
+
+void quantize_activations_avx2(ActFormat format, const float* x, int64_t cols, uint8_t* out) {
+  switch (format) {
+    case ActFormat::F32: std::memcpy(out, x, (size_t)cols * sizeof(float)); return;
+    case ActFormat::Q8A: {
+      const int64_t nb = cols / kQK;
+      Q8AScale* scales = reinterpret_cast<Q8AScale*>(out + q8a_scales_offset(nb));
+      if (nb % 2 == 1) std::memset(out + q8a_quant_offset(nb - 1, 0), 0, 64);  // the missing partner's zeros
+      for (int64_t b = 0; b < nb; ++b) {
+        const float* xb = x + b * kQK;
+        const float amax = abs_max(xb, kQK);
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        int sum_lo, sum_hi;
+        quantize32(xb, id, reinterpret_cast<int8_t*>(out + q8a_quant_offset(b, 0)),
+                   reinterpret_cast<int8_t*>(out + q8a_quant_offset(b, 1)), &sum_lo, &sum_hi);
+        // The scale at half precision (round to nearest even), as the scalar quantizer keeps it.
+        const float d = _cvtsh_ss(_cvtss_sh(amax / 127.0f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        scales[b].d = d;
+        scales[b].ds = d * (float)(sum_lo + sum_hi);
+      }
+      return;
+    }
+    case ActFormat::Q8K: {
+      BlockQ8KA* blocks = reinterpret_cast<BlockQ8KA*>(out);
+      for (int64_t b = 0; b < cols / kQKK; ++b) {
+        const float* xb = x + b * kQKK;
+        const float amax = abs_max(xb, kQKK);
+        const float d = amax / 127.0f;
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        for (int k = 0; k < kQKK / 32; ++k) {
+          int sum_lo, sum_hi;
+          quantize32(xb + 32 * k, id, blocks[b].qs + 32 * k, blocks[b].qs + 32 * k + 16, &sum_lo, &sum_hi);
+          blocks[b].bsums[2 * k] = (int16_t)sum_lo;
+          blocks[b].bsums[2 * k + 1] = (int16_t)sum_hi;
+        }
+        blocks[b].d = d;
+        std::memset(blocks[b].padding, 0, sizeof(blocks[b].padding));
+      }
+      return;
+    }
+  }
+}
+
 }  // namespace
+
+QuantizeFn avx2_quantize_activations() { return quantize_activations_avx2; }
 
 DotTileFn avx2_dot_tile(GgmlType type) {
   switch (type) {
@@ -509,6 +594,7 @@ DotTileFn avx2_dot_tile(GgmlType type) {
 
 namespace sinkstream {
 DotTileFn avx2_dot_tile(GgmlType) { return nullptr; }
+QuantizeFn avx2_quantize_activations() { return nullptr; }
 }  // namespace sinkstream
 
 #endif
