@@ -40,9 +40,13 @@ cp -r python/sinkstream "$PKG/"
 cp "$BUILD"/_core*.so "$PKG/sinkstream/"
 
 # The interpreter is not instrumented, so the ASan runtime must be loaded first (LD_PRELOAD).
+# libstdc++ is preloaded too: ASan intercepts __cxa_throw when it starts, and Python only loads
+# libstdc++ later with the module, which leaves the interceptor without its target (the first C++
+# exception then dies in "CHECK failed: ... real___cxa_throw").
 # Python keeps objects alive until exit by design: leak reports there are noise, not bugs.
+# --capture=sys: pytest must not capture fd 2, or a sanitizer report vanishes with the process.
 echo "== pytest subset against the sanitized module"
-LD_PRELOAD="$(gcc -print-file-name=libasan.so)" \
+LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)" \
 ASAN_OPTIONS=detect_leaks=0 \
-  "$PYTHON" scripts/asan_pytest.py "$PKG" -q -p no:cacheprovider "${PYTEST_SUBSET[@]}" ${PYTEST_ARGS:-}
+  "$PYTHON" scripts/asan_pytest.py "$PKG" -q -p no:cacheprovider --capture=sys "${PYTEST_SUBSET[@]}" ${PYTEST_ARGS:-}
 echo "== sanitizers: no reports"
