@@ -11,6 +11,22 @@ import numpy as np
 import gguf
 
 
+# Weight formats with 32-element blocks: like llama.cpp (Q8_0 / Q8_1 activation blocks), the engine
+# multiplies them with the input rounded to 8-bit blocks of 32: d = fp16(max|x| / 127),
+# q = round-half-even(x * 127 / max|x|), input ~= d * q.
+QUANTIZED_INPUT_32 = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL"}
+
+
+def round_input_to_8bit_blocks(x: np.ndarray) -> np.ndarray:
+    blocks = x.astype(np.float32).reshape(*x.shape[:-1], -1, 32)
+    amax = np.abs(blocks).max(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        inverse = np.where(amax > 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
+    q = np.rint(blocks * inverse)  # numpy rounds half to even
+    d = (amax / np.float32(127)).astype(np.float16).astype(np.float32)
+    return (d * q).reshape(x.shape).astype(np.float64)
+
+
 def attention_set(t: int, mode: str, n_sink: int, window: int) -> list[int]:
     """A(t) in token order (streaming.md, "Modes")."""
     if mode == "dense":
@@ -39,16 +55,24 @@ class ReferenceLlama:
         self.freq_base = scalar("rope.freq_base", 10000.0)
         self.eps = scalar("attention.layer_norm_rms_epsilon", 1e-5)
         self.neox = self.arch == "qwen2"
+        scaling = f.get(f"{self.arch}.rope.scaling.type")
+        self.linear_factor = 1.0
+        if scaling is not None and str(bytes(scaling.parts[-1]), "utf-8") == "linear":
+            self.linear_factor = scalar("rope.scaling.factor")
         self.w = {}
+        self.quantized_input = set()  # weights whose matmul input the engine rounds to 8-bit blocks
         for t in reader.tensors:
             shape = tuple(int(d) for d in reversed(t.shape.tolist()))
             self.w[t.name] = gguf.quants.dequantize(t.data, t.tensor_type).reshape(shape).astype(np.float64)
-        self.out = self.w.get("output.weight", self.w["token_embd.weight"])
+            if t.tensor_type.name in QUANTIZED_INPUT_32:
+                self.quantized_input.add(t.name)
+        self.freq_factors = self.w.get("rope_freqs.weight", np.ones(self.n_rot // 2))
 
     def rope(self, x: np.ndarray, pos: int) -> np.ndarray:
         """Rotates each head vector in x (n_heads, head_dim) to position pos."""
         half = self.n_rot // 2
-        theta = self.freq_base ** (-2.0 * np.arange(half) / self.n_rot) * pos
+        # Linear scaling divides positions by the factor; llama3-style factors divide each frequency.
+        theta = self.freq_base ** (-2.0 * np.arange(half) / self.n_rot) / self.freq_factors * (pos / self.linear_factor)
         c, s = np.cos(theta), np.sin(theta)
         y = x.copy()
         if self.neox:
@@ -59,15 +83,25 @@ class ReferenceLlama:
         y[:, b] = x[:, a] * s + x[:, b] * c
         return y
 
+    def matmul(self, x: np.ndarray, name: str) -> np.ndarray:
+        """x @ W.T, with x rounded as the engine rounds it for that weight's format."""
+        if name in self.quantized_input:
+            x = round_input_to_8bit_blocks(x)
+        return x @ self.w[name].T
+
     def rms(self, x, w):
         return x / np.sqrt(np.mean(x * x) + self.eps) * w
 
     def logits(self, tokens: list[int], mode: str = "dense", n_sink: int = 4, window: int = 1 << 30,
-               layers_out: list | None = None) -> np.ndarray:
+               layers_out: list | None = None, kv_half: bool = False) -> np.ndarray:
         """Logits (len(tokens), n_vocab): token t sees exactly A(t), each member at its rank in A(t).
 
         The K/V of a token depend on what that token itself attended to, so each layer keeps the
-        outputs of every token (as a cache would)."""
+        outputs of every token (as a cache would).
+
+        kv_half: the engine's (and llama.cpp's) half-precision cache: keys and values are stored in
+        half precision, and the query and the attention weights are rounded to it as well."""
+        half = (lambda a: a.astype(np.float16).astype(np.float64)) if kv_half else (lambda a: a)
         n = len(tokens)
         hd, group = self.head_dim, self.n_head // self.n_head_kv
         x = self.w["token_embd.weight"][tokens].copy()
@@ -76,30 +110,30 @@ class ReferenceLlama:
         for l in range(self.n_layer):
             p = f"blk.{l}."
             h = np.stack([self.rms(x[i], self.w[p + "attn_norm.weight"]) for i in range(n)])
-            q = h @ self.w[p + "attn_q.weight"].T + self.w.get(p + "attn_q.bias", 0)
-            k = h @ self.w[p + "attn_k.weight"].T + self.w.get(p + "attn_k.bias", 0)
-            v = h @ self.w[p + "attn_v.weight"].T + self.w.get(p + "attn_v.bias", 0)
+            q = self.matmul(h, p + "attn_q.weight") + self.w.get(p + "attn_q.bias", 0)
+            k = self.matmul(h, p + "attn_k.weight") + self.w.get(p + "attn_k.bias", 0)
+            v = self.matmul(h, p + "attn_v.weight") + self.w.get(p + "attn_v.bias", 0)
             q = q.reshape(n, self.n_head, hd)
             k = k.reshape(n, self.n_head_kv, hd)
             v = v.reshape(n, self.n_head_kv, hd)
             attn = np.zeros((n, self.n_head, hd))
             for t in range(n):
                 members = attention_set(t, mode, n_sink, window)
-                qt = self.rope(q[t], len(members) - 1)
-                ks = np.stack([self.rope(k[j], rank) for rank, j in enumerate(members)])  # (m, kv, hd)
-                vs = v[members]
+                qt = half(self.rope(q[t], len(members) - 1))
+                ks = half(np.stack([self.rope(k[j], rank) for rank, j in enumerate(members)]))  # (m, kv, hd)
+                vs = half(v[members])
                 for head in range(self.n_head):
                     g = head // group
                     scores = ks[:, g, :] @ qt[head] / np.sqrt(hd)
                     w = np.exp(scores - scores.max())
                     w /= w.sum()
-                    attn[t, head] = w @ vs[:, g, :]
-            x = x + attn.reshape(n, -1) @ self.w[p + "attn_output.weight"].T
+                    attn[t, head] = half(w) @ vs[:, g, :]
+            x = x + self.matmul(attn.reshape(n, -1), p + "attn_output.weight")
             h = np.stack([self.rms(x[i], self.w[p + "ffn_norm.weight"]) for i in range(n)])
-            gate = h @ self.w[p + "ffn_gate.weight"].T
-            up = h @ self.w[p + "ffn_up.weight"].T
-            x = x + (gate / (1 + np.exp(-gate)) * up) @ self.w[p + "ffn_down.weight"].T
+            gate = self.matmul(h, p + "ffn_gate.weight")
+            up = self.matmul(h, p + "ffn_up.weight")
+            x = x + self.matmul(gate / (1 + np.exp(-gate)) * up, p + "ffn_down.weight")
             if layers_out is not None:
                 layers_out.append(x.copy())
         h = np.stack([self.rms(x[i], self.w["output_norm.weight"]) for i in range(n)])
-        return h @ self.out.T
+        return self.matmul(h, "output.weight" if "output.weight" in self.w else "token_embd.weight")

@@ -1,7 +1,7 @@
 """Tiny random llama-family GGUF models for unit tests, written with the `gguf` package.
 
-The vocabulary is GPT-2 byte-level: one token per byte (so any text tokenizes) plus BOS/EOS control
-tokens; weights are random with scales that give peaked, position-sensitive attention.
+The vocabulary is GPT-2 byte-level: one token per byte (so any text tokenizes), three merged
+tokens, and BOS/EOS control tokens; weights are random with scales that give peaked, position-sensitive attention.
 """
 from __future__ import annotations
 
@@ -27,10 +27,18 @@ def byte_level_alphabet() -> list[str]:
 def write_tiny_model(path: Path, *, arch: str = "llama", n_layer: int = 2, n_embd: int = 32, n_head: int = 4,
                      n_head_kv: int = 2, n_ff: int = 48, n_ctx: int = 512, rope_dim: int | None = None,
                      biases: bool = False, tied: bool = True, weight_type: str = "F32", seed: int = 0,
-                     freq_base: float = 10000.0) -> Path:
+                     freq_base: float = 10000.0, rope_linear_factor: float | None = None,
+                     rope_freq_factors: np.ndarray | None = None, qk_scale: float = 0.6) -> Path:
+    """qk_scale: spread of the Q/K weights. The default makes attention peaked (sensitive to
+    positions, good for checking them); a small one keeps it smooth (tiny numeric differences stay
+    tiny, good for comparing two implementations of the same arithmetic)."""
     rng = np.random.default_rng(seed)
     head_dim = n_embd // n_head
-    tokens = byte_level_alphabet() + ["<s>", "</s>"]
+    alphabet = byte_level_alphabet()
+    space = alphabet[ord(" ")]
+    merges = [f"{space} t", "t h", "h e"]                 # a few real BPE merges, ranked
+    merged = [f"{space}t", "th", "he"]
+    tokens = alphabet + merged + ["<s>", "</s>"]
     n_vocab = len(tokens)
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name(f"tiny-{arch}")
@@ -42,12 +50,15 @@ def write_tiny_model(path: Path, *, arch: str = "llama", n_layer: int = 2, n_emb
     w.add_head_count_kv(n_head_kv)
     w.add_rope_dimension_count(rope_dim or head_dim)
     w.add_rope_freq_base(freq_base)
+    if rope_linear_factor is not None:
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(rope_linear_factor)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")
     w.add_token_list(tokens)
-    w.add_token_types([gguf.TokenType.NORMAL] * 256 + [gguf.TokenType.CONTROL] * 2)
-    w.add_token_merges([])
+    w.add_token_types([gguf.TokenType.NORMAL] * (256 + len(merged)) + [gguf.TokenType.CONTROL] * 2)
+    w.add_token_merges(merges)
     w.add_bos_token_id(n_vocab - 2)
     w.add_eos_token_id(n_vocab - 1)
     w.add_add_bos_token(False)
@@ -65,6 +76,8 @@ def write_tiny_model(path: Path, *, arch: str = "llama", n_layer: int = 2, n_emb
     def vector(name: str, n: int, center: float, spread: float) -> None:
         w.add_tensor(name, (center + spread * rng.standard_normal(n)).astype(np.float32))
 
+    if rope_freq_factors is not None:  # llama3-style: per-frequency divisors in rope_freqs.weight
+        w.add_tensor("rope_freqs.weight", np.asarray(rope_freq_factors, dtype=np.float32))
     matrix("token_embd.weight", n_vocab, n_embd, 1.0)
     vector("output_norm.weight", n_embd, 1.0, 0.1)
     if not tied:
@@ -72,8 +85,8 @@ def write_tiny_model(path: Path, *, arch: str = "llama", n_layer: int = 2, n_emb
     for l in range(n_layer):
         p = f"blk.{l}."
         vector(p + "attn_norm.weight", n_embd, 1.0, 0.1)
-        matrix(p + "attn_q.weight", n_head * head_dim, n_embd, 0.6)
-        matrix(p + "attn_k.weight", n_head_kv * head_dim, n_embd, 0.6)
+        matrix(p + "attn_q.weight", n_head * head_dim, n_embd, qk_scale)
+        matrix(p + "attn_k.weight", n_head_kv * head_dim, n_embd, qk_scale)
         matrix(p + "attn_v.weight", n_head_kv * head_dim, n_embd, 0.3)
         if biases:
             vector(p + "attn_q.bias", n_head * head_dim, 0.0, 0.3)

@@ -1,17 +1,61 @@
-// Python access to the quant kernels, for tests: dequantize raw blocks.
+// Python access to the quant kernels, for tests and benchmarks: dequantize raw blocks, fp16
+// conversions, matmul on raw weight bytes at a chosen ISA level, CPU features.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/string.h>
 
+#include <chrono>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "bindings/bindings.h"
 #include "core/error.h"
+#include "core/fp16.h"
+#include "core/thread_pool.h"
+#include "ops/cpu/cpu_features.h"
+#include "ops/cpu/vec_dot.h"
 #include "quant/dequantize.h"
 
 namespace nb = nanobind;
 
 namespace sinkstream::bindings {
+
+namespace {
+
+// A 1-D numpy array that owns a std::vector (no copy).
+template <typename T>
+nb::ndarray<nb::numpy, T> vector_to_numpy(std::vector<T>&& data) {
+  auto owned = std::make_unique<std::vector<T>>(std::move(data));
+  std::vector<T>* values = owned.release();
+  nb::capsule owner(values, [](void* p) noexcept { delete static_cast<std::vector<T>*>(p); });
+  size_t shape[1] = {values->size()};
+  return nb::ndarray<nb::numpy, T>(values->data(), 1, shape, owner);
+}
+
+using F32Array = nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using U16Array = nb::ndarray<const uint16_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using F32Matrix = nb::ndarray<const float, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+
+// A WeightMatrix over raw bytes held by Python, with the sizes checked.
+WeightMatrix weight_from_bytes(uint32_t type_id, const nb::bytes& data, int64_t rows, int64_t cols) {
+  const GgmlTypeInfo* info = ggml_type_info(type_id);
+  SS_CHECK_ARG(info != nullptr, "unknown ggml type id ", type_id);
+  SS_CHECK_ARG(rows > 0 && cols > 0 && cols % info->block_size == 0, "weight shape ", rows, " x ", cols,
+               " does not fit ", info->name, " blocks of ", info->block_size);
+  WeightMatrix w;
+  w.name = "test_weight";
+  w.type = info->type;
+  w.rows = rows;
+  w.cols = cols;
+  w.row_bytes = ggml_row_bytes(*info, cols);
+  SS_CHECK_ARG((int64_t)data.size() == rows * w.row_bytes, "weight has ", data.size(), " bytes, ", rows,
+               " rows of ", info->name, " x ", cols, " need ", rows * w.row_bytes);
+  w.data = reinterpret_cast<const uint8_t*>(data.c_str());
+  return w;
+}
+
+}  // namespace
 
 void bind_quant(nb::module_& m) {
   m.def(
@@ -23,15 +67,110 @@ void bind_quant(nb::module_& m) {
                      info->name, " block size ", info->block_size);
         SS_CHECK_ARG((int64_t)data.size() == ggml_row_bytes(*info, n), "data has ", data.size(),
                      " bytes, ", info->name, " x ", n, " needs ", ggml_row_bytes(*info, n));
-        auto owned = std::make_unique<std::vector<float>>((size_t)n);
-        dequantize_row(info->type, data.c_str(), owned->data(), n);
-        std::vector<float>* values = owned.release();
-        nb::capsule owner(values, [](void* p) noexcept { delete static_cast<std::vector<float>*>(p); });
-        size_t shape[1] = {(size_t)n};
-        return nb::ndarray<nb::numpy, float>(values->data(), 1, shape, owner);
+        std::vector<float> values((size_t)n);
+        dequantize_row(info->type, data.c_str(), values.data(), n);
+        return vector_to_numpy(std::move(values));
       },
       nb::arg("type_id"), nb::arg("data"), nb::arg("n"),
       "Dequantizes n elements of raw GGML blocks of the given type id to float32.");
+
+  m.def(
+      "f32_to_fp16",
+      [](F32Array x) {
+        std::vector<uint16_t> out((size_t)x.shape(0));
+        for (size_t i = 0; i < out.size(); ++i) out[i] = f32_to_fp16(x.data()[i]);
+        return vector_to_numpy(std::move(out));
+      },
+      nb::arg("x"), "Test hook: float32 -> IEEE half bits with core/fp16.h (round to nearest even).");
+
+  m.def(
+      "fp16_to_f32",
+      [](U16Array h) {
+        std::vector<float> out((size_t)h.shape(0));
+        for (size_t i = 0; i < out.size(); ++i) out[i] = fp16_to_f32(h.data()[i]);
+        return vector_to_numpy(std::move(out));
+      },
+      nb::arg("h"), "Test hook: IEEE half bits -> float32 with core/fp16.h.");
+
+  m.def(
+      "matmul_test",
+      [](uint32_t type_id, nb::bytes weight, int64_t rows, int64_t cols, F32Matrix x, const std::string& isa,
+         int n_threads) {
+        const WeightMatrix w = weight_from_bytes(type_id, weight, rows, cols);
+        SS_CHECK_ARG((int64_t)x.shape(1) == cols, "x has ", x.shape(1), " columns, the weight has ", cols);
+        const Isa level = parse_isa(isa);
+        const int64_t n = (int64_t)x.shape(0);
+        std::vector<float> y((size_t)(n * rows));
+        {
+          nb::gil_scoped_release release;
+          ThreadPool pool(n_threads);
+          matmul_at_isa(w, x.data(), n, y.data(), pool, level);
+        }
+        auto owned = std::make_unique<std::vector<float>>(std::move(y));
+        std::vector<float>* values = owned.release();
+        nb::capsule owner(values, [](void* p) noexcept { delete static_cast<std::vector<float>*>(p); });
+        size_t shape[2] = {(size_t)n, (size_t)rows};
+        return nb::ndarray<nb::numpy, float>(values->data(), 2, shape, owner);
+      },
+      nb::arg("type_id"), nb::arg("weight"), nb::arg("rows"), nb::arg("cols"), nb::arg("x"), nb::arg("isa"),
+      nb::arg("n_threads") = 1,
+      "Test hook: Y (n, rows) = X (n, cols) . W^T for raw GGML weight bytes, kernels of the given ISA level\n"
+      "('scalar', 'avx2', 'avx512', 'neon'; falls back level by level where a kernel is missing).");
+
+  m.def(
+      "matmul_bench",
+      [](uint32_t type_id, nb::bytes weight, int64_t rows, int64_t cols, int64_t n, const std::string& isa,
+         int n_threads, int iterations) {
+        const WeightMatrix w = weight_from_bytes(type_id, weight, rows, cols);
+        SS_CHECK_ARG(n > 0 && iterations > 0, "n = ", n, " and iterations = ", iterations, " must be positive");
+        const Isa level = parse_isa(isa);
+        std::vector<float> x((size_t)(n * cols)), y((size_t)(n * rows));
+        for (size_t i = 0; i < x.size(); ++i) x[i] = (float)((i * 2654435761u) % 1000) / 1000.0f - 0.5f;
+        nb::gil_scoped_release release;
+        ThreadPool pool(n_threads);
+        matmul_at_isa(w, x.data(), n, y.data(), pool, level);  // warm-up
+        const auto start = std::chrono::steady_clock::now();
+        for (int it = 0; it < iterations; ++it) matmul_at_isa(w, x.data(), n, y.data(), pool, level);
+        const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
+        return elapsed.count() / iterations;
+      },
+      nb::arg("type_id"), nb::arg("weight"), nb::arg("rows"), nb::arg("cols"), nb::arg("n"), nb::arg("isa"),
+      nb::arg("n_threads"), nb::arg("iterations"),
+      "Benchmark hook: seconds per matmul call (after one warm-up call) with a persistent thread pool.");
+
+  m.def(
+      "matmul_kernel_isa",
+      [](uint32_t type_id, const std::string& isa) {
+        const GgmlTypeInfo* info = ggml_type_info(type_id);
+        SS_CHECK_ARG(info != nullptr, "unknown ggml type id ", type_id);
+        Isa chosen;
+        select_dot_tile(info->type, parse_isa(isa), &chosen);
+        return std::string(isa_name(chosen));
+      },
+      nb::arg("type_id"), nb::arg("isa"), "The ISA level whose kernel serves this weight type at level `isa`.");
+
+  m.def(
+      "cpu_features",
+      []() {
+        const CpuFeatures& f = cpu_features();
+        nb::dict d;
+        d["avx2"] = f.avx2;
+        d["fma"] = f.fma;
+        d["f16c"] = f.f16c;
+        d["avx512f"] = f.avx512f;
+        d["avx512bw"] = f.avx512bw;
+        d["avx512vl"] = f.avx512vl;
+        d["avx512dq"] = f.avx512dq;
+        d["avx512vnni"] = f.avx512vnni;
+        d["os_avx"] = f.os_avx;
+        d["os_avx512"] = f.os_avx512;
+        d["neon"] = f.neon;
+        d["neon_dotprod"] = f.neon_dotprod;
+        d["best_isa"] = isa_name(best_isa());
+        d["active_isa"] = isa_name(active_isa());
+        return d;
+      },
+      "CPU features seen by the kernels, the best ISA level and the active one (after SINKSTREAM_ISA).");
 }
 
 }  // namespace sinkstream::bindings

@@ -7,4 +7,5 @@ void bind_gguf(nanobind::module_& m);
 void bind_quant(nanobind::module_& m);
 void bind_tokenizer(nanobind::module_& m);
 void bind_model(nanobind::module_& m);
+void bind_sampler(nanobind::module_& m);
 }  // namespace sinkstream::bindings

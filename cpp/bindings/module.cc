@@ -25,4 +25,5 @@ NB_MODULE(_core, m) {
   sinkstream::bindings::bind_quant(m);
   sinkstream::bindings::bind_tokenizer(m);
   sinkstream::bindings::bind_model(m);
+  sinkstream::bindings::bind_sampler(m);
 }

@@ -23,12 +23,18 @@ inline float fp16_to_f32(uint16_t h) {
   return bits_to_f32(sign | ((exp + 112) << 23) | (mant << 13));
 }
 
-// Float -> half with round-to-nearest-even (what numpy's astype(float16) does).
+// Float -> half with round-to-nearest-even, bit-identical to numpy's astype(float16) for every
+// input (NaN payloads included; tests/test_dequantize.py checks it).
 inline uint16_t f32_to_fp16(float f) {
   const uint32_t x = f32_to_bits(f);
   const uint32_t sign = (x >> 16) & 0x8000;
   const uint32_t ax = x & 0x7fffffff;
-  if (ax >= 0x7f800000u) return (uint16_t)(sign | 0x7c00 | (ax > 0x7f800000u ? 0x200 : 0));
+  if (ax == 0x7f800000u) return (uint16_t)(sign | 0x7c00);  // inf
+  if (ax > 0x7f800000u) {
+    // NaN: keep the top 10 payload bits (as numpy does), forcing one on so it stays a NaN.
+    const uint32_t payload = (ax & 0x7fffffu) >> 13;
+    return (uint16_t)(sign | 0x7c00 | (payload != 0 ? payload : 1));
+  }
   if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00);  // rounds to >= 65520 -> inf
   if (ax < 0x38800000u) {                                    // result is subnormal or zero
     // Scale so the subnormal's integer mantissa lands in the float's low bits, rounding by hardware.

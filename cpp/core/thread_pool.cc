@@ -1,12 +1,46 @@
 #include "core/thread_pool.h"
 
 #include <algorithm>
+#include <chrono>
 #include <fstream>
 #include <set>
 #include <string>
 #include <utility>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define SS_CPU_RELAX() _mm_pause()
+#elif defined(__aarch64__)
+#define SS_CPU_RELAX() __asm__ __volatile__("yield")
+#else
+#define SS_CPU_RELAX() ((void)0)
+#endif
+
 namespace sinkstream {
+
+namespace {
+
+constexpr auto kSpinTime = std::chrono::microseconds(200);
+constexpr int kPauseIterations = 1000;  // about 10-50 us of pure spinning first
+
+// Waits until done() or kSpinTime passed; true if done() became true. After a short pure spin it
+// yields the CPU between checks, so on an oversubscribed machine the thread being waited for can
+// run instead of the waiter burning its time slice.
+template <typename Done>
+bool spin_until(Done done) {
+  for (int i = 0; i < kPauseIterations; ++i) {
+    if (done()) return true;
+    SS_CPU_RELAX();
+  }
+  const auto deadline = std::chrono::steady_clock::now() + kSpinTime;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (done()) return true;
+    std::this_thread::yield();
+  }
+  return done();
+}
+
+}  // namespace
 
 ThreadPool::ThreadPool(int n_threads) {
   const int n = std::max(1, n_threads);
@@ -16,7 +50,7 @@ ThreadPool::ThreadPool(int n_threads) {
 ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    stopping_ = true;
+    stopping_.store(true);
   }
   wake_.notify_all();
   for (auto& t : workers_) t.join();
@@ -31,17 +65,20 @@ void ThreadPool::work_on_current_job(int thread_index) {
 }
 
 void ThreadPool::worker_loop(int thread_index) {
-  uint64_t seen_generation = 0;
+  uint64_t seen = 0;
   for (;;) {
-    {
+    const auto news = [&] {
+      return stopping_.load(std::memory_order_acquire) || generation_.load(std::memory_order_acquire) != seen;
+    };
+    if (!spin_until(news)) {
       std::unique_lock<std::mutex> lock(mutex_);
-      wake_.wait(lock, [&] { return stopping_ || generation_ != seen_generation; });
-      if (stopping_) return;
-      seen_generation = generation_;
+      wake_.wait(lock, news);
     }
+    if (stopping_.load(std::memory_order_acquire)) return;
+    seen = generation_.load(std::memory_order_acquire);
     work_on_current_job(thread_index);
     if (busy_workers_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-      std::lock_guard<std::mutex> lock(mutex_);
+      std::lock_guard<std::mutex> lock(mutex_);  // pairs with the caller's sleeping wait
       done_.notify_one();
     }
   }
@@ -53,18 +90,22 @@ void ThreadPool::run(int64_t n_tasks, const std::function<void(int64_t, int)>& f
     for (int64_t t = 0; t < n_tasks; ++t) fn(t, 0);
     return;
   }
+  job_ = &fn;
+  job_tasks_ = n_tasks;
+  next_task_.store(0, std::memory_order_relaxed);
+  busy_workers_.store((int)workers_.size(), std::memory_order_relaxed);
   {
+    // Under the mutex, so a worker between its last check and its wait cannot miss the wake-up.
     std::lock_guard<std::mutex> lock(mutex_);
-    job_ = &fn;
-    job_tasks_ = n_tasks;
-    next_task_.store(0, std::memory_order_relaxed);
-    busy_workers_.store((int)workers_.size(), std::memory_order_relaxed);
-    ++generation_;
+    generation_.fetch_add(1, std::memory_order_release);
   }
   wake_.notify_all();
   work_on_current_job(0);
-  std::unique_lock<std::mutex> lock(mutex_);
-  done_.wait(lock, [&] { return busy_workers_.load(std::memory_order_acquire) == 0; });
+  const auto all_done = [&] { return busy_workers_.load(std::memory_order_acquire) == 0; };
+  if (!spin_until(all_done)) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_.wait(lock, all_done);
+  }
   job_ = nullptr;
 }
 

@@ -110,15 +110,15 @@ void LlamaModel::forward(const int32_t* tokens, int64_t n, uint64_t t0, SinkCach
       rope_apply(q, c.n_head, hd, c.n_rot, c.rope_layout, &s.rope_cos[b * n_freq], &s.rope_sin[b * n_freq]);
     }
 
-    // Every (token, head) pair attends independently: all keys of the chunk are already stored, and
-    // the ring's slack keeps each query's whole A(t) in place.
-    pool.run(n * c.n_head, [&](int64_t task, int thread) {
-      const int64_t b = task / c.n_head, head = task % c.n_head;
-      const uint64_t t = t0 + (uint64_t)b;
-      const float* q = s.q.data() + b * q_dim + head * hd;
-      const float* qs = separate_sink_query[b] ? s.q_sink.data() + b * q_dim + head * hd : q;
-      attend(cache, l, head / group, t, qs, q, scale, s.scores.data() + thread * s.scores_stride,
-             s.attn.data() + b * q_dim + head * hd);
+    // Every (token, KV head) pair attends independently with its group of query heads: all keys
+    // of the chunk are already stored, and the ring's slack keeps each query's whole A(t) in place.
+    pool.run(n * c.n_head_kv, [&](int64_t task, int thread) {
+      const int64_t b = task / c.n_head_kv, kv_head = task % c.n_head_kv;
+      const int64_t first = b * q_dim + kv_head * group * hd;  // the group's query heads are contiguous
+      const float* q = s.q.data() + first;
+      const float* qs = separate_sink_query[b] ? s.q_sink.data() + first : q;
+      attend(cache, l, kv_head, group, t0 + (uint64_t)b, qs, q, scale, s.scores.data() + thread * s.scores_stride,
+             s.attn.data() + first);
     });
     for (int64_t b = 0; b < n; ++b) {
       const AttentionSpan span = cache.span(t0 + (uint64_t)b);

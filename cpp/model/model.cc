@@ -40,8 +40,8 @@ ForwardScratch Model::make_scratch(int64_t max_tokens, int64_t capacity, int n_t
   s.rope_cos_sink = rows(c.n_rot / 2);
   s.rope_sin_sink = rows(c.n_rot / 2);
   s.separate_sink_query.assign((size_t)max_tokens, 0);
-  s.scores_stride = capacity;
-  s.scores.assign((size_t)(capacity * n_threads), 0.0f);
+  s.scores_stride = capacity * (c.n_head / c.n_head_kv);  // one GQA group's scores
+  s.scores.assign((size_t)(s.scores_stride * n_threads), 0.0f);
   return s;
 }
 

@@ -52,11 +52,12 @@ void rope_cos_sin(uint64_t pos, const double* thetas, int64_t n_freq, float* cos
 void rope_apply(float* x, int64_t n_heads, int64_t head_dim, int64_t n_rot, RopeLayout layout,
                 const float* cos, const float* sin);
 
-// One query head against its KV head over A(t) held in the cache (sink_cache.h):
-// out (head_dim) = softmax(scale * [q_sink . K_sinks, q_window . K_window]) . V.
-// q_sink is the query rotated at p(t), q_window rotated at t (they are equal while t < C).
-// scores: scratch of at least capacity() floats. Cost: |A(t)| * head_dim * 2 multiply-adds.
-void attend(const SinkCache& cache, int64_t layer, int64_t kv_head, uint64_t t, const float* q_sink,
-            const float* q_window, float scale, float* scores, float* out);
+// The query heads that share one KV head (GQA group) against that head over A(t) in the cache
+// (sink_cache.h); each key and value row is read once for the whole group.
+// q_sink / q_window: (group, head_dim) contiguous, rotated at p(t) and at t (equal while t < C).
+// out (group, head_dim) = softmax(scale * [q_sink . K_sinks, q_window . K_window]) . V per head.
+// scores: scratch of at least group * capacity() floats. Cost: group * |A(t)| * head_dim * 2 FMAs.
+void attend(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
+            const float* q_sink, const float* q_window, float scale, float* scores, float* out);
 
 }  // namespace sinkstream

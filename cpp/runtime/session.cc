@@ -28,11 +28,10 @@ class BusyGuard {
   std::atomic<bool>& busy_;
 };
 
-struct Geometry {
-  int64_t n_sink, window;
-};
+}  // namespace
 
-Geometry resolve_geometry(const Model& model, const SessionOptions& o) {
+// The session's n_sink and window after defaults (streaming.md "Parameters") and checks.
+Session::Geometry Session::resolve_geometry(const Model& model, const SessionOptions& o) {
   const int64_t n_ctx = model.config().n_ctx_train;
   SS_CHECK_ARG(o.n_sink >= 0, "n_sink must be >= 0, got ", o.n_sink);
   SS_CHECK_ARG(o.window == -1 || o.window >= 1, "window must be >= 1, got ", o.window);
@@ -64,6 +63,8 @@ Geometry resolve_geometry(const Model& model, const SessionOptions& o) {
   return g;
 }
 
+namespace {
+
 int64_t chunk_capacity(const SessionOptions& o) {
   // Dense and recompute caches never evict, so they need no ring slack.
   return o.mode == AttentionMode::kDense || o.mode == AttentionMode::kRecompute ? 1 : o.batch_size;
@@ -90,10 +91,13 @@ const char* mode_name(AttentionMode mode) {
 }
 
 Session::Session(std::shared_ptr<const Model> model, const SessionOptions& options)
+    : Session(model, options, resolve_geometry(*model, options)) {}
+
+Session::Session(std::shared_ptr<const Model> model, const SessionOptions& options, Geometry geometry)
     : model_(std::move(model)),
       options_(options),
-      n_sink_(resolve_geometry(*model_, options).n_sink),
-      window_(resolve_geometry(*model_, options).window),
+      n_sink_(geometry.n_sink),
+      window_(geometry.window),
       pool_(options.n_threads > 0 ? options.n_threads : ThreadPool::default_thread_count()),
       cache_(model_->config().n_layer, model_->config().n_head_kv, model_->config().head_dim, n_sink_, window_,
              chunk_capacity(options), options.kv_type, options.position_offset),

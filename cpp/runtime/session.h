@@ -70,6 +70,12 @@ class Session {
   void request_cancel() { cancel_requested_.store(true); }
 
  private:
+  struct Geometry {
+    int64_t n_sink, window;
+  };
+  static Geometry resolve_geometry(const Model& model, const SessionOptions& options);
+  Session(std::shared_ptr<const Model> model, const SessionOptions& options, Geometry geometry);
+
   void eval_cached(const int32_t* tokens, int64_t n, bool all_logits, float* out);
   void eval_recompute(const int32_t* tokens, int64_t n, bool all_logits, float* out);
   void check_interrupt();

@@ -20,13 +20,16 @@ class Tokenizer {
   virtual ~Tokenizer() = default;
 
   // Text -> token ids. add_bos: prepend BOS (callers pass the GGUF default when the user did not say).
+  // EOS is never appended here; add_eos_default() tells whether the model wants it.
   virtual std::vector<int32_t> encode(std::string_view text, bool add_bos, bool parse_special) const = 0;
 
   // The bytes a token stands for in output text (byte tokens decoded, GPT-2 byte map reversed,
   // SPM U+2581 -> space). Control tokens give their text when render_special, else nothing.
   virtual std::string token_to_piece(int32_t id, bool render_special = true) const = 0;
 
-  // Concatenated pieces of ids (SPM: drops the leading space the prefix rule added).
+  // Concatenated pieces of ids (SPM: drops the leading space the prefix rule added), as llama.cpp's
+  // llama_detokenize; for BPE vocabularies whose pre-tokenizer llama.cpp marks so (e.g. gpt-2, not
+  // smollm) it then removes spaces before punctuation (clean_up_tokenization_spaces).
   virtual std::string decode(const std::vector<int32_t>& ids, bool render_special = true) const = 0;
 
   virtual int32_t n_vocab() const = 0;

@@ -8,10 +8,14 @@ from ._core import Cancelled, GGUFError, ModelError
 from .gguf_file import GGUFFile, TensorInfo
 from .default_model import default_model_path
 from .model import Model, Session
+from .generation import GenerationStats
+from .chat_template import ChatTemplateError
+from .perplexity import perplexity
 
 try:
     __version__ = _version("sinkstream")
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0+unknown"
 
-__all__ = ["Cancelled", "GGUFError", "ModelError", "GGUFFile", "TensorInfo", "default_model_path", "Model", "Session", "__version__"]
+__all__ = ["Cancelled", "GGUFError", "ModelError", "GGUFFile", "TensorInfo", "default_model_path", "Model", "Session",
+           "GenerationStats", "ChatTemplateError", "perplexity", "__version__"]

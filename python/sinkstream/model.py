@@ -30,6 +30,23 @@ def _check_int(name: str, value: Any, minimum: int | None = None, maximum: int |
     return value
 
 
+def token_array(tokens: Sequence[int] | np.ndarray, n_vocab: int, name: str = "tokens") -> np.ndarray:
+    """tokens as a contiguous int32 array, after checking it is a 1-D sequence of ids in the vocabulary."""
+    if isinstance(tokens, (str, bytes)):
+        raise TypeError(f"{name} must be a sequence of token ids, not text (use model.tokenize)")
+    array = np.asarray(tokens)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {array.shape}")
+    if array.size and not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(f"{name} must be integers, got dtype {array.dtype}")
+    if array.size:
+        lo, hi = int(array.min()), int(array.max())
+        if lo < 0 or hi >= n_vocab:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"{name}: token id {bad} is outside the vocabulary (0..{n_vocab - 1})")
+    return np.ascontiguousarray(array, dtype=np.int32)
+
+
 class Model:
     """A GGUF model loaded once (weights memory-mapped) and shared by any number of sessions.
 
@@ -98,13 +115,21 @@ class Model:
         return self.token_bytes(self.eos_id).decode("utf-8", "replace") if self.eos_id >= 0 else ""
 
     # -- tokens ----------------------------------------------------------------------------------
-    def tokenize(self, text: str, add_bos: bool | None = None, special: bool = True) -> list[int]:
-        """Text -> token ids. add_bos=None: the GGUF metadata decides (tokenizer.ggml.add_bos_token)."""
+    def tokenize(self, text: str, add_bos: bool | None = None, special: bool = True,
+                 add_eos: bool | None = None) -> list[int]:
+        """Text -> token ids. add_bos / add_eos = None: the GGUF metadata decides
+        (tokenizer.ggml.add_bos_token / add_eos_token). special: parse special-token text such as
+        <|im_start|> into its id (False: tokenize it as plain text)."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         if add_bos is None:
             add_bos = self._tokenizer.add_bos_default
-        return self._tokenizer.encode(text, bool(add_bos), bool(special))
+        if add_eos is None:
+            add_eos = self._tokenizer.add_eos_default
+        ids = self._tokenizer.encode(text, bool(add_bos), bool(special))
+        if add_eos and self.eos_id >= 0:
+            ids.append(self.eos_id)
+        return ids
 
     def token_bytes(self, token: int) -> bytes:
         """The exact bytes of one token's piece (may be an incomplete UTF-8 sequence)."""
@@ -174,8 +199,11 @@ class Session:
         self.model = model
         self._core = _core.Session(model._core, mode, n_sink, window, batch_size, kv_type, n_threads,
                                    bool(allow_beyond_training_context), position_offset)
-        self._pending: list[int] = []     # sampled tokens not yet fed (see generation.py)
-        self._chat_history: list[dict[str, str]] = []
+        # Generation state kept on the session by generation.py / chat_template.py.
+        self._pending: list[int] = []     # the last sampled token, not fed yet
+        self._last_logits: tuple[int, np.ndarray] | None = None  # (n_past then, logits)
+        self._chat_history: list[dict[str, str]] | None = None
+        self._chat_record = None
         self.last_stats = None
 
     # -- the stream ------------------------------------------------------------------------------
@@ -184,25 +212,10 @@ class Session:
         "all" -> (len(tokens), n_vocab), None -> nothing returned."""
         if logits not in _LOGITS:
             raise ValueError(f"logits must be 'last', 'all' or None, got {logits!r}")
-        array = self._token_array(tokens)
+        array = token_array(tokens, self.model.n_vocab)
         if len(array) == 0 and logits is not None:
             raise ValueError("tokens is empty: there are no logits to return")
         return self._core.eval(array, logits == "all", logits is not None)
-
-    def _token_array(self, tokens: Sequence[int] | np.ndarray) -> np.ndarray:
-        if isinstance(tokens, (str, bytes)):
-            raise TypeError("tokens must be a sequence of token ids, not text (use model.tokenize)")
-        array = np.asarray(tokens)
-        if array.ndim != 1:
-            raise ValueError(f"tokens must be 1-D, got shape {array.shape}")
-        if array.size and not np.issubdtype(array.dtype, np.integer):
-            raise TypeError(f"tokens must be integers, got dtype {array.dtype}")
-        if array.size:
-            lo, hi = int(array.min()), int(array.max())
-            if lo < 0 or hi >= self.model.n_vocab:
-                bad = lo if lo < 0 else hi
-                raise ValueError(f"token id {bad} is outside the vocabulary (0..{self.model.n_vocab - 1})")
-        return np.ascontiguousarray(array, dtype=np.int32)
 
     @property
     def n_past(self) -> int:
@@ -233,19 +246,31 @@ class Session:
         return self._core.capacity
 
     def reset(self) -> None:
+        """Starts a new stream: empty cache, counter 0, no pending token or chat history."""
+        from .generation import reset_generation_state
+
         self._core.reset()
-        self._pending.clear()
-        self._chat_history.clear()
+        reset_generation_state(self)
 
     # -- park and resume ---------------------------------------------------------------------------
-    _STATE_MAGIC = b"SINKSTREAM-SESSION\x00\x01"
+    _STATE_MAGIC = b"SINKSTREAM-SESSION\x00\x02"
 
     def save(self, path: str | os.PathLike[str] | None = None) -> bytes | None:
-        """The stream's exact state (K/V of the sinks and window, counter, pending tokens, chat
-        history): bytes, or written to `path`. Restore with load() on a session made with the same
-        model and settings."""
-        extra = json.dumps({"pending": self._pending, "chat_history": self._chat_history}).encode()
-        blob = self._STATE_MAGIC + len(extra).to_bytes(8, "little") + extra + self._core.save()
+        """The stream's exact state (K/V of the sinks and window, counter, pending token, chat
+        history, last logits): bytes, or written to `path`. Restore with load() on a session made
+        with the same model and settings."""
+        record = getattr(self, "_chat_record", None)
+        last = getattr(self, "_last_logits", None)  # (n_past when computed, logits): see generation.py
+        extra = json.dumps({
+            "pending": [int(t) for t in self._pending],
+            "chat_history": getattr(self, "_chat_history", None),
+            # (rendered prompt text, bytes of the reply tokens read since, n_past): see chat_template.py
+            "chat_record": [record[0], record[1].hex(), record[2]] if record is not None else None,
+            "last_logits_n_past": None if last is None else int(last[0]),
+        }).encode()
+        logits = b"" if last is None else np.ascontiguousarray(last[1], dtype=np.float32).tobytes()
+        blob = b"".join([self._STATE_MAGIC, len(extra).to_bytes(8, "little"), extra,
+                         len(logits).to_bytes(8, "little"), logits, self._core.save()])
         if path is None:
             return blob
         tmp = os.fspath(path) + ".partial"
@@ -262,34 +287,53 @@ class Session:
         if not isinstance(state, (bytes, bytearray, memoryview)):
             raise TypeError(f"state must be bytes or a path, got {type(state).__name__}")
         state = bytes(state)
-        magic = self._STATE_MAGIC
-        if not state.startswith(magic) or len(state) < len(magic) + 8:
+        if not state.startswith(self._STATE_MAGIC):
             raise ValueError("not a sinkstream session state")
-        n_extra = int.from_bytes(state[len(magic):len(magic) + 8], "little")
-        start = len(magic) + 8
-        if n_extra > len(state) - start:
-            raise ValueError("session state is truncated")
+        pos = len(self._STATE_MAGIC)
+
+        def take(n: int) -> bytes:
+            nonlocal pos
+            if n > len(state) - pos:
+                raise ValueError("session state is truncated")
+            pos += n
+            return state[pos - n:pos]
+
         try:
-            extra = json.loads(state[start:start + n_extra])
-            pending, history = list(extra["pending"]), list(extra["chat_history"])
+            extra = json.loads(take(int.from_bytes(take(8), "little")))
+            pending = [int(t) for t in extra["pending"]]
+            history, record = extra["chat_history"], extra["chat_record"]
+            logits_n_past = extra["last_logits_n_past"]
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"session state is corrupt: {e}") from None
-        self._core.load(state[start + n_extra:])
-        self._pending, self._chat_history = pending, history
+        logits = take(int.from_bytes(take(8), "little"))
+        if logits and len(logits) != 4 * self.model.n_vocab:
+            raise ValueError("session state is corrupt: its logits do not match this model's vocabulary")
+        self._core.load(state[pos:])
+        self._pending = pending
+        self._chat_history = history
+        self._chat_record = (record[0], bytes.fromhex(record[1]), int(record[2])) if record is not None else None
+        self._last_logits = (int(logits_n_past), np.frombuffer(logits, dtype=np.float32).copy()) if logits else None
 
-    # -- generation (generation.py / chat_template.py do the work) -------------------------------
+    # -- generation (generation.py and chat_template.py do the work) -----------------------------
     def stream(self, prompt: str | Sequence[int] | None = None, **options: Any) -> Iterator[str]:
+        """Continues this session's stream: feeds the prompt, yields generated text pieces (UTF-8
+        complete). Options: see sinkstream.generation.stream_text."""
         from .generation import stream_text
 
         return stream_text(self, prompt, **options)
 
     def generate(self, prompt: str | Sequence[int] | None = None, **options: Any) -> str:
-        return "".join(self.stream(prompt, **options))
+        from .generation import generate_text
 
-    def chat(self, messages: str | list[dict[str, str]], **options: Any) -> Iterator[str]:
+        return generate_text(self, prompt, **options)
+
+    def chat(self, messages: str | list[dict[str, str]], history: list | None = None, **options: Any) -> Iterator[str]:
+        """One chat turn: renders the GGUF chat template over the conversation so far plus
+        `messages` (a user text or a list of {"role", "content"}), feeds only what is new, and
+        streams the reply. The session remembers the conversation (constant memory)."""
         from .chat_template import chat_turn
 
-        return chat_turn(self, messages, self._chat_history, **options)
+        return chat_turn(self, messages, history, **options)
 
     def __repr__(self) -> str:
         return (f"Session(mode={self.mode!r}, n_sink={self.n_sink}, window={self.window}, "

@@ -1,15 +1,21 @@
-// Reference attention over the sink cache (ops.h `attend`): one query head, A(t) as two ranges.
+// Attention over the sink cache (ops.h `attend`): a GQA group of query heads, A(t) as runs of slots.
+// The scalar kernels here are the reference; attention_avx2.cc has the fast ones, picked at run time.
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "core/fp16.h"
+#include "ops/cpu/attention_kernels.h"
+#include "ops/cpu/cpu_dispatch.h"
 #include "ops/ops.h"
 
 namespace sinkstream {
 
 namespace {
 
-// f16 -> f32 through a 64K-entry table: exact, and fast without F16C in the reference path.
+using namespace attention_kernels;
+
+// f16 -> f32 through a 64K-entry table: exact, and fast enough without F16C.
 const float* fp16_table() {
   static const std::vector<float> table = [] {
     std::vector<float> t(65536);
@@ -19,59 +25,134 @@ const float* fp16_table() {
   return table.data();
 }
 
-inline float to_f32(float v, const float*) { return v; }
-inline float to_f32(uint16_t v, const float* table) { return table[v]; }
+inline float to_f32(float v) { return v; }
+inline float round_to_half(float v) { return fp16_to_f32(f32_to_fp16(v)); }
+constexpr int64_t kMaxGroupDim = 2048;  // query heads per KV head * head_dim rounded on the stack
+inline float to_f32(uint16_t v) { return fp16_table()[v]; }
 
 template <typename T>
-void attend_typed(const SinkCache& cache, int64_t layer, int64_t kv_head, uint64_t t, const float* q_sink,
-                  const float* q_window, float scale, float* scores, float* out) {
-  const float* table = fp16_table();
+void score_rows_scalar(const T* keys, int64_t n_rows, int64_t row_stride, const float* q, int64_t group,
+                       int64_t dim, float scale, float* scores) {
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const T* k = keys + r * row_stride;
+    for (int64_t h = 0; h < group; ++h) {
+      float dot = 0.0f;
+      for (int64_t i = 0; i < dim; ++i) dot += q[h * dim + i] * to_f32(k[i]);
+      scores[r * group + h] = dot * scale;
+    }
+  }
+}
+
+template <typename T>
+void accumulate_rows_scalar(const T* values, int64_t n_rows, int64_t row_stride, const float* weights,
+                            int64_t group, int64_t dim, float* out) {
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const T* v = values + r * row_stride;
+    for (int64_t h = 0; h < group; ++h) {
+      const float w = weights[r * group + h];
+      for (int64_t i = 0; i < dim; ++i) out[h * dim + i] += w * to_f32(v[i]);
+    }
+  }
+}
+
+const Kernels& scalar_kernels() {
+  static const Kernels k{score_rows_scalar<uint16_t>, score_rows_scalar<float>, accumulate_rows_scalar<uint16_t>,
+                         accumulate_rows_scalar<float>};
+  return k;
+}
+
+const Kernels& kernels_for(int64_t dim) {
+  static const Kernels avx2 = cpu_has_avx2_fma_f16c() ? avx2_kernels() : scalar_kernels();
+  return dim % 8 == 0 ? avx2 : scalar_kernels();
+}
+
+struct Run {
+  int64_t first_slot, n_rows;
+  bool sink;
+};
+
+// A(t) as runs of consecutive slots, in token order: the sinks, then the window (split where the
+// ring wraps around).
+int collect_runs(const SinkCache& cache, uint64_t t, Run runs[3]) {
+  const AttentionSpan span = cache.span(t);
+  int n = 0;
+  if (span.sink_end > 0) runs[n++] = {0, (int64_t)span.sink_end, true};
+  uint64_t j = span.window_begin;
+  while (j <= t) {
+    const int64_t slot = cache.slot_of(j);
+    const int64_t until_wrap = cache.n_slots() - slot;
+    const int64_t len = (int64_t)std::min<uint64_t>(t + 1 - j, (uint64_t)until_wrap);
+    runs[n++] = {slot, len, false};
+    j += (uint64_t)len;
+  }
+  return n;
+}
+
+template <typename T, typename Score, typename Accumulate>
+void attend_typed(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
+                  const float* q_sink, const float* q_window, float scale, float* scores, float* out, Score score,
+                  Accumulate accumulate) {
   const int64_t dim = cache.head_dim();
   const int64_t row = cache.row_elements();
   const T* keys = reinterpret_cast<const T*>(cache.keys(layer)) + kv_head * dim;
   const T* values = reinterpret_cast<const T*>(cache.values(layer)) + kv_head * dim;
-  const AttentionSpan span = cache.span(t);
+  Run runs[3];
+  const int n_runs = collect_runs(cache, t, runs);
 
-  // Scores: sinks first, then the window in token order (the order of A(t)).
-  int64_t n = 0;
-  float max_score = -INFINITY;
-  auto score_slot = [&](const float* q, int64_t slot) {
-    const T* k = keys + slot * row;
-    float dot = 0.0f;
-    for (int64_t i = 0; i < dim; ++i) dot += q[i] * to_f32(k[i], table);
-    const float s = dot * scale;
-    scores[n++] = s;
-    if (s > max_score) max_score = s;
-  };
-  for (uint64_t j = 0; j < span.sink_end; ++j) score_slot(q_sink, (int64_t)j);
-  for (uint64_t j = span.window_begin; j <= t; ++j) score_slot(q_window, cache.slot_of(j));
-
-  float sum = 0.0f;
-  for (int64_t i = 0; i < n; ++i) {
-    scores[i] = std::exp(scores[i] - max_score);
-    sum += scores[i];
+  // With a half-precision cache both operands of each product are half precision: the query is
+  // rounded like the keys, and the attention weights like the values (as llama.cpp's f16 cache
+  // does), so the two engines agree closely.
+  constexpr bool kHalf = std::is_same<T, uint16_t>::value;
+  float q_half[2][kMaxGroupDim];
+  if (kHalf && group * dim <= kMaxGroupDim) {
+    for (int64_t i = 0; i < group * dim; ++i) {
+      q_half[0][i] = round_to_half(q_sink[i]);
+      q_half[1][i] = round_to_half(q_window[i]);
+    }
+    q_sink = q_half[0];
+    q_window = q_half[1];
   }
-  const float inv_sum = 1.0f / sum;
 
-  for (int64_t i = 0; i < dim; ++i) out[i] = 0.0f;
-  int64_t k = 0;
-  auto accumulate_slot = [&](int64_t slot) {
-    const T* v = values + slot * row;
-    const float w = scores[k++] * inv_sum;
-    for (int64_t i = 0; i < dim; ++i) out[i] += w * to_f32(v[i], table);
-  };
-  for (uint64_t j = 0; j < span.sink_end; ++j) accumulate_slot((int64_t)j);
-  for (uint64_t j = span.window_begin; j <= t; ++j) accumulate_slot(cache.slot_of(j));
+  int64_t n = 0;  // rows scored so far
+  for (int i = 0; i < n_runs; ++i) {
+    score(keys + runs[i].first_slot * row, runs[i].n_rows, row, runs[i].sink ? q_sink : q_window, group, dim, scale,
+          scores + n * group);
+    n += runs[i].n_rows;
+  }
+  // Softmax per head over all of A(t) (scores are (n, group), head h in column h).
+  for (int64_t h = 0; h < group; ++h) {
+    float max_score = -INFINITY;
+    for (int64_t r = 0; r < n; ++r) max_score = std::max(max_score, scores[r * group + h]);
+    float sum = 0.0f;
+    for (int64_t r = 0; r < n; ++r) {
+      const float e = std::exp(scores[r * group + h] - max_score);
+      scores[r * group + h] = e;
+      sum += e;
+    }
+    const float inv = 1.0f / sum;
+    for (int64_t r = 0; r < n; ++r) scores[r * group + h] *= inv;
+    if (kHalf)
+      for (int64_t r = 0; r < n; ++r) scores[r * group + h] = round_to_half(scores[r * group + h]);
+  }
+  for (int64_t i = 0; i < group * dim; ++i) out[i] = 0.0f;
+  n = 0;
+  for (int i = 0; i < n_runs; ++i) {
+    accumulate(values + runs[i].first_slot * row, runs[i].n_rows, row, scores + n * group, group, dim, out);
+    n += runs[i].n_rows;
+  }
 }
 
 }  // namespace
 
-void attend(const SinkCache& cache, int64_t layer, int64_t kv_head, uint64_t t, const float* q_sink,
+void attend(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t, const float* q_sink,
             const float* q_window, float scale, float* scores, float* out) {
+  const Kernels& k = kernels_for(cache.head_dim());
   if (cache.type() == KvType::kF16)
-    attend_typed<uint16_t>(cache, layer, kv_head, t, q_sink, q_window, scale, scores, out);
+    attend_typed<uint16_t>(cache, layer, kv_head, group, t, q_sink, q_window, scale, scores, out, k.score_f16,
+                           k.accumulate_f16);
   else
-    attend_typed<float>(cache, layer, kv_head, t, q_sink, q_window, scale, scores, out);
+    attend_typed<float>(cache, layer, kv_head, group, t, q_sink, q_window, scale, scores, out, k.score_f32,
+                        k.accumulate_f32);
 }
 
 }  // namespace sinkstream

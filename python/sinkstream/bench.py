@@ -1,0 +1,114 @@
+"""Speed measurements shared by `sinkstream bench` and benchmarks/bench_engine.py.
+
+Figures (each the median of several runs, the machine is noisy):
+- prefill tok/s: a fresh session reads an N-token prompt in one eval;
+- decode tok/s: then generates M tokens one by one (greedy: sampling cost is not the engine's);
+- decode ms/token at a stream position (2K by default): the session first reads that many tokens;
+- peak RSS of the process (VmHWM).
+When llama-cpp-python is importable, the same figures for llama.cpp on the same GGUF, the same
+thread count, and the ratios.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class BenchResult:
+    engine: str
+    threads: int
+    prefill_tok_s: float
+    decode_tok_s: float
+    decode_ms_at_position: float
+    position: int
+    peak_rss_mib: float
+    runs: dict = field(default_factory=dict)
+
+
+def peak_rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _prompt(n_vocab: int, n: int, seed: int = 0) -> np.ndarray:
+    # Ids from the common range of the vocabulary: the cost does not depend on which tokens.
+    return np.random.default_rng(seed).integers(100, min(n_vocab, 20000), size=n).astype(np.int32)
+
+
+def bench_sinkstream(model, threads: int, prompt_tokens: int = 512, decode_tokens: int = 256,
+                     position: int = 2048, repeats: int = 3, window: int = 2044) -> BenchResult:
+    prompt = _prompt(model.n_vocab, prompt_tokens)
+    prefill, decode, at_position = [], [], []
+    for _ in range(repeats):
+        session = model.session(mode="streaming", n_sink=4, window=window, n_threads=threads, batch_size=512)
+        t0 = time.perf_counter()
+        logits = session.eval(prompt, logits="last")
+        prefill.append(prompt_tokens / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        for _ in range(decode_tokens):
+            logits = session.eval([int(np.argmax(logits))], logits="last")
+        decode.append(decode_tokens / (time.perf_counter() - t0))
+        if session.n_past < position:
+            session.eval(_prompt(model.n_vocab, position - session.n_past, seed=1), logits=None)
+        steps = 32
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            logits = session.eval([int(np.argmax(logits))], logits="last")
+        at_position.append(1000 * (time.perf_counter() - t0) / steps)
+    return BenchResult("sinkstream", threads, statistics.median(prefill), statistics.median(decode),
+                       statistics.median(at_position), position, peak_rss_mib(),
+                       {"prefill": prefill, "decode": decode, "at_position": at_position})
+
+
+def bench_llama_cpp(model_path: str, threads: int, prompt_tokens: int = 512, decode_tokens: int = 256,
+                    position: int = 2048, repeats: int = 3) -> BenchResult | None:
+    """The same measurements with llama.cpp (llama-cpp-python), or None when it is not installed."""
+    try:
+        import llama_cpp  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    llm = llama_cpp.Llama(model_path=model_path, n_ctx=position + 64, n_threads=threads, n_threads_batch=threads,
+                          n_batch=512, verbose=False, logits_all=False)
+    prompt = _prompt(llm.n_vocab(), prompt_tokens).tolist()
+    prefill, decode, at_position = [], [], []
+    for _ in range(repeats):
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(prompt)
+        prefill.append(prompt_tokens / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        for _ in range(decode_tokens):
+            llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+        decode.append(decode_tokens / (time.perf_counter() - t0))
+        if llm.n_tokens < position:
+            llm.eval(_prompt(llm.n_vocab(), position - llm.n_tokens, seed=1).tolist())
+        steps = 32
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+        at_position.append(1000 * (time.perf_counter() - t0) / steps)
+    return BenchResult("llama.cpp", threads, statistics.median(prefill), statistics.median(decode),
+                       statistics.median(at_position), position, peak_rss_mib(),
+                       {"prefill": prefill, "decode": decode, "at_position": at_position})
+
+
+def format_table(results: list[BenchResult]) -> str:
+    lines = [f"{'engine':<11} {'threads':>7} {'prefill tok/s':>14} {'decode tok/s':>13} "
+             f"{'ms/token @pos':>14} {'peak RSS MiB':>13}"]
+    for r in results:
+        lines.append(f"{r.engine:<11} {r.threads:>7} {r.prefill_tok_s:>14.1f} {r.decode_tok_s:>13.1f} "
+                     f"{r.decode_ms_at_position:>9.2f} @{r.position:<4} {r.peak_rss_mib:>13.1f}")
+    ours = {r.threads: r for r in results if r.engine == "sinkstream"}
+    for r in results:
+        if r.engine == "llama.cpp" and r.threads in ours:
+            o = ours[r.threads]
+            lines.append(f"ratio sinkstream / llama.cpp at {r.threads} thread(s): prefill "
+                         f"{o.prefill_tok_s / r.prefill_tok_s:.2f}x, decode {o.decode_tok_s / r.decode_tok_s:.2f}x")
+    return "\n".join(lines)

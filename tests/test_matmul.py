@@ -1,0 +1,244 @@
+"""Quantized matmul: every weight type, every ISA level this CPU has, against independent references.
+
+References:
+- numpy: gguf-py's dequantize(W) (float64) @ x. The kernels quantize x to 8 bits per block, so they
+  may differ from it by at most the activation rounding: each element moves by at most half a step
+  (d_x / 2 = max|x_block| / 254), giving the bound |err| <= sum_blocks max|x_b| / 254 * sum_{i in b} |w_i|.
+  The tests assert that bound (plus float slack) element by element, and a relative error < 1e-2.
+- the scalar kernels: every SIMD level gets identical quantized activations and integer products,
+  so it may differ from scalar only by float summation order: |diff| <= 1e-5 * sum |w_i x_i|.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as T
+from gguf import GGUFReader
+from gguf.constants import GGML_QUANT_SIZES
+from gguf.quants import dequantize, quantize
+
+from sinkstream import _core
+
+QUANTIZABLE = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0]          # gguf-py can quantize these
+RANDOM_BLOCKS = [T.IQ4_NL, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]  # random bytes, sane scales
+FLOATS = [T.F32, T.F16, T.BF16]
+ALL_TYPES = QUANTIZABLE + RANDOM_BLOCKS + FLOATS
+ACT_BLOCK = {t: 256 for t in (T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K)}  # activation block per weight type
+
+# Byte offsets of the half scales (d, and dmin for the K-quants with mins) in the random-block types.
+SCALE_OFFSETS = {T.IQ4_NL: [0], T.Q2_K: [80, 82], T.Q3_K: [108], T.Q4_K: [0, 2], T.Q5_K: [0, 2], T.Q6_K: [208]}
+
+FEATURES = _core.cpu_features()
+SIMD_LEVELS = {"avx512": ["avx2", "avx512"], "avx2": ["avx2"], "neon": ["neon"], "scalar": []}[FEATURES["best_isa"]]
+
+
+def make_weight(qtype: T, rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
+    """(rows, row_bytes) uint8 blocks of `qtype`."""
+    if qtype in QUANTIZABLE or qtype in FLOATS:
+        w = (rng.standard_normal((rows, cols)) * 0.05).astype(np.float32)
+        q = quantize(w, qtype)
+        return np.ascontiguousarray(q).view(np.uint8).reshape(rows, -1)
+    block_size, type_size = GGML_QUANT_SIZES[qtype]
+    n_blocks = rows * cols // block_size
+    blocks = rng.integers(0, 256, size=(n_blocks, type_size), dtype=np.uint8)
+    for off in SCALE_OFFSETS[qtype]:
+        scales = rng.uniform(1e-3, 2e-2, n_blocks).astype(np.float16)
+        blocks[:, off:off + 2] = scales.view(np.uint8).reshape(n_blocks, 2)
+    return blocks.reshape(rows, -1)
+
+
+def dequantized(qtype: T, w: np.ndarray, rows: int) -> np.ndarray:
+    return dequantize(w, qtype).reshape(rows, -1).astype(np.float64)
+
+
+def activation_rounding_bound(qtype: T, wf: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """(n, rows): the largest error 8-bit activation quantization can cause in each dot product."""
+    if qtype in FLOATS:
+        return np.zeros((x.shape[0], wf.shape[0]))
+    block = ACT_BLOCK.get(qtype, 32)
+    n, cols = x.shape
+    half_step = np.abs(x.astype(np.float64)).reshape(n, cols // block, block).max(axis=2) / 254.0  # (n, nb)
+    w_abs_block = np.abs(wf).reshape(wf.shape[0], cols // block, block).sum(axis=2)             # (rows, nb)
+    return half_step @ w_abs_block.T
+
+
+def run(qtype: T, w: np.ndarray, rows: int, cols: int, x: np.ndarray, isa: str, n_threads: int = 1):
+    return _core.matmul_test(int(qtype), w.tobytes(), rows, cols, np.ascontiguousarray(x, np.float32), isa,
+                             n_threads)
+
+
+def cols_for(qtype: T) -> int:
+    if qtype in FLOATS:
+        return 100 + 37  # not a multiple of 8 or 16: exercises the SIMD tails
+    return 512 if qtype in ACT_BLOCK else 352  # 11 blocks of 32: SIMD loops' pairs and an unpaired tail
+
+
+@pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
+def test_scalar_matches_numpy_within_activation_rounding(qtype):
+    rng = np.random.default_rng(100 + int(qtype))
+    rows, cols, n = 37, cols_for(qtype), 9  # 9 tokens: tiles of 4, 4 and 1
+    w = make_weight(qtype, rows, cols, rng)
+    x = rng.standard_normal((n, cols)).astype(np.float32)
+    x[1] *= 1e-3                 # a small-valued token
+    x[2, : cols // 2] = 0.0      # all-zero activation blocks (scale 0)
+    wf = dequantized(qtype, w, rows)
+    ref = x.astype(np.float64) @ wf.T
+    got = run(qtype, w, rows, cols, x, "scalar")
+    assert got.shape == (n, rows) and got.dtype == np.float32
+    absdot = np.abs(x.astype(np.float64)) @ np.abs(wf).T
+    bound = activation_rounding_bound(qtype, wf, x) * 1.0001 + 1e-5 * absdot + 1e-30
+    err = np.abs(got - ref)
+    print(f"{qtype.name}: max |scalar - numpy| = {err.max():.3g}, max err/bound = {(err / bound).max():.3f}")
+    assert np.all(err <= bound), f"{qtype.name}: error above the activation-rounding bound at {np.argmax(err / bound)}"
+    rel = np.linalg.norm(got - ref) / np.linalg.norm(ref)
+    assert rel < (1e-2 if qtype not in FLOATS else 1e-6), rel
+
+
+@pytest.mark.skipif(not SIMD_LEVELS, reason="this CPU has no SIMD level beyond scalar")
+@pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 7])
+def test_simd_levels_match_scalar(qtype, n):
+    rng = np.random.default_rng(200 + int(qtype) * 10 + n)
+    rows, cols = 19, cols_for(qtype)
+    w = make_weight(qtype, rows, cols, rng)
+    x = rng.standard_normal((n, cols)).astype(np.float32)
+    wf = dequantized(qtype, w, rows)
+    absdot = np.abs(x.astype(np.float64)) @ np.abs(wf).T
+    scalar = run(qtype, w, rows, cols, x, "scalar")
+    for isa in SIMD_LEVELS:
+        got = run(qtype, w, rows, cols, x, isa)
+        diff = np.abs(got.astype(np.float64) - scalar)
+        kernel = _core.matmul_kernel_isa(int(qtype), isa)
+        print(f"{qtype.name} n={n} {isa} (kernel from {kernel}): max |diff| = {diff.max():.3g}, "
+              f"max diff / sum|w x| = {(diff / absdot).max():.3g}")
+        assert np.all(diff <= 1e-5 * absdot + 1e-30), f"{qtype.name} {isa} differs from scalar beyond rounding"
+
+
+@pytest.mark.skipif(not SIMD_LEVELS, reason="this CPU has no SIMD level beyond scalar")
+@pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
+def test_simd_levels_match_scalar_across_row_counts(qtype):
+    # Weight widths from one block up (odd and even block counts) and row counts around the
+    # kernels' row tiles, one and two tokens.
+    rng = np.random.default_rng(250 + int(qtype))
+    block = 1 if qtype in FLOATS else GGML_QUANT_SIZES[qtype][0]
+    widths = [1, 2, 3, 8, 15] if qtype in FLOATS else ([1, 2, 3] if block == 256 else [1, 2, 3, 4, 5, 6, 7, 9])
+    for blocks in widths:
+        cols = blocks * block
+        for rows in (1, 3, 4, 5, 8, 11):
+            w = make_weight(qtype, rows, cols, rng)
+            wf = dequantized(qtype, w, rows)
+            for n in (1, 2):
+                x = rng.standard_normal((n, cols)).astype(np.float32)
+                absdot = np.abs(x.astype(np.float64)) @ np.abs(wf).T
+                scalar = run(qtype, w, rows, cols, x, "scalar")
+                for isa in SIMD_LEVELS:
+                    got = run(qtype, w, rows, cols, x, isa)
+                    ok = np.abs(got.astype(np.float64) - scalar) <= 1e-5 * absdot + 1e-30
+                    assert ok.all(), f"{qtype.name} {isa} cols={cols} rows={rows} n={n}"
+
+
+@pytest.mark.parametrize("qtype", [T.Q4_1, T.Q8_0, T.Q6_K, T.F16], ids=lambda t: t.name)
+def test_threads_do_not_change_results(qtype):
+    rng = np.random.default_rng(300 + int(qtype))
+    rows, cols = 301, cols_for(qtype)
+    w = make_weight(qtype, rows, cols, rng)
+    for n in (1, 6):
+        x = rng.standard_normal((n, cols)).astype(np.float32)
+        for isa in ["scalar"] + SIMD_LEVELS:
+            one = run(qtype, w, rows, cols, x, isa, n_threads=1)
+            two = run(qtype, w, rows, cols, x, isa, n_threads=2)
+            three = run(qtype, w, rows, cols, x, isa, n_threads=3)
+            assert np.array_equal(one, two) and np.array_equal(one, three), (n, isa)
+
+
+def test_token_tiles_do_not_change_results():
+    # A token's output must not depend on which other tokens share its tile (so evaluating a prompt
+    # in one call or token by token gives identical numbers).
+    rng = np.random.default_rng(4)
+    rows, cols = 26, 256  # not a multiple of the 4-row tiles
+    for qtype in (T.Q4_1, T.Q8_0, T.Q4_K, T.IQ4_NL, T.F16):
+        w = make_weight(qtype, rows, cols, rng)
+        x = rng.standard_normal((5, cols)).astype(np.float32)
+        for isa in ["scalar"] + SIMD_LEVELS:
+            together = run(qtype, w, rows, cols, x, isa)
+            alone = np.concatenate([run(qtype, w, rows, cols, x[t:t + 1], isa) for t in range(5)])
+            assert np.array_equal(together, alone), (qtype.name, isa)
+
+
+@pytest.mark.model
+def test_default_model_weights():
+    import sinkstream
+    path = os.fspath(sinkstream.default_model_path())
+    if not os.path.exists(path):
+        pytest.skip(f"default model not downloaded: {path}")
+    reader = GGUFReader(path)
+    tensors = {t.name: t for t in reader.tensors}
+    rng = np.random.default_rng(5)
+    for name, row_slice in [("blk.0.attn_q.weight", slice(None)), ("blk.3.ffn_down.weight", slice(None)),
+                            ("token_embd.weight", slice(0, 49152, 61))]:
+        t = tensors[name]
+        qtype = T(int(t.tensor_type))
+        w = np.ascontiguousarray(np.asarray(t.data)[row_slice])
+        rows, cols = w.shape[0], int(t.shape[0])
+        x = rng.standard_normal((3, cols)).astype(np.float32)
+        wf = dequantized(qtype, w, rows)
+        ref = x.astype(np.float64) @ wf.T
+        bound = activation_rounding_bound(qtype, wf, x) * 1.0001 + 1e-5 * (np.abs(x) @ np.abs(wf).T)
+        for isa in ["scalar"] + SIMD_LEVELS:
+            got = run(qtype, w, rows, cols, x, isa, n_threads=2)
+            assert np.all(np.abs(got - ref) <= bound), (name, isa)
+            # ~0.5 % typically; up to ~1.4 % for token_embd, whose rows share a large common
+            # direction that random x barely meets (small |ref|, same absolute error).
+            assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 2e-2, (name, isa)
+
+
+def test_cpu_features_report():
+    f = _core.cpu_features()
+    assert f["best_isa"] in ("scalar", "neon", "avx2", "avx512")
+    if f["best_isa"] == "avx512":
+        assert f["avx512f"] and f["avx512bw"] and f["avx512vl"] and f["avx512vnni"] and f["os_avx512"]
+    if f["best_isa"] in ("avx2", "avx512"):
+        assert f["avx2"] and f["fma"] and f["f16c"] and f["os_avx"]
+    # /proc/cpuinfo is an independent witness on Linux x86.
+    if os.path.exists("/proc/cpuinfo") and f["best_isa"] in ("avx2", "avx512"):
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+        assert ("avx512_vnni" in flags) == f["avx512vnni"]
+        assert ("avx2" in flags) == f["avx2"]
+
+
+def _active_isa_with_env(value: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, SINKSTREAM_ISA=value)
+    code = "from sinkstream import _core; print(_core.cpu_features()['active_isa'])"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+
+
+def test_isa_env_var_lowers_the_level():
+    assert _active_isa_with_env("scalar").stdout.strip() == "scalar"
+    if FEATURES["best_isa"] == "avx512":
+        assert _active_isa_with_env("avx2").stdout.strip() == "avx2"
+        assert _active_isa_with_env("AVX512").stdout.strip() == "avx512"
+    if FEATURES["best_isa"] == "avx2":
+        assert _active_isa_with_env("avx512").stdout.strip() == "avx2"  # never above what the CPU has
+    bad = _active_isa_with_env("sse9")
+    assert bad.returncode != 0 and "sse9" in bad.stderr
+
+
+def test_bad_arguments_raise():
+    rng = np.random.default_rng(6)
+    w = make_weight(T.Q4_1, 4, 64, rng)
+    x = np.zeros((1, 64), np.float32)
+    with pytest.raises(ValueError, match="bytes"):
+        _core.matmul_test(int(T.Q4_1), w.tobytes()[:-1], 4, 64, x, "scalar")
+    with pytest.raises(ValueError, match="columns"):
+        _core.matmul_test(int(T.Q4_1), w.tobytes(), 4, 64, np.zeros((1, 32), np.float32), "scalar")
+    with pytest.raises(ValueError, match="unknown ISA"):
+        _core.matmul_test(int(T.Q4_1), w.tobytes(), 4, 64, x, "sse9")
+    with pytest.raises(ValueError, match="IQ2_XXS"):
+        _core.matmul_test(int(T.IQ2_XXS), b"\0" * 66, 1, 256, np.zeros((1, 256), np.float32), "scalar")
+    if FEATURES["best_isa"] != "neon":
+        with pytest.raises(ValueError, match="not available"):
+            _core.matmul_test(int(T.Q4_1), w.tobytes(), 4, 64, x, "neon")
