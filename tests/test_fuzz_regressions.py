@@ -161,3 +161,27 @@ def test_model_seeds_load_and_run(tmp_path: Path):
         assert model.architecture in ("llama", "mistral", "granite", "qwen2"), seed.name
         logits = run_like_the_harness(model, header)
         assert np.isfinite(logits).all(), seed.name
+
+
+def test_nonfinite_activation_gives_nan_logits(tmp_path: Path):
+    """The other side of model-tiny-norm-weights: an activation that is NaN (here from a token whose
+    embedding block has a NaN scale) reached the same int conversion in the activation quantizer
+    of the integer kernels. It must give NaN logits, as the float kernels do, not undefined
+    behaviour (the sanitizer run checks that) nor finite garbage."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_models import write_tiny_model
+
+    path = write_tiny_model(tmp_path / "q8.gguf", n_layer=1, n_embd=32, n_head=4, n_head_kv=2, n_ff=32,
+                            weight_type="Q8_0", tied=False)  # untied: the output head stays finite
+    embd = next(t for t in gguf.GGUFReader(path).tensors if t.name == "token_embd.weight")
+    poisoned = 65  # "A": its first Q8_0 block (2-byte fp16 scale, then 32 int8) gets a NaN scale
+    row_bytes = embd.n_bytes // int(embd.shape[1])
+    raw = bytearray(path.read_bytes())
+    at = int(embd.data_offset) + poisoned * row_bytes
+    raw[at:at + 2] = np.float16(np.nan).tobytes()
+    path.write_bytes(bytes(raw))
+
+    model = sinkstream.Model(path, n_threads=1)
+    healthy = sinkstream.Session(model, n_threads=1).eval([66, 67])
+    assert np.isfinite(healthy).all()
+    assert np.isnan(sinkstream.Session(model, n_threads=1).eval([66, poisoned])).all()
