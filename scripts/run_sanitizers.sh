@@ -6,7 +6,9 @@
 #
 # usage: scripts/run_sanitizers.sh            (from any directory; uses the `python3` on PATH,
 #                                              which needs numpy, gguf, pytest and jinja2)
-# env:   SINKSTREAM_ASAN_BUILD (default build/asan), PYTEST_ARGS (extra pytest arguments)
+# env:   SINKSTREAM_ASAN_BUILD (default build/asan), PYTEST_ARGS (extra pytest arguments),
+#        SINKSTREAM_ASAN_TESTS (test paths replacing the fast subset, e.g. "tests" with
+#        PYTEST_ARGS='-m "not slow"' for everything: ~90 s more on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +16,8 @@ BUILD=${SINKSTREAM_ASAN_BUILD:-build/asan}
 PYTHON=${PYTHON:-python3}
 PYTEST_SUBSET=(tests/test_gguf_malformed.py tests/test_streaming_invariants.py tests/test_forward_reference.py
                tests/test_fuzz_regressions.py)
+if [ -n "${SINKSTREAM_ASAN_TESTS:-}" ]; then read -r -a PYTEST_SUBSET <<<"$SINKSTREAM_ASAN_TESTS"; fi
+eval "extra_args=(${PYTEST_ARGS:-})"  # shell words, so PYTEST_ARGS='-m "not slow"' keeps its quotes
 
 # nanobind is a build dependency of the module (pip's isolated builds do not leave it behind).
 "$PYTHON" -c "import nanobind" 2>/dev/null || "$PYTHON" -m pip install --quiet "nanobind>=2.4"
@@ -48,5 +52,5 @@ cp "$BUILD"/_core*.so "$PKG/sinkstream/"
 echo "== pytest subset against the sanitized module"
 LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)" \
 ASAN_OPTIONS=detect_leaks=0 \
-  "$PYTHON" scripts/asan_pytest.py "$PKG" -q -p no:cacheprovider --capture=sys "${PYTEST_SUBSET[@]}" ${PYTEST_ARGS:-}
+  "$PYTHON" scripts/asan_pytest.py "$PKG" -q -p no:cacheprovider --capture=sys "${PYTEST_SUBSET[@]}" "${extra_args[@]}"
 echo "== sanitizers: no reports"
