@@ -21,6 +21,10 @@ eval "extra_args=(${PYTEST_ARGS:-})"  # shell words, so PYTEST_ARGS='-m "not slo
 
 # nanobind is a build dependency of the module (pip's isolated builds do not leave it behind).
 "$PYTHON" -c "import nanobind" 2>/dev/null || "$PYTHON" -m pip install --quiet "nanobind>=2.4"
+# cmake (and ninja) from pip when the machine has none: pip's isolated builds do not leave theirs.
+command -v cmake >/dev/null || "$PYTHON" -m pip install --quiet cmake ninja
+LIBASAN=$(gcc -print-file-name=libasan.so)
+[ -e "$LIBASAN" ] || { echo "libasan.so not found (install gcc's libasan)" >&2; exit 2; }
 
 generator=()
 command -v ninja >/dev/null && generator=(-G Ninja)
@@ -50,7 +54,7 @@ cp "$BUILD"/_core*.so "$PKG/sinkstream/"
 # Python keeps objects alive until exit by design: leak reports there are noise, not bugs.
 # --capture=sys: pytest must not capture fd 2, or a sanitizer report vanishes with the process.
 echo "== pytest subset against the sanitized module"
-LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)" \
+LD_PRELOAD="$LIBASAN $(gcc -print-file-name=libstdc++.so)" \
 ASAN_OPTIONS=detect_leaks=0 \
   "$PYTHON" scripts/asan_pytest.py "$PKG" -q -p no:cacheprovider --capture=sys "${PYTEST_SUBSET[@]}" "${extra_args[@]}"
 echo "== sanitizers: no reports"
