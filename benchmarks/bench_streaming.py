@@ -26,17 +26,9 @@ import time
 import numpy as np
 
 import sinkstream
+from sinkstream.bench import process_memory_mib
 
 PREFILL_CHUNK = 1024   # tokens per eval() call while prefilling (the session chunks by batch_size)
-
-
-def rss_bytes() -> int:
-    """Resident set size of this process, from /proc/self/status (VmRSS, in kB)."""
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("VmRSS not found in /proc/self/status (Linux only)")
 
 
 def prefill_to(session: sinkstream.Session, position: int, rng: np.random.Generator, n_vocab: int,
@@ -94,7 +86,7 @@ def positions_bench(model: sinkstream.Model, args: argparse.Namespace) -> bool:
         cached = session.n_cached
         times = time_decode(session, args.steps, args.repeats, rng, model.n_vocab)
         medians.append(statistics.median(times))
-        rss.append(rss_bytes())
+        rss.append(int(process_memory_mib("VmRSS") * 2**20))
         rows.append((f"{position}", f"{medians[-1]:.3f}", f"{min(times):.3f}", f"{max(times):.3f}",
                      f"{rss[-1] / 2**20:.1f}", f"{session.kv_bytes / 2**20:.2f}", f"{cached}",
                      f"{seconds:.1f}"))

@@ -16,54 +16,7 @@ import time
 import numpy as np
 
 import sinkstream
-
-
-def rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def soak(model: sinkstream.Model, n_tokens: int, every: int, chunk: int, decode_per_stretch: int,
-         seed: int = 0, window: int = 1020, n_sink: int = 4, out=None) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    session = model.session(mode="streaming", n_sink=n_sink, window=window)
-    rows = []
-    fed = 0
-    while fed < n_tokens:
-        target = min(n_tokens, fed + every)
-        decode_times, prefill_time, prefill_tokens, finite = [], 0.0, 0, True
-        while fed < target:
-            if target - fed > decode_per_stretch:
-                n = min(chunk, target - fed - decode_per_stretch)
-                tokens = rng.integers(0, model.n_vocab, size=n).astype(np.int32)
-                t0 = time.perf_counter()
-                logits = session.eval(tokens, logits="last")
-                prefill_time += time.perf_counter() - t0
-                prefill_tokens += n
-            else:
-                token = int(rng.integers(0, model.n_vocab))
-                t0 = time.perf_counter()
-                logits = session.eval([token], logits="last")
-                decode_times.append(time.perf_counter() - t0)
-                n = 1
-            finite = finite and bool(np.isfinite(logits).all())
-            fed += n
-        row = {
-            "tokens": session.n_past,
-            "rss_mib": round(rss_mib(), 1),
-            "decode_ms_per_token": round(1000 * float(np.median(decode_times)), 3) if decode_times else float("nan"),
-            "prefill_ms_per_token": round(1000 * prefill_time / prefill_tokens, 3) if prefill_tokens else float("nan"),
-            "n_cached": session.n_cached,
-            "kv_mib": round(session.kv_bytes / 2**20, 2),
-            "finite": finite,
-        }
-        rows.append(row)
-        if out is not None:
-            print("  ".join(f"{k}={v}" for k, v in row.items()), file=out, flush=True)
-    return rows
+from sinkstream.bench import soak
 
 
 def main() -> int:

@@ -30,6 +30,8 @@ if ! command -v clang++ >/dev/null; then
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq clang >/dev/null
 fi
 
+# cmake (and ninja) from pip when the machine has none: pip's isolated builds do not leave theirs.
+command -v cmake >/dev/null || "$PYTHON" -m pip install --quiet cmake ninja
 generator=()
 command -v ninja >/dev/null && generator=(-G Ninja)
 cmake -S . -B "$BUILD" "${generator[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \

@@ -109,17 +109,20 @@ def test_misaligned_q4_1_block_dequantizes_like_gguf_py(bits_equal):
 
 
 def test_misaligned_weights_are_refused(tmp_path: Path):
-    """model-alignment-1: a valid tiny model written with general.alignment = 1, so every weight
-    starts at 2 mod 8 (made by hand after the parse finding: the kernels read weights in place, as
-    float and block structs). Loading must refuse it with a ModelError that says what to do."""
+    """model-alignment-1: a valid tiny model written with general.alignment = 1 and an extra key, so
+    every weight starts at an odd byte offset (made by hand after the parse finding: the kernels
+    read weights in place, as floats and block structs). Loading must refuse it with a ModelError
+    that says what to do."""
     model_path = model_from_input((REGRESSIONS / "model-alignment-1.gguf").read_bytes(), tmp_path)
     with pytest.raises(ModelError, match=r"tensor '.+' data starts at byte \d+, not a multiple of 8 "
                                          r"\(general\.alignment 1; .*re-save the file"):
         sinkstream.Model(model_path, n_threads=1)
     # The same bytes are still a readable GGUF file (inspection does not need aligned data).
     g = GGUFFile(model_path)
-    embd = g.tensor("token_embd.weight")
-    assert embd.shape == (258, 8) and np.isfinite(embd).all()
+    assert all(info.offset % 2 == 1 for info in g.tensors)
+    reference = {t.name: t for t in gguf.GGUFReader(model_path).tensors}
+    for info in g.tensors:
+        assert np.array_equal(g.tensor(info.name), np.asarray(reference[info.name].data).reshape(info.shape))
 
 
 def test_tiny_norm_weights_give_finite_logits(tmp_path: Path):
@@ -158,3 +161,27 @@ def test_model_seeds_load_and_run(tmp_path: Path):
         assert model.architecture in ("llama", "mistral", "granite", "qwen2"), seed.name
         logits = run_like_the_harness(model, header)
         assert np.isfinite(logits).all(), seed.name
+
+
+def test_nonfinite_activation_gives_nan_logits(tmp_path: Path):
+    """The other side of model-tiny-norm-weights: an activation that is NaN (here from a token whose
+    embedding block has a NaN scale) reached the same int conversion in the activation quantizer
+    of the integer kernels. It must give NaN logits, as the float kernels do, not undefined
+    behaviour (the sanitizer run checks that) nor finite garbage."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_models import write_tiny_model
+
+    path = write_tiny_model(tmp_path / "q8.gguf", n_layer=1, n_embd=32, n_head=4, n_head_kv=2, n_ff=32,
+                            weight_type="Q8_0", tied=False)  # untied: the output head stays finite
+    embd = next(t for t in gguf.GGUFReader(path).tensors if t.name == "token_embd.weight")
+    poisoned = 65  # "A": its first Q8_0 block (2-byte fp16 scale, then 32 int8) gets a NaN scale
+    row_bytes = embd.n_bytes // int(embd.shape[1])
+    raw = bytearray(path.read_bytes())
+    at = int(embd.data_offset) + poisoned * row_bytes
+    raw[at:at + 2] = np.float16(np.nan).tobytes()
+    path.write_bytes(bytes(raw))
+
+    model = sinkstream.Model(path, n_threads=1)
+    healthy = sinkstream.Session(model, n_threads=1).eval([66, 67])
+    assert np.isfinite(healthy).all()
+    assert np.isnan(sinkstream.Session(model, n_threads=1).eval([66, poisoned])).all()

@@ -29,12 +29,21 @@ class BenchResult:
     runs: dict = field(default_factory=dict)
 
 
-def peak_rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
+def process_memory_mib(field: str = "VmRSS") -> float:
+    """A memory figure of this process from /proc/self/status, in MiB: VmRSS (resident now) or
+    VmHWM (peak resident). NaN where /proc is not available (not Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return float("nan")
+
+
+def peak_rss_mib() -> float:
+    return process_memory_mib("VmHWM")
 
 
 def _prompt(n_vocab: int, n: int, seed: int = 0) -> np.ndarray:
@@ -112,3 +121,47 @@ def format_table(results: list[BenchResult]) -> str:
             lines.append(f"ratio sinkstream / llama.cpp at {r.threads} thread(s): prefill "
                          f"{o.prefill_tok_s / r.prefill_tok_s:.2f}x, decode {o.decode_tok_s / r.decode_tok_s:.2f}x")
     return "\n".join(lines)
+
+
+def soak(model, n_tokens: int, every: int, chunk: int, decode_per_stretch: int,
+         seed: int = 0, window: int = 1020, n_sink: int = 4, out=None) -> list[dict]:
+    """Streams n_tokens through one streaming session, alternating prefill chunks of `chunk` tokens
+    and decode steps (decode_per_stretch per stretch of `every` tokens), and returns one row per
+    stretch: tokens so far, RSS, median decode ms/token, prefill ms/token, cache figures, and
+    whether every logit was finite. Rows are also printed to `out` as they come."""
+    rng = np.random.default_rng(seed)
+    session = model.session(mode="streaming", n_sink=n_sink, window=window)
+    rows = []
+    fed = 0
+    while fed < n_tokens:
+        target = min(n_tokens, fed + every)
+        decode_times, prefill_time, prefill_tokens, finite = [], 0.0, 0, True
+        while fed < target:
+            if target - fed > decode_per_stretch:
+                n = min(chunk, target - fed - decode_per_stretch)
+                tokens = rng.integers(0, model.n_vocab, size=n).astype(np.int32)
+                t0 = time.perf_counter()
+                logits = session.eval(tokens, logits="last")
+                prefill_time += time.perf_counter() - t0
+                prefill_tokens += n
+            else:
+                token = int(rng.integers(0, model.n_vocab))
+                t0 = time.perf_counter()
+                logits = session.eval([token], logits="last")
+                decode_times.append(time.perf_counter() - t0)
+                n = 1
+            finite = finite and bool(np.isfinite(logits).all())
+            fed += n
+        row = {
+            "tokens": session.n_past,
+            "rss_mib": round(process_memory_mib("VmRSS"), 1),
+            "decode_ms_per_token": round(1000 * float(np.median(decode_times)), 3) if decode_times else float("nan"),
+            "prefill_ms_per_token": round(1000 * prefill_time / prefill_tokens, 3) if prefill_tokens else float("nan"),
+            "n_cached": session.n_cached,
+            "kv_mib": round(session.kv_bytes / 2**20, 2),
+            "finite": finite,
+        }
+        rows.append(row)
+        if out is not None:
+            print("  ".join(f"{k}={v}" for k, v in row.items()), file=out, flush=True)
+    return rows

@@ -30,6 +30,23 @@ def _check_int(name: str, value: Any, minimum: int | None = None, maximum: int |
     return value
 
 
+def token_array(tokens: Sequence[int] | np.ndarray, n_vocab: int, name: str = "tokens") -> np.ndarray:
+    """tokens as a contiguous int32 array, after checking it is a 1-D sequence of ids in the vocabulary."""
+    if isinstance(tokens, (str, bytes)):
+        raise TypeError(f"{name} must be a sequence of token ids, not text (use model.tokenize)")
+    array = np.asarray(tokens)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {array.shape}")
+    if array.size and not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(f"{name} must be integers, got dtype {array.dtype}")
+    if array.size:
+        lo, hi = int(array.min()), int(array.max())
+        if lo < 0 or hi >= n_vocab:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"{name}: token id {bad} is outside the vocabulary (0..{n_vocab - 1})")
+    return np.ascontiguousarray(array, dtype=np.int32)
+
+
 class Model:
     """A GGUF model loaded once (weights memory-mapped) and shared by any number of sessions.
 
@@ -195,25 +212,10 @@ class Session:
         "all" -> (len(tokens), n_vocab), None -> nothing returned."""
         if logits not in _LOGITS:
             raise ValueError(f"logits must be 'last', 'all' or None, got {logits!r}")
-        array = self._token_array(tokens)
+        array = token_array(tokens, self.model.n_vocab)
         if len(array) == 0 and logits is not None:
             raise ValueError("tokens is empty: there are no logits to return")
         return self._core.eval(array, logits == "all", logits is not None)
-
-    def _token_array(self, tokens: Sequence[int] | np.ndarray) -> np.ndarray:
-        if isinstance(tokens, (str, bytes)):
-            raise TypeError("tokens must be a sequence of token ids, not text (use model.tokenize)")
-        array = np.asarray(tokens)
-        if array.ndim != 1:
-            raise ValueError(f"tokens must be 1-D, got shape {array.shape}")
-        if array.size and not np.issubdtype(array.dtype, np.integer):
-            raise TypeError(f"tokens must be integers, got dtype {array.dtype}")
-        if array.size:
-            lo, hi = int(array.min()), int(array.max())
-            if lo < 0 or hi >= self.model.n_vocab:
-                bad = lo if lo < 0 else hi
-                raise ValueError(f"token id {bad} is outside the vocabulary (0..{self.model.n_vocab - 1})")
-        return np.ascontiguousarray(array, dtype=np.int32)
 
     @property
     def n_past(self) -> int:

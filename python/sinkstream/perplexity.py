@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .model import MODES, Model, Session, _check_int
+from .model import MODES, Model, Session, _check_int, token_array
 
 # Rows of float32 logits converted to float64 at once (bounds the float64 scratch to
 # _ROWS_PER_BLOCK * n_vocab * 8 bytes, ~12 MB for a 49K vocabulary).
@@ -69,20 +69,10 @@ def token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 
 def _token_array(model: Model, tokens: Sequence[int] | np.ndarray) -> np.ndarray:
-    if isinstance(tokens, (str, bytes)):
-        raise TypeError("tokens must be a sequence of token ids, not text (use model.tokenize)")
-    array = np.asarray(tokens)
-    if array.ndim != 1:
-        raise ValueError(f"tokens must be 1-D, got shape {array.shape}")
-    if array.size and not np.issubdtype(array.dtype, np.integer):
-        raise TypeError(f"tokens must be integers, got dtype {array.dtype}")
+    array = token_array(tokens, model.n_vocab)
     if array.size < 2:
         raise ValueError(f"tokens must hold at least 2 token ids (one to predict from, one to predict), got {array.size}")
-    lo, hi = int(array.min()), int(array.max())
-    if lo < 0 or hi >= model.n_vocab:
-        bad = lo if lo < 0 else hi
-        raise ValueError(f"tokens: token id {bad} is outside the vocabulary (0..{model.n_vocab - 1})")
-    return np.ascontiguousarray(array, dtype=np.int32)
+    return array
 
 
 def _wanted_mask(positions: Any, n_nll: int) -> np.ndarray:

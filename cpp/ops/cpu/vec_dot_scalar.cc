@@ -31,9 +31,22 @@ inline int round_to_int(float v) {
 // sum of q.
 float quantize_block(const float* x, int count, int8_t* q, int* sum) {
   float amax = 0.0f;
-  for (int i = 0; i < count; ++i) amax = std::fmax(amax, std::fabs(x[i]));
+  bool finite = true;
+  for (int i = 0; i < count; ++i) {
+    amax = std::fmax(amax, std::fabs(x[i]));
+    finite = finite && std::isfinite(x[i]);
+  }
   const float d = amax / 127.0f;
   const float id = amax != 0.0f ? 127.0f / amax : 0.0f;  // as llama.cpp: 127 / amax, not 1 / d
+  // Converting inf or NaN to int is undefined behaviour (fuzz_model_load finding: activations of
+  // ~1e-38 make 127 / amax overflow). A block that small quantizes to zeros (it is below float
+  // resolution next to any other term); a NaN or inf activation (a diverged model) has no int8
+  // code, so its block gets zeros and a NaN scale: the output is NaN, as the float kernels give.
+  if (!finite || !std::isfinite(id)) {
+    for (int i = 0; i < count; ++i) q[i] = 0;
+    *sum = 0;
+    return finite ? 0.0f : NAN;
+  }
   int s = 0;
   for (int i = 0; i < count; ++i) {
     const int v = round_to_int(x[i] * id);
