@@ -272,17 +272,24 @@ def numpy_quantize_blocks(x: np.ndarray, block: int):
     """Reference 8-bit activation quantization in float32 numpy, as llama.cpp's AVX2 quantize_row_q8_*:
     d = max|x| / 127, q = rint(x * (127 / max|x|)), ties to even. Returns (q int8 (nb, block), d (nb,))."""
     xb = x.astype(np.float32).reshape(-1, block)
-    amax = np.abs(xb).max(axis=1).astype(np.float32)
-    d = (amax / np.float32(127)).astype(np.float32)
-    with np.errstate(divide="ignore"):
+    finite = np.isfinite(xb).all(axis=1)
+    amax = np.where(finite, np.abs(np.where(np.isfinite(xb), xb, 0)).max(axis=1), np.inf).astype(np.float32)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        d = (amax / np.float32(127)).astype(np.float32)
         inv = np.where(amax != 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
-    q = np.rint(xb * inv[:, None]).astype(np.int8)
-    return q, d
+        q = np.rint(xb * inv[:, None])
+    # Blocks without int8 codes (a NaN/inf, or so tiny that 127 / max overflows): zeros, and the
+    # scale NaN (non-finite input) or 0 (tiny).
+    bad = ~finite | ~np.isfinite(inv)
+    q[bad] = 0
+    d = np.where(finite, np.where(bad, np.float32(0), d), np.float32(np.nan)).astype(np.float32)
+    return q.astype(np.int8), d
 
 
 def numpy_q8a_row(x: np.ndarray) -> bytes:
     q, d = numpy_quantize_blocks(x, 32)
-    d = d.astype(np.float16).astype(np.float32)  # the 32-element formats keep the scale at half precision
+    with np.errstate(over="ignore"):
+        d = d.astype(np.float16).astype(np.float32)  # the 32-element formats keep the scale at half precision
     nb = q.shape[0]
     pairs = np.zeros((nb + 1) // 2 * 2 * 32, np.int8).reshape(-1, 2, 2, 16)  # (pair, half, member, 16)
     for b in range(nb):
@@ -315,6 +322,10 @@ def tricky_activations(rng: np.random.Generator, cols: int) -> list[np.ndarray]:
     mixed = rng.standard_normal(cols).astype(np.float32)
     mixed[: cols // 2] = -0.0
     rows.append(mixed)
+    odd = rng.standard_normal(cols).astype(np.float32)  # blocks without int8 codes, among normal ones
+    odd[3], odd[cols // 2 + 5] = np.nan, -np.inf
+    odd[-32:] = 1e-39  # 127 / max overflows
+    rows.append(odd)
     return rows
 
 

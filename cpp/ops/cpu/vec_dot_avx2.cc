@@ -13,6 +13,7 @@
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
 
+#include <cmath>
 #include <cstring>
 #include <type_traits>
 
@@ -345,12 +346,26 @@ static inline int hsum_i32(__m256i v) {
   return _mm_cvtsi128_si32(s);
 }
 
-// max |x| over count (a multiple of 32) floats.
-static inline float abs_max(const float* x, int count) {
-  const __m256 sign = _mm256_set1_ps(-0.0f);
-  __m256 m = _mm256_setzero_ps();
-  for (int i = 0; i < count; i += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)));
+// max |x| over count (a multiple of 32) floats, and whether all of them are finite.
+static inline float abs_max(const float* x, int count, bool* finite) {
+  const __m256 sign = _mm256_set1_ps(-0.0f), inf = _mm256_set1_ps(INFINITY);
+  __m256 m = _mm256_setzero_ps(), all_finite = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+  for (int i = 0; i < count; i += 8) {
+    const __m256 a = _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i));
+    m = _mm256_max_ps(m, a);
+    all_finite = _mm256_and_ps(all_finite, _mm256_cmp_ps(a, inf, _CMP_LT_OQ));  // false for inf and NaN
+  }
+  *finite = _mm256_movemask_ps(all_finite) == 0xff;
   return hmax(m);
+}
+
+// The scalar quantizer's rule for blocks without int8 codes (vec_dot_scalar.cc, quantize_block):
+// a NaN or inf in the block, or a block so small that 127 / max overflows, gives zeros, sum 0 and
+// the scale NaN (non-finite input) or 0 (tiny block). Returns true when it applied.
+static inline bool unquantizable(bool finite, float id, float* d) {
+  if (finite && std::isfinite(id)) return false;
+  *d = finite ? 0.0f : NAN;
+  return true;
 }
 
 // Rounds 32 values x * id half to even into int8 (elements in order at q), returns the int32 sums of
@@ -379,13 +394,21 @@ void quantize_activations_avx2(ActFormat format, const float* x, int64_t cols, u
       if (nb % 2 == 1) std::memset(out + q8a_quant_offset(nb - 1, 0), 0, 64);  // the missing partner's zeros
       for (int64_t b = 0; b < nb; ++b) {
         const float* xb = x + b * kQK;
-        const float amax = abs_max(xb, kQK);
+        bool finite;
+        const float amax = abs_max(xb, kQK, &finite);
+        float d = amax / 127.0f;
         const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
-        int sum_lo, sum_hi;
-        quantize32(xb, id, reinterpret_cast<int8_t*>(out + q8a_quant_offset(b, 0)),
-                   reinterpret_cast<int8_t*>(out + q8a_quant_offset(b, 1)), &sum_lo, &sum_hi);
+        int8_t* q_lo = reinterpret_cast<int8_t*>(out + q8a_quant_offset(b, 0));
+        int8_t* q_hi = reinterpret_cast<int8_t*>(out + q8a_quant_offset(b, 1));
+        int sum_lo = 0, sum_hi = 0;
+        if (unquantizable(finite, id, &d)) {
+          std::memset(q_lo, 0, 16);
+          std::memset(q_hi, 0, 16);
+        } else {
+          quantize32(xb, id, q_lo, q_hi, &sum_lo, &sum_hi);
+        }
         // The scale at half precision (round to nearest even), as the scalar quantizer keeps it.
-        const float d = _cvtsh_ss(_cvtss_sh(amax / 127.0f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        d = _cvtsh_ss(_cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
         scales[b].d = d;
         scales[b].ds = d * (float)(sum_lo + sum_hi);
       }
@@ -395,14 +418,20 @@ void quantize_activations_avx2(ActFormat format, const float* x, int64_t cols, u
       BlockQ8KA* blocks = reinterpret_cast<BlockQ8KA*>(out);
       for (int64_t b = 0; b < cols / kQKK; ++b) {
         const float* xb = x + b * kQKK;
-        const float amax = abs_max(xb, kQKK);
-        const float d = amax / 127.0f;
+        bool finite;
+        const float amax = abs_max(xb, kQKK, &finite);
+        float d = amax / 127.0f;
         const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
-        for (int k = 0; k < kQKK / 32; ++k) {
-          int sum_lo, sum_hi;
-          quantize32(xb + 32 * k, id, blocks[b].qs + 32 * k, blocks[b].qs + 32 * k + 16, &sum_lo, &sum_hi);
-          blocks[b].bsums[2 * k] = (int16_t)sum_lo;
-          blocks[b].bsums[2 * k + 1] = (int16_t)sum_hi;
+        if (unquantizable(finite, id, &d)) {
+          std::memset(blocks[b].qs, 0, sizeof(blocks[b].qs));
+          std::memset(blocks[b].bsums, 0, sizeof(blocks[b].bsums));
+        } else {
+          for (int k = 0; k < kQKK / 32; ++k) {
+            int sum_lo, sum_hi;
+            quantize32(xb + 32 * k, id, blocks[b].qs + 32 * k, blocks[b].qs + 32 * k + 16, &sum_lo, &sum_hi);
+            blocks[b].bsums[2 * k] = (int16_t)sum_lo;
+            blocks[b].bsums[2 * k + 1] = (int16_t)sum_hi;
+          }
         }
         blocks[b].d = d;
         std::memset(blocks[b].padding, 0, sizeof(blocks[b].padding));
