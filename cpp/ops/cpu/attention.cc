@@ -6,7 +6,7 @@
 
 #include "core/fp16.h"
 #include "ops/cpu/attention_kernels.h"
-#include "ops/cpu/cpu_dispatch.h"
+#include "ops/cpu/cpu_features.h"
 #include "ops/ops.h"
 
 namespace sinkstream {
@@ -62,7 +62,8 @@ const Kernels& scalar_kernels() {
 }
 
 const Kernels& kernels_for(int64_t dim) {
-  static const Kernels avx2 = cpu_has_avx2_fma_f16c() ? avx2_kernels() : scalar_kernels();
+  // x86-64 levels at or above AVX2 have AVX2+FMA+F16C (cpu_features.h); SINKSTREAM_ISA can lower it.
+  static const Kernels avx2 = active_isa() >= Isa::Avx2 ? avx2_kernels() : scalar_kernels();
   return dim % 8 == 0 ? avx2 : scalar_kernels();
 }
 

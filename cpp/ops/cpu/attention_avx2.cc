@@ -1,5 +1,5 @@
 // AVX2 + FMA + F16C attention row kernels (compiled with those flags only in this file; called only
-// after cpu_has_avx2_fma_f16c()). The scalar twins in attention.cc are the specification.
+// after cpu_features.h reports the AVX2 level). The scalar twins in attention.cc are the specification.
 #include "ops/cpu/attention_kernels.h"
 
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
@@ -68,7 +68,7 @@ Kernels avx2_kernels() {
 
 }  // namespace sinkstream::attention_kernels
 
-#else  // not compiled for AVX2 (another architecture): never called, see cpu_has_avx2_fma_f16c()
+#else  // not compiled for AVX2 (another architecture): never called (see cpu_features.h)
 
 namespace sinkstream::attention_kernels {
 Kernels avx2_kernels() { return Kernels{nullptr, nullptr, nullptr, nullptr}; }
