@@ -45,3 +45,29 @@ def test_interrupted_eval_keeps_finished_chunks(model, how):
     expected = model.session(mode="streaming", n_sink=4, window=60, batch_size=32)
     expected.eval(tokens[:done], logits=None)
     np.testing.assert_allclose(session.eval(more, logits="all"), expected.eval(more, logits="all"), atol=1e-5)
+
+
+def test_ctrl_c_stops_sinkstream_generate_promptly(tmp_path):
+    """Ctrl-C in `sinkstream generate` stops within about one token: the process exits with 130
+    and prints its statistics."""
+    import subprocess
+    import sys
+
+    path = write_tiny_model(tmp_path / "m.gguf", n_ctx=512)
+    eos = sinkstream.Model(path).eos_id  # banned, so the stream only ends by Ctrl-C
+    proc = subprocess.Popen([sys.executable, "-m", "sinkstream", "generate", str(path), "-p", "Once upon a time",
+                             "-n", "-1", "--mode", "streaming", "--window", "60", "--threads", "1",
+                             "--logit-bias", f"{eos}=-1000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.read(1)  # generation has started
+        assert first != ""
+        proc.send_signal(signal.SIGINT)
+        sent = time.perf_counter()
+        _, err = proc.communicate(timeout=30)
+        waited = time.perf_counter() - sent
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "tok/s" in err
+    print(f"stopped {waited * 1000:.0f} ms after Ctrl-C")
