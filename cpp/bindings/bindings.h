@@ -8,4 +8,5 @@ void bind_quant(nanobind::module_& m);
 void bind_tokenizer(nanobind::module_& m);
 void bind_model(nanobind::module_& m);
 void bind_sampler(nanobind::module_& m);
+void bind_cuda(nanobind::module_& m);  // always present; reports "built without CUDA" there
 }  // namespace sinkstream::bindings

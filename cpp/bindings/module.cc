@@ -1,7 +1,8 @@
 // sinkstream._core: the only place (with the other bind_*.cc files) that knows about Python.
 // C++ errors become Python exceptions: GgufError -> sinkstream.GGUFError (a ValueError),
 // ModelError -> sinkstream.ModelError (a GGUFError), ArgumentError -> ValueError,
-// Interrupted -> sinkstream.Cancelled (a RuntimeError).
+// Interrupted -> sinkstream.Cancelled (a RuntimeError); CudaError (CUDA builds) and other
+// std::runtime_errors -> RuntimeError.
 #include <nanobind/nanobind.h>
 
 #include "bindings/bindings.h"
@@ -26,4 +27,5 @@ NB_MODULE(_core, m) {
   sinkstream::bindings::bind_tokenizer(m);
   sinkstream::bindings::bind_model(m);
   sinkstream::bindings::bind_sampler(m);
+  sinkstream::bindings::bind_cuda(m);
 }

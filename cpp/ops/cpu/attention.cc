@@ -32,32 +32,49 @@ inline float to_f32(uint16_t v) { return fp16_table()[v]; }
 
 template <typename T>
 void score_rows_scalar(const T* keys, int64_t n_rows, int64_t row_stride, const float* q, int64_t group,
-                       int64_t dim, float scale, float* scores) {
+                       int64_t dim, float scale, float* scores, int64_t scores_stride) {
   for (int64_t r = 0; r < n_rows; ++r) {
     const T* k = keys + r * row_stride;
     for (int64_t h = 0; h < group; ++h) {
       float dot = 0.0f;
       for (int64_t i = 0; i < dim; ++i) dot += q[h * dim + i] * to_f32(k[i]);
-      scores[r * group + h] = dot * scale;
+      scores[h * scores_stride + r] = dot * scale;
     }
   }
 }
 
 template <typename T>
 void accumulate_rows_scalar(const T* values, int64_t n_rows, int64_t row_stride, const float* weights,
-                            int64_t group, int64_t dim, float* out) {
+                            int64_t weights_stride, int64_t group, int64_t dim, float* out) {
   for (int64_t r = 0; r < n_rows; ++r) {
     const T* v = values + r * row_stride;
     for (int64_t h = 0; h < group; ++h) {
-      const float w = weights[r * group + h];
+      const float w = weights[h * weights_stride + r];
       for (int64_t i = 0; i < dim; ++i) out[h * dim + i] += w * to_f32(v[i]);
     }
   }
 }
 
+// The max shift keeps exp() finite; the weights sum to 1 before any rounding to half.
+void softmax_scalar(float* s, int64_t n, bool round_half) {
+  float max_score = -INFINITY;
+  for (int64_t r = 0; r < n; ++r) max_score = std::max(max_score, s[r]);
+  float sum = 0.0f;
+  for (int64_t r = 0; r < n; ++r) {
+    s[r] = std::exp(s[r] - max_score);
+    sum += s[r];
+  }
+  const float inv = 1.0f / sum;
+  for (int64_t r = 0; r < n; ++r) s[r] = round_half ? round_to_half(s[r] * inv) : s[r] * inv;
+}
+
+void round_to_half_scalar(const float* in, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = round_to_half(in[i]);
+}
+
 const Kernels& scalar_kernels() {
   static const Kernels k{score_rows_scalar<uint16_t>, score_rows_scalar<float>, accumulate_rows_scalar<uint16_t>,
-                         accumulate_rows_scalar<float>};
+                         accumulate_rows_scalar<float>, softmax_scalar, round_to_half_scalar};
   return k;
 }
 
@@ -92,13 +109,15 @@ int collect_runs(const SinkCache& cache, uint64_t t, Run runs[3]) {
 template <typename T, typename Score, typename Accumulate>
 void attend_typed(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
                   const float* q_sink, const float* q_window, float scale, float* scores, float* out, Score score,
-                  Accumulate accumulate) {
+                  Accumulate accumulate, const Kernels& k) {
   const int64_t dim = cache.head_dim();
   const int64_t row = cache.row_elements();
   const T* keys = reinterpret_cast<const T*>(cache.keys(layer)) + kv_head * dim;
   const T* values = reinterpret_cast<const T*>(cache.values(layer)) + kv_head * dim;
   Run runs[3];
   const int n_runs = collect_runs(cache, t, runs);
+  int64_t n_total = 0;  // |A(t)|: each head's scores are a contiguous row of this length
+  for (int i = 0; i < n_runs; ++i) n_total += runs[i].n_rows;
 
   // With a half-precision cache both operands of each product are half precision: the query is
   // rounded like the keys, and the attention weights like the values (as llama.cpp's f16 cache
@@ -106,10 +125,8 @@ void attend_typed(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_
   constexpr bool kHalf = std::is_same<T, uint16_t>::value;
   float q_half[2][kMaxGroupDim];
   if (kHalf && group * dim <= kMaxGroupDim) {
-    for (int64_t i = 0; i < group * dim; ++i) {
-      q_half[0][i] = round_to_half(q_sink[i]);
-      q_half[1][i] = round_to_half(q_window[i]);
-    }
+    k.round_to_half(q_sink, group * dim, q_half[0]);
+    k.round_to_half(q_window, group * dim, q_half[1]);
     q_sink = q_half[0];
     q_window = q_half[1];
   }
@@ -117,28 +134,14 @@ void attend_typed(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_
   int64_t n = 0;  // rows scored so far
   for (int i = 0; i < n_runs; ++i) {
     score(keys + runs[i].first_slot * row, runs[i].n_rows, row, runs[i].sink ? q_sink : q_window, group, dim, scale,
-          scores + n * group);
+          scores + n, n_total);
     n += runs[i].n_rows;
   }
-  // Softmax per head over all of A(t) (scores are (n, group), head h in column h).
-  for (int64_t h = 0; h < group; ++h) {
-    float max_score = -INFINITY;
-    for (int64_t r = 0; r < n; ++r) max_score = std::max(max_score, scores[r * group + h]);
-    float sum = 0.0f;
-    for (int64_t r = 0; r < n; ++r) {
-      const float e = std::exp(scores[r * group + h] - max_score);
-      scores[r * group + h] = e;
-      sum += e;
-    }
-    const float inv = 1.0f / sum;
-    for (int64_t r = 0; r < n; ++r) scores[r * group + h] *= inv;
-    if (kHalf)
-      for (int64_t r = 0; r < n; ++r) scores[r * group + h] = round_to_half(scores[r * group + h]);
-  }
+  for (int64_t h = 0; h < group; ++h) k.softmax(scores + h * n_total, n_total, kHalf);
   for (int64_t i = 0; i < group * dim; ++i) out[i] = 0.0f;
   n = 0;
   for (int i = 0; i < n_runs; ++i) {
-    accumulate(values + runs[i].first_slot * row, runs[i].n_rows, row, scores + n * group, group, dim, out);
+    accumulate(values + runs[i].first_slot * row, runs[i].n_rows, row, scores + n, n_total, group, dim, out);
     n += runs[i].n_rows;
   }
 }
@@ -150,10 +153,10 @@ void attend(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t grou
   const Kernels& k = kernels_for(cache.head_dim());
   if (cache.type() == KvType::kF16)
     attend_typed<uint16_t>(cache, layer, kv_head, group, t, q_sink, q_window, scale, scores, out, k.score_f16,
-                           k.accumulate_f16);
+                           k.accumulate_f16, k);
   else
     attend_typed<float>(cache, layer, kv_head, group, t, q_sink, q_window, scale, scores, out, k.score_f32,
-                        k.accumulate_f32);
+                        k.accumulate_f32, k);
 }
 
 }  // namespace sinkstream

@@ -5,6 +5,8 @@
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
 
+#include <cmath>
+
 namespace sinkstream::attention_kernels {
 
 namespace {
@@ -21,10 +23,11 @@ static inline float horizontal_sum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// Up to 8 query heads per pass share each loaded key vector (GQA groups are 1..8 in practice).
+// One row against up to 8 query heads at once (the loaded key vector is shared); each score needs
+// a horizontal sum. Used for the rows left over by the 4-row blocks below.
 template <typename T>
-static void score_rows(const T* keys, int64_t n_rows, int64_t row_stride, const float* q, int64_t group, int64_t dim,
-                       float scale, float* scores) {
+static void score_rows_one_by_one(const T* keys, int64_t n_rows, int64_t row_stride, const float* q, int64_t group,
+                                  int64_t dim, float scale, float* scores, int64_t scores_stride) {
   for (int64_t h0 = 0; h0 < group; h0 += 8) {
     const int64_t hn = group - h0 < 8 ? group - h0 : 8;
     for (int64_t r = 0; r < n_rows; ++r) {
@@ -35,23 +38,92 @@ static void score_rows(const T* keys, int64_t n_rows, int64_t row_stride, const 
         const __m256 kv = load8(k + i);
         for (int64_t h = 0; h < hn; ++h) acc[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q + (h0 + h) * dim + i), kv, acc[h]);
       }
-      for (int64_t h = 0; h < hn; ++h) scores[r * group + h0 + h] = horizontal_sum(acc[h]) * scale;
+      for (int64_t h = 0; h < hn; ++h) scores[(h0 + h) * scores_stride + r] = horizontal_sum(acc[h]) * scale;
     }
   }
 }
 
-// out[h] += sum_r w[r, h] * v_r: the output of a head (dim <= 256) stays in registers over all rows.
+// Four accumulators (rows r..r+3, lanes hold partial sums) -> the four dot products, in one vector.
+static inline __m128 sum_four(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+  const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+  return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+}
+
+// Blocks of 4 rows x HN heads (HN <= 3: 12 accumulators and the 4 key vectors fit in 16 registers):
+// each key vector is converted once for HN heads, and the 4 scores of a head come out of one
+// reduction instead of four horizontal sums.
+template <typename T, int HN>
+static void score_block4(const T* keys, int64_t row_stride, const float* q, int64_t dim, float scale, float* scores,
+                         int64_t scores_stride) {
+  __m256 acc[HN][4];
+  for (int h = 0; h < HN; ++h)
+    for (int j = 0; j < 4; ++j) acc[h][j] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < dim; i += 8) {
+    __m256 kv[4];
+    for (int j = 0; j < 4; ++j) kv[j] = load8(keys + j * row_stride + i);
+    for (int h = 0; h < HN; ++h) {
+      const __m256 qv = _mm256_loadu_ps(q + h * dim + i);
+      for (int j = 0; j < 4; ++j) acc[h][j] = _mm256_fmadd_ps(qv, kv[j], acc[h][j]);
+    }
+  }
+  const __m128 vscale = _mm_set1_ps(scale);
+  for (int h = 0; h < HN; ++h)
+    _mm_storeu_ps(scores + h * scores_stride, _mm_mul_ps(sum_four(acc[h][0], acc[h][1], acc[h][2], acc[h][3]), vscale));
+}
+
 template <typename T>
-static void accumulate_rows(const T* values, int64_t n_rows, int64_t row_stride, const float* weights, int64_t group,
-                            int64_t dim, float* out) {
+static void score_rows(const T* keys, int64_t n_rows, int64_t row_stride, const float* q, int64_t group, int64_t dim,
+                       float scale, float* scores, int64_t scores_stride) {
+  const int64_t n4 = n_rows / 4 * 4;
+  for (int64_t h0 = 0; h0 < group; h0 += 3) {
+    const int64_t hn = group - h0 < 3 ? group - h0 : 3;
+    const float* qh = q + h0 * dim;
+    float* sh = scores + h0 * scores_stride;
+    for (int64_t r = 0; r < n4; r += 4) {
+      const T* k = keys + r * row_stride;
+      if (hn == 3) score_block4<T, 3>(k, row_stride, qh, dim, scale, sh + r, scores_stride);
+      else if (hn == 2) score_block4<T, 2>(k, row_stride, qh, dim, scale, sh + r, scores_stride);
+      else score_block4<T, 1>(k, row_stride, qh, dim, scale, sh + r, scores_stride);
+    }
+  }
+  score_rows_one_by_one(keys + n4 * row_stride, n_rows - n4, row_stride, q, group, dim, scale, scores + n4,
+                        scores_stride);
+}
+
+// out[h] += sum_r w[h, r] * v_r, HN <= 3 heads per pass over 32 columns: 12 accumulators in
+// registers, each value vector converted once for all HN heads.
+template <typename T, int HN>
+static void accumulate_block32(const T* values, int64_t n_rows, int64_t row_stride, const float* weights,
+                               int64_t weights_stride, float* out, int64_t dim) {
+  __m256 acc[HN][4];
+  for (int h = 0; h < HN; ++h)
+    for (int b = 0; b < 4; ++b) acc[h][b] = _mm256_loadu_ps(out + h * dim + 8 * b);
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const T* v = values + r * row_stride;
+    __m256 vv[4];
+    for (int b = 0; b < 4; ++b) vv[b] = load8(v + 8 * b);
+    for (int h = 0; h < HN; ++h) {
+      const __m256 w = _mm256_set1_ps(weights[h * weights_stride + r]);
+      for (int b = 0; b < 4; ++b) acc[h][b] = _mm256_fmadd_ps(w, vv[b], acc[h][b]);
+    }
+  }
+  for (int h = 0; h < HN; ++h)
+    for (int b = 0; b < 4; ++b) _mm256_storeu_ps(out + h * dim + 8 * b, acc[h][b]);
+}
+
+// dim % 32 != 0: a head at a time, 8 columns per vector (the output of a head stays in registers).
+template <typename T>
+static void accumulate_rows_per_head(const T* values, int64_t n_rows, int64_t row_stride, const float* weights,
+                                     int64_t weights_stride, int64_t group, int64_t dim, float* out) {
   for (int64_t h = 0; h < group; ++h) {
     float* o = out + h * dim;
+    const float* wh = weights + h * weights_stride;
     for (int64_t i0 = 0; i0 < dim; i0 += 32) {
       const int64_t width = dim - i0 < 32 ? dim - i0 : 32;  // multiple of 8
       __m256 acc[4];
       for (int64_t b = 0; b < width / 8; ++b) acc[b] = _mm256_loadu_ps(o + i0 + 8 * b);
       for (int64_t r = 0; r < n_rows; ++r) {
-        const __m256 w = _mm256_set1_ps(weights[r * group + h]);
+        const __m256 w = _mm256_set1_ps(wh[r]);
         const T* v = values + r * row_stride + i0;
         for (int64_t b = 0; b < width / 8; ++b) acc[b] = _mm256_fmadd_ps(w, load8(v + 8 * b), acc[b]);
       }
@@ -60,10 +132,105 @@ static void accumulate_rows(const T* values, int64_t n_rows, int64_t row_stride,
   }
 }
 
+template <typename T>
+static void accumulate_rows(const T* values, int64_t n_rows, int64_t row_stride, const float* weights,
+                            int64_t weights_stride, int64_t group, int64_t dim, float* out) {
+  if (dim % 32 != 0) {
+    accumulate_rows_per_head(values, n_rows, row_stride, weights, weights_stride, group, dim, out);
+    return;
+  }
+  for (int64_t i0 = 0; i0 < dim; i0 += 32) {
+    for (int64_t h0 = 0; h0 < group; h0 += 3) {
+      const int64_t hn = group - h0 < 3 ? group - h0 : 3;
+      const float* w = weights + h0 * weights_stride;
+      float* o = out + h0 * dim + i0;
+      if (hn == 3) accumulate_block32<T, 3>(values + i0, n_rows, row_stride, w, weights_stride, o, dim);
+      else if (hn == 2) accumulate_block32<T, 2>(values + i0, n_rows, row_stride, w, weights_stride, o, dim);
+      else accumulate_block32<T, 1>(values + i0, n_rows, row_stride, w, weights_stride, o, dim);
+    }
+  }
+}
+
+// exp(x) for x <= 0 (softmax inputs after the max shift), relative error ~2e-7: x = n ln2 + r with
+// |r| <= ln2/2 (ln2 split in two parts so n ln2 is exact), e^r by its degree-6 Taylor polynomial
+// (the first omitted term is below 1.3e-7 there), times 2^n built in the exponent field. Inputs
+// below -87 (where 2^n would be subnormal) give about 1e-38: nothing next to the max term, e^0 = 1.
+static inline __m256 exp_nonpositive(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);  // ln2 high part (exact product)
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187045e-06f), r);  // ln2 low part
+  __m256 p = _mm256_set1_ps(1.0f / 720.0f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  const __m256i pow2n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(pow2n));
+}
+
+// Lanes i < count set (the tail of a row shorter than 8).
+static inline __m256i tail_mask(int64_t count) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+static inline __m256 round_to_half8(__m256 v) {
+  return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+static void softmax(float* s, int64_t n, bool round_half) {
+  const int64_t n8 = n / 8 * 8;
+  const __m256i tail = tail_mask(n - n8);
+  __m256 vmax = _mm256_set1_ps(-INFINITY);
+  for (int64_t r = 0; r < n8; r += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(s + r));
+  if (n8 < n)
+    vmax = _mm256_max_ps(vmax, _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), _mm256_maskload_ps(s + n8, tail),
+                                                _mm256_castsi256_ps(tail)));
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  const __m256 max_score = _mm256_set1_ps(_mm_cvtss_f32(m));
+
+  __m256 vsum = _mm256_setzero_ps();
+  for (int64_t r = 0; r < n8; r += 8) {
+    const __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(s + r), max_score));
+    _mm256_storeu_ps(s + r, e);
+    vsum = _mm256_add_ps(vsum, e);
+  }
+  if (n8 < n) {
+    const __m256 e = _mm256_and_ps(exp_nonpositive(_mm256_sub_ps(_mm256_maskload_ps(s + n8, tail), max_score)),
+                                   _mm256_castsi256_ps(tail));
+    _mm256_maskstore_ps(s + n8, tail, e);
+    vsum = _mm256_add_ps(vsum, e);
+  }
+  const __m256 inv = _mm256_set1_ps(1.0f / horizontal_sum(vsum));
+  for (int64_t r = 0; r < n8; r += 8) {
+    const __m256 w = _mm256_mul_ps(_mm256_loadu_ps(s + r), inv);
+    _mm256_storeu_ps(s + r, round_half ? round_to_half8(w) : w);
+  }
+  if (n8 < n) {
+    const __m256 w = _mm256_mul_ps(_mm256_maskload_ps(s + n8, tail), inv);
+    _mm256_maskstore_ps(s + n8, tail, round_half ? round_to_half8(w) : w);
+  }
+}
+
+static void round_to_half(const float* in, int64_t n, float* out) {
+  const int64_t n8 = n / 8 * 8;
+  for (int64_t i = 0; i < n8; i += 8) _mm256_storeu_ps(out + i, round_to_half8(_mm256_loadu_ps(in + i)));
+  if (n8 < n) {
+    const __m256i tail = tail_mask(n - n8);
+    _mm256_maskstore_ps(out + n8, tail, round_to_half8(_mm256_maskload_ps(in + n8, tail)));
+  }
+}
+
 }  // namespace
 
 Kernels avx2_kernels() {
-  return Kernels{score_rows<uint16_t>, score_rows<float>, accumulate_rows<uint16_t>, accumulate_rows<float>};
+  return Kernels{score_rows<uint16_t>, score_rows<float>, accumulate_rows<uint16_t>, accumulate_rows<float>,
+                 softmax, round_to_half};
 }
 
 }  // namespace sinkstream::attention_kernels
@@ -71,7 +238,7 @@ Kernels avx2_kernels() {
 #else  // not compiled for AVX2 (another architecture): never called (see cpu_features.h)
 
 namespace sinkstream::attention_kernels {
-Kernels avx2_kernels() { return Kernels{nullptr, nullptr, nullptr, nullptr}; }
+Kernels avx2_kernels() { return Kernels{nullptr, nullptr, nullptr, nullptr, nullptr, nullptr}; }
 }  // namespace sinkstream::attention_kernels
 
 #endif

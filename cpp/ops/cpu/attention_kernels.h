@@ -1,27 +1,39 @@
 // Row kernels of attention over cache rows (f16 bits or f32), shared by the reference and the SIMD
 // variants. A "run" is consecutive cache slots; attend() walks the sinks and the (at most two,
 // because of the ring's wrap) runs of the window.
+//
+// Scores are head-major: head h of the GQA group keeps its |A(t)| scores contiguous at
+// scores + h * scores_stride, so the softmax of one head is one contiguous (vectorizable) pass.
 #pragma once
 #include <cstdint>
 
 namespace sinkstream::attention_kernels {
 
-// scores[r * group + h] = scale * dot(q[h], row r), rows r < n_rows at keys + r * row_stride.
+// scores[h * scores_stride + r] = scale * dot(q[h], row r), rows r < n_rows at keys + r * row_stride.
 using ScoreRowsF16 = void (*)(const uint16_t* keys, int64_t n_rows, int64_t row_stride, const float* q,
-                              int64_t group, int64_t dim, float scale, float* scores);
+                              int64_t group, int64_t dim, float scale, float* scores, int64_t scores_stride);
 using ScoreRowsF32 = void (*)(const float* keys, int64_t n_rows, int64_t row_stride, const float* q,
-                              int64_t group, int64_t dim, float scale, float* scores);
-// out[h] += sum_r weights[r * group + h] * row r.
+                              int64_t group, int64_t dim, float scale, float* scores, int64_t scores_stride);
+// out[h] += sum_r weights[h * weights_stride + r] * row r.
 using AccumulateRowsF16 = void (*)(const uint16_t* values, int64_t n_rows, int64_t row_stride,
-                                   const float* weights, int64_t group, int64_t dim, float* out);
+                                   const float* weights, int64_t weights_stride, int64_t group, int64_t dim,
+                                   float* out);
 using AccumulateRowsF32 = void (*)(const float* values, int64_t n_rows, int64_t row_stride,
-                                   const float* weights, int64_t group, int64_t dim, float* out);
+                                   const float* weights, int64_t weights_stride, int64_t group, int64_t dim,
+                                   float* out);
+// s[0..n) = softmax(s[0..n)) in place; with round_half each weight is then rounded to half precision
+// (the f16 cache multiplies half-precision weights by half-precision values, as llama.cpp does).
+using SoftmaxInPlace = void (*)(float* s, int64_t n, bool round_half);
+// out[i] = in[i] rounded to the nearest half-precision value (ties to even).
+using RoundToHalf = void (*)(const float* in, int64_t n, float* out);
 
 struct Kernels {
   ScoreRowsF16 score_f16;
   ScoreRowsF32 score_f32;
   AccumulateRowsF16 accumulate_f16;
   AccumulateRowsF32 accumulate_f32;
+  SoftmaxInPlace softmax;
+  RoundToHalf round_to_half;
 };
 
 // AVX2 + FMA + F16C versions (attention_avx2.cc); only called when the CPU has them and dim % 8 == 0.

@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""Portability smoke test: the engine gives correct text and logits on a CPU it was not built on.
+
+Two steps, so the emulated one needs nothing but numpy and sinkstream:
+
+  python scripts/portable_smoke.py prepare DIR
+      (natively, needs the `gguf` package) writes tiny random models with quantized and float
+      weights, their logits from the float64 NumPy reference (tests/reference_llama.py, an
+      implementation independent of the engine), and, for each ISA level this CPU can run, the
+      engine's own logits and greedy text with SINKSTREAM_ISA forced to that level.
+
+  qemu-x86_64 -cpu Haswell  python scripts/portable_smoke.py check DIR --expect-isa avx2
+  qemu-x86_64 -cpu Nehalem  python scripts/portable_smoke.py check DIR --expect-isa scalar
+      checks that run-time dispatch picked the expected level on that CPU (no AVX-512 on Haswell,
+      nothing wider than SSE2 on Nehalem), that the logits match the NumPy reference, and that they
+      and the greedy text equal the native run of the same level (same instructions, so the same
+      bits: IEEE arithmetic is emulated exactly).
+
+  python scripts/portable_smoke.py selftest
+      prepare into a temporary directory, then check natively (the cibuildwheel test command).
+Exit status 0 when every check passes; each failed check is printed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+# (name, write_tiny_model arguments): the block formats of the default model (Q4_1 weights, Q8_0
+# embeddings) and float weights, so every kernel family of the decode path runs.
+MODELS = {
+    "q4_1": dict(weight_type="Q4_1", n_embd=64, n_head=4, n_head_kv=2, n_ff=96, seed=11, qk_scale=0.2),
+    "q8_0": dict(weight_type="Q8_0", n_embd=64, n_head=4, n_head_kv=2, n_ff=96, seed=12, qk_scale=0.2),
+    "f16": dict(weight_type="F16", n_embd=64, n_head=8, n_head_kv=2, n_ff=128, seed=13, qk_scale=0.2),
+}
+N_TOKENS = 48                      # streamed past the cache below, in chunks of 16
+SESSION = dict(mode="streaming", n_sink=2, window=14, batch_size=16, kv_type="f32")
+PROMPT = "the theme"
+GENERATE = dict(max_tokens=24, temperature=0.0)
+REFERENCE_TOLERANCE = 2e-3         # relative to the logit scale, as in tests/test_forward_reference.py
+
+
+def engine_results(model_path: Path, tokens: np.ndarray) -> tuple[np.ndarray, str]:
+    import sinkstream
+
+    model = sinkstream.Model(str(model_path), n_threads=2)
+    logits = model.session(**SESSION).eval(tokens, logits="all")
+    text = model.generate(PROMPT, **GENERATE)
+    return np.asarray(logits, dtype=np.float32), text
+
+
+def runnable_isas() -> list[str]:
+    from sinkstream import _core
+
+    best = _core.cpu_features()["best_isa"]
+    order = ["scalar", "neon"] if best == "neon" else ["scalar", "avx2", "avx512"]
+    return order[:order.index(best) + 1]
+
+
+def prepare(directory: Path) -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from reference_llama import ReferenceLlama
+    from tiny_models import write_tiny_model
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tokens = np.random.default_rng(5).integers(0, 256, size=N_TOKENS)
+    np.save(directory / "tokens.npy", tokens)
+    for name, kwargs in MODELS.items():
+        path = write_tiny_model(directory / f"{name}.gguf", **kwargs)
+        reference = ReferenceLlama(str(path)).logits(tokens.tolist(), mode="streaming", n_sink=SESSION["n_sink"],
+                                                     window=SESSION["window"])
+        np.save(directory / f"{name}.reference.npy", reference.astype(np.float32))
+    # One fresh process per ISA level: the level is chosen once per process.
+    for isa in runnable_isas():
+        env = dict(os.environ, SINKSTREAM_ISA=isa)
+        subprocess.run([sys.executable, __file__, "record", str(directory), isa], env=env, check=True)
+    print(f"prepared {len(MODELS)} models and native results for {', '.join(runnable_isas())} in {directory}")
+    return 0
+
+
+def record(directory: Path, isa: str) -> int:
+    tokens = np.load(directory / "tokens.npy")
+    texts = {}
+    for name in MODELS:
+        logits, texts[name] = engine_results(directory / f"{name}.gguf", tokens)
+        np.save(directory / f"{name}.{isa}.npy", logits)
+    (directory / f"text.{isa}.json").write_text(json.dumps(texts))
+    return 0
+
+
+def check(directory: Path, expect_isa: str | None) -> int:
+    from sinkstream import _core
+
+    features = _core.cpu_features()
+    active = features["active_isa"]
+    passed, failures = 0, []
+
+    def expect(condition: bool, failure: str) -> None:
+        nonlocal passed
+        if condition:
+            passed += 1
+        else:
+            failures.append(failure)
+
+    print(f"CPU: best ISA level {features['best_isa']}, active {active}")
+    if expect_isa is not None:
+        expect(active == expect_isa, f"dispatch picked {active}, expected {expect_isa} on this CPU")
+    tokens = np.load(directory / "tokens.npy")
+    native_texts_path = directory / f"text.{active}.json"
+    native_texts = json.loads(native_texts_path.read_text()) if native_texts_path.exists() else None
+    for name in MODELS:
+        logits, text = engine_results(directory / f"{name}.gguf", tokens)
+        reference = np.load(directory / f"{name}.reference.npy")
+        scale = max(1.0, float(np.abs(reference).max()))
+        err = float(np.abs(logits - reference).max())
+        print(f"{name}: max |engine - numpy reference| = {err:.2e} (logit scale {scale:.1f}); text {text!r}")
+        expect(bool(np.isfinite(logits).all()) and err <= REFERENCE_TOLERANCE * scale,
+               f"{name}: logits differ from the NumPy reference by {err:.3g}")
+        expect(len(text) > 0, f"{name}: generated no text")
+        native_path = directory / f"{name}.{active}.npy"
+        if native_path.exists():
+            native = np.load(native_path)
+            same = np.array_equal(native, logits)
+            print(f"{name}: logits {'bit-identical to' if same else 'DIFFER from'} the native {active} run")
+            expect(same, f"{name}: logits differ from the native {active} run by "
+                         f"{float(np.abs(native - logits).max()):.3g}")
+            if native_texts is not None:
+                expect(native_texts[name] == text,
+                       f"{name}: text {text!r} differs from the native {active} run {native_texts[name]!r}")
+        else:
+            print(f"{name}: no native {active} run recorded (that level was not runnable where prepared)")
+    for failure in failures:
+        print("FAILED:", failure)
+    print(f"portable smoke: {passed} passed, {len(failures)} failed")
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("prepare").add_argument("directory", type=Path)
+    rec = sub.add_parser("record")
+    rec.add_argument("directory", type=Path)
+    rec.add_argument("isa")
+    chk = sub.add_parser("check")
+    chk.add_argument("directory", type=Path)
+    chk.add_argument("--expect-isa", default=None, help="the ISA level run-time dispatch must pick here")
+    sub.add_parser("selftest")
+    args = parser.parse_args(argv)
+    if args.command == "selftest":
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as directory:
+            prepare(Path(directory))
+            return check(Path(directory), None)
+    if args.command == "prepare":
+        return prepare(args.directory)
+    if args.command == "record":
+        return record(args.directory, args.isa)
+    return check(args.directory, args.expect_isa)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
