@@ -155,6 +155,35 @@ def test_threads_do_not_change_results(qtype):
             assert np.array_equal(one, two) and np.array_equal(one, three), (n, isa)
 
 
+@pytest.mark.parametrize("types", [(T.Q4_1, T.Q4_1, T.Q4_1), (T.Q4_K, T.Q6_K), (T.Q8_0, T.Q4_K, T.F16)],
+                         ids=lambda ts: "+".join(t.name for t in ts))
+def test_shared_input_matmul_equals_separate_calls(types):
+    """Q/K/V (and gate/up) in one call: bit-identical to one matmul per weight, whether the weights
+    quantize the input alike (one pass) or not (separate passes), with task ranges that straddle
+    the end of one weight and the start of the next (row counts not multiples of anything)."""
+    rng = np.random.default_rng(700 + sum(int(t) for t in types))
+    cols = 512
+    shapes = [(int(rows), t) for rows, t in zip(rng.integers(150, 700, size=len(types)), types)]
+    weights = [(t, make_weight(t, rows, cols, rng), rows) for rows, t in shapes]
+    for n in (1, 5):
+        x = rng.standard_normal((n, cols)).astype(np.float32)
+        for isa in ["scalar"] + SIMD_LEVELS:
+            for n_threads in (1, 2, 3):
+                together = _core.matmul_shared_input_test([(int(t), w.tobytes(), rows, cols) for t, w, rows in weights],
+                                                          x, isa, n_threads)
+                assert len(together) == len(weights)
+                for (t, w, rows), got in zip(weights, together):
+                    assert np.array_equal(got, run(t, w, rows, cols, x, isa)), (t.name, n, isa, n_threads)
+
+
+def test_shared_input_matmul_rejects_mismatched_columns():
+    rng = np.random.default_rng(5)
+    a, b = make_weight(T.Q4_1, 8, 64, rng), make_weight(T.Q4_1, 8, 96, rng)
+    with pytest.raises(ValueError, match="columns"):
+        _core.matmul_shared_input_test([(int(T.Q4_1), a.tobytes(), 8, 64), (int(T.Q4_1), b.tobytes(), 8, 96)],
+                                       np.zeros((1, 64), np.float32), "scalar")
+
+
 def test_token_tiles_do_not_change_results():
     # A token's output must not depend on which other tokens share its tile (so evaluating a prompt
     # in one call or token by token gives identical numbers).

@@ -2,6 +2,9 @@
 one Session used from two threads at once refuses the second caller instead of corrupting."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -80,3 +83,35 @@ def test_one_session_two_threads_is_refused(model):
     t.join()
     assert outcome["first"] == "done"
     assert session.n_past == len(big)  # the refused call fed nothing
+
+
+@pytest.mark.parametrize("kv_type", ["f16", "f32"])
+@pytest.mark.parametrize("isa", ["scalar", None])
+def test_decode_attention_spread_over_threads_gives_the_same_bits(tmp_path, kv_type, isa):
+    """Decoding one token deep in a stream (|A(t)| > 256) spreads its attention over the threads in
+    pieces of A(t) (llama.cc attend_across_threads); prefill gives each (token, KV head) to one
+    thread. Both must produce identical logits, with the ring wrapped and sinks separate."""
+    path = write_tiny_model(tmp_path / "m.gguf", n_layer=2, n_embd=64, n_head=6, n_head_kv=2, n_ff=96,
+                            n_ctx=2048, qk_scale=0.3)
+    tokens = np.random.default_rng(1).integers(0, 256, size=900)
+    script = f"""
+import sys, numpy as np, sinkstream
+model = sinkstream.Model(sys.argv[1])
+tokens = np.load(sys.argv[2])
+kw = dict(mode="streaming", n_sink=5, window=595, kv_type="{kv_type}")
+chunked = model.session(n_threads=1, batch_size=128, **kw).eval(tokens, logits="all")[600:]
+spread = model.session(n_threads=2, **kw)
+spread.eval(tokens[:600], logits=None)
+stepped = np.stack([spread.eval([int(t)], logits="last") for t in tokens[600:]])
+np.save(sys.argv[3], np.stack([chunked, stepped]))
+"""
+    np.save(tmp_path / "tokens.npy", tokens)
+    env = dict(os.environ)
+    env.pop("SINKSTREAM_ISA", None)
+    if isa:
+        env["SINKSTREAM_ISA"] = isa
+    subprocess.run([sys.executable, "-c", script, str(path), str(tmp_path / "tokens.npy"), str(tmp_path / "out.npy")],
+                   env=env, check=True)
+    chunked, stepped = np.load(tmp_path / "out.npy")
+    assert np.isfinite(chunked).all()
+    assert np.array_equal(chunked, stepped), f"max difference {np.abs(chunked - stepped).max():.3g}"

@@ -122,6 +122,40 @@ void bind_quant(nb::module_& m) {
       "('scalar', 'avx2', 'avx512', 'neon'; falls back level by level where a kernel is missing).");
 
   m.def(
+      "matmul_shared_input_test",
+      [](const std::vector<std::tuple<uint32_t, nb::bytes, int64_t, int64_t>>& weights, F32Matrix x,
+         const std::string& isa, int n_threads) {
+        SS_CHECK_ARG(!weights.empty() && (int)weights.size() <= kMaxSharedInput, "weights: 1 to ", kMaxSharedInput,
+                     " (type_id, bytes, rows, cols) tuples, got ", weights.size());
+        std::vector<WeightMatrix> ws;
+        for (const auto& [type_id, data, rows, cols] : weights) ws.push_back(weight_from_bytes(type_id, data, rows, cols));
+        const Isa level = parse_isa(isa);
+        const int64_t n = (int64_t)x.shape(0);
+        SS_CHECK_ARG((int64_t)x.shape(1) == ws[0].cols, "x has ", x.shape(1), " columns, the weights ", ws[0].cols);
+        std::vector<std::vector<float>> ys;
+        std::vector<const WeightMatrix*> w_ptrs;
+        std::vector<float*> y_ptrs;
+        for (const WeightMatrix& w : ws) ys.emplace_back((size_t)(n * w.rows));
+        for (size_t i = 0; i < ws.size(); ++i) w_ptrs.push_back(&ws[i]), y_ptrs.push_back(ys[i].data());
+        {
+          nb::gil_scoped_release release;
+          ThreadPool pool(n_threads);
+          matmul_shared_input_at_isa(w_ptrs.data(), y_ptrs.data(), (int)ws.size(), x.data(), n, pool, level);
+        }
+        nb::list out;
+        for (size_t i = 0; i < ws.size(); ++i) {
+          auto* values = new std::vector<float>(std::move(ys[i]));
+          nb::capsule owner(values, [](void* p) noexcept { delete static_cast<std::vector<float>*>(p); });
+          size_t shape[2] = {(size_t)n, (size_t)ws[i].rows};
+          out.append(nb::ndarray<nb::numpy, float>(values->data(), 2, shape, owner));
+        }
+        return out;
+      },
+      nb::arg("weights"), nb::arg("x"), nb::arg("isa"), nb::arg("n_threads") = 1,
+      "Test hook: matmul_shared_input over (type_id, bytes, rows, cols) weights of one input X (n, cols);\n"
+      "returns one (n, rows) array per weight.");
+
+  m.def(
       "matmul_bench",
       [](uint32_t type_id, nb::bytes weight, int64_t rows, int64_t cols, int64_t n, const std::string& isa,
          int n_threads, int iterations) {

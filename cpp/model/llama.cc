@@ -1,7 +1,9 @@
 #include "model/llama.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <utility>
 
 #include "core/error.h"
 #include "model/weights.h"
@@ -46,6 +48,41 @@ LlamaModel::LlamaModel(std::shared_ptr<GgufFile> file) : Model(std::move(file)) 
 }
 
 namespace {
+// attend() for every KV head of one token, its three phases each spread over the threads: scores
+// and weighted sums in kAttendChunkRows-row pieces of A(t), the softmax per query head (ops.h).
+// Costs two more hand-offs between threads than one task per KV head, and balances the work.
+void attend_across_threads(const SinkCache& cache, int64_t layer, int64_t n_head_kv, int64_t group, uint64_t t,
+                           const float* q_sink, const float* q_window, float scale, ForwardScratch& s,
+                           ThreadPool& pool, float* out) {
+  const int64_t n_rows = attention_set_size(cache, t);
+  const int64_t n_pieces = (n_rows + kAttendChunkRows - 1) / kAttendChunkRows;
+  const int64_t width = group * cache.head_dim();       // one KV head's query heads, contiguous
+  float* scores = s.spread_scores.data();                // (n_head_kv, group, n_rows)
+  float* partials = s.spread_partials.data();            // (n_head_kv, n_pieces, width)
+  const auto piece_rows = [&](int64_t piece) {
+    return std::make_pair(piece * kAttendChunkRows, std::min(n_rows, (piece + 1) * kAttendChunkRows));
+  };
+  pool.run(n_head_kv * n_pieces, [&](int64_t task, int) {
+    const int64_t kv = task / n_pieces;
+    const auto [begin, end] = piece_rows(task % n_pieces);
+    attend_scores(cache, layer, kv, group, t, q_sink + kv * width, q_window + kv * width, scale, begin, end,
+                  scores + kv * group * n_rows, n_rows);
+  });
+  pool.run(n_head_kv * group, [&](int64_t head, int) { attend_softmax(cache, scores + head * n_rows, n_rows); });
+  pool.run(n_head_kv * n_pieces, [&](int64_t task, int) {
+    const int64_t kv = task / n_pieces;
+    const auto [begin, end] = piece_rows(task % n_pieces);
+    attend_accumulate(cache, layer, kv, group, t, begin, end, scores + kv * group * n_rows, n_rows,
+                      partials + task * width);
+  });
+  for (int64_t kv = 0; kv < n_head_kv; ++kv) {  // the partial sums in attend()'s order
+    float* o = out + kv * width;
+    for (int64_t i = 0; i < width; ++i) o[i] = 0.0f;
+    for (int64_t piece = 0; piece < n_pieces; ++piece)
+      for (int64_t i = 0; i < width; ++i) o[i] += partials[(kv * n_pieces + piece) * width + i];
+  }
+}
+
 void add_bias(float* y, const std::vector<float>& bias, int64_t n) {
   if (bias.empty()) return;
   const int64_t d = (int64_t)bias.size();
@@ -87,9 +124,11 @@ void LlamaModel::forward(const int32_t* tokens, int64_t n, uint64_t t0, SinkCach
   for (int64_t l = 0; l < c.n_layer; ++l) {
     const LlamaLayer& L = layers_[(size_t)l];
     rms_norm(s.x.data(), L.attn_norm.data(), n, E, c.rms_eps, s.h.data());
-    matmul(L.wq, s.h.data(), n, s.q.data(), pool);
-    matmul(L.wk, s.h.data(), n, s.k.data(), pool);
-    matmul(L.wv, s.h.data(), n, s.v.data(), pool);
+    {
+      const WeightMatrix* ws[3] = {&L.wq, &L.wk, &L.wv};
+      float* ys[3] = {s.q.data(), s.k.data(), s.v.data()};
+      matmul_shared_input(ws, ys, 3, s.h.data(), n, pool);  // q (n, q_dim), k and v (n, kv_dim)
+    }
     add_bias(s.q.data(), L.bq, n);
     add_bias(s.k.data(), L.bk, n);
     add_bias(s.v.data(), L.bv, n);
@@ -112,6 +151,15 @@ void LlamaModel::forward(const int32_t* tokens, int64_t n, uint64_t t0, SinkCach
 
     // Every (token, KV head) pair attends independently with its group of query heads: all keys
     // of the chunk are already stored, and the ring's slack keeps each query's whole A(t) in place.
+    if (n * c.n_head_kv < 2 * pool.n_threads() && attention_set_size(cache, t0) > kAttendChunkRows) {
+      // Decode deep in a stream: too few (token, KV head) pairs to keep every thread busy; spread
+      // each token's attention over the threads in pieces of its A(t) (the same bits as attend()).
+      for (int64_t b = 0; b < n; ++b) {
+        const float* q = s.q.data() + b * q_dim;
+        attend_across_threads(cache, l, c.n_head_kv, group, t0 + (uint64_t)b, separate_sink_query[b] ? s.q_sink.data() + b * q_dim : q,
+                              q, scale, s, pool, s.attn.data() + b * q_dim);
+      }
+    } else
     pool.run(n * c.n_head_kv, [&](int64_t task, int thread) {
       const int64_t b = task / c.n_head_kv, kv_head = task % c.n_head_kv;
       const int64_t first = b * q_dim + kv_head * group * hd;  // the group's query heads are contiguous
@@ -128,8 +176,11 @@ void LlamaModel::forward(const int32_t* tokens, int64_t n, uint64_t t0, SinkCach
     add_inplace(s.x.data(), s.h.data(), n * E);
 
     rms_norm(s.x.data(), L.ffn_norm.data(), n, E, c.rms_eps, s.h.data());
-    matmul(L.w_gate, s.h.data(), n, s.gate.data(), pool);
-    matmul(L.w_up, s.h.data(), n, s.up.data(), pool);
+    {
+      const WeightMatrix* ws[2] = {&L.w_gate, &L.w_up};
+      float* ys[2] = {s.gate.data(), s.up.data()};
+      matmul_shared_input(ws, ys, 2, s.h.data(), n, pool);  // gate and up (n, n_ff)
+    }
     silu_mul(s.gate.data(), s.up.data(), n * c.n_ff, s.gate.data());
     matmul(L.w_down, s.gate.data(), n, s.h.data(), pool);
     add_inplace(s.x.data(), s.h.data(), n * E);

@@ -42,6 +42,9 @@ ForwardScratch Model::make_scratch(int64_t max_tokens, int64_t capacity, int n_t
   s.separate_sink_query.assign((size_t)max_tokens, 0);
   s.scores_stride = capacity * (c.n_head / c.n_head_kv);  // one GQA group's scores
   s.scores.assign((size_t)(s.scores_stride * n_threads), 0.0f);
+  const int64_t pieces = (capacity + kAttendChunkRows - 1) / kAttendChunkRows;
+  s.spread_scores.assign((size_t)(c.n_head * capacity), 0.0f);
+  s.spread_partials.assign((size_t)(c.n_head * c.head_dim * pieces), 0.0f);
   return s;
 }
 

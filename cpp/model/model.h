@@ -34,6 +34,10 @@ struct ForwardScratch {
   std::vector<uint8_t> separate_sink_query;  // (max_tokens) p(t) != window position of t
   std::vector<float> scores;    // (n_threads, capacity) attention scores
   int64_t scores_stride = 0;
+  // One token's attention spread over the threads (decode): scores (n_head, capacity) and the
+  // partial sums (n_head_kv, pieces of kAttendChunkRows rows, group * head_dim).
+  std::vector<float> spread_scores;
+  std::vector<float> spread_partials;
   // Work done so far, counted where it is done: key rotations (one per key per layer, never
   // again: streaming.md invariant 3) and cache entries read by attention (|A(t)| per head and layer).
   uint64_t keys_rotated = 0;

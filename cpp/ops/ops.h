@@ -31,6 +31,14 @@ struct WeightMatrix {
 // when n is small, so decode is bound by reading the weights.
 void matmul(const WeightMatrix& w, const float* x, int64_t n, float* y, ThreadPool& pool);
 
+// Several products of one input: ys[i] (n x ws[i]->rows) = X . ws[i]^T for weights of equal cols
+// (Q/K/V; FFN gate and up). Same results as separate matmul calls, with one quantization of X and
+// one parallel region when the weight types quantize X alike (else it makes the separate calls):
+// at decode each region costs a hand-off between threads comparable to a small matmul's own work.
+constexpr int kMaxSharedInput = 4;
+void matmul_shared_input(const WeightMatrix* const* ws, float* const* ys, int count, const float* x, int64_t n,
+                         ThreadPool& pool);
+
 // out[0 .. w.cols) = row `row` of W as float32 (embedding lookup).
 void get_row(const WeightMatrix& w, int64_t row, float* out);
 
@@ -59,5 +67,23 @@ void rope_apply(float* x, int64_t n_heads, int64_t head_dim, int64_t n_rot, Rope
 // scores: scratch of at least group * capacity() floats. Cost: group * |A(t)| * head_dim * 2 FMAs.
 void attend(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
             const float* q_sink, const float* q_window, float scale, float* scores, float* out);
+
+// attend() in three phases, so that one query's attention can be spread over threads (at decode a
+// token has only n_head_kv (token, KV head) pairs, fewer than the threads share evenly). Rows are
+// the members of A(t) in token order (sinks first), 0 .. attention_set_size(t) - 1; scores are
+// head-major (head h at scores + h * stride). attend() is exactly: attend_scores over all rows,
+// attend_softmax per head, then attend_accumulate over kAttendChunkRows-row pieces, their partial
+// sums added in order; a split that follows the same pieces gives the same bits.
+constexpr int64_t kAttendChunkRows = 256;
+int64_t attention_set_size(const SinkCache& cache, uint64_t t);  // |A(t)| = p(t) + 1
+void attend_scores(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
+                   const float* q_sink, const float* q_window, float scale, int64_t row_begin, int64_t row_end,
+                   float* scores, int64_t scores_stride);
+// One head's |A(t)| scores -> attention weights in place (rounded to half with an f16 cache).
+void attend_softmax(const SinkCache& cache, float* scores, int64_t n);
+// partial (group, head_dim) = sum over rows [row_begin, row_end) of weights[h * stride + row] * V_row.
+void attend_accumulate(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
+                       int64_t row_begin, int64_t row_end, const float* weights, int64_t weights_stride,
+                       float* partial);
 
 }  // namespace sinkstream

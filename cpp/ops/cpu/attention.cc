@@ -1,9 +1,11 @@
 // Attention over the sink cache (ops.h `attend`): a GQA group of query heads, A(t) as runs of slots.
 // The scalar kernels here are the reference; attention_avx2.cc has the fast ones, picked at run time.
+#include <algorithm>
 #include <cmath>
 #include <type_traits>
 #include <vector>
 
+#include "core/error.h"
 #include "core/fp16.h"
 #include "ops/cpu/attention_kernels.h"
 #include "ops/cpu/cpu_features.h"
@@ -27,7 +29,7 @@ const float* fp16_table() {
 
 inline float to_f32(float v) { return v; }
 inline float round_to_half(float v) { return fp16_to_f32(f32_to_fp16(v)); }
-constexpr int64_t kMaxGroupDim = 2048;  // query heads per KV head * head_dim rounded on the stack
+constexpr int64_t kMaxGroupDim = 8192;  // query heads per KV head * head_dim, kept on the stack
 inline float to_f32(uint16_t v) { return fp16_table()[v]; }
 
 template <typename T>
@@ -106,57 +108,112 @@ int collect_runs(const SinkCache& cache, uint64_t t, Run runs[3]) {
   return n;
 }
 
-template <typename T, typename Score, typename Accumulate>
-void attend_typed(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
-                  const float* q_sink, const float* q_window, float scale, float* scores, float* out, Score score,
-                  Accumulate accumulate, const Kernels& k) {
-  const int64_t dim = cache.head_dim();
-  const int64_t row = cache.row_elements();
-  const T* keys = reinterpret_cast<const T*>(cache.keys(layer)) + kv_head * dim;
-  const T* values = reinterpret_cast<const T*>(cache.values(layer)) + kv_head * dim;
+// Calls fn(first_slot, n_rows, sink, row) for the parts of the runs of A(t) that hold rows
+// [row_begin, row_end) of A(t) in token order (row: the first one's index in A(t)).
+template <typename Fn>
+void for_each_run_part(const SinkCache& cache, uint64_t t, int64_t row_begin, int64_t row_end, Fn fn) {
   Run runs[3];
   const int n_runs = collect_runs(cache, t, runs);
-  int64_t n_total = 0;  // |A(t)|: each head's scores are a contiguous row of this length
-  for (int i = 0; i < n_runs; ++i) n_total += runs[i].n_rows;
+  int64_t row = 0;
+  for (int i = 0; i < n_runs; ++i) {
+    const int64_t lo = std::max(row_begin, row), hi = std::min(row_end, row + runs[i].n_rows);
+    if (lo < hi) fn(runs[i].first_slot + (lo - row), hi - lo, runs[i].sink, lo);
+    row += runs[i].n_rows;
+  }
+}
 
+template <typename T>
+const T* cache_rows(const void* base, int64_t kv_head, int64_t dim) {
+  return reinterpret_cast<const T*>(base) + kv_head * dim;
+}
+
+template <typename T, typename Score>
+void scores_typed(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
+                  const float* q_sink, const float* q_window, float scale, int64_t row_begin, int64_t row_end,
+                  float* scores, int64_t scores_stride, Score score, const Kernels& k) {
+  const int64_t dim = cache.head_dim();
+  const int64_t row = cache.row_elements();
+  const T* keys = cache_rows<T>(cache.keys(layer), kv_head, dim);
   // With a half-precision cache both operands of each product are half precision: the query is
-  // rounded like the keys, and the attention weights like the values (as llama.cpp's f16 cache
-  // does), so the two engines agree closely.
-  constexpr bool kHalf = std::is_same<T, uint16_t>::value;
+  // rounded like the keys (and, in attend_softmax, the attention weights like the values), as
+  // llama.cpp's f16 cache does, so the two engines agree closely.
   float q_half[2][kMaxGroupDim];
-  if (kHalf && group * dim <= kMaxGroupDim) {
+  if (std::is_same<T, uint16_t>::value && group * dim <= kMaxGroupDim) {
     k.round_to_half(q_sink, group * dim, q_half[0]);
     k.round_to_half(q_window, group * dim, q_half[1]);
     q_sink = q_half[0];
     q_window = q_half[1];
   }
+  for_each_run_part(cache, t, row_begin, row_end, [&](int64_t slot, int64_t n_rows, bool sink, int64_t r) {
+    score(keys + slot * row, n_rows, row, sink ? q_sink : q_window, group, dim, scale, scores + r, scores_stride);
+  });
+}
 
-  int64_t n = 0;  // rows scored so far
-  for (int i = 0; i < n_runs; ++i) {
-    score(keys + runs[i].first_slot * row, runs[i].n_rows, row, runs[i].sink ? q_sink : q_window, group, dim, scale,
-          scores + n, n_total);
-    n += runs[i].n_rows;
-  }
-  for (int64_t h = 0; h < group; ++h) k.softmax(scores + h * n_total, n_total, kHalf);
-  for (int64_t i = 0; i < group * dim; ++i) out[i] = 0.0f;
-  n = 0;
-  for (int i = 0; i < n_runs; ++i) {
-    accumulate(values + runs[i].first_slot * row, runs[i].n_rows, row, scores + n, n_total, group, dim, out);
-    n += runs[i].n_rows;
-  }
+template <typename T, typename Accumulate>
+void accumulate_typed(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
+                      int64_t row_begin, int64_t row_end, const float* weights, int64_t weights_stride,
+                      float* partial, Accumulate accumulate) {
+  const int64_t dim = cache.head_dim();
+  const int64_t row = cache.row_elements();
+  const T* values = cache_rows<T>(cache.values(layer), kv_head, dim);
+  for (int64_t i = 0; i < group * dim; ++i) partial[i] = 0.0f;
+  for_each_run_part(cache, t, row_begin, row_end, [&](int64_t slot, int64_t n_rows, bool, int64_t r) {
+    accumulate(values + slot * row, n_rows, row, weights + r, weights_stride, group, dim, partial);
+  });
 }
 
 }  // namespace
 
-void attend(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t, const float* q_sink,
-            const float* q_window, float scale, float* scores, float* out) {
+int64_t attention_set_size(const SinkCache& cache, uint64_t t) {
+  return (int64_t)cache.span(t).query_position + 1;  // p(t) = |A(t)| - 1
+}
+
+void attend_scores(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
+                   const float* q_sink, const float* q_window, float scale, int64_t row_begin, int64_t row_end,
+                   float* scores, int64_t scores_stride) {
   const Kernels& k = kernels_for(cache.head_dim());
   if (cache.type() == KvType::kF16)
-    attend_typed<uint16_t>(cache, layer, kv_head, group, t, q_sink, q_window, scale, scores, out, k.score_f16,
-                           k.accumulate_f16, k);
+    scores_typed<uint16_t>(cache, layer, kv_head, group, t, q_sink, q_window, scale, row_begin, row_end, scores,
+                           scores_stride, k.score_f16, k);
   else
-    attend_typed<float>(cache, layer, kv_head, group, t, q_sink, q_window, scale, scores, out, k.score_f32,
-                        k.accumulate_f32, k);
+    scores_typed<float>(cache, layer, kv_head, group, t, q_sink, q_window, scale, row_begin, row_end, scores,
+                        scores_stride, k.score_f32, k);
+}
+
+void attend_softmax(const SinkCache& cache, float* scores, int64_t n) {
+  kernels_for(cache.head_dim()).softmax(scores, n, cache.type() == KvType::kF16);
+}
+
+void attend_accumulate(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
+                       int64_t row_begin, int64_t row_end, const float* weights, int64_t weights_stride,
+                       float* partial) {
+  const Kernels& k = kernels_for(cache.head_dim());
+  if (cache.type() == KvType::kF16)
+    accumulate_typed<uint16_t>(cache, layer, kv_head, group, t, row_begin, row_end, weights, weights_stride, partial,
+                               k.accumulate_f16);
+  else
+    accumulate_typed<float>(cache, layer, kv_head, group, t, row_begin, row_end, weights, weights_stride, partial,
+                            k.accumulate_f32);
+}
+
+void attend(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t, const float* q_sink,
+            const float* q_window, float scale, float* scores, float* out) {
+  const int64_t n = attention_set_size(cache, t), width = group * cache.head_dim();
+  SS_CHECK_ARG(width <= kMaxGroupDim, "attention: ", group, " query heads x head_dim ", cache.head_dim(),
+               " exceeds ", kMaxGroupDim);
+  // Scores and the weighted sum go in kAttendChunkRows-row pieces (the partial sums added in
+  // order): the same bits as a split of those pieces over threads. (Kernels block rows from the
+  // start of each call, so the pieces must be the same for the same bits.)
+  for (int64_t r = 0; r < n; r += kAttendChunkRows)
+    attend_scores(cache, layer, kv_head, group, t, q_sink, q_window, scale, r, std::min(n, r + kAttendChunkRows),
+                  scores, n);
+  for (int64_t h = 0; h < group; ++h) attend_softmax(cache, scores + h * n, n);
+  float partial[kMaxGroupDim];
+  for (int64_t i = 0; i < width; ++i) out[i] = 0.0f;
+  for (int64_t r = 0; r < n; r += kAttendChunkRows) {
+    attend_accumulate(cache, layer, kv_head, group, t, r, std::min(n, r + kAttendChunkRows), scores, n, partial);
+    for (int64_t i = 0; i < width; ++i) out[i] += partial[i];
+  }
 }
 
 }  // namespace sinkstream

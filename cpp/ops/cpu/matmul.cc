@@ -96,45 +96,85 @@ QuantizeFn select_quantize(Isa isa) {
   return fn != nullptr ? fn : quantize_activations;
 }
 
-void matmul_at_isa(const WeightMatrix& w, const float* x, int64_t n, float* y, ThreadPool& pool, Isa isa) {
-  check_weight(w);
-  SS_CHECK_ARG(n >= 0, "matmul with ", w.name, ": n = ", n, " tokens");
+void matmul_shared_input_at_isa(const WeightMatrix* const* ws, float* const* ys, int count, const float* x, int64_t n,
+                                ThreadPool& pool, Isa isa) {
+  SS_CHECK_ARG(count >= 1, "matmul of ", count, " weights");
+  const WeightMatrix& first = *ws[0];
+  for (int i = 0; i < count; ++i) check_weight(*ws[i]);
+  SS_CHECK_ARG(n >= 0, "matmul with ", first.name, ": n = ", n, " tokens");
   if (n == 0) return;
-  SS_CHECK_ARG(x != nullptr && y != nullptr, "matmul with ", w.name, ": null input or output");
+  SS_CHECK_ARG(x != nullptr, "matmul with ", first.name, ": null input");
   SS_CHECK_ARG(isa_supported(isa), "ISA ", isa_name(isa), " is not available on this CPU (best: ",
                isa_name(best_isa()), ")");
-  const ActFormat format = activation_format(w.type);
-  const DotTileFn dot = select_dot_tile(w.type, isa);
-  const int64_t n_blocks = w.cols / ggml_type_info(w.type).block_size;
+  const ActFormat format = activation_format(first.type);
+  bool one_format = true;
+  for (int i = 0; i < count; ++i) {
+    SS_CHECK_ARG(ys[i] != nullptr, "matmul with ", ws[i]->name, ": null output");
+    SS_CHECK_ARG(ws[i]->cols == first.cols, "matmul of ", ws[i]->name, " (", ws[i]->cols, " columns) and ",
+                 first.name, " (", first.cols, " columns) with one input");
+    one_format = one_format && activation_format(ws[i]->type) == format;
+  }
+  if (!one_format) {  // e.g. Q8_0 beside Q4_K: each needs its own quantization of X
+    for (int i = 0; i < count; ++i) matmul_shared_input_at_isa(&ws[i], &ys[i], 1, x, n, pool, isa);
+    return;
+  }
 
-  // Activations: float rows are used in place; quantized rows are made once for all output rows.
+  // Activations: float rows are used in place; quantized rows are made once for all output rows
+  // of all the weights.
   const uint8_t* act = reinterpret_cast<const uint8_t*>(x);
-  const int64_t act_stride = activation_row_bytes(format, w.cols);
+  const int64_t act_stride = activation_row_bytes(format, first.cols);
   if (format != ActFormat::F32) {
     uint8_t* q = activation_scratch(n * act_stride);
     const QuantizeFn quantize = select_quantize(isa);
-    for (int64_t t = 0; t < n; ++t) quantize(format, x + t * w.cols, w.cols, q + t * act_stride);
+    for (int64_t t = 0; t < n; ++t) quantize(format, x + t * first.cols, first.cols, q + t * act_stride);
     act = q;
   }
 
-  const int64_t rows_per_group = std::max<int64_t>(1, kTileBytes / w.row_bytes);
+  // The weights' rows, one after the other, are one row space split among the threads; a task's
+  // range may cover the end of one weight and the start of the next.
+  DotTileFn dots[kMaxSharedInput];
+  int64_t row_start[kMaxSharedInput + 1];
+  SS_CHECK_ARG(count <= kMaxSharedInput, "matmul of ", count, " weights with one input: at most ", kMaxSharedInput);
+  row_start[0] = 0;
+  for (int i = 0; i < count; ++i) {
+    dots[i] = select_dot_tile(ws[i]->type, isa);
+    row_start[i + 1] = row_start[i] + ws[i]->rows;
+  }
   pool.parallel_for(
-      w.rows,
-      [&](int64_t row_begin, int64_t row_end, int) {
-        for (int64_t g = row_begin; g < row_end; g += rows_per_group) {
-          const int nr = (int)std::min(row_end - g, rows_per_group);
-          for (int64_t t = 0; t < n; t += kTokenTile) {
-            const int nt = (int)std::min<int64_t>(kTokenTile, n - t);
-            dot(n_blocks, w.data + g * w.row_bytes, w.row_bytes, nr, act + t * act_stride, act_stride, nt,
-                y + t * w.rows + g, w.rows);
+      row_start[count],
+      [&](int64_t begin, int64_t end, int) {
+        for (int i = 0; i < count; ++i) {
+          const int64_t lo = std::max(begin, row_start[i]) - row_start[i];
+          const int64_t hi = std::min(end, row_start[i + 1]) - row_start[i];
+          const WeightMatrix& w = *ws[i];
+          const int64_t rows_per_group = std::max<int64_t>(1, kTileBytes / w.row_bytes);
+          const int64_t n_blocks = w.cols / ggml_type_info(w.type).block_size;
+          for (int64_t g = lo; g < hi; g += rows_per_group) {
+            const int nr = (int)std::min(hi - g, rows_per_group);
+            for (int64_t t = 0; t < n; t += kTokenTile) {
+              const int nt = (int)std::min<int64_t>(kTokenTile, n - t);
+              dots[i](n_blocks, w.data + g * w.row_bytes, w.row_bytes, nr, act + t * act_stride, act_stride, nt,
+                      ys[i] + t * w.rows + g, w.rows);
+            }
           }
         }
       },
-      std::max<int64_t>(1, kMinMacsPerTask / (w.cols * n)));
+      std::max<int64_t>(1, kMinMacsPerTask / (first.cols * n)));
+}
+
+void matmul_at_isa(const WeightMatrix& w, const float* x, int64_t n, float* y, ThreadPool& pool, Isa isa) {
+  const WeightMatrix* ws[1] = {&w};
+  float* ys[1] = {y};
+  matmul_shared_input_at_isa(ws, ys, 1, x, n, pool, isa);
 }
 
 void matmul(const WeightMatrix& w, const float* x, int64_t n, float* y, ThreadPool& pool) {
   matmul_at_isa(w, x, n, y, pool, active_isa());
+}
+
+void matmul_shared_input(const WeightMatrix* const* ws, float* const* ys, int count, const float* x, int64_t n,
+                         ThreadPool& pool) {
+  matmul_shared_input_at_isa(ws, ys, count, x, n, pool, active_isa());
 }
 
 void get_row(const WeightMatrix& w, int64_t row, float* out) {

@@ -92,7 +92,10 @@ DotTileFn neon_dot_tile(GgmlType type);
 // actually comes from.
 DotTileFn select_dot_tile(GgmlType type, Isa isa, Isa* chosen = nullptr);
 
-// matmul (ops.h) with the kernel level given explicitly; tests compare the levels on one CPU.
+// matmul / matmul_shared_input (ops.h) with the kernel level given explicitly; tests compare the
+// levels on one CPU.
 void matmul_at_isa(const WeightMatrix& w, const float* x, int64_t n, float* y, ThreadPool& pool, Isa isa);
+void matmul_shared_input_at_isa(const WeightMatrix* const* ws, float* const* ys, int count, const float* x, int64_t n,
+                                ThreadPool& pool, Isa isa);
 
 }  // namespace sinkstream
