@@ -274,6 +274,7 @@ def test_bad_arguments_raise():
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_neon_kernels_under_qemu(tmp_path):
     # The NEON kernels cannot run on x86: cross-compile tests/cpp/matmul_isa_check.cc for AArch64
     # (with and without the dot-product extension) and run it under qemu-user, when both exist.

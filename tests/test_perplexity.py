@@ -307,6 +307,18 @@ def test_running_log_ppl_is_a_sliding_nan_mean():
             assert np.isnan(got[i])
 
 
+def test_shared_positions_ppl_uses_only_positions_every_mode_evaluated():
+    nan = np.nan
+    curves = {"dense": np.array([1.0, 2.0, 3.0]),                    # stops early (training context)
+              "recompute": np.array([4.0, nan, 6.0, nan, 8.0]),      # strided
+              "streaming": np.array([0.5, 1.5, 2.5, 3.5, 4.5])}
+    count, shared = ppl_cmd.shared_positions_ppl(curves)
+    assert count == 2  # positions 0 and 2
+    assert shared["dense"] == pytest.approx(np.exp(2.0))
+    assert shared["recompute"] == pytest.approx(np.exp(5.0))
+    assert shared["streaming"] == pytest.approx(np.exp(1.5))
+
+
 def test_parse_modes():
     assert ppl_cmd.parse_modes(None) == ["streaming"]
     assert ppl_cmd.parse_modes(["streaming,window", "recompute", "window"]) == ["streaming", "window", "recompute"]

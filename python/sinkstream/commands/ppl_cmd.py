@@ -110,6 +110,21 @@ def write_outputs(prefix: str, mode: str, nll: np.ndarray, tokens: np.ndarray) -
     return [npy, csv]
 
 
+MIN_PLOTTED_POSITIONS = 20
+
+
+def shared_positions_ppl(curves: dict[str, np.ndarray]) -> tuple[int, dict[str, float]]:
+    """Perplexity of each mode on the positions that every mode evaluated (dense stops at the
+    training context, recompute may be strided): the like-for-like comparison."""
+    n = min(len(nll) for nll in curves.values())
+    shared = np.ones(n, dtype=bool)
+    for nll in curves.values():
+        shared &= ~np.isnan(nll[:n])
+    count = int(shared.sum())
+    return count, {mode: (math.exp(float(nll[:n][shared].mean())) if count else math.nan)
+                   for mode, nll in curves.items()}
+
+
 def plot_curves(path: str, curves: dict[str, np.ndarray], window: int, title: str, capacity: int | None) -> None:
     import matplotlib
 
@@ -118,10 +133,17 @@ def plot_curves(path: str, curves: dict[str, np.ndarray], window: int, title: st
 
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=120)
     for mode, nll in curves.items():
-        y = running_log_ppl(nll, window)
+        # A strided series (recompute evaluates every K-th position) is averaged over at least
+        # MIN_PLOTTED_POSITIONS of its own points, so it is not noisier than the others.
+        evaluated = int((~np.isnan(nll)).sum())
+        stride = max(1, round(len(nll) / max(evaluated, 1)))
+        span = window if stride == 1 else max(window, MIN_PLOTTED_POSITIONS * stride)
+        y = running_log_ppl(nll, span)
         x = np.arange(1, len(nll) + 1)  # nll[i] scores token i + 1
         keep = ~np.isnan(y)
-        ax.plot(x[keep], y[keep], label=f"{mode} (ppl {math.exp(np.nanmean(nll)):.2f})", linewidth=1.2)
+        label = f"{mode} (ppl {math.exp(np.nanmean(nll)):.2f}" + (f", every {stride}th, over {span})" if stride > 1 else ")")
+        ax.plot(x[keep], y[keep], label=label, linewidth=1.2, linestyle="--" if mode == "dense" else "-",
+                zorder=3 if mode == "dense" else 2)
     if capacity is not None:
         ax.axvline(capacity, color="gray", linestyle=":", linewidth=1, label=f"cache size {capacity}")
     ax.set_xlabel("input length (tokens)")
@@ -206,6 +228,16 @@ def run(args: argparse.Namespace) -> int:
     print("  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths))))
     for r in rows:
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+
+    # Like-for-like: all modes on the positions each of them scored; and, since dense stops at the
+    # training context, the others without it (the whole stream where none is strided).
+    groups = [list(curves)] if len(curves) > 1 else []
+    if "dense" in curves and len(curves) > 2:
+        groups.append([mode for mode in curves if mode != "dense"])
+    for group in groups:
+        count, shared = shared_positions_ppl({mode: curves[mode] for mode in group})
+        print(f"on the {count} positions {', '.join(group)} all scored: "
+              + ", ".join(f"{mode} {value:.4f}" for mode, value in shared.items()))
 
     if args.plot:
         title = f"{Path(model.path).name} on {Path(source).name}: n_sink {args.n_sink}, window {args.window}"
