@@ -152,22 +152,24 @@ void LlamaModel::forward(const int32_t* tokens, int64_t n, uint64_t t0, SinkCach
     // Every (token, KV head) pair attends independently with its group of query heads: all keys
     // of the chunk are already stored, and the ring's slack keeps each query's whole A(t) in place.
     if (n * c.n_head_kv < 2 * pool.n_threads() && attention_set_size(cache, t0) > kAttendChunkRows) {
-      // Decode deep in a stream: too few (token, KV head) pairs to keep every thread busy; spread
-      // each token's attention over the threads in pieces of its A(t) (the same bits as attend()).
+      // Decode deep in a stream: too few pairs to keep every thread busy; spread each token's
+      // attention over the threads in pieces of its A(t) instead (the same bits as attend()).
       for (int64_t b = 0; b < n; ++b) {
         const float* q = s.q.data() + b * q_dim;
-        attend_across_threads(cache, l, c.n_head_kv, group, t0 + (uint64_t)b, separate_sink_query[b] ? s.q_sink.data() + b * q_dim : q,
-                              q, scale, s, pool, s.attn.data() + b * q_dim);
+        const float* qs = separate_sink_query[b] ? s.q_sink.data() + b * q_dim : q;
+        attend_across_threads(cache, l, c.n_head_kv, group, t0 + (uint64_t)b, qs, q, scale, s, pool,
+                              s.attn.data() + b * q_dim);
       }
-    } else
-    pool.run(n * c.n_head_kv, [&](int64_t task, int thread) {
-      const int64_t b = task / c.n_head_kv, kv_head = task % c.n_head_kv;
-      const int64_t first = b * q_dim + kv_head * group * hd;  // the group's query heads are contiguous
-      const float* q = s.q.data() + first;
-      const float* qs = separate_sink_query[b] ? s.q_sink.data() + first : q;
-      attend(cache, l, kv_head, group, t0 + (uint64_t)b, qs, q, scale, s.scores.data() + thread * s.scores_stride,
-             s.attn.data() + first);
-    });
+    } else {
+      pool.run(n * c.n_head_kv, [&](int64_t task, int thread) {
+        const int64_t b = task / c.n_head_kv, kv_head = task % c.n_head_kv;
+        const int64_t first = b * q_dim + kv_head * group * hd;  // the group's query heads are contiguous
+        const float* q = s.q.data() + first;
+        const float* qs = separate_sink_query[b] ? s.q_sink.data() + first : q;
+        attend(cache, l, kv_head, group, t0 + (uint64_t)b, qs, q, scale, s.scores.data() + thread * s.scores_stride,
+               s.attn.data() + first);
+      });
+    }
     for (int64_t b = 0; b < n; ++b) {
       const AttentionSpan span = cache.span(t0 + (uint64_t)b);
       s.entries_attended += (uint64_t)c.n_head * (span.query_position + 1);  // |A(t)| = p(t) + 1

@@ -98,7 +98,8 @@ QuantizeFn select_quantize(Isa isa) {
 
 void matmul_shared_input_at_isa(const WeightMatrix* const* ws, float* const* ys, int count, const float* x, int64_t n,
                                 ThreadPool& pool, Isa isa) {
-  SS_CHECK_ARG(count >= 1, "matmul of ", count, " weights");
+  SS_CHECK_ARG(count >= 1 && count <= kMaxSharedInput, "matmul of ", count, " weights with one input: 1 to ",
+               kMaxSharedInput);
   const WeightMatrix& first = *ws[0];
   for (int i = 0; i < count; ++i) check_weight(*ws[i]);
   SS_CHECK_ARG(n >= 0, "matmul with ", first.name, ": n = ", n, " tokens");
@@ -134,7 +135,6 @@ void matmul_shared_input_at_isa(const WeightMatrix* const* ws, float* const* ys,
   // range may cover the end of one weight and the start of the next.
   DotTileFn dots[kMaxSharedInput];
   int64_t row_start[kMaxSharedInput + 1];
-  SS_CHECK_ARG(count <= kMaxSharedInput, "matmul of ", count, " weights with one input: at most ", kMaxSharedInput);
   row_start[0] = 0;
   for (int i = 0; i < count; ++i) {
     dots[i] = select_dot_tile(ws[i]->type, isa);
