@@ -58,11 +58,10 @@ run_logged cmake --build "$BUILD" --parallel "$JOBS"
 echo "   built in $(( $(date +%s) - start )) s: $(ls "$BUILD"/_core*.so)"
 
 # A package directory: the Python sources plus the CUDA-enabled _core module.
+# shellcheck source=scripts/package_dir.sh
+. scripts/package_dir.sh
+make_package_dir "$BUILD"
 PKG="$BUILD/python"
-rm -rf "$PKG"
-mkdir -p "$PKG"
-cp -r python/sinkstream "$PKG/"
-cp "$BUILD"/_core*.so "$PKG/sinkstream/"
 
 echo "== import"
 PYTHONPATH="$PKG" "$PYTHON" - "$PKG" <<'EOF'

@@ -41,11 +41,10 @@ ASAN_OPTIONS=detect_leaks=1:strict_string_checks=1:detect_stack_use_after_return
   ctest --test-dir "$BUILD" --output-on-failure
 
 # A package directory: the Python sources plus the sanitized _core module.
+# shellcheck source=scripts/package_dir.sh
+. scripts/package_dir.sh
+make_package_dir "$BUILD"
 PKG="$BUILD/python"
-rm -rf "$PKG"
-mkdir -p "$PKG"
-cp -r python/sinkstream "$PKG/"
-cp "$BUILD"/_core*.so "$PKG/sinkstream/"
 
 # The interpreter is not instrumented, so the ASan runtime must be loaded first (LD_PRELOAD).
 # libstdc++ is preloaded too: ASan intercepts __cxa_throw when it starts, and Python only loads
