@@ -5,6 +5,7 @@
 namespace sinkstream::bindings {
 void bind_gguf(nanobind::module_& m);
 void bind_quant(nanobind::module_& m);
+void bind_attention(nanobind::module_& m);
 void bind_tokenizer(nanobind::module_& m);
 void bind_model(nanobind::module_& m);
 void bind_sampler(nanobind::module_& m);

@@ -24,6 +24,7 @@ NB_MODULE(_core, m) {
   });
   sinkstream::bindings::bind_gguf(m);
   sinkstream::bindings::bind_quant(m);
+  sinkstream::bindings::bind_attention(m);
   sinkstream::bindings::bind_tokenizer(m);
   sinkstream::bindings::bind_model(m);
   sinkstream::bindings::bind_sampler(m);

@@ -14,27 +14,43 @@ SinkCache::SinkCache(int64_t n_layer, int64_t n_head_kv, int64_t head_dim, int64
   SS_CHECK_ARG(n_sink >= 0, "n_sink must be >= 0, got ", n_sink);
   SS_CHECK_ARG(window >= 1, "window must be >= 1, got ", window);
   SS_CHECK_ARG(max_chunk >= 1, "batch size must be >= 1, got ", max_chunk);
-  layer_bytes_ = n_slots() * row_elements() * (int64_t)element_bytes();
+  const size_t bytes = (size_t)(n_layer_ * n_head_kv_ * n_slots()) * head_row_bytes();
   // Allocated and touched once, here: the cache never grows (streaming.md invariant 2).
-  keys_.assign((size_t)(n_layer_ * layer_bytes_), 0);
-  values_.assign((size_t)(n_layer_ * layer_bytes_), 0);
+  keys_.assign(bytes, 0);
+  values_.assign(bytes, 0);
 }
 
 void SinkCache::store(int64_t layer, uint64_t token, const float* key, const float* value) {
-  const int64_t n = row_elements();
-  const size_t offset = (size_t)(slot_of(token) * n) * element_bytes();
-  uint8_t* k = keys(layer) + offset;
-  uint8_t* v = values(layer) + offset;
-  if (type_ == KvType::kF32) {
-    std::memcpy(k, key, (size_t)n * 4);
-    std::memcpy(v, value, (size_t)n * 4);
-  } else {
-    uint16_t* kh = reinterpret_cast<uint16_t*>(k);
-    uint16_t* vh = reinterpret_cast<uint16_t*>(v);
-    for (int64_t i = 0; i < n; ++i) {
-      kh[i] = f32_to_fp16(key[i]);
-      vh[i] = f32_to_fp16(value[i]);
+  for (int64_t h = 0; h < n_head_kv_; ++h) {
+    uint8_t* k = keys_.data() + row_offset(layer, h, token);
+    uint8_t* v = values_.data() + row_offset(layer, h, token);
+    const float* key_h = key + h * head_dim_;
+    const float* value_h = value + h * head_dim_;
+    if (type_ == KvType::kF32) {
+      std::memcpy(k, key_h, head_row_bytes());
+      std::memcpy(v, value_h, head_row_bytes());
+    } else {
+      uint16_t* kh = reinterpret_cast<uint16_t*>(k);
+      uint16_t* vh = reinterpret_cast<uint16_t*>(v);
+      for (int64_t i = 0; i < head_dim_; ++i) {
+        kh[i] = f32_to_fp16(key_h[i]);
+        vh[i] = f32_to_fp16(value_h[i]);
+      }
     }
+  }
+}
+
+void SinkCache::copy_out(int64_t layer, uint64_t token, uint8_t* key, uint8_t* value) const {
+  for (int64_t h = 0; h < n_head_kv_; ++h) {
+    std::memcpy(key + h * head_row_bytes(), keys_.data() + row_offset(layer, h, token), head_row_bytes());
+    std::memcpy(value + h * head_row_bytes(), values_.data() + row_offset(layer, h, token), head_row_bytes());
+  }
+}
+
+void SinkCache::copy_in(int64_t layer, uint64_t token, const uint8_t* key, const uint8_t* value) {
+  for (int64_t h = 0; h < n_head_kv_; ++h) {
+    std::memcpy(keys_.data() + row_offset(layer, h, token), key + h * head_row_bytes(), head_row_bytes());
+    std::memcpy(values_.data() + row_offset(layer, h, token), value + h * head_row_bytes(), head_row_bytes());
   }
 }
 

@@ -71,27 +71,38 @@ class SinkCache {
     return j < (uint64_t)n_sink_ ? (int64_t)j : n_sink_ + (int64_t)((j - (uint64_t)n_sink_) % (uint64_t)ring_slots_);
   }
 
-  // Raw storage of layer `layer`: n_slots rows of row_elements() values (f16 bits or f32).
-  uint8_t* keys(int64_t layer) { return keys_.data() + (size_t)(layer * layer_bytes_); }
-  uint8_t* values(int64_t layer) { return values_.data() + (size_t)(layer * layer_bytes_); }
-  const uint8_t* keys(int64_t layer) const { return keys_.data() + (size_t)(layer * layer_bytes_); }
-  const uint8_t* values(int64_t layer) const { return values_.data() + (size_t)(layer * layer_bytes_); }
+  // Storage is head-major: for each layer and KV head, n_slots rows of head_dim values (f16 bits or
+  // f32), slot after slot. Attention reads one KV head's rows at a time, so they are one contiguous
+  // stream (a token-major layout, all heads of a slot together, made each head's pass a strided
+  // walk that took about twice as long from DRAM).
+  const uint8_t* key_rows(int64_t layer, int64_t kv_head) const { return keys_.data() + head_offset(layer, kv_head); }
+  const uint8_t* value_rows(int64_t layer, int64_t kv_head) const {
+    return values_.data() + head_offset(layer, kv_head);
+  }
   size_t element_bytes() const { return type_ == KvType::kF16 ? 2 : 4; }
+  size_t head_row_bytes() const { return (size_t)head_dim_ * element_bytes(); }  // one slot of one head
 
-  // Writes one token's rows (float32, row_elements() each), converting to the storage type.
+  // Writes one token's rows (float32, row_elements() each, head after head), converting to the
+  // storage type.
   void store(int64_t layer, uint64_t token, const float* key, const float* value);
 
-  // Raw bytes for save/restore (exact: the storage is written as is).
-  std::vector<uint8_t>& raw_keys() { return keys_; }
-  std::vector<uint8_t>& raw_values() { return values_; }
+  // One token's stored K and V of a layer as raw bytes, head after head (row_elements() *
+  // element_bytes() each), for save/restore: exact, the storage is copied as is.
+  void copy_out(int64_t layer, uint64_t token, uint8_t* key, uint8_t* value) const;
+  void copy_in(int64_t layer, uint64_t token, const uint8_t* key, const uint8_t* value);
 
  private:
   int64_t n_layer_, n_head_kv_, head_dim_, n_sink_, window_, ring_slots_;
   KvType type_;
   uint64_t position_offset_;
-  int64_t layer_bytes_;
-  std::vector<uint8_t> keys_;    // (n_layer, n_slots, n_head_kv, head_dim)
-  std::vector<uint8_t> values_;  // (n_layer, n_slots, n_head_kv, head_dim)
+  size_t head_offset(int64_t layer, int64_t kv_head) const {
+    return (size_t)(layer * n_head_kv_ + kv_head) * (size_t)n_slots() * head_row_bytes();
+  }
+  size_t row_offset(int64_t layer, int64_t kv_head, uint64_t token) const {
+    return head_offset(layer, kv_head) + (size_t)slot_of(token) * head_row_bytes();
+  }
+  std::vector<uint8_t> keys_;    // (n_layer, n_head_kv, n_slots, head_dim)
+  std::vector<uint8_t> values_;  // (n_layer, n_head_kv, n_slots, head_dim)
 };
 
 }  // namespace sinkstream

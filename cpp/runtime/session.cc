@@ -238,9 +238,10 @@ std::vector<uint8_t> Session::save() const {
   const size_t row_bytes = (size_t)cache_.row_elements() * cache_.element_bytes();
   for (int64_t l = 0; l < cache_.n_layer(); ++l) {
     auto copy_rows = [&](uint64_t begin, uint64_t end) {
-      for (uint64_t j = begin; j < end; ++j) {
-        append(out, cache_.keys(l) + (size_t)cache_.slot_of(j) * row_bytes, row_bytes);
-        append(out, cache_.values(l) + (size_t)cache_.slot_of(j) * row_bytes, row_bytes);
+      for (uint64_t j = begin; j < end; ++j) {  // per token: its K row, then its V row (all heads)
+        const size_t at = out.size();
+        out.resize(at + 2 * row_bytes);
+        cache_.copy_out(l, j, out.data() + at, out.data() + at + row_bytes);
       }
     };
     copy_rows(0, h.sink_end);
@@ -289,8 +290,7 @@ void Session::load(const std::vector<uint8_t>& state) {
   for (int64_t l = 0; l < cache_.n_layer(); ++l) {
     auto copy_rows = [&](uint64_t begin, uint64_t end) {
       for (uint64_t j = begin; j < end; ++j) {
-        std::memcpy(cache_.keys(l) + (size_t)cache_.slot_of(j) * row_bytes, p, row_bytes);
-        std::memcpy(cache_.values(l) + (size_t)cache_.slot_of(j) * row_bytes, p + row_bytes, row_bytes);
+        cache_.copy_in(l, j, p, p + row_bytes);
         p += 2 * row_bytes;
       }
     };

@@ -107,10 +107,12 @@ int main() {
   }
   std::fprintf(stderr, "span and ring checked for %d (S, W, chunk) configurations\n", n_configs);
 
-  // store() writes token j's rows into slot_of(j), converted to the storage type.
+  // store() writes token j's rows into slot_of(j) of each head's rows, converted to the storage
+  // type; copy_out() gives them back head after head, and copy_in() of those bytes restores them.
   for (KvType type : {KvType::kF32, KvType::kF16}) {
     SinkCache cache(2, 2, 3, 2, 4, 2, type);
-    const int64_t n = cache.row_elements();
+    const int64_t n = cache.row_elements(), dim = cache.head_dim();
+    const size_t eb = cache.element_bytes();
     for (uint64_t j = 0; j < 30; ++j) {
       std::vector<float> k((size_t)n), v((size_t)n);
       for (int64_t i = 0; i < n; ++i) {
@@ -119,21 +121,36 @@ int main() {
       }
       const int64_t layer = (int64_t)(j % 2);
       cache.store(layer, j, k.data(), v.data());
-      const size_t row = (size_t)(cache.slot_of(j) * n) * cache.element_bytes();
-      for (int64_t i = 0; i < n; ++i) {
-        float got_k, got_v;
+      const auto element = [&](const uint8_t* p) {
         if (type == KvType::kF32) {
-          std::memcpy(&got_k, cache.keys(layer) + row + (size_t)i * 4, 4);
-          std::memcpy(&got_v, cache.values(layer) + row + (size_t)i * 4, 4);
-        } else {
-          uint16_t hk, hv;
-          std::memcpy(&hk, cache.keys(layer) + row + (size_t)i * 2, 2);
-          std::memcpy(&hv, cache.values(layer) + row + (size_t)i * 2, 2);
-          got_k = fp16_to_f32(hk);
-          got_v = fp16_to_f32(hv);
+          float f;
+          std::memcpy(&f, p, 4);
+          return f;
         }
-        CHECK_EQ(got_k, k[(size_t)i], "token", j, "element", i);  // values exact in f16 too
-        CHECK_EQ(got_v, v[(size_t)i], "token", j, "element", i);
+        uint16_t h;
+        std::memcpy(&h, p, 2);
+        return fp16_to_f32(h);
+      };
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t head = i / dim;
+        const size_t at = ((size_t)cache.slot_of(j) * (size_t)dim + (size_t)(i % dim)) * eb;
+        CHECK_EQ(element(cache.key_rows(layer, head) + at), k[(size_t)i], "token", j, "element", i);  // exact in f16
+        CHECK_EQ(element(cache.value_rows(layer, head) + at), v[(size_t)i], "token", j, "element", i);
+      }
+      std::vector<uint8_t> kb((size_t)n * eb), vb((size_t)n * eb);
+      cache.copy_out(layer, j, kb.data(), vb.data());
+      for (int64_t i = 0; i < n; ++i) {
+        CHECK_EQ(element(kb.data() + (size_t)i * eb), k[(size_t)i], "copy_out token", j, "element", i);
+        CHECK_EQ(element(vb.data() + (size_t)i * eb), v[(size_t)i], "copy_out token", j, "element", i);
+      }
+      SinkCache restored(2, 2, 3, 2, 4, 2, type);
+      restored.copy_in(layer, j, kb.data(), vb.data());
+      for (int64_t head = 0; head < cache.n_head_kv(); ++head) {
+        const size_t at = (size_t)cache.slot_of(j) * cache.head_row_bytes();
+        CHECK(std::memcmp(restored.key_rows(layer, head) + at, cache.key_rows(layer, head) + at,
+                          cache.head_row_bytes()) == 0, "copy_in keys, token", j, "head", head);
+        CHECK(std::memcmp(restored.value_rows(layer, head) + at, cache.value_rows(layer, head) + at,
+                          cache.head_row_bytes()) == 0, "copy_in values, token", j, "head", head);
       }
     }
   }

@@ -80,10 +80,14 @@ const Kernels& scalar_kernels() {
   return k;
 }
 
-const Kernels& kernels_for(int64_t dim) {
-  // x86-64 levels at or above AVX2 have AVX2+FMA+F16C (cpu_features.h); SINKSTREAM_ISA can lower it.
-  static const Kernels avx2 = active_isa() >= Isa::Avx2 ? avx2_kernels() : scalar_kernels();
-  return dim % 8 == 0 ? avx2 : scalar_kernels();
+// The kernels attention uses at level `isa` for rows of `dim` elements. x86-64 levels at or above
+// AVX2 have AVX2+FMA+F16C (cpu_features.h); SINKSTREAM_ISA can lower the level.
+const Kernels& kernels_for(int64_t dim, Isa isa) {
+  static const Kernels avx512 = isa_supported(Isa::Avx512) ? avx512_kernels() : scalar_kernels();
+  static const Kernels avx2 = isa_supported(Isa::Avx2) ? avx2_kernels() : scalar_kernels();
+  if (isa == Isa::Avx512 && isa_supported(isa) && dim % 16 == 0) return avx512;
+  if ((isa == Isa::Avx512 || isa == Isa::Avx2) && isa_supported(Isa::Avx2) && dim % 8 == 0) return avx2;
+  return scalar_kernels();
 }
 
 struct Run {
@@ -122,18 +126,13 @@ void for_each_run_part(const SinkCache& cache, uint64_t t, int64_t row_begin, in
   }
 }
 
-template <typename T>
-const T* cache_rows(const void* base, int64_t kv_head, int64_t dim) {
-  return reinterpret_cast<const T*>(base) + kv_head * dim;
-}
-
 template <typename T, typename Score>
 void scores_typed(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
                   const float* q_sink, const float* q_window, float scale, int64_t row_begin, int64_t row_end,
                   float* scores, int64_t scores_stride, Score score, const Kernels& k) {
   const int64_t dim = cache.head_dim();
-  const int64_t row = cache.row_elements();
-  const T* keys = cache_rows<T>(cache.keys(layer), kv_head, dim);
+  const int64_t row = dim;  // one KV head's rows are contiguous (sink_cache.h)
+  const T* keys = reinterpret_cast<const T*>(cache.key_rows(layer, kv_head));
   // With a half-precision cache both operands of each product are half precision: the query is
   // rounded like the keys (and, in attend_softmax, the attention weights like the values), as
   // llama.cpp's f16 cache does, so the two engines agree closely.
@@ -154,8 +153,8 @@ void accumulate_typed(const SinkCache& cache, int64_t layer, int64_t kv_head, in
                       int64_t row_begin, int64_t row_end, const float* weights, int64_t weights_stride,
                       float* partial, Accumulate accumulate) {
   const int64_t dim = cache.head_dim();
-  const int64_t row = cache.row_elements();
-  const T* values = cache_rows<T>(cache.values(layer), kv_head, dim);
+  const int64_t row = dim;  // one KV head's rows are contiguous (sink_cache.h)
+  const T* values = reinterpret_cast<const T*>(cache.value_rows(layer, kv_head));
   for (int64_t i = 0; i < group * dim; ++i) partial[i] = 0.0f;
   for_each_run_part(cache, t, row_begin, row_end, [&](int64_t slot, int64_t n_rows, bool, int64_t r) {
     accumulate(values + slot * row, n_rows, row, weights + r, weights_stride, group, dim, partial);
@@ -168,10 +167,11 @@ int64_t attention_set_size(const SinkCache& cache, uint64_t t) {
   return (int64_t)cache.span(t).query_position + 1;  // p(t) = |A(t)| - 1
 }
 
-void attend_scores(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
-                   const float* q_sink, const float* q_window, float scale, int64_t row_begin, int64_t row_end,
-                   float* scores, int64_t scores_stride) {
-  const Kernels& k = kernels_for(cache.head_dim());
+namespace {
+
+void scores_with(const Kernels& k, const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
+                 const float* q_sink, const float* q_window, float scale, int64_t row_begin, int64_t row_end,
+                 float* scores, int64_t scores_stride) {
   if (cache.type() == KvType::kF16)
     scores_typed<uint16_t>(cache, layer, kv_head, group, t, q_sink, q_window, scale, row_begin, row_end, scores,
                            scores_stride, k.score_f16, k);
@@ -180,14 +180,9 @@ void attend_scores(const SinkCache& cache, int64_t layer, int64_t kv_head, int64
                         scores_stride, k.score_f32, k);
 }
 
-void attend_softmax(const SinkCache& cache, float* scores, int64_t n) {
-  kernels_for(cache.head_dim()).softmax(scores, n, cache.type() == KvType::kF16);
-}
-
-void attend_accumulate(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
-                       int64_t row_begin, int64_t row_end, const float* weights, int64_t weights_stride,
-                       float* partial) {
-  const Kernels& k = kernels_for(cache.head_dim());
+void accumulate_with(const Kernels& k, const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group,
+                     uint64_t t, int64_t row_begin, int64_t row_end, const float* weights, int64_t weights_stride,
+                     float* partial) {
   if (cache.type() == KvType::kF16)
     accumulate_typed<uint16_t>(cache, layer, kv_head, group, t, row_begin, row_end, weights, weights_stride, partial,
                                k.accumulate_f16);
@@ -196,24 +191,52 @@ void attend_accumulate(const SinkCache& cache, int64_t layer, int64_t kv_head, i
                             k.accumulate_f32);
 }
 
-void attend(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t, const float* q_sink,
-            const float* q_window, float scale, float* scores, float* out) {
+}  // namespace
+
+void attend_scores(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
+                   const float* q_sink, const float* q_window, float scale, int64_t row_begin, int64_t row_end,
+                   float* scores, int64_t scores_stride) {
+  scores_with(kernels_for(cache.head_dim(), active_isa()), cache, layer, kv_head, group, t, q_sink, q_window, scale,
+              row_begin, row_end, scores, scores_stride);
+}
+
+void attend_softmax(const SinkCache& cache, float* scores, int64_t n) {
+  kernels_for(cache.head_dim(), active_isa()).softmax(scores, n, cache.type() == KvType::kF16);
+}
+
+void attend_accumulate(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
+                       int64_t row_begin, int64_t row_end, const float* weights, int64_t weights_stride,
+                       float* partial) {
+  accumulate_with(kernels_for(cache.head_dim(), active_isa()), cache, layer, kv_head, group, t, row_begin, row_end,
+                  weights, weights_stride, partial);
+}
+
+void attend_at_isa(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
+                   const float* q_sink, const float* q_window, float scale, float* scores, float* out, Isa isa) {
   const int64_t n = attention_set_size(cache, t), width = group * cache.head_dim();
   SS_CHECK_ARG(width <= kMaxGroupDim, "attention: ", group, " query heads x head_dim ", cache.head_dim(),
                " exceeds ", kMaxGroupDim);
+  SS_CHECK_ARG(isa_supported(isa), "ISA ", isa_name(isa), " is not available on this CPU (best: ",
+               isa_name(best_isa()), ")");
+  const Kernels& k = kernels_for(cache.head_dim(), isa);
   // Scores and the weighted sum go in kAttendChunkRows-row pieces (the partial sums added in
   // order): the same bits as a split of those pieces over threads. (Kernels block rows from the
   // start of each call, so the pieces must be the same for the same bits.)
   for (int64_t r = 0; r < n; r += kAttendChunkRows)
-    attend_scores(cache, layer, kv_head, group, t, q_sink, q_window, scale, r, std::min(n, r + kAttendChunkRows),
-                  scores, n);
-  for (int64_t h = 0; h < group; ++h) attend_softmax(cache, scores + h * n, n);
+    scores_with(k, cache, layer, kv_head, group, t, q_sink, q_window, scale, r, std::min(n, r + kAttendChunkRows),
+                scores, n);
+  for (int64_t h = 0; h < group; ++h) k.softmax(scores + h * n, n, cache.type() == KvType::kF16);
   float partial[kMaxGroupDim];
   for (int64_t i = 0; i < width; ++i) out[i] = 0.0f;
   for (int64_t r = 0; r < n; r += kAttendChunkRows) {
-    attend_accumulate(cache, layer, kv_head, group, t, r, std::min(n, r + kAttendChunkRows), scores, n, partial);
+    accumulate_with(k, cache, layer, kv_head, group, t, r, std::min(n, r + kAttendChunkRows), scores, n, partial);
     for (int64_t i = 0; i < width; ++i) out[i] += partial[i];
   }
+}
+
+void attend(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t, const float* q_sink,
+            const float* q_window, float scale, float* scores, float* out) {
+  attend_at_isa(cache, layer, kv_head, group, t, q_sink, q_window, scale, scores, out, active_isa());
 }
 
 }  // namespace sinkstream

@@ -23,131 +23,112 @@ static inline float horizontal_sum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// One row against up to 8 query heads at once (the loaded key vector is shared); each score needs
-// a horizontal sum. Used for the rows left over by the 4-row blocks below.
-template <typename T>
-static void score_rows_one_by_one(const T* keys, int64_t n_rows, int64_t row_stride, const float* q, int64_t group,
-                                  int64_t dim, float scale, float* scores, int64_t scores_stride) {
-  for (int64_t h0 = 0; h0 < group; h0 += 8) {
-    const int64_t hn = group - h0 < 8 ? group - h0 : 8;
-    for (int64_t r = 0; r < n_rows; ++r) {
-      const T* k = keys + r * row_stride;
-      __m256 acc[8];
-      for (int64_t h = 0; h < hn; ++h) acc[h] = _mm256_setzero_ps();
-      for (int64_t i = 0; i < dim; i += 8) {
-        const __m256 kv = load8(k + i);
-        for (int64_t h = 0; h < hn; ++h) acc[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q + (h0 + h) * dim + i), kv, acc[h]);
-      }
-      for (int64_t h = 0; h < hn; ++h) scores[(h0 + h) * scores_stride + r] = horizontal_sum(acc[h]) * scale;
-    }
-  }
-}
-
-// Four accumulators (rows r..r+3, lanes hold partial sums) -> the four dot products, in one vector.
+// Up to four accumulators (rows r..r+3, lanes hold partial sums) -> their dot products, in one vector.
 static inline __m128 sum_four(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
   const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
   return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
 }
 
-// Blocks of 4 rows x HN heads (HN <= 3: 12 accumulators and the 4 key vectors fit in 16 registers):
-// each key vector is converted once for HN heads, and the 4 scores of a head come out of one
-// reduction instead of four horizontal sums.
-template <typename T, int HN>
-static void score_block4(const T* keys, int64_t row_stride, const float* q, int64_t dim, float scale, float* scores,
-                         int64_t scores_stride) {
-  __m256 acc[HN][4];
-  for (int h = 0; h < HN; ++h)
-    for (int j = 0; j < 4; ++j) acc[h][j] = _mm256_setzero_ps();
-  for (int64_t i = 0; i < dim; i += 8) {
-    __m256 kv[4];
-    for (int j = 0; j < 4; ++j) kv[j] = load8(keys + j * row_stride + i);
+// Blocks of R rows x HN heads, every accumulator in a register: R * HN accumulators + R key vectors
+// + 1 query vector <= 16 (a 4 x 3 block needs 17, and the spilled accumulators put a store-to-load
+// round trip into the FMA chains). Each key vector is converted once for HN heads and the R scores
+// of a head come out of one reduction; leftover rows go one by one.
+template <typename T, int HN, int R>
+static void score_heads(const T* keys, int64_t n_rows, int64_t row_stride, const float* q, int64_t dim, float scale,
+                        float* scores, int64_t scores_stride) {
+  static_assert(R * HN + R + 1 <= 16 && R <= 4, "block must fit the 16 vector registers");
+  const __m128 vscale = _mm_set1_ps(scale);
+  int64_t r = 0;
+  for (; r + R <= n_rows; r += R) {
+    const T* k = keys + r * row_stride;
+    __m256 acc[HN][4];
+    for (int h = 0; h < HN; ++h)
+      for (int j = 0; j < 4; ++j) acc[h][j] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < dim; i += 8) {
+      __m256 kv[R];
+      for (int j = 0; j < R; ++j) kv[j] = load8(k + j * row_stride + i);
+      for (int h = 0; h < HN; ++h) {
+        const __m256 qv = _mm256_loadu_ps(q + h * dim + i);
+        for (int j = 0; j < R; ++j) acc[h][j] = _mm256_fmadd_ps(qv, kv[j], acc[h][j]);
+      }
+    }
     for (int h = 0; h < HN; ++h) {
-      const __m256 qv = _mm256_loadu_ps(q + h * dim + i);
-      for (int j = 0; j < 4; ++j) acc[h][j] = _mm256_fmadd_ps(qv, kv[j], acc[h][j]);
+      const __m128 dots = _mm_mul_ps(sum_four(acc[h][0], acc[h][1], acc[h][2], acc[h][3]), vscale);
+      if (R == 4) {
+        _mm_storeu_ps(scores + h * scores_stride + r, dots);
+      } else {
+        alignas(16) float lanes[4];
+        _mm_store_ps(lanes, dots);
+        for (int j = 0; j < R; ++j) scores[h * scores_stride + r + j] = lanes[j];
+      }
     }
   }
-  const __m128 vscale = _mm_set1_ps(scale);
-  for (int h = 0; h < HN; ++h)
-    _mm_storeu_ps(scores + h * scores_stride, _mm_mul_ps(sum_four(acc[h][0], acc[h][1], acc[h][2], acc[h][3]), vscale));
+  for (; r < n_rows; ++r) {
+    const T* k = keys + r * row_stride;
+    __m256 acc[HN];
+    for (int h = 0; h < HN; ++h) acc[h] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < dim; i += 8) {
+      const __m256 kv = load8(k + i);
+      for (int h = 0; h < HN; ++h) acc[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * dim + i), kv, acc[h]);
+    }
+    for (int h = 0; h < HN; ++h) scores[h * scores_stride + r] = horizontal_sum(acc[h]) * scale;
+  }
 }
 
 template <typename T>
 static void score_rows(const T* keys, int64_t n_rows, int64_t row_stride, const float* q, int64_t group, int64_t dim,
                        float scale, float* scores, int64_t scores_stride) {
-  const int64_t n4 = n_rows / 4 * 4;
-  for (int64_t h0 = 0; h0 < group; h0 += 3) {
-    const int64_t hn = group - h0 < 3 ? group - h0 : 3;
+  // Groups of 3 heads (3 x 3 blocks) when the group divides by 3, else pairs (2 heads x 4 rows).
+  const int64_t step = group % 3 == 0 ? 3 : 2;
+  for (int64_t h0 = 0; h0 < group; h0 += step) {
     const float* qh = q + h0 * dim;
     float* sh = scores + h0 * scores_stride;
-    for (int64_t r = 0; r < n4; r += 4) {
-      const T* k = keys + r * row_stride;
-      if (hn == 3) score_block4<T, 3>(k, row_stride, qh, dim, scale, sh + r, scores_stride);
-      else if (hn == 2) score_block4<T, 2>(k, row_stride, qh, dim, scale, sh + r, scores_stride);
-      else score_block4<T, 1>(k, row_stride, qh, dim, scale, sh + r, scores_stride);
-    }
+    if (step == 3) score_heads<T, 3, 3>(keys, n_rows, row_stride, qh, dim, scale, sh, scores_stride);
+    else if (group - h0 >= 2) score_heads<T, 2, 4>(keys, n_rows, row_stride, qh, dim, scale, sh, scores_stride);
+    else score_heads<T, 1, 4>(keys, n_rows, row_stride, qh, dim, scale, sh, scores_stride);
   }
-  score_rows_one_by_one(keys + n4 * row_stride, n_rows - n4, row_stride, q, group, dim, scale, scores + n4,
-                        scores_stride);
 }
 
-// out[h] += sum_r w[h, r] * v_r, HN <= 3 heads per pass over 32 columns: 12 accumulators in
-// registers, each value vector converted once for all HN heads.
-template <typename T, int HN>
-static void accumulate_block32(const T* values, int64_t n_rows, int64_t row_stride, const float* weights,
-                               int64_t weights_stride, float* out, int64_t dim) {
-  __m256 acc[HN][4];
+// out[h] += sum_r w[h, r] * v_r for HN <= 3 heads over NB * 8 columns (NB <= 2): the HN x NB
+// accumulators, NB value vectors and the weight stay in registers for all rows, and each value
+// vector is converted once for the HN heads.
+template <typename T, int HN, int NB>
+static void accumulate_block(const T* values, int64_t n_rows, int64_t row_stride, const float* weights,
+                             int64_t weights_stride, float* out, int64_t dim) {
+  __m256 acc[HN][NB];
   for (int h = 0; h < HN; ++h)
-    for (int b = 0; b < 4; ++b) acc[h][b] = _mm256_loadu_ps(out + h * dim + 8 * b);
+    for (int b = 0; b < NB; ++b) acc[h][b] = _mm256_loadu_ps(out + h * dim + 8 * b);
   for (int64_t r = 0; r < n_rows; ++r) {
     const T* v = values + r * row_stride;
-    __m256 vv[4];
-    for (int b = 0; b < 4; ++b) vv[b] = load8(v + 8 * b);
+    __m256 vv[NB];
+    for (int b = 0; b < NB; ++b) vv[b] = load8(v + 8 * b);
     for (int h = 0; h < HN; ++h) {
       const __m256 w = _mm256_set1_ps(weights[h * weights_stride + r]);
-      for (int b = 0; b < 4; ++b) acc[h][b] = _mm256_fmadd_ps(w, vv[b], acc[h][b]);
+      for (int b = 0; b < NB; ++b) acc[h][b] = _mm256_fmadd_ps(w, vv[b], acc[h][b]);
     }
   }
   for (int h = 0; h < HN; ++h)
-    for (int b = 0; b < 4; ++b) _mm256_storeu_ps(out + h * dim + 8 * b, acc[h][b]);
+    for (int b = 0; b < NB; ++b) _mm256_storeu_ps(out + h * dim + 8 * b, acc[h][b]);
 }
 
-// dim % 32 != 0: a head at a time, 8 columns per vector (the output of a head stays in registers).
-template <typename T>
-static void accumulate_rows_per_head(const T* values, int64_t n_rows, int64_t row_stride, const float* weights,
-                                     int64_t weights_stride, int64_t group, int64_t dim, float* out) {
-  for (int64_t h = 0; h < group; ++h) {
-    float* o = out + h * dim;
-    const float* wh = weights + h * weights_stride;
-    for (int64_t i0 = 0; i0 < dim; i0 += 32) {
-      const int64_t width = dim - i0 < 32 ? dim - i0 : 32;  // multiple of 8
-      __m256 acc[4];
-      for (int64_t b = 0; b < width / 8; ++b) acc[b] = _mm256_loadu_ps(o + i0 + 8 * b);
-      for (int64_t r = 0; r < n_rows; ++r) {
-        const __m256 w = _mm256_set1_ps(wh[r]);
-        const T* v = values + r * row_stride + i0;
-        for (int64_t b = 0; b < width / 8; ++b) acc[b] = _mm256_fmadd_ps(w, load8(v + 8 * b), acc[b]);
-      }
-      for (int64_t b = 0; b < width / 8; ++b) _mm256_storeu_ps(o + i0 + 8 * b, acc[b]);
-    }
-  }
+template <typename T, int HN>
+static void accumulate_heads(const T* values, int64_t n_rows, int64_t row_stride, const float* weights,
+                             int64_t weights_stride, float* out, int64_t dim) {
+  int64_t i0 = 0;
+  for (; i0 + 32 <= dim; i0 += 32)
+    accumulate_block<T, HN, 4>(values + i0, n_rows, row_stride, weights, weights_stride, out + i0, dim);
+  for (; i0 < dim; i0 += 8)
+    accumulate_block<T, HN, 1>(values + i0, n_rows, row_stride, weights, weights_stride, out + i0, dim);
 }
 
 template <typename T>
 static void accumulate_rows(const T* values, int64_t n_rows, int64_t row_stride, const float* weights,
                             int64_t weights_stride, int64_t group, int64_t dim, float* out) {
-  if (dim % 32 != 0) {
-    accumulate_rows_per_head(values, n_rows, row_stride, weights, weights_stride, group, dim, out);
-    return;
-  }
-  for (int64_t i0 = 0; i0 < dim; i0 += 32) {
-    for (int64_t h0 = 0; h0 < group; h0 += 3) {
-      const int64_t hn = group - h0 < 3 ? group - h0 : 3;
-      const float* w = weights + h0 * weights_stride;
-      float* o = out + h0 * dim + i0;
-      if (hn == 3) accumulate_block32<T, 3>(values + i0, n_rows, row_stride, w, weights_stride, o, dim);
-      else if (hn == 2) accumulate_block32<T, 2>(values + i0, n_rows, row_stride, w, weights_stride, o, dim);
-      else accumulate_block32<T, 1>(values + i0, n_rows, row_stride, w, weights_stride, o, dim);
-    }
+  for (int64_t h0 = 0; h0 < group; h0 += 2) {
+    const float* w = weights + h0 * weights_stride;
+    float* o = out + h0 * dim;
+    if (group - h0 >= 2) accumulate_heads<T, 2>(values, n_rows, row_stride, w, weights_stride, o, dim);
+    else accumulate_heads<T, 1>(values, n_rows, row_stride, w, weights_stride, o, dim);
   }
 }
 

@@ -7,6 +7,9 @@
 #pragma once
 #include <cstdint>
 
+#include "kv/sink_cache.h"
+#include "ops/cpu/cpu_features.h"
+
 namespace sinkstream::attention_kernels {
 
 // scores[h * scores_stride + r] = scale * dot(q[h], row r), rows r < n_rows at keys + r * row_stride.
@@ -38,5 +41,15 @@ struct Kernels {
 
 // AVX2 + FMA + F16C versions (attention_avx2.cc); only called when the CPU has them and dim % 8 == 0.
 Kernels avx2_kernels();
+// AVX-512 versions (attention_avx512.cc; softmax and rounding from AVX2); only called at the
+// AVX-512 level with dim % 16 == 0.
+Kernels avx512_kernels();
 
 }  // namespace sinkstream::attention_kernels
+
+namespace sinkstream {
+// attend() (ops.h) with the kernel level given explicitly (falling back to narrower kernels where
+// head_dim does not suit the level); tests compare the levels on one CPU.
+void attend_at_isa(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
+                   const float* q_sink, const float* q_window, float scale, float* scores, float* out, Isa isa);
+}  // namespace sinkstream

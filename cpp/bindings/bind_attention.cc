@@ -1,0 +1,70 @@
+// Python access to the attention kernels, for tests: one query's attention over a sink cache
+// filled from arrays, at a chosen ISA level (tests compare the levels with a NumPy reference).
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/string.h>
+
+#include <cmath>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "bindings/bindings.h"
+#include "core/error.h"
+#include "kv/sink_cache.h"
+#include "ops/cpu/attention_kernels.h"
+#include "ops/cpu/cpu_features.h"
+#include "ops/ops.h"
+
+namespace nb = nanobind;
+
+namespace sinkstream::bindings {
+
+namespace {
+using F32Matrix = nb::ndarray<const float, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+}  // namespace
+
+void bind_attention(nb::module_& m) {
+  m.def(
+      "attend_test",
+      [](F32Matrix keys, F32Matrix values, F32Matrix q_sink, F32Matrix q_window, int64_t n_head_kv, int64_t n_sink,
+         int64_t window, const std::string& kv_type, const std::string& isa) {
+        const int64_t n_tokens = (int64_t)keys.shape(0), row = (int64_t)keys.shape(1);
+        const int64_t n_head = (int64_t)q_window.shape(0), head_dim = (int64_t)q_window.shape(1);
+        SS_CHECK_ARG(n_tokens >= 1, "keys: at least one token");
+        SS_CHECK_ARG(n_head_kv >= 1 && n_head % n_head_kv == 0, "n_head_kv ", n_head_kv, " does not divide the ",
+                     n_head, " query heads");
+        SS_CHECK_ARG(row == n_head_kv * head_dim, "keys have ", row, " columns, expected n_head_kv * head_dim = ",
+                     n_head_kv * head_dim);
+        SS_CHECK_ARG(values.shape(0) == keys.shape(0) && values.shape(1) == keys.shape(1),
+                     "values must have the shape of keys");
+        SS_CHECK_ARG(q_sink.shape(0) == q_window.shape(0) && q_sink.shape(1) == q_window.shape(1),
+                     "q_sink must have the shape of q_window");
+        SS_CHECK_ARG(kv_type == "f16" || kv_type == "f32", "kv_type must be 'f16' or 'f32', got '", kv_type, "'");
+        const Isa level = parse_isa(isa);
+        SinkCache cache(1, n_head_kv, head_dim, n_sink, window, 1, kv_type == "f16" ? KvType::kF16 : KvType::kF32);
+        for (int64_t t = 0; t < n_tokens; ++t) cache.store(0, (uint64_t)t, keys.data() + t * row, values.data() + t * row);
+        const int64_t group = n_head / n_head_kv;
+        const uint64_t t = (uint64_t)(n_tokens - 1);
+        std::vector<float> scores((size_t)(group * attention_set_size(cache, t)));
+        std::vector<float> out((size_t)(n_head * head_dim));
+        const float scale = 1.0f / std::sqrt((float)head_dim);
+        for (int64_t kv = 0; kv < n_head_kv; ++kv) {
+          const int64_t first = kv * group * head_dim;
+          attend_at_isa(cache, 0, kv, group, t, q_sink.data() + first, q_window.data() + first, scale, scores.data(),
+                        out.data() + first, level);
+        }
+        auto* owned = new std::vector<float>(std::move(out));
+        nb::capsule owner(owned, [](void* p) noexcept { delete static_cast<std::vector<float>*>(p); });
+        size_t shape[2] = {(size_t)n_head, (size_t)head_dim};
+        return nb::ndarray<nb::numpy, float>(owned->data(), 2, shape, owner);
+      },
+      nb::arg("keys"), nb::arg("values"), nb::arg("q_sink"), nb::arg("q_window"), nb::arg("n_head_kv"),
+      nb::arg("n_sink"), nb::arg("window"), nb::arg("kv_type"), nb::arg("isa"),
+      "Test hook: stores keys/values (n_tokens, n_head_kv * head_dim) as tokens 0.. of a one-layer sink\n"
+      "cache (n_sink, window), then returns the attention output (n_head, head_dim) of the last token's\n"
+      "query (q_sink against the sinks, q_window against the window; scale 1/sqrt(head_dim)), computed\n"
+      "with the kernels of the given ISA level ('scalar', 'avx2', 'avx512', 'neon').");
+}
+
+}  // namespace sinkstream::bindings

@@ -1,0 +1,108 @@
+"""Attention kernels: every ISA level this CPU has against a float64 NumPy reference written from the
+definition (StreamingLLM, section 3.2: the query attends to the sinks and the rolling window; softmax
+of scaled dot products, weighted sum of the values), and against the scalar kernels.
+
+Shapes cover the paths the SIMD kernels choose between: head_dim a multiple of 16 (AVX-512), of 8
+only (AVX2; AVX-512 falls back to it), neither (scalar everywhere); query-head groups of 1 to 6 (the
+kernels take heads in passes of 2, 3 or 4); row counts that leave partial row blocks, more than one
+256-row piece, and a ring that has wrapped around.
+
+With a half-precision cache the reference rounds keys, values, queries and the attention weights to
+half precision, as the engine (and llama.cpp's f16 cache) does. The engine's softmax runs in float32,
+so a weight next to a half-precision rounding boundary can round the other way: one half-precision
+step (2**-11 relative) of that weight, which bounds the difference by about 1e-3 * max|v|.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sinkstream import _core
+
+FEATURES = _core.cpu_features()
+ISAS = {"avx512": ["scalar", "avx2", "avx512"], "avx2": ["scalar", "avx2"], "neon": ["scalar", "neon"],
+        "scalar": ["scalar"]}[FEATURES["best_isa"]]
+
+# (head_dim, n_head, n_head_kv, n_tokens, n_sink, window)
+SHAPES = [
+    (64, 9, 3, 700, 4, 600),    # SmolLM2's heads; 604 rows in 3 pieces, the ring wrapped
+    (64, 8, 2, 5, 4, 16),       # group 4, fewer rows than a block
+    (80, 5, 1, 301, 2, 290),    # group 5 (passes 4 + 1 or 2 + 2 + 1), 64 + 16 columns
+    (16, 4, 2, 130, 4, 64),     # the tiny test models' heads
+    (24, 6, 1, 263, 0, 263),    # multiple of 8 only; group 6; no sinks
+    (12, 2, 2, 40, 3, 20),      # neither: scalar kernels at every level
+]
+
+
+def reference_attention(keys, values, q_sink, q_window, n_head_kv, n_sink, window, half):
+    n_tokens = keys.shape[0]
+    n_head, head_dim = q_window.shape
+    group = n_head // n_head_kv
+    t = n_tokens - 1
+    sink_end = min(n_sink, n_tokens)
+    window_begin = max(sink_end, t + 1 - window)
+    members = list(range(sink_end)) + list(range(window_begin, t + 1))
+    to = (lambda a: a.astype(np.float16).astype(np.float64)) if half else (lambda a: a.astype(np.float64))
+    k = to(keys[members]).reshape(len(members), n_head_kv, head_dim)
+    v = to(values[members]).reshape(len(members), n_head_kv, head_dim)
+    out = np.zeros((n_head, head_dim))
+    for h in range(n_head):
+        kv = h // group
+        scores = np.concatenate([k[:sink_end, kv] @ to(q_sink[h]), k[sink_end:, kv] @ to(q_window[h])])
+        scores /= np.sqrt(head_dim)
+        weights = np.exp(scores - scores.max())
+        weights /= weights.sum()
+        if half:
+            weights = to(weights)
+        out[h] = weights @ v[:, kv]
+    return out
+
+
+def make_case(shape, seed):
+    head_dim, n_head, n_head_kv, n_tokens, n_sink, window = shape
+    rng = np.random.default_rng(seed)
+    keys = rng.standard_normal((n_tokens, n_head_kv * head_dim), dtype=np.float32)
+    values = rng.standard_normal((n_tokens, n_head_kv * head_dim), dtype=np.float32)
+    # Queries scaled so that the softmax is neither flat nor one-hot: the weighting matters.
+    q_window = 1.5 * rng.standard_normal((n_head, head_dim), dtype=np.float32)
+    q_sink = 1.5 * rng.standard_normal((n_head, head_dim), dtype=np.float32)
+    return keys, values, q_sink, q_window, n_head_kv, n_sink, window
+
+
+@pytest.mark.parametrize("kv_type", ["f16", "f32"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "hd{}-h{}-kv{}-t{}".format(*s[:4]))
+def test_every_isa_matches_the_reference(shape, kv_type):
+    keys, values, q_sink, q_window, n_head_kv, n_sink, window = make_case(shape, seed=sum(shape))
+    expected = reference_attention(keys, values, q_sink, q_window, n_head_kv, n_sink, window, kv_type == "f16")
+    tolerance = (1e-3 if kv_type == "f16" else 1e-5) * np.abs(values).max()
+    results = {}
+    for isa in ISAS:
+        got = _core.attend_test(keys, values, q_sink, q_window, n_head_kv, n_sink, window, kv_type, isa)
+        assert got.shape == expected.shape
+        err = np.abs(got - expected).max()
+        print(f"{isa} {kv_type}: max |engine - reference| = {err:.2e}")
+        assert err < tolerance, f"{isa}: {err:.2e}"
+        results[isa] = got
+    for isa, got in results.items():  # SIMD against scalar: summation order (and rare half flips) only
+        assert np.abs(got - results["scalar"]).max() < tolerance, isa
+
+
+def test_sink_rows_are_scored_with_the_sink_query():
+    """The sink rows are scored with q_sink (the query rotated at p(t), streaming.md), the window
+    rows with q_window: negating q_sink changes the output, and it still matches the reference."""
+    keys, values, q_sink, q_window, n_head_kv, n_sink, window = make_case(SHAPES[0], seed=7)
+    base = _core.attend_test(keys, values, q_sink, q_window, n_head_kv, n_sink, window, "f32", ISAS[-1])
+    moved = _core.attend_test(keys, values, -q_sink, q_window, n_head_kv, n_sink, window, "f32", ISAS[-1])
+    assert np.abs(moved - base).max() > 1e-4  # q_sink is used
+    expected = reference_attention(keys, values, -q_sink, q_window, n_head_kv, n_sink, window, False)
+    assert np.abs(moved - expected).max() < 1e-5 * np.abs(values).max()
+
+
+def test_bad_arguments_are_named():
+    keys, values, q_sink, q_window, n_head_kv, n_sink, window = make_case(SHAPES[3], seed=1)
+    with pytest.raises(ValueError, match="n_head_kv"):
+        _core.attend_test(keys, values, q_sink, q_window, 3, n_sink, window, "f16", "scalar")
+    with pytest.raises(ValueError, match="kv_type"):
+        _core.attend_test(keys, values, q_sink, q_window, n_head_kv, n_sink, window, "bf16", "scalar")
+    with pytest.raises(ValueError, match="ISA"):
+        _core.attend_test(keys, values, q_sink, q_window, n_head_kv, n_sink, window, "f16", "sse9")
