@@ -23,6 +23,8 @@ from gguf.quants import dequantize, quantize
 
 from sinkstream import _core
 
+import cross_arm
+
 QUANTIZABLE = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0]          # gguf-py can quantize these
 RANDOM_BLOCKS = [T.IQ4_NL, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]  # random bytes, sane scales
 FLOATS = [T.F32, T.F16, T.BF16]
@@ -275,25 +277,17 @@ def test_bad_arguments_raise():
 
 @pytest.mark.slow
 @pytest.mark.ci
-def test_neon_kernels_under_qemu(tmp_path):
+@pytest.mark.parametrize("march,cpu", cross_arm.TARGETS)
+def test_neon_kernels_under_qemu(tmp_path, march, cpu):
     # The NEON kernels cannot run on x86: cross-compile tests/cpp/matmul_isa_check.cc for AArch64
     # (with and without the dot-product extension) and run it under qemu-user, when both exist.
-    import shutil
-    cxx, qemu = shutil.which("aarch64-linux-gnu-g++"), shutil.which("qemu-aarch64")
-    if cxx is None or qemu is None:
-        pytest.skip("needs aarch64-linux-gnu-g++ and qemu-aarch64")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     sources = ["tests/cpp/matmul_isa_check.cc", "cpp/quant/quant_types.cc", "cpp/quant/dequantize.cc",
                "cpp/ops/cpu/matmul.cc", "cpp/ops/cpu/cpu_features.cc", "cpp/ops/cpu/vec_dot_scalar.cc",
                "cpp/ops/cpu/vec_dot_neon.cc", "cpp/ops/cpu/vec_dot_avx2.cc", "cpp/ops/cpu/vec_dot_avx512.cc",
                "cpp/core/thread_pool.cc"]
-    for march, cpu in [("armv8-a", "cortex-a57"), ("armv8.2-a+dotprod", "max")]:
-        exe = tmp_path / f"check_{march.replace('+', '_')}"
-        subprocess.run([cxx, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", f"-march={march}", "-Icpp",
-                        *sources, "-static", "-pthread", "-o", str(exe)], cwd=root, check=True)
-        out = subprocess.run([qemu, "-cpu", cpu, str(exe)], capture_output=True, text=True)
-        assert out.returncode == 0 and "all levels match scalar" in out.stdout, out.stdout[-3000:]
-        assert "(kernel neon  )" in out.stdout  # the NEON kernels really ran
+    out = cross_arm.build_and_run(sources, march, cpu, tmp_path)
+    assert out.returncode == 0 and "all levels match scalar" in out.stdout, out.stdout[-3000:]
+    assert "(kernel neon  )" in out.stdout  # the NEON kernels really ran
 
 
 # ---- activation quantization -------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 // Attention over the sink cache (ops.h `attend`): a GQA group of query heads, A(t) as runs of slots.
-// The scalar kernels here are the reference; attention_avx2.cc has the fast ones, picked at run time.
+// The scalar kernels here are the reference; attention_avx2.cc, attention_avx512.cc and
+// attention_neon.cc have the fast ones, picked at run time (kernels_for).
 #include <algorithm>
 #include <cmath>
 #include <type_traits>
@@ -85,8 +86,10 @@ const Kernels& scalar_kernels() {
 const Kernels& kernels_for(int64_t dim, Isa isa) {
   static const Kernels avx512 = isa_supported(Isa::Avx512) ? avx512_kernels() : scalar_kernels();
   static const Kernels avx2 = isa_supported(Isa::Avx2) ? avx2_kernels() : scalar_kernels();
+  static const Kernels neon = isa_supported(Isa::Neon) ? neon_kernels() : scalar_kernels();
   if (isa == Isa::Avx512 && isa_supported(isa) && dim % 16 == 0) return avx512;
   if ((isa == Isa::Avx512 || isa == Isa::Avx2) && isa_supported(Isa::Avx2) && dim % 8 == 0) return avx2;
+  if (isa == Isa::Neon && isa_supported(isa) && dim % 4 == 0) return neon;
   return scalar_kernels();
 }
 

@@ -44,6 +44,8 @@ Kernels avx2_kernels();
 // AVX-512 versions (attention_avx512.cc; softmax and rounding from AVX2); only called at the
 // AVX-512 level with dim % 16 == 0.
 Kernels avx512_kernels();
+// NEON versions (attention_neon.cc); AArch64 only, dim % 4 == 0.
+Kernels neon_kernels();
 
 }  // namespace sinkstream::attention_kernels
 

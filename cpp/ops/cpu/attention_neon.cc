@@ -1,0 +1,190 @@
+// ARM NEON attention row kernels (AArch64, where Advanced SIMD and the f16 <-> f32 conversions are
+// mandatory: baseline flags, no run-time check). Called at the NEON level when head_dim % 4 == 0.
+// The scalar twins in attention.cc are the specification; the structure follows the x86 files:
+// blocks of 4 rows x up to 4 query heads (16 accumulators + 4 key vectors + 1 query of the 32
+// registers), each key or value vector converted once for all heads of the block.
+#include "ops/cpu/attention_kernels.h"
+
+#if defined(__aarch64__) && defined(__ARM_NEON)
+#include <arm_neon.h>
+
+#include <cmath>
+
+namespace sinkstream::attention_kernels {
+
+namespace {
+
+constexpr int kMaxHeads = 4;
+
+static inline float32x4_t load4(const float* p) { return vld1q_f32(p); }
+static inline float32x4_t load4(const uint16_t* p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
+
+template <typename T, int HN>
+static void score_heads(const T* keys, int64_t n_rows, int64_t row_stride, const float* q, int64_t dim, float scale,
+                        float* scores, int64_t scores_stride) {
+  int64_t r = 0;
+  for (; r + 4 <= n_rows; r += 4) {
+    const T* k = keys + r * row_stride;
+    float32x4_t acc[HN][4];
+    for (int h = 0; h < HN; ++h)
+      for (int j = 0; j < 4; ++j) acc[h][j] = vdupq_n_f32(0.0f);
+    for (int64_t i = 0; i < dim; i += 4) {
+      float32x4_t kv[4];
+      for (int j = 0; j < 4; ++j) kv[j] = load4(k + j * row_stride + i);
+      for (int h = 0; h < HN; ++h) {
+        const float32x4_t qv = vld1q_f32(q + h * dim + i);
+        for (int j = 0; j < 4; ++j) acc[h][j] = vfmaq_f32(acc[h][j], qv, kv[j]);
+      }
+    }
+    for (int h = 0; h < HN; ++h) {
+      // Pairwise adds: [sum acc0, sum acc1, sum acc2, sum acc3].
+      const float32x4_t sums =
+          vpaddq_f32(vpaddq_f32(acc[h][0], acc[h][1]), vpaddq_f32(acc[h][2], acc[h][3]));
+      vst1q_f32(scores + h * scores_stride + r, vmulq_n_f32(sums, scale));
+    }
+  }
+  for (; r < n_rows; ++r) {
+    const T* k = keys + r * row_stride;
+    float32x4_t acc[HN];
+    for (int h = 0; h < HN; ++h) acc[h] = vdupq_n_f32(0.0f);
+    for (int64_t i = 0; i < dim; i += 4) {
+      const float32x4_t kv = load4(k + i);
+      for (int h = 0; h < HN; ++h) acc[h] = vfmaq_f32(acc[h], vld1q_f32(q + h * dim + i), kv);
+    }
+    for (int h = 0; h < HN; ++h) scores[h * scores_stride + r] = vaddvq_f32(acc[h]) * scale;
+  }
+}
+
+template <typename T>
+static void score_rows(const T* keys, int64_t n_rows, int64_t row_stride, const float* q, int64_t group, int64_t dim,
+                       float scale, float* scores, int64_t scores_stride) {
+  for (int64_t h0 = 0; h0 < group; h0 += kMaxHeads) {
+    const float* qh = q + h0 * dim;
+    float* sh = scores + h0 * scores_stride;
+    switch (group - h0 < kMaxHeads ? group - h0 : kMaxHeads) {
+      case 1: score_heads<T, 1>(keys, n_rows, row_stride, qh, dim, scale, sh, scores_stride); break;
+      case 2: score_heads<T, 2>(keys, n_rows, row_stride, qh, dim, scale, sh, scores_stride); break;
+      case 3: score_heads<T, 3>(keys, n_rows, row_stride, qh, dim, scale, sh, scores_stride); break;
+      default: score_heads<T, 4>(keys, n_rows, row_stride, qh, dim, scale, sh, scores_stride); break;
+    }
+  }
+}
+
+// out[h] += sum_r w[h, r] * v_r for HN heads over NB * 4 columns, accumulators in registers.
+template <typename T, int HN, int NB>
+static void accumulate_block(const T* values, int64_t n_rows, int64_t row_stride, const float* weights,
+                             int64_t weights_stride, float* out, int64_t dim) {
+  float32x4_t acc[HN][NB];
+  for (int h = 0; h < HN; ++h)
+    for (int b = 0; b < NB; ++b) acc[h][b] = vld1q_f32(out + h * dim + 4 * b);
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const T* v = values + r * row_stride;
+    float32x4_t vv[NB];
+    for (int b = 0; b < NB; ++b) vv[b] = load4(v + 4 * b);
+    for (int h = 0; h < HN; ++h) {
+      const float w = weights[h * weights_stride + r];
+      for (int b = 0; b < NB; ++b) acc[h][b] = vfmaq_n_f32(acc[h][b], vv[b], w);
+    }
+  }
+  for (int h = 0; h < HN; ++h)
+    for (int b = 0; b < NB; ++b) vst1q_f32(out + h * dim + 4 * b, acc[h][b]);
+}
+
+template <typename T, int HN>
+static void accumulate_heads(const T* values, int64_t n_rows, int64_t row_stride, const float* weights,
+                             int64_t weights_stride, float* out, int64_t dim) {
+  int64_t i0 = 0;
+  for (; i0 + 16 <= dim; i0 += 16)
+    accumulate_block<T, HN, 4>(values + i0, n_rows, row_stride, weights, weights_stride, out + i0, dim);
+  for (; i0 < dim; i0 += 4)
+    accumulate_block<T, HN, 1>(values + i0, n_rows, row_stride, weights, weights_stride, out + i0, dim);
+}
+
+template <typename T>
+static void accumulate_rows(const T* values, int64_t n_rows, int64_t row_stride, const float* weights,
+                            int64_t weights_stride, int64_t group, int64_t dim, float* out) {
+  for (int64_t h0 = 0; h0 < group; h0 += kMaxHeads) {
+    const float* w = weights + h0 * weights_stride;
+    float* o = out + h0 * dim;
+    switch (group - h0 < kMaxHeads ? group - h0 : kMaxHeads) {
+      case 1: accumulate_heads<T, 1>(values, n_rows, row_stride, w, weights_stride, o, dim); break;
+      case 2: accumulate_heads<T, 2>(values, n_rows, row_stride, w, weights_stride, o, dim); break;
+      case 3: accumulate_heads<T, 3>(values, n_rows, row_stride, w, weights_stride, o, dim); break;
+      default: accumulate_heads<T, 4>(values, n_rows, row_stride, w, weights_stride, o, dim); break;
+    }
+  }
+}
+
+// exp(x) for x <= 0, the AVX2 file's method (relative error ~2e-7): x = n ln2 + r, |r| <= ln2 / 2,
+// e^r by its degree-6 Taylor polynomial, times 2^n built in the exponent field; x >= -87 keeps 2^n normal.
+static inline float32x4_t exp_nonpositive(float32x4_t x) {
+  x = vmaxq_f32(x, vdupq_n_f32(-87.0f));
+  const float32x4_t n = vrndnq_f32(vmulq_n_f32(x, 1.44269504088896341f));
+  float32x4_t r = vfmsq_f32(x, n, vdupq_n_f32(0.693145751953125f));  // ln2 high part (exact product)
+  r = vfmsq_f32(r, n, vdupq_n_f32(1.428606765330187045e-06f));       // ln2 low part
+  float32x4_t p = vdupq_n_f32(1.0f / 720.0f);
+  p = vfmaq_f32(vdupq_n_f32(1.0f / 120.0f), p, r);
+  p = vfmaq_f32(vdupq_n_f32(1.0f / 24.0f), p, r);
+  p = vfmaq_f32(vdupq_n_f32(1.0f / 6.0f), p, r);
+  p = vfmaq_f32(vdupq_n_f32(0.5f), p, r);
+  p = vfmaq_f32(vdupq_n_f32(1.0f), p, r);
+  p = vfmaq_f32(vdupq_n_f32(1.0f), p, r);
+  const int32x4_t pow2n = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)), 23);
+  return vmulq_f32(p, vreinterpretq_f32_s32(pow2n));
+}
+
+// Round to the nearest half-precision value (ties to even: the default FPCR rounding of FCVTN).
+static inline float32x4_t round_to_half4(float32x4_t v) { return vcvt_f32_f16(vcvt_f16_f32(v)); }
+
+static void softmax(float* s, int64_t n, bool round_half) {
+  const int64_t n4 = n / 4 * 4;
+  float32x4_t vmax = vdupq_n_f32(-INFINITY);
+  for (int64_t r = 0; r < n4; r += 4) vmax = vmaxq_f32(vmax, vld1q_f32(s + r));
+  float max_score = vmaxvq_f32(vmax);
+  for (int64_t r = n4; r < n; ++r) max_score = s[r] > max_score ? s[r] : max_score;
+  const float32x4_t vmax_score = vdupq_n_f32(max_score);
+
+  float32x4_t vsum = vdupq_n_f32(0.0f);
+  for (int64_t r = 0; r < n4; r += 4) {
+    const float32x4_t e = exp_nonpositive(vsubq_f32(vld1q_f32(s + r), vmax_score));
+    vst1q_f32(s + r, e);
+    vsum = vaddq_f32(vsum, e);
+  }
+  float sum = vaddvq_f32(vsum);
+  for (int64_t r = n4; r < n; ++r) {  // the tail through the same polynomial, one lane used
+    s[r] = vgetq_lane_f32(exp_nonpositive(vdupq_n_f32(s[r] - max_score)), 0);
+    sum += s[r];
+  }
+  const float inv = 1.0f / sum;
+  for (int64_t r = 0; r < n4; r += 4) {
+    const float32x4_t w = vmulq_n_f32(vld1q_f32(s + r), inv);
+    vst1q_f32(s + r, round_half ? round_to_half4(w) : w);
+  }
+  for (int64_t r = n4; r < n; ++r) {
+    const float w = s[r] * inv;
+    s[r] = round_half ? vgetq_lane_f32(round_to_half4(vdupq_n_f32(w)), 0) : w;
+  }
+}
+
+static void round_to_half(const float* in, int64_t n, float* out) {
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) vst1q_f32(out + i, round_to_half4(vld1q_f32(in + i)));
+  for (; i < n; ++i) out[i] = vgetq_lane_f32(round_to_half4(vdupq_n_f32(in[i])), 0);
+}
+
+}  // namespace
+
+Kernels neon_kernels() {
+  return Kernels{score_rows<uint16_t>, score_rows<float>, accumulate_rows<uint16_t>, accumulate_rows<float>,
+                 softmax, round_to_half};
+}
+
+}  // namespace sinkstream::attention_kernels
+
+#else  // not an AArch64 build: never called (see cpu_features.h)
+
+namespace sinkstream::attention_kernels {
+Kernels neon_kernels() { return Kernels{nullptr, nullptr, nullptr, nullptr, nullptr, nullptr}; }
+}  // namespace sinkstream::attention_kernels
+
+#endif
