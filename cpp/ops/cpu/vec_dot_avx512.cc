@@ -144,6 +144,7 @@ void tile_dot_rows(int64_t nb, const uint8_t* w, int64_t ws, int nr, const uint8
                    int64_t ys) {
   for (int r = 0; r < nr; ++r) {
     const uint8_t* row = w + r * ws;
+    if (nt == 1) prefetch_row_ahead(row, ws);
     switch (nt) {
       case 1: Kernel::template run<1>(nb, row, x, xs, y + r, ys); break;
       case 2: Kernel::template run<2>(nb, row, x, xs, y + r, ys); break;
