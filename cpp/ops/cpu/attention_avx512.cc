@@ -13,6 +13,12 @@
 #if defined(__x86_64__) && defined(__AVX512F__) && defined(__F16C__) && defined(__FMA__)
 #include <immintrin.h>
 
+// GCC 12's AVX-512 intrinsics use _mm512_undefined_* as pass-through operands, which -Wmaybe-
+// uninitialized reports at every inlined use (GCC bug 105593, fixed in GCC 13): not our code's.
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
 namespace sinkstream::attention_kernels {
 
 namespace {
