@@ -78,15 +78,14 @@ static void score_heads(const T* keys, int64_t n_rows, int64_t row_stride, const
 template <typename T>
 static void score_rows(const T* keys, int64_t n_rows, int64_t row_stride, const float* q, int64_t group, int64_t dim,
                        float scale, float* scores, int64_t scores_stride) {
-  // Groups of 3 heads (3 x 3 blocks) when the group divides by 3, else pairs (2 heads x 4 rows).
-  const int64_t step = group % 3 == 0 ? 3 : 2;
-  for (int64_t h0 = 0; h0 < group; h0 += step) {
-    const float* qh = q + h0 * dim;
-    float* sh = scores + h0 * scores_stride;
-    if (step == 3) score_heads<T, 3, 3>(keys, n_rows, row_stride, qh, dim, scale, sh, scores_stride);
-    else if (group - h0 >= 2) score_heads<T, 2, 4>(keys, n_rows, row_stride, qh, dim, scale, sh, scores_stride);
-    else score_heads<T, 1, 4>(keys, n_rows, row_stride, qh, dim, scale, sh, scores_stride);
-  }
+  // Passes of 3 heads (3 x 3 blocks) when the group divides by 3, else pairs (2 heads x 4 rows).
+  const auto pass = [&](int64_t h0, auto heads) {
+    constexpr int kHeads = decltype(heads)::value;
+    score_heads<T, kHeads, kHeads == 3 ? 3 : 4>(keys, n_rows, row_stride, q + h0 * dim, dim, scale,
+                                                scores + h0 * scores_stride, scores_stride);
+  };
+  if (group % 3 == 0) for_head_passes<3>(group, pass);
+  else for_head_passes<2>(group, pass);
 }
 
 // out[h] += sum_r w[h, r] * v_r for HN <= 3 heads over NB * 8 columns (NB <= 2): the HN x NB
@@ -124,12 +123,10 @@ static void accumulate_heads(const T* values, int64_t n_rows, int64_t row_stride
 template <typename T>
 static void accumulate_rows(const T* values, int64_t n_rows, int64_t row_stride, const float* weights,
                             int64_t weights_stride, int64_t group, int64_t dim, float* out) {
-  for (int64_t h0 = 0; h0 < group; h0 += 2) {
-    const float* w = weights + h0 * weights_stride;
-    float* o = out + h0 * dim;
-    if (group - h0 >= 2) accumulate_heads<T, 2>(values, n_rows, row_stride, w, weights_stride, o, dim);
-    else accumulate_heads<T, 1>(values, n_rows, row_stride, w, weights_stride, o, dim);
-  }
+  for_head_passes<2>(group, [&](int64_t h0, auto heads) {
+    accumulate_heads<T, decltype(heads)::value>(values, n_rows, row_stride, weights + h0 * weights_stride,
+                                                weights_stride, out + h0 * dim, dim);
+  });
 }
 
 // exp(x) for x <= 0 (softmax inputs after the max shift), relative error ~2e-7: x = n ln2 + r with

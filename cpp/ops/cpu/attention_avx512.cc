@@ -79,16 +79,10 @@ static void score_heads(const T* keys, int64_t n_rows, int64_t row_stride, const
 template <typename T>
 static void score_rows(const T* keys, int64_t n_rows, int64_t row_stride, const float* q, int64_t group, int64_t dim,
                        float scale, float* scores, int64_t scores_stride) {
-  for (int64_t h0 = 0; h0 < group; h0 += kMaxHeads) {
-    const float* qh = q + h0 * dim;
-    float* sh = scores + h0 * scores_stride;
-    switch (group - h0 < kMaxHeads ? group - h0 : kMaxHeads) {
-      case 1: score_heads<T, 1>(keys, n_rows, row_stride, qh, dim, scale, sh, scores_stride); break;
-      case 2: score_heads<T, 2>(keys, n_rows, row_stride, qh, dim, scale, sh, scores_stride); break;
-      case 3: score_heads<T, 3>(keys, n_rows, row_stride, qh, dim, scale, sh, scores_stride); break;
-      default: score_heads<T, 4>(keys, n_rows, row_stride, qh, dim, scale, sh, scores_stride); break;
-    }
-  }
+  for_head_passes<kMaxHeads>(group, [&](int64_t h0, auto heads) {
+    score_heads<T, decltype(heads)::value>(keys, n_rows, row_stride, q + h0 * dim, dim, scale,
+                                           scores + h0 * scores_stride, scores_stride);
+  });
 }
 
 // out[h] += sum_r w[h, r] * v_r for HN heads over NB * 16 columns: HN x NB accumulators stay in
@@ -130,16 +124,10 @@ static void accumulate_heads(const T* values, int64_t n_rows, int64_t row_stride
 template <typename T>
 static void accumulate_rows(const T* values, int64_t n_rows, int64_t row_stride, const float* weights,
                             int64_t weights_stride, int64_t group, int64_t dim, float* out) {
-  for (int64_t h0 = 0; h0 < group; h0 += kMaxHeads) {
-    const float* w = weights + h0 * weights_stride;
-    float* o = out + h0 * dim;
-    switch (group - h0 < kMaxHeads ? group - h0 : kMaxHeads) {
-      case 1: accumulate_heads<T, 1>(values, n_rows, row_stride, w, weights_stride, o, dim); break;
-      case 2: accumulate_heads<T, 2>(values, n_rows, row_stride, w, weights_stride, o, dim); break;
-      case 3: accumulate_heads<T, 3>(values, n_rows, row_stride, w, weights_stride, o, dim); break;
-      default: accumulate_heads<T, 4>(values, n_rows, row_stride, w, weights_stride, o, dim); break;
-    }
-  }
+  for_head_passes<kMaxHeads>(group, [&](int64_t h0, auto heads) {
+    accumulate_heads<T, decltype(heads)::value>(values, n_rows, row_stride, weights + h0 * weights_stride,
+                                                weights_stride, out + h0 * dim, dim);
+  });
 }
 
 }  // namespace

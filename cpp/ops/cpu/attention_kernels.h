@@ -6,6 +6,7 @@
 // scores + h * scores_stride, so the softmax of one head is one contiguous (vectorizable) pass.
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 #include "kv/sink_cache.h"
 #include "ops/cpu/cpu_features.h"
@@ -29,6 +30,23 @@ using AccumulateRowsF32 = void (*)(const float* values, int64_t n_rows, int64_t 
 using SoftmaxInPlace = void (*)(float* s, int64_t n, bool round_half);
 // out[i] = in[i] rounded to the nearest half-precision value (ties to even).
 using RoundToHalf = void (*)(const float* in, int64_t n, float* out);
+
+// The query heads of a GQA group in passes of at most kMaxHeads (1 .. 4): calls
+// fn(h0, std::integral_constant<int, HN>{}) for h0 = 0, kMaxHeads, ... with HN = min(kMaxHeads,
+// group - h0), so the SIMD kernels get the pass size as a compile-time constant (their register
+// blocks are sized by it). Generic code, no intrinsics: the SIMD files share it.
+template <int kMaxHeads, typename Fn>
+inline void for_head_passes(int64_t group, Fn&& fn) {
+  static_assert(kMaxHeads >= 1 && kMaxHeads <= 4, "passes of 1 to 4 heads");
+  for (int64_t h0 = 0; h0 < group; h0 += kMaxHeads) {
+    switch (group - h0 < kMaxHeads ? group - h0 : kMaxHeads) {
+      case 1: fn(h0, std::integral_constant<int, 1>{}); break;
+      case 2: if constexpr (kMaxHeads >= 2) fn(h0, std::integral_constant<int, 2>{}); break;
+      case 3: if constexpr (kMaxHeads >= 3) fn(h0, std::integral_constant<int, 3>{}); break;
+      default: if constexpr (kMaxHeads >= 4) fn(h0, std::integral_constant<int, 4>{}); break;
+    }
+  }
+}
 
 struct Kernels {
   ScoreRowsF16 score_f16;
