@@ -76,14 +76,6 @@ def bench_sinkstream(model, threads: int, prompt_tokens: int = 512, decode_token
                        {"prefill": prefill, "decode": decode, "at_position": at_position})
 
 
-def _llama_cpp_next_token(llm) -> int:
-    """Greedy next token from llama.cpp's logits for the last evaluated token. Read from the context
-    itself: llama-cpp-python 0.3.x no longer copies logits into `llm.scores` unless logits_all."""
-    import llama_cpp  # type: ignore[import-not-found]
-    pointer = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
-    return int(np.argmax(np.ctypeslib.as_array(pointer, shape=(llm.n_vocab(),))))
-
-
 def bench_llama_cpp(model_path: str, threads: int, prompt_tokens: int = 512, decode_tokens: int = 256,
                     position: int = 2048, repeats: int = 3) -> BenchResult | None:
     """The same measurements with llama.cpp (llama-cpp-python), or None when it is not installed."""
@@ -93,7 +85,15 @@ def bench_llama_cpp(model_path: str, threads: int, prompt_tokens: int = 512, dec
         return None
     llm = llama_cpp.Llama(model_path=model_path, n_ctx=position + 64, n_threads=threads, n_threads_batch=threads,
                           n_batch=512, verbose=False, logits_all=False)
-    prompt = _prompt(llm.n_vocab(), prompt_tokens).tolist()
+    n_vocab = llm.n_vocab()
+    prompt = _prompt(n_vocab, prompt_tokens).tolist()
+
+    def next_token() -> int:
+        # Greedy, from the last evaluated token's logits, read from the context itself:
+        # llama-cpp-python 0.3.x no longer copies logits into `llm.scores` unless logits_all.
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))
+        return int(np.argmax(logits))
+
     prefill, decode, at_position = [], [], []
     for _ in range(repeats):
         llm.reset()
@@ -102,14 +102,14 @@ def bench_llama_cpp(model_path: str, threads: int, prompt_tokens: int = 512, dec
         prefill.append(prompt_tokens / (time.perf_counter() - t0))
         t0 = time.perf_counter()
         for _ in range(decode_tokens):
-            llm.eval([_llama_cpp_next_token(llm)])
+            llm.eval([next_token()])
         decode.append(decode_tokens / (time.perf_counter() - t0))
         if llm.n_tokens < position:
-            llm.eval(_prompt(llm.n_vocab(), position - llm.n_tokens, seed=1).tolist())
+            llm.eval(_prompt(n_vocab, position - llm.n_tokens, seed=1).tolist())
         steps = 32
         t0 = time.perf_counter()
         for _ in range(steps):
-            llm.eval([_llama_cpp_next_token(llm)])
+            llm.eval([next_token()])
         at_position.append(1000 * (time.perf_counter() - t0) / steps)
     return BenchResult("llama.cpp", threads, statistics.median(prefill), statistics.median(decode),
                        statistics.median(at_position), position, peak_rss_mib(),
