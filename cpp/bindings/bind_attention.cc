@@ -46,12 +46,12 @@ void bind_attention(nb::module_& m) {
         for (int64_t t = 0; t < n_tokens; ++t) cache.store(0, (uint64_t)t, keys.data() + t * row, values.data() + t * row);
         const int64_t group = n_head / n_head_kv;
         const uint64_t t = (uint64_t)(n_tokens - 1);
-        std::vector<float> scores((size_t)(group * attention_set_size(cache, t)));
+        std::vector<float> scores((size_t)(group * attention_set_size(cache, 0, t)));
         std::vector<float> out((size_t)(n_head * head_dim));
         const float scale = 1.0f / std::sqrt((float)head_dim);
         for (int64_t kv = 0; kv < n_head_kv; ++kv) {
           const int64_t first = kv * group * head_dim;
-          attend_at_isa(cache, 0, kv, group, t, q_sink.data() + first, q_window.data() + first, scale, scores.data(),
+          attend_at_isa(cache, 0, kv, group, t, q_sink.data() + first, q_window.data() + first, scale, 0.0f, scores.data(),
                         out.data() + first, level);
         }
         auto* owned = new std::vector<float>(std::move(out));

@@ -1,5 +1,6 @@
 #include "kv/sink_cache.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "core/error.h"
@@ -8,13 +9,27 @@
 namespace sinkstream {
 
 SinkCache::SinkCache(int64_t n_layer, int64_t n_head_kv, int64_t head_dim, int64_t n_sink, int64_t window,
-                     int64_t max_chunk, KvType type, uint64_t position_offset)
+                     int64_t max_chunk, KvType type, uint64_t position_offset, std::vector<int64_t> layer_windows,
+                     bool evicts)
     : n_layer_(n_layer), n_head_kv_(n_head_kv), head_dim_(head_dim), n_sink_(n_sink), window_(window),
-      ring_slots_(window + max_chunk - 1), type_(type), position_offset_(position_offset) {
+      type_(type), position_offset_(position_offset) {
   SS_CHECK_ARG(n_sink >= 0, "n_sink must be >= 0, got ", n_sink);
   SS_CHECK_ARG(window >= 1, "window must be >= 1, got ", window);
   SS_CHECK_ARG(max_chunk >= 1, "batch size must be >= 1, got ", max_chunk);
-  const size_t bytes = (size_t)(n_layer_ * n_head_kv_ * n_slots()) * head_row_bytes();
+  SS_CHECK_ARG(layer_windows.empty() || (int64_t)layer_windows.size() == n_layer, "layer_windows has ",
+               layer_windows.size(), " entries for ", n_layer, " layers");
+  // The ring keeps every window token some query of a chunk attends to: the last `window` tokens
+  // before the chunk's first query plus the chunk itself. A layer of window w_l needs only its
+  // last w_l (plus the chunk), and never more than the global ring.
+  const int64_t global_ring = window + (evicts ? max_chunk - 1 : 0);
+  size_t bytes = 0;
+  for (int64_t l = 0; l < n_layer; ++l) {
+    const int64_t w = layer_windows.empty() ? 0 : layer_windows[(size_t)l];
+    SS_CHECK_ARG(w >= 0, "layer ", l, ": sliding window must be >= 0, got ", w);
+    const int64_t ring = w == 0 ? global_ring : std::min(global_ring, w + max_chunk - 1);
+    layers_.push_back({w, ring, bytes});
+    bytes += (size_t)(n_head_kv * (n_sink + ring)) * head_row_bytes();
+  }
   // Allocated and touched once, here: the cache never grows (streaming.md invariant 2).
   keys_.assign(bytes, 0);
   values_.assign(bytes, 0);

@@ -11,6 +11,11 @@
 // against the query rotated at t sits at distance t - j, exactly as in the cache, and a sink key
 // (rotated at s) is scored against a second copy of the query rotated at p(t) = min(t, C - 1).
 // Two query rotations per head per token; no O(window) work per step.
+//
+// Layers may differ (streaming.md, "Models whose layers differ"): a sliding-window layer l of
+// window w_l attends to A_l(t) = A(t) ∩ {t - w_l + 1 .. t}, at the same positions (ranks in A(t)),
+// and keeps only the ring its own window needs: min(window, w_l) + chunk slack slots, so Gemma 3's
+// local layers hold ~512 entries whatever the capacity.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -20,19 +25,26 @@ namespace sinkstream {
 
 enum class KvType { kF16, kF32 };
 
-// The attention set A(t) of query t, as two index ranges (streaming.md, "Modes").
+// The attention set A_l(t) of query t in one layer, as two index ranges (streaming.md, "Modes").
 struct AttentionSpan {
-  uint64_t sink_end = 0;      // sinks are tokens [0, sink_end)
+  uint64_t sink_begin = 0;    // sinks are tokens [sink_begin, sink_end): 0 unless a local window
+  uint64_t sink_end = 0;      // has moved past some of them
   uint64_t window_begin = 0;  // window tokens are [window_begin, t]
   uint64_t query_position = 0;  // p(t) = |A(t)| - 1: where the query sits within the cache
+  int64_t size(uint64_t t) const {  // |A_l(t)|
+    return (int64_t)(sink_end - sink_begin) + (t >= window_begin ? (int64_t)(t + 1 - window_begin) : 0);
+  }
 };
 
 class SinkCache {
  public:
   // n_sink + window = capacity C. max_chunk: the most tokens written before their queries attend.
-  // dense = true: no eviction at all (window = capacity, ring of exactly `window` slots).
+  // layer_windows: w_l per layer, 0 for a global layer (empty: every layer global).
+  // evicts = false (dense, recompute): the stream never passes the capacity, so global layers keep
+  // exactly `window` ring slots (no chunk slack); local layers still slide.
   SinkCache(int64_t n_layer, int64_t n_head_kv, int64_t head_dim, int64_t n_sink, int64_t window,
-            int64_t max_chunk, KvType type, uint64_t position_offset = 0);
+            int64_t max_chunk, KvType type, uint64_t position_offset = 0,
+            std::vector<int64_t> layer_windows = {}, bool evicts = true);
 
   // RoPE positions. Window keys and the window copy of a query sit at position_offset + t (the
   // absolute index in a stream whose first token had index position_offset; 0 for a fresh stream);
@@ -48,13 +60,15 @@ class SinkCache {
   int64_t n_sink() const { return n_sink_; }
   int64_t window() const { return window_; }
   int64_t capacity() const { return n_sink_ + window_; }
-  int64_t ring_slots() const { return ring_slots_; }
-  int64_t n_slots() const { return n_sink_ + ring_slots_; }
+  int64_t layer_window(int64_t layer) const { return layers_[(size_t)layer].window; }  // 0: global
+  int64_t ring_slots(int64_t layer) const { return layers_[(size_t)layer].ring_slots; }
+  int64_t n_slots(int64_t layer) const { return n_sink_ + layers_[(size_t)layer].ring_slots; }
   int64_t row_elements() const { return n_head_kv_ * head_dim_; }  // one token's K (or V) in a layer
   KvType type() const { return type_; }
   size_t bytes() const { return keys_.size() + values_.size(); }
 
-  // StreamingLLM's attention set of query t (0-based token index in the stream).
+  // StreamingLLM's attention set A(t) of query t (0-based token index in the stream): the
+  // session's set, which global layers attend to and which defines every position.
   AttentionSpan span(uint64_t t) const {
     AttentionSpan s;
     const uint64_t S = (uint64_t)n_sink_, W = (uint64_t)window_;
@@ -67,11 +81,24 @@ class SinkCache {
     return s;
   }
 
-  int64_t slot_of(uint64_t j) const {
-    return j < (uint64_t)n_sink_ ? (int64_t)j : n_sink_ + (int64_t)((j - (uint64_t)n_sink_) % (uint64_t)ring_slots_);
+  // A_l(t) = A(t) ∩ {t - w_l + 1 .. t} for a sliding-window layer, A(t) for a global one; the
+  // query keeps its position p(t) in A(t) (streaming.md, "Models whose layers differ").
+  AttentionSpan span(int64_t layer, uint64_t t) const {
+    AttentionSpan s = span(t);
+    const uint64_t w = (uint64_t)layers_[(size_t)layer].window;
+    if (w == 0 || t + 1 <= w) return s;
+    const uint64_t oldest = t + 1 - w;
+    s.sink_begin = oldest < s.sink_end ? oldest : s.sink_end;
+    if (s.window_begin < oldest) s.window_begin = oldest;
+    return s;
   }
 
-  // Storage is head-major: for each layer and KV head, n_slots rows of head_dim values (f16 bits or
+  int64_t slot_of(int64_t layer, uint64_t j) const {
+    return j < (uint64_t)n_sink_ ? (int64_t)j
+                                 : n_sink_ + (int64_t)((j - (uint64_t)n_sink_) % (uint64_t)ring_slots(layer));
+  }
+
+  // Storage is head-major: for each layer and KV head, n_slots(layer) rows of head_dim values (f16 bits or
   // f32), slot after slot. Attention reads one KV head's rows at a time, so they are one contiguous
   // stream (a token-major layout, all heads of a slot together, made each head's pass a strided
   // walk that took about twice as long from DRAM).
@@ -92,17 +119,23 @@ class SinkCache {
   void copy_in(int64_t layer, uint64_t token, const uint8_t* key, const uint8_t* value);
 
  private:
-  int64_t n_layer_, n_head_kv_, head_dim_, n_sink_, window_, ring_slots_;
+  struct LayerGeometry {
+    int64_t window;      // w_l, 0 for a global layer
+    int64_t ring_slots;  // slots after the sinks
+    size_t offset;       // bytes before this layer's rows
+  };
+  int64_t n_layer_, n_head_kv_, head_dim_, n_sink_, window_;
   KvType type_;
   uint64_t position_offset_;
+  std::vector<LayerGeometry> layers_;
   size_t head_offset(int64_t layer, int64_t kv_head) const {
-    return (size_t)(layer * n_head_kv_ + kv_head) * (size_t)n_slots() * head_row_bytes();
+    return layers_[(size_t)layer].offset + (size_t)(kv_head * n_slots(layer)) * head_row_bytes();
   }
   size_t row_offset(int64_t layer, int64_t kv_head, uint64_t token) const {
-    return head_offset(layer, kv_head) + (size_t)slot_of(token) * head_row_bytes();
+    return head_offset(layer, kv_head) + (size_t)slot_of(layer, token) * head_row_bytes();
   }
-  std::vector<uint8_t> keys_;    // (n_layer, n_head_kv, n_slots, head_dim)
-  std::vector<uint8_t> values_;  // (n_layer, n_head_kv, n_slots, head_dim)
+  std::vector<uint8_t> keys_;    // per layer (n_head_kv, n_slots(layer), head_dim)
+  std::vector<uint8_t> values_;  // per layer (n_head_kv, n_slots(layer), head_dim)
 };
 
 }  // namespace sinkstream

@@ -1,26 +1,13 @@
 #include "model/config.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
 #include "gguf/gguf_file.h"
+#include "model/families.h"
 
 namespace sinkstream {
-
-namespace {
-
-// Architectures of the llama family this engine runs, and their RoPE layout (llama.cpp's
-// LLAMA_ROPE_TYPE_NORM vs _NEOX per architecture).
-struct FamilyInfo {
-  const char* arch;
-  RopeLayout layout;
-};
-constexpr FamilyInfo kLlamaFamily[] = {
-    {"llama", RopeLayout::kAdjacentPairs},
-    {"mistral", RopeLayout::kAdjacentPairs},
-    {"granite", RopeLayout::kAdjacentPairs},
-    {"qwen2", RopeLayout::kNeox},
-};
 
 int64_t required_int(const GgufFile& f, const std::string& key) {
   std::optional<int64_t> v = f.get_int(key);
@@ -28,9 +15,109 @@ int64_t required_int(const GgufFile& f, const std::string& key) {
   return *v;
 }
 
-void check_positive(const GgufFile& f, const char* key, int64_t value, int64_t limit = 1 << 24) {
+int64_t int_in_range(const GgufFile& f, const std::string& key, int64_t fallback, int64_t lo, int64_t hi) {
+  const int64_t v = f.get_int(key).value_or(fallback);
+  if (v < lo || v > hi)
+    throw ModelError(cat(f.path(), ": metadata '", key, "' = ", v, " is out of range (", lo, "..", hi, ")"));
+  return v;
+}
+
+double float_in_range(const GgufFile& f, const std::string& key, double fallback, double lo, double hi) {
+  const double v = f.get_float(key).value_or(fallback);
+  if (!(v >= lo && v <= hi))  // also refuses NaN
+    throw ModelError(cat(f.path(), ": metadata '", key, "' = ", v, " is out of range (", lo, "..", hi, ")"));
+  return v;
+}
+
+std::vector<double> rope_factor_tensor(const GgufFile& f, const std::string& name, int64_t n_rot) {
+  std::vector<double> factors;
+  const GgufTensorInfo* t = f.find_tensor(name);
+  if (t == nullptr) return factors;
+  if ((int64_t)t->n_elements != n_rot / 2)
+    throw ModelError(cat(f.path(), ": tensor '", name, "' has ", t->n_elements, " values, expected n_rot/2 = ", n_rot / 2));
+  for (float v : f.tensor_to_f32(*t)) {
+    if (!(v > 0.0f) || !std::isfinite(v))
+      throw ModelError(cat(f.path(), ": tensor '", name, "' holds a non-positive factor ", v));
+    factors.push_back(v);
+  }
+  return factors;
+}
+
+namespace {
+
+void check_positive(const GgufFile& f, const std::string& key, int64_t value, int64_t limit) {
   if (value <= 0 || value > limit)
     throw ModelError(cat(f.path(), ": metadata '", key, "' = ", value, " is out of range (1..", limit, ")"));
+}
+
+// What every family reads the same way: sizes, norm epsilon and the first RoPE variant.
+void read_common(const GgufFile& f, ModelConfig& c) {
+  const std::string p = c.architecture + ".";
+  c.n_layer = required_int(f, p + "block_count");
+  c.n_embd = required_int(f, p + "embedding_length");
+  c.n_ff = required_int(f, p + "feed_forward_length");
+  c.n_head = required_int(f, p + "attention.head_count");
+  c.n_head_kv = f.get_int(p + "attention.head_count_kv").value_or(c.n_head);
+  c.n_ctx_train = required_int(f, p + "context_length");
+  check_positive(f, p + "block_count", c.n_layer, 4096);
+  check_positive(f, p + "embedding_length", c.n_embd, 1 << 20);
+  check_positive(f, p + "feed_forward_length", c.n_ff, 1 << 22);
+  check_positive(f, p + "attention.head_count", c.n_head, 4096);
+  check_positive(f, p + "attention.head_count_kv", c.n_head_kv, 4096);
+  check_positive(f, p + "context_length", c.n_ctx_train, int64_t(1) << 40);
+  if (c.n_head % c.n_head_kv != 0)
+    throw ModelError(cat(f.path(), ": head_count ", c.n_head, " is not a multiple of head_count_kv ", c.n_head_kv));
+  c.head_dim = f.get_int(p + "attention.key_length").value_or(c.n_embd / c.n_head);
+  check_positive(f, p + "attention.key_length", c.head_dim, 4096);
+  const int64_t value_length = f.get_int(p + "attention.value_length").value_or(c.head_dim);
+  if (value_length != c.head_dim)
+    throw ModelError(cat(f.path(), ": attention.value_length ", value_length, " != key_length ", c.head_dim,
+                         " is not supported"));
+  c.norm_eps = (float)float_in_range(f, p + "attention.layer_norm_rms_epsilon", 1e-5, 1e-12, 0.5);
+  // Mixtures of experts and state-space layers need blocks this engine does not have: refuse them
+  // here, by name, rather than fail later on a missing tensor.
+  if (f.get_int(p + "expert_count").value_or(0) > 0)
+    throw ModelError(cat(f.path(), ": a mixture of experts (", p, "expert_count = ", *f.get_int(p + "expert_count"),
+                         ") is not supported"));
+  if (f.get_int(p + "ssm.state_size") || f.get_int(p + "ssm.conv_kernel"))
+    throw ModelError(cat(f.path(), ": state-space (recurrent) layers (", p, "ssm.*) are not supported"));
+
+  RopeConfig rope;
+  rope.n_rot = f.get_int(p + "rope.dimension_count").value_or(c.head_dim);
+  rope.freq_base = float_in_range(f, p + "rope.freq_base", 10000.0, 1.0 + 1e-9, 1e12);
+  const std::string scaling = f.get_string(p + "rope.scaling.type").value_or("none");
+  if (scaling == "linear") {
+    rope.linear_scale = float_in_range(f, p + "rope.scaling.factor", 1.0, 1e-6, 1e6);
+  } else if (scaling != "none" && scaling != "longrope") {  // longrope: phi3 reads its factor tensors
+    throw ModelError(cat(f.path(), ": rope.scaling.type '", scaling, "' is not supported (none, linear, longrope)"));
+  }
+  // llama3-style scaling is stored by converters as per-frequency divisors in `rope_freqs.weight`.
+  rope.freq_factors = rope_factor_tensor(f, "rope_freqs.weight", rope.n_rot);
+  c.ropes = {rope};
+
+  LayerConfig layer;
+  layer.attention_scale = 1.0f / std::sqrt((float)c.head_dim);
+  c.layers.assign((size_t)c.n_layer, layer);
+}
+
+// Whatever a family file set, the forward pass can trust it.
+void check_layers(const GgufFile& f, const ModelConfig& c) {
+  if (c.ropes.empty()) throw ModelError(cat(f.path(), ": no RoPE configuration"));
+  for (const RopeConfig& r : c.ropes)
+    if (r.n_rot <= 0 || r.n_rot > c.head_dim || r.n_rot % 2 != 0)
+      throw ModelError(cat(f.path(), ": rope.dimension_count ", r.n_rot, " must be even and in 2..head_dim (",
+                           c.head_dim, ")"));
+  if ((int64_t)c.layers.size() != c.n_layer) throw ModelError(cat(f.path(), ": per-layer configuration incomplete"));
+  for (size_t l = 0; l < c.layers.size(); ++l) {
+    const LayerConfig& L = c.layers[l];
+    if (L.rope < -1 || L.rope >= (int)c.ropes.size())
+      throw ModelError(cat(f.path(), ": layer ", l, " names RoPE variant ", L.rope, " of ", c.ropes.size()));
+    if (L.sliding_window < 0 || L.sliding_window > (int64_t(1) << 32))
+      throw ModelError(cat(f.path(), ": layer ", l, " has sliding window ", L.sliding_window));
+    if (!(L.attention_scale > 0.0f) || !std::isfinite(L.attention_scale) || !(L.attention_softcap >= 0.0f))
+      throw ModelError(cat(f.path(), ": layer ", l, " has attention scale ", L.attention_scale, " / soft-cap ",
+                           L.attention_softcap));
+  }
 }
 
 }  // namespace
@@ -41,78 +128,35 @@ ModelConfig ModelConfig::from_gguf(const GgufFile& f) {
   if (!arch) throw ModelError(cat(f.path(), ": missing metadata key 'general.architecture'"));
   c.architecture = *arch;
   c.name = f.get_string("general.name").value_or("");
-  const FamilyInfo* family = nullptr;
-  for (const auto& fam : kLlamaFamily)
-    if (c.architecture == fam.arch) family = &fam;
-  if (family == nullptr) {
-    std::string known;
-    for (const auto& fam : kLlamaFamily) known += cat(known.empty() ? "" : ", ", fam.arch);
-    throw ModelError(cat(f.path(), ": architecture '", c.architecture, "' is not supported (supported: ", known, ")"));
-  }
-  c.rope_layout = family->layout;
-  const std::string p = c.architecture + ".";
-
-  c.n_layer = required_int(f, p + "block_count");
-  c.n_embd = required_int(f, p + "embedding_length");
-  c.n_ff = required_int(f, p + "feed_forward_length");
-  c.n_head = required_int(f, p + "attention.head_count");
-  c.n_head_kv = f.get_int(p + "attention.head_count_kv").value_or(c.n_head);
-  c.n_ctx_train = required_int(f, p + "context_length");
-  check_positive(f, "block_count", c.n_layer, 4096);
-  check_positive(f, "embedding_length", c.n_embd, 1 << 20);
-  check_positive(f, "feed_forward_length", c.n_ff, 1 << 22);
-  check_positive(f, "attention.head_count", c.n_head, 4096);
-  check_positive(f, "attention.head_count_kv", c.n_head_kv, 4096);
-  check_positive(f, "context_length", c.n_ctx_train, int64_t(1) << 40);
-  if (c.n_head % c.n_head_kv != 0)
-    throw ModelError(cat(f.path(), ": head_count ", c.n_head, " is not a multiple of head_count_kv ", c.n_head_kv));
-  c.head_dim = f.get_int(p + "attention.key_length").value_or(c.n_embd / c.n_head);
-  check_positive(f, "attention.key_length", c.head_dim, 4096);
-  const int64_t value_length = f.get_int(p + "attention.value_length").value_or(c.head_dim);
-  if (value_length != c.head_dim)
-    throw ModelError(cat(f.path(), ": attention.value_length ", value_length, " != key_length ", c.head_dim,
-                         " is not supported"));
-  c.rms_eps = (float)f.get_float(p + "attention.layer_norm_rms_epsilon").value_or(1e-5);
-  if (!(c.rms_eps > 0.0f && c.rms_eps < 1.0f))
-    throw ModelError(cat(f.path(), ": attention.layer_norm_rms_epsilon = ", c.rms_eps, " is out of range"));
-
-  c.n_rot = f.get_int(p + "rope.dimension_count").value_or(c.head_dim);
-  if (c.n_rot <= 0 || c.n_rot > c.head_dim || c.n_rot % 2 != 0)
-    throw ModelError(cat(f.path(), ": rope.dimension_count ", c.n_rot, " must be even and in 2..head_dim (",
-                         c.head_dim, ")"));
-  c.rope_freq_base = f.get_float(p + "rope.freq_base").value_or(10000.0);
-  if (!(c.rope_freq_base > 1.0) || !std::isfinite(c.rope_freq_base))
-    throw ModelError(cat(f.path(), ": rope.freq_base = ", c.rope_freq_base, " is out of range"));
-  const std::string scaling = f.get_string(p + "rope.scaling.type").value_or("none");
-  if (scaling == "linear") {
-    c.rope_linear_scale = f.get_float(p + "rope.scaling.factor").value_or(1.0);
-    if (!(c.rope_linear_scale > 0.0) || !std::isfinite(c.rope_linear_scale))
-      throw ModelError(cat(f.path(), ": rope.scaling.factor = ", c.rope_linear_scale, " is out of range"));
-  } else if (scaling != "none") {
-    throw ModelError(cat(f.path(), ": rope.scaling.type '", scaling, "' is not supported (none, linear)"));
-  }
-  // llama3-style scaling is stored by converters as per-frequency divisors in `rope_freqs.weight`.
-  if (const GgufTensorInfo* t = f.find_tensor("rope_freqs.weight")) {
-    if ((int64_t)t->n_elements != c.n_rot / 2)
-      throw ModelError(cat(f.path(), ": tensor 'rope_freqs.weight' has ", t->n_elements, " values, expected n_rot/2 = ",
-                           c.n_rot / 2));
-    for (float v : f.tensor_to_f32(*t)) {
-      if (!(v > 0.0f) || !std::isfinite(v))
-        throw ModelError(cat(f.path(), ": tensor 'rope_freqs.weight' holds a non-positive factor ", v));
-      c.rope_freq_factors.push_back(v);
-    }
-  }
+  const Family& family = find_family(f.path(), c.architecture);  // ModelError when none
+  read_common(f, c);
+  family.configure(f, c);
+  check_layers(f, c);
   return c;
 }
 
-std::vector<double> ModelConfig::rope_thetas() const {
-  std::vector<double> thetas((size_t)(n_rot / 2));
+std::vector<int64_t> ModelConfig::layer_windows() const {
+  std::vector<int64_t> windows;
+  for (const LayerConfig& L : layers) windows.push_back(L.sliding_window);
+  return windows;
+}
+
+int64_t ModelConfig::max_rot() const {
+  int64_t n = 0;
+  for (const RopeConfig& r : ropes) n = std::max(n, r.n_rot);
+  return n;
+}
+
+std::vector<double> RopeConfig::thetas(int64_t capacity) const {
+  const bool long_context = !long_freq_factors.empty() && capacity > original_context;
+  const std::vector<double>& factors = long_context ? long_freq_factors : freq_factors;
+  std::vector<double> out((size_t)(n_rot / 2));
   for (int64_t i = 0; i < n_rot / 2; ++i) {
-    double theta = std::pow(rope_freq_base, -2.0 * (double)i / (double)n_rot) / rope_linear_scale;
-    if (!rope_freq_factors.empty()) theta /= rope_freq_factors[(size_t)i];
-    thetas[(size_t)i] = theta;
+    double theta = std::pow(freq_base, -2.0 * (double)i / (double)n_rot) / linear_scale;
+    if (!factors.empty()) theta /= factors[(size_t)i];
+    out[(size_t)i] = theta;
   }
-  return thetas;
+  return out;
 }
 
 }  // namespace sinkstream

@@ -1,4 +1,7 @@
-// Hyper-parameters of a decoder, read from GGUF metadata (`<arch>.*` keys, GGUF spec "LLM").
+// Hyper-parameters of a decoder, read once from GGUF metadata (`<arch>.*` keys, GGUF spec "LLM"):
+// what every layer shares (ModelConfig) and what a layer may do its own way (LayerConfig, one per
+// layer: sliding window, RoPE, QK-norm, post-norms, activation, soft-capping). The family files
+// (family_*.cc) fill in what their architecture does differently; the forward pass reads only this.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -9,6 +12,36 @@
 namespace sinkstream {
 
 class GgufFile;
+
+// One RoPE variant; a model has one or two (Gemma 3: local base 10k, global base 1M).
+// theta_i = freq_base^(-2i / n_rot) / (factor_i * linear_scale), i < n_rot / 2.
+struct RopeConfig {
+  int64_t n_rot = 0;  // rotated dims at the start of each head (partial rotary: < head_dim)
+  RopeLayout layout = RopeLayout::kAdjacentPairs;
+  double freq_base = 10000.0;
+  double linear_scale = 1.0;          // rope.scaling.type "linear": positions divided by the factor
+  std::vector<double> freq_factors;   // per-frequency divisors (llama3 `rope_freqs`, LongRoPE short)
+  // LongRoPE (phi3): other divisors once the cache holds more than original_context tokens, as
+  // Hugging Face picks them from the sequence length; empty otherwise.
+  std::vector<double> long_freq_factors;
+  int64_t original_context = 0;
+  double attention_factor = 1.0;      // cos and sin are multiplied by it (LongRoPE/YaRN magnitude)
+
+  // The frequencies theta_i, i < n_rot/2, in double precision (streaming.md invariant 4), for a
+  // cache of `capacity` entries.
+  std::vector<double> thetas(int64_t capacity) const;
+};
+
+struct LayerConfig {
+  int64_t sliding_window = 0;  // 0: global; else the layer attends to its last w tokens only
+  int rope = 0;                // index into ModelConfig::ropes; -1: no rotation (NoPE)
+  bool qk_norm = false;        // RMS norm of every query and key head before RoPE (Qwen3, Gemma 3)
+  bool post_attention_norm = false;  // norm of the attention output before the residual (Gemma 2/3)
+  bool post_ffn_norm = false;        // same for the feed-forward output
+  FfnActivation activation = FfnActivation::kSwiGlu;
+  float attention_scale = 1.0f;      // multiplies q . k (1/sqrt(head_dim) unless the family says)
+  float attention_softcap = 0.0f;    // > 0: scores -> cap * tanh(scores / cap) (Gemma 2)
+};
 
 struct ModelConfig {
   std::string architecture;  // general.architecture
@@ -21,18 +54,37 @@ struct ModelConfig {
   int64_t head_dim = 0;      // <arch>.attention.key_length, default n_embd / n_head
   int64_t n_ctx_train = 0;   // <arch>.context_length
   int64_t n_vocab = 0;       // rows of token_embd
-  float rms_eps = 1e-5f;     // <arch>.attention.layer_norm_rms_epsilon
-  // RoPE: theta_i = freq_base^(-2i / n_rot) / (freq_factor_i * linear_scale), i < n_rot / 2.
-  int64_t n_rot = 0;         // <arch>.rope.dimension_count, default head_dim
-  double rope_freq_base = 10000.0;
-  double rope_linear_scale = 1.0;  // <arch>.rope.scaling.factor when rope.scaling.type == "linear"
-  RopeLayout rope_layout = RopeLayout::kAdjacentPairs;
-  std::vector<double> rope_freq_factors;  // from a `rope_freqs.weight` tensor (llama3-style), or empty
+  float norm_eps = 1e-5f;    // <arch>.attention.layer_norm_rms_epsilon
 
-  // Reads and checks every hyper-parameter; ModelError names the key and the value.
+  // Tensor layout: Phi-3 stores Q/K/V as one `attn_qkv` and gate/up as one `ffn_up` (gate first).
+  bool fused_qkv = false;
+  bool fused_gate_up = false;
+  bool qkv_bias = false;     // attn_q/k/v.bias present (qwen2)
+
+  // Scalings (1 and 0 mean none): Gemma multiplies the embeddings by sqrt(n_embd); Granite scales
+  // embeddings, residual branches and logits; Gemma 2 soft-caps the final logits.
+  float embedding_scale = 1.0f;
+  float residual_scale = 1.0f;
+  float logit_scale = 1.0f;       // logits are multiplied by it (Granite: 1 / granite.logit_scale)
+  float final_logit_softcap = 0.0f;
+
+  std::vector<RopeConfig> ropes;    // at least one
+  std::vector<LayerConfig> layers;  // n_layer
+
+  // Reads and checks every hyper-parameter; ModelError names the file, the key and the value.
+  // Architectures without a family file are refused with the list of those that run.
   static ModelConfig from_gguf(const GgufFile& file);
-  // The frequencies theta_i, i < n_rot/2, in double precision (streaming.md invariant 4).
-  std::vector<double> rope_thetas() const;
+
+  // Sliding windows per layer (0: global), as the cache wants them.
+  std::vector<int64_t> layer_windows() const;
+  int64_t max_rot() const;  // the largest n_rot of the RoPE variants (scratch sizes)
 };
+
+// Readers shared by the family files: a missing key or a value out of range is a ModelError
+// naming the file and the key.
+int64_t required_int(const GgufFile& f, const std::string& key);
+int64_t int_in_range(const GgufFile& f, const std::string& key, int64_t fallback, int64_t lo, int64_t hi);
+double float_in_range(const GgufFile& f, const std::string& key, double fallback, double lo, double hi);
+std::vector<double> rope_factor_tensor(const GgufFile& f, const std::string& name, int64_t n_rot);  // empty if absent
 
 }  // namespace sinkstream

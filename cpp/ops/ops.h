@@ -15,6 +15,12 @@ enum class RopeLayout {
   kNeox,           // rotate (x[i], x[i + n_rot/2]): qwen2, gptneox, falcon, ...
 };
 
+// The gated feed-forward's activation: act(gate) * up.
+enum class FfnActivation {
+  kSwiGlu,  // silu(gate) * up (llama, qwen, phi3)
+  kGeGlu,   // gelu_tanh(gate) * up (gemma: "gelu_pytorch_tanh")
+};
+
 // A 2-D weight left in the GGUF map: `rows` rows of `cols` elements of `type`, rows contiguous.
 // In ggml order a tensor with dims (cols, rows) is exactly this.
 struct WeightMatrix {
@@ -48,8 +54,17 @@ void rms_norm(const float* x, const float* weight, int64_t n, int64_t d, float e
 // out = silu(gate) * up, elementwise over n values. out may alias gate.
 void silu_mul(const float* gate, const float* up, int64_t n, float* out);
 
-// y += x over n values.
+// out = gelu(gate) * up with gelu's tanh approximation (GeGLU, Gemma's "gelu_pytorch_tanh"):
+// gelu(g) = g/2 * (1 + tanh(sqrt(2/pi) * (g + 0.044715 g^3))). out may alias gate.
+void gelu_tanh_mul(const float* gate, const float* up, int64_t n, float* out);
+
+// y += x over n values; y += scale * x; x *= scale.
 void add_inplace(float* y, const float* x, int64_t n);
+void add_scaled_inplace(float* y, const float* x, float scale, int64_t n);
+void scale_inplace(float* x, float scale, int64_t n);
+
+// x = cap * tanh(x / cap) over n values (Gemma 2's logit soft-capping).
+void soft_cap_inplace(float* x, float cap, int64_t n);
 
 // cos/sin of the RoPE angles pos * theta_i, i < n_freq. The product is reduced modulo 2*pi in
 // extended precision from the integer position, so the angle is as exact at pos = 2^40 as at
@@ -60,13 +75,15 @@ void rope_cos_sin(uint64_t pos, const double* thetas, int64_t n_freq, float* cos
 void rope_apply(float* x, int64_t n_heads, int64_t head_dim, int64_t n_rot, RopeLayout layout,
                 const float* cos, const float* sin);
 
-// The query heads that share one KV head (GQA group) against that head over A(t) in the cache
-// (sink_cache.h); each key and value row is read once for the whole group.
-// q_sink / q_window: (group, head_dim) contiguous, rotated at p(t) and at t (equal while t < C).
-// out (group, head_dim) = softmax(scale * [q_sink . K_sinks, q_window . K_window]) . V per head.
-// scores: scratch of at least group * capacity() floats. Cost: group * |A(t)| * head_dim * 2 FMAs.
-void attend(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
-            const float* q_sink, const float* q_window, float scale, float* scores, float* out);
+// The query heads that share one KV head (GQA group) against that head over A_l(t) in the cache
+// (sink_cache.h: A(t), narrowed to the layer's window); each key and value row is read once for
+// the whole group. q_sink / q_window: (group, head_dim) contiguous, rotated at p(t) and at t
+// (equal while t < C). out (group, head_dim) = softmax(cap(scale * [q_sink . K_sinks,
+// q_window . K_window])) . V per head, cap(s) = softcap * tanh(s / softcap) when softcap > 0.
+// scores: scratch of at least group * capacity() floats. Cost: group * |A_l(t)| * head_dim * 2 FMAs.
+// Returns |A_l(t)|, the rows it read (the work counters count what attention really read).
+int64_t attend(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
+               const float* q_sink, const float* q_window, float scale, float softcap, float* scores, float* out);
 
 // attend() in three phases, so that one query's attention can be spread over threads (at decode a
 // token has only n_head_kv (token, KV head) pairs, fewer than the threads share evenly). Rows are
@@ -75,12 +92,13 @@ void attend(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t grou
 // attend_softmax per head, then attend_accumulate over kAttendChunkRows-row pieces, their partial
 // sums added in order; a split that follows the same pieces gives the same bits.
 constexpr int64_t kAttendChunkRows = 256;
-int64_t attention_set_size(const SinkCache& cache, uint64_t t);  // |A(t)| = p(t) + 1
+int64_t attention_set_size(const SinkCache& cache, int64_t layer, uint64_t t);  // |A_l(t)|
 void attend_scores(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
                    const float* q_sink, const float* q_window, float scale, int64_t row_begin, int64_t row_end,
                    float* scores, int64_t scores_stride);
-// One head's |A(t)| scores -> attention weights in place (rounded to half with an f16 cache).
-void attend_softmax(const SinkCache& cache, float* scores, int64_t n);
+// One head's |A_l(t)| scores -> attention weights in place (soft-capped first when softcap > 0;
+// rounded to half with an f16 cache).
+void attend_softmax(const SinkCache& cache, float* scores, int64_t n, float softcap);
 // partial (group, head_dim) = sum over rows [row_begin, row_end) of weights[h * stride + row] * V_row.
 void attend_accumulate(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
                        int64_t row_begin, int64_t row_end, const float* weights, int64_t weights_stride,

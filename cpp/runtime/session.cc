@@ -11,7 +11,7 @@ namespace {
 
 constexpr int64_t kDefaultCapacity = 2048;  // streaming.md: default C, capped at the training context
 constexpr uint32_t kStateMagic = 0x564B5353;  // "SSKV"
-constexpr uint32_t kStateVersion = 1;
+constexpr uint32_t kStateVersion = 2;  // 2: rows per layer's own window
 
 // Marks a session busy for the duration of a call: a second thread gets a clear error instead of
 // corrupting the cache.
@@ -65,9 +65,10 @@ Session::Geometry Session::resolve_geometry(const Model& model, const SessionOpt
 
 namespace {
 
-int64_t chunk_capacity(const SessionOptions& o) {
-  // Dense and recompute caches never evict, so they need no ring slack.
-  return o.mode == AttentionMode::kDense || o.mode == AttentionMode::kRecompute ? 1 : o.batch_size;
+// Dense and recompute caches never hold more than the capacity, so their global layers need no
+// ring slack (sliding-window layers still slide).
+bool evicts(const SessionOptions& o) {
+  return o.mode == AttentionMode::kStreaming || o.mode == AttentionMode::kWindow;
 }
 
 }  // namespace
@@ -99,9 +100,12 @@ Session::Session(std::shared_ptr<const Model> model, const SessionOptions& optio
       n_sink_(geometry.n_sink),
       window_(geometry.window),
       pool_(options.n_threads > 0 ? options.n_threads : ThreadPool::default_thread_count()),
+      backend_(pool_, n_sink_ + window_, model_->config().n_head, model_->config().n_head_kv,
+               model_->config().head_dim),
       cache_(model_->config().n_layer, model_->config().n_head_kv, model_->config().head_dim, n_sink_, window_,
-             chunk_capacity(options), options.kv_type, options.position_offset),
-      scratch_(model_->make_scratch(options.batch_size, n_sink_ + window_, pool_.n_threads())) {
+             options.batch_size, options.kv_type, options.position_offset, model_->config().layer_windows(),
+             evicts(options)),
+      scratch_(model_->make_scratch(options.batch_size, n_sink_ + window_)) {
   if (options_.mode == AttentionMode::kRecompute) history_.assign((size_t)capacity(), 0);
 }
 
@@ -152,7 +156,7 @@ void Session::eval_cached(const int32_t* tokens, int64_t n, bool all_logits, flo
     const int64_t chunk = std::min<int64_t>(options_.batch_size, n - done);
     const bool last_chunk = done + chunk == n;
     float* logits = out == nullptr ? nullptr : all_logits ? out + done * n_vocab : last_chunk ? out : nullptr;
-    model_->forward(tokens + done, chunk, n_past_, cache_, scratch_, pool_, logits, all_logits);
+    model_->forward(tokens + done, chunk, n_past_, cache_, scratch_, backend_, logits, all_logits);
     n_past_ += (uint64_t)chunk;
     done += chunk;
     if (!last_chunk) check_interrupt();
@@ -173,14 +177,14 @@ void Session::eval_recompute(const int32_t* tokens, int64_t n, bool all_logits, 
     const bool want = out != nullptr && (all_logits || i == n - 1);
     float* logits = !want ? nullptr : all_logits ? out + i * n_vocab : out;
     if (t < (uint64_t)C) {
-      model_->forward(tokens + i, 1, t, cache_, scratch_, pool_, logits, false);
+      model_->forward(tokens + i, 1, t, cache_, scratch_, backend_, logits, false);
     } else if (want) {
       window_tokens.resize((size_t)C);
       for (int64_t j = 0; j < C; ++j) window_tokens[(size_t)j] = history_[(size_t)((t - (uint64_t)C + 1 + (uint64_t)j) % (uint64_t)C)];
       for (int64_t done = 0; done < C;) {
         const int64_t chunk = std::min<int64_t>(options_.batch_size, C - done);
         const bool last = done + chunk == C;
-        model_->forward(window_tokens.data() + done, chunk, (uint64_t)done, cache_, scratch_, pool_,
+        model_->forward(window_tokens.data() + done, chunk, (uint64_t)done, cache_, scratch_, backend_,
                         last ? logits : nullptr, false);
         done += chunk;
       }
@@ -191,9 +195,10 @@ void Session::eval_recompute(const int32_t* tokens, int64_t n, bool all_logits, 
 }
 
 // Saved state: a header that pins the model shape and session geometry, the recompute history,
-// then the K/V rows of exactly the tokens a future query can attend to (sinks and the last
-// window - 1 tokens), in token order. Rows are stored by token, not by slot, so the layout of the
-// ring (which depends on batch_size) does not matter.
+// then per layer the K/V rows of exactly the tokens a future query can attend to there (sinks and
+// the last window - 1 tokens, narrowed to the layer's own sliding window), in token order. Rows are
+// stored by token, not by slot, so the layout of the ring (which depends on batch_size) does not
+// matter.
 namespace {
 
 struct StateHeader {
@@ -203,6 +208,18 @@ struct StateHeader {
   uint64_t sink_end, window_begin;  // entries [0, sink_end) and [window_begin, n_past)
   uint64_t n_history;               // recompute: the last n_history tokens
 };
+
+// The rows layer `layer` keeps for the next query (t = n_past): sinks [sink_begin, sink_end) and
+// window [window_begin, n_past), from the session-wide ranges in the header.
+struct LayerRows {
+  uint64_t sink_begin, sink_end, window_begin;
+  uint64_t count(uint64_t n_past) const { return (sink_end - sink_begin) + (n_past - window_begin); }
+};
+LayerRows layer_rows(const SinkCache& cache, int64_t layer, const StateHeader& h) {
+  const uint64_t w = (uint64_t)cache.layer_window(layer);
+  const uint64_t oldest = w != 0 && h.n_past + 1 > w ? h.n_past + 1 - w : 0;
+  return {std::min(oldest, h.sink_end), h.sink_end, std::max(h.window_begin, oldest)};
+}
 
 void append(std::vector<uint8_t>& out, const void* data, size_t n) {
   const uint8_t* p = static_cast<const uint8_t*>(data);
@@ -244,8 +261,9 @@ std::vector<uint8_t> Session::save() const {
         cache_.copy_out(l, j, out.data() + at, out.data() + at + row_bytes);
       }
     };
-    copy_rows(0, h.sink_end);
-    copy_rows(h.window_begin, n_past_);
+    const LayerRows rows = layer_rows(cache_, l, h);
+    copy_rows(rows.sink_begin, rows.sink_end);
+    copy_rows(rows.window_begin, n_past_);
   }
   return out;
 }
@@ -274,9 +292,9 @@ void Session::load(const std::vector<uint8_t>& state) {
   if (options_.mode == AttentionMode::kDense)
     SS_CHECK_ARG(h.n_past <= C, "session state holds ", h.n_past, " tokens, more than this dense session's ", C);
   const size_t row_bytes = (size_t)cache_.row_elements() * cache_.element_bytes();
-  const uint64_t n_rows = h.sink_end + (h.n_past - h.window_begin);
-  const size_t expected = sizeof(h) + (size_t)h.n_history * sizeof(int32_t) +
-                          (size_t)(n_rows * 2 * (uint64_t)cache_.n_layer()) * row_bytes;
+  uint64_t n_rows = 0;
+  for (int64_t l = 0; l < cache_.n_layer(); ++l) n_rows += layer_rows(cache_, l, h).count(h.n_past);
+  const size_t expected = sizeof(h) + (size_t)h.n_history * sizeof(int32_t) + (size_t)(n_rows * 2) * row_bytes;
   SS_CHECK_ARG(state.size() == expected, "session state has ", state.size(), " bytes, expected ", expected);
 
   const uint8_t* p = state.data() + sizeof(h);
@@ -294,8 +312,9 @@ void Session::load(const std::vector<uint8_t>& state) {
         p += 2 * row_bytes;
       }
     };
-    copy_rows(0, h.sink_end);
-    copy_rows(h.window_begin, h.n_past);
+    const LayerRows rows = layer_rows(cache_, l, h);
+    copy_rows(rows.sink_begin, rows.sink_end);
+    copy_rows(rows.window_begin, h.n_past);
   }
   n_past_ = h.n_past;
 }

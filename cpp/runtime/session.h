@@ -11,6 +11,7 @@
 #include "core/thread_pool.h"
 #include "kv/sink_cache.h"
 #include "model/model.h"
+#include "ops/cpu/cpu_backend.h"
 
 namespace sinkstream {
 
@@ -60,7 +61,7 @@ class Session {
   const Model& model() const { return *model_; }
   int n_threads() const { return pool_.n_threads(); }
   uint64_t keys_rotated() const { return scratch_.keys_rotated; }
-  uint64_t entries_attended() const { return scratch_.entries_attended; }
+  uint64_t entries_attended() const { return backend_.entries_attended(); }
 
   // Exact snapshot of the stream (cache contents, counter, recompute history) and its restore.
   std::vector<uint8_t> save() const;
@@ -85,6 +86,7 @@ class Session {
   int64_t n_sink_ = 0;
   int64_t window_ = 0;
   ThreadPool pool_;
+  CpuBackend backend_;
   SinkCache cache_;
   ForwardScratch scratch_;
   uint64_t n_past_ = 0;

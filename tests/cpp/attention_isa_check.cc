@@ -69,11 +69,11 @@ std::vector<float> engine(const std::vector<float>& keys, const std::vector<floa
   const int64_t row = s.n_head_kv * s.head_dim, group = s.n_head / s.n_head_kv;
   for (int64_t t = 0; t < s.n_tokens; ++t) cache.store(0, (uint64_t)t, &keys[(size_t)(t * row)], &values[(size_t)(t * row)]);
   const uint64_t t = (uint64_t)(s.n_tokens - 1);
-  std::vector<float> scores((size_t)(group * attention_set_size(cache, t))), out((size_t)(s.n_head * s.head_dim));
+  std::vector<float> scores((size_t)(group * attention_set_size(cache, 0, t))), out((size_t)(s.n_head * s.head_dim));
   for (int64_t kv = 0; kv < s.n_head_kv; ++kv) {
     const size_t first = (size_t)(kv * group * s.head_dim);
     attend_at_isa(cache, 0, kv, group, t, &q_sink[first], &q_window[first], 1.0f / std::sqrt((float)s.head_dim),
-                  scores.data(), &out[first], isa);
+                  0.0f, scores.data(), &out[first], isa);
   }
   return out;
 }

@@ -98,16 +98,17 @@ struct Run {
   bool sink;
 };
 
-// A(t) as runs of consecutive slots, in token order: the sinks, then the window (split where the
+// A_l(t) as runs of consecutive slots, in token order: the sinks, then the window (split where the
 // ring wraps around).
-int collect_runs(const SinkCache& cache, uint64_t t, Run runs[3]) {
-  const AttentionSpan span = cache.span(t);
+int collect_runs(const SinkCache& cache, int64_t layer, uint64_t t, Run runs[3]) {
+  const AttentionSpan span = cache.span(layer, t);
   int n = 0;
-  if (span.sink_end > 0) runs[n++] = {0, (int64_t)span.sink_end, true};
+  if (span.sink_end > span.sink_begin)
+    runs[n++] = {(int64_t)span.sink_begin, (int64_t)(span.sink_end - span.sink_begin), true};
   uint64_t j = span.window_begin;
   while (j <= t) {
-    const int64_t slot = cache.slot_of(j);
-    const int64_t until_wrap = cache.n_slots() - slot;
+    const int64_t slot = cache.slot_of(layer, j);
+    const int64_t until_wrap = cache.n_slots(layer) - slot;
     const int64_t len = (int64_t)std::min<uint64_t>(t + 1 - j, (uint64_t)until_wrap);
     runs[n++] = {slot, len, false};
     j += (uint64_t)len;
@@ -115,12 +116,12 @@ int collect_runs(const SinkCache& cache, uint64_t t, Run runs[3]) {
   return n;
 }
 
-// Calls fn(first_slot, n_rows, sink, row) for the parts of the runs of A(t) that hold rows
-// [row_begin, row_end) of A(t) in token order (row: the first one's index in A(t)).
+// Calls fn(first_slot, n_rows, sink, row) for the parts of the runs of A_l(t) that hold rows
+// [row_begin, row_end) of A_l(t) in token order (row: the first one's index in A_l(t)).
 template <typename Fn>
-void for_each_run_part(const SinkCache& cache, uint64_t t, int64_t row_begin, int64_t row_end, Fn fn) {
+void for_each_run_part(const SinkCache& cache, int64_t layer, uint64_t t, int64_t row_begin, int64_t row_end, Fn fn) {
   Run runs[3];
-  const int n_runs = collect_runs(cache, t, runs);
+  const int n_runs = collect_runs(cache, layer, t, runs);
   int64_t row = 0;
   for (int i = 0; i < n_runs; ++i) {
     const int64_t lo = std::max(row_begin, row), hi = std::min(row_end, row + runs[i].n_rows);
@@ -146,7 +147,7 @@ void scores_typed(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_
     q_sink = q_half[0];
     q_window = q_half[1];
   }
-  for_each_run_part(cache, t, row_begin, row_end, [&](int64_t slot, int64_t n_rows, bool sink, int64_t r) {
+  for_each_run_part(cache, layer, t, row_begin, row_end, [&](int64_t slot, int64_t n_rows, bool sink, int64_t r) {
     score(keys + slot * row, n_rows, row, sink ? q_sink : q_window, group, dim, scale, scores + r, scores_stride);
   });
 }
@@ -159,15 +160,15 @@ void accumulate_typed(const SinkCache& cache, int64_t layer, int64_t kv_head, in
   const int64_t row = dim;  // one KV head's rows are contiguous (sink_cache.h)
   const T* values = reinterpret_cast<const T*>(cache.value_rows(layer, kv_head));
   for (int64_t i = 0; i < group * dim; ++i) partial[i] = 0.0f;
-  for_each_run_part(cache, t, row_begin, row_end, [&](int64_t slot, int64_t n_rows, bool, int64_t r) {
+  for_each_run_part(cache, layer, t, row_begin, row_end, [&](int64_t slot, int64_t n_rows, bool, int64_t r) {
     accumulate(values + slot * row, n_rows, row, weights + r, weights_stride, group, dim, partial);
   });
 }
 
 }  // namespace
 
-int64_t attention_set_size(const SinkCache& cache, uint64_t t) {
-  return (int64_t)cache.span(t).query_position + 1;  // p(t) = |A(t)| - 1
+int64_t attention_set_size(const SinkCache& cache, int64_t layer, uint64_t t) {
+  return cache.span(layer, t).size(t);
 }
 
 namespace {
@@ -203,7 +204,17 @@ void attend_scores(const SinkCache& cache, int64_t layer, int64_t kv_head, int64
               row_begin, row_end, scores, scores_stride);
 }
 
-void attend_softmax(const SinkCache& cache, float* scores, int64_t n) {
+namespace {
+// Gemma 2's attention logit soft-capping: cap * tanh(score / cap), before the softmax.
+void soft_cap(float* scores, int64_t n, float cap) {
+  if (cap <= 0.0f) return;
+  const float inverse = 1.0f / cap;
+  for (int64_t r = 0; r < n; ++r) scores[r] = cap * std::tanh(scores[r] * inverse);
+}
+}  // namespace
+
+void attend_softmax(const SinkCache& cache, float* scores, int64_t n, float softcap) {
+  soft_cap(scores, n, softcap);
   kernels_for(cache.head_dim(), active_isa()).softmax(scores, n, cache.type() == KvType::kF16);
 }
 
@@ -214,9 +225,10 @@ void attend_accumulate(const SinkCache& cache, int64_t layer, int64_t kv_head, i
                   weights, weights_stride, partial);
 }
 
-void attend_at_isa(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
-                   const float* q_sink, const float* q_window, float scale, float* scores, float* out, Isa isa) {
-  const int64_t n = attention_set_size(cache, t), width = group * cache.head_dim();
+int64_t attend_at_isa(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
+                      const float* q_sink, const float* q_window, float scale, float softcap, float* scores, float* out,
+                      Isa isa) {
+  const int64_t n = attention_set_size(cache, layer, t), width = group * cache.head_dim();
   SS_CHECK_ARG(width <= kMaxGroupDim, "attention: ", group, " query heads x head_dim ", cache.head_dim(),
                " exceeds ", kMaxGroupDim);
   SS_CHECK_ARG(isa_supported(isa), "ISA ", isa_name(isa), " is not available on this CPU (best: ",
@@ -228,18 +240,22 @@ void attend_at_isa(const SinkCache& cache, int64_t layer, int64_t kv_head, int64
   for (int64_t r = 0; r < n; r += kAttendChunkRows)
     scores_with(k, cache, layer, kv_head, group, t, q_sink, q_window, scale, r, std::min(n, r + kAttendChunkRows),
                 scores, n);
-  for (int64_t h = 0; h < group; ++h) k.softmax(scores + h * n, n, cache.type() == KvType::kF16);
+  for (int64_t h = 0; h < group; ++h) {
+    soft_cap(scores + h * n, n, softcap);
+    k.softmax(scores + h * n, n, cache.type() == KvType::kF16);
+  }
   float partial[kMaxGroupDim];
   for (int64_t i = 0; i < width; ++i) out[i] = 0.0f;
   for (int64_t r = 0; r < n; r += kAttendChunkRows) {
     accumulate_with(k, cache, layer, kv_head, group, t, r, std::min(n, r + kAttendChunkRows), scores, n, partial);
     for (int64_t i = 0; i < width; ++i) out[i] += partial[i];
   }
+  return n;
 }
 
-void attend(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t, const float* q_sink,
-            const float* q_window, float scale, float* scores, float* out) {
-  attend_at_isa(cache, layer, kv_head, group, t, q_sink, q_window, scale, scores, out, active_isa());
+int64_t attend(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
+               const float* q_sink, const float* q_window, float scale, float softcap, float* scores, float* out) {
+  return attend_at_isa(cache, layer, kv_head, group, t, q_sink, q_window, scale, softcap, scores, out, active_isa());
 }
 
 }  // namespace sinkstream

@@ -70,6 +70,7 @@ Kernels neon_kernels();
 namespace sinkstream {
 // attend() (ops.h) with the kernel level given explicitly (falling back to narrower kernels where
 // head_dim does not suit the level); tests compare the levels on one CPU.
-void attend_at_isa(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
-                   const float* q_sink, const float* q_window, float scale, float* scores, float* out, Isa isa);
+int64_t attend_at_isa(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
+                      const float* q_sink, const float* q_window, float scale, float softcap, float* scores, float* out,
+                      Isa isa);
 }  // namespace sinkstream

@@ -24,8 +24,29 @@ void silu_mul(const float* gate, const float* up, int64_t n, float* out) {
   }
 }
 
+void gelu_tanh_mul(const float* gate, const float* up, int64_t n, float* out) {
+  const float sqrt_2_over_pi = 0.7978845608028654f;
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    out[i] = 0.5f * g * (1.0f + std::tanh(sqrt_2_over_pi * (g + 0.044715f * g * g * g))) * up[i];
+  }
+}
+
 void add_inplace(float* y, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+}
+
+void add_scaled_inplace(float* y, const float* x, float scale, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += scale * x[i];
+}
+
+void scale_inplace(float* x, float scale, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] *= scale;
+}
+
+void soft_cap_inplace(float* x, float cap, int64_t n) {
+  const float inverse = 1.0f / cap;
+  for (int64_t i = 0; i < n; ++i) x[i] = cap * std::tanh(x[i] * inverse);
 }
 
 namespace {

@@ -1,0 +1,140 @@
+#include "ops/cpu/cpu_backend.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "core/error.h"
+
+namespace sinkstream {
+
+CpuBackend::CpuBackend(ThreadPool& pool, int64_t capacity, int64_t n_head, int64_t n_head_kv, int64_t head_dim)
+    : pool_(pool), n_head_kv_(n_head_kv), head_dim_(head_dim), group_(n_head / n_head_kv) {
+  scores_stride_ = capacity * group_;
+  scores_.assign((size_t)(scores_stride_ * pool.n_threads()), 0.0f);
+  const int64_t pieces = (capacity + kAttendChunkRows - 1) / kAttendChunkRows;
+  spread_scores_.assign((size_t)(n_head * capacity), 0.0f);
+  spread_partials_.assign((size_t)(n_head * head_dim * pieces), 0.0f);
+  entries_attended_.resize((size_t)pool.n_threads());
+}
+
+void CpuBackend::matmul(const WeightMatrix& w, const float* x, int64_t n, float* y) {
+  sinkstream::matmul(w, x, n, y, pool_);
+}
+
+void CpuBackend::matmul_shared_input(const WeightMatrix* const* ws, float* const* ys, int count, const float* x,
+                                     int64_t n) {
+  sinkstream::matmul_shared_input(ws, ys, count, x, n, pool_);
+}
+
+void CpuBackend::embed(const WeightMatrix& table, const int32_t* ids, int64_t n, float* out) {
+  for (int64_t b = 0; b < n; ++b) get_row(table, ids[b], out + b * table.cols);
+}
+
+void CpuBackend::rms_norm(const float* x, const float* weight, int64_t rows, int64_t d, float eps, float* out) {
+  sinkstream::rms_norm(x, weight, rows, d, eps, out);
+}
+
+void CpuBackend::glu(FfnActivation act, const float* gate, const float* up, int64_t rows, int64_t width,
+                     int64_t stride, float* out) {
+  const auto row = [&](int64_t r, int64_t count) {
+    if (act == FfnActivation::kSwiGlu)
+      silu_mul(gate + r * stride, up + r * stride, count, out + r * width);
+    else
+      gelu_tanh_mul(gate + r * stride, up + r * stride, count, out + r * width);
+  };
+  if (stride == width) {
+    row(0, rows * width);  // contiguous rows: one call
+  } else {
+    for (int64_t r = 0; r < rows; ++r) row(r, width);
+  }
+}
+
+void CpuBackend::add(float* y, const float* x, float scale, int64_t n) {
+  if (scale == 1.0f)
+    add_inplace(y, x, n);
+  else
+    add_scaled_inplace(y, x, scale, n);
+}
+
+void CpuBackend::scale(float* x, float s, int64_t n) { scale_inplace(x, s, n); }
+
+void CpuBackend::soft_cap(float* x, float cap, int64_t n) { soft_cap_inplace(x, cap, n); }
+
+void CpuBackend::rope(float* x, int64_t n_heads, int64_t head_dim, int64_t n_rot, RopeLayout layout, const float* cos,
+                      const float* sin) {
+  rope_apply(x, n_heads, head_dim, n_rot, layout, cos, sin);
+}
+
+uint64_t CpuBackend::entries_attended() const {
+  uint64_t total = 0;
+  for (const Counter& c : entries_attended_) total += c.value;
+  return total;
+}
+
+// attend() for every KV head of one token, its three phases each spread over the threads: scores
+// and weighted sums in kAttendChunkRows-row pieces of A_l(t), the softmax per query head (ops.h).
+// Costs two more hand-offs between threads than one task per KV head, and balances the work.
+void CpuBackend::attend_across_threads(const AttentionCall& call, int64_t b) {
+  const SinkCache& cache = *call.cache;
+  const uint64_t t = call.t0 + (uint64_t)b;
+  const int64_t q_dim = call.n_head * head_dim_;
+  const float* q_window = call.q + b * q_dim;
+  const float* q_sink =
+      call.separate_sink_query != nullptr && call.separate_sink_query[b] ? call.q_sink + b * q_dim : q_window;
+  float* out = call.out + b * q_dim;
+  const int64_t n_rows = attention_set_size(cache, call.layer, t);
+  const int64_t n_pieces = (n_rows + kAttendChunkRows - 1) / kAttendChunkRows;
+  const int64_t width = group_ * head_dim_;       // one KV head's query heads, contiguous
+  float* scores = spread_scores_.data();          // (n_head_kv, group, n_rows)
+  float* partials = spread_partials_.data();      // (n_head_kv, n_pieces, width)
+  const auto piece_rows = [&](int64_t piece) {
+    return std::make_pair(piece * kAttendChunkRows, std::min(n_rows, (piece + 1) * kAttendChunkRows));
+  };
+  pool_.run(n_head_kv_ * n_pieces, [&](int64_t task, int) {
+    const int64_t kv = task / n_pieces;
+    const auto [begin, end] = piece_rows(task % n_pieces);
+    attend_scores(cache, call.layer, kv, group_, t, q_sink + kv * width, q_window + kv * width, call.scale, begin,
+                  end, scores + kv * group_ * n_rows, n_rows);
+  });
+  pool_.run(n_head_kv_ * group_, [&](int64_t head, int) {
+    attend_softmax(cache, scores + head * n_rows, n_rows, call.softcap);
+  });
+  pool_.run(n_head_kv_ * n_pieces, [&](int64_t task, int) {
+    const int64_t kv = task / n_pieces;
+    const auto [begin, end] = piece_rows(task % n_pieces);
+    attend_accumulate(cache, call.layer, kv, group_, t, begin, end, scores + kv * group_ * n_rows, n_rows,
+                      partials + task * width);
+  });
+  for (int64_t kv = 0; kv < n_head_kv_; ++kv) {  // the partial sums in attend()'s order
+    float* o = out + kv * width;
+    for (int64_t i = 0; i < width; ++i) o[i] = 0.0f;
+    for (int64_t piece = 0; piece < n_pieces; ++piece)
+      for (int64_t i = 0; i < width; ++i) o[i] += partials[(kv * n_pieces + piece) * width + i];
+  }
+  entries_attended_[0].value += (uint64_t)(n_rows * call.n_head);
+}
+
+void CpuBackend::attention(const AttentionCall& call) {
+  SS_ASSERT(call.n_head == n_head_kv_ * group_);
+  const int64_t q_dim = call.n_head * head_dim_;
+  // Every (token, KV head) pair attends independently with its group of query heads: all keys of
+  // the chunk are already stored, and the ring's slack keeps each query's whole A_l(t) in place.
+  if (call.n * n_head_kv_ < 2 * pool_.n_threads() &&
+      attention_set_size(*call.cache, call.layer, call.t0) > kAttendChunkRows) {
+    // Decode deep in a stream: too few pairs to keep every thread busy; spread each token's
+    // attention over the threads in pieces of its A_l(t) instead (the same bits as attend()).
+    for (int64_t b = 0; b < call.n; ++b) attend_across_threads(call, b);
+    return;
+  }
+  pool_.run(call.n * n_head_kv_, [&](int64_t task, int thread) {
+    const int64_t b = task / n_head_kv_, kv_head = task % n_head_kv_;
+    const int64_t first = b * q_dim + kv_head * group_ * head_dim_;  // the group's query heads are contiguous
+    const float* q = call.q + first;
+    const float* qs = call.separate_sink_query != nullptr && call.separate_sink_query[b] ? call.q_sink + first : q;
+    const int64_t rows = attend(*call.cache, call.layer, kv_head, group_, call.t0 + (uint64_t)b, qs, q, call.scale,
+                                call.softcap, scores_.data() + thread * scores_stride_, call.out + first);
+    entries_attended_[(size_t)thread].value += (uint64_t)(rows * group_);
+  });
+}
+
+}  // namespace sinkstream
