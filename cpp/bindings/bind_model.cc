@@ -16,6 +16,7 @@
 #include "bindings/bindings.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "model/families.h"
 #include "model/model.h"
 #include "runtime/session.h"
 
@@ -46,6 +47,41 @@ void bind_model(nb::module_& m) {
       .def_prop_ro("n_head_kv", [](const Model& m) { return m.config().n_head_kv; })
       .def_prop_ro("head_dim", [](const Model& m) { return m.config().head_dim; })
       .def_prop_ro("architecture", [](const Model& m) { return m.config().architecture; })
+      .def_prop_ro(
+          "layers",
+          [](const Model& m) {
+            const ModelConfig& c = m.config();
+            nb::list layers;
+            for (const LayerConfig& L : c.layers) {
+              nb::dict d;
+              d["sliding_window"] = L.sliding_window;
+              if (L.rope >= 0) {
+                const RopeConfig& r = c.ropes[(size_t)L.rope];
+                nb::dict rope;
+                rope["n_rot"] = r.n_rot;
+                rope["freq_base"] = r.freq_base;
+                rope["linear_scale"] = r.linear_scale;
+                rope["layout"] = r.layout == RopeLayout::kNeox ? "neox" : "adjacent";
+                rope["freq_factors"] = !r.freq_factors.empty();
+                rope["long_freq_factors"] = !r.long_freq_factors.empty();
+                rope["attention_factor"] = r.attention_factor;
+                d["rope"] = rope;
+              } else {
+                d["rope"] = nb::none();
+              }
+              d["qk_norm"] = L.qk_norm;
+              d["post_norms"] = L.post_attention_norm || L.post_ffn_norm;
+              d["activation"] = L.activation == FfnActivation::kGeGlu ? "geglu" : "swiglu";
+              d["attention_scale"] = L.attention_scale;
+              d["attention_softcap"] = L.attention_softcap;
+              layers.append(d);
+            }
+            return layers;
+          },
+          "Per-layer configuration as read from the GGUF file: sliding_window (0: global), rope (None: NoPE),\n"
+          "qk_norm, post_norms, activation, attention_scale, attention_softcap.")
+      .def_prop_ro("final_logit_softcap", [](const Model& m) { return m.config().final_logit_softcap; })
+      .def_prop_ro("embedding_scale", [](const Model& m) { return m.config().embedding_scale; })
       .def_prop_ro("path", [](const Model& m) { return m.file().path(); })
       .def_prop_ro(
           "tokenizer", [](const Model& m) -> const Tokenizer& { return m.tokenizer(); }, nb::rv_policy::reference_internal,
@@ -62,6 +98,15 @@ void bind_model(nb::module_& m) {
       },
       "Bytes the C heap has handed out now (glibc; -1 elsewhere): lets tests check that a stream allocates "
       "nothing per token.");
+  m.def(
+      "supported_architectures",
+      []() {
+        nb::list out;
+        for (const Family& f : supported_families()) out.append(nb::make_tuple(f.architecture, f.features));
+        return out;
+      },
+      "The GGUF architectures (general.architecture) this build runs, each with what it adds to the\n"
+      "llama block: a list of (architecture, features).");
   m.def("default_thread_count", &ThreadPool::default_thread_count,
         "Threads a session uses by default: the physical cores.");
 

@@ -4,6 +4,7 @@ See shared docs: the public API is listed in api.md; streaming semantics in stre
 """
 from importlib.metadata import PackageNotFoundError, version as _version
 
+from . import _core
 from ._core import Cancelled, GGUFError, ModelError
 from .gguf_file import GGUFFile, TensorInfo
 from .default_model import default_model_path
@@ -12,10 +13,17 @@ from .generation import GenerationStats
 from .chat_template import ChatTemplateError
 from .perplexity import perplexity
 
+
+def supported_architectures() -> list[str]:
+    """The GGUF architectures (`general.architecture`) this build runs, e.g. "llama", "gemma3"."""
+    return [name for name, _ in _core.supported_architectures()]
+
+
 try:
     __version__ = _version("sinkstream")
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0+unknown"
 
 __all__ = ["Cancelled", "GGUFError", "ModelError", "GGUFFile", "TensorInfo", "default_model_path", "Model", "Session",
-           "GenerationStats", "ChatTemplateError", "perplexity", "__version__"]
+           "GenerationStats", "ChatTemplateError", "perplexity",
+           "supported_architectures", "__version__"]

@@ -95,6 +95,12 @@ class Model:
         return self._core.architecture
 
     @property
+    def layers(self) -> list[dict[str, Any]]:
+        """Per-layer configuration: sliding_window (0: global), rope (None: NoPE), qk_norm, post_norms,
+        activation, attention_scale, attention_softcap."""
+        return self._core.layers
+
+    @property
     def chat_template(self) -> str | None:
         return self.metadata.get("tokenizer.chat_template")
 

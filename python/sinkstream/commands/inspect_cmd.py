@@ -42,4 +42,59 @@ def run(args: argparse.Namespace) -> int:
     print(f"tensors:       {len(g.tensors)} ({total_bytes} bytes)")
     for dtype, (n, nbytes) in sorted(counts.items(), key=lambda kv: -kv[1][1]):
         print(f"  {dtype:<8} {n:>5} tensors {nbytes:>14} bytes ({nbytes / 1e6:.2f} MB)")
+    return _print_runs(str(g.path))
+
+
+def _describe_layers(layers: list[dict]) -> list[str]:
+    """Runs of identical layers, e.g. '0-4, 6-10: sliding window 512, RoPE base 10000 (neox), QK-norm'."""
+    def describe(layer: dict) -> str:
+        parts = [f"sliding window {layer['sliding_window']}" if layer["sliding_window"] else "global"]
+        rope = layer["rope"]
+        if rope is None:
+            parts.append("no RoPE (NoPE)")
+        else:
+            text = f"RoPE base {rope['freq_base']:g} over {rope['n_rot']} dims ({rope['layout']})"
+            if rope["linear_scale"] != 1.0:
+                text += f", linear x{rope['linear_scale']:g}"
+            if rope["freq_factors"]:
+                text += ", frequency factors"
+            if rope["long_freq_factors"]:
+                text += ", LongRoPE"
+            parts.append(text)
+        if layer["qk_norm"]:
+            parts.append("QK-norm")
+        if layer["post_norms"]:
+            parts.append("post-norms")
+        parts.append(layer["activation"])
+        if layer["attention_softcap"]:
+            parts.append(f"soft-cap {layer['attention_softcap']:g}")
+        return ", ".join(parts)
+
+    groups: dict[str, list[int]] = {}
+    for i, layer in enumerate(layers):
+        groups.setdefault(describe(layer), []).append(i)
+    lines = []
+    for text, indices in groups.items():
+        spans, start = [], indices[0]
+        for a, b in zip(indices, indices[1:] + [None]):
+            if b != a + 1:
+                spans.append(f"{start}" if start == a else f"{start}-{a}")
+                start = b
+        lines.append(f"  layers {', '.join(spans)}: {text}")
+    return lines
+
+
+def _print_runs(path: str) -> int:
+    """Whether sinkstream runs this file, and if not, why (the loader's own error)."""
+    from .. import _core
+
+    try:
+        model = _core.Model.load(path)
+    except (ValueError, OSError) as e:
+        print(f"runs:          no: {e}")
+        return 1
+    features = dict(_core.supported_architectures())
+    print(f"runs:          yes ({model.architecture}: {features[model.architecture]})")
+    for line in _describe_layers(model.layers):
+        print(line)
     return 0

@@ -1,0 +1,187 @@
+"""The engine's logits on tiny random GGUF fixtures vs transformers' own forward pass.
+
+For every family that transformers can load from a GGUF file, scripts/make_transformers_refs.py
+wrote the fixture (tests/tiny_models.py, fixed seed, F32 weights), ran transformers' forward over a
+fixed token sequence once (float32, eager attention, dense, positions 0..n-1) and stored the logits
+in tests/data/transformers_refs/<name>.npz (one per family, plus phi3_short: LongRoPE's short
+factors) with the writer's arguments, the engine session they are for and a digest of the
+fixture; manifest.json says why a family has none and what transformers needed set by hand. These tests rebuild each fixture from the stored arguments, check that it is still the
+file the reference was made from, and compare the engine's dense f32 logits with transformers'.
+Neither torch nor transformers is needed here: only numpy, gguf and the engine.
+
+Regenerate (after a change to tests/tiny_models.py) with the commands in the script's docstring.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import tiny_models  # noqa: E402
+
+REF_DIR = Path(__file__).parent / "data" / "transformers_refs"
+REFS = sorted(REF_DIR.glob("*.npz"))
+MANIFEST = REF_DIR / "manifest.json"
+STALE = "reference stale: rerun scripts/make_transformers_refs.py"
+
+# f32 engine (f32 cache) vs f32 torch on 2-6 layer, 64-wide models: the two differ only in the order
+# of float32 sums and in exp/tanh/sin/cos, a few 1e-6 of logits up to ~35 in size. Seen when the
+# references were made: transformers vs tests/reference_forward.py (float64) <= 7.1e-5, the engine
+# vs transformers <= 1.1e-4. A wrong feature (a window, a RoPE factor, a soft-cap, a scale) moves
+# logits by 1e-1 or more (test_the_comparison_can_fail shows the bound separates by 100x).
+ATOL = 1e-3     # max |engine - transformers|
+
+
+def fixture_digest(path: str | Path) -> str:
+    """sha256 over what a reader sees: every metadata key, its types and value bytes, and every
+    tensor's name, type, shape and data, in sorted order. Unlike the file's own sha256, it does not
+    change with the gguf package's layout choices (key order, padding, alignment defaults), only
+    with what the fixture contains. The GGUF.* pseudo-keys (version, counts) are left out."""
+    reader = gguf.GGUFReader(str(path))
+    h = hashlib.sha256()
+    for name in sorted(reader.fields):
+        if name.startswith("GGUF."):
+            continue
+        field = reader.fields[name]
+        h.update(b"K" + name.encode() + repr([int(t) for t in field.types]).encode())
+        for i in field.data:
+            h.update(np.ascontiguousarray(field.parts[i]).tobytes())
+    for tensor in sorted(reader.tensors, key=lambda t: t.name):
+        h.update(b"T" + tensor.name.encode() + tensor.tensor_type.name.encode())
+        h.update(repr([int(d) for d in tensor.shape]).encode())
+        h.update(np.ascontiguousarray(tensor.data).tobytes())
+    return h.hexdigest()
+
+
+def write_fixture(path: str | Path, family: str, seed: int, weight_type: str, overrides: dict) -> Path:
+    """The fixture exactly as the reference's writer call made it."""
+    return tiny_models.write_family_model(Path(path), family, seed=seed, weight_type=weight_type, **overrides)
+
+
+def load_reference(npz: Path) -> dict:
+    with np.load(npz, allow_pickle=False) as data:
+        return {
+            "family": str(data["family"]),
+            "seed": int(data["seed"]),
+            "weight_type": str(data["weight_type"]),
+            "overrides": json.loads(str(data["overrides"])),
+            "session": json.loads(str(data["session"])),
+            "digest": str(data["fixture_digest"]),
+            "tokens": data["tokens"].astype(np.int64),
+            "logits": data["logits"].astype(np.float32),
+            "notes": json.loads(str(data["notes"])),
+        }
+
+
+def compare(logits: np.ndarray, reference: np.ndarray) -> tuple[float, list[int]]:
+    """(max |diff|, positions whose top-1 token differs)."""
+    diff = float(np.abs(logits.astype(np.float64) - reference.astype(np.float64)).max())
+    mismatched = np.nonzero(logits.argmax(axis=-1) != reference.argmax(axis=-1))[0].tolist()
+    return diff, mismatched
+
+
+@pytest.fixture(scope="module", params=REFS, ids=[p.stem for p in REFS])
+def reference(request, tmp_path_factory) -> dict:
+    ref = load_reference(request.param)
+    path = tmp_path_factory.mktemp("transformers_refs") / f"{ref['family']}.gguf"
+    write_fixture(path, ref["family"], ref["seed"], ref["weight_type"], ref["overrides"])
+    ref["path"] = path
+    return ref
+
+
+def test_reference_files_exist():
+    assert REFS, f"no reference arrays in {REF_DIR}: run scripts/make_transformers_refs.py"
+
+
+def test_fixture_is_the_one_the_reference_was_made_from(reference):
+    digest = fixture_digest(reference["path"])
+    assert digest == reference["digest"], (
+        f"{STALE} ({reference['family']}: tests/tiny_models.py now writes a different fixture for "
+        f"seed={reference['seed']}, overrides={reference['overrides']}; digest {digest[:16]} != stored "
+        f"{reference['digest'][:16]})")
+
+
+def test_engine_matches_transformers(reference):
+    import sinkstream
+
+    if fixture_digest(reference["path"]) != reference["digest"]:
+        pytest.fail(f"{STALE} ({reference['family']})")
+    tokens = reference["tokens"]
+    expected = reference["logits"]
+    model = sinkstream.Model(str(reference["path"]), n_threads=2)
+    assert model.n_vocab == expected.shape[1]
+    session = model.session(**reference["session"], kv_type="f32")
+    logits = np.asarray(session.eval(tokens.tolist(), logits="all"))
+    assert logits.shape == expected.shape
+    assert np.isfinite(logits).all()
+    diff, mismatched = compare(logits, expected)
+    assert not mismatched, f"{reference['family']}: top-1 differs from transformers at positions {mismatched}"
+    assert diff <= ATOL, f"{reference['family']}: max |engine - transformers| = {diff:.3g} > {ATOL:g}"
+
+
+def test_numpy_reference_matches_transformers(reference):
+    """tests/reference_forward.py (the NumPy forward written from the architectures' definitions)
+    against transformers: two independent readings of each family agree."""
+    reference_forward = pytest.importorskip("reference_forward")
+    if fixture_digest(reference["path"]) != reference["digest"]:
+        pytest.fail(f"{STALE} ({reference['family']})")
+    logits = np.asarray(reference_forward.ReferenceModel(str(reference["path"])).logits(
+        reference["tokens"].tolist(), **reference["session"]))
+    expected = reference["logits"]
+    diff, mismatched = compare(logits, expected)
+    assert not mismatched, f"{reference['family']}: top-1 differs at positions {mismatched}"
+    assert diff <= ATOL, f"{reference['family']}: max |numpy - transformers| = {diff:.3g}"
+
+
+def test_the_comparison_can_fail():
+    """The bound and the top-1 check reject a wrong answer by far: the logits one position off, and
+    every other reference (another family, or the same weights with one feature changed: llama /
+    mistral / llama3 share their weights, phi3 / phi3_short differ only in LongRoPE's factors)."""
+    refs = {p.stem: load_reference(p) for p in REFS}
+    if not refs:
+        pytest.skip("no reference arrays")
+    for name, ref in refs.items():
+        expected = ref["logits"]
+        diff, mismatched = compare(expected[1:], expected[:-1])      # position t+1's logits at t
+        assert diff > 100 * ATOL and len(mismatched) > len(expected) // 4, name
+        for other_name, other in refs.items():
+            if other_name != name:
+                n = min(len(expected), len(other["logits"]))
+                diff, mismatched = compare(other["logits"][:n], expected[:n])
+                assert diff > 100 * ATOL and mismatched, (name, other_name, diff)
+
+
+def test_top1_is_decided_by_more_than_the_bound():
+    """At every position transformers' best token leads the second by more than 2 * ATOL, so an
+    answer within the bound has the same top-1: the top-1 check can't flip on a near tie."""
+    for path in REFS:
+        top2 = np.sort(load_reference(path)["logits"], axis=-1)[:, -2:]
+        gap = float((top2[:, 1] - top2[:, 0]).min())
+        assert gap > 2 * ATOL, f"{path.stem}: top-1 leads by only {gap:.3g}: choose other TOKENS or seed"
+
+
+def test_another_seed_changes_the_digest(tmp_path):
+    if not REFS:
+        pytest.skip("no reference arrays")
+    ref = load_reference(REFS[0])
+    path = write_fixture(tmp_path / "other.gguf", ref["family"], ref["seed"] + 1, ref["weight_type"], ref["overrides"])
+    assert fixture_digest(path) != ref["digest"]
+
+
+def test_every_family_has_a_reference_or_a_reason():
+    """Each family of tests/tiny_models.py has a stored reference, or the manifest says why
+    transformers could not make one (for example: it does not load that architecture from GGUF)."""
+    families = tiny_models.FAMILIES
+    manifest = json.loads(MANIFEST.read_text())
+    stored = {load_reference(p)["family"] for p in REFS}
+    for family in families:
+        if family in stored:
+            continue
+        reason = manifest.get("skipped", {}).get(family)
+        assert reason, f"{family}: no reference and no reason in {MANIFEST.name}: {STALE}"
