@@ -140,6 +140,9 @@ class Peer:
     def token_attr(self, token: int) -> int:
         return int(self.llama_cpp.llama_vocab_get_attr(self.llm._model.vocab, token))
 
+    def end_of_generation_ids(self) -> list[int]:
+        return [i for i in range(self.n_vocab) if self.llama_cpp.llama_vocab_is_eog(self.llm._model.vocab, i)]
+
     def reset(self) -> None:
         self.llm.reset()
 
@@ -184,6 +187,7 @@ def tokenizer_oracle(peer: Peer) -> dict:
                   "llama_vocab_get_attr bit flags (1 unknown, 2 unused, 4 normal, 8 control, 16 "
                   "user_defined, 32 byte, ...). roundtrip_*: detokenize(ids, special=true) == the UTF-8 text"),
         "bos_id": peer.llm.token_bos(), "eos_id": peer.llm.token_eos(),
+        "end_of_generation_ids": peer.end_of_generation_ids(),
         "cases": cases, "pieces": pieces, "attrs": attrs,
     }
 

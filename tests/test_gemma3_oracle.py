@@ -231,3 +231,9 @@ def test_kjv_dense_perplexity_matches_llama_cpp(model):
     assert abs(math.exp(nll[511:].mean()) / KJV["ppl_positions_512_on"] - 1) < MAX_PPL_RATIO
     # the three float64 passes: median 0.024-0.031, max 1.5-2.2 (a few unlikely tokens move most)
     assert np.median(diff) < 0.06 and diff.max() < 4.0
+
+
+def test_end_of_generation_tokens_match_llama_cpp(model):
+    """Generation stops where llama.cpp's does: <eos>, <end_of_turn> and </s> for Gemma 3."""
+    ours = [i for i in range(model.n_vocab) if model.is_end_of_generation(i)]
+    assert ours == TOKENIZER["end_of_generation_ids"]

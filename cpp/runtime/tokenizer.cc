@@ -47,7 +47,11 @@ auto metadata(Getter getter) -> decltype(getter()) {
 const char* const kEndOfGenerationTexts[] = {
     "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
     "<end_of_turn>", "<|endoftext|>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
-    "<|end_of_text|>", "<end_of_utterance>", "<turn|>", "<|tool_response>",
+    "<|end_of_text|>", "<end_of_utterance>", "<turn|>", "<|tool_response>", "</s>", "<eos>",
+    // Fill-in-the-middle pad, repository and file-separator tokens end generation too (llama.cpp takes
+    // the first of each kind it meets; a vocabulary rarely has two).
+    "<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]", "<|fim_repo|>", "<|repo_name|>", "<fim-repo>",
+    "<REPO>", "<reponame>", "<|file_sep|>",
     "<\xEF\xBD\x9C" "end\xE2\x96\x81" "of\xE2\x96\x81" "sentence\xEF\xBD\x9C>",  // DeepSeek <｜end▁of▁sentence｜>
     "[e~[",
 };
