@@ -26,6 +26,27 @@ streaming.md, not from the C++ engine:
 - `{arch}.attention.sliding_window` on llama / qwen2 / qwen3 / phi3 / smollm3 / granite (Mistral,
   Phi-3) makes every layer a sliding-window layer.
 
+- The StreamingLLM paper's own models (gptneox, falcon, mpt, bloom, stablelm, phi2; HF GPTNeoX, Falcon,
+  MPT, Bloom, StableLm and Phi semantics): LayerNorm (x - mean) / sqrt(var + eps) * w + b, eps from
+  `{arch}.attention.layer_norm_epsilon`, biases wherever the file has them, fused attn_qkv rows
+  [Q; K; V] (llama.cpp's converter has regrouped GPT-NeoX / Bloom / Falcon rows), MPT's clamp_kqv
+  (clip the fused projection), non-gated MLPs with GELU: exact (erf) for gptneox / falcon / mpt
+  ("gelu" / nn.GELU()), the tanh approximation for bloom (bloom_gelu_forward) and phi2 ("gelu_new")
+  - llama.cpp's LLM_FFN_GELU is the tanh approximation for all of them; `gelu_kind` picks one.
+  Residuals: sequential x += attn(ln1(x)); x += mlp(ln2(x)) (mpt, bloom, stablelm with ffn_norm,
+  gptneox with use_parallel_residual false) or parallel x + attn(ln_a(x)) + mlp(ln_m(x)): gptneox
+  ln_a = attn_norm, ln_m = ffn_norm; falcon ln_a = attn_norm_2 if present (40B: ln_attn) else
+  attn_norm, ln_m = attn_norm (40B: ln_mlp); phi2 and stablelm without ffn_norm: one attn_norm for
+  both. Bloom: token_embd_norm after the embedding. Phi-2: output.bias. StableLM 2 12B: per-head
+  LayerNorm (no bias) of q and k before RoPE.
+- ALiBi (mpt, bloom): no RoPE; score(t, j) += -slope_h * (p(t) - p(j)) with p the positions within
+  the cache (ranks in A(t)), so the bias is contiguous and never jumps (streaming.md). Slopes: for
+  n_head a power of two 2^(-max_bias * (h+1) / n_head); otherwise the slopes of the closest power of two
+  below (n), then every other slope (the odd ones) of 2n - Press et al., HF Bloom's build_alibi_tensor,
+  MPT's gen_slopes and ggml's soft_max (m0 / m1) all give the same numbers. max_bias:
+  mpt.attention.max_alibi_bias (absent or 0: no ALiBi, as llama.cpp), 8 for Bloom (llama.cpp's fixed
+  value).
+
 Streaming (streaming.md, "Models whose layers differ"): A(t) is the session's attention set and
 positions are the rank of each member in A(t) (the query at len(A(t)) - 1). A layer with window w_l
 attends to A_l(t) = A(t) ∩ {t - w_l + 1 .. t}, members keeping their rank-in-A(t) positions; a global
@@ -37,6 +58,8 @@ final_softcap, ...) are plain attributes that a test may change to build a varia
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import gguf
 
@@ -47,9 +70,15 @@ import gguf
 QUANTIZED_INPUT_32 = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL"}
 
 # llama.cpp's llama_model_rope_type() for the architectures this reference implements
-NEOX_ROPE_ARCHS = {"qwen2", "qwen3", "gemma2", "gemma3", "phi3"}
+NEOX_ROPE_ARCHS = {"qwen2", "qwen3", "gemma2", "gemma3", "phi3", "gptneox", "falcon", "stablelm", "phi2"}
 NORM_ROPE_ARCHS = {"llama", "smollm3", "granite"}
-SUPPORTED_ARCHS = NEOX_ROPE_ARCHS | NORM_ROPE_ARCHS
+ALIBI_ARCHS = {"mpt", "bloom"}                       # LLAMA_ROPE_TYPE_NONE: positions only through ALiBi
+SUPPORTED_ARCHS = NEOX_ROPE_ARCHS | NORM_ROPE_ARCHS | ALIBI_ARCHS
+# LayerNorm (mean and variance, weight and optional bias) instead of RMS norm
+LAYER_NORM_ARCHS = {"gptneox", "falcon", "mpt", "bloom", "stablelm", "phi2"}
+# non-gated MLP: down(gelu(up(x) + b) ) + b; value: the GELU of each model's published definition
+GELU_MLP_ARCHS = {"gptneox": "erf", "falcon": "erf", "mpt": "erf", "bloom": "tanh", "phi2": "tanh"}
+BLOOM_MAX_ALIBI_BIAS = 8.0                           # llama.cpp hard-codes it (no GGUF key)
 
 DEFAULT_WINDOW = 1 << 30
 
@@ -86,6 +115,32 @@ def layer_attention_set(t: int, mode: str, n_sink: int, window: int, layer_windo
 
 def gelu_tanh(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+_erf = np.frompyfunc(math.erf, 1, 1)
+
+
+def gelu_erf(x: np.ndarray) -> np.ndarray:
+    """The exact GELU x * Phi(x) = x / 2 * (1 + erf(x / sqrt(2)))."""
+    return 0.5 * x * (1.0 + _erf(np.asarray(x, dtype=np.float64) / np.sqrt(2.0)).astype(np.float64))
+
+
+def alibi_slopes(n_head: int, max_bias: float = 8.0) -> np.ndarray:
+    """ALiBi's per-head slopes (Press et al.): with n the largest power of two <= n_head, heads
+    0..n-1 get 2^(-max_bias * (h + 1) / n), the remaining n_head - n heads the odd-numbered slopes
+    2^(-max_bias * (2i + 1) / (2n)), i = 0, 1, ... of 2n heads (HF Bloom's build_alibi_tensor, MPT's
+    gen_slopes with alibi_bias_max, ggml's soft_max m0 / m1)."""
+    n = 1 << int(math.floor(math.log2(n_head)))
+    slopes = [2.0 ** (-max_bias * (h + 1) / n) for h in range(n)]
+    slopes += [2.0 ** (-max_bias * (2 * i + 1) / (2 * n)) for i in range(n_head - n)]
+    return np.array(slopes)
+
+
+def alibi_bias(slopes: np.ndarray, key_positions, query_position: int) -> np.ndarray:
+    """(n_head, m) biases -slope_h * (query_position - p_j) for keys at positions p_j (positions
+    within the cache, streaming.md)."""
+    distance = query_position - np.asarray(key_positions, dtype=np.float64)
+    return -np.asarray(slopes)[:, None] * distance[None, :]
 
 
 def silu(x: np.ndarray) -> np.ndarray:
@@ -125,7 +180,8 @@ class ReferenceModel:
         self.v_head_dim = scalar("attention.value_length", self.head_dim)
         self.n_rot = scalar("rope.dimension_count", self.head_dim)
         self.freq_base = scalar("rope.freq_base", 10000.0)
-        self.eps = scalar("attention.layer_norm_rms_epsilon", 1e-5)
+        self.layer_norm = arch in LAYER_NORM_ARCHS
+        self.eps = scalar("attention.layer_norm_epsilon" if self.layer_norm else "attention.layer_norm_rms_epsilon", 1e-5)
         self.n_ctx_train = scalar("context_length")
         self.neox = arch in NEOX_ROPE_ARCHS
 
@@ -167,7 +223,7 @@ class ReferenceModel:
             self.layer_windows = [n_swa] * self.n_layer
 
         # Per-layer RoPE: (base, linear factor); NoPE layers
-        self.layer_uses_rope = [True] * self.n_layer
+        self.layer_uses_rope = [arch not in ALIBI_ARCHS] * self.n_layer
         if arch == "smollm3":
             self.layer_uses_rope = [(il + 1) % 4 != 0 for il in range(self.n_layer)]
         self.layer_rope_base = [self.freq_base] * self.n_layer
@@ -197,6 +253,22 @@ class ReferenceModel:
             self.final_softcap = scalar("final_logit_softcapping", 30.0)
         if arch == "gemma3":
             self.final_softcap = scalar("final_logit_softcapping", None) or None
+        # The paper's families: ALiBi, clamp_kqv, GELU kind, residual layout
+        self.alibi_max_bias = 0.0
+        if arch == "mpt":
+            self.alibi_max_bias = scalar("attention.max_alibi_bias", 0.0)
+        elif arch == "bloom":
+            self.alibi_max_bias = BLOOM_MAX_ALIBI_BIAS
+        self.alibi_slopes = alibi_slopes(self.n_head, self.alibi_max_bias) if self.alibi_max_bias > 0 else None
+        self.clamp_kqv = scalar("attention.clamp_kqv", 0.0) if arch == "mpt" else 0.0
+        self.gelu_kind = GELU_MLP_ARCHS.get(arch)
+        self.parallel_residual = [False] * self.n_layer
+        if arch == "gptneox":
+            self.parallel_residual = [bool(scalar("use_parallel_residual", True))] * self.n_layer
+        elif arch in ("falcon", "phi2"):
+            self.parallel_residual = [True] * self.n_layer
+        elif arch == "stablelm":   # llama.cpp: parallel residual when a layer has no ffn_norm
+            self.parallel_residual = [f"blk.{il}.ffn_norm.weight" not in self.w for il in range(self.n_layer)]
         if arch == "granite":
             self.embd_scale = scalar("embedding_scale", None) or None
             self.attn_scale = scalar("attention.scale", None) or self.attn_scale
@@ -249,22 +321,47 @@ class ReferenceModel:
         """RMS norm over the last axis."""
         return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.eps) * w
 
+    def layer_norm_(self, x: np.ndarray, w: np.ndarray, b=0.0) -> np.ndarray:
+        """LayerNorm over the last axis: (x - mean) / sqrt(var + eps) * w + b."""
+        centered = x - np.mean(x, axis=-1, keepdims=True)
+        return centered / np.sqrt(np.mean(centered * centered, axis=-1, keepdims=True) + self.eps) * w + b
+
+    def norm(self, x: np.ndarray, name: str) -> np.ndarray:
+        """The model's norm with tensor `name` (without .weight / .bias): LayerNorm (with its bias when
+        the file has one) for the LayerNorm architectures, RMS norm otherwise."""
+        if self.layer_norm:
+            return self.layer_norm_(x, self.w[name + ".weight"], self.w.get(name + ".bias", 0.0))
+        return self.rms(x, self.w[name + ".weight"])
+
+    def linear(self, x: np.ndarray, name: str) -> np.ndarray:
+        """x @ W.T + b for tensor `name` (without .weight / .bias); no bias if the file has none."""
+        return self.matmul(x, name + ".weight") + self.w.get(name + ".bias", 0.0)
+
+    def gelu(self, x: np.ndarray) -> np.ndarray:
+        return gelu_erf(x) if self.gelu_kind == "erf" else gelu_tanh(x)
+
     def qkv(self, layer: int, h: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         p = f"blk.{layer}."
         q_dim, kv_dim = self.n_head * self.head_dim, self.n_head_kv * self.head_dim
-        if p + "attn_qkv.weight" in self.w:   # Phi-3: one matrix, rows q, k, v
+        if p + "attn_qkv.weight" in self.w:   # one matrix, rows [Q; K; V] (llama.cpp's layout)
             fused = self.matmul(h, p + "attn_qkv.weight") + self.w.get(p + "attn_qkv.bias", 0)
+            if self.clamp_kqv > 0:            # MPT's clip_qkv: after the projection and its bias
+                fused = np.clip(fused, -self.clamp_kqv, self.clamp_kqv)
             q, k, v = fused[:, :q_dim], fused[:, q_dim:q_dim + kv_dim], fused[:, q_dim + kv_dim:]
         else:
             q = self.matmul(h, p + "attn_q.weight") + self.w.get(p + "attn_q.bias", 0)
             k = self.matmul(h, p + "attn_k.weight") + self.w.get(p + "attn_k.bias", 0)
             v = self.matmul(h, p + "attn_v.weight") + self.w.get(p + "attn_v.bias", 0)
+            if self.clamp_kqv > 0:
+                q, k, v = (np.clip(a, -self.clamp_kqv, self.clamp_kqv) for a in (q, k, v))
         n = h.shape[0]
         return (q.reshape(n, self.n_head, self.head_dim), k.reshape(n, self.n_head_kv, self.head_dim),
                 v.reshape(n, self.n_head_kv, self.v_head_dim))
 
     def ffn(self, layer: int, h: np.ndarray) -> np.ndarray:
         p = f"blk.{layer}."
+        if self.gelu_kind is not None:         # GPT-NeoX / Falcon / MPT / Bloom / Phi-2: up, GELU, down
+            return self.linear(self.gelu(self.linear(h, p + "ffn_up")), p + "ffn_down")
         if p + "ffn_gate.weight" in self.w:
             gate = self.matmul(h, p + "ffn_gate.weight")
             up = self.matmul(h, p + "ffn_up.weight")
@@ -301,16 +398,19 @@ class ReferenceModel:
         x = self.w["token_embd.weight"][tokens].copy()
         if self.embd_scale:
             x = x * self.embd_scale
+        if "token_embd_norm.weight" in self.w:      # Bloom: LayerNorm of the embeddings
+            x = self.norm(x, "token_embd_norm")
         if layers_out is not None:
             layers_out.append(x.copy())
         for l in range(self.n_layer):
             p = f"blk.{l}."
-            h = self.rms(x, self.w[p + "attn_norm.weight"])
+            # Falcon 40B: attention reads attn_norm_2 (ln_attn), the MLP attn_norm (ln_mlp)
+            h = self.norm(x, p + ("attn_norm_2" if p + "attn_norm_2.weight" in self.w else "attn_norm"))
             q, k, v = self.qkv(l, h)
-            if p + "attn_q_norm.weight" in self.w:   # QK-norm: each head, before RoPE
-                q = self.rms(q, self.w[p + "attn_q_norm.weight"])
+            if p + "attn_q_norm.weight" in self.w:   # QK-norm: each head, before RoPE (StableLM: LayerNorm)
+                q = self.norm(q, p + "attn_q_norm")
             if p + "attn_k_norm.weight" in self.w:
-                k = self.rms(k, self.w[p + "attn_k_norm.weight"])
+                k = self.norm(k, p + "attn_k_norm")
             w_l = self.layer_windows[l]
             rotated_k: dict[tuple[int, int], np.ndarray] = {}
 
@@ -330,16 +430,24 @@ class ReferenceModel:
                 ks = np.stack([key(j, pos) for j, pos in pairs])[:, kv_of_head, :]  # (m, n_head, hd)
                 vs = half(v[[j for j, _ in pairs]])[:, kv_of_head, :]               # (m, n_head, vd)
                 scores = softcap(np.einsum("mhd,hd->hm", ks, qt) * self.attn_scale, self.attn_softcap)
+                if self.alibi_slopes is not None:    # contiguous: distances within the cache
+                    scores = scores + alibi_bias(self.alibi_slopes, [pos for _, pos in pairs], len(members) - 1)
                 weights = np.exp(scores - scores.max(axis=1, keepdims=True))
                 weights /= weights.sum(axis=1, keepdims=True)
                 attn[t] = np.einsum("hm,mhd->hd", half(weights), vs)
-            out = self.matmul(attn.reshape(n, -1), p + "attn_output.weight")
+            out = self.linear(attn.reshape(n, -1), p + "attn_output")
+            if self.parallel_residual[l]:           # x + attn(ln_a(x)) + mlp(ln_m(x))
+                mlp_norm = p + ("ffn_norm" if p + "ffn_norm.weight" in self.w else "attn_norm")
+                x = x + out + self.ffn(l, self.norm(x, mlp_norm))
+                if layers_out is not None:
+                    layers_out.append(x.copy())
+                continue
             if p + "post_attention_norm.weight" in self.w:
                 out = self.rms(out, self.w[p + "post_attention_norm.weight"])
             if self.residual_scale:
                 out = out * self.residual_scale
             x = x + out
-            out = self.ffn(l, self.rms(x, self.w[p + "ffn_norm.weight"]))
+            out = self.ffn(l, self.norm(x, p + "ffn_norm"))
             if p + "post_ffw_norm.weight" in self.w:
                 out = self.rms(out, self.w[p + "post_ffw_norm.weight"])
             if self.residual_scale:
@@ -347,8 +455,9 @@ class ReferenceModel:
             x = x + out
             if layers_out is not None:
                 layers_out.append(x.copy())
-        h = self.rms(x, self.w["output_norm.weight"])
+        h = self.norm(x, "output_norm")
         logits = self.matmul(h, "output.weight" if "output.weight" in self.w else "token_embd.weight")
+        logits = logits + self.w.get("output.bias", 0.0)   # Phi-2
         logits = softcap(logits, self.final_softcap)
         if self.logit_scale:
             logits = logits / self.logit_scale

@@ -14,9 +14,14 @@ import pytest
 import sinkstream
 from sinkstream import _core
 from reference_forward import ReferenceModel, layer_attention_set
-from tiny_models import FAMILIES, family_config, write_family_model
+from tiny_models import FAMILIES, PAPER_FAMILIES, family_config, write_family_model
 
 N = 40
+# Every fixture the invariants run on: each family, plus the layouts a family has more than one of.
+CASES = {family: (family, {}) for family in FAMILIES + PAPER_FAMILIES}
+CASES["falcon-40b"] = ("falcon", {"falcon_new_decoder": True})   # two LayerNorms, GQA
+CASES["mpt-clip"] = ("mpt", {"clamp_kqv": 0.5})                  # clip_qkv that really clips
+ALL = tuple(CASES)
 # name -> (n_sink, window): capacity 8 with window 6 > the fixtures' local window 5, and capacity
 # 5 with window 3 < 5.
 GEOMETRIES = {"wide": (2, 6), "narrow": (2, 3)}
@@ -34,15 +39,16 @@ def geometry(mode: str, n_sink: int, window: int) -> dict:
 
 @pytest.fixture(scope="module")
 def fixtures(tmp_path_factory):
-    """family -> (engine model, reference), built once per family on first use."""
+    """case name -> (engine model, reference), built once per case on first use."""
     root = tmp_path_factory.mktemp("families")
     cache: dict[str, tuple] = {}
 
-    def get(family: str):
-        if family not in cache:
-            path = write_family_model(root / f"{family}.gguf", family, seed=11)
-            cache[family] = (sinkstream.Model(path, n_threads=2), ReferenceModel(str(path)))
-        return cache[family]
+    def get(name: str):
+        if name not in cache:
+            family, overrides = CASES[name]
+            path = write_family_model(root / f"{name}.gguf", family, seed=11, **overrides)
+            cache[name] = (sinkstream.Model(path, n_threads=2), ReferenceModel(str(path)))
+        return cache[name]
     return get
 
 
@@ -66,21 +72,21 @@ def reference_logits(reference, tokens, mode, n_sink, window):
 
 def test_every_family_is_supported():
     supported = set(sinkstream.supported_architectures())
-    for family in FAMILIES:
+    for family in FAMILIES + PAPER_FAMILIES:
         assert family_config(family)["arch"] in supported
 
 
 def test_layer_configuration_read_from_the_file(fixtures):
     """The engine's per-layer view agrees with the reference's reading of the same file."""
-    for family in FAMILIES:
-        model, reference = fixtures(family)
+    for name in ALL:
+        model, reference = fixtures(name)
         layers = model.layers
-        assert [layer["sliding_window"] for layer in layers] == list(reference.layer_windows), family
-        assert [layer["rope"] is not None for layer in layers] == list(reference.layer_uses_rope), family
+        assert [layer["sliding_window"] for layer in layers] == list(reference.layer_windows), name
+        assert [layer["rope"] is not None for layer in layers] == list(reference.layer_uses_rope), name
 
 
 # Invariant 5: the engine equals the definition, per layer ------------------------------------------
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ALL)
 @pytest.mark.parametrize("mode", ["streaming", "window", "dense", "recompute"])
 @pytest.mark.parametrize("geometry_name", sorted(GEOMETRIES))
 def test_matches_reference(fixtures, tokens, family, mode, geometry_name):
@@ -115,7 +121,7 @@ def test_local_window_really_matters(fixtures, tokens, family):
 
 
 # Invariant 1: chunked prefill equals token by token -------------------------------------------------
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ALL)
 @pytest.mark.parametrize("mode", ["streaming", "window", "dense", "recompute"])
 def test_chunked_equals_one_by_one(fixtures, tokens, family, mode):
     model, _ = fixtures(family)
@@ -138,7 +144,7 @@ def expected_kv_bytes(model, n_sink, window, batch_size, evicts, element_bytes=2
     return total
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ALL)
 def test_bounded_memory(fixtures, family):
     model, _ = fixtures(family)
     n_sink, window, batch = 2, 30, 4
@@ -168,7 +174,7 @@ def test_local_layers_store_less(fixtures):
 
 
 # Invariant 3: constant work per token, counted where attention reads -----------------------------
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ALL)
 def test_constant_work_per_token(fixtures, family):
     model, reference = fixtures(family)
     n_sink, window = GEOMETRIES["wide"]
@@ -186,7 +192,7 @@ def test_constant_work_per_token(fixtures, family):
 
 
 # Invariant 4: no drift at huge stream positions ---------------------------------------------------
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ALL)
 @pytest.mark.parametrize("mode", ["streaming", "dense"])
 def test_no_drift_at_huge_positions(fixtures, tokens, family, mode):
     model, _ = fixtures(family)
@@ -198,7 +204,7 @@ def test_no_drift_at_huge_positions(fixtures, tokens, family, mode):
 
 
 # Saved state: each layer's own rows --------------------------------------------------------------
-@pytest.mark.parametrize("family", ["gemma3", "gemma2", "phi3", "llama"])
+@pytest.mark.parametrize("family", ["gemma3", "gemma2", "phi3", "llama", "mpt", "phi2", "falcon-40b"])
 @pytest.mark.parametrize("mode", ["streaming", "dense", "recompute"])
 @pytest.mark.parametrize("split", [3, 9, 29])
 def test_save_load_continues_exactly(fixtures, tokens, family, mode, split):
@@ -259,7 +265,7 @@ def log_softmax_nll(logits: np.ndarray, targets: list[int]) -> np.ndarray:
     return -log_p[np.arange(len(targets)), targets]
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ALL)
 def test_perplexity_in_every_mode(fixtures, tokens, family):
     """sinkstream.perplexity's four modes on each family equal the NLL of the reference's logits."""
     model, reference = fixtures(family)
@@ -272,3 +278,46 @@ def test_perplexity_in_every_mode(fixtures, tokens, family):
         expected = log_softmax_nll(reference_logits(reference, stream, mode, n_sink, window)[:-1], stream[1:])
         assert nll.shape == (len(stream) - 1,) and np.isfinite(nll).all(), (family, mode)
         np.testing.assert_allclose(nll, expected, rtol=2e-5, atol=2e-4, err_msg=f"{family} {mode}")
+
+
+# ALiBi under streaming: distances within the cache -------------------------------------------------
+@pytest.mark.parametrize("family", ["mpt", "bloom"])
+def test_alibi_uses_distances_within_the_cache(fixtures, tokens, family):
+    """Five caches' worth past the cache, the engine equals the reference that biases each member of
+    A(t) by -slope * (p(t) - p(j)), its distance within the cache; a reference that used distances in
+    the text (t - j, a bias that jumps once the sinks are far behind) is far from both."""
+    model, reference = fixtures(family)
+    n_sink, window = GEOMETRIES["wide"]
+    got = model.session(mode="streaming", n_sink=n_sink, window=window, kv_type="f32").eval(tokens, logits="all")
+    expected = reference.logits(tokens, mode="streaming", n_sink=n_sink, window=window)
+    assert np.abs(got - expected).max() < 1e-3 * max(1.0, np.abs(expected).max())
+    # The same members, biased by their distance in the text instead.
+    slopes = reference.alibi_slopes
+    assert len(slopes) == model._core.n_head and len(set(np.round(slopes, 9))) == len(slopes)
+    text_distance = text_distance_alibi_logits(reference, tokens, n_sink, window)
+    assert np.abs(text_distance[n_sink + window + 4:] - expected[n_sink + window + 4:]).max() > 1e-2
+    assert np.allclose(text_distance[:n_sink + window], expected[:n_sink + window], atol=1e-9)
+
+
+def text_distance_alibi_logits(reference, tokens, n_sink, window):
+    """The reference with each sink biased by its distance in the text, t - s, instead of within the
+    cache, p(t) - s (window members are t - j behind either way): what a cache that kept absolute
+    positions for ALiBi would compute. The reference calls alibi_bias once per query, t = 0, 1, ...
+    in every layer, so a counter tells t."""
+    import reference_forward
+
+    original = reference_forward.alibi_bias
+    calls = [0]
+
+    def text_distance(slopes, key_positions, query_position):
+        t = calls[0] % len(tokens)
+        calls[0] += 1
+        positions = np.asarray(key_positions, dtype=np.float64)
+        absolute = np.where(positions < n_sink, positions - (t - query_position), positions)
+        return original(slopes, absolute, query_position)
+
+    reference_forward.alibi_bias = text_distance
+    try:
+        return reference.logits(tokens, mode="streaming", n_sink=n_sink, window=window)
+    finally:
+        reference_forward.alibi_bias = original

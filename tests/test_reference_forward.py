@@ -2,6 +2,7 @@
 (tiny_models.write_family_model). Pure NumPy + gguf; no engine needed."""
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -11,9 +12,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from reference_forward import ReferenceModel, attention_set, layer_attention_set  # noqa: E402
+from reference_forward import (ReferenceModel, alibi_bias, alibi_slopes, attention_set, gelu_erf,  # noqa: E402
+                               gelu_tanh, layer_attention_set)
 from reference_llama import ReferenceLlama  # noqa: E402
-from tiny_models import FAMILIES, FAMILY_FEATURES, family_config, write_family_model  # noqa: E402
+from tiny_models import (FAMILIES, FAMILY_FEATURES, PAPER_FAMILIES, family_config,  # noqa: E402
+                         hf_fused_qkv_rows, write_family_model)
 
 N_VOCAB = 256 + 3 + 2
 TOKENS = np.random.default_rng(0).integers(0, 256, size=16).tolist()
@@ -41,9 +44,10 @@ def close(a, b, tol=1e-9):
 # ------------------------------------------------------------------------------------- fixtures
 
 def test_family_tables():
-    assert set(FAMILIES) == set(FAMILY_FEATURES)
-    assert len(FAMILIES) == len(set(FAMILIES))
-    assert all(FAMILY_FEATURES[f] for f in FAMILIES)
+    assert set(FAMILIES) | set(PAPER_FAMILIES) == set(FAMILY_FEATURES)
+    assert not set(FAMILIES) & set(PAPER_FAMILIES)     # the engine does not run the paper's families yet
+    assert len(FAMILIES) == len(set(FAMILIES)) and len(PAPER_FAMILIES) == len(set(PAPER_FAMILIES))
+    assert all(FAMILY_FEATURES[f] for f in FAMILY_FEATURES)
     with pytest.raises(TypeError):
         family_config("llama", no_such_setting=1)
     with pytest.raises(ValueError):
@@ -419,3 +423,559 @@ def test_default_capacity(models):
     assert ref.default_capacity(20, "streaming", 4, 16) == 20
     assert ref.default_capacity(20, "window", 4, 16) == 16
     assert ref.default_capacity(20, "dense", 4, 64) == 64
+
+
+# ------------------------------------------------------------------------------ the paper's families
+# GPT-NeoX (Pythia), Falcon, MPT, Bloom, StableLM, Phi-2 (issue 13). The engine does not run them yet:
+# these check the fixtures against llama.cpp's conventions and the reference against the published
+# definitions.
+
+# case -> (family, overrides)
+PAPER_CASES = {
+    "gptneox": ("gptneox", {}),
+    "gptneox_sequential": ("gptneox", dict(parallel_residual=False)),
+    "falcon": ("falcon", {}),
+    "falcon40b": ("falcon", dict(falcon_new_decoder=True)),
+    "mpt": ("mpt", {}),
+    "mpt_clamp": ("mpt", dict(clamp_kqv=3.0)),
+    "bloom": ("bloom", {}),
+    "stablelm": ("stablelm", {}),
+    "stablelm_bias": ("stablelm", dict(biases=True)),
+    "stablelm2_12b": ("stablelm", dict(qk_norm=True, parallel_residual=True)),
+    "phi2": ("phi2", {}),
+    "phi2_fused": ("phi2", dict(fused=True)),
+}
+PAPER_DIMS = {  # n_layer, n_embd, n_head, n_head_kv, head_dim, n_ff
+    "gptneox": (2, 64, 4, 4, 16, 128), "falcon": (2, 64, 4, 1, 16, 128), "falcon40b": (2, 64, 4, 2, 16, 128),
+    "mpt": (2, 48, 6, 6, 8, 192), "bloom": (2, 48, 6, 6, 8, 192), "stablelm": (2, 64, 4, 2, 16, 96),
+    "phi2": (2, 64, 4, 4, 16, 128),
+}
+PAPER_KEYS = {  # key -> value (None: must be absent), as llama.cpp's converter writes them
+    "gptneox": {"gptneox.rope.dimension_count": 4, "gptneox.use_parallel_residual": True,
+                "gptneox.attention.head_count_kv": None, "gptneox.rope.freq_base": None},
+    "gptneox_sequential": {"gptneox.use_parallel_residual": False},
+    "falcon": {"falcon.attention.head_count_kv": 1, "falcon.rope.dimension_count": None,
+               "falcon.tensor_data_layout": "jploski"},
+    "falcon40b": {"falcon.attention.head_count_kv": 2},
+    "mpt": {"mpt.attention.max_alibi_bias": 8.0, "mpt.attention.clamp_kqv": None,
+            "mpt.attention.head_count_kv": None, "mpt.rope.dimension_count": None},
+    "mpt_clamp": {"mpt.attention.clamp_kqv": 3.0, "mpt.attention.max_alibi_bias": 8.0},
+    "bloom": {"bloom.attention.head_count_kv": 6, "bloom.attention.max_alibi_bias": None,
+              "bloom.rope.dimension_count": None},
+    "stablelm": {"stablelm.rope.dimension_count": 4, "stablelm.attention.head_count_kv": 2,
+                 "stablelm.use_parallel_residual": False},
+    "stablelm_bias": {"stablelm.use_parallel_residual": False},
+    "stablelm2_12b": {"stablelm.use_parallel_residual": True},
+    "phi2": {"phi2.rope.dimension_count": 8, "phi2.attention.head_count_kv": 4},
+    "phi2_fused": {"phi2.rope.dimension_count": 8},
+}
+
+
+def paper_dims(case):
+    return PAPER_DIMS.get(case, PAPER_DIMS[PAPER_CASES[case][0]])
+
+
+def expected_paper_tensors(case):
+    """llama.cpp's load_arch_tensors of each architecture, written out (required and present optional ones)."""
+    family, _ = PAPER_CASES[case]
+    n_layer, e, nh, nkv, hd, ff = paper_dims(case)
+    q, kv = nh * hd, nkv * hd
+    with_bias = family in ("gptneox", "bloom", "phi2")          # every linear layer has a bias
+    t = {"token_embd.weight": (N_VOCAB, e), "output_norm.weight": (e,)}
+    if family != "mpt":
+        t["output_norm.bias"] = (e,)
+    if family in ("gptneox", "stablelm", "phi2"):
+        t["output.weight"] = (N_VOCAB, e)
+    if family == "phi2":
+        t["output.bias"] = (N_VOCAB,)
+    if family == "bloom":
+        t["token_embd_norm.weight"] = t["token_embd_norm.bias"] = (e,)
+    for l in range(n_layer):
+        p = f"blk.{l}."
+        t[p + "attn_norm.weight"] = (e,)
+        if family != "mpt":
+            t[p + "attn_norm.bias"] = (e,)
+        if case == "falcon40b":
+            t[p + "attn_norm_2.weight"] = t[p + "attn_norm_2.bias"] = (e,)
+        if family in ("gptneox", "falcon", "mpt", "bloom") or case == "phi2_fused":
+            t[p + "attn_qkv.weight"] = (q + 2 * kv, e)
+            if with_bias:
+                t[p + "attn_qkv.bias"] = (q + 2 * kv,)
+        else:
+            t[p + "attn_q.weight"], t[p + "attn_k.weight"], t[p + "attn_v.weight"] = (q, e), (kv, e), (kv, e)
+            if with_bias or case == "stablelm_bias":
+                t[p + "attn_q.bias"], t[p + "attn_k.bias"], t[p + "attn_v.bias"] = (q,), (kv,), (kv,)
+        t[p + "attn_output.weight"] = (e, q)
+        if case == "stablelm2_12b":
+            t[p + "attn_q_norm.weight"], t[p + "attn_k_norm.weight"] = (nh, hd), (nkv, hd)
+        if family in ("gptneox", "bloom", "mpt") or (family == "stablelm" and case != "stablelm2_12b"):
+            t[p + "ffn_norm.weight"] = (e,)
+            if family != "mpt":
+                t[p + "ffn_norm.bias"] = (e,)
+        if family == "stablelm":
+            t[p + "ffn_gate.weight"] = (ff, e)
+        t[p + "ffn_up.weight"], t[p + "ffn_down.weight"] = (ff, e), (e, ff)
+        if with_bias:
+            t[p + "attn_output.bias"], t[p + "ffn_up.bias"], t[p + "ffn_down.bias"] = (e,), (ff,), (e,)
+    return t
+
+
+@pytest.mark.parametrize("case", PAPER_CASES)
+def test_paper_fixture_reads_back(case, tmp_path):
+    family, overrides = PAPER_CASES[case]
+    path = write_family_model(tmp_path / f"{case}.gguf", family, seed=3, **overrides)
+    r = gguf.GGUFReader(str(path))
+    arch = family
+    assert field_value(r.fields["general.architecture"]) == arch
+    n_layer, n_embd, n_head, _, _, n_ff = paper_dims(case)
+    want = {f"{arch}.block_count": n_layer, f"{arch}.embedding_length": n_embd,
+            f"{arch}.attention.head_count": n_head, f"{arch}.feed_forward_length": n_ff,
+            f"{arch}.attention.layer_norm_epsilon": 1e-5, f"{arch}.attention.layer_norm_rms_epsilon": None,
+            **PAPER_KEYS.get(family, {}), **PAPER_KEYS[case]}
+    for key, value in want.items():
+        if value is None:
+            assert key not in r.fields, key
+        elif isinstance(value, float):
+            assert field_value(r.fields[key]) == pytest.approx(value, rel=1e-6), key
+        else:
+            assert field_value(r.fields[key]) == value, key
+    got = {t.name: tuple(int(d) for d in reversed(t.shape.tolist())) for t in r.tensors}
+    want_tensors = expected_paper_tensors(case)
+    assert set(got) == set(want_tensors)
+    for name, shape in want_tensors.items():
+        assert got[name] == shape, name
+    assert all(t.tensor_type == gguf.GGMLQuantizationType.F32 for t in r.tensors)
+
+
+def test_paper_fixture_refusals_and_quantization(tmp_path):
+    with pytest.raises(ValueError):
+        write_family_model(tmp_path / "a.gguf", "falcon", biases=True)     # Falcon has no linear biases
+    with pytest.raises(ValueError):
+        write_family_model(tmp_path / "b.gguf", "bloom", max_alibi_bias=4.0)   # fixed at 8 by llama.cpp
+    with pytest.raises(ValueError):
+        write_family_model(tmp_path / "c.gguf", "gptneox", clamp_kqv=1.0)
+    assert family_config("falcon", falcon_new_decoder=True)["n_head_kv"] == 2
+    assert family_config("falcon", falcon_new_decoder=True, n_head_kv=4)["n_head_kv"] == 4
+    assert family_config("gptneox", n_embd=128)["rope_dim"] == 8          # 25% of a 32-wide head
+    # 6 heads and 32-element quant blocks meet at n_embd 96
+    q = write_family_model(tmp_path / "q.gguf", "bloom", weight_type="Q8_0", n_embd=96)
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(q)).tensors}
+    assert types["blk.0.attn_qkv.weight"] == "Q8_0" and types["blk.0.attn_qkv.bias"] == "F32"
+    assert types["token_embd_norm.weight"] == "F32"
+
+
+@pytest.mark.parametrize("case", PAPER_CASES)
+def test_paper_families_run_and_depend_on_order(case, models):
+    family, overrides = PAPER_CASES[case]
+    ref = models(family, **overrides)
+    logits = ref.logits(TOKENS)
+    assert logits.shape == (len(TOKENS), N_VOCAB) and np.isfinite(logits).all()
+    swapped = list(TOKENS)
+    swapped[-2], swapped[-3] = swapped[-3], swapped[-2]
+    assert np.abs(ref.logits(swapped)[-1] - logits[-1]).max() > 1e-2
+    half = ref.logits(TOKENS, kv_half=True)
+    assert np.abs(half - logits).max() < 0.05 * np.abs(logits).max()
+
+
+def test_paper_reference_reads_the_files(models):
+    neox = models("gptneox")
+    assert neox.neox and neox.n_rot == 4 and neox.head_dim == 16 and neox.n_head_kv == 4
+    assert neox.layer_norm and neox.parallel_residual == [True, True] and neox.gelu_kind == "erf"
+    assert models("gptneox", parallel_residual=False).parallel_residual == [False, False]
+    falcon = models("falcon")
+    assert falcon.neox and falcon.n_rot == 16 and falcon.n_head_kv == 1 and falcon.parallel_residual == [True] * 2
+    assert models("falcon", falcon_new_decoder=True).n_head_kv == 2
+    mpt = models("mpt")
+    assert mpt.layer_uses_rope == [False, False] and mpt.alibi_max_bias == 8.0 and mpt.clamp_kqv == 0.0
+    assert mpt.parallel_residual == [False, False] and mpt.gelu_kind == "erf"
+    assert models("mpt", clamp_kqv=3.0).clamp_kqv == 3.0
+    bloom = models("bloom")
+    assert bloom.layer_uses_rope == [False, False] and bloom.alibi_max_bias == 8.0 and bloom.gelu_kind == "tanh"
+    x = np.random.default_rng(0).standard_normal((6, 8))
+    assert np.array_equal(bloom.rope(x, 9), x)
+    stablelm = models("stablelm")
+    assert stablelm.n_rot == 4 and stablelm.n_head_kv == 2 and stablelm.gelu_kind is None
+    assert stablelm.parallel_residual == [False, False]
+    assert models("stablelm", qk_norm=True, parallel_residual=True).parallel_residual == [True, True]
+    phi2 = models("phi2")
+    assert phi2.n_rot == 8 and phi2.parallel_residual == [True, True] and phi2.gelu_kind == "tanh"
+    for ref in (neox, falcon, mpt, bloom, stablelm, phi2):
+        assert ref.layer_windows == [0, 0] and ref.eps == pytest.approx(1e-5)
+        assert ref.alibi_slopes is None or ref.arch in ("mpt", "bloom")
+    assert models("mpt", eps=1e-3).eps == pytest.approx(1e-3)     # attention.layer_norm_epsilon
+
+
+# ---------------------------------------------------------------------------------------- ALiBi
+
+def bloom_slopes(n_head):
+    """HF transformers' build_alibi_tensor (Bloom), transcribed."""
+    closest = 2 ** math.floor(math.log2(n_head))
+    base = 2 ** (-(2 ** -(math.log2(closest) - 3)))
+    slopes = [base ** p for p in range(1, 1 + closest)]
+    if closest != n_head:
+        extra_base = 2 ** (-(2 ** -(math.log2(2 * closest) - 3)))
+        n_remaining = min(closest, n_head - closest)
+        slopes += [extra_base ** p for p in range(1, 1 + 2 * n_remaining, 2)]
+    return np.array(slopes)
+
+
+def mpt_slopes(n_head, alibi_bias_max=8.0):
+    """MPT's gen_slopes (and HF's build_mpt_alibi_tensor), transcribed."""
+    n = 2 ** math.ceil(math.log2(n_head))
+    m = np.arange(1, n + 1, dtype=np.float64) * (alibi_bias_max / n)
+    slopes = 1.0 / np.power(2.0, m)
+    if n != n_head:
+        slopes = np.concatenate([slopes[1::2], slopes[::2]])[:n_head]
+    return slopes
+
+
+def ggml_slopes(n_head, max_bias):
+    """ggml's soft_max with max_bias (ggml_compute_forward_soft_max_f32), transcribed."""
+    n_head_log2 = 1 << int(math.floor(math.log2(n_head)))
+    m0 = 2.0 ** (-max_bias / n_head_log2)
+    m1 = 2.0 ** (-(max_bias / 2.0) / n_head_log2)
+    return np.array([m0 ** (h + 1) if h < n_head_log2 else m1 ** (2 * (h - n_head_log2) + 1) for h in range(n_head)])
+
+
+def test_alibi_slopes():
+    assert np.array_equal(alibi_slopes(8), 2.0 ** -np.arange(1, 9))
+    assert np.array_equal(alibi_slopes(6), 2.0 ** -np.array([2, 4, 6, 8, 1, 3]))
+    assert np.array_equal(alibi_slopes(1), [2.0 ** -8])
+    for n_head in range(1, 41):
+        assert np.allclose(alibi_slopes(n_head), bloom_slopes(n_head), rtol=1e-12, atol=0), n_head
+        for max_bias in (8.0, 4.0, 12.5):
+            assert np.allclose(alibi_slopes(n_head, max_bias), mpt_slopes(n_head, max_bias), rtol=1e-12, atol=0)
+            assert np.allclose(alibi_slopes(n_head, max_bias), ggml_slopes(n_head, max_bias), rtol=1e-12, atol=0)
+    assert not np.allclose(alibi_slopes(6), 2.0 ** -np.arange(1, 7) * 8 / 6)   # not a naive 6-head formula
+
+
+def test_alibi_from_the_files(models):
+    assert np.array_equal(models("mpt").alibi_slopes, alibi_slopes(6, 8.0))
+    assert np.array_equal(models("mpt", max_alibi_bias=4.0).alibi_slopes, alibi_slopes(6, 4.0))
+    assert np.array_equal(models("bloom").alibi_slopes, alibi_slopes(6, 8.0))
+    assert models("mpt", max_alibi_bias=0.0).alibi_slopes is None      # llama.cpp: 0 turns ALiBi off
+    assert models("mpt", max_alibi_bias=None).alibi_slopes is None     # and so does a missing key
+
+
+def test_alibi_is_the_only_position_signal(models):
+    """MPT without ALiBi (no RoPE either) sees a bag of words in one layer; with ALiBi it sees order."""
+    shuffled = TOKENS[:-1][::-1] + TOKENS[-1:]
+    flat = models("mpt", n_layer=1, max_alibi_bias=None)
+    assert close(flat.logits(TOKENS)[-1], flat.logits(shuffled)[-1], 1e-12)
+    alibi = models("mpt", n_layer=1)
+    assert not close(alibi.logits(TOKENS)[-1], alibi.logits(shuffled)[-1], 1e-3)
+
+
+def layer_norm(x, w, b=0.0, eps=1e-5):
+    return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + eps) * w + b
+
+
+def hf_alibi_forward(ref, tokens, style):
+    """Dense logits of a Bloom / MPT file, written the way transformers' BloomForCausalLM /
+    MptForCausalLM compute them: Bloom adds slope_h * j (the key's position) to the scores, MPT
+    slope_h * (j - (n - 1)); both then mask the future and softmax. The fused rows are [Q; K; V]
+    (llama.cpp's layout), so q, k, v are read from them directly."""
+    erf = np.vectorize(math.erf)
+    gelu = {"bloom": lambda x: x * 0.5 * (1.0 + np.tanh(0.79788456 * x * (1 + 0.044715 * x * x))),
+            "mpt": lambda x: 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))}[style]
+    w = ref.w
+    n, hn, hd = len(tokens), ref.n_head, ref.head_dim
+    slopes = mpt_slopes(hn, ref.alibi_max_bias) if style == "mpt" else bloom_slopes(hn)
+    j = np.arange(n, dtype=np.float64)
+    alibi = slopes[:, None, None] * (j[None, None, :] - (n - 1 if style == "mpt" else 0))
+    causal = np.where(j[None, :] > j[:, None], -np.inf, 0.0)
+    x = w["token_embd.weight"][tokens]
+    if style == "bloom":
+        x = layer_norm(x, w["token_embd_norm.weight"], w["token_embd_norm.bias"])
+    for l in range(ref.n_layer):
+        p = f"blk.{l}."
+        h = layer_norm(x, w[p + "attn_norm.weight"], w.get(p + "attn_norm.bias", 0.0))
+        qkv = h @ w[p + "attn_qkv.weight"].T + w.get(p + "attn_qkv.bias", 0.0)
+        if ref.clamp_kqv:
+            qkv = np.clip(qkv, -ref.clamp_kqv, ref.clamp_kqv)
+        q, k, v = (a.reshape(n, hn, hd).transpose(1, 0, 2) for a in np.split(qkv, 3, axis=1))
+        scores = q @ k.transpose(0, 2, 1) / math.sqrt(hd) + alibi + causal
+        probs = np.exp(scores - scores.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        ctx = (probs @ v).transpose(1, 0, 2).reshape(n, hn * hd)
+        x = x + ctx @ w[p + "attn_output.weight"].T + w.get(p + "attn_output.bias", 0.0)
+        h = layer_norm(x, w[p + "ffn_norm.weight"], w.get(p + "ffn_norm.bias", 0.0))
+        up = h @ w[p + "ffn_up.weight"].T + w.get(p + "ffn_up.bias", 0.0)
+        x = x + gelu(up) @ w[p + "ffn_down.weight"].T + w.get(p + "ffn_down.bias", 0.0)
+    h = layer_norm(x, w["output_norm.weight"], w.get("output_norm.bias", 0.0))
+    return h @ w["token_embd.weight"].T
+
+
+@pytest.mark.parametrize("family,overrides", [("bloom", {}), ("mpt", {}), ("mpt", dict(clamp_kqv=1.5)),
+                                              ("mpt", dict(max_alibi_bias=3.0))])
+def test_alibi_dense_equals_the_published_formula(family, overrides, models):
+    """Dense, the cache-distance bias -slope * (t - j) equals HF's slope * j (Bloom) and
+    slope * (j - n + 1) (MPT): they differ by a per-row constant, which softmax ignores."""
+    ref = models(family, **overrides)
+    tokens = TOKENS + TOKENS[:4]
+    want = hf_alibi_forward(ref, tokens, family)
+    assert close(ref.logits(tokens), want, 1e-7)     # Bloom's GELU constant 0.79788456 is sqrt(2/pi) to 1e-9
+    ref.alibi_slopes = ref.alibi_slopes * 1.5        # the bias matters: other slopes, other logits
+    assert not close(ref.logits(tokens), want, 1e-3)
+
+
+def test_alibi_bias_values():
+    slopes = np.array([0.5, 0.25])
+    bias = alibi_bias(slopes, [0, 1, 2, 3, 4, 5, 6], 6)
+    assert np.array_equal(bias[0], [-3.0, -2.5, -2.0, -1.5, -1.0, -0.5, 0.0])
+    assert np.array_equal(bias[1], bias[0] / 2)
+    # streaming.md's example, S = 4, W = 3: token 100 attends to 0 1 2 3 98 99 100 at positions 0..6;
+    # the sink 0 is 6 positions away from the query, not 100
+    pairs = layer_attention_set(100, "streaming", 4, 3)
+    assert [j for j, _ in pairs] == [0, 1, 2, 3, 98, 99, 100]
+    bias = alibi_bias(slopes, [pos for _, pos in pairs], len(pairs) - 1)
+    assert bias[0, 0] == -0.5 * 6 and bias[0, 4] == -0.5 * 2
+
+
+@pytest.mark.parametrize("family", ["mpt", "bloom", "gptneox", "phi2", "stablelm"])
+def test_one_layer_stream_equals_dense_over_the_cache(family, models):
+    """With one layer a token's K and V depend on the token alone, so streaming token t equals dense
+    attention over the tokens of A(t) laid out contiguously: the ALiBi (and RoPE) distances are the
+    distances within the cache, which do not jump when the window slides past the sinks."""
+    ref = models(family, n_layer=1, seed=6)
+    tokens = TOKENS + TOKENS[::-1] + TOKENS[:8]          # 40 tokens, capacity 2 + 5 = 7
+    stream = ref.logits(tokens, mode="streaming", n_sink=2, window=5)
+    for t in (3, 8, 20, len(tokens) - 1):
+        members = attention_set(t, "streaming", 2, 5)
+        dense = ref.logits([tokens[j] for j in members])[-1]
+        assert close(stream[t], dense, 1e-10), t
+    # the sinks matter (a stream without them differs), so the check above is not vacuous
+    window = ref.logits(tokens, mode="window", window=7)
+    assert not close(stream[-1], window[-1], 1e-3)
+
+
+def test_alibi_window_mode_is_position_shift_free(models):
+    """Window mode with ALiBi: token t sees its last W tokens at distances 0..W-1 whatever t is, so
+    two streams with the same last W tokens give the same last logits in one layer."""
+    ref = models("bloom", n_layer=1)
+    a = TOKENS + TOKENS[:6]
+    b = TOKENS[::-1][:12] + TOKENS[:6]
+    la, lb = ref.logits(a, mode="window", window=6), ref.logits(b, mode="window", window=6)
+    assert close(la[-1], lb[-1], 1e-12)
+    assert not close(ref.logits(a)[-1], ref.logits(b)[-1], 1e-3)
+
+
+# ------------------------------------------------------------------------------ fused QKV, layouts
+
+@pytest.mark.parametrize("family,overrides,fused_default", [
+    ("gptneox", {}, True), ("falcon", {}, True), ("falcon", dict(falcon_new_decoder=True), True),
+    ("mpt", dict(clamp_kqv=1.0), True), ("bloom", {}, True),
+    ("phi2", {}, False), ("stablelm", dict(biases=True), False),
+])
+def test_paper_fused_equals_split(family, overrides, fused_default, models):
+    fused = models(family, seed=4, fused=True, **overrides)
+    split = models(family, seed=4, fused=False, **overrides)
+    assert "blk.0.attn_qkv.weight" in fused.w and "blk.0.attn_q.weight" not in fused.w
+    assert "blk.0.attn_q.weight" in split.w and "blk.0.attn_qkv.weight" not in split.w
+    assert family_config(family, **overrides)["fused"] == fused_default
+    assert close(fused.logits(TOKENS), split.logits(TOKENS), 1e-12)
+
+
+@pytest.mark.parametrize("family,overrides", [("gptneox", {}), ("bloom", {}), ("falcon", {}),
+                                              ("falcon", dict(falcon_new_decoder=True)),
+                                              ("falcon", dict(falcon_new_decoder=True, n_head_kv=1))])
+def test_converter_regrouping_of_checkpoint_qkv(family, overrides, models):
+    """The checkpoints' own fused layouts, rebuilt from a fixture's [Q; K; V] rows with the inverse of
+    llama.cpp's regrouping and split the way transformers splits them, give the fixture's q, k, v."""
+    ref = models(family, **overrides)
+    n_head, n_kv, hd = ref.n_head, ref.n_head_kv, ref.head_dim
+    rows = hf_fused_qkv_rows(family, n_head, n_kv, hd)
+    assert sorted(rows) == list(range(n_head * hd + 2 * n_kv * hd))
+    w_hf = ref.w["blk.0.attn_qkv.weight"][rows]
+    b_hf = ref.w.get("blk.0.attn_qkv.bias", np.zeros(len(rows)))
+    b_hf = b_hf[rows] if np.ndim(b_hf) else b_hf
+    h = np.random.default_rng(1).standard_normal((3, ref.n_embd))
+    fused = h @ w_hf.T + b_hf
+    if family in ("gptneox", "bloom"):      # view(n, n_head, 3 * head_dim) / view(n, n_head, 3, head_dim)
+        per_head = fused.reshape(3, n_head, 3, hd)
+        q, k, v = per_head[:, :, 0], per_head[:, :, 1], per_head[:, :, 2]
+    else:                                   # Falcon: view(n, n_kv, n_head / n_kv + 2, head_dim)
+        grouped = fused.reshape(3, n_kv, n_head // n_kv + 2, hd)
+        q = grouped[:, :, :-2].reshape(3, n_head, hd)
+        k, v = grouped[:, :, -2], grouped[:, :, -1]
+    rq, rk, rv = ref.qkv(0, h)
+    assert close(q, rq, 1e-12) and close(k, rk, 1e-12) and close(v, rv, 1e-12)
+    if family != "falcon" or n_kv > 1:      # the regrouping is not the identity
+        assert not np.array_equal(rows, np.arange(len(rows)))
+
+
+# ------------------------------------------------------------------------------ residuals and norms
+
+def layer_output(ref, tokens, scale):
+    """The first layer's output with the attention branch's output projection scaled by `scale`."""
+    saved = {k: ref.w[k].copy() for k in ("blk.0.attn_output.weight", "blk.0.attn_output.bias") if k in ref.w}
+    for k in saved:
+        ref.w[k] = saved[k] * scale
+    out = []
+    ref.logits(tokens, layers_out=out)
+    ref.w.update(saved)
+    return out[1]
+
+
+@pytest.mark.parametrize("family,overrides,parallel", [
+    ("gptneox", {}, True), ("gptneox", dict(parallel_residual=False), False), ("falcon", {}, True),
+    ("falcon", dict(falcon_new_decoder=True), True), ("phi2", {}, True), ("bloom", {}, False), ("mpt", {}, False),
+    ("stablelm", {}, False), ("stablelm", dict(parallel_residual=True), True),
+])
+def test_parallel_residual_is_linear_in_the_attention_branch(family, overrides, parallel, models):
+    """Parallel: x + attn(ln_a(x)) + mlp(ln_m(x)), so the layer output is affine in the attention
+    branch's scale; sequential: the MLP reads x + attn(...), so it is not."""
+    ref = models(family, **overrides)
+    tokens = TOKENS[:10]
+    o0, o1, o2 = (layer_output(ref, tokens, s) for s in (0.0, 1.0, 2.0))
+    second_difference = np.abs(o2 - 2 * o1 + o0).max()
+    assert (second_difference < 1e-9 * np.abs(o1).max()) == parallel, second_difference
+    assert np.abs(o1 - o0).max() > 1e-2
+
+
+def test_parallel_and_sequential_differ(models):
+    par, seq = models("gptneox", seed=2), models("gptneox", seed=2, parallel_residual=False)
+    for name in par.w:   # same seed, same draws: the files differ only in the key
+        assert np.array_equal(par.w[name], seq.w[name])
+    assert not close(par.logits(TOKENS), seq.logits(TOKENS), 1e-3)
+
+
+def test_falcon_norms_feed_their_branches(models):
+    """Falcon 40B: attention reads attn_norm_2 (ln_attn), the MLP attn_norm (ln_mlp); 7B: attn_norm
+    feeds both."""
+    ref = models("falcon", n_layer=1, falcon_new_decoder=True)
+    base = ref.logits(TOKENS)
+    bump = np.random.default_rng(3).standard_normal(ref.n_embd) * 0.3
+    for name, feeds_attention in (("blk.0.attn_norm_2", True), ("blk.0.attn_norm", False)):
+        saved_w, saved_o = ref.w[name + ".weight"].copy(), ref.w["blk.0.attn_output.weight"].copy()
+        ref.w[name + ".weight"] = saved_w + bump
+        changed = not close(ref.logits(TOKENS), base, 1e-6)
+        ref.w["blk.0.attn_output.weight"] = saved_o * 0.0       # attention silenced
+        silenced = ref.logits(TOKENS)
+        ref.w[name + ".weight"] = saved_w
+        silenced_base = ref.logits(TOKENS)
+        ref.w["blk.0.attn_output.weight"] = saved_o
+        assert changed
+        assert close(silenced, silenced_base, 1e-12) == feeds_attention, name
+    # 40B with attn_norm_2 equal to attn_norm is the 7B layout
+    for suffix in (".weight", ".bias"):
+        ref.w["blk.0.attn_norm_2" + suffix] = ref.w["blk.0.attn_norm" + suffix].copy()
+    shared = ref.logits(TOKENS)
+    for suffix in (".weight", ".bias"):
+        del ref.w["blk.0.attn_norm_2" + suffix]
+    assert close(ref.logits(TOKENS), shared, 1e-12) and not close(shared, base, 1e-3)
+
+
+def test_layer_norm(models):
+    ref = models("gptneox")
+    x = np.random.default_rng(4).standard_normal((5, 64)) * 3 + 2
+    y = ref.layer_norm_(x, np.ones(64))
+    assert np.allclose(y.mean(-1), 0, atol=1e-12) and np.allclose(y.var(-1), 1, atol=1e-5)
+    w, b = ref.w["blk.0.attn_norm.weight"], ref.w["blk.0.attn_norm.bias"]
+    assert np.allclose(ref.norm(x, "blk.0.attn_norm"), layer_norm(x, w, b), atol=1e-12)
+    mpt = models("mpt")                                    # no bias in the file: none added
+    assert "blk.0.attn_norm.bias" not in mpt.w
+    x = x[:, :48]
+    assert np.allclose(mpt.norm(x, "blk.0.attn_norm"), layer_norm(x, mpt.w["blk.0.attn_norm.weight"]), atol=1e-12)
+
+
+def test_bloom_embedding_norm(models):
+    ref = models("bloom")
+    out = []
+    base = ref.logits(TOKENS, layers_out=out)
+    e = ref.w["token_embd.weight"][TOKENS]
+    assert np.allclose(out[0], layer_norm(e, ref.w["token_embd_norm.weight"], ref.w["token_embd_norm.bias"]), atol=1e-12)
+    del ref.w["token_embd_norm.weight"], ref.w["token_embd_norm.bias"]
+    assert not close(ref.logits(TOKENS), base, 1e-3)
+
+
+def test_phi2_output_bias(models):
+    ref = models("phi2")
+    with_bias = ref.logits(TOKENS)
+    bias = ref.w.pop("output.bias")
+    assert np.abs(bias).max() > 0.1
+    assert np.allclose(with_bias - ref.logits(TOKENS), bias[None, :], atol=1e-12)
+
+
+def test_gelu_kinds(models):
+    assert gelu_erf(np.array([1.0]))[0] == pytest.approx(0.8413447460685429, abs=1e-15)   # Phi(1)
+    assert gelu_tanh(np.array([1.0]))[0] == pytest.approx(0.8411919906082768, abs=1e-15)
+    assert {f: models(f).gelu_kind for f in PAPER_FAMILIES} == {
+        "gptneox": "erf", "falcon": "erf", "mpt": "erf", "bloom": "tanh", "stablelm": None, "phi2": "tanh"}
+    for family in ("gptneox", "bloom"):
+        ref = models(family)
+        base = ref.logits(TOKENS)
+        ref.gelu_kind = "tanh" if ref.gelu_kind == "erf" else "erf"
+        diff = np.abs(ref.logits(TOKENS) - base).max()
+        assert 1e-7 < diff < 0.1, (family, diff)      # the approximation is close, not equal
+
+
+def test_stablelm_qk_norm(models):
+    """StableLM 2 12B's per-head LayerNorms of q and k (before RoPE) make q and k scale-free; the
+    norms are per head (one weight row per head)."""
+    ref = models("stablelm", qk_norm=True, parallel_residual=True)
+    assert ref.w["blk.0.attn_q_norm.weight"].shape == (4, 16) and ref.w["blk.0.attn_k_norm.weight"].shape == (2, 16)
+    assert "blk.0.ffn_norm.weight" not in ref.w
+    base = ref.logits(TOKENS)
+    ref.w["blk.0.attn_q.weight"] = ref.w["blk.0.attn_q.weight"] * 7.0
+    ref.w["blk.1.attn_k.weight"] = ref.w["blk.1.attn_k.weight"] * 0.2
+    assert close(ref.logits(TOKENS), base, 1e-5)
+    for l in range(ref.n_layer):
+        del ref.w[f"blk.{l}.attn_q_norm.weight"], ref.w[f"blk.{l}.attn_k_norm.weight"]
+    assert not close(ref.logits(TOKENS), base, 1e-3)
+    ref = models("stablelm", qk_norm=True, parallel_residual=True)
+    ref.w["blk.0.attn_q_norm.weight"] = ref.w["blk.0.attn_q_norm.weight"].copy()
+    ref.w["blk.0.attn_q_norm.weight"][1] *= 3.0          # one head's weights: another result
+    assert not close(ref.logits(TOKENS), base, 1e-3)
+
+
+def test_clamp_kqv(models):
+    ref = models("mpt", clamp_kqv=0.5)
+    h = np.random.default_rng(5).standard_normal((4, ref.n_embd))
+    q, k, v = ref.qkv(0, h)
+    for a in (q, k, v):
+        assert np.abs(a).max() == 0.5
+    none, huge = models("mpt", seed=9), models("mpt", seed=9, clamp_kqv=1e6)
+    assert close(none.logits(TOKENS), huge.logits(TOKENS), 1e-12)
+    assert not close(none.logits(TOKENS), models("mpt", seed=9, clamp_kqv=0.5).logits(TOKENS), 1e-3)
+
+
+def test_partial_rotary_neox(models):
+    ref = models("gptneox")            # 4 of 16 dims rotate, NeoX pairs (i, i + 2)
+    x = np.random.default_rng(6).standard_normal((4, 16))
+    y = ref.rope(x, 5)
+    assert np.array_equal(y[:, 4:], x[:, 4:]) and not np.allclose(y[:, :4], x[:, :4])
+    e = np.zeros((1, 16))
+    e[0, 1] = 1.0
+    assert set(np.flatnonzero(np.abs(ref.rope(e, 3)) > 1e-12)) == {1, 3}
+    phi2 = models("phi2")              # 8 of 16, pairs (i, i + 4)
+    e = np.zeros((1, 16))
+    e[0, 2] = 1.0
+    assert set(np.flatnonzero(np.abs(phi2.rope(e, 3)) > 1e-12)) == {2, 6}
+    assert np.array_equal(phi2.rope(x, 5)[:, 8:], x[:, 8:])
+
+
+@pytest.mark.parametrize("family,overrides,mlp_norm", [
+    ("gptneox", {}, "ffn_norm"), ("falcon", {}, "attn_norm"), ("falcon", dict(falcon_new_decoder=True), "attn_norm"),
+    ("phi2", {}, "attn_norm"), ("stablelm", dict(parallel_residual=True), "attn_norm"),
+])
+def test_parallel_mlp_reads_its_own_norm(family, overrides, mlp_norm, models):
+    """With the attention branch silenced, a parallel layer is x + mlp(ln_m(x)): GPT-NeoX's ln_m is
+    ffn_norm (post_attention_layernorm applied to x, not to x + attn), Falcon's attn_norm (40B:
+    ln_mlp), Phi-2's and StableLM 2 12B's the one attn_norm."""
+    ref = models(family, n_layer=1, **overrides)
+    for name in ("blk.0.attn_output.weight", "blk.0.attn_output.bias"):
+        if name in ref.w:
+            ref.w[name] = ref.w[name] * 0.0
+    out = []
+    ref.logits(TOKENS, layers_out=out)
+    w, x = ref.w, out[0]
+    h = layer_norm(x, w[f"blk.0.{mlp_norm}.weight"], w[f"blk.0.{mlp_norm}.bias"])
+    up = h @ w["blk.0.ffn_up.weight"].T + w.get("blk.0.ffn_up.bias", 0.0)
+    if family == "stablelm":
+        gate = h @ w["blk.0.ffn_gate.weight"].T
+        act = gate / (1.0 + np.exp(-gate)) * up
+    else:
+        act = gelu_erf(up) if ref.gelu_kind == "erf" else gelu_tanh(up)
+    mlp = act @ w["blk.0.ffn_down.weight"].T + w.get("blk.0.ffn_down.bias", 0.0)
+    assert close(out[1], x + mlp, 1e-12)

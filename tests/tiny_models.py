@@ -130,10 +130,58 @@ FAMILY_FEATURES = {
              "untied output"],
     "smollm3": ["adjacent-pair RoPE", "NoPE", "GQA", "SwiGLU"],
     "granite": ["adjacent-pair RoPE", "granite multipliers", "GQA", "SwiGLU"],
+    # the StreamingLLM paper's own models (issue 13); not in FAMILIES until the engine runs them
+    "gptneox": ["NeoX RoPE", "partial rotary", "LayerNorm", "biases", "fused QKV", "parallel residual", "GELU",
+                "untied output"],
+    "falcon": ["NeoX RoPE", "LayerNorm", "fused QKV", "MQA", "parallel residual", "GELU", "tied output"],
+    "mpt": ["ALiBi", "LayerNorm without bias", "fused QKV", "clamp_kqv", "GELU", "tied output",
+            "n_head not a power of two"],
+    "bloom": ["ALiBi", "LayerNorm", "embedding LayerNorm", "biases", "fused QKV", "GELU (tanh)", "tied output",
+              "n_head not a power of two"],
+    "stablelm": ["NeoX RoPE", "partial rotary", "LayerNorm", "GQA", "SwiGLU", "untied output"],
+    "phi2": ["NeoX RoPE", "partial rotary", "LayerNorm", "biases", "parallel residual", "GELU (tanh)",
+             "output bias"],
 }
 
+# The paper's models (Pythia, Falcon, MPT, Bloom, StableLM, Phi-2): LayerNorm with bias, GELU, parallel
+# residuals, partial rotary, ALiBi. What each GGUF holds, as llama.cpp's convert_hf_to_gguf.py writes it
+# and src/models/<arch>.cpp loads it (numpy shapes (rows, cols) = ggml's {cols, rows}):
+# - gptneox: keys context_length, embedding_length, block_count, feed_forward_length,
+#   rope.dimension_count = int(rotary_pct * head_dim), attention.head_count (no head_count_kv, no
+#   rope.freq_base: llama.cpp's defaults n_head / 10000), use_parallel_residual (required),
+#   attention.layer_norm_epsilon. Tensors: output.weight (required), {attn,ffn,output}_norm.{weight,bias},
+#   attn_qkv.{weight,bias} with rows [Q; K; V] (GPT-NeoX's per-head interleaved [q_h, k_h, v_h] rows are
+#   regrouped by GPTNeoXModel.modify_tensors; gptneox.cpp then views Q, K, V at offsets 0, n_embd,
+#   n_embd + n_embd_gqa of each row), attn_output, ffn_up, ffn_down, each with bias.
+# - falcon: head_count_kv (1 for 7B), tensor_data_layout "jploski", attention.layer_norm_epsilon; no
+#   rope keys (n_rot must equal head_dim). attn_norm.{weight,bias}; attn_qkv.weight rows [Q; K; V]
+#   (FalconModel.modify_tensors regroups Falcon's per-KV-group [q.., k, v] rows); attn_output, ffn_up,
+#   ffn_down without biases; output.weight optional (tied). The "new decoder architecture" (40B) adds
+#   attn_norm_2.{weight,bias}: the converter maps ln_mlp -> attn_norm and ln_attn -> attn_norm_2, and
+#   falcon.cpp feeds attention from attn_norm_2 and the MLP from attn_norm.
+# - mpt: attention.max_alibi_bias (absent or 0: no ALiBi), optional attention.clamp_kqv,
+#   attention.layer_norm_epsilon; head_count_kv only when the model has kv_n_heads. Norms are weight
+#   only (MPT's no_bias), attn_qkv.weight rows [Q; K; V] (MPT's own layout), no biases, tied output.
+# - bloom: head_count_kv = head_count, attention.layer_norm_epsilon; max_alibi_bias is not in the file
+#   (llama.cpp hard-codes 8). token_embd_norm.{weight,bias}; attn_qkv rows [Q; K; V] (BloomModel.
+#   modify_tensors regroups Bloom's per-head [q_h, k_h, v_h] rows, as for GPT-NeoX); biases everywhere;
+#   tied output.
+# - stablelm: rope.dimension_count = int(partial_rotary_factor * head_dim), head_count_kv,
+#   use_parallel_residual (written by the converter, not read by llama.cpp: it uses parallel residual
+#   when blk.N.ffn_norm is absent, StableLM 2 12B), attention.layer_norm_epsilon. attn_q/k/v (optional
+#   biases), attn_output without bias, optional per-head attn_q_norm (n_head, head_dim) /
+#   attn_k_norm (n_head_kv, head_dim) LayerNorm weights (StableLM 2 12B), ffn_gate/up/down, untied
+#   output.weight.
+# - phi2: head_count_kv, attention.layer_norm_epsilon, rope.dimension_count. One attn_norm.{weight,bias}
+#   per layer feeding attention and MLP; attn_q/k/v.{weight,bias} (transformers' PhiForCausalLM, what the
+#   converter sees today) or attn_qkv.{weight,bias} (the old fused checkpoints; llama.cpp loads either);
+#   attn_output, ffn_up, ffn_down with biases; output.weight and output.bias.
+PAPER_FAMILIES = ("gptneox", "falcon", "mpt", "bloom", "stablelm", "phi2")
+
 _ARCH = {"llama": "llama", "llama3": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
-         "gemma2": "gemma2", "gemma3": "gemma3", "phi3": "phi3", "smollm3": "smollm3", "granite": "granite"}
+         "gemma2": "gemma2", "gemma3": "gemma3", "phi3": "phi3", "smollm3": "smollm3", "granite": "granite",
+         "gptneox": "gptneox", "falcon": "falcon", "mpt": "mpt", "bloom": "bloom", "stablelm": "stablelm",
+         "phi2": "phi2"}
 
 _COMMON = dict(
     n_layer=2, n_embd=64, n_head=4, n_head_kv=2, head_dim=None, n_ff=96, n_ctx=512, rope_dim=None,
@@ -148,6 +196,10 @@ _COMMON = dict(
     rope_factors_short=None, rope_factors_long=None,
     # granite
     embedding_scale=None, residual_scale=None, attention_scale=None, logit_scale=None,
+    # paper families (PAPER_FAMILIES): rope_dim = int(rotary_pct * head_dim) when rope_dim is None;
+    # parallel_residual (gptneox's key; stablelm: no ffn_norm); falcon's new decoder architecture
+    # (attn_norm_2, n_head_kv 2 unless given); MPT's clip_qkv and ALiBi max bias (None: key not written)
+    rotary_pct=None, parallel_residual=False, falcon_new_decoder=False, clamp_kqv=None, max_alibi_bias=None,
 )
 
 _FAMILY_DEFAULTS = {
@@ -168,6 +220,20 @@ _FAMILY_DEFAULTS = {
                  original_context_length=32, n_ctx=128),
     "smollm3": dict(n_layer=4),
     "granite": dict(embedding_scale=2.0, residual_scale=0.5, attention_scale=0.2, logit_scale=4.0),
+    # Pythia-like: 25% rotary (4 of 16 dims), parallel residual, untied output
+    "gptneox": dict(n_head_kv=4, n_ff=128, rotary_pct=0.25, parallel_residual=True, biases=True, tied=False),
+    # Falcon-7B-like: multi-query attention, one LayerNorm for both branches, no linear biases, tied
+    "falcon": dict(n_head_kv=1, n_ff=128, parallel_residual=True),
+    # MPT-7B-like but 6 heads (not a power of two): ALiBi with max bias 8, no biases, tied
+    "mpt": dict(n_embd=48, n_head=6, n_head_kv=6, n_ff=192, max_alibi_bias=8.0),
+    # Bloom-like, 6 heads: ALiBi (8, fixed by llama.cpp), embedding LayerNorm, biases, tied
+    "bloom": dict(n_embd=48, n_head=6, n_head_kv=6, n_ff=192, biases=True),
+    # StableLM-3B-4E1T-like: 25% rotary, sequential residual, SwiGLU, GQA (as StableLM 2 12B), untied
+    "stablelm": dict(rotary_pct=0.25, tied=False, fused=False),
+    # Phi-2-like: half of each head rotates (HF PhiConfig's default; phi-2 itself: 32 of 80), shared
+    # LayerNorm, parallel residual, separate q/k/v with biases, output bias
+    "phi2": dict(n_head_kv=4, n_ff=128, rotary_pct=0.5, parallel_residual=True, biases=True, tied=False,
+                 fused=False),
 }
 
 
@@ -194,7 +260,7 @@ def llama3_rope_divisors(n_rot: int, freq_base: float, factor: float, low_freq_f
 def family_config(family: str, **overrides) -> dict:
     """The resolved settings write_family_model uses for `family` (defaults plus overrides)."""
     if family not in _FAMILY_DEFAULTS:
-        raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+        raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES + PAPER_FAMILIES}")
     unknown = set(overrides) - set(_COMMON)
     if unknown:
         raise TypeError(f"unknown override(s) {sorted(unknown)}; known: {sorted(_COMMON)}")
@@ -204,8 +270,10 @@ def family_config(family: str, **overrides) -> dict:
     c["family"], c["arch"] = family, _ARCH[family]
     if c["head_dim"] is None:
         c["head_dim"] = c["n_embd"] // c["n_head"]
+    if c["family"] == "falcon" and c["falcon_new_decoder"] and "n_head_kv" not in overrides:
+        c["n_head_kv"] = 2
     if c["rope_dim"] is None:
-        c["rope_dim"] = c["head_dim"]
+        c["rope_dim"] = int(c["rotary_pct"] * c["head_dim"]) if c["rotary_pct"] else c["head_dim"]
     half = c["rope_dim"] // 2
     if c["longrope"]:
         if c["original_context_length"] is None:
@@ -240,7 +308,8 @@ def _add_byte_level_vocab(w: "gguf.GGUFWriter") -> int:
 
 
 def write_family_model(path: Path, family: str, *, seed: int = 0, weight_type: str = "F32", **overrides) -> Path:
-    """A tiny random GGUF of `family` (see FAMILIES / FAMILY_FEATURES), deterministic from `seed`.
+    """A tiny random GGUF of `family` (see FAMILIES, PAPER_FAMILIES / FAMILY_FEATURES), deterministic
+    from `seed`. PAPER_FAMILIES are written by _write_paper_family (its docstring lists their overrides).
 
     weight_type: F32, F16 or a gguf quant type name, for the 2-D weights (norms, biases and RoPE
     factor tensors stay F32). overrides: any key of family_config (n_layer, n_embd, n_head,
@@ -253,6 +322,8 @@ def write_family_model(path: Path, family: str, *, seed: int = 0, weight_type: s
     and gate/up as separate tensors: llama.cpp can't load that (it requires a 2*n_ff ffn_up), it is
     for checking the reference's fused path against its split one."""
     c = family_config(family, **overrides)
+    if family in PAPER_FAMILIES:
+        return _write_paper_family(Path(path), c, seed, weight_type)
     rng = np.random.default_rng(seed)
     arch = c["arch"]
     n_layer, n_embd, n_head, n_head_kv = c["n_layer"], c["n_embd"], c["n_head"], c["n_head_kv"]
@@ -361,3 +432,160 @@ def write_family_model(path: Path, family: str, *, seed: int = 0, weight_type: s
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def _write_paper_family(path: Path, c: dict, seed: int, weight_type: str) -> Path:
+    """write_family_model for PAPER_FAMILIES (see the table above PAPER_FAMILIES).
+
+    Overrides: biases (gptneox / bloom / phi2: every linear layer, default on, off is for the
+    reference only; stablelm: q/k/v biases; mpt: MPT with no_bias=False, norm biases too; falcon:
+    refused), fused (attn_qkv rows [Q; K; V] vs attn_q / attn_k / attn_v: llama.cpp loads either for
+    phi2 / stablelm, only the fused one for the others), tied, parallel_residual (gptneox: the key;
+    stablelm: no ffn_norm; falcon / phi2 are always parallel), falcon_new_decoder, qk_norm (stablelm),
+    clamp_kqv / max_alibi_bias (mpt). The weights are drawn in the same order whatever `fused` is, so
+    fused and split files from one seed hold the same numbers."""
+    family, arch = c["family"], c["arch"]
+    rng = np.random.default_rng(seed)
+    n_layer, n_embd, n_head, n_head_kv = c["n_layer"], c["n_embd"], c["n_head"], c["n_head_kv"]
+    hd, n_ff, n_rot = c["head_dim"], c["n_ff"], c["rope_dim"]
+    q_dim, kv_dim = n_head * hd, n_head_kv * hd
+    if hd * n_head != n_embd:
+        raise ValueError(f"{family}: head_dim * n_head must be n_embd (llama.cpp has no key_length here)")
+    if family == "falcon" and (c["biases"] or n_rot != hd):
+        raise ValueError("falcon: no linear biases, and every head dimension rotates (llama.cpp asserts n_rot == head_dim)")
+    if family == "bloom" and c["max_alibi_bias"] is not None:
+        raise ValueError("bloom: llama.cpp fixes the ALiBi max bias at 8; there is no key for it")
+    if family != "mpt" and (c["clamp_kqv"] is not None or c["max_alibi_bias"] is not None):
+        raise ValueError("clamp_kqv and max_alibi_bias are MPT settings")
+    if family != "stablelm" and c["qk_norm"]:
+        raise ValueError("qk_norm: of the paper families only stablelm (StableLM 2 12B) has per-head QK norms")
+    parallel = bool(c["parallel_residual"]) or family in ("falcon", "phi2")
+    linear_biases = bool(c["biases"]) and family in ("gptneox", "bloom", "phi2", "mpt")
+    norm_biases = family != "mpt" or bool(c["biases"])
+
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name(f"tiny-{family}")
+    w.add_context_length(c["n_ctx"])
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    if family in ("falcon", "bloom", "stablelm", "phi2") or n_head_kv != n_head:
+        w.add_head_count_kv(n_head_kv)
+    if family in ("gptneox", "stablelm", "phi2"):
+        w.add_rope_dimension_count(n_rot)
+    if family not in ("mpt", "bloom") and c["freq_base"] != 10000.0:
+        w.add_rope_freq_base(c["freq_base"])
+    if family in ("gptneox", "stablelm"):
+        w.add_parallel_residual(parallel)
+    w.add_layer_norm_eps(c["eps"])
+    if family == "falcon":
+        w.add_tensor_data_layout("jploski")
+    if family == "mpt":
+        if c["clamp_kqv"] is not None:
+            w.add_clamp_kqv(float(c["clamp_kqv"]))
+        if c["max_alibi_bias"] is not None:
+            w.add_max_alibi_bias(float(c["max_alibi_bias"]))
+    n_vocab = _add_byte_level_vocab(w)
+
+    def add_matrix(name: str, value: np.ndarray) -> None:
+        value = value.astype(np.float32)
+        if weight_type == "F32":
+            w.add_tensor(name, value)
+        elif weight_type == "F16":
+            w.add_tensor(name, value.astype(np.float16))
+        else:
+            qtype = gguf.GGMLQuantizationType[weight_type]
+            w.add_tensor(name, gguf.quants.quantize(value, qtype), raw_dtype=qtype)
+
+    def draw(rows: int, cols: int, scale: float) -> np.ndarray:
+        return rng.standard_normal((rows, cols)) * scale
+
+    def draw_vector(n: int, center: float, spread: float) -> np.ndarray:
+        return (center + spread * rng.standard_normal(n)).astype(np.float32)
+
+    def vector(name: str, n: int, center: float, spread: float) -> None:
+        w.add_tensor(name, draw_vector(n, center, spread))
+
+    def layer_norm(name: str, bias: bool = True) -> None:
+        vector(name + ".weight", n_embd, 1.0, 0.1)
+        if bias:
+            vector(name + ".bias", n_embd, 0.0, 0.1)
+
+    def linear(name: str, rows: int, cols: int, scale: float, bias: bool, bias_spread: float = 0.1) -> None:
+        add_matrix(name + ".weight", draw(rows, cols, scale))
+        if bias:
+            vector(name + ".bias", rows, 0.0, bias_spread)
+
+    add_matrix("token_embd.weight", draw(n_vocab, n_embd, c["embd_std"]))
+    if family == "bloom":
+        layer_norm("token_embd_norm")
+    layer_norm("output_norm", norm_biases)
+    if not c["tied"]:
+        linear("output", n_vocab, n_embd, 0.3, family == "phi2", 0.3)
+    for l in range(n_layer):
+        p = f"blk.{l}."
+        layer_norm(p + "attn_norm", norm_biases)
+        if family == "falcon" and c["falcon_new_decoder"]:
+            layer_norm(p + "attn_norm_2")
+        wq, wk, wv = draw(q_dim, n_embd, c["qk_scale"]), draw(kv_dim, n_embd, c["qk_scale"]), draw(kv_dim, n_embd, 0.3)
+        qkv_bias = linear_biases or (family == "stablelm" and bool(c["biases"]))
+        if qkv_bias:
+            bq, bk, bv = draw_vector(q_dim, 0.0, 0.3), draw_vector(kv_dim, 0.0, 0.3), draw_vector(kv_dim, 0.0, 0.3)
+        if c["fused"]:
+            add_matrix(p + "attn_qkv.weight", np.concatenate([wq, wk, wv]))   # rows: Q, then K, then V
+            if qkv_bias:
+                w.add_tensor(p + "attn_qkv.bias", np.concatenate([bq, bk, bv]))
+        else:
+            add_matrix(p + "attn_q.weight", wq)
+            add_matrix(p + "attn_k.weight", wk)
+            add_matrix(p + "attn_v.weight", wv)
+            if qkv_bias:
+                w.add_tensor(p + "attn_q.bias", bq)
+                w.add_tensor(p + "attn_k.bias", bk)
+                w.add_tensor(p + "attn_v.bias", bv)
+        if family == "stablelm" and c["qk_norm"]:   # StableLM 2 12B: a LayerNorm weight per head
+            w.add_tensor(p + "attn_q_norm.weight", draw_vector(n_head * hd, 2.0, 0.3).reshape(n_head, hd))
+            w.add_tensor(p + "attn_k_norm.weight", draw_vector(n_head_kv * hd, 2.0, 0.3).reshape(n_head_kv, hd))
+        linear(p + "attn_output", n_embd, q_dim, 0.2, linear_biases)
+        if family in ("gptneox", "mpt", "bloom") or (family == "stablelm" and not parallel):
+            layer_norm(p + "ffn_norm", norm_biases)
+        if family == "stablelm":
+            add_matrix(p + "ffn_gate.weight", draw(n_ff, n_embd, 0.3))
+        linear(p + "ffn_up", n_ff, n_embd, 0.3, linear_biases)
+        linear(p + "ffn_down", n_embd, n_ff, 0.2, linear_biases)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def hf_fused_qkv_rows(family: str, n_head: int, n_head_kv: int, head_dim: int) -> np.ndarray:
+    """For each row of the checkpoint's own fused query_key_value matrix, the row of the GGUF attn_qkv
+    ([Q; K; V]) that llama.cpp's converter moves it to: hf[i] = gguf[rows[i]].
+
+    GPT-NeoX and Bloom interleave per head (view(n_head, 3, head_dim)): q_h, k_h, v_h
+    (GPTNeoXModel / BloomModel.modify_tensors). Falcon groups per KV head (view(n_head_kv,
+    n_head / n_head_kv + 2, head_dim)): the group's queries, then its key, then its value; Falcon-7B's
+    multi-query layout is the one-group case (FalconModel.modify_tensors). MPT, Phi-2's old Wqkv and
+    StableLM are [Q; K; V] already."""
+    q_dim, kv_dim = n_head * head_dim, n_head_kv * head_dim
+    order = []
+    if family in ("gptneox", "bloom"):
+        assert n_head == n_head_kv
+        for h in range(n_head):
+            for block in range(3):   # q, k, v of head h
+                start = block * q_dim + h * head_dim
+                order.extend(range(start, start + head_dim))
+    elif family == "falcon":
+        per_group = n_head // n_head_kv
+        for g in range(n_head_kv):
+            for i in range(per_group):
+                start = (g * per_group + i) * head_dim
+                order.extend(range(start, start + head_dim))
+            order.extend(range(q_dim + g * head_dim, q_dim + (g + 1) * head_dim))
+            order.extend(range(q_dim + kv_dim + g * head_dim, q_dim + kv_dim + (g + 1) * head_dim))
+    else:
+        order = list(range(q_dim + 2 * kv_dim))
+    return np.asarray(order)

@@ -51,7 +51,7 @@ void bind_attention(nb::module_& m) {
         const float scale = 1.0f / std::sqrt((float)head_dim);
         for (int64_t kv = 0; kv < n_head_kv; ++kv) {
           const int64_t first = kv * group * head_dim;
-          attend_at_isa(cache, 0, kv, group, t, q_sink.data() + first, q_window.data() + first, scale, 0.0f, scores.data(),
+          attend_at_isa(cache, 0, kv, group, t, q_sink.data() + first, q_window.data() + first, scale, ScoreBias{}, scores.data(),
                         out.data() + first, level);
         }
         auto* owned = new std::vector<float>(std::move(out));

@@ -22,6 +22,25 @@ int64_t int_in_range(const GgufFile& f, const std::string& key, int64_t fallback
   return v;
 }
 
+bool bool_or(const GgufFile& f, const std::string& key, bool fallback) { return f.get_bool(key).value_or(fallback); }
+
+void use_layer_norm(const GgufFile& f, ModelConfig& c) {
+  c.norm_eps = (float)float_in_range(f, c.architecture + ".attention.layer_norm_epsilon", 1e-5, 1e-12, 0.5);
+  for (LayerConfig& layer : c.layers) layer.norm = NormKind::kLayerNorm;
+}
+
+std::vector<float> alibi_slopes(int64_t n_head, double max_bias) {
+  int64_t m = 1;
+  while (m * 2 <= n_head) m *= 2;
+  std::vector<float> slopes;
+  for (int64_t h = 0; h < n_head; ++h) {
+    const double exponent = h < m ? max_bias * (double)(h + 1) / (double)m
+                                  : max_bias * (double)(2 * (h - m) + 1) / (double)(2 * m);
+    slopes.push_back((float)std::pow(2.0, -exponent));
+  }
+  return slopes;
+}
+
 double float_in_range(const GgufFile& f, const std::string& key, double fallback, double lo, double hi) {
   const double v = f.get_float(key).value_or(fallback);
   if (!(v >= lo && v <= hi))  // also refuses NaN
@@ -95,6 +114,9 @@ void read_common(const GgufFile& f, ModelConfig& c) {
   rope.freq_factors = rope_factor_tensor(f, "rope_freqs.weight", rope.n_rot);
   c.ropes = {rope};
 
+  // Q/K/V as one `attn_qkv` weight (rows q, k, v) wherever the converter wrote it so.
+  c.fused_qkv = f.find_tensor("blk.0.attn_qkv.weight") != nullptr;
+
   LayerConfig layer;
   layer.attention_scale = 1.0f / std::sqrt((float)c.head_dim);
   c.layers.assign((size_t)c.n_layer, layer);
@@ -114,7 +136,10 @@ void check_layers(const GgufFile& f, const ModelConfig& c) {
       throw ModelError(cat(f.path(), ": layer ", l, " names RoPE variant ", L.rope, " of ", c.ropes.size()));
     if (L.sliding_window < 0 || L.sliding_window > (int64_t(1) << 32))
       throw ModelError(cat(f.path(), ": layer ", l, " has sliding window ", L.sliding_window));
-    if (!(L.attention_scale > 0.0f) || !std::isfinite(L.attention_scale) || !(L.attention_softcap >= 0.0f))
+    if (L.alibi && (int64_t)c.alibi_slopes.size() != c.n_head)
+      throw ModelError(cat(f.path(), ": layer ", l, " uses ALiBi without ", c.n_head, " slopes"));
+    if (!(L.attention_scale > 0.0f) || !std::isfinite(L.attention_scale) || !(L.attention_softcap >= 0.0f) ||
+        !(L.clamp_qkv >= 0.0f))
       throw ModelError(cat(f.path(), ": layer ", l, " has attention scale ", L.attention_scale, " / soft-cap ",
                            L.attention_softcap));
   }

@@ -32,9 +32,21 @@ struct RopeConfig {
   std::vector<double> thetas(int64_t capacity) const;
 };
 
+enum class NormKind {
+  kRms,        // x / sqrt(mean(x^2) + eps) * w
+  kLayerNorm,  // (x - mean) / sqrt(var + eps) * w + b (b when the file has it)
+};
+
 struct LayerConfig {
+  NormKind norm = NormKind::kRms;
   int64_t sliding_window = 0;  // 0: global; else the layer attends to its last w tokens only
-  int rope = 0;                // index into ModelConfig::ropes; -1: no rotation (NoPE)
+  int rope = 0;                // index into ModelConfig::ropes; -1: no rotation (NoPE, ALiBi)
+  bool alibi = false;          // ALiBi biases (ModelConfig::alibi_slopes) on the scores
+  // Parallel residual (GPT-J style: gpt-neox, falcon, phi2): x += attn(norm1(x)) + ffn(norm2(x));
+  // shared_norm: one norm feeds both branches (falcon 7B, phi2).
+  bool parallel_residual = false;
+  bool shared_norm = false;
+  float clamp_qkv = 0.0f;      // > 0: q, k, v clipped to [-c, c] after the projection (MPT clip_qkv)
   bool qk_norm = false;        // RMS norm of every query and key head before RoPE (Qwen3, Gemma 3)
   bool post_attention_norm = false;  // norm of the attention output before the residual (Gemma 2/3)
   bool post_ffn_norm = false;        // same for the feed-forward output
@@ -54,12 +66,15 @@ struct ModelConfig {
   int64_t head_dim = 0;      // <arch>.attention.key_length, default n_embd / n_head
   int64_t n_ctx_train = 0;   // <arch>.context_length
   int64_t n_vocab = 0;       // rows of token_embd
-  float norm_eps = 1e-5f;    // <arch>.attention.layer_norm_rms_epsilon
+  float norm_eps = 1e-5f;    // <arch>.attention.layer_norm_rms_epsilon (or layer_norm_epsilon)
 
   // Tensor layout: Phi-3 stores Q/K/V as one `attn_qkv` and gate/up as one `ffn_up` (gate first).
   bool fused_qkv = false;
   bool fused_gate_up = false;
-  bool qkv_bias = false;     // attn_q/k/v.bias present (qwen2)
+  // The norms feeding attention and the FFN (falcon 40B: `attn_norm_2` and `attn_norm`).
+  std::string attn_norm_tensor = "attn_norm";
+  std::string ffn_norm_tensor = "ffn_norm";
+  bool embedding_norm = false;  // a norm of the embeddings before the first layer (bloom)
 
   // Scalings (1 and 0 mean none): Gemma multiplies the embeddings by sqrt(n_embd); Granite scales
   // embeddings, residual branches and logits; Gemma 2 soft-caps the final logits.
@@ -67,6 +82,8 @@ struct ModelConfig {
   float residual_scale = 1.0f;
   float logit_scale = 1.0f;       // logits are multiplied by it (Granite: 1 / granite.logit_scale)
   float final_logit_softcap = 0.0f;
+
+  std::vector<float> alibi_slopes;  // (n_head) for layers with ALiBi
 
   std::vector<RopeConfig> ropes;    // at least one
   std::vector<LayerConfig> layers;  // n_layer
@@ -84,7 +101,17 @@ struct ModelConfig {
 // naming the file and the key.
 int64_t required_int(const GgufFile& f, const std::string& key);
 int64_t int_in_range(const GgufFile& f, const std::string& key, int64_t fallback, int64_t lo, int64_t hi);
+bool bool_or(const GgufFile& f, const std::string& key, bool fallback);
 double float_in_range(const GgufFile& f, const std::string& key, double fallback, double lo, double hi);
 std::vector<double> rope_factor_tensor(const GgufFile& f, const std::string& name, int64_t n_rot);  // empty if absent
+
+// What the LayerNorm families (gpt-neox, falcon, mpt, bloom, stablelm, phi2) share: LayerNorm with
+// eps from <arch>.attention.layer_norm_epsilon.
+void use_layer_norm(const GgufFile& f, ModelConfig& c);
+
+// ALiBi slopes for n_head heads (Press et al. 2022, as Bloom's and MPT's code compute them): with
+// m the largest power of two <= n_head, slope_h = 2^(-max_bias (h+1) / m) for h < m, and for the
+// rest every other slope of 2m heads: 2^(-max_bias (2(h-m)+1) / (2m)).
+std::vector<float> alibi_slopes(int64_t n_head, double max_bias);
 
 }  // namespace sinkstream

@@ -19,9 +19,12 @@ Decoder::Decoder(std::shared_ptr<GgufFile> file) : Model(std::move(file)) {
     throw ModelError(cat(file_->path(), ": tensor 'token_embd.weight' has shape ", shape_string(embd.dims),
                          ", expected (", c.n_embd, ", n_vocab)"));
   c.n_vocab = embd.dims[1];
+  const NormKind final_norm = c.layers.empty() ? NormKind::kRms : c.layers.back().norm;
   token_embd_ = bind.matrix("token_embd.weight", c.n_vocab, c.n_embd);
-  output_norm_ = bind.vector("output_norm.weight", c.n_embd);
+  if (c.embedding_norm) token_embd_norm_ = bind_norm(bind, "token_embd_norm", final_norm);
+  output_norm_ = bind_norm(bind, "output_norm", final_norm);
   output_ = file_->find_tensor("output.weight") ? bind.matrix("output.weight", c.n_vocab, c.n_embd) : token_embd_;
+  output_bias_ = bind.optional_vector("output.bias", c.n_vocab);
   if (tokenizer_ && tokenizer_->n_vocab() > c.n_vocab)
     throw ModelError(cat(file_->path(), ": the tokenizer has ", tokenizer_->n_vocab(),
                          " tokens but token_embd.weight only ", c.n_vocab, " rows"));
@@ -31,9 +34,10 @@ Decoder::Decoder(std::shared_ptr<GgufFile> file) : Model(std::move(file)) {
     const LayerConfig& lc = c.layers[(size_t)i];
     LayerWeights& L = layers_[(size_t)i];
     const std::string p = cat("blk.", i, ".");
-    L.attn_norm = bind.vector(p + "attn_norm.weight", c.n_embd);
+    L.attn_norm = bind_norm(bind, p + c.attn_norm_tensor, lc.norm);
     if (c.fused_qkv) {
       L.wqkv = bind.matrix(p + "attn_qkv.weight", q_dim + 2 * kv_dim, c.n_embd);
+      L.bqkv = bind.optional_vector(p + "attn_qkv.bias", q_dim + 2 * kv_dim);
     } else {
       L.wq = bind.matrix(p + "attn_q.weight", q_dim, c.n_embd);
       L.wk = bind.matrix(p + "attn_k.weight", kv_dim, c.n_embd);
@@ -47,17 +51,39 @@ Decoder::Decoder(std::shared_ptr<GgufFile> file) : Model(std::move(file)) {
       L.k_norm = bind.vector(p + "attn_k_norm.weight", c.head_dim);
     }
     L.wo = bind.matrix(p + "attn_output.weight", c.n_embd, q_dim);
+    L.bo = bind.optional_vector(p + "attn_output.bias", c.n_embd);
     if (lc.post_attention_norm) L.post_attention_norm = bind.vector(p + "post_attention_norm.weight", c.n_embd);
-    L.ffn_norm = bind.vector(p + "ffn_norm.weight", c.n_embd);
-    if (c.fused_gate_up) {
+    if (!lc.shared_norm) L.ffn_norm = bind_norm(bind, p + c.ffn_norm_tensor, lc.norm);
+    if (!is_gated(lc.activation)) {
+      L.w_up = bind.matrix(p + "ffn_up.weight", c.n_ff, c.n_embd);
+    } else if (c.fused_gate_up) {
       L.w_up = bind.matrix(p + "ffn_up.weight", 2 * c.n_ff, c.n_embd);
     } else {
       L.w_gate = bind.matrix(p + "ffn_gate.weight", c.n_ff, c.n_embd);
       L.w_up = bind.matrix(p + "ffn_up.weight", c.n_ff, c.n_embd);
+      L.b_gate = bind.optional_vector(p + "ffn_gate.bias", c.n_ff);
     }
+    if (!c.fused_gate_up) L.b_up = bind.optional_vector(p + "ffn_up.bias", c.n_ff);
     L.w_down = bind.matrix(p + "ffn_down.weight", c.n_embd, c.n_ff);
+    L.b_down = bind.optional_vector(p + "ffn_down.bias", c.n_embd);
     if (lc.post_ffn_norm) L.post_ffn_norm = bind.vector(p + "post_ffw_norm.weight", c.n_embd);
   }
+}
+
+NormWeights Decoder::bind_norm(const WeightBinder& bind, const std::string& name, NormKind kind) const {
+  NormWeights w;
+  w.weight = bind.vector(name + ".weight", config_.n_embd);
+  if (kind == NormKind::kLayerNorm) w.bias = bind.optional_vector(name + ".bias", config_.n_embd);
+  return w;
+}
+
+void Decoder::norm(const NormWeights& w, NormKind kind, const float* x, int64_t rows, float* out,
+                   Backend& backend) const {
+  if (kind == NormKind::kRms)
+    backend.rms_norm(x, w.weight.data(), rows, config_.n_embd, config_.norm_eps, out);
+  else
+    backend.layer_norm(x, w.weight.data(), w.bias.empty() ? nullptr : w.bias.data(), rows, config_.n_embd,
+                       config_.norm_eps, out);
 }
 
 // RoPE tables for this chunk, per RoPE variant: at the window position of t for the window query
@@ -96,15 +122,16 @@ void Decoder::prepare_positions(int64_t n, uint64_t t0, const SinkCache& cache, 
 }
 
 namespace {
-void add_bias(float* y, const std::vector<float>& bias, int64_t n) {
+// y (n rows of bias.size()) += bias, where the file has one.
+void add_bias(Backend& backend, float* y, const std::vector<float>& bias, int64_t n) {
   if (bias.empty()) return;
   const int64_t d = (int64_t)bias.size();
-  for (int64_t t = 0; t < n; ++t) add_inplace(y + t * d, bias.data(), d);
+  for (int64_t t = 0; t < n; ++t) backend.add(y + t * d, bias.data(), 1.0f, d);
 }
 }  // namespace
 
 void Decoder::attention_block(int64_t l, int64_t n, uint64_t t0, SinkCache& cache, ForwardScratch& s,
-                              Backend& backend) const {
+                              Backend& backend, float* out) const {
   const ModelConfig& c = config_;
   const LayerConfig& lc = c.layers[(size_t)l];
   const LayerWeights& L = layers_[(size_t)l];
@@ -114,6 +141,7 @@ void Decoder::attention_block(int64_t l, int64_t n, uint64_t t0, SinkCache& cach
   if (c.fused_qkv) {
     const int64_t width = q_dim + 2 * kv_dim;
     backend.matmul(L.wqkv, s.h.data(), n, s.qkv.data());
+    add_bias(backend, s.qkv.data(), L.bqkv, n);
     for (int64_t b = 0; b < n; ++b) {
       const float* row = s.qkv.data() + b * width;
       std::memcpy(s.q.data() + b * q_dim, row, (size_t)q_dim * sizeof(float));
@@ -125,9 +153,14 @@ void Decoder::attention_block(int64_t l, int64_t n, uint64_t t0, SinkCache& cach
     float* ys[3] = {s.q.data(), s.k.data(), s.v.data()};
     backend.matmul_shared_input(ws, ys, 3, s.h.data(), n);
   }
-  add_bias(s.q.data(), L.bq, n);
-  add_bias(s.k.data(), L.bk, n);
-  add_bias(s.v.data(), L.bv, n);
+  add_bias(backend, s.q.data(), L.bq, n);
+  add_bias(backend, s.k.data(), L.bk, n);
+  add_bias(backend, s.v.data(), L.bv, n);
+  if (lc.clamp_qkv > 0.0f) {  // MPT's clip_qkv
+    backend.clamp(s.q.data(), lc.clamp_qkv, n * q_dim);
+    backend.clamp(s.k.data(), lc.clamp_qkv, n * kv_dim);
+    backend.clamp(s.v.data(), lc.clamp_qkv, n * kv_dim);
+  }
   if (lc.qk_norm) {  // each head vector on its own, before RoPE
     backend.rms_norm(s.q.data(), L.q_norm.data(), n * c.n_head, hd, c.norm_eps, s.q.data());
     backend.rms_norm(s.k.data(), L.k_norm.data(), n * c.n_head_kv, hd, c.norm_eps, s.k.data());
@@ -171,16 +204,23 @@ void Decoder::attention_block(int64_t l, int64_t n, uint64_t t0, SinkCache& cach
   call.separate_sink_query = rotates ? s.separate_sink_query.data() : nullptr;  // NoPE: no positions at all
   call.scale = lc.attention_scale;
   call.softcap = lc.attention_softcap;
+  call.alibi_slopes = lc.alibi ? c.alibi_slopes.data() : nullptr;
   call.out = s.attn.data();
   backend.attention(call);
-  backend.matmul(L.wo, s.attn.data(), n, s.h.data());
+  backend.matmul(L.wo, s.attn.data(), n, out);
+  add_bias(backend, out, L.bo, n);
 }
 
 void Decoder::feed_forward_block(int64_t l, int64_t n, ForwardScratch& s, Backend& backend) const {
   const ModelConfig& c = config_;
   const LayerConfig& lc = c.layers[(size_t)l];
   const LayerWeights& L = layers_[(size_t)l];
-  if (c.fused_gate_up) {  // one matmul: each row is [gate (n_ff), up (n_ff)]
+  if (!is_gated(lc.activation)) {  // plain MLP: down(act(up(h)))
+    backend.matmul(L.w_up, s.h.data(), n, s.up.data());
+    add_bias(backend, s.up.data(), L.b_up, n);
+    backend.activate(lc.activation, s.up.data(), n * c.n_ff);
+    backend.matmul(L.w_down, s.up.data(), n, s.h.data());
+  } else if (c.fused_gate_up) {  // one matmul: each row is [gate (n_ff), up (n_ff)]
     backend.matmul(L.w_up, s.h.data(), n, s.gate.data());
     backend.glu(lc.activation, s.gate.data(), s.gate.data() + c.n_ff, n, c.n_ff, 2 * c.n_ff, s.up.data());
     backend.matmul(L.w_down, s.up.data(), n, s.h.data());
@@ -188,9 +228,12 @@ void Decoder::feed_forward_block(int64_t l, int64_t n, ForwardScratch& s, Backen
     const WeightMatrix* ws[2] = {&L.w_gate, &L.w_up};
     float* ys[2] = {s.gate.data(), s.up.data()};
     backend.matmul_shared_input(ws, ys, 2, s.h.data(), n);  // gate and up (n, n_ff)
+    add_bias(backend, s.gate.data(), L.b_gate, n);
+    add_bias(backend, s.up.data(), L.b_up, n);
     backend.glu(lc.activation, s.gate.data(), s.up.data(), n, c.n_ff, c.n_ff, s.gate.data());
     backend.matmul(L.w_down, s.gate.data(), n, s.h.data());
   }
+  add_bias(backend, s.h.data(), L.b_down, n);
 }
 
 // x += residual_scale * post_norm(h), the post-norm only where the layer has one (Gemma 2/3).
@@ -209,14 +252,25 @@ void Decoder::forward(const int32_t* tokens, int64_t n, uint64_t t0, SinkCache& 
 
   backend.embed(token_embd_, tokens, n, s.x.data());
   if (c.embedding_scale != 1.0f) backend.scale(s.x.data(), c.embedding_scale, n * E);
+  const NormKind final_norm = c.layers.back().norm;
+  if (c.embedding_norm) norm(token_embd_norm_, final_norm, s.x.data(), n, s.x.data(), backend);
   prepare_positions(n, t0, cache, s);
 
   for (int64_t l = 0; l < c.n_layer; ++l) {
+    const LayerConfig& lc = c.layers[(size_t)l];
     const LayerWeights& L = layers_[(size_t)l];
-    backend.rms_norm(s.x.data(), L.attn_norm.data(), n, E, c.norm_eps, s.h.data());
-    attention_block(l, n, t0, cache, s, backend);
+    norm(L.attn_norm, lc.norm, s.x.data(), n, s.h.data(), backend);
+    if (lc.parallel_residual) {  // both branches read x before either is added
+      attention_block(l, n, t0, cache, s, backend, s.branch.data());
+      if (!lc.shared_norm) norm(L.ffn_norm, lc.norm, s.x.data(), n, s.h.data(), backend);
+      feed_forward_block(l, n, s, backend);
+      backend.add(s.x.data(), s.branch.data(), c.residual_scale, n * E);
+      backend.add(s.x.data(), s.h.data(), c.residual_scale, n * E);
+      continue;
+    }
+    attention_block(l, n, t0, cache, s, backend, s.h.data());
     add_residual(L.post_attention_norm, n, s, backend);
-    backend.rms_norm(s.x.data(), L.ffn_norm.data(), n, E, c.norm_eps, s.h.data());
+    norm(L.ffn_norm, lc.norm, s.x.data(), n, s.h.data(), backend);
     feed_forward_block(l, n, s, backend);
     add_residual(L.post_ffn_norm, n, s, backend);
   }
@@ -224,8 +278,9 @@ void Decoder::forward(const int32_t* tokens, int64_t n, uint64_t t0, SinkCache& 
   if (logits == nullptr) return;
   const int64_t rows = all_logits ? n : 1;
   const float* last = all_logits ? s.x.data() : s.x.data() + (n - 1) * E;
-  backend.rms_norm(last, output_norm_.data(), rows, E, c.norm_eps, s.h.data());
+  norm(output_norm_, final_norm, last, rows, s.h.data(), backend);
   backend.matmul(output_, s.h.data(), rows, logits);
+  add_bias(backend, logits, output_bias_, rows);
   if (c.logit_scale != 1.0f) backend.scale(logits, c.logit_scale, rows * c.n_vocab);
   if (c.final_logit_softcap > 0.0f) backend.soft_cap(logits, c.final_logit_softcap, rows * c.n_vocab);
 }

@@ -1,13 +1,14 @@
 // The decoder every supported family runs: pre-norm transformer blocks whose details come from the
 // per-layer configuration (config.h), with weights bound by llama.cpp's tensor names.
 //
-//   x = embed(tokens) * embedding_scale
-//   for each layer l:
-//     h = attention_l(norm(x))           QK-norm, RoPE variant or none, A_l(t), soft-cap
-//     x += residual_scale * post_norm?(h)
-//     h = feed_forward_l(norm(x))        SwiGLU or GeGLU, gate/up fused or not
-//     x += residual_scale * post_norm?(h)
-//   logits = soft_cap?(logit_scale * W_out . norm(x))
+//   x = norm?(embed(tokens) * embedding_scale)
+//   for each layer l (norm: RMSNorm or LayerNorm):
+//     sequential:                              parallel (gpt-neox, falcon, phi2):
+//       x += residual_scale * post_norm?(attention_l(norm1(x)))   x += attention_l(norm1(x))
+//       x += residual_scale * post_norm?(feed_forward_l(norm2(x)))      + feed_forward_l(norm2(x))
+//     attention_l: QK-norm, RoPE variant / none / ALiBi, A_l(t), soft-cap; feed_forward_l: SwiGLU,
+//     GeGLU or plain GELU, gate/up fused or not; biases wherever the file has them
+//   logits = soft_cap?(logit_scale * (W_out . norm(x) + b_out))
 //
 // Attention sets and positions come from the cache (sink_cache.h); this file knows no sinks.
 #pragma once
@@ -18,20 +19,31 @@
 
 namespace sinkstream {
 
+class WeightBinder;
+
+// A norm's weight and, for LayerNorm, its optional bias.
+struct NormWeights {
+  std::vector<float> weight;  // (d)
+  std::vector<float> bias;    // (d) or empty
+};
+
 struct LayerWeights {
-  std::vector<float> attn_norm;       // (n_embd)
+  NormWeights attn_norm;              // (n_embd)
   WeightMatrix wq;                    // (n_head*head_dim, n_embd)
   WeightMatrix wk;                    // (n_head_kv*head_dim, n_embd)
   WeightMatrix wv;                    // (n_head_kv*head_dim, n_embd)
   WeightMatrix wqkv;                  // (n_head*head_dim + 2*n_head_kv*head_dim, n_embd): fused (phi3)
   std::vector<float> bq, bk, bv;      // optional biases (qwen2); empty if absent
+  std::vector<float> bqkv;            // optional bias of the fused projection
   std::vector<float> q_norm, k_norm;  // (head_dim) QK-norm weights, empty without QK-norm
   WeightMatrix wo;                    // (n_embd, n_head*head_dim)
+  std::vector<float> bo;              // (n_embd) or empty
   std::vector<float> post_attention_norm;  // (n_embd), empty if the layer has none
-  std::vector<float> ffn_norm;        // (n_embd)
-  WeightMatrix w_gate;                // (n_ff, n_embd); unused when fused
+  NormWeights ffn_norm;               // (n_embd); empty with a shared norm
+  WeightMatrix w_gate;                // (n_ff, n_embd); unused when fused or plain
   WeightMatrix w_up;                  // (n_ff, n_embd), or (2*n_ff, n_embd) gate rows first when fused
   WeightMatrix w_down;                // (n_embd, n_ff)
+  std::vector<float> b_gate, b_up, b_down;  // optional biases
   std::vector<float> post_ffn_norm;   // (n_embd), empty if the layer has none
 };
 
@@ -43,15 +55,20 @@ class Decoder final : public Model {
                Backend& backend, float* logits, bool all_logits) const override;
 
  private:
+  NormWeights bind_norm(const WeightBinder& bind, const std::string& name, NormKind kind) const;
+  void norm(const NormWeights& w, NormKind kind, const float* x, int64_t rows, float* out, Backend& backend) const;
   void prepare_positions(int64_t n, uint64_t t0, const SinkCache& cache, ForwardScratch& s) const;
+  // h (n, n_embd) -> out (n, n_embd); the keys and values of the chunk go into the cache.
   void attention_block(int64_t layer, int64_t n, uint64_t t0, SinkCache& cache, ForwardScratch& s,
-                       Backend& backend) const;
-  void feed_forward_block(int64_t layer, int64_t n, ForwardScratch& s, Backend& backend) const;
+                       Backend& backend, float* out) const;
+  void feed_forward_block(int64_t layer, int64_t n, ForwardScratch& s, Backend& backend) const;  // h -> h
   void add_residual(const std::vector<float>& post_norm, int64_t n, ForwardScratch& s, Backend& backend) const;
 
   WeightMatrix token_embd_;         // (n_vocab, n_embd)
-  std::vector<float> output_norm_;  // (n_embd)
+  NormWeights token_embd_norm_;     // (n_embd), bloom only
+  NormWeights output_norm_;         // (n_embd)
   WeightMatrix output_;             // (n_vocab, n_embd); token_embd_ when the head is tied
+  std::vector<float> output_bias_;  // (n_vocab) or empty (phi2)
   std::vector<LayerWeights> layers_;
 };
 

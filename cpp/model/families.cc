@@ -16,6 +16,12 @@ const std::vector<Family>& supported_families() {
        configure_gemma2},
       {"gemma3", "5 sliding-window : 1 global layers, two RoPE bases, QK-norm, post-norms, GeGLU", configure_gemma3},
       {"phi3", "fused QKV and gate/up, LongRoPE, partial rotary, sliding window", configure_phi3},
+      {"gptneox", "LayerNorm, parallel residual, partial NeoX rotary, GELU MLP, biases (Pythia)", configure_gptneox},
+      {"falcon", "parallel attention + MLP, multi-query attention, one or two LayerNorms", configure_falcon},
+      {"mpt", "ALiBi, LayerNorm without biases, clip_qkv", configure_mpt},
+      {"bloom", "ALiBi, LayerNorm on the embeddings, GELU MLP, biases", configure_bloom},
+      {"stablelm", "LayerNorm, partial NeoX rotary, SwiGLU", configure_stablelm},
+      {"phi2", "parallel residual with one LayerNorm, partial NeoX rotary, GELU MLP, output bias", configure_phi2},
   };
   return families;
 }
@@ -47,6 +53,8 @@ constexpr Unsupported kUnsupported[] = {
     {"nomic-bert", "an encoder (bidirectional attention): there is no stream to generate"},
     {"t5", "an encoder-decoder"},
     {"gemma3n", "per-layer embeddings, AltUp and LAuReL blocks"},
+    {"gpt2", "learned absolute position embeddings, which cannot be re-assigned within a cache"},
+    {"starcoder", "learned absolute position embeddings, which cannot be re-assigned within a cache"},
 };
 
 }  // namespace

@@ -33,5 +33,11 @@ void configure_qwen3(const GgufFile& f, ModelConfig& c);
 void configure_gemma2(const GgufFile& f, ModelConfig& c);
 void configure_gemma3(const GgufFile& f, ModelConfig& c);
 void configure_phi3(const GgufFile& f, ModelConfig& c);
+void configure_gptneox(const GgufFile& f, ModelConfig& c);
+void configure_falcon(const GgufFile& f, ModelConfig& c);
+void configure_mpt(const GgufFile& f, ModelConfig& c);
+void configure_bloom(const GgufFile& f, ModelConfig& c);
+void configure_stablelm(const GgufFile& f, ModelConfig& c);
+void configure_phi2(const GgufFile& f, ModelConfig& c);
 
 }  // namespace sinkstream

@@ -10,7 +10,6 @@ namespace sinkstream {
 
 void configure_phi3(const GgufFile& f, ModelConfig& c) {
   const std::string p = c.architecture + ".";
-  c.fused_qkv = f.find_tensor("blk.0.attn_qkv.weight") != nullptr;
   c.fused_gate_up = f.find_tensor("blk.0.ffn_gate.weight") == nullptr;
   RopeConfig& rope = c.ropes[0];
   rope.layout = RopeLayout::kNeox;

@@ -6,10 +6,7 @@
 
 namespace sinkstream {
 
-void configure_qwen2(const GgufFile&, ModelConfig& c) {
-  c.ropes[0].layout = RopeLayout::kNeox;
-  c.qkv_bias = true;
-}
+void configure_qwen2(const GgufFile&, ModelConfig& c) { c.ropes[0].layout = RopeLayout::kNeox; }
 
 void configure_qwen3(const GgufFile&, ModelConfig& c) {
   c.ropes[0].layout = RopeLayout::kNeox;

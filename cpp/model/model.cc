@@ -32,6 +32,9 @@ ForwardScratch Model::make_scratch(int64_t max_tokens, int64_t capacity) const {
   s.k = rows(kv_dim);
   s.v = rows(kv_dim);
   s.attn = rows(q_dim);
+  bool parallel = false;
+  for (const LayerConfig& L : c.layers) parallel = parallel || L.parallel_residual;
+  if (parallel) s.branch = rows(c.n_embd);
   s.gate = rows(c.fused_gate_up ? 2 * c.n_ff : c.n_ff);
   s.up = rows(c.n_ff);
   for (const RopeConfig& r : c.ropes) {

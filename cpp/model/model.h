@@ -27,6 +27,7 @@ struct ForwardScratch {
   std::vector<float> k;         // (max_tokens, n_head_kv*head_dim)
   std::vector<float> v;         // (max_tokens, n_head_kv*head_dim)
   std::vector<float> attn;      // (max_tokens, n_head*head_dim) attention output
+  std::vector<float> branch;    // (max_tokens, n_embd) the attention branch of a parallel residual
   std::vector<float> gate;      // (max_tokens, n_ff), or (max_tokens, 2 n_ff) with fused gate/up
   std::vector<float> up;        // (max_tokens, n_ff)
   // Per RoPE variant r: the frequencies for this session's capacity (LongRoPE picks by it), and

@@ -24,7 +24,8 @@ struct AttentionCall {
   const float* q_sink = nullptr;
   const uint8_t* separate_sink_query = nullptr;  // (n) or nullptr: q serves the sinks too
   float scale = 1.0f;
-  float softcap = 0.0f;
+  float softcap = 0.0f;                  // ScoreBias::softcap
+  const float* alibi_slopes = nullptr;   // (n_head) ALiBi slopes, or nullptr
   float* out = nullptr;  // (n, n_head * head_dim)
 };
 
@@ -41,9 +42,15 @@ class Backend {
 
   // Row-wise and elementwise ops (ops.h).
   virtual void rms_norm(const float* x, const float* weight, int64_t rows, int64_t d, float eps, float* out) = 0;
+  // (x - mean) / sqrt(var + eps) * weight + bias per row; bias may be nullptr.
+  virtual void layer_norm(const float* x, const float* weight, const float* bias, int64_t rows, int64_t d, float eps,
+                          float* out) = 0;
   // out (rows, width) = act(gate) * up; gate/up rows `stride` apart (fused gate/up: stride 2 * width).
   virtual void glu(FfnActivation act, const float* gate, const float* up, int64_t rows, int64_t width,
                    int64_t stride, float* out) = 0;
+  // x = act(x) over n values, for the plain (ungated) activations.
+  virtual void activate(FfnActivation act, float* x, int64_t n) = 0;
+  virtual void clamp(float* x, float limit, int64_t n) = 0;  // x = min(max(x, -limit), limit)
   virtual void add(float* y, const float* x, float scale, int64_t n) = 0;  // y += scale * x
   virtual void scale(float* x, float s, int64_t n) = 0;
   virtual void soft_cap(float* x, float cap, int64_t n) = 0;

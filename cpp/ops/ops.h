@@ -15,11 +15,14 @@ enum class RopeLayout {
   kNeox,           // rotate (x[i], x[i + n_rot/2]): qwen2, gptneox, falcon, ...
 };
 
-// The gated feed-forward's activation: act(gate) * up.
+// The feed-forward's activation: gated, act(gate) * up, or plain, act(up).
 enum class FfnActivation {
-  kSwiGlu,  // silu(gate) * up (llama, qwen, phi3)
-  kGeGlu,   // gelu_tanh(gate) * up (gemma: "gelu_pytorch_tanh")
+  kSwiGlu,    // silu(gate) * up (llama, qwen, phi3, stablelm)
+  kGeGlu,     // gelu_tanh(gate) * up (gemma: "gelu_pytorch_tanh")
+  kGelu,      // gelu(up), exact (erf): gpt-neox, falcon, mpt
+  kGeluTanh,  // gelu(up), tanh approximation: bloom, phi2 ("gelu_new")
 };
+inline bool is_gated(FfnActivation a) { return a == FfnActivation::kSwiGlu || a == FfnActivation::kGeGlu; }
 
 // A 2-D weight left in the GGUF map: `rows` rows of `cols` elements of `type`, rows contiguous.
 // In ggml order a tensor with dims (cols, rows) is exactly this.
@@ -51,6 +54,17 @@ void get_row(const WeightMatrix& w, int64_t row, float* out);
 // out = x / sqrt(mean(x^2) + eps) * weight, for n rows of length d. out may alias x.
 void rms_norm(const float* x, const float* weight, int64_t n, int64_t d, float eps, float* out);
 
+// out = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias (bias may be nullptr), n rows of d.
+// out may alias x.
+void layer_norm(const float* x, const float* weight, const float* bias, int64_t n, int64_t d, float eps, float* out);
+
+// x = gelu(x) in place: exact (x/2 (1 + erf(x / sqrt 2))) or with the tanh approximation.
+void gelu_erf_inplace(float* x, int64_t n);
+void gelu_tanh_inplace(float* x, int64_t n);
+
+// x = min(max(x, -limit), limit) (MPT's clip_qkv).
+void clamp_inplace(float* x, float limit, int64_t n);
+
 // out = silu(gate) * up, elementwise over n values. out may alias gate.
 void silu_mul(const float* gate, const float* up, int64_t n, float* out);
 
@@ -75,15 +89,25 @@ void rope_cos_sin(uint64_t pos, const double* thetas, int64_t n_freq, float* cos
 void rope_apply(float* x, int64_t n_heads, int64_t head_dim, int64_t n_rot, RopeLayout layout,
                 const float* cos, const float* sin);
 
+// What a layer does to the scaled scores q.k * scale before the softmax: ALiBi, then soft-capping.
+struct ScoreBias {
+  // ALiBi (Press et al. 2022; MPT, Bloom): score -= slope_h * (p(t) - p(j)), with positions within
+  // the cache (streaming.md): a window member j at distance t - j, a sink s at p(t) - s. One slope
+  // per query head of the call (the GQA group), or nullptr.
+  const float* alibi_slopes = nullptr;
+  float softcap = 0.0f;  // > 0: score -> softcap * tanh(score / softcap) (Gemma 2)
+};
+
 // The query heads that share one KV head (GQA group) against that head over A_l(t) in the cache
 // (sink_cache.h: A(t), narrowed to the layer's window); each key and value row is read once for
 // the whole group. q_sink / q_window: (group, head_dim) contiguous, rotated at p(t) and at t
-// (equal while t < C). out (group, head_dim) = softmax(cap(scale * [q_sink . K_sinks,
-// q_window . K_window])) . V per head, cap(s) = softcap * tanh(s / softcap) when softcap > 0.
+// (equal while t < C). out (group, head_dim) = softmax(bias(scale * [q_sink . K_sinks,
+// q_window . K_window])) . V per head, bias as ScoreBias says.
 // scores: scratch of at least group * capacity() floats. Cost: group * |A_l(t)| * head_dim * 2 FMAs.
 // Returns |A_l(t)|, the rows it read (the work counters count what attention really read).
 int64_t attend(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
-               const float* q_sink, const float* q_window, float scale, float softcap, float* scores, float* out);
+               const float* q_sink, const float* q_window, float scale, const ScoreBias& bias, float* scores,
+               float* out);
 
 // attend() in three phases, so that one query's attention can be spread over threads (at decode a
 // token has only n_head_kv (token, KV head) pairs, fewer than the threads share evenly). Rows are
@@ -96,9 +120,10 @@ int64_t attention_set_size(const SinkCache& cache, int64_t layer, uint64_t t);  
 void attend_scores(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
                    const float* q_sink, const float* q_window, float scale, int64_t row_begin, int64_t row_end,
                    float* scores, int64_t scores_stride);
-// One head's |A_l(t)| scores -> attention weights in place (soft-capped first when softcap > 0;
-// rounded to half with an f16 cache).
-void attend_softmax(const SinkCache& cache, float* scores, int64_t n, float softcap);
+// Query head `head` (of the call's group) of query t: its |A_l(t)| scores -> attention weights in
+// place (biased first as ScoreBias says; rounded to half with an f16 cache).
+void attend_softmax(const SinkCache& cache, int64_t layer, uint64_t t, int64_t head, const ScoreBias& bias,
+                    float* scores, int64_t n);
 // partial (group, head_dim) = sum over rows [row_begin, row_end) of weights[h * stride + row] * V_row.
 void attend_accumulate(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
                        int64_t row_begin, int64_t row_end, const float* weights, int64_t weights_stride,

@@ -73,7 +73,7 @@ std::vector<float> engine(const std::vector<float>& keys, const std::vector<floa
   for (int64_t kv = 0; kv < s.n_head_kv; ++kv) {
     const size_t first = (size_t)(kv * group * s.head_dim);
     attend_at_isa(cache, 0, kv, group, t, &q_sink[first], &q_window[first], 1.0f / std::sqrt((float)s.head_dim),
-                  0.0f, scores.data(), &out[first], isa);
+                  ScoreBias{}, scores.data(), &out[first], isa);
   }
   return out;
 }

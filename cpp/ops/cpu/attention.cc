@@ -205,16 +205,29 @@ void attend_scores(const SinkCache& cache, int64_t layer, int64_t kv_head, int64
 }
 
 namespace {
-// Gemma 2's attention logit soft-capping: cap * tanh(score / cap), before the softmax.
-void soft_cap(float* scores, int64_t n, float cap) {
-  if (cap <= 0.0f) return;
-  const float inverse = 1.0f / cap;
-  for (int64_t r = 0; r < n; ++r) scores[r] = cap * std::tanh(scores[r] * inverse);
+// ScoreBias on one query head's scores, rows in A_l(t) order (sinks, then the window up to t).
+void apply_score_bias(const SinkCache& cache, int64_t layer, uint64_t t, int64_t head, const ScoreBias& bias,
+                      float* scores, int64_t n) {
+  if (bias.alibi_slopes != nullptr) {
+    // Distances within the cache: a window member j is t - j behind (the last row is t itself), a
+    // sink s is p(t) - s behind, so the bias is contiguous, it never jumps as the window slides.
+    const float slope = bias.alibi_slopes[head];
+    const AttentionSpan span = cache.span(layer, t);
+    const int64_t sink_rows = (int64_t)(span.sink_end - span.sink_begin);
+    for (int64_t r = 0; r < sink_rows; ++r)
+      scores[r] -= slope * (float)(span.query_position - (span.sink_begin + (uint64_t)r));
+    for (int64_t r = sink_rows; r < n; ++r) scores[r] -= slope * (float)(n - 1 - r);
+  }
+  if (bias.softcap > 0.0f) {  // Gemma 2's attention logit soft-capping
+    const float cap = bias.softcap, inverse = 1.0f / bias.softcap;
+    for (int64_t r = 0; r < n; ++r) scores[r] = cap * std::tanh(scores[r] * inverse);
+  }
 }
 }  // namespace
 
-void attend_softmax(const SinkCache& cache, float* scores, int64_t n, float softcap) {
-  soft_cap(scores, n, softcap);
+void attend_softmax(const SinkCache& cache, int64_t layer, uint64_t t, int64_t head, const ScoreBias& bias,
+                    float* scores, int64_t n) {
+  apply_score_bias(cache, layer, t, head, bias, scores, n);
   kernels_for(cache.head_dim(), active_isa()).softmax(scores, n, cache.type() == KvType::kF16);
 }
 
@@ -226,8 +239,8 @@ void attend_accumulate(const SinkCache& cache, int64_t layer, int64_t kv_head, i
 }
 
 int64_t attend_at_isa(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
-                      const float* q_sink, const float* q_window, float scale, float softcap, float* scores, float* out,
-                      Isa isa) {
+                      const float* q_sink, const float* q_window, float scale, const ScoreBias& bias, float* scores,
+                      float* out, Isa isa) {
   const int64_t n = attention_set_size(cache, layer, t), width = group * cache.head_dim();
   SS_CHECK_ARG(width <= kMaxGroupDim, "attention: ", group, " query heads x head_dim ", cache.head_dim(),
                " exceeds ", kMaxGroupDim);
@@ -241,7 +254,7 @@ int64_t attend_at_isa(const SinkCache& cache, int64_t layer, int64_t kv_head, in
     scores_with(k, cache, layer, kv_head, group, t, q_sink, q_window, scale, r, std::min(n, r + kAttendChunkRows),
                 scores, n);
   for (int64_t h = 0; h < group; ++h) {
-    soft_cap(scores + h * n, n, softcap);
+    apply_score_bias(cache, layer, t, h, bias, scores + h * n, n);
     k.softmax(scores + h * n, n, cache.type() == KvType::kF16);
   }
   float partial[kMaxGroupDim];
@@ -254,8 +267,9 @@ int64_t attend_at_isa(const SinkCache& cache, int64_t layer, int64_t kv_head, in
 }
 
 int64_t attend(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
-               const float* q_sink, const float* q_window, float scale, float softcap, float* scores, float* out) {
-  return attend_at_isa(cache, layer, kv_head, group, t, q_sink, q_window, scale, softcap, scores, out, active_isa());
+               const float* q_sink, const float* q_window, float scale, const ScoreBias& bias, float* scores,
+               float* out) {
+  return attend_at_isa(cache, layer, kv_head, group, t, q_sink, q_window, scale, bias, scores, out, active_isa());
 }
 
 }  // namespace sinkstream

@@ -10,6 +10,7 @@
 
 #include "kv/sink_cache.h"
 #include "ops/cpu/cpu_features.h"
+#include "ops/ops.h"
 
 namespace sinkstream::attention_kernels {
 
@@ -71,6 +72,6 @@ namespace sinkstream {
 // attend() (ops.h) with the kernel level given explicitly (falling back to narrower kernels where
 // head_dim does not suit the level); tests compare the levels on one CPU.
 int64_t attend_at_isa(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
-                      const float* q_sink, const float* q_window, float scale, float softcap, float* scores, float* out,
-                      Isa isa);
+                      const float* q_sink, const float* q_window, float scale, const ScoreBias& bias, float* scores,
+                      float* out, Isa isa);
 }  // namespace sinkstream

@@ -23,14 +23,17 @@ void rms_norm(const float* x, const float* weight, int64_t n, int64_t d, float e
 namespace {
 
 // exp(x) without a libm call, so that the loops below vectorize (a scalar expf per element was a
-// fifth of Gemma 3's prefill; -fno-trapping-math on this file lets GCC vectorize the clamps). Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, a degree-6
+// fifth of Gemma 3's prefill; -fno-trapping-math on this file lets GCC vectorize the clamps).
+// Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, a degree-6
 // Taylor polynomial for e^r (relative error below 2e-7 there), and 2^n built in the exponent
 // bits. x is clamped to [-87, 88], where 2^n stays a normal float; callers only need e^x to
 // saturate there (1 / (1 + e^x) is 0 or 1 to float precision beyond it).
 inline float exp_clamped(float x) {
   x = std::min(std::max(x, -87.0f), 88.0f);
-  const float round_magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const float n = (x * 1.44269504088896341f + round_magic) - round_magic;
+  // n = round(x / ln2) by the 1.5 * 2^23 trick; its integer value is also in the low bits of
+  // `shifted`, so 2^n is built without a float -> int conversion (undefined for a NaN input).
+  const float shifted = x * 1.44269504088896341f + 12582912.0f;
+  const float n = shifted - 12582912.0f;
   const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187045e-06f;  // ln2 = hi + lo
   float p = 1.0f / 720.0f;
   p = p * r + 1.0f / 120.0f;
@@ -39,7 +42,9 @@ inline float exp_clamped(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const int32_t bits = ((int32_t)n + 127) << 23;
+  uint32_t bits;
+  std::memcpy(&bits, &shifted, sizeof(bits));
+  bits = (bits - 0x4B400000u + 127u) << 23;  // 0x4B400000: the bits of 1.5 * 2^23
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   return p * scale;
@@ -62,6 +67,38 @@ void gelu_tanh_mul(const float* gate, const float* up, int64_t n, float* out) {
     const float z2 = two_sqrt_2_over_pi * (g + 0.044715f * g * g * g);
     out[i] = g / (1.0f + exp_clamped(-z2)) * up[i];
   }
+}
+
+void layer_norm(const float* x, const float* weight, const float* bias, int64_t n, int64_t d, float eps, float* out) {
+  for (int64_t r = 0; r < n; ++r) {
+    const float* xr = x + r * d;
+    float* yr = out + r * d;
+    double sum = 0.0;  // double: mean and variance of thousands of values
+    for (int64_t i = 0; i < d; ++i) sum += xr[i];
+    const double mean = sum / (double)d;
+    double squares = 0.0;
+    for (int64_t i = 0; i < d; ++i) squares += ((double)xr[i] - mean) * ((double)xr[i] - mean);
+    const float scale = (float)(1.0 / std::sqrt(squares / (double)d + (double)eps));
+    const float m = (float)mean;
+    for (int64_t i = 0; i < d; ++i) yr[i] = (xr[i] - m) * scale * weight[i] + (bias != nullptr ? bias[i] : 0.0f);
+  }
+}
+
+void gelu_erf_inplace(float* x, int64_t n) {
+  const float inv_sqrt2 = 0.70710678118654752f;
+  for (int64_t i = 0; i < n; ++i) x[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] * inv_sqrt2));
+}
+
+void gelu_tanh_inplace(float* x, int64_t n) {
+  const float two_sqrt_2_over_pi = 1.5957691216057308f;
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = x[i];
+    x[i] = g / (1.0f + exp_clamped(-two_sqrt_2_over_pi * (g + 0.044715f * g * g * g)));
+  }
+}
+
+void clamp_inplace(float* x, float limit, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = std::min(std::max(x[i], -limit), limit);
 }
 
 void add_inplace(float* y, const float* x, int64_t n) {

@@ -34,6 +34,21 @@ void CpuBackend::rms_norm(const float* x, const float* weight, int64_t rows, int
   sinkstream::rms_norm(x, weight, rows, d, eps, out);
 }
 
+void CpuBackend::layer_norm(const float* x, const float* weight, const float* bias, int64_t rows, int64_t d,
+                            float eps, float* out) {
+  sinkstream::layer_norm(x, weight, bias, rows, d, eps, out);
+}
+
+void CpuBackend::activate(FfnActivation act, float* x, int64_t n) {
+  switch (act) {
+    case FfnActivation::kGelu: gelu_erf_inplace(x, n); break;
+    case FfnActivation::kGeluTanh: gelu_tanh_inplace(x, n); break;
+    default: SS_ASSERT(!"activate() is for the plain activations");
+  }
+}
+
+void CpuBackend::clamp(float* x, float limit, int64_t n) { clamp_inplace(x, limit, n); }
+
 void CpuBackend::glu(FfnActivation act, const float* gate, const float* up, int64_t rows, int64_t width,
                      int64_t stride, float* out) {
   const auto row = [&](int64_t r, int64_t count) {
@@ -96,8 +111,9 @@ void CpuBackend::attend_across_threads(const AttentionCall& call, int64_t b) {
     attend_scores(cache, call.layer, kv, group_, t, q_sink + kv * width, q_window + kv * width, call.scale, begin,
                   end, scores + kv * group_ * n_rows, n_rows);
   });
+  const ScoreBias bias{call.alibi_slopes, call.softcap};  // head: the query head, 0 .. n_head
   pool_.run(n_head_kv_ * group_, [&](int64_t head, int) {
-    attend_softmax(cache, scores + head * n_rows, n_rows, call.softcap);
+    attend_softmax(cache, call.layer, t, head, bias, scores + head * n_rows, n_rows);
   });
   pool_.run(n_head_kv_ * n_pieces, [&](int64_t task, int) {
     const int64_t kv = task / n_pieces;
@@ -131,8 +147,10 @@ void CpuBackend::attention(const AttentionCall& call) {
     const int64_t first = b * q_dim + kv_head * group_ * head_dim_;  // the group's query heads are contiguous
     const float* q = call.q + first;
     const float* qs = call.separate_sink_query != nullptr && call.separate_sink_query[b] ? call.q_sink + first : q;
+    // The group's slopes: head h of the group is query head kv_head * group + h.
+    const ScoreBias bias{call.alibi_slopes != nullptr ? call.alibi_slopes + kv_head * group_ : nullptr, call.softcap};
     const int64_t rows = attend(*call.cache, call.layer, kv_head, group_, call.t0 + (uint64_t)b, qs, q, call.scale,
-                                call.softcap, scores_.data() + thread * scores_stride_, call.out + first);
+                                bias, scores_.data() + thread * scores_stride_, call.out + first);
     entries_attended_[(size_t)thread].value += (uint64_t)(rows * group_);
   });
 }

@@ -19,8 +19,12 @@ class CpuBackend final : public Backend {
                            int64_t n) override;
   void embed(const WeightMatrix& table, const int32_t* ids, int64_t n, float* out) override;
   void rms_norm(const float* x, const float* weight, int64_t rows, int64_t d, float eps, float* out) override;
+  void layer_norm(const float* x, const float* weight, const float* bias, int64_t rows, int64_t d, float eps,
+                  float* out) override;
   void glu(FfnActivation act, const float* gate, const float* up, int64_t rows, int64_t width, int64_t stride,
            float* out) override;
+  void activate(FfnActivation act, float* x, int64_t n) override;
+  void clamp(float* x, float limit, int64_t n) override;
   void add(float* y, const float* x, float scale, int64_t n) override;
   void scale(float* x, float s, int64_t n) override;
   void soft_cap(float* x, float cap, int64_t n) override;
