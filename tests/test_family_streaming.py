@@ -21,6 +21,7 @@ N = 40
 CASES = {family: (family, {}) for family in FAMILIES + PAPER_FAMILIES}
 CASES["falcon-40b"] = ("falcon", {"falcon_new_decoder": True})   # two LayerNorms, GQA
 CASES["mpt-clip"] = ("mpt", {"clamp_kqv": 0.5})                  # clip_qkv that really clips
+CASES["stablelm-parallel"] = ("stablelm", {"parallel_residual": True})  # no ffn_norm: one norm, parallel
 ALL = tuple(CASES)
 # name -> (n_sink, window): capacity 8 with window 6 > the fixtures' local window 5, and capacity
 # 5 with window 3 < 5.

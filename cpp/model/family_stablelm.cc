@@ -1,7 +1,8 @@
 // StableLM (Stability AI; StableLM-3B-4E1T, StableLM 2 1.6B): the llama block with LayerNorm (with
 // bias), RoPE on NeoX halves of the first 25% of each head, optional Q/K/V biases (StableLM 2),
-// SwiGLU MLP. StableLM 2 12B (per-head LayerNorm of queries and keys, parallel residual) is refused
-// by name.
+// SwiGLU MLP. A file without `ffn_norm` runs attention and MLP in parallel on the one input norm
+// (StableLM 2 12B's layout, as llama.cpp reads it); the 12B's per-head LayerNorm of queries and keys
+// is refused by name.
 #include "core/error.h"
 #include "gguf/gguf_file.h"
 #include "model/families.h"
@@ -14,6 +15,11 @@ void configure_stablelm(const GgufFile& f, ModelConfig& c) {
                                    "not supported"));
   use_layer_norm(f, c);
   c.ropes[0].layout = RopeLayout::kNeox;
+  const bool parallel = f.find_tensor("blk.0.ffn_norm.weight") == nullptr;
+  for (LayerConfig& layer : c.layers) {
+    layer.parallel_residual = parallel;
+    layer.shared_norm = parallel;
+  }
 }
 
 }  // namespace sinkstream
