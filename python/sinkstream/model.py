@@ -76,7 +76,15 @@ class Model:
     # -- facts -----------------------------------------------------------------------------------
     @property
     def n_vocab(self) -> int:
+        """Rows of the token embedding: the length of each logits vector. May exceed
+        n_tokenizer_vocab (padding rows past the tokenizer's tokens)."""
         return self._core.n_vocab
+
+    @property
+    def n_tokenizer_vocab(self) -> int:
+        """Tokens the tokenizer knows (ids 0 .. n_tokenizer_vocab - 1): the only ids generation
+        samples. Embedding rows past it are padding, masked in sampling."""
+        return self._tokenizer.n_vocab
 
     @property
     def n_ctx_train(self) -> int:
@@ -137,13 +145,19 @@ class Model:
             ids.append(self.eos_id)
         return ids
 
+    def _check_token(self, name: str, token: Any) -> int:
+        token = _check_int(name, token, 0, self.n_vocab - 1)
+        if token >= self.n_tokenizer_vocab:
+            raise ValueError(f"{name} {token} is a padding row of the embedding: the tokenizer has only "
+                             f"{self.n_tokenizer_vocab} tokens, so it has no text")
+        return token
+
     def token_bytes(self, token: int) -> bytes:
         """The exact bytes of one token's piece (may be an incomplete UTF-8 sequence)."""
-        token = _check_int("token", token, 0, self.n_vocab - 1)
-        return self._tokenizer.token_to_piece(token, True)
+        return self._tokenizer.token_to_piece(self._check_token("token", token), True)
 
     def detokenize(self, ids: Sequence[int]) -> str:
-        ids = [_check_int("token id", i, 0, self.n_vocab - 1) for i in ids]
+        ids = [self._check_token("token id", i) for i in ids]
         return self._tokenizer.decode(ids).decode("utf-8", "replace")
 
     def is_end_of_generation(self, token: int) -> bool:
