@@ -175,3 +175,15 @@ def test_a_model_whose_chat_template_metadata_is_not_a_string(value):
     with pytest.raises(ChatTemplateError, match=f"tokenizer.chat_template must be a string, got {type(value).__name__}"):
         chat_turn(session, "hi")
     assert session.n_past == 0
+
+
+def test_a_real_model_with_a_non_string_template_fails_clearly(tmp_path):
+    import sinkstream
+    from tiny_models import write_tiny_model
+
+    model = sinkstream.Model(write_tiny_model(tmp_path / "m.gguf"), n_threads=1)
+    model._metadata = dict(model.metadata, **{"tokenizer.chat_template": 42})  # as a GGUF may hold it
+    session = model.session(mode="streaming", n_sink=2, window=60)
+    with pytest.raises(ChatTemplateError, match="the model's tokenizer.chat_template must be a string, got int 42"):
+        session.chat("hi", max_tokens=2)  # used to be a jinja TypeError
+    assert session.n_past == 0

@@ -140,7 +140,15 @@ class Model:
             add_bos = self._tokenizer.add_bos_default
         if add_eos is None:
             add_eos = self._tokenizer.add_eos_default
-        ids = self._tokenizer.encode(text, bool(add_bos), bool(special))
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            # A lone surrogate (from errors="surrogateescape" decoding, or JSON "\\ud800") is not
+            # a character: UTF-8 has no bytes for it.
+            raise ValueError(f"text[{e.start}] is a lone surrogate U+{ord(text[e.start]):04X}, which is not "
+                             f"valid Unicode and has no UTF-8 form; replace it (e.g. decode bytes with "
+                             f"errors='replace') before tokenizing") from None
+        ids = self._tokenizer.encode(data, bool(add_bos), bool(special))
         if add_eos and self.eos_id >= 0:
             ids.append(self.eos_id)
         return ids
@@ -203,10 +211,11 @@ class Session:
             raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
         if n_sink is None:
             n_sink = 4 if mode == "streaming" else 0
-        n_sink = _check_int("n_sink", n_sink, 0)
+        n_sink = _check_int("n_sink", n_sink, 0, 2**63 - 1)
         if mode != "streaming" and n_sink != 0:
             raise ValueError(f"mode {mode!r} keeps no attention sinks: n_sink must be 0 (or None), got {n_sink}")
-        window = -1 if window is None else _check_int("window", window, 1)
+        # Upper bounds: the native sizes are int64 (past them nanobind would only dump its signature).
+        window = -1 if window is None else _check_int("window", window, 1, 2**63 - 1)
         batch_size = _check_int("batch_size", batch_size, 1, 65536)
         if kv_type not in ("f16", "f32"):
             raise ValueError(f"kv_type must be 'f16' or 'f32', got {kv_type!r}")
