@@ -116,6 +116,11 @@ HOSTILE = {
     "indent": ("{% set x = 'a\n' * 500000 %}{{ x | indent(1000) }}", "the filter 'indent'"),
     "empty loops": ("{% set r = range(100000) %}{% for a in r %}{% for b in r %}{% endfor %}{% endfor %}",
                     "ran longer than the time limit of 1 s"),
+    "large items made on the fly, joined": ("{{ range(1000) | map('center', 1000000) | join }}",
+                                            "the items the filter 'join' takes"),
+    "large items made on the fly, listed": ("{{ range(1000) | map('center', 1000000) | list | length }}",
+                                            "the items the filter 'list' takes"),
+    "namespace holding itself": ("{% set ns = namespace() %}{% set ns.me = ns %}{{ ns }}", "more than the limit"),
     "TypeError": ("{{ 'a' + 1 }}", "TypeError: can only concatenate str"),
     "ZeroDivisionError": ("{{ 1 / 0 }}", "ZeroDivisionError"),
     "deep nesting": ("{{ " + "(" * 5000 + "1" + ")" * 5000 + " }}", "nests too deeply"),  # was RecursionError
@@ -187,3 +192,9 @@ def test_a_real_model_with_a_non_string_template_fails_clearly(tmp_path):
     with pytest.raises(ChatTemplateError, match="the model's tokenizer.chat_template must be a string, got int 42"):
         session.chat("hi", max_tokens=2)  # used to be a jinja TypeError
     assert session.n_past == 0
+
+
+def test_cyclic_variables_do_not_break_the_input_measure():
+    ns_like = {"a": []}
+    ns_like["a"].append(ns_like)  # a cycle in a variable passed to the template
+    assert render_chat("{{ messages[0].content }}{{ extra.a | length }}", MESSAGES, extra=ns_like) == "hi1"

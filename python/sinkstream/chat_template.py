@@ -194,8 +194,8 @@ def _text_size(obj: Any, limit: float, escape: int = 1, indent: int = 0, depth: 
         return 24
     if isinstance(obj, int):
         return obj.bit_length() // 3 + 2  # decimal digits <= bits * log10(2) + 1
-    if depth > 100:
-        return int(limit) + 1  # a cycle (a namespace holding itself) or absurd nesting
+    if depth > 100:  # a cycle (a namespace holding itself) or absurd nesting
+        return 0 if limit == math.inf else int(limit) + 1  # measuring the input: add nothing
     if type(obj).__name__ == "Namespace" and type(obj).__module__ == "jinja2.utils":  # {% set ns = namespace() %}
         obj = object.__getattribute__(obj, "_Namespace__attrs")
     if isinstance(obj, Mapping):
@@ -281,14 +281,39 @@ def _replace_size(s: str, old: Any, new: Any, count: Any) -> int:
 
 
 def _join_items(b: _Budget, iterable: Any, separator: str, what: str) -> list:
-    items = list(iterable)
-    total = len(separator) * max(0, len(items) - 1)
-    for item in items:
-        total += _text_size(item, b.chars - total)
-        if total > b.chars:
-            break
-    b.check_size(total, what)
+    """The items of a join, sized as they are drawn (a generator's items may each be large)."""
+    items = []
+    total = 0
+    for item in iterable:
+        total += _text_size(item, b.chars - total) + (len(separator) if items else 0)
+        b.check_size(total, what)
+        items.append(item)
     return items
+
+
+class _Metered:
+    """An iterator handed to a filter or call, counting what it yields against the budget: list,
+    join, sort, sum ... keep every item, and items made on the fly (map('center', ...)) can each be
+    large."""
+
+    __slots__ = ("_it", "_size", "_what")
+
+    def __init__(self, it: Iterator, what: str):
+        self._it, self._size, self._what = it, 0, what
+
+    def __iter__(self) -> "_Metered":
+        return self
+
+    def __next__(self) -> Any:
+        item = next(self._it)
+        b = _budget()
+        self._size += _text_size(item, b.chars - self._size)
+        b.check_size(self._size, self._what)
+        return item
+
+
+def _metered(value: Any, what: str) -> Any:
+    return _Metered(value, what) if isinstance(value, Iterator) and not isinstance(value, _Metered) else value
 
 
 # Filters whose result can be much larger than their input: an estimate before they run, from the
@@ -352,6 +377,7 @@ def _guard_filter(name: str, func: Any) -> Any:
         b.tick()
         for value in itertools.chain(args[skip + 1:], kwargs.values()):
             b.check_int(value, f"an argument of {what}")
+        args = tuple(_metered(a, f"the items {what} takes") for a in args)
         if name == "join" and len(args) > skip:  # join(value, d="", attribute=None)
             separator = args[skip + 1] if len(args) > skip + 1 else kwargs.get("d", "")
             if kwargs.get("attribute") is None and len(args) <= skip + 2:
@@ -443,6 +469,7 @@ def _environment_class():
             b.tick()
             for value in itertools.chain(args, kwargs.values()):
                 b.check_int(value, "a call argument")
+            args = tuple(_metered(a, "the items a call takes") for a in args)
             owner = getattr(__obj, "__self__", None)
             name = getattr(__obj, "__name__", "")
             if isinstance(owner, str):
