@@ -24,6 +24,7 @@ try:
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0+unknown"
 
-__all__ = ["Cancelled", "GGUFError", "ModelError", "GGUFFile", "TensorInfo", "TensorNotFoundError", "default_model_path", "Model", "Session",
+__all__ = ["Cancelled", "GGUFError", "ModelError", "GGUFFile", "TensorInfo", "TensorNotFoundError",
+           "default_model_path", "Model", "Session",
            "GenerationStats", "ChatTemplateError", "TemplateLimits", "perplexity",
            "supported_architectures", "__version__"]

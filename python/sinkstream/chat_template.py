@@ -161,7 +161,7 @@ class _Budget:
         self.tick()
         if n > self.chars:
             raise self.error(f"{what} would have about {n:,} characters (or items), more than the limit of "
-                                 f"{self.chars:,}")
+                             f"{self.chars:,}")
 
     def check_int(self, value: int, what: str) -> None:
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) > self.chars:
@@ -170,7 +170,7 @@ class _Budget:
     def check_bits(self, bits: int, what: str) -> None:
         if bits > self.max_int_bits:
             raise self.error(f"{what} would be an integer of about {bits:,} bits, more than the limit of "
-                                 f"{self.max_int_bits:,}")
+                             f"{self.max_int_bits:,}")
 
 
 # The budget of the render in progress in this context. Outside a render (the optimizer folding
@@ -323,7 +323,8 @@ def _est_center(b, value, width=80, *a, **k):
 
 
 def _est_indent(b, s, width=4, *a, **k):
-    s = str(s) if isinstance(s, str) else ""
+    if not isinstance(s, str):
+        return 0
     w = width if isinstance(width, int) and not isinstance(width, bool) else len(width) if isinstance(width, str) else 4
     return len(s) + (s.count("\n") + 1) * w
 
@@ -381,7 +382,8 @@ def _guard_filter(name: str, func: Any) -> Any:
         if name == "join" and len(args) > skip:  # join(value, d="", attribute=None)
             separator = args[skip + 1] if len(args) > skip + 1 else kwargs.get("d", "")
             if kwargs.get("attribute") is None and len(args) <= skip + 2:
-                args = args[: skip] + (_join_items(b, args[skip], str(separator), f"the result of {what}"),) + args[skip + 1:]
+                items = _join_items(b, args[skip], str(separator), f"the result of {what}")
+                args = args[:skip] + (items,) + args[skip + 1:]
         elif estimate is not None and len(args) > skip:
             b.check_size(estimate(b, *args[skip:], **kwargs), f"the result of {what}")
         return _check_result(func(*args, **kwargs), f"the result of {what}")

@@ -79,8 +79,12 @@ class GGUFFile:
             import difflib
 
             close = difflib.get_close_matches(name, names, n=3)
-            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else f" (it has {len(names)} tensors, e.g. " \
-                f"{', '.join(map(repr, names[:3]))}; see .tensors)" if names else " (it has no tensors)"
+            if close:
+                hint = f"; did you mean {', '.join(map(repr, close))}?"
+            elif names:
+                hint = f" (it has {len(names)} tensors, e.g. {', '.join(map(repr, names[:3]))}; see .tensors)"
+            else:
+                hint = " (it has no tensors)"
             raise TensorNotFoundError(f"{self.path}: no tensor named {name!r}{hint}")
         return self._file.tensor_f32(name)
 
