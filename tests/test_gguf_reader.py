@@ -278,3 +278,27 @@ def test_default_model_metadata_matches_gguf_reader(default_model_path, default_
         if VT.FLOAT32 in field.types:
             want = np.float32(want).tolist()
         assert md[key] == want, key
+
+
+def test_a_missing_tensor_is_named_with_suggestions(tmp_path):
+    # It used to be a bare KeyError from the native reader, its message quoted.
+    path = tmp_path / "t.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_tensor("token_embd.weight", np.zeros((4, 2), np.float32))
+    w.add_tensor("output_norm.weight", np.ones(2, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    f = GGUFFile(path)
+    with pytest.raises(sinkstream.TensorNotFoundError) as info:
+        f.tensor("token_emb.weight")
+    assert str(info.value) == f"{path}: no tensor named 'token_emb.weight'; did you mean 'token_embd.weight'?"
+    assert isinstance(info.value, GGUFError) and isinstance(info.value, ValueError)
+    assert isinstance(info.value, KeyError)  # a lookup by name, as before
+    with pytest.raises(GGUFError, match="no tensor named 'nope' \\(it has 2 tensors, e.g. 'token_embd.weight', "
+                                        "'output_norm.weight'; see .tensors\\)"):
+        f.tensor("nope")
+    with pytest.raises(TypeError, match="tensor name must be a str, got int"):
+        f.tensor(3)
+    assert f.tensor("output_norm.weight").tolist() == [1.0, 1.0]

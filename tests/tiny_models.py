@@ -28,10 +28,12 @@ def write_tiny_model(path: Path, *, arch: str = "llama", n_layer: int = 2, n_emb
                      n_head_kv: int = 2, n_ff: int = 48, n_ctx: int = 512, rope_dim: int | None = None,
                      biases: bool = False, tied: bool = True, weight_type: str = "F32", seed: int = 0,
                      freq_base: float = 10000.0, rope_linear_factor: float | None = None,
-                     rope_freq_factors: np.ndarray | None = None, qk_scale: float = 0.6) -> Path:
+                     rope_freq_factors: np.ndarray | None = None, qk_scale: float = 0.6,
+                     padding_rows: int = 0) -> Path:
     """qk_scale: spread of the Q/K weights. The default makes attention peaked (sensitive to
     positions, good for checking them); a small one keeps it smooth (tiny numeric differences stay
-    tiny, good for comparing two implementations of the same arithmetic)."""
+    tiny, good for comparing two implementations of the same arithmetic). padding_rows: token_embd
+    rows past the tokenizer's tokens (negative: fewer rows than tokens), F32 and tied only."""
     rng = np.random.default_rng(seed)
     head_dim = n_embd // n_head
     alphabet = byte_level_alphabet()
@@ -78,7 +80,18 @@ def write_tiny_model(path: Path, *, arch: str = "llama", n_layer: int = 2, n_emb
 
     if rope_freq_factors is not None:  # llama3-style: per-frequency divisors in rope_freqs.weight
         w.add_tensor("rope_freqs.weight", np.asarray(rope_freq_factors, dtype=np.float32))
-    matrix("token_embd.weight", n_vocab, n_embd, 1.0)
+    if padding_rows:
+        assert weight_type == "F32" and tied
+        embd = (rng.standard_normal((n_vocab, n_embd)) * 1.0).astype(np.float32)
+        # As converters pad the embedding to a multiple of 64: rows no token has. Here they are
+        # +-8x copies of real rows, so one of each pair out-scores every real token for most
+        # hidden states: unless sampling masks them, they win.
+        k = np.arange(max(padding_rows, 0)) // 2
+        sign = np.where(np.arange(max(padding_rows, 0)) % 2 == 0, 8.0, -8.0)[:, None]
+        rows = np.concatenate([embd, sign * embd[k]]) if padding_rows > 0 else embd[:padding_rows]
+        w.add_tensor("token_embd.weight", rows.astype(np.float32))
+    else:
+        matrix("token_embd.weight", n_vocab, n_embd, 1.0)
     vector("output_norm.weight", n_embd, 1.0, 0.1)
     if not tied:
         matrix("output.weight", n_vocab, n_embd, 0.3)

@@ -26,7 +26,25 @@ namespace sinkstream::bindings {
 
 namespace {
 
-using TokenArray = nb::ndarray<const int32_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using AnyTokenArray = nb::ndarray<nb::ndim<1>, nb::device::cpu>;
+
+// Session.eval takes int32 ids as they are: letting nanobind convert an int64 array would wrap
+// 2**32 + 5 to 5 silently (sinkstream.Session.eval checks the ids and converts before calling).
+const int32_t* int32_tokens(const AnyTokenArray& a) {
+  const nb::dlpack::dtype t = a.dtype();
+  if (t != nb::dtype<int32_t>()) {
+    const char* kind = t.code == (uint8_t)nb::dlpack::dtype_code::Int     ? "int"
+                       : t.code == (uint8_t)nb::dlpack::dtype_code::UInt  ? "uint"
+                       : t.code == (uint8_t)nb::dlpack::dtype_code::Float ? "float"
+                       : t.code == (uint8_t)nb::dlpack::dtype_code::Bool  ? "bool"
+                                                                           : "other";
+    throw nb::type_error(cat("tokens must be an int32 array (sinkstream.Session.eval checks and converts ids), got ",
+                             kind, (int)t.bits).c_str());
+  }
+  if (a.shape(0) > 1 && a.stride(0) != 1)
+    throw nb::type_error("tokens must be a C-contiguous int32 array (sinkstream.Session.eval converts)");
+  return static_cast<const int32_t*>(a.data());
+}
 
 nb::ndarray<nb::numpy, float> owned_array(std::unique_ptr<std::vector<float>> data, std::vector<size_t> shape) {
   std::vector<float>* raw = data.release();
@@ -134,8 +152,9 @@ void bind_model(nb::module_& m) {
           nb::arg("allow_beyond_training_context") = false, nb::arg("position_offset") = 0)
       .def(
           "eval",
-          [](Session& s, TokenArray tokens, bool all_logits, bool want_logits) {
-            const int64_t n = (int64_t)tokens.shape(0);
+          [](Session& s, AnyTokenArray any_tokens, bool all_logits, bool want_logits) {
+            const int32_t* tokens = int32_tokens(any_tokens);
+            const int64_t n = (int64_t)any_tokens.shape(0);
             const int64_t n_vocab = s.model().n_vocab();
             std::unique_ptr<std::vector<float>> out;
             if (want_logits) out = std::make_unique<std::vector<float>>((size_t)((all_logits ? n : 1) * n_vocab));
@@ -147,7 +166,7 @@ void bind_model(nb::module_& m) {
             };
             try {
               nb::gil_scoped_release release;
-              s.eval(tokens.data(), n, all_logits, out ? out->data() : nullptr, python_signals);
+              s.eval(tokens, n, all_logits, out ? out->data() : nullptr, python_signals);
             } catch (const Interrupted& e) {
               if (PyErr_Occurred()) throw nb::python_error();
               throw;
@@ -157,8 +176,8 @@ void bind_model(nb::module_& m) {
                                                    : std::vector<size_t>{(size_t)n_vocab};
             return nb::cast(owned_array(std::move(out), shape));
           },
-          nb::arg("tokens"), nb::arg("all_logits") = false, nb::arg("want_logits") = true,
-          "Feeds int32 token ids; returns (n_vocab,) logits of the last token, (n, n_vocab) with all_logits, "
+          nb::arg("tokens").noconvert(), nb::arg("all_logits") = false, nb::arg("want_logits") = true,
+          "Feeds int32 token ids (a C-contiguous int32 array; no implicit conversion); returns (n_vocab,) logits of the last token, (n, n_vocab) with all_logits, "
           "or None with want_logits=False.")
       .def("reset", &Session::reset, nb::call_guard<nb::gil_scoped_release>())
       .def(

@@ -67,7 +67,7 @@ void bind_sampler(nb::module_& m) {
           "__init__",
           [](PySampler* self, int32_t n_vocab, float temperature, int32_t top_k, float top_p, float min_p,
              float repeat_penalty, int32_t repeat_last_n, float frequency_penalty, float presence_penalty,
-             std::optional<std::map<int32_t, float>> logit_bias, nb::handle seed) {
+             std::optional<std::map<int32_t, float>> logit_bias, nb::handle seed, int32_t n_allowed) {
             SamplerParams params;
             params.temperature = temperature;
             params.top_k = top_k;
@@ -80,12 +80,15 @@ void bind_sampler(nb::module_& m) {
             if (logit_bias)
               for (const auto& [token, bias] : *logit_bias) params.logit_bias.emplace_back(token, bias);
             params.seed = seed_from_python(seed);
+            params.n_allowed = n_allowed;
             new (self) PySampler(n_vocab, std::move(params));
           },
           nb::arg("n_vocab"), nb::kw_only(), nb::arg("temperature") = 0.8f, nb::arg("top_k") = 40,
           nb::arg("top_p") = 0.95f, nb::arg("min_p") = 0.05f, nb::arg("repeat_penalty") = 1.0f,
           nb::arg("repeat_last_n") = 64, nb::arg("frequency_penalty") = 0.0f, nb::arg("presence_penalty") = 0.0f,
-          nb::arg("logit_bias") = nb::none(), nb::arg("seed") = nb::none())
+          nb::arg("logit_bias") = nb::none(), nb::arg("seed") = nb::none(), nb::arg("n_allowed") = 0,
+          "n_allowed: only ids below it are drawn (0 = n_vocab): the tokenizer's vocabulary when the model's "
+          "embedding has padding rows past it.")
       .def(
           "sample",
           [](PySampler& self, Logits logits) {
@@ -128,6 +131,8 @@ void bind_sampler(nb::module_& m) {
           },
           "Forgets the penalty window and restarts the random stream from the seed.")
       .def_prop_ro("n_vocab", [](PySampler& self) { return self.sampler.n_vocab(); })
+      .def_prop_ro("n_allowed", [](PySampler& self) { return self.sampler.n_allowed(); },
+                   "Ids below this can be drawn; the rest (padding rows) never are.")
       .def_prop_ro("seed", [](PySampler& self) { return self.sampler.params().seed; },
                    "The seed in use (a random one when constructed with seed=None).")
       .def_prop_ro("history", [](PySampler& self) {

@@ -49,9 +49,13 @@ uint64_t Xoshiro256::next() {
   return result;
 }
 
-Sampler::Sampler(int32_t n_vocab, SamplerParams params) : n_vocab_(n_vocab), params_(std::move(params)), rng_(params_.seed) {
+Sampler::Sampler(int32_t n_vocab, SamplerParams params)
+    : n_vocab_(n_vocab), n_allowed_(params.n_allowed == 0 ? n_vocab : params.n_allowed), params_(std::move(params)),
+      rng_(params_.seed) {
   const SamplerParams& p = params_;
   SS_CHECK_ARG(n_vocab > 0, "sampler: n_vocab must be > 0, got ", n_vocab);
+  SS_CHECK_ARG(p.n_allowed >= 0 && p.n_allowed <= n_vocab, "sampler: n_allowed must be in [1, n_vocab = ", n_vocab,
+               "] (0 = n_vocab), got ", p.n_allowed);
   SS_CHECK_ARG(std::isfinite(p.temperature) && p.temperature >= 0.0f,
                "sampler: temperature must be a finite number >= 0, got ", p.temperature);
   SS_CHECK_ARG(p.top_k >= 0, "sampler: top_k must be >= 0 (0 = off), got ", p.top_k);
@@ -66,8 +70,8 @@ Sampler::Sampler(int32_t n_vocab, SamplerParams params) : n_vocab_(n_vocab), par
   SS_CHECK_ARG(std::isfinite(p.presence_penalty), "sampler: presence_penalty must be finite, got ",
                p.presence_penalty);
   for (const auto& [token, bias] : p.logit_bias) {
-    SS_CHECK_ARG(token >= 0 && token < n_vocab, "sampler: logit_bias token id ", token,
-                 " is outside the vocabulary [0, ", n_vocab, ")");
+    SS_CHECK_ARG(token >= 0 && token < n_allowed_, "sampler: logit_bias token id ", token,
+                 " is outside the vocabulary [0, ", n_allowed_, ")");
     // -inf bans a token; +inf or NaN would turn the softmax into NaN.
     SS_CHECK_ARG(!std::isnan(bias) && bias != kInf, "sampler: logit_bias[", token,
                  "] must be a number or -inf, got ", bias);
@@ -144,12 +148,14 @@ int32_t Sampler::prepare(const float* logits, int32_t n_vocab) {
   SS_CHECK_ARG(n_vocab == n_vocab_, "sampler: logits have ", n_vocab, " entries but the sampler was built for n_vocab ",
                n_vocab_);
   const SamplerParams& p = params_;
-  for (int32_t i = 0; i < n_vocab; ++i) {
+  for (int32_t i = 0; i < n_allowed_; ++i) {
     const float v = logits[i];
     // -inf is a banned token; NaN and +inf mean the model output is broken.
     SS_CHECK_ARG(v < kInf, "sampler: logits[", i, "] is ", v, " (logits must be finite or -inf)");
     work_[i] = v;
   }
+  // Padding ids: whatever their rows compute (untrained, maybe zero), they are never drawn.
+  std::fill(work_.begin() + n_allowed_, work_.end(), -kInf);
   for (const auto& [token, bias] : p.logit_bias) work_[token] += bias;
   apply_penalties();
 

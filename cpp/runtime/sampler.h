@@ -1,7 +1,8 @@
 // Sampler: turns one row of logits into a token id.
 //
 // The chain follows llama.cpp's common sampler order (common/sampling.cpp):
-//   logit bias -> penalties -> top-k -> top-p -> min-p -> temperature -> softmax -> seeded draw.
+//   logit bias -> penalties -> top-k -> top-p -> min-p -> temperature -> softmax -> seeded draw,
+// over the ids below params.n_allowed (the tokenizer's vocabulary; padding rows never win).
 // temperature == 0 means greedy: the argmax after bias and penalties (ties -> lowest id).
 // Ties in top-k are broken by the lower id. The draw is an inverse-CDF walk with one uniform from
 // xoshiro256** over the survivors in a canonical order (id order when no top-k/top-p cut was made,
@@ -29,6 +30,10 @@ struct SamplerParams {
   float presence_penalty = 0.0f;   // subtracted once from every token seen in the window
   std::vector<std::pair<int32_t, float>> logit_bias;  // (token id, additive bias); -inf bans a token
   uint64_t seed = 0;
+  // Only ids below this can be drawn (0 = all n_vocab). A GGUF's embedding may have more rows than
+  // its tokenizer has tokens (padding to a multiple of 64 or 128): the logits keep every row, but
+  // the padding ids have no text, so they are masked like banned tokens.
+  int32_t n_allowed = 0;
 };
 
 // xoshiro256** (Blackman & Vigna, 2018) seeded through splitmix64: the same seed gives the same
@@ -65,6 +70,7 @@ class Sampler {
   void reset();
 
   int32_t n_vocab() const { return n_vocab_; }
+  int32_t n_allowed() const { return n_allowed_; }
   const SamplerParams& params() const { return params_; }
   // The accepted tokens still inside the penalty window, oldest first.
   std::vector<int32_t> history() const;
@@ -80,6 +86,7 @@ class Sampler {
   void ensure_sorted_prefix(int32_t n);
 
   int32_t n_vocab_;
+  int32_t n_allowed_;  // ids [n_allowed_, n_vocab_) are padding: never drawn
   SamplerParams params_;
   Xoshiro256 rng_;
 

@@ -6,11 +6,11 @@ from importlib.metadata import PackageNotFoundError, version as _version
 
 from . import _core
 from ._core import Cancelled, GGUFError, ModelError
-from .gguf_file import GGUFFile, TensorInfo
+from .gguf_file import GGUFFile, TensorInfo, TensorNotFoundError
 from .default_model import default_model_path
 from .model import Model, Session
 from .generation import GenerationStats
-from .chat_template import ChatTemplateError
+from .chat_template import ChatTemplateError, TemplateLimits
 from .perplexity import perplexity
 
 
@@ -24,6 +24,7 @@ try:
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0+unknown"
 
-__all__ = ["Cancelled", "GGUFError", "ModelError", "GGUFFile", "TensorInfo", "default_model_path", "Model", "Session",
-           "GenerationStats", "ChatTemplateError", "perplexity",
+__all__ = ["Cancelled", "GGUFError", "ModelError", "GGUFFile", "TensorInfo", "TensorNotFoundError",
+           "default_model_path", "Model", "Session",
+           "GenerationStats", "ChatTemplateError", "TemplateLimits", "perplexity",
            "supported_architectures", "__version__"]

@@ -2,7 +2,8 @@
 
 Works with any session object that has ``model``, ``n_past`` and ``eval(tokens, logits="last")``
 (sinkstream.Session, or a test double); the model needs ``tokenize``, ``token_bytes``,
-``is_end_of_generation`` and ``n_vocab``.
+``is_end_of_generation`` and ``n_vocab`` (and ``n_tokenizer_vocab`` when the logits have padding
+entries past the tokenizer's tokens: those ids are never sampled).
 
 The session's stream and lazy evaluation
 ----------------------------------------
@@ -229,19 +230,29 @@ def reset_generation_state(session: Any) -> None:
             setattr(session, name, [] if name == "_pending" else None)
 
 
-def _sampler_from(n_vocab: int, opts: dict[str, Any]):
+def _known_tokens(model: Any) -> int:
+    """The ids generation may produce: the tokenizer's, which can be fewer than the logits' entries."""
+    return int(getattr(model, "n_tokenizer_vocab", model.n_vocab))
+
+
+def _sampler_from(n_vocab: int, opts: dict[str, Any], n_allowed: int | None = None):
     from ._core import Sampler
 
     kwargs = {k: v for k, v in opts.items() if k != "max_tokens"}
     # Past the vocabulary (top_k) or past 2**31 tokens (the window) the options mean "all".
     kwargs["top_k"] = min(kwargs["top_k"], n_vocab)
     kwargs["repeat_last_n"] = min(kwargs["repeat_last_n"], 2**31 - 1)
-    return Sampler(n_vocab, **kwargs)
+    return Sampler(n_vocab, n_allowed=n_vocab if n_allowed is None else n_allowed, **kwargs)
 
 
-def make_sampler(n_vocab: int, **options: Any):
-    """A sinkstream._core.Sampler from validated options (max_tokens is ignored)."""
-    return _sampler_from(n_vocab, validate_sampling_options(n_vocab, **options))
+def make_sampler(n_vocab: int, n_allowed: int | None = None, **options: Any):
+    """A sinkstream._core.Sampler from validated options (max_tokens is ignored). n_allowed: only
+    ids below it are drawn (a model's n_tokenizer_vocab when its embedding has padding rows)."""
+    if n_allowed is not None:
+        n_allowed = _int_option("n_allowed", n_allowed, minimum=1)
+        if n_allowed > n_vocab:
+            raise ValueError(f"n_allowed must be <= n_vocab ({n_vocab}), got {n_allowed}")
+    return _sampler_from(n_vocab, validate_sampling_options(n_allowed or n_vocab, **options), n_allowed)
 
 
 # ---- the token loop ------------------------------------------------------------------------------
@@ -276,14 +287,15 @@ def stream_tokens(session: Any, prompt: str | Sequence[int] | np.ndarray, *, max
     here, before the first ``next()``; the prompt is evaluated on the first ``next()``.
     """
     model = session.model
-    opts = validate_sampling_options(model.n_vocab, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
+    known = _known_tokens(model)
+    opts = validate_sampling_options(known, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
                                      top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
                                      repeat_last_n=repeat_last_n, frequency_penalty=frequency_penalty,
                                      presence_penalty=presence_penalty, logit_bias=logit_bias, seed=seed)
     _validate_prompt(model, prompt, add_bos, special)
     if len(prompt) == 0 and _at_stream_start(session):
         raise ValueError("the prompt is empty and the session holds no tokens: nothing to condition on")
-    sampler = _sampler_from(model.n_vocab, opts)
+    sampler = _sampler_from(model.n_vocab, opts, known)
     return _token_loop(session, prompt, add_bos, special, sampler, opts["max_tokens"], opts["repeat_last_n"])
 
 

@@ -10,6 +10,13 @@ import numpy as np
 from . import _core
 
 
+class TensorNotFoundError(_core.GGUFError, KeyError):
+    """GGUFFile.tensor() of a name the file does not have: a GGUFError (ValueError) and, as a
+    lookup by name, a KeyError."""
+
+    __str__ = Exception.__str__  # the message as written (KeyError's would quote it)
+
+
 class TensorInfo(NamedTuple):
     name: str
     shape: tuple[int, ...]  # numpy order: the contiguous axis last
@@ -63,7 +70,22 @@ class GGUFFile:
         return self._tensors
 
     def tensor(self, name: str) -> np.ndarray:
-        """The tensor dequantized to float32, numpy axis order (token_embd -> (n_vocab, n_embd))."""
+        """The tensor dequantized to float32, numpy axis order (token_embd -> (n_vocab, n_embd)).
+        Raises TensorNotFoundError (a GGUFError and a KeyError) for a name the file lacks."""
+        if not isinstance(name, str):
+            raise TypeError(f"tensor name must be a str, got {type(name).__name__}")
+        names = [t.name for t in self.tensors]
+        if name not in names:
+            import difflib
+
+            close = difflib.get_close_matches(name, names, n=3)
+            if close:
+                hint = f"; did you mean {', '.join(map(repr, close))}?"
+            elif names:
+                hint = f" (it has {len(names)} tensors, e.g. {', '.join(map(repr, names[:3]))}; see .tensors)"
+            else:
+                hint = " (it has no tensors)"
+            raise TensorNotFoundError(f"{self.path}: no tensor named {name!r}{hint}")
         return self._file.tensor_f32(name)
 
     def __repr__(self) -> str:

@@ -76,7 +76,15 @@ class Model:
     # -- facts -----------------------------------------------------------------------------------
     @property
     def n_vocab(self) -> int:
+        """Rows of the token embedding: the length of each logits vector. May exceed
+        n_tokenizer_vocab (padding rows past the tokenizer's tokens)."""
         return self._core.n_vocab
+
+    @property
+    def n_tokenizer_vocab(self) -> int:
+        """Tokens the tokenizer knows (ids 0 .. n_tokenizer_vocab - 1): the only ids generation
+        samples. Embedding rows past it are padding, masked in sampling."""
+        return self._tokenizer.n_vocab
 
     @property
     def n_ctx_train(self) -> int:
@@ -132,18 +140,32 @@ class Model:
             add_bos = self._tokenizer.add_bos_default
         if add_eos is None:
             add_eos = self._tokenizer.add_eos_default
-        ids = self._tokenizer.encode(text, bool(add_bos), bool(special))
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            # A lone surrogate (from errors="surrogateescape" decoding, or JSON "\\ud800") is not
+            # a character: UTF-8 has no bytes for it.
+            raise ValueError(f"text[{e.start}] is a lone surrogate U+{ord(text[e.start]):04X}, which is not "
+                             f"valid Unicode and has no UTF-8 form; replace it (e.g. decode bytes with "
+                             f"errors='replace') before tokenizing") from None
+        ids = self._tokenizer.encode(data, bool(add_bos), bool(special))
         if add_eos and self.eos_id >= 0:
             ids.append(self.eos_id)
         return ids
 
+    def _check_token(self, name: str, token: Any) -> int:
+        token = _check_int(name, token, 0, self.n_vocab - 1)
+        if token >= self.n_tokenizer_vocab:
+            raise ValueError(f"{name} {token} is a padding row of the embedding: the tokenizer has only "
+                             f"{self.n_tokenizer_vocab} tokens, so it has no text")
+        return token
+
     def token_bytes(self, token: int) -> bytes:
         """The exact bytes of one token's piece (may be an incomplete UTF-8 sequence)."""
-        token = _check_int("token", token, 0, self.n_vocab - 1)
-        return self._tokenizer.token_to_piece(token, True)
+        return self._tokenizer.token_to_piece(self._check_token("token", token), True)
 
     def detokenize(self, ids: Sequence[int]) -> str:
-        ids = [_check_int("token id", i, 0, self.n_vocab - 1) for i in ids]
+        ids = [self._check_token("token id", i) for i in ids]
         return self._tokenizer.decode(ids).decode("utf-8", "replace")
 
     def is_end_of_generation(self, token: int) -> bool:
@@ -189,10 +211,11 @@ class Session:
             raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
         if n_sink is None:
             n_sink = 4 if mode == "streaming" else 0
-        n_sink = _check_int("n_sink", n_sink, 0)
+        n_sink = _check_int("n_sink", n_sink, 0, 2**63 - 1)
         if mode != "streaming" and n_sink != 0:
             raise ValueError(f"mode {mode!r} keeps no attention sinks: n_sink must be 0 (or None), got {n_sink}")
-        window = -1 if window is None else _check_int("window", window, 1)
+        # Upper bounds: the native sizes are int64 (past them nanobind would only dump its signature).
+        window = -1 if window is None else _check_int("window", window, 1, 2**63 - 1)
         batch_size = _check_int("batch_size", batch_size, 1, 65536)
         if kv_type not in ("f16", "f32"):
             raise ValueError(f"kv_type must be 'f16' or 'f32', got {kv_type!r}")
