@@ -4,9 +4,10 @@
 // The model comes from $SINKSTREAM_FUZZ_STATE_MODEL (scripts/run_fuzz.sh writes it with
 // fuzz/make_corpus.py). Four sessions are made once, one per mode (streaming f16, window f32, dense
 // f16, recompute f32, small windows so states wrap); an input goes to the session of the mode its
-// header names. The harness rewrites the input's trailing checksum before loading: a random
-// mutation would otherwise stop at the checksum, and what lies behind it (fingerprints, ranges,
-// sizes, token ids, the extras) is what must hold against a state someone built on purpose.
+// header names. The harness rewrites the input's trailing checksum (and, unless the input's last
+// byte says otherwise, its total_bytes) before loading: a random mutation would otherwise stop at
+// the checksum, and what lies behind it (fingerprints, ranges, sizes, token ids, the extras) is
+// what must hold against a state someone built on purpose.
 //
 // Contract (session.h): load() either restores the state or throws ArgumentError with the session
 // exactly as before, which the harness checks by comparing save() before and after. A loaded state
@@ -34,7 +35,8 @@ using namespace sinkstream;
 namespace {
 
 constexpr size_t kChecksumBytes = 8;
-constexpr size_t kModeOffset = 40;  // StateHeader::mode (session.cc)
+constexpr size_t kTotalBytesOffset = 8;  // StateHeader::total_bytes (session.cc)
+constexpr size_t kModeOffset = 40;       // StateHeader::mode
 
 constexpr size_t kPrimedTokens = 9;  // past every session's window: rings wrap, recompute re-encodes
 
@@ -133,6 +135,15 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   Fixture& f = fixture();
   std::vector<uint8_t> state(data, data + size);
+  // The checksum's bytes are overwritten below, so the input's last byte is free to steer the
+  // harness: bit 0 refuses the extras after the engine's checks (as Python does with a malformed
+  // chat record), bit 1 keeps the header's total_bytes as mutated (else it is set to the input's
+  // size, so inserted or removed bytes reach the section checks).
+  const uint8_t flags = size >= kChecksumBytes ? data[size - 1] : 0;
+  const bool refuse_extras = (flags & 1) != 0;
+  const uint64_t total_bytes = size;
+  if ((flags & 2) == 0 && state.size() >= kTotalBytesOffset + sizeof(total_bytes))
+    std::memcpy(state.data() + kTotalBytesOffset, &total_bytes, sizeof(total_bytes));
   if (state.size() >= kChecksumBytes) {
     const uint64_t checksum = hash64(state.data(), state.size() - kChecksumBytes);
     std::memcpy(state.data() + state.size() - kChecksumBytes, &checksum, kChecksumBytes);
@@ -142,9 +153,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const size_t which = mode < f.sessions.size() ? mode : 0;
   Session& s = *f.sessions[which];
   const std::vector<uint8_t>& before = f.primed[which];
-  // Half the time the extras are refused after the engine's checks, as Python does with a
-  // malformed chat record: the session must still be untouched.
-  const bool refuse_extras = size % 2 == 1;
   bool loaded = false;
   try {
     s.load(state.data(), state.size(), [&](StreamExtras& extras) {
