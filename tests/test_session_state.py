@@ -255,7 +255,7 @@ def test_memory_estimate_matches_the_real_allocation(options):
     grown = _core.heap_and_mmap_bytes_in_use() - before
     assert estimate["kv_cache"] == session.kv_bytes
     assert estimate["total"] == sum(v for k, v in estimate.items() if k != "total")
-    if before >= 0:
+    if before > 0:  # -1: not glibc; 0: ASan's allocator, which glibc's counters do not see
         # The thread pool and a few small objects come on top of the estimate's buffers.
         assert abs(grown - estimate["total"]) <= 0.01 * estimate["total"] + (1 << 20), (grown, estimate)
 
