@@ -182,16 +182,17 @@ def test_crafted_headers_are_refused_and_change_nothing(llama, tokens, change, m
 
 
 # Item 2: checksum and fingerprints ---------------------------------------------------------------
-def test_every_single_bit_flip_is_refused(llama, tokens):
+@pytest.mark.parametrize("options", [RECOMPUTE, STREAMING], ids=["recompute", "streaming"])
+def test_every_single_bit_flip_is_refused(llama, tokens, options):
     """Was: 298 of 300 single-bit flips loaded silently. Now: every bit of the header and 300 random
-    bits elsewhere (history, extras, rows, checksum) are refused, and the session is untouched."""
+    bits elsewhere (history, extras, K/V rows, checksum) are refused, and the session is untouched."""
     mine, other = tokens
-    donor = llama.session(**RECOMPUTE, kv_type="f32")
+    donor = llama.session(**options, kv_type="f32")
     donor.eval(other[:20], logits=None)
     donor._pending = [5]
     donor._chat_record = ("text", b"abc", 20)
     blob = donor.save()
-    session = llama.session(**RECOMPUTE, kv_type="f32")
+    session = llama.session(**options, kv_type="f32")
     session.eval(mine[:20], logits=None)
     rng = np.random.default_rng(3)
     bits = list(range(HEADER.size * 8)) + rng.integers(HEADER.size * 8, len(blob) * 8, size=300).tolist()
@@ -205,7 +206,7 @@ def test_every_single_bit_flip_is_refused(llama, tokens):
             refused += 1
     assert refused == len(bits)
     assert session._pending == [] and session._chat_record is None
-    continues_exactly(session, llama, RECOMPUTE, mine, 20)
+    continues_exactly(session, llama, options, mine, 20)
 
 
 def test_truncated_or_extended_states_are_refused(llama, tokens):
