@@ -6,7 +6,8 @@
 writes OUT_DIR/gguf_parse/*.gguf (small complete files: every metadata value type, nested arrays,
 one tensor of every GGML type the reader knows, a tiny model, v2 and custom-alignment variants) and
 OUT_DIR/model_load/*.gguf (headers of valid tiny llama-family models: everything before the data
-section; fuzz_model_load.cc appends the data section itself).
+section; fuzz_model_load.cc appends the data section itself) and OUT_DIR/state_model.gguf (the
+tiny Gemma 3 model fuzz_state_load runs on; its seed states come from the harness itself).
 Deterministic: the same files every run.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ import gguf
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from tiny_models import write_tiny_model  # noqa: E402
+from tiny_models import write_family_model, write_tiny_model  # noqa: E402
 
 # Must match kDataBytes in fuzz_model_load.cc (and DATA_BYTES in tests/test_fuzz_regressions.py):
 # the data section appended to every model_load input.
@@ -138,12 +139,19 @@ def model_headers(out: Path) -> None:
             (out / f"{name}.gguf").write_bytes(whole[:data_offset])
 
 
+def state_model(out: Path) -> None:
+    """The fixed model of fuzz_state_load (its seeds are valid states the harness writes itself):
+    Gemma 3, whose sliding-window layers keep fewer rows than its global ones."""
+    write_family_model(out, "gemma3", seed=3, n_layer=2, sliding_window_pattern=2, n_embd=16, n_head=2, n_head_kv=1, head_dim=8, n_ff=16)
+
+
 def main() -> None:
     if len(sys.argv) != 2:
         raise SystemExit(__doc__)
     out = Path(sys.argv[1])
     parse_corpus(out / "gguf_parse")
     model_headers(out / "model_load")
+    state_model(out / "state_model.gguf")
     for sub in ("gguf_parse", "model_load"):
         files = sorted((out / sub).iterdir())
         print(f"{sub}: {len(files)} seeds, {sum(f.stat().st_size for f in files)} bytes")

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Bounded fuzzing run (the robustness issue, part 1): builds the libFuzzer targets in fuzz/ with
 # clang (-fsanitize=fuzzer,address,undefined), writes the seed corpora (fuzz/make_corpus.py) and
-# runs both fuzzers side by side for SECONDS each. Prints executions per fuzzer; exits non-zero if
-# either found a crash, a sanitizer report, a leak, a timeout or an out-of-memory input.
+# runs the fuzzers side by side for SECONDS each. Prints executions per fuzzer; exits non-zero if
+# any found a crash, a sanitizer report, a leak, a timeout or an out-of-memory input.
 #
 # usage: scripts/run_fuzz.sh [SECONDS]     (default 60; uses the `python3` on PATH for the seeds,
 #                                           which needs numpy and gguf)
@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 SECONDS_PER_FUZZER=${1:-60}
 BUILD=${SINKSTREAM_FUZZ_BUILD:-build/fuzz}
 PYTHON=${PYTHON:-python3}
-TARGETS=(gguf_parse model_load)
+TARGETS=(gguf_parse model_load state_load)
 
 if ! command -v clang++ >/dev/null; then
   echo "== installing clang (libFuzzer comes with it)"
@@ -40,14 +40,21 @@ cmake --build "$BUILD" --parallel "$(nproc)" --target "${TARGETS[@]/#/fuzz_}"
 
 rm -rf "$BUILD/seeds"
 "$PYTHON" fuzz/make_corpus.py "$BUILD/seeds"
+# fuzz_state_load runs on a fixed tiny model; its seeds are valid states it saves itself.
+SINKSTREAM_FUZZ_STATE_MODEL="$(cd "$BUILD/seeds" && pwd)/state_model.gguf"
+export SINKSTREAM_FUZZ_STATE_MODEL
+mkdir -p "$BUILD/seeds/state_load"
+SINKSTREAM_FUZZ_STATE_SEEDS="$BUILD/seeds/state_load" "$BUILD/fuzz_state_load"
 
 # One process per target, side by side (one core each). libFuzzer flags: -timeout: an input
 # running longer is a finding (a hang); -rss_limit_mb / -malloc_limit_mb: so is a huge allocation.
 pids=()
 for target in "${TARGETS[@]}"; do
   mkdir -p "$BUILD/corpus/$target" "$BUILD/artifacts/$target"
+  dict=()
+  if [ "$target" != state_load ]; then dict=(-dict=fuzz/gguf.dict); fi
   "$BUILD/fuzz_$target" "$BUILD/corpus/$target" "$BUILD/seeds/$target" \
-    -dict=fuzz/gguf.dict -max_total_time="$SECONDS_PER_FUZZER" -timeout=10 \
+    "${dict[@]}" -max_total_time="$SECONDS_PER_FUZZER" -timeout=10 \
     -rss_limit_mb=2048 -malloc_limit_mb=1024 -print_final_stats=1 \
     -artifact_prefix="$BUILD/artifacts/$target/" >"$BUILD/fuzz_$target.log" 2>&1 &
   pids+=($!)

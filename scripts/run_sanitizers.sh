@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 BUILD=${SINKSTREAM_ASAN_BUILD:-build/asan}
 PYTHON=${PYTHON:-python3}
 PYTEST_SUBSET=(tests/test_gguf_malformed.py tests/test_streaming_invariants.py tests/test_forward_reference.py
-               tests/test_fuzz_regressions.py tests/test_family_streaming.py)
+               tests/test_fuzz_regressions.py tests/test_family_streaming.py tests/test_session_state.py)
 if [ -n "${SINKSTREAM_ASAN_TESTS:-}" ]; then read -r -a PYTEST_SUBSET <<<"$SINKSTREAM_ASAN_TESTS"; fi
 eval "extra_args=(${PYTEST_ARGS:-})"  # shell words, so PYTEST_ARGS='-m "not slow"' keeps its quotes
 

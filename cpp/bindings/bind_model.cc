@@ -15,6 +15,7 @@
 
 #include "bindings/bindings.h"
 #include "core/error.h"
+#include "core/hash.h"
 #include "core/thread_pool.h"
 #include "model/families.h"
 #include "model/model.h"
@@ -50,6 +51,24 @@ nb::ndarray<nb::numpy, float> owned_array(std::unique_ptr<std::vector<float>> da
   std::vector<float>* raw = data.release();
   nb::capsule owner(raw, [](void* p) noexcept { delete static_cast<std::vector<float>*>(p); });
   return nb::ndarray<nb::numpy, float>(raw->data(), shape.size(), shape.data(), owner);
+}
+
+SessionOptions session_options(const std::string& mode, int64_t n_sink, int64_t window, int64_t batch_size,
+                               const std::string& kv_type, int n_threads, bool allow_beyond_training_context,
+                               uint64_t position_offset, uint64_t max_bytes) {
+  SessionOptions o;
+  o.mode = parse_mode(mode);
+  o.n_sink = n_sink;
+  o.window = window;
+  o.batch_size = batch_size;
+  SS_CHECK_ARG(kv_type == "f16" || kv_type == "f32", "kv_type must be 'f16' or 'f32', got '", kv_type, "'");
+  o.kv_type = kv_type == "f16" ? KvType::kF16 : KvType::kF32;
+  SS_CHECK_ARG(n_threads >= 0 && n_threads <= 1024, "n_threads must be in 0..1024, got ", n_threads);
+  o.n_threads = n_threads;
+  o.allow_beyond_training_context = allow_beyond_training_context;
+  o.position_offset = position_offset;
+  o.max_bytes = max_bytes;
+  return o;
 }
 
 }  // namespace
@@ -101,6 +120,9 @@ void bind_model(nb::module_& m) {
       .def_prop_ro("final_logit_softcap", [](const Model& m) { return m.config().final_logit_softcap; })
       .def_prop_ro("embedding_scale", [](const Model& m) { return m.config().embedding_scale; })
       .def_prop_ro("path", [](const Model& m) { return m.file().path(); })
+      .def_prop_ro("fingerprint", &Model::fingerprint,
+                   "Hash of the GGUF header, metadata, tensor table and samples of every tensor: saved session "
+                   "states carry it and load only into the same model.")
       .def_prop_ro(
           "tokenizer", [](const Model& m) -> const Tokenizer& { return m.tokenizer(); }, nb::rv_policy::reference_internal,
           "The model's tokenizer (built from the GGUF tokenizer.ggml.* metadata).");
@@ -117,6 +139,18 @@ void bind_model(nb::module_& m) {
       "Bytes the C heap has handed out now (glibc; -1 elsewhere): lets tests check that a stream allocates "
       "nothing per token.");
   m.def(
+      "heap_and_mmap_bytes_in_use",
+      []() -> int64_t {
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
+        const struct mallinfo2 info = mallinfo2();
+        return (int64_t)(info.uordblks + info.hblkhd);
+#else
+        return -1;
+#endif
+      },
+      "Bytes malloc has handed out now, large (mmap'ed) blocks included (glibc; -1 elsewhere): lets tests "
+      "compare a session's real allocation with its estimate.");
+  m.def(
       "supported_architectures",
       []() {
         nb::list out;
@@ -125,6 +159,37 @@ void bind_model(nb::module_& m) {
       },
       "The GGUF architectures (general.architecture) this build runs, each with what it adds to the\n"
       "llama block: a list of (architecture, features).");
+  m.def(
+      "session_memory",
+      [](const Model& model, const std::string& mode, int64_t n_sink, int64_t window, int64_t batch_size,
+         const std::string& kv_type, int n_threads, bool allow_beyond_training_context) {
+        const SessionMemory mem = Session::memory_for(
+            model, session_options(mode, n_sink, window, batch_size, kv_type, n_threads, allow_beyond_training_context,
+                                   0, 0));
+        nb::dict d;
+        d["kv_cache"] = mem.kv_cache;
+        d["scratch"] = mem.scratch;
+        d["attention"] = mem.attention;
+        d["history"] = mem.history;
+        d["total"] = mem.total();
+        return d;
+      },
+      nb::arg("model"), nb::arg("mode") = "streaming", nb::arg("n_sink") = 4, nb::arg("window") = -1,
+      nb::arg("batch_size") = 256, nb::arg("kv_type") = "f16", nb::arg("n_threads") = 0,
+      nb::arg("allow_beyond_training_context") = false,
+      "Bytes a Session of these options would allocate, by part (kv_cache, scratch, attention, history) and in "
+      "total, computed without allocating.");
+  m.def("physical_memory_bytes", &physical_memory_bytes,
+        "This machine's physical memory: the default limit on one session's allocation.");
+  m.def(
+      "state_checksum",
+      [](nb::bytes data) -> uint64_t {
+        SS_CHECK_ARG(data.size() >= 8, "a session state has at least 8 bytes");
+        return hash64(data.c_str(), data.size() - 8);
+      },
+      nb::arg("state"),
+      "The checksum a saved session state must end with (hash64 of all but its last 8 bytes); for tests "
+      "that build states with one deliberate fault.");
   m.def("default_thread_count", &ThreadPool::default_thread_count,
         "Threads a session uses by default: the physical cores.");
 
@@ -133,23 +198,14 @@ void bind_model(nb::module_& m) {
           "__init__",
           [](Session* self, std::shared_ptr<const Model> model, const std::string& mode, int64_t n_sink, int64_t window,
              int64_t batch_size, const std::string& kv_type, int n_threads, bool allow_beyond_training_context,
-             uint64_t position_offset) {
-            SessionOptions o;
-            o.mode = parse_mode(mode);
-            o.n_sink = n_sink;
-            o.window = window;
-            o.batch_size = batch_size;
-            SS_CHECK_ARG(kv_type == "f16" || kv_type == "f32", "kv_type must be 'f16' or 'f32', got '", kv_type, "'");
-            o.kv_type = kv_type == "f16" ? KvType::kF16 : KvType::kF32;
-            SS_CHECK_ARG(n_threads >= 0 && n_threads <= 1024, "n_threads must be in 0..1024, got ", n_threads);
-            o.n_threads = n_threads;
-            o.allow_beyond_training_context = allow_beyond_training_context;
-            o.position_offset = position_offset;
+             uint64_t position_offset, uint64_t max_bytes) {
+            const SessionOptions o = session_options(mode, n_sink, window, batch_size, kv_type, n_threads,
+                                                     allow_beyond_training_context, position_offset, max_bytes);
             new (self) Session(std::move(model), o);
           },
           nb::arg("model"), nb::arg("mode") = "streaming", nb::arg("n_sink") = 4, nb::arg("window") = -1,
           nb::arg("batch_size") = 256, nb::arg("kv_type") = "f16", nb::arg("n_threads") = 0,
-          nb::arg("allow_beyond_training_context") = false, nb::arg("position_offset") = 0)
+          nb::arg("allow_beyond_training_context") = false, nb::arg("position_offset") = 0, nb::arg("max_bytes") = 0)
       .def(
           "eval",
           [](Session& s, AnyTokenArray any_tokens, bool all_logits, bool want_logits) {
@@ -182,24 +238,55 @@ void bind_model(nb::module_& m) {
       .def("reset", &Session::reset, nb::call_guard<nb::gil_scoped_release>())
       .def(
           "save",
-          [](const Session& s) {
+          [](const Session& s, std::vector<int32_t> pending, nb::object logits, uint64_t logits_n_past,
+             nb::bytes app_data) {
+            StreamExtras extras;
+            extras.pending = std::move(pending);
+            if (!logits.is_none()) {
+              const auto array = nb::cast<nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu>>(logits);
+              extras.has_logits = true;
+              extras.logits.assign(array.data(), array.data() + array.shape(0));
+              extras.logits_n_past = logits_n_past;
+            }
+            extras.app_data.assign(app_data.c_str(), app_data.size());
             std::vector<uint8_t> state;
             {
               nb::gil_scoped_release release;
-              state = s.save();
+              state = s.save(extras);
             }
             return nb::bytes(reinterpret_cast<const char*>(state.data()), state.size());
           },
-          "The stream's exact state as bytes (sinks, window K/V, counter).")
+          nb::arg("pending") = std::vector<int32_t>{}, nb::arg("logits") = nb::none(), nb::arg("logits_n_past") = 0,
+          nb::arg("app_data") = nb::bytes(""),
+          "The stream's exact state as bytes (sinks, window K/V, counter) with the given extras, fingerprinted "
+          "and checksummed.")
       .def(
           "load",
-          [](Session& s, nb::bytes data) {
-            std::vector<uint8_t> state(reinterpret_cast<const uint8_t*>(data.c_str()),
-                                       reinterpret_cast<const uint8_t*>(data.c_str()) + data.size());
+          [](Session& s, nb::bytes data, nb::object accept) {
+            // The bytes object stays alive (and unchanged: bytes are immutable) for the whole call.
+            const uint8_t* state = reinterpret_cast<const uint8_t*>(data.c_str());
+            const size_t size = data.size();
+            std::function<void(StreamExtras&)> check;
+            if (!accept.is_none()) {
+              check = [&accept](StreamExtras& extras) {
+                nb::gil_scoped_acquire acquire;
+                nb::object logits = nb::none();
+                if (extras.has_logits) {
+                  auto owned = std::make_unique<std::vector<float>>(std::move(extras.logits));
+                  const size_t n = owned->size();
+                  logits = nb::cast(owned_array(std::move(owned), {n}));
+                }
+                accept(extras.pending, logits, extras.logits_n_past,
+                       nb::bytes(extras.app_data.data(), extras.app_data.size()));
+              };
+            }
             nb::gil_scoped_release release;
-            s.load(state);
+            s.load(state, size, check);
           },
-          nb::arg("state"), "Restores a state from save(); the session must have the same settings.")
+          nb::arg("state"), nb::arg("accept") = nb::none(),
+          "Restores a state from save(), all or nothing: everything is checked first; accept(pending, logits, "
+          "logits_n_past, app_data), if given, may refuse the extras by raising; the session changes only "
+          "when nothing failed.")
       .def("request_cancel", &Session::request_cancel)
       .def_prop_ro("n_past", &Session::n_past)
       .def_prop_ro("n_cached", &Session::n_cached)

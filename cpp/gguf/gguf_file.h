@@ -69,6 +69,8 @@ class GgufFile {
   uint64_t alignment() const { return alignment_; }
   uint64_t file_size() const { return size_; }
   uint64_t data_offset() const { return data_offset_; }
+  // The whole file image (file_size() bytes): header, metadata, tensor infos, then tensor data.
+  const uint8_t* image() const { return base_; }
 
   // Metadata in file order.
   const std::vector<std::pair<std::string, GgufValue>>& metadata() const { return metadata_; }

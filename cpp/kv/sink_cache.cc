@@ -13,6 +13,18 @@ SinkCache::SinkCache(int64_t n_layer, int64_t n_head_kv, int64_t head_dim, int64
                      bool evicts)
     : n_layer_(n_layer), n_head_kv_(n_head_kv), head_dim_(head_dim), n_sink_(n_sink), window_(window),
       type_(type), position_offset_(position_offset) {
+  size_t bytes = 0;
+  layers_ = layout(n_layer, n_head_kv, head_dim, n_sink, window, max_chunk, type, layer_windows, evicts, &bytes);
+  // Allocated and touched once, here: the cache never grows (streaming.md invariant 2).
+  keys_.assign(bytes, 0);
+  values_.assign(bytes, 0);
+}
+
+std::vector<SinkCache::LayerGeometry> SinkCache::layout(int64_t n_layer, int64_t n_head_kv, int64_t head_dim,
+                                                        int64_t n_sink, int64_t window, int64_t max_chunk, KvType type,
+                                                        const std::vector<int64_t>& layer_windows, bool evicts,
+                                                        size_t* bytes) {
+  const size_t element_bytes = type == KvType::kF16 ? 2 : 4;
   SS_CHECK_ARG(n_sink >= 0, "n_sink must be >= 0, got ", n_sink);
   SS_CHECK_ARG(window >= 1, "window must be >= 1, got ", window);
   SS_CHECK_ARG(max_chunk >= 1, "batch size must be >= 1, got ", max_chunk);
@@ -22,17 +34,24 @@ SinkCache::SinkCache(int64_t n_layer, int64_t n_head_kv, int64_t head_dim, int64
   // before the chunk's first query plus the chunk itself. A layer of window w_l needs only its
   // last w_l (plus the chunk), and never more than the global ring.
   const int64_t global_ring = window + (evicts ? max_chunk - 1 : 0);
-  size_t bytes = 0;
+  size_t total = 0;
+  std::vector<LayerGeometry> layers;
   for (int64_t l = 0; l < n_layer; ++l) {
     const int64_t w = layer_windows.empty() ? 0 : layer_windows[(size_t)l];
     SS_CHECK_ARG(w >= 0, "layer ", l, ": sliding window must be >= 0, got ", w);
     const int64_t ring = w == 0 ? global_ring : std::min(global_ring, w + max_chunk - 1);
-    layers_.push_back({w, ring, bytes});
-    bytes += (size_t)(n_head_kv * (n_sink + ring)) * head_row_bytes();
+    layers.push_back({w, ring, total});
+    total += (size_t)(n_head_kv * (n_sink + ring) * head_dim) * element_bytes;
   }
-  // Allocated and touched once, here: the cache never grows (streaming.md invariant 2).
-  keys_.assign(bytes, 0);
-  values_.assign(bytes, 0);
+  *bytes = total;
+  return layers;
+}
+
+size_t SinkCache::bytes_for(int64_t n_layer, int64_t n_head_kv, int64_t head_dim, int64_t n_sink, int64_t window,
+                            int64_t max_chunk, KvType type, const std::vector<int64_t>& layer_windows, bool evicts) {
+  size_t bytes = 0;
+  layout(n_layer, n_head_kv, head_dim, n_sink, window, max_chunk, type, layer_windows, evicts, &bytes);
+  return 2 * bytes;  // keys and values
 }
 
 void SinkCache::store(int64_t layer, uint64_t token, const float* key, const float* value) {

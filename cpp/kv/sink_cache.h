@@ -46,6 +46,12 @@ class SinkCache {
             int64_t max_chunk, KvType type, uint64_t position_offset = 0,
             std::vector<int64_t> layer_windows = {}, bool evicts = true);
 
+  // The bytes a cache of these arguments allocates (keys and values), without allocating them:
+  // memory estimates before a session is made use the same layout as the constructor.
+  static size_t bytes_for(int64_t n_layer, int64_t n_head_kv, int64_t head_dim, int64_t n_sink, int64_t window,
+                          int64_t max_chunk, KvType type, const std::vector<int64_t>& layer_windows = {},
+                          bool evicts = true);
+
   // RoPE positions. Window keys and the window copy of a query sit at position_offset + t (the
   // absolute index in a stream whose first token had index position_offset; 0 for a fresh stream);
   // a sink key sits at its rank s, and the sink copy of query t at p(t). Only differences of
@@ -124,6 +130,11 @@ class SinkCache {
     int64_t ring_slots;  // slots after the sinks
     size_t offset;       // bytes before this layer's rows
   };
+  // Each layer's ring and offset, and the bytes of keys (or values) in all: the constructor and
+  // bytes_for share it.
+  static std::vector<LayerGeometry> layout(int64_t n_layer, int64_t n_head_kv, int64_t head_dim, int64_t n_sink,
+                                           int64_t window, int64_t max_chunk, KvType type,
+                                           const std::vector<int64_t>& layer_windows, bool evicts, size_t* bytes);
   int64_t n_layer_, n_head_kv_, head_dim_, n_sink_, window_;
   KvType type_;
   uint64_t position_offset_;

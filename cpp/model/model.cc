@@ -3,13 +3,38 @@
 #include <algorithm>
 
 #include "core/error.h"
+#include "core/hash.h"
 #include "model/decoder.h"
 
 namespace sinkstream {
 
+namespace {
+
+// Model::fingerprint(): the header, metadata and tensor table as they are in the file, then 256
+// bytes at the start, middle and end of every tensor (all of a smaller one): a few KiB per tensor
+// read once, never the whole weights, yet two fine-tunes of one base model differ.
+uint64_t fingerprint_of(const GgufFile& file) {
+  constexpr size_t kSample = 256;
+  std::vector<uint64_t> parts;
+  parts.push_back(hash64(file.image(), (size_t)std::min(file.data_offset(), file.file_size())));
+  for (const GgufTensorInfo& t : file.tensors()) {
+    const size_t n = (size_t)t.n_bytes;
+    if (t.data == nullptr) continue;
+    if (n <= 3 * kSample) {
+      parts.push_back(hash64(t.data, n));
+    } else {
+      for (size_t at : {size_t(0), n / 2 - kSample / 2, n - kSample}) parts.push_back(hash64(t.data + at, kSample));
+    }
+  }
+  return hash64(parts.data(), parts.size() * sizeof(uint64_t), 0x53494E4Bull);
+}
+
+}  // namespace
+
 Model::Model(std::shared_ptr<GgufFile> file) : file_(std::move(file)) {
   config_ = ModelConfig::from_gguf(*file_);
   tokenizer_ = Tokenizer::from_gguf(*file_);
+  fingerprint_ = fingerprint_of(*file_);
 }
 
 std::shared_ptr<const Model> Model::load(const std::string& path) {
@@ -45,6 +70,22 @@ ForwardScratch Model::make_scratch(int64_t max_tokens, int64_t capacity) const {
   }
   s.separate_sink_query.assign((size_t)max_tokens, 0);
   return s;
+}
+
+size_t Model::scratch_bytes(int64_t max_tokens, int64_t capacity) const {
+  // One token's scratch, scaled: every buffer is max_tokens rows except the RoPE frequencies, so
+  // the estimate follows make_scratch wherever it changes.
+  const ForwardScratch one = make_scratch(1, capacity);
+  size_t per_token = one.separate_sink_query.size();
+  for (const std::vector<float>* rows : {&one.x, &one.h, &one.qkv, &one.q, &one.q_sink, &one.k, &one.v, &one.attn,
+                                         &one.branch, &one.gate, &one.up})
+    per_token += rows->size() * sizeof(float);
+  size_t fixed = 0;
+  for (const ForwardScratch::RopeTables& t : one.rope) {
+    per_token += (t.cos.size() + t.sin.size() + t.cos_sink.size() + t.sin_sink.size()) * sizeof(float);
+    fixed += t.thetas.size() * sizeof(double);
+  }
+  return per_token * (size_t)max_tokens + fixed;
 }
 
 }  // namespace sinkstream

@@ -56,6 +56,14 @@ class Model {
 
   // capacity: the session's n_sink + window (LongRoPE chooses its factors by it).
   ForwardScratch make_scratch(int64_t max_tokens, int64_t capacity) const;
+  // Bytes make_scratch(max_tokens, capacity) allocates (memory estimates before a session exists).
+  size_t scratch_bytes(int64_t max_tokens, int64_t capacity) const;
+
+  // Identifies the model file for saved session states: a hash of the GGUF header, metadata and
+  // tensor table plus samples of every tensor's bytes (its first, middle and last 256), computed
+  // once at load. Cheap (no pass over the weights) yet different for two files of the same shapes
+  // with other weights, other metadata or another tokenizer.
+  uint64_t fingerprint() const { return fingerprint_; }
 
   // Runs tokens t0 .. t0+n-1 of a stream through the network (n <= scratch.max_tokens): their
   // keys/values go into `cache` (keys rotated at their absolute index), each query attends to its
@@ -70,6 +78,7 @@ class Model {
   std::shared_ptr<GgufFile> file_;
   ModelConfig config_;
   std::unique_ptr<Tokenizer> tokenizer_;
+  uint64_t fingerprint_ = 0;
 };
 
 }  // namespace sinkstream

@@ -1,9 +1,12 @@
 #include "runtime/session.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstring>
 
 #include "core/error.h"
+#include "core/hash.h"
 
 namespace sinkstream {
 
@@ -11,7 +14,8 @@ namespace {
 
 constexpr int64_t kDefaultCapacity = 2048;  // streaming.md: default C, capped at the training context
 constexpr uint32_t kStateMagic = 0x564B5353;  // "SSKV"
-constexpr uint32_t kStateVersion = 2;  // 2: rows per layer's own window
+// 2: rows per layer's own window. 3: model and geometry fingerprints, the extras, a checksum.
+constexpr uint32_t kStateVersion = 3;
 
 // Marks a session busy for the duration of a call: a second thread gets a clear error instead of
 // corrupting the cache.
@@ -91,8 +95,50 @@ const char* mode_name(AttentionMode mode) {
   return "?";
 }
 
+uint64_t physical_memory_bytes() {
+  const long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
+  return pages > 0 && page_size > 0 ? (uint64_t)pages * (uint64_t)page_size : UINT64_MAX;
+}
+
+SessionMemory Session::memory_for(const Model& model, const SessionOptions& options) {
+  return memory_for(model, options, resolve_geometry(model, options));
+}
+
+// The same arguments the constructor hands to SinkCache, CpuBackend and make_scratch.
+SessionMemory Session::memory_for(const Model& model, const SessionOptions& o, Geometry g) {
+  const ModelConfig& c = model.config();
+  const int64_t capacity = g.n_sink + g.window;
+  const int n_threads = o.n_threads > 0 ? o.n_threads : ThreadPool::default_thread_count();
+  SessionMemory m;
+  m.kv_cache = SinkCache::bytes_for(c.n_layer, c.n_head_kv, c.head_dim, g.n_sink, g.window, o.batch_size, o.kv_type,
+                                    c.layer_windows(), evicts(o));
+  m.scratch = model.scratch_bytes(o.batch_size, capacity);
+  m.attention = CpuBackend::bytes_for(n_threads, capacity, c.n_head, c.n_head_kv, c.head_dim);
+  if (o.mode == AttentionMode::kRecompute) m.history = 2 * (size_t)capacity * sizeof(int32_t);
+  return m;
+}
+
+namespace {
+
+std::string gib(uint64_t bytes) { return cat((double)bytes / (1 << 30), " GiB"); }
+
+}  // namespace
+
+Session::Geometry Session::checked_geometry(const Model& model, const SessionOptions& o) {
+  const Geometry g = resolve_geometry(model, o);
+  const SessionMemory m = memory_for(model, o, g);
+  const uint64_t limit = o.max_bytes != 0 ? o.max_bytes : physical_memory_bytes();
+  SS_CHECK_ARG(m.total() <= limit, "this session would allocate ", m.total(), " bytes (", gib(m.total()),
+               ": K/V cache ", m.kv_cache, ", scratch ", m.scratch, " for batch_size ", o.batch_size, ", attention ",
+               m.attention, ", history ", m.history, "), more than the limit of ", limit, " bytes (", gib(limit),
+               o.max_bytes != 0 ? ", max_bytes" : ", this machine's memory",
+               "); lower window or batch_size", o.kv_type == KvType::kF32 ? ", use kv_type='f16'" : "",
+               " or raise max_bytes");
+  return g;
+}
+
 Session::Session(std::shared_ptr<const Model> model, const SessionOptions& options)
-    : Session(model, options, resolve_geometry(*model, options)) {}
+    : Session(model, options, checked_geometry(*model, options)) {}
 
 Session::Session(std::shared_ptr<const Model> model, const SessionOptions& options, Geometry geometry)
     : model_(std::move(model)),
@@ -194,20 +240,38 @@ void Session::eval_recompute(const int32_t* tokens, int64_t n, bool all_logits, 
   }
 }
 
-// Saved state: a header that pins the model shape and session geometry, the recompute history,
-// then per layer the K/V rows of exactly the tokens a future query can attend to there (sinks and
-// the last window - 1 tokens, narrowed to the layer's own sliding window), in token order. Rows are
-// stored by token, not by slot, so the layout of the ring (which depends on batch_size) does not
-// matter.
+// Saved state, version 3, in host byte order (little-endian on every supported platform):
+//
+//   StateHeader (160 bytes)
+//   history   int32 x n_history   recompute: the last n_history tokens, oldest first
+//   pending   int32 x n_pending   StreamExtras::pending
+//   logits    f32 x n_logits      StreamExtras::logits (0 or n_vocab values)
+//   app data  app_bytes           StreamExtras::app_data
+//   rows      per layer, the K then V row (all heads, stored type) of each token a future query
+//             can attend to there: sinks, then the last window - 1 tokens, narrowed to the layer's
+//             own sliding window (layer_rows), in token order
+//   checksum  uint64: hash64 of every byte before it
+//
+// Rows are stored by token, not by slot, so the ring's layout (which depends on batch_size) does
+// not matter. The model fingerprint ties a state to one model file and the geometry fingerprint to
+// the settings that decide what the rows mean; load() checks the checksum first (a corrupted
+// state is reported as corrupted, not as "other settings"), then everything else, and only then
+// changes the session.
 namespace {
 
 struct StateHeader {
-  uint32_t magic, version, mode, kv_type;
+  uint32_t magic, version;
+  uint64_t total_bytes;  // the whole state, checksum included
+  uint64_t model_fingerprint, geometry_fingerprint;
+  uint32_t mode, kv_type;
   int64_t n_sink, window, n_layer, n_head_kv, head_dim, n_vocab;
   uint64_t position_offset, n_past;
   uint64_t sink_end, window_begin;  // entries [0, sink_end) and [window_begin, n_past)
   uint64_t n_history;               // recompute: the last n_history tokens
+  uint64_t n_pending, n_logits, logits_n_past, app_bytes;
 };
+static_assert(sizeof(StateHeader) == 160, "StateHeader has no padding: its bytes are the format");
+constexpr size_t kChecksumBytes = sizeof(uint64_t);
 
 // The rows layer `layer` keeps for the next query (t = n_past): sinks [sink_begin, sink_end) and
 // window [window_begin, n_past), from the session-wide ranges in the header.
@@ -222,16 +286,57 @@ LayerRows layer_rows(const SinkCache& cache, int64_t layer, const StateHeader& h
 }
 
 void append(std::vector<uint8_t>& out, const void* data, size_t n) {
+  if (n == 0) return;
   const uint8_t* p = static_cast<const uint8_t*>(data);
   out.insert(out.end(), p, p + n);
 }
 
+// A bounded reader over the state: every take() is checked against what is left.
+class StateReader {
+ public:
+  StateReader(const uint8_t* data, size_t size) : p_(data), end_(data + size) {}
+  const uint8_t* take(uint64_t count, size_t element_bytes, const char* what) {
+    SS_CHECK_ARG(count <= (uint64_t)(end_ - p_) / element_bytes, "session state is corrupt: its ", what,
+                 " run past the end of the state");
+    const uint8_t* at = p_;
+    p_ += (size_t)count * element_bytes;
+    return at;
+  }
+  size_t left() const { return (size_t)(end_ - p_); }
+
+ private:
+  const uint8_t* p_;
+  const uint8_t* end_;
+};
+
+int32_t read_token(const uint8_t* p, uint64_t i) {
+  int32_t token;
+  std::memcpy(&token, p + i * sizeof(int32_t), sizeof(token));
+  return token;
+}
+
 }  // namespace
 
-std::vector<uint8_t> Session::save() const {
+// What decides the meaning of the saved rows besides the model: the architecture, mode, sinks,
+// window, storage type, position offset, shapes and every layer's own window. batch_size is not in
+// it (rows are stored by token).
+uint64_t Session::geometry_fingerprint() const {
+  std::vector<int64_t> fields = {(int64_t)options_.mode, (int64_t)options_.kv_type, n_sink_, window_,
+                                 (int64_t)cache_.position_offset(), cache_.n_layer(), cache_.n_head_kv(),
+                                 cache_.head_dim(), model_->n_vocab()};
+  for (int64_t l = 0; l < cache_.n_layer(); ++l) fields.push_back(cache_.layer_window(l));
+  const std::string& arch = model_->config().architecture;
+  return hash64(fields.data(), fields.size() * sizeof(int64_t), hash64(arch.data(), arch.size()));
+}
+
+std::vector<uint8_t> Session::save(const StreamExtras& extras) const {
+  SS_CHECK_ARG(!extras.has_logits || (int64_t)extras.logits.size() == model_->n_vocab(), "saved logits have ",
+               extras.logits.size(), " values, expected n_vocab = ", model_->n_vocab());
   StateHeader h{};
   h.magic = kStateMagic;
   h.version = kStateVersion;
+  h.model_fingerprint = model_->fingerprint();
+  h.geometry_fingerprint = geometry_fingerprint();
   h.mode = (uint32_t)options_.mode;
   h.kv_type = (uint32_t)options_.kv_type;
   h.n_sink = n_sink_;
@@ -248,11 +353,24 @@ std::vector<uint8_t> Session::save() const {
   h.window_begin = std::max<uint64_t>(h.sink_end, n_past_ + 1 > (uint64_t)window_ ? n_past_ + 1 - (uint64_t)window_ : 0);
   if (recompute && n_past_ >= C) h.window_begin = n_past_;  // re-encoded from the history instead
   h.n_history = recompute ? std::min<uint64_t>(n_past_, C) : 0;
+  h.n_pending = extras.pending.size();
+  h.n_logits = extras.has_logits ? extras.logits.size() : 0;
+  h.logits_n_past = extras.has_logits ? extras.logits_n_past : 0;
+  h.app_bytes = extras.app_data.size();
+
+  const size_t row_bytes = (size_t)cache_.row_elements() * cache_.element_bytes();
+  uint64_t n_rows = 0;
+  for (int64_t l = 0; l < cache_.n_layer(); ++l) n_rows += layer_rows(cache_, l, h).count(n_past_);
+  h.total_bytes = sizeof(h) + (h.n_history + h.n_pending + h.n_logits) * 4 + h.app_bytes + n_rows * 2 * row_bytes +
+                  kChecksumBytes;
 
   std::vector<uint8_t> out;
+  out.reserve((size_t)h.total_bytes);
   append(out, &h, sizeof(h));
   for (uint64_t j = n_past_ - h.n_history; j < n_past_; ++j) append(out, &history_[(size_t)(j % C)], sizeof(int32_t));
-  const size_t row_bytes = (size_t)cache_.row_elements() * cache_.element_bytes();
+  append(out, extras.pending.data(), extras.pending.size() * sizeof(int32_t));
+  if (extras.has_logits) append(out, extras.logits.data(), extras.logits.size() * sizeof(float));
+  append(out, extras.app_data.data(), extras.app_data.size());
   for (int64_t l = 0; l < cache_.n_layer(); ++l) {
     auto copy_rows = [&](uint64_t begin, uint64_t end) {
       for (uint64_t j = begin; j < end; ++j) {  // per token: its K row, then its V row (all heads)
@@ -265,46 +383,103 @@ std::vector<uint8_t> Session::save() const {
     copy_rows(rows.sink_begin, rows.sink_end);
     copy_rows(rows.window_begin, n_past_);
   }
+  const uint64_t checksum = hash64(out.data(), out.size());
+  append(out, &checksum, sizeof(checksum));
+  SS_ASSERT(out.size() == h.total_bytes);
   return out;
 }
 
-void Session::load(const std::vector<uint8_t>& state) {
+void Session::load(const uint8_t* state, size_t size, const std::function<void(StreamExtras&)>& accept) {
   BusyGuard guard(busy_);
+  // 1. The container: magic, version, length, checksum.
+  uint32_t magic_version[2] = {0, 0};
+  SS_CHECK_ARG(size >= sizeof(magic_version), "session state is truncated (", size, " bytes)");
+  std::memcpy(magic_version, state, sizeof(magic_version));
+  SS_CHECK_ARG(magic_version[0] == kStateMagic, "not a sinkstream session state (bad magic)");
+  SS_CHECK_ARG(magic_version[1] == kStateVersion, "session state version ", magic_version[1],
+               " is not supported (this build reads version ", kStateVersion,
+               magic_version[1] < kStateVersion ? "; older states carry no checksum or fingerprint: save again" : "",
+               ")");
   StateHeader h{};
-  SS_CHECK_ARG(state.size() >= sizeof(h), "session state is truncated (", state.size(), " bytes)");
-  std::memcpy(&h, state.data(), sizeof(h));
-  SS_CHECK_ARG(h.magic == kStateMagic, "not a sinkstream session state (bad magic)");
-  SS_CHECK_ARG(h.version == kStateVersion, "session state version ", h.version, " is not supported (expected ",
-               kStateVersion, ")");
+  SS_CHECK_ARG(size >= sizeof(h) + kChecksumBytes, "session state is truncated (", size, " bytes)");
+  std::memcpy(&h, state, sizeof(h));
+  SS_CHECK_ARG(h.total_bytes == size, "session state has ", size, " bytes but its header says ", h.total_bytes,
+               " (truncated or extended)");
+  uint64_t stored_checksum;
+  std::memcpy(&stored_checksum, state + size - kChecksumBytes, kChecksumBytes);
+  const uint64_t checksum = hash64(state, size - kChecksumBytes);
+  SS_CHECK_ARG(checksum == stored_checksum, "session state is corrupt: checksum mismatch (stored ", stored_checksum,
+               ", computed ", checksum, ")");
+
+  // 2. Does it belong to this model and these settings?
   SS_CHECK_ARG(h.n_layer == cache_.n_layer() && h.n_head_kv == cache_.n_head_kv() && h.head_dim == cache_.head_dim() &&
                    h.n_vocab == model_->n_vocab(),
                "session state was saved from a different model (layers/heads/vocabulary differ)");
+  SS_CHECK_ARG(h.model_fingerprint == model_->fingerprint(), "session state was saved from a different model file ",
+               "(model fingerprint ", h.model_fingerprint, ", this model's ", model_->fingerprint(),
+               "): same shapes, but other weights, metadata or tokenizer");
   SS_CHECK_ARG(h.mode == (uint32_t)options_.mode && h.n_sink == n_sink_ && h.window == window_ &&
                    h.kv_type == (uint32_t)options_.kv_type && h.position_offset == cache_.position_offset(),
                "session state was saved with other settings (mode ", mode_name((AttentionMode)std::min<uint32_t>(h.mode, 3)),
-               ", n_sink ", h.n_sink, ", window ", h.window, "); create the session with the same ones");
+               ", n_sink ", h.n_sink, ", window ", h.window, ", kv_type ", h.kv_type == 0 ? "f16" : "f32",
+               ", position_offset ", h.position_offset, "); create the session with the same ones");
+  SS_CHECK_ARG(h.geometry_fingerprint == geometry_fingerprint(),
+               "session state was saved with another session geometry (architecture or per-layer windows differ)");
+
+  // 3. The ranges must be exactly those save() writes for n_past: any other rows would leave part
+  // of the next query's attention set with another stream's entries.
   const uint64_t C = (uint64_t)capacity();
   const bool recompute = options_.mode == AttentionMode::kRecompute;
-  SS_CHECK_ARG(h.sink_end <= h.window_begin && h.window_begin <= h.n_past && h.sink_end <= (uint64_t)n_sink_ &&
-                   h.n_past - h.window_begin <= (uint64_t)window_ && h.n_history <= C &&
-                   h.n_history == (recompute ? std::min<uint64_t>(h.n_past, C) : 0),
-               "session state is corrupt (inconsistent ranges)");
   if (options_.mode == AttentionMode::kDense)
     SS_CHECK_ARG(h.n_past <= C, "session state holds ", h.n_past, " tokens, more than this dense session's ", C);
-  const size_t row_bytes = (size_t)cache_.row_elements() * cache_.element_bytes();
-  uint64_t n_rows = 0;
-  for (int64_t l = 0; l < cache_.n_layer(); ++l) n_rows += layer_rows(cache_, l, h).count(h.n_past);
-  const size_t expected = sizeof(h) + (size_t)h.n_history * sizeof(int32_t) + (size_t)(n_rows * 2) * row_bytes;
-  SS_CHECK_ARG(state.size() == expected, "session state has ", state.size(), " bytes, expected ", expected);
+  const uint64_t sink_end = std::min<uint64_t>((uint64_t)n_sink_, h.n_past);
+  uint64_t window_begin =
+      std::max<uint64_t>(sink_end, h.n_past + 1 > (uint64_t)window_ ? h.n_past + 1 - (uint64_t)window_ : 0);
+  if (recompute && h.n_past >= C) window_begin = h.n_past;
+  SS_CHECK_ARG(h.sink_end == sink_end && h.window_begin == window_begin && h.n_past - window_begin <= (uint64_t)window_ &&
+                   h.n_history == (recompute ? std::min<uint64_t>(h.n_past, C) : 0),
+               "session state is corrupt (inconsistent ranges for n_past ", h.n_past, ")");
+  SS_CHECK_ARG(h.n_logits == 0 || h.n_logits == (uint64_t)model_->n_vocab(), "session state is corrupt: it holds ",
+               h.n_logits, " logits, this model has ", model_->n_vocab(), " tokens");
+  SS_CHECK_ARG(h.logits_n_past <= h.n_past, "session state is corrupt: its logits are from token ", h.logits_n_past,
+               ", past its ", h.n_past, " tokens");
 
-  const uint8_t* p = state.data() + sizeof(h);
-  for (uint64_t j = h.n_past - h.n_history; j < h.n_past; ++j, p += sizeof(int32_t)) {
-    int32_t token;
-    std::memcpy(&token, p, sizeof(token));
-    SS_CHECK_ARG(token >= 0 && token < model_->n_vocab(), "session state holds token id ", token,
-                 " outside the vocabulary");
-    history_[(size_t)(j % C)] = token;
+  StateReader reader(state + sizeof(h), size - sizeof(h) - kChecksumBytes);
+  const uint8_t* history = reader.take(h.n_history, sizeof(int32_t), "history tokens");
+  const uint8_t* pending = reader.take(h.n_pending, sizeof(int32_t), "pending tokens");
+  const uint8_t* logits = reader.take(h.n_logits, sizeof(float), "logits");
+  const uint8_t* app_data = reader.take(h.app_bytes, 1, "application data");
+  const size_t row_bytes = (size_t)cache_.row_elements() * cache_.element_bytes();
+  uint64_t n_rows = 0;  // at most n_layer * capacity: the ranges are checked
+  for (int64_t l = 0; l < cache_.n_layer(); ++l) n_rows += layer_rows(cache_, l, h).count(h.n_past);
+  const uint8_t* rows = reader.take(n_rows * 2, row_bytes, "cache rows");
+  SS_CHECK_ARG(reader.left() == 0, "session state is corrupt: ", reader.left(), " bytes left over");
+
+  // 4. Every token id, history and pending, before anything is written.
+  const int64_t n_vocab = model_->n_vocab();
+  for (uint64_t i = 0; i < h.n_history; ++i) {
+    const int32_t token = read_token(history, i);
+    SS_CHECK_ARG(token >= 0 && token < n_vocab, "session state is corrupt: history token ", i, " is id ", token,
+                 ", outside the vocabulary (0..", n_vocab - 1, ")");
   }
+  StreamExtras extras;
+  extras.pending.resize((size_t)h.n_pending);
+  for (uint64_t i = 0; i < h.n_pending; ++i) {
+    const int32_t token = read_token(pending, i);
+    SS_CHECK_ARG(token >= 0 && token < n_vocab, "session state is corrupt: pending token ", i, " is id ", token,
+                 ", outside the vocabulary (0..", n_vocab - 1, ")");
+    extras.pending[(size_t)i] = token;
+  }
+  extras.has_logits = h.n_logits != 0;
+  extras.logits_n_past = h.logits_n_past;
+  extras.logits.resize((size_t)h.n_logits);
+  if (h.n_logits != 0) std::memcpy(extras.logits.data(), logits, (size_t)h.n_logits * sizeof(float));
+  extras.app_data.assign(reinterpret_cast<const char*>(app_data), (size_t)h.app_bytes);
+  if (accept) accept(extras);
+
+  // 5. Everything checked: restore. Nothing below can fail.
+  for (uint64_t j = h.n_past - h.n_history, i = 0; j < h.n_past; ++j, ++i) history_[(size_t)(j % C)] = read_token(history, i);
+  const uint8_t* p = rows;
   for (int64_t l = 0; l < cache_.n_layer(); ++l) {
     auto copy_rows = [&](uint64_t begin, uint64_t end) {
       for (uint64_t j = begin; j < end; ++j) {
@@ -312,9 +487,9 @@ void Session::load(const std::vector<uint8_t>& state) {
         p += 2 * row_bytes;
       }
     };
-    const LayerRows rows = layer_rows(cache_, l, h);
-    copy_rows(rows.sink_begin, rows.sink_end);
-    copy_rows(rows.window_begin, h.n_past);
+    const LayerRows layer = layer_rows(cache_, l, h);
+    copy_rows(layer.sink_begin, layer.sink_end);
+    copy_rows(layer.window_begin, h.n_past);
   }
   n_past_ = h.n_past;
 }

@@ -36,11 +36,42 @@ struct SessionOptions {
   // Absolute index of the stream's first token (RoPE angles of window keys and queries start
   // here). 0 for a fresh stream; a large value checks that nothing drifts (streaming.md inv. 4).
   uint64_t position_offset = 0;
+  // The most bytes the session may allocate (K/V cache, scratch, attention buffers), checked before
+  // anything is allocated; 0: the machine's physical memory.
+  uint64_t max_bytes = 0;
+};
+
+// What a session of some options will allocate, computed from the same layouts the constructor
+// uses (Session::memory_for): so a caller learns the cost before paying it.
+struct SessionMemory {
+  size_t kv_cache = 0;   // SinkCache keys and values (sinks + each layer's ring)
+  size_t scratch = 0;    // forward activations for batch_size tokens
+  size_t attention = 0;  // per-thread attention scores and partial sums over the capacity
+  size_t history = 0;    // recompute: the last C tokens and their re-encoding buffer
+  size_t total() const { return kv_cache + scratch + attention + history; }
+};
+
+// Physical memory of this machine in bytes (the default SessionOptions::max_bytes).
+uint64_t physical_memory_bytes();
+
+// What the layers above the engine keep with a stream (Python's generation and chat state). It
+// travels in the same checksummed state as the cache and is checked before anything is restored.
+struct StreamExtras {
+  std::vector<int32_t> pending;  // sampled tokens not fed yet: ids checked against the vocabulary
+  bool has_logits = false;
+  uint64_t logits_n_past = 0;    // n_past when the logits were computed: <= the state's n_past
+  std::vector<float> logits;     // (n_vocab) when has_logits
+  std::string app_data;          // opaque to the engine (Python: the chat record as JSON)
 };
 
 class Session {
  public:
+  // Throws ArgumentError before allocating anything when the options are invalid or the session
+  // would need more than options.max_bytes.
   Session(std::shared_ptr<const Model> model, const SessionOptions& options);
+
+  // The memory a session of these options would allocate (ArgumentError for invalid options).
+  static SessionMemory memory_for(const Model& model, const SessionOptions& options);
 
   // Feeds n tokens. all_logits: out is (n, n_vocab); else out is (n_vocab) for the last token.
   // out may be nullptr (no logits wanted). Validates every token id before touching any state.
@@ -63,9 +94,17 @@ class Session {
   uint64_t keys_rotated() const { return scratch_.keys_rotated; }
   uint64_t entries_attended() const { return backend_.entries_attended(); }
 
-  // Exact snapshot of the stream (cache contents, counter, recompute history) and its restore.
-  std::vector<uint8_t> save() const;
-  void load(const std::vector<uint8_t>& state);
+  // Exact snapshot of the stream (cache contents, counter, recompute history, `extras`) in a
+  // versioned container with the model's fingerprint, the session geometry's fingerprint and a
+  // checksum over everything (format: session.cc, "Saved state").
+  std::vector<uint8_t> save(const StreamExtras& extras = {}) const;
+  // Restores a state from save(), all or nothing: the checksum, the fingerprints, every range and
+  // size, every token id (history and pending) are checked first, then `accept` (if given) sees the
+  // decoded extras and may still refuse them by throwing; only then does anything change. On any
+  // error (ArgumentError naming the problem, or whatever `accept` throws) the session is exactly as
+  // before.
+  void load(const uint8_t* state, size_t size, const std::function<void(StreamExtras&)>& accept = nullptr);
+  void load(const std::vector<uint8_t>& state) { load(state.data(), state.size()); }
 
   // Asks a running eval (in another thread) to stop after its current chunk.
   void request_cancel() { cancel_requested_.store(true); }
@@ -75,6 +114,10 @@ class Session {
     int64_t n_sink, window;
   };
   static Geometry resolve_geometry(const Model& model, const SessionOptions& options);
+  static SessionMemory memory_for(const Model& model, const SessionOptions& options, Geometry geometry);
+  // resolve_geometry, then the memory cap: runs before any member is allocated.
+  static Geometry checked_geometry(const Model& model, const SessionOptions& options);
+  uint64_t geometry_fingerprint() const;
   Session(std::shared_ptr<const Model> model, const SessionOptions& options, Geometry geometry);
 
   void eval_cached(const int32_t* tokens, int64_t n, bool all_logits, float* out);

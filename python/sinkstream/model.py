@@ -47,6 +47,52 @@ def token_array(tokens: Sequence[int] | np.ndarray, n_vocab: int, name: str = "t
     return np.ascontiguousarray(array, dtype=np.int32)
 
 
+def _decode_chat_state(app_data: bytes) -> tuple[list | None, tuple | None]:
+    """The chat history and record saved with a session (Session.save), checked field by field."""
+    try:
+        fields = json.loads(app_data.decode("utf-8"))
+        if not isinstance(fields, dict) or set(fields) != {"chat_history", "chat_record"}:
+            raise ValueError(f"expected the fields chat_history and chat_record, got {fields!r:.80}")
+        history, record = fields["chat_history"], fields["chat_record"]
+        if history is not None:
+            if not isinstance(history, list) or not all(
+                    isinstance(m, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in m.items())
+                    for m in history):
+                raise ValueError("chat_history must be a list of {str: str} messages")
+        if record is not None:
+            if (not isinstance(record, list) or len(record) != 3 or not isinstance(record[0], str)
+                    or not isinstance(record[1], str) or isinstance(record[2], bool) or not isinstance(record[2], int)
+                    or not 0 <= record[2] < 2**64):
+                raise ValueError(f"chat_record must be [text, hex bytes, n_past], got {record!r:.80}")
+            record = (record[0], bytes.fromhex(record[1]), record[2])
+    except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"session state is corrupt: chat state: {e}") from None
+    return history, record
+
+
+def _session_args(model: "Model", mode: str, n_sink: int | None, window: int | None, batch_size: int, kv_type: str,
+                  n_threads: int | None, position_offset: int) -> dict[str, Any]:
+    """Session options checked and with their defaults, as _core.Session takes them."""
+    if not isinstance(model, Model):
+        raise TypeError(f"model must be a sinkstream.Model, got {type(model).__name__}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    if n_sink is None:
+        n_sink = 4 if mode == "streaming" else 0
+    n_sink = _check_int("n_sink", n_sink, 0, 2**63 - 1)
+    if mode != "streaming" and n_sink != 0:
+        raise ValueError(f"mode {mode!r} keeps no attention sinks: n_sink must be 0 (or None), got {n_sink}")
+    # Upper bounds: the native sizes are int64 (past them nanobind would only dump its signature).
+    window = -1 if window is None else _check_int("window", window, 1, 2**63 - 1)
+    batch_size = _check_int("batch_size", batch_size, 1, 65536)
+    if kv_type not in ("f16", "f32"):
+        raise ValueError(f"kv_type must be 'f16' or 'f32', got {kv_type!r}")
+    n_threads = model.n_threads if n_threads is None else _check_int("n_threads", n_threads, 1, 1024)
+    position_offset = _check_int("position_offset", position_offset, 0, 2**62)
+    return dict(mode=mode, n_sink=n_sink, window=window, batch_size=batch_size, kv_type=kv_type, n_threads=n_threads,
+                position_offset=position_offset)
+
+
 class Model:
     """A GGUF model loaded once (weights memory-mapped) and shared by any number of sessions.
 
@@ -174,10 +220,27 @@ class Model:
     # -- sessions and generation -----------------------------------------------------------------
     def session(self, mode: str = "streaming", n_sink: int | None = None, window: int | None = None,
                 *, batch_size: int = 256, kv_type: str = "f16", n_threads: int | None = None,
-                allow_beyond_training_context: bool = False, position_offset: int = 0) -> "Session":
+                allow_beyond_training_context: bool = False, position_offset: int = 0,
+                max_bytes: int | None = None) -> "Session":
         return Session(self, mode=mode, n_sink=n_sink, window=window, batch_size=batch_size, kv_type=kv_type,
                        n_threads=n_threads, allow_beyond_training_context=allow_beyond_training_context,
-                       position_offset=position_offset)
+                       position_offset=position_offset, max_bytes=max_bytes)
+
+    def session_memory(self, mode: str = "streaming", n_sink: int | None = None, window: int | None = None,
+                       *, batch_size: int = 256, kv_type: str = "f16", n_threads: int | None = None,
+                       allow_beyond_training_context: bool = False) -> dict[str, int]:
+        """Bytes a session of these options would allocate, without allocating them: kv_cache
+        (sinks + each layer's ring, at the kv_type's element size), scratch (activations for
+        batch_size tokens), attention (per-thread scores over the capacity), history (recompute)
+        and total. Invalid options raise as session() would."""
+        args = _session_args(self, mode, n_sink, window, batch_size, kv_type, n_threads, 0)
+        return _core.session_memory(self._core, args["mode"], args["n_sink"], args["window"], args["batch_size"],
+                                    args["kv_type"], args["n_threads"], bool(allow_beyond_training_context))
+
+    def session_bytes(self, mode: str = "streaming", n_sink: int | None = None, window: int | None = None,
+                      **options: Any) -> int:
+        """Total bytes a session of these options would allocate (see session_memory)."""
+        return self.session_memory(mode, n_sink, window, **options)["total"]
 
     def stream(self, prompt: str | Sequence[int], **options: Any) -> Iterator[str]:
         """Generates from a fresh streaming session, yielding text pieces (UTF-8 complete)."""
@@ -200,34 +263,26 @@ class Session:
     batch_size: tokens per forward chunk (prefill speed vs. ring slack of batch_size - 1 slots).
     position_offset: absolute index of the stream's first token (RoPE angles start there; only
     differences of positions matter, so the logits do not change: streaming.md invariant 4).
+    max_bytes: the most memory the session may allocate (None: this machine's physical memory);
+    above it the constructor raises ValueError before allocating anything. Model.session_memory()
+    tells the cost in advance.
     """
 
     def __init__(self, model: Model, mode: str = "streaming", n_sink: int | None = None, window: int | None = None,
                  batch_size: int = 256, kv_type: str = "f16", n_threads: int | None = None,
-                 allow_beyond_training_context: bool = False, position_offset: int = 0):
-        if not isinstance(model, Model):
-            raise TypeError(f"model must be a sinkstream.Model, got {type(model).__name__}")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
-        if n_sink is None:
-            n_sink = 4 if mode == "streaming" else 0
-        n_sink = _check_int("n_sink", n_sink, 0, 2**63 - 1)
-        if mode != "streaming" and n_sink != 0:
-            raise ValueError(f"mode {mode!r} keeps no attention sinks: n_sink must be 0 (or None), got {n_sink}")
-        # Upper bounds: the native sizes are int64 (past them nanobind would only dump its signature).
-        window = -1 if window is None else _check_int("window", window, 1, 2**63 - 1)
-        batch_size = _check_int("batch_size", batch_size, 1, 65536)
-        if kv_type not in ("f16", "f32"):
-            raise ValueError(f"kv_type must be 'f16' or 'f32', got {kv_type!r}")
-        n_threads = model.n_threads if n_threads is None else _check_int("n_threads", n_threads, 1, 1024)
-        position_offset = _check_int("position_offset", position_offset, 0, 2**62)
-        capacity = n_sink + (window if window > 0 else 0)
+                 allow_beyond_training_context: bool = False, position_offset: int = 0,
+                 max_bytes: int | None = None):
+        args = _session_args(model, mode, n_sink, window, batch_size, kv_type, n_threads, position_offset)
+        if max_bytes is not None:
+            max_bytes = _check_int("max_bytes", max_bytes, 1, 2**64 - 1)
+        capacity = args["n_sink"] + max(args["window"], 0)
         if allow_beyond_training_context and capacity > model.n_ctx_train:
             warnings.warn(f"n_sink + window = {capacity} exceeds the training context {model.n_ctx_train}: "
                           "positions past it were never trained", stacklevel=3)
         self.model = model
-        self._core = _core.Session(model._core, mode, n_sink, window, batch_size, kv_type, n_threads,
-                                   bool(allow_beyond_training_context), position_offset)
+        self._core = _core.Session(model._core, args["mode"], args["n_sink"], args["window"], args["batch_size"],
+                                   args["kv_type"], args["n_threads"], bool(allow_beyond_training_context),
+                                   args["position_offset"], 0 if max_bytes is None else max_bytes)
         # Generation state kept on the session by generation.py / chat_template.py.
         self._pending: list[int] = []     # the last sampled token, not fed yet
         self._last_logits: tuple[int, np.ndarray] | None = None  # (n_past then, logits)
@@ -282,24 +337,21 @@ class Session:
         reset_generation_state(self)
 
     # -- park and resume ---------------------------------------------------------------------------
-    _STATE_MAGIC = b"SINKSTREAM-SESSION\x00\x02"
-
     def save(self, path: str | os.PathLike[str] | None = None) -> bytes | None:
         """The stream's exact state (K/V of the sinks and window, counter, pending token, chat
-        history, last logits): bytes, or written to `path`. Restore with load() on a session made
-        with the same model and settings."""
+        history and record, last logits) with the model's and the geometry's fingerprints and a
+        checksum: bytes, or written to `path`. Restore with load() on a session made with the same
+        model and settings. (Samplers live per generate()/stream() call, seeded by their options:
+        there is no sampler state between calls to keep.)"""
         record = getattr(self, "_chat_record", None)
         last = getattr(self, "_last_logits", None)  # (n_past when computed, logits): see generation.py
-        extra = json.dumps({
-            "pending": [int(t) for t in self._pending],
+        app_data = json.dumps({
             "chat_history": getattr(self, "_chat_history", None),
             # (rendered prompt text, bytes of the reply tokens read since, n_past): see chat_template.py
             "chat_record": [record[0], record[1].hex(), record[2]] if record is not None else None,
-            "last_logits_n_past": None if last is None else int(last[0]),
         }).encode()
-        logits = b"" if last is None else np.ascontiguousarray(last[1], dtype=np.float32).tobytes()
-        blob = b"".join([self._STATE_MAGIC, len(extra).to_bytes(8, "little"), extra,
-                         len(logits).to_bytes(8, "little"), logits, self._core.save()])
+        logits = None if last is None else np.ascontiguousarray(last[1], dtype=np.float32).reshape(-1)
+        blob = self._core.save([int(t) for t in self._pending], logits, 0 if last is None else int(last[0]), app_data)
         if path is None:
             return blob
         tmp = os.fspath(path) + ".partial"
@@ -309,39 +361,27 @@ class Session:
         return None
 
     def load(self, state: bytes | str | os.PathLike[str]) -> None:
-        """Restores a state from save() (bytes or a file path)."""
+        """Restores a state from save() (bytes or a file path), all or nothing: a state that is
+        corrupted (checksum), from another model (fingerprint) or other settings, or malformed in
+        any field raises ValueError and leaves this session exactly as it was."""
         if isinstance(state, (str, os.PathLike)):
             with open(state, "rb") as f:
                 state = f.read()
         if not isinstance(state, (bytes, bytearray, memoryview)):
             raise TypeError(f"state must be bytes or a path, got {type(state).__name__}")
-        state = bytes(state)
-        if not state.startswith(self._STATE_MAGIC):
-            raise ValueError("not a sinkstream session state")
-        pos = len(self._STATE_MAGIC)
+        decoded: dict[str, Any] = {}
 
-        def take(n: int) -> bytes:
-            nonlocal pos
-            if n > len(state) - pos:
-                raise ValueError("session state is truncated")
-            pos += n
-            return state[pos - n:pos]
+        def accept(pending: list[int], logits: np.ndarray | None, logits_n_past: int, app_data: bytes) -> None:
+            # Runs inside _core.load after the engine's checks and before anything changes: raising
+            # here refuses the whole state.
+            decoded["fields"] = (pending, logits, logits_n_past, *_decode_chat_state(app_data))
 
-        try:
-            extra = json.loads(take(int.from_bytes(take(8), "little")))
-            pending = [int(t) for t in extra["pending"]]
-            history, record = extra["chat_history"], extra["chat_record"]
-            logits_n_past = extra["last_logits_n_past"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"session state is corrupt: {e}") from None
-        logits = take(int.from_bytes(take(8), "little"))
-        if logits and len(logits) != 4 * self.model.n_vocab:
-            raise ValueError("session state is corrupt: its logits do not match this model's vocabulary")
-        self._core.load(state[pos:])
-        self._pending = pending
+        self._core.load(bytes(state), accept)
+        pending, logits, logits_n_past, history, record = decoded["fields"]
+        self._pending = list(pending)
         self._chat_history = history
-        self._chat_record = (record[0], bytes.fromhex(record[1]), int(record[2])) if record is not None else None
-        self._last_logits = (int(logits_n_past), np.frombuffer(logits, dtype=np.float32).copy()) if logits else None
+        self._chat_record = record
+        self._last_logits = (int(logits_n_past), logits) if logits is not None else None
 
     # -- generation (generation.py and chat_template.py do the work) -----------------------------
     def stream(self, prompt: str | Sequence[int] | None = None, **options: Any) -> Iterator[str]:

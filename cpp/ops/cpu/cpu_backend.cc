@@ -17,6 +17,14 @@ CpuBackend::CpuBackend(ThreadPool& pool, int64_t capacity, int64_t n_head, int64
   entries_attended_.resize((size_t)pool.n_threads());
 }
 
+size_t CpuBackend::bytes_for(int n_threads, int64_t capacity, int64_t n_head, int64_t n_head_kv, int64_t head_dim) {
+  const int64_t group = n_head / n_head_kv;
+  const int64_t pieces = (capacity + kAttendChunkRows - 1) / kAttendChunkRows;
+  const size_t floats = (size_t)(capacity * group * n_threads) + (size_t)(n_head * capacity) +
+                        (size_t)(n_head * head_dim * pieces);
+  return floats * sizeof(float) + (size_t)n_threads * sizeof(entries_attended_[0]);
+}
+
 void CpuBackend::matmul(const WeightMatrix& w, const float* x, int64_t n, float* y) {
   sinkstream::matmul(w, x, n, y, pool_);
 }

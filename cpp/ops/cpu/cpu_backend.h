@@ -12,6 +12,8 @@ class CpuBackend final : public Backend {
  public:
   // capacity: the session's n_sink + window; n_head / head_dim / group: the model's attention.
   CpuBackend(ThreadPool& pool, int64_t capacity, int64_t n_head, int64_t n_head_kv, int64_t head_dim);
+  // The bytes of attention scratch the constructor allocates for n_threads threads.
+  static size_t bytes_for(int n_threads, int64_t capacity, int64_t n_head, int64_t n_head_kv, int64_t head_dim);
 
   const char* name() const override { return "cpu"; }
   void matmul(const WeightMatrix& w, const float* x, int64_t n, float* y) override;

@@ -42,7 +42,29 @@ def run(args: argparse.Namespace) -> int:
     print(f"tensors:       {len(g.tensors)} ({total_bytes} bytes)")
     for dtype, (n, nbytes) in sorted(counts.items(), key=lambda kv: -kv[1][1]):
         print(f"  {dtype:<8} {n:>5} tensors {nbytes:>14} bytes ({nbytes / 1e6:.2f} MB)")
+    _print_session_memory(str(g.path))
     return _print_runs(str(g.path))
+
+
+def _print_session_memory(path: str) -> None:
+    """What a default session costs (Model.session_memory), for a model this build runs."""
+    from ..model import Model
+
+    try:
+        model = Model(path)
+    except Exception as e:  # noqa: BLE001 - inspect describes files the engine cannot run too
+        print(f"session memory: - (the engine cannot load this model: {str(e).splitlines()[0]})")
+        return
+    m = model.session_memory()
+    print(f"session memory: {m['total']} bytes ({m['total'] / 2**20:.1f} MiB) for a default streaming session: "
+          f"K/V cache {m['kv_cache']}, scratch {m['scratch']}, attention {m['attention']}; "
+          f"limit {_limit()} bytes (max_bytes; default: this machine's memory)")
+
+
+def _limit() -> int:
+    from .. import _core
+
+    return _core.physical_memory_bytes()
 
 
 def _describe_layers(layers: list[dict]) -> list[str]:
