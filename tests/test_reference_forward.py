@@ -161,11 +161,10 @@ def test_fixtures_are_deterministic_and_quantizable(tmp_path):
 
 # ------------------------------------------------------------------------------ reference basics
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_every_family_runs_and_depends_on_order(family, models):
-    """Finite logits of the right shape, and the fixtures are position-sensitive: swapping two
-    recent tokens changes the last logits (the fixtures are not bags of words)."""
-    ref = models(family)
+
+def assert_runs_and_depends_on_order(ref):
+    """Finite logits of the right shape; swapping two recent tokens changes the last logits; the
+    half-precision cache stays close."""
     logits = ref.logits(TOKENS)
     assert logits.shape == (len(TOKENS), N_VOCAB) and np.isfinite(logits).all()
     swapped = list(TOKENS)
@@ -173,6 +172,14 @@ def test_every_family_runs_and_depends_on_order(family, models):
     assert np.abs(ref.logits(swapped)[-1] - logits[-1]).max() > 1e-2
     half = ref.logits(TOKENS, kv_half=True)
     assert np.abs(half - logits).max() < 0.05 * np.abs(logits).max()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_runs_and_depends_on_order(family, models):
+    """Finite logits of the right shape, and the fixtures are position-sensitive: swapping two
+    recent tokens changes the last logits (the fixtures are not bags of words)."""
+    ref = models(family)
+    assert_runs_and_depends_on_order(ref)
 
 
 def test_quantized_family_uses_8bit_input_rounding(models):
@@ -568,13 +575,7 @@ def test_paper_fixture_refusals_and_quantization(tmp_path):
 def test_paper_families_run_and_depend_on_order(case, models):
     family, overrides = PAPER_CASES[case]
     ref = models(family, **overrides)
-    logits = ref.logits(TOKENS)
-    assert logits.shape == (len(TOKENS), N_VOCAB) and np.isfinite(logits).all()
-    swapped = list(TOKENS)
-    swapped[-2], swapped[-3] = swapped[-3], swapped[-2]
-    assert np.abs(ref.logits(swapped)[-1] - logits[-1]).max() > 1e-2
-    half = ref.logits(TOKENS, kv_half=True)
-    assert np.abs(half - logits).max() < 0.05 * np.abs(logits).max()
+    assert_runs_and_depends_on_order(ref)
 
 
 def test_paper_reference_reads_the_files(models):

@@ -120,6 +120,22 @@ def compare(logits: np.ndarray, reference: np.ndarray) -> tuple[float, list[int]
     mismatched = np.nonzero(logits.argmax(axis=-1) != reference.argmax(axis=-1))[0].tolist()
     return diff, mismatched
 
+def assert_engine_matches(path, session_options, tokens, expected, name):
+    """The engine (dense, f32 cache) against transformers' logits: top-1 equal everywhere, max |diff|
+    within ATOL."""
+    import sinkstream
+
+    model = sinkstream.Model(str(path), n_threads=2)
+    assert model.n_vocab == expected.shape[1]
+    session = model.session(**session_options, kv_type="f32")
+    logits = np.asarray(session.eval(tokens.tolist(), logits="all"))
+    assert logits.shape == expected.shape
+    assert np.isfinite(logits).all()
+    diff, mismatched = compare(logits, expected)
+    assert not mismatched, f"{name}: top-1 differs from transformers at positions {mismatched}"
+    assert diff <= ATOL, f"{name}: max |engine - transformers| = {diff:.3g} > {ATOL:g}"
+
+
 
 @pytest.fixture(scope="module", params=REFS, ids=[p.stem for p in REFS])
 def reference(request, tmp_path_factory) -> dict:
@@ -143,21 +159,10 @@ def test_fixture_is_the_one_the_reference_was_made_from(reference):
 
 
 def test_engine_matches_transformers(reference):
-    import sinkstream
-
     if fixture_digest(reference["path"]) != reference["digest"]:
         pytest.fail(f"{STALE} ({reference['family']})")
-    tokens = reference["tokens"]
-    expected = reference["logits"]
-    model = sinkstream.Model(str(reference["path"]), n_threads=2)
-    assert model.n_vocab == expected.shape[1]
-    session = model.session(**reference["session"], kv_type="f32")
-    logits = np.asarray(session.eval(tokens.tolist(), logits="all"))
-    assert logits.shape == expected.shape
-    assert np.isfinite(logits).all()
-    diff, mismatched = compare(logits, expected)
-    assert not mismatched, f"{reference['family']}: top-1 differs from transformers at positions {mismatched}"
-    assert diff <= ATOL, f"{reference['family']}: max |engine - transformers| = {diff:.3g} > {ATOL:g}"
+    assert_engine_matches(reference["path"], reference["session"], reference["tokens"], reference["logits"],
+                          reference["family"])
 
 
 def test_numpy_reference_matches_transformers(reference):
@@ -187,20 +192,10 @@ def test_exported_gguf_is_the_committed_one(exported):
 
 
 def test_engine_matches_transformers_on_exported_weights(exported):
-    import sinkstream
-
     if file_sha256(exported["path"]) != exported["sha256"]:
         pytest.fail(f"{STALE} ({exported['name']})")
-    expected = exported["logits"]
-    model = sinkstream.Model(str(exported["path"]), n_threads=2)
-    assert model.n_vocab == expected.shape[1]
-    session = model.session(**exported["session"], kv_type="f32")
-    logits = np.asarray(session.eval(exported["tokens"].tolist(), logits="all"))
-    assert logits.shape == expected.shape
-    assert np.isfinite(logits).all()
-    diff, mismatched = compare(logits, expected)
-    assert not mismatched, f"{exported['name']}: top-1 differs from transformers at positions {mismatched}"
-    assert diff <= ATOL, f"{exported['name']}: max |engine - transformers| = {diff:.3g} > {ATOL:g}"
+    assert_engine_matches(exported["path"], exported["session"], exported["tokens"], exported["logits"],
+                          exported["name"])
 
 
 def test_numpy_reference_matches_transformers_on_exported_weights(exported):

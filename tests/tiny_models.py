@@ -320,6 +320,18 @@ def _add_byte_level_vocab(w: "gguf.GGUFWriter") -> int:
     return n_vocab
 
 
+def add_weight(w: "gguf.GGUFWriter", name: str, value: np.ndarray, weight_type: str) -> None:
+    """A 2-D weight as F32, F16 or a gguf quantization type (by name)."""
+    value = value.astype(np.float32)
+    if weight_type == "F32":
+        w.add_tensor(name, value)
+    elif weight_type == "F16":
+        w.add_tensor(name, value.astype(np.float16))
+    else:
+        qtype = gguf.GGMLQuantizationType[weight_type]
+        w.add_tensor(name, gguf.quants.quantize(value, qtype), raw_dtype=qtype)
+
+
 def write_family_model(path: Path, family: str, *, seed: int = 0, weight_type: str = "F32", **overrides) -> Path:
     """A tiny random GGUF of `family` (see FAMILIES, PAPER_FAMILIES / FAMILY_FEATURES), deterministic
     from `seed`. PAPER_FAMILIES are written by _write_paper_family (its docstring lists their overrides).
@@ -384,14 +396,7 @@ def write_family_model(path: Path, family: str, *, seed: int = 0, weight_type: s
     n_vocab = _add_byte_level_vocab(w)
 
     def add_matrix(name: str, value: np.ndarray) -> None:
-        value = value.astype(np.float32)
-        if weight_type == "F32":
-            w.add_tensor(name, value)
-        elif weight_type == "F16":
-            w.add_tensor(name, value.astype(np.float16))
-        else:
-            qtype = gguf.GGMLQuantizationType[weight_type]
-            w.add_tensor(name, gguf.quants.quantize(value, qtype), raw_dtype=qtype)
+        add_weight(w, name, value, weight_type)
 
     def draw(rows: int, cols: int, scale: float) -> np.ndarray:
         return rng.standard_normal((rows, cols)) * scale
@@ -502,14 +507,7 @@ def _write_paper_family(path: Path, c: dict, seed: int, weight_type: str) -> Pat
     n_vocab = _add_byte_level_vocab(w)
 
     def add_matrix(name: str, value: np.ndarray) -> None:
-        value = value.astype(np.float32)
-        if weight_type == "F32":
-            w.add_tensor(name, value)
-        elif weight_type == "F16":
-            w.add_tensor(name, value.astype(np.float16))
-        else:
-            qtype = gguf.GGMLQuantizationType[weight_type]
-            w.add_tensor(name, gguf.quants.quantize(value, qtype), raw_dtype=qtype)
+        add_weight(w, name, value, weight_type)
 
     def draw(rows: int, cols: int, scale: float) -> np.ndarray:
         return rng.standard_normal((rows, cols)) * scale
