@@ -9,7 +9,7 @@ from ._core import Cancelled, GGUFError, ModelError
 from .gguf_file import GGUFFile, TensorInfo, TensorNotFoundError
 from .default_model import default_model_path
 from .model import Model, Session
-from .generation import GenerationStats
+from .generation import DEFAULT, GenerationStats, SamplingParams
 from .chat_template import ChatTemplateError, TemplateLimits
 from .perplexity import perplexity
 
@@ -26,5 +26,5 @@ except PackageNotFoundError:  # running from a source tree
 
 __all__ = ["Cancelled", "GGUFError", "ModelError", "GGUFFile", "TensorInfo", "TensorNotFoundError",
            "default_model_path", "Model", "Session",
-           "GenerationStats", "ChatTemplateError", "TemplateLimits", "perplexity",
+           "GenerationStats", "SamplingParams", "DEFAULT", "ChatTemplateError", "TemplateLimits", "perplexity",
            "supported_architectures", "__version__"]

@@ -24,16 +24,22 @@ ever evaluated twice or lost. Statistics of the last run are left in ``session.l
 from __future__ import annotations
 
 import codecs
+import dataclasses
+import enum
 import math
 import numbers
 import time
+import types
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 __all__ = [
     "GenerationStats",
+    "SamplingParams",
+    "DEFAULT",
+    "resolve_sampling_params",
     "SAMPLING_DEFAULTS",
     "stream_tokens",
     "stream_text",
@@ -42,22 +48,6 @@ __all__ = [
     "validate_sampling_options",
     "reset_generation_state",
 ]
-
-# Defaults shared by stream_tokens, stream_text, generate_text and the CLI.
-SAMPLING_DEFAULTS: dict[str, Any] = dict(
-    max_tokens=256,
-    temperature=0.8,
-    top_k=40,
-    top_p=0.95,
-    min_p=0.05,
-    repeat_penalty=1.0,
-    repeat_last_n=64,
-    frequency_penalty=0.0,
-    presence_penalty=0.0,
-    logit_bias=None,
-    seed=None,
-)
-
 
 @dataclass
 class GenerationStats:
@@ -116,41 +106,143 @@ def _float_option(name: str, value: Any, *, low: float = -math.inf, high: float 
     return x
 
 
-def validate_sampling_options(n_vocab: int, *, max_tokens=256, temperature=0.8, top_k=40, top_p=0.95,
-                              min_p=0.05, repeat_penalty=1.0, repeat_last_n=64, frequency_penalty=0.0,
-                              presence_penalty=0.0, logit_bias=None, seed=None) -> dict[str, Any]:
-    """Checks types and ranges; returns the options normalized (ValueError/TypeError name the option)."""
-    opts: dict[str, Any] = {}
-    opts["max_tokens"] = None if max_tokens is None else _int_option("max_tokens", max_tokens, minimum=0)
-    opts["temperature"] = _float_option("temperature", temperature, low=0.0, what=">= 0 (0 = greedy)")
-    opts["top_k"] = _int_option("top_k", top_k, minimum=0)
-    opts["top_p"] = _float_option("top_p", top_p, low=0.0, high=1.0, low_open=True, what="in (0, 1] (1 = off)")
-    opts["min_p"] = _float_option("min_p", min_p, low=0.0, high=1.0, what="in [0, 1] (0 = off)")
-    opts["repeat_penalty"] = _float_option("repeat_penalty", repeat_penalty, low=0.0, low_open=True,
-                                           what="> 0 (1 = off)")
-    opts["repeat_last_n"] = _int_option("repeat_last_n", repeat_last_n, minimum=0)
-    opts["frequency_penalty"] = _float_option("frequency_penalty", frequency_penalty)
-    opts["presence_penalty"] = _float_option("presence_penalty", presence_penalty)
+# Defaults of every sampling/generation option: SamplingParams below is their one definition.
+class _Default(enum.Enum):
+    """The type of DEFAULT: "not given here" (the value comes from the SamplingParams in effect)."""
+
+    DEFAULT = "DEFAULT"
+
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+#: Marks a keyword argument of stream/generate/chat as not given: the value comes from ``params``
+#: (or from SamplingParams' defaults when there is none).
+DEFAULT = _Default.DEFAULT
+
+
+def _check_logit_bias_items(logit_bias: Any, n_vocab: int | None) -> dict[int, float]:
     bias: dict[int, float] = {}
-    if logit_bias is not None:
-        if not hasattr(logit_bias, "items"):
-            raise TypeError(f"logit_bias must be a dict {{token_id: bias}}, got {logit_bias!r}")
-        for token, value in logit_bias.items():
-            if not _is_int(token):
-                raise TypeError(f"logit_bias keys must be token ids (int), got {token!r}")
-            if not 0 <= token < n_vocab:
-                raise ValueError(f"logit_bias token id {token} is outside the vocabulary [0, {n_vocab})")
-            if not _is_real(value) or math.isnan(value) or value == math.inf:
-                raise ValueError(f"logit_bias[{token}] must be a number or -inf, got {value!r}")
-            bias[int(token)] = float(value)
-    opts["logit_bias"] = bias or None
-    if seed is not None:
-        if not _is_int(seed):
-            raise TypeError(f"seed must be an int or None, got {seed!r}")
-        if not 0 <= seed < 2**64:
-            raise ValueError(f"seed must be in [0, 2**64), got {seed!r}")
-        seed = int(seed)
-    opts["seed"] = seed
+    if logit_bias is None:
+        return bias
+    if not hasattr(logit_bias, "items"):
+        raise TypeError(f"logit_bias must be a dict {{token_id: bias}}, got {logit_bias!r}")
+    for token, value in logit_bias.items():
+        if not _is_int(token):
+            raise TypeError(f"logit_bias keys must be token ids (int), got {token!r}")
+        if token < 0 or (n_vocab is not None and token >= n_vocab):
+            raise ValueError(f"logit_bias token id {token} is outside the vocabulary "
+                             f"[0, {n_vocab if n_vocab is not None else 'n_vocab'})")
+        if not _is_real(value) or math.isnan(value) or value == math.inf:
+            raise ValueError(f"logit_bias[{token}] must be a number or -inf, got {value!r}")
+        bias[int(token)] = float(value)
+    return bias
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Every sampling and generation option, with its one default. Immutable; checked on creation
+    (a bad value raises ValueError, a wrong type TypeError, both naming the option).
+
+    ``model.stream(prompt, params)``, ``session.generate(prompt, params)``, ``session.chat(...,
+    params)``; keyword arguments of those calls override single fields (``model.stream(prompt,
+    params, seed=2)``). ``params.replace(top_k=0)`` is a copy with fields changed.
+
+    max_tokens: the most tokens to sample (None: no limit; an end-of-generation token also stops).
+    temperature: 0 = greedy. top_k: 0 = off. top_p: in (0, 1], 1 = off. min_p: in [0, 1], 0 = off.
+    repeat_penalty: > 0, 1 = off; over the last ``repeat_last_n`` tokens (prompt included), as do
+    frequency_penalty and presence_penalty (0 = off). logit_bias: {token_id: bias} added to the
+    logits (-inf bans a token; ids are checked against the model's vocabulary when used).
+    seed: None = a fresh random seed per call. stop: strings that end generation (never yielded;
+    a str is one stop string).
+    """
+
+    max_tokens: int | None = 256
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logit_bias: Mapping[int, float] | None = None
+    seed: int | None = None
+    stop: str | Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        if self.max_tokens is not None:
+            set_(self, "max_tokens", _int_option("max_tokens", self.max_tokens, minimum=0))
+        set_(self, "temperature", _float_option("temperature", self.temperature, low=0.0, what=">= 0 (0 = greedy)"))
+        set_(self, "top_k", _int_option("top_k", self.top_k, minimum=0))
+        set_(self, "top_p", _float_option("top_p", self.top_p, low=0.0, high=1.0, low_open=True,
+                                          what="in (0, 1] (1 = off)"))
+        set_(self, "min_p", _float_option("min_p", self.min_p, low=0.0, high=1.0, what="in [0, 1] (0 = off)"))
+        set_(self, "repeat_penalty", _float_option("repeat_penalty", self.repeat_penalty, low=0.0, low_open=True,
+                                                   what="> 0 (1 = off)"))
+        set_(self, "repeat_last_n", _int_option("repeat_last_n", self.repeat_last_n, minimum=0))
+        set_(self, "frequency_penalty", _float_option("frequency_penalty", self.frequency_penalty))
+        set_(self, "presence_penalty", _float_option("presence_penalty", self.presence_penalty))
+        bias = _check_logit_bias_items(self.logit_bias, None)
+        set_(self, "logit_bias", types.MappingProxyType(bias) if bias else None)
+        if self.seed is not None:
+            if not _is_int(self.seed):
+                raise TypeError(f"seed must be an int or None, got {self.seed!r}")
+            if not 0 <= self.seed < 2**64:
+                raise ValueError(f"seed must be in [0, 2**64), got {self.seed!r}")
+            set_(self, "seed", int(self.seed))
+        set_(self, "stop", _validate_stop(self.stop))
+
+    def replace(self, **changes: Any) -> "SamplingParams":
+        """A copy with the given fields changed (checked like the constructor)."""
+        return _with_overrides(self, changes)
+
+    def sampler_options(self) -> dict[str, Any]:
+        """The fields as keyword arguments of validate_sampling_options / make_sampler (no stop)."""
+        return {f.name: (dict(v) if isinstance(v := getattr(self, f.name), Mapping) else v)
+                for f in dataclasses.fields(self) if f.name != "stop"}
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(SamplingParams))
+
+# The defaults as a dict (the CLI reads them from here); derived from SamplingParams.
+SAMPLING_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(SamplingParams)
+                                     if f.name != "stop"}
+
+
+def _with_overrides(params: SamplingParams | None, changes: Mapping[str, Any]) -> SamplingParams:
+    """params (None: the defaults) with the options in changes that are not DEFAULT; an unknown
+    option raises TypeError naming it (and the known ones)."""
+    if params is not None and not isinstance(params, SamplingParams):
+        raise TypeError(f"params must be a sinkstream.SamplingParams or None, got {type(params).__name__}"
+                        + (" (pass options by keyword, or as SamplingParams(**options))"
+                           if isinstance(params, Mapping) else ""))
+    unknown = [k for k in changes if k not in _FIELDS]
+    if unknown:
+        raise TypeError(f"unknown sampling option {unknown[0]!r}; the options are: {', '.join(_FIELDS)}")
+    given = {k: v for k, v in changes.items() if v is not DEFAULT}
+    if params is None:
+        return SamplingParams(**given)
+    return dataclasses.replace(params, **given) if given else params
+
+
+def resolve_sampling_params(params: SamplingParams | None = None, **options: Any) -> SamplingParams:
+    """The SamplingParams in effect for a call: ``params`` (None: defaults) overridden by the
+    keyword options that are given (not DEFAULT). Unknown options raise TypeError."""
+    return _with_overrides(params, options)
+
+
+def validate_sampling_options(n_vocab: int, **options: Any) -> dict[str, Any]:
+    """Checks types and ranges of sampling options (those of SamplingParams but stop; missing ones
+    take its defaults) and logit_bias ids against n_vocab; returns them normalized
+    (ValueError/TypeError name the option)."""
+    return _sampler_options(resolve_sampling_params(None, **options), n_vocab)
+
+
+def _sampler_options(params: SamplingParams, n_vocab: int) -> dict[str, Any]:
+    opts = params.sampler_options()
+    _check_logit_bias_items(opts["logit_bias"], n_vocab)
     return opts
 
 
@@ -272,26 +364,25 @@ def _eval(session: Any, tokens: list[int]):
     return logits, fed
 
 
-def stream_tokens(session: Any, prompt: str | Sequence[int] | np.ndarray, *, max_tokens: int | None = 256,
-                  temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
-                  repeat_penalty: float = 1.0, repeat_last_n: int = 64, frequency_penalty: float = 0.0,
-                  presence_penalty: float = 0.0, logit_bias: dict[int, float] | None = None,
-                  seed: int | None = None, add_bos: bool | None = None, special: bool = True) -> Iterator[int]:
+def stream_tokens(session: Any, prompt: str | Sequence[int] | np.ndarray | None = None,
+                  params: SamplingParams | None = None, *, add_bos: bool | None = None, special: bool = True,
+                  **options: Any) -> Iterator[int]:
     """Evaluates the prompt on the session, then samples token by token, yielding token ids.
 
     prompt: text (tokenized with ``special``; ``add_bos=None`` = the model's default, applied only
     when the session's stream is empty) or a sequence of token ids (fed as given). An empty prompt
-    is allowed only when the session can continue (it holds a pending token or fresh logits).
-    Stops after ``max_tokens`` samples (None: no limit) or at an end-of-generation token, which is
-    not yielded but stays pending in the session (see the module docstring). Options are checked
-    here, before the first ``next()``; the prompt is evaluated on the first ``next()``.
+    (or None) is allowed only when the session can continue (it holds a pending token or fresh
+    logits). params: a SamplingParams (None: the defaults); keyword ``options`` (SamplingParams'
+    fields) override it. Stops after ``max_tokens`` samples (None: no limit) or at an
+    end-of-generation token, which is not yielded but stays pending in the session (see the module
+    docstring). Options are checked here, before the first ``next()``; the prompt is evaluated on
+    the first ``next()``. ``stop`` is ignored here (see stream_text).
     """
     model = session.model
     known = _known_tokens(model)
-    opts = validate_sampling_options(known, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
-                                     top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
-                                     repeat_last_n=repeat_last_n, frequency_penalty=frequency_penalty,
-                                     presence_penalty=presence_penalty, logit_bias=logit_bias, seed=seed)
+    opts = _sampler_options(resolve_sampling_params(params, **options), known)
+    if prompt is None:
+        prompt = []
     _validate_prompt(model, prompt, add_bos, special)
     if len(prompt) == 0 and _at_stream_start(session):
         raise ValueError("the prompt is empty and the session holds no tokens: nothing to condition on")
@@ -368,12 +459,9 @@ def _split_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, str, bool]:
     return text[: len(text) - keep], text[len(text) - keep:], False
 
 
-def stream_text(session: Any, prompt: str | Sequence[int] | np.ndarray, *, max_tokens: int | None = 256,
-                temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
-                repeat_penalty: float = 1.0, repeat_last_n: int = 64, frequency_penalty: float = 0.0,
-                presence_penalty: float = 0.0, logit_bias: dict[int, float] | None = None,
-                seed: int | None = None, stop: str | Iterable[str] = (), add_bos: bool | None = None,
-                special: bool = True) -> Iterator[str]:
+def stream_text(session: Any, prompt: str | Sequence[int] | np.ndarray | None = None,
+                params: SamplingParams | None = None, *, add_bos: bool | None = None, special: bool = True,
+                **options: Any) -> Iterator[str]:
     """Generates on the session, yielding text pieces as soon as they are final.
 
     Pieces are decoded incrementally from the tokens' bytes: a character split across tokens is
@@ -385,15 +473,12 @@ def stream_text(session: Any, prompt: str | Sequence[int] | np.ndarray, *, max_t
     Closing the generator early (break, .close(), an exception in the consumer) leaves the session
     consistent: its stream holds the prompt plus every sampled token but the last, which is kept
     in ``session._pending`` and evaluated first by the next call on the session. Statistics are in
-    ``session.last_stats`` once the generator has finished or been closed. Other options: see
-    stream_tokens.
+    ``session.last_stats`` once the generator has finished or been closed. Prompt, params and
+    options: see stream_tokens.
     """
-    stops = _validate_stop(stop)
-    tokens = stream_tokens(session, prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
-                           top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
-                           frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-                           logit_bias=logit_bias, seed=seed, add_bos=add_bos, special=special)
-    return _text_loop(session, tokens, stops)
+    resolved = resolve_sampling_params(params, **options)
+    tokens = stream_tokens(session, prompt, resolved, add_bos=add_bos, special=special)
+    return _text_loop(session, tokens, tuple(resolved.stop))
 
 
 def _text_loop(session: Any, tokens: Iterator[int], stops: tuple[str, ...]) -> Iterator[str]:
@@ -423,6 +508,7 @@ def _text_loop(session: Any, tokens: Iterator[int], stops: tuple[str, ...]) -> I
             session.last_stats.stop_reason = "stop"
 
 
-def generate_text(session: Any, prompt: str | Sequence[int] | np.ndarray, **options: Any) -> str:
+def generate_text(session: Any, prompt: str | Sequence[int] | np.ndarray | None = None,
+                  params: SamplingParams | None = None, **options: Any) -> str:
     """stream_text joined into one string (same options)."""
-    return "".join(stream_text(session, prompt, **options))
+    return "".join(stream_text(session, prompt, params, **options))

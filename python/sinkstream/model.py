@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from typing import Any, Iterator, Sequence
+import weakref
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from . import _core
 from .default_model import default_model_path
+from .generation import DEFAULT, GenerationStats, SamplingParams, _Default, resolve_sampling_params
 
 MODES = ("streaming", "window", "dense", "recompute")
 _LOGITS = ("last", "all", None)
@@ -112,8 +114,40 @@ class Model:
             raise IsADirectoryError(f"expected a GGUF model file, got a directory: {path}")
         self.n_threads = _core.default_thread_count() if n_threads is None else _check_int("n_threads", n_threads, 1, 1024)
         self.path = path
-        self._core = _core.Model.load(path)
+        self._handle: _core.Model | None = _core.Model.load(path)
+        self._sessions: weakref.WeakSet[Session] = weakref.WeakSet()
         self._metadata: dict[str, Any] | None = None
+
+    @property
+    def _core(self) -> Any:  # _core.Model
+        handle = getattr(self, "_handle", None)
+        if handle is None:
+            raise RuntimeError(f"this Model ({self.path!r}) is closed: close() released its weights; "
+                               "load it again with sinkstream.Model(path)")
+        return handle
+
+    # -- lifetime --------------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return getattr(self, "_handle", None) is None
+
+    def close(self) -> None:
+        """Releases the model now: closes every session made from it (their K/V caches are freed
+        and using them raises RuntimeError, as does using the model) and unmaps the weights, even
+        while other Python references to the model or its sessions remain. A generator still
+        running on one of its sessions raises RuntimeError at its next step. Idempotent.
+        `with sinkstream.Model(path) as model:` closes it at the end of the block."""
+        for session in list(self._sessions):
+            session._close()
+        self._sessions.clear()
+        self._handle = None
+
+    def __enter__(self) -> "Model":
+        self._core  # raises if closed
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     @property
     def _tokenizer(self) -> "_core.Tokenizer":
@@ -242,13 +276,39 @@ class Model:
         """Total bytes a session of these options would allocate (see session_memory)."""
         return self.session_memory(mode, n_sink, window, **options)["total"]
 
-    def stream(self, prompt: str | Sequence[int], **options: Any) -> Iterator[str]:
-        """Generates from a fresh streaming session, yielding text pieces (UTF-8 complete)."""
-        session_options = {k: options.pop(k) for k in ("mode", "n_sink", "window") if k in options}
-        return self.session(**session_options).stream(prompt, **options)
+    def stream(self, prompt: str | Sequence[int] | np.ndarray, params: SamplingParams | None = None, *,
+               mode: str = "streaming", n_sink: int | None = None, window: int | None = None,
+               max_tokens: int | None | _Default = DEFAULT, temperature: float | _Default = DEFAULT,
+            top_k: int | _Default = DEFAULT, top_p: float | _Default = DEFAULT, min_p: float | _Default = DEFAULT,
+            repeat_penalty: float | _Default = DEFAULT, repeat_last_n: int | _Default = DEFAULT,
+            frequency_penalty: float | _Default = DEFAULT, presence_penalty: float | _Default = DEFAULT,
+            logit_bias: Mapping[int, float] | None | _Default = DEFAULT, seed: int | None | _Default = DEFAULT,
+            stop: str | Sequence[str] | _Default = DEFAULT, add_bos: bool | None = None, special: bool = True) -> Iterator[str]:
+        """Generates from a fresh session (mode, n_sink, window: see session()), yielding text
+        pieces (UTF-8 complete). Options are checked before this returns.
 
-    def generate(self, prompt: str | Sequence[int], **options: Any) -> str:
-        return "".join(self.stream(prompt, **options))
+        params: a sinkstream.SamplingParams (None: its defaults); the keyword options are its fields and
+        override it one by one (DEFAULT: not given). add_bos (None: the model's default, only at the
+        start of a stream) and special (parse special-token text) apply to a text prompt.
+        """
+        resolved = resolve_sampling_params(params, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+            repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty, logit_bias=logit_bias, seed=seed, stop=stop)
+        return self.session(mode, n_sink, window).stream(prompt, resolved, add_bos=add_bos, special=special)
+
+    def generate(self, prompt: str | Sequence[int] | np.ndarray, params: SamplingParams | None = None, *,
+                 mode: str = "streaming", n_sink: int | None = None, window: int | None = None,
+                 max_tokens: int | None | _Default = DEFAULT, temperature: float | _Default = DEFAULT,
+            top_k: int | _Default = DEFAULT, top_p: float | _Default = DEFAULT, min_p: float | _Default = DEFAULT,
+            repeat_penalty: float | _Default = DEFAULT, repeat_last_n: int | _Default = DEFAULT,
+            frequency_penalty: float | _Default = DEFAULT, presence_penalty: float | _Default = DEFAULT,
+            logit_bias: Mapping[int, float] | None | _Default = DEFAULT, seed: int | None | _Default = DEFAULT,
+            stop: str | Sequence[str] | _Default = DEFAULT, add_bos: bool | None = None, special: bool = True) -> str:
+        """stream() joined into one string (same arguments)."""
+        resolved = resolve_sampling_params(params, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+            repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty, logit_bias=logit_bias, seed=seed, stop=stop)
+        return "".join(self.session(mode, n_sink, window).stream(prompt, resolved, add_bos=add_bos, special=special))
 
     def __repr__(self) -> str:
         return f"Model({self.path!r}, arch={self.architecture!r}, n_vocab={self.n_vocab})"
@@ -280,7 +340,7 @@ class Session:
             warnings.warn(f"n_sink + window = {capacity} exceeds the training context {model.n_ctx_train}: "
                           "positions past it were never trained", stacklevel=3)
         self.model = model
-        self._core = _core.Session(model._core, args["mode"], args["n_sink"], args["window"], args["batch_size"],
+        self._handle: _core.Session | None = _core.Session(model._core, args["mode"], args["n_sink"], args["window"], args["batch_size"],
                                    args["kv_type"], args["n_threads"], bool(allow_beyond_training_context),
                                    args["position_offset"], 0 if max_bytes is None else max_bytes)
         # Generation state kept on the session by generation.py / chat_template.py.
@@ -288,7 +348,25 @@ class Session:
         self._last_logits: tuple[int, np.ndarray] | None = None  # (n_past then, logits)
         self._chat_history: list[dict[str, str]] | None = None
         self._chat_record = None
-        self.last_stats = None
+        self.last_stats: GenerationStats | None = None  # the last stream/generate/chat call's
+        model._sessions.add(self)
+
+    @property
+    def _core(self) -> Any:  # _core.Session
+        handle = getattr(self, "_handle", None)
+        if handle is None:
+            raise RuntimeError("this Session is closed: its Model was closed (Model.close()), which released "
+                               "the session's cache and the weights")
+        return handle
+
+    @property
+    def closed(self) -> bool:
+        """True once its Model has been closed (the session can no longer be used)."""
+        return getattr(self, "_handle", None) is None
+
+    def _close(self) -> None:
+        self._handle = None
+        self._last_logits = None
 
     # -- the stream ------------------------------------------------------------------------------
     def eval(self, tokens: Sequence[int] | np.ndarray, logits: str | None = "last") -> np.ndarray | None:
@@ -384,25 +462,65 @@ class Session:
         self._last_logits = (int(logits_n_past), logits) if logits is not None else None
 
     # -- generation (generation.py and chat_template.py do the work) -----------------------------
-    def stream(self, prompt: str | Sequence[int] | None = None, **options: Any) -> Iterator[str]:
+    def stream(self, prompt: str | Sequence[int] | np.ndarray | None = None, params: SamplingParams | None = None,
+               *, max_tokens: int | None | _Default = DEFAULT, temperature: float | _Default = DEFAULT,
+            top_k: int | _Default = DEFAULT, top_p: float | _Default = DEFAULT, min_p: float | _Default = DEFAULT,
+            repeat_penalty: float | _Default = DEFAULT, repeat_last_n: int | _Default = DEFAULT,
+            frequency_penalty: float | _Default = DEFAULT, presence_penalty: float | _Default = DEFAULT,
+            logit_bias: Mapping[int, float] | None | _Default = DEFAULT, seed: int | None | _Default = DEFAULT,
+            stop: str | Sequence[str] | _Default = DEFAULT, add_bos: bool | None = None, special: bool = True) -> Iterator[str]:
         """Continues this session's stream: feeds the prompt, yields generated text pieces (UTF-8
-        complete). Options: see sinkstream.generation.stream_text."""
+        complete). prompt None (or empty) continues from what the session holds: its pending
+        token (the last one sampled) or its fresh logits; on an empty session it raises
+        ValueError. Options are checked before this returns; see also
+        sinkstream.generation.stream_text.
+
+        params: a sinkstream.SamplingParams (None: its defaults); the keyword options are its fields and
+        override it one by one (DEFAULT: not given). add_bos (None: the model's default, only at the
+        start of a stream) and special (parse special-token text) apply to a text prompt.
+        """
         from .generation import stream_text
 
-        return stream_text(self, prompt, **options)
+        resolved = resolve_sampling_params(params, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+            repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty, logit_bias=logit_bias, seed=seed, stop=stop)
+        return stream_text(self, prompt, resolved, add_bos=add_bos, special=special)
 
-    def generate(self, prompt: str | Sequence[int] | None = None, **options: Any) -> str:
-        from .generation import generate_text
+    def generate(self, prompt: str | Sequence[int] | np.ndarray | None = None, params: SamplingParams | None = None,
+                 *, max_tokens: int | None | _Default = DEFAULT, temperature: float | _Default = DEFAULT,
+            top_k: int | _Default = DEFAULT, top_p: float | _Default = DEFAULT, min_p: float | _Default = DEFAULT,
+            repeat_penalty: float | _Default = DEFAULT, repeat_last_n: int | _Default = DEFAULT,
+            frequency_penalty: float | _Default = DEFAULT, presence_penalty: float | _Default = DEFAULT,
+            logit_bias: Mapping[int, float] | None | _Default = DEFAULT, seed: int | None | _Default = DEFAULT,
+            stop: str | Sequence[str] | _Default = DEFAULT, add_bos: bool | None = None, special: bool = True) -> str:
+        """stream() joined into one string (same arguments)."""
+        return "".join(self.stream(prompt, params, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+            repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty, logit_bias=logit_bias, seed=seed, stop=stop, add_bos=add_bos, special=special))
 
-        return generate_text(self, prompt, **options)
-
-    def chat(self, messages: str | list[dict[str, str]], history: list | None = None, **options: Any) -> Iterator[str]:
+    def chat(self, messages: str | list[dict[str, str]], params: SamplingParams | None = None, *,
+             history: list[dict[str, str]] | None = None,
+             max_tokens: int | None | _Default = DEFAULT, temperature: float | _Default = DEFAULT,
+            top_k: int | _Default = DEFAULT, top_p: float | _Default = DEFAULT, min_p: float | _Default = DEFAULT,
+            repeat_penalty: float | _Default = DEFAULT, repeat_last_n: int | _Default = DEFAULT,
+            frequency_penalty: float | _Default = DEFAULT, presence_penalty: float | _Default = DEFAULT,
+            logit_bias: Mapping[int, float] | None | _Default = DEFAULT, seed: int | None | _Default = DEFAULT,
+            stop: str | Sequence[str] | _Default = DEFAULT, add_bos: bool | None = None, special: bool = True) -> Iterator[str]:
         """One chat turn: renders the GGUF chat template over the conversation so far plus
         `messages` (a user text or a list of {"role", "content"}), feeds only what is new, and
-        streams the reply. The session remembers the conversation (constant memory)."""
+        streams the reply. The session remembers the conversation (constant memory); history:
+        the conversation so far instead of the session's own (see chat_template.chat_turn).
+
+        params: a sinkstream.SamplingParams (None: its defaults); the keyword options are its fields and
+        override it one by one (DEFAULT: not given). add_bos (None: the model's default, only at the
+        start of a stream) and special (parse special-token text) apply to a text prompt.
+        """
         from .chat_template import chat_turn
 
-        return chat_turn(self, messages, history, **options)
+        resolved = resolve_sampling_params(params, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+            repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty, logit_bias=logit_bias, seed=seed, stop=stop)
+        return chat_turn(self, messages, history, params=resolved, add_bos=add_bos, special=special)
 
     def __repr__(self) -> str:
         return (f"Session(mode={self.mode!r}, n_sink={self.n_sink}, window={self.window}, "
