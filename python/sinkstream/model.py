@@ -150,7 +150,7 @@ class Model:
         self.close()
 
     @property
-    def _tokenizer(self) -> "_core.Tokenizer":
+    def _tokenizer(self) -> Any:  # _core.Tokenizer (the _core property shadows the module here)
         return self._core.tokenizer
 
     # -- facts -----------------------------------------------------------------------------------
