@@ -3,7 +3,7 @@
 # (scripts/build_wheels.sh), then for each one a brand-new virtualenv installs it from the file
 # with binaries only (no compiler, no build tools: --only-binary=:all:), and that environment's
 # `sinkstream --version` and `sinkstream generate` on the default model must work; the greedy
-# text must equal llama.cpp's (shared/oracle) up to the first near-tie. The stable-ABI wheel is
+# text must equal llama.cpp's (tests/data/smollm2_oracle) up to the first near-tie. The stable-ABI wheel is
 # installed into every CPython >= 3.12 found. Finally the host wheel's environment runs the
 # emulated-CPU checks (scripts/check_portability.sh).
 #
@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-dist}
-ORACLE=${SINKSTREAM_ORACLE:-../shared/oracle/prompts.json}
+ORACLE=${SINKSTREAM_ORACLE:-tests/data/smollm2_oracle/prompts.json}
 [ -f "$ORACLE" ] || { echo "no llama.cpp oracle at $ORACLE (set SINKSTREAM_ORACLE)" >&2; exit 2; }
 VENVS=$(mktemp -d)
 trap 'rm -rf "$VENVS"' EXIT

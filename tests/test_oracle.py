@@ -1,4 +1,4 @@
-"""The default model against llama.cpp's reference outputs (shared/oracle, see its README)."""
+"""The default model against llama.cpp's reference outputs (tests/data/smollm2_oracle, see its README)."""
 from __future__ import annotations
 
 import json
@@ -9,9 +9,8 @@ import pytest
 
 import sinkstream
 
-ORACLE = Path(__file__).resolve().parents[1].parent / "shared" / "oracle"
-pytestmark = [pytest.mark.model,
-              pytest.mark.skipif(not ORACLE.is_dir(), reason="shared/oracle is not beside the checkout")]
+ORACLE = Path(__file__).resolve().parent / "data" / "smollm2_oracle"
+pytestmark = pytest.mark.model
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Tokenizer (cpp/runtime/tokenizer*.cc) against independent references:
 
-- llama.cpp's own tokenization of the default model (shared/oracle/tokenizer.json, both special modes);
+- llama.cpp's own tokenization of the default model (tests/data/smollm2_oracle/tokenizer.json, both special modes);
 - the `regex` package running the pre-tokenizer patterns llama.cpp lists per tokenizer.ggml.pre;
 - a SentencePiece-style vocabulary written here with gguf.GGUFWriter, checked against a plain
   Python implementation of the SPM algorithm (below, written from its description) and hand cases;
@@ -24,12 +24,11 @@ import sinkstream
 from sinkstream import _core
 
 REPO = Path(__file__).resolve().parents[1]
-ORACLE = REPO.parent / "shared" / "oracle" / "tokenizer.json"
+ORACLE = REPO / "tests" / "data" / "smollm2_oracle" / "tokenizer.json"
 
 # ---- the default model against llama.cpp ----------------------------------------------------------
 
-oracle_cases = json.loads(ORACLE.read_text())["cases"] if ORACLE.is_file() else []
-needs_oracle = pytest.mark.skipif(not ORACLE.is_file(), reason="shared/oracle is not beside the checkout")
+oracle_cases = json.loads(ORACLE.read_text())["cases"]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +41,6 @@ def case_id(case: dict) -> str:
 
 
 @pytest.mark.model
-@needs_oracle
 @pytest.mark.parametrize("case", oracle_cases, ids=case_id)
 def test_oracle_ids_both_special_modes(smollm, case):
     assert smollm.encode(case["text"], add_bos=False, parse_special=True) == case["ids_parse_special"]
@@ -52,7 +50,6 @@ def test_oracle_ids_both_special_modes(smollm, case):
 
 
 @pytest.mark.model
-@needs_oracle
 @pytest.mark.parametrize("case", oracle_cases, ids=case_id)
 def test_oracle_pieces_and_round_trip(smollm, case):
     ids = case["ids_parse_special"]

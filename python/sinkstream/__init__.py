@@ -1,6 +1,6 @@
 """sinkstream: StreamingLLM (attention sinks) for GGUF models, constant memory and time per token.
 
-See shared docs: the public API is listed in api.md; streaming semantics in streaming.md.
+Docs: the public API in docs/api.md, streaming semantics in docs/streaming.md, the command line in docs/cli.md.
 """
 from importlib.metadata import PackageNotFoundError, version as _version
 

@@ -1,4 +1,4 @@
-"""Model and Session: the Python face of the engine (see api.md and streaming.md).
+"""Model and Session: the Python face of the engine (see docs/api.md and docs/streaming.md).
 
 The Python layer validates arguments and holds handles to C++ objects; all compute happens in
 `_core` with the GIL released.
@@ -322,7 +322,7 @@ class Session:
     in streaming mode (0 otherwise), capacity n_sink + window = 2048 capped at the training context.
     batch_size: tokens per forward chunk (prefill speed vs. ring slack of batch_size - 1 slots).
     position_offset: absolute index of the stream's first token (RoPE angles start there; only
-    differences of positions matter, so the logits do not change: streaming.md invariant 4).
+    differences of positions matter, so the logits do not change: docs/streaming.md invariant 4).
     max_bytes: the most memory the session may allocate (None: this machine's physical memory);
     above it the constructor raises ValueError before allocating anything. Model.session_memory()
     tells the cost in advance.

@@ -2,7 +2,7 @@
 
 `perplexity(model, tokens, mode=...)` feeds one long token stream through a session of the given
 mode and returns the per-token negative log-likelihood nll[i] = -log p(tokens[i+1] | A(i)), where
-A(i) is what token i attends to in that mode (streaming.md). Perplexity is exp(mean(nll)).
+A(i) is what token i attends to in that mode (docs/streaming.md). Perplexity is exp(mean(nll)).
 
 Logits are taken in chunks and turned into log-probabilities in float64 a few rows at a time, so
 memory stays bounded whatever the stream length (one chunk of float32 logits at most).
@@ -196,10 +196,10 @@ def perplexity(model: Model, tokens: Sequence[int] | np.ndarray, mode: str = "st
                progress: bool | ProgressCallback = False, kv_type: str = "f16",
                positions: Sequence[int] | np.ndarray | None = None, n_threads: int | None = None,
                allow_beyond_training_context: bool = False) -> np.ndarray:
-    """Per-token negative log-likelihood of a token stream under one attention mode (api.md).
+    """Per-token negative log-likelihood of a token stream under one attention mode (docs/api.md).
 
     Returns a float64 array of len(tokens) - 1: nll[i] = -log p(tokens[i+1] | A(i)), A(i) being what
-    token i attends to in `mode` (streaming.md); perplexity = exp(nll.mean()).
+    token i attends to in `mode` (docs/streaming.md); perplexity = exp(nll.mean()).
 
     mode, n_sink, window, batch_size, kv_type, n_threads: as in Model.session (None: its defaults).
     chunk: tokens fed per eval call; bounds memory to chunk * n_vocab float32 logits.

@@ -1,4 +1,4 @@
-// SinkCache::span and slot_of against a brute-force reading of shared/docs/streaming.md:
+// SinkCache::span and slot_of against a brute-force reading of docs/streaming.md:
 //   A(t) = {0 .. min(S, t+1)-1} U {max(S, t-W+1) .. t}, a token's position is its rank in sorted A(t),
 //   so the query sits at p(t) = |A(t)| - 1 = min(t, C-1).
 // Checked for many S, W, t, including t near 2^32 and 2^63 (a stream counter never wraps in
