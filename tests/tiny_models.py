@@ -36,12 +36,6 @@ def write_tiny_model(path: Path, *, arch: str = "llama", n_layer: int = 2, n_emb
     rows past the tokenizer's tokens (negative: fewer rows than tokens), F32 and tied only."""
     rng = np.random.default_rng(seed)
     head_dim = n_embd // n_head
-    alphabet = byte_level_alphabet()
-    space = alphabet[ord(" ")]
-    merges = [f"{space} t", "t h", "h e"]                 # a few real BPE merges, ranked
-    merged = [f"{space}t", "th", "he"]
-    tokens = alphabet + merged + ["<s>", "</s>"]
-    n_vocab = len(tokens)
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name(f"tiny-{arch}")
     w.add_block_count(n_layer)
@@ -56,14 +50,7 @@ def write_tiny_model(path: Path, *, arch: str = "llama", n_layer: int = 2, n_emb
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(rope_linear_factor)
     w.add_layer_norm_rms_eps(1e-5)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_types([gguf.TokenType.NORMAL] * (256 + len(merged)) + [gguf.TokenType.CONTROL] * 2)
-    w.add_token_merges(merges)
-    w.add_bos_token_id(n_vocab - 2)
-    w.add_eos_token_id(n_vocab - 1)
-    w.add_add_bos_token(False)
+    n_vocab = _add_byte_level_vocab(w)
 
     def matrix(name: str, rows: int, cols: int, scale: float) -> None:
         value = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
