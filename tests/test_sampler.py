@@ -8,7 +8,6 @@ a pure-Python xoshiro256** (Blackman & Vigna) seeded with splitmix64.
 from __future__ import annotations
 
 import math
-import time
 from collections import Counter
 
 import numpy as np
@@ -155,19 +154,12 @@ def test_probabilities_match_reference(opts, seed):
     assert_matches_reference(random_logits(2000, seed), **opts)
 
 
-def test_large_vocab_matches_reference_and_is_fast():
+def test_large_vocab_matches_reference():
+    """A Qwen-sized vocabulary (its speed is benchmarks/bench_sampler.py's job, not a unit test's)."""
     logits = random_logits(151_936, 7, scale=2.0)
     for opts in (dict(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05),
                  dict(temperature=1.0, top_k=0, top_p=0.5, min_p=0.0)):
         assert_matches_reference(logits, **opts)
-        s = Sampler(len(logits), seed=3, **opts)
-        s.sample(logits)  # first call may touch fresh buffers
-        start = time.perf_counter()
-        for _ in range(20):
-            s.sample(logits)
-        per_call = (time.perf_counter() - start) / 20
-        # A copy, a bias pass and an O(n) selection: well under the decode time of any model.
-        assert per_call < 0.02, f"sampling {len(logits)} logits took {per_call * 1e3:.1f} ms with {opts}"
 
 
 def test_draws_follow_the_distribution():
