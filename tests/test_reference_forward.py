@@ -139,12 +139,16 @@ def test_fixture_reads_back(family, tmp_path):
         else:
             assert field_value(r.fields[key]) == value, key
     assert len(field_value(r.fields["tokenizer.ggml.tokens"])) == N_VOCAB
-    got = {t.name: tuple(int(d) for d in reversed(t.shape.tolist())) for t in r.tensors}
-    want_tensors = expected_tensors(family)
+    assert_f32_tensors(r, expected_tensors(family))
+
+
+def assert_f32_tensors(reader, want_tensors):
+    """The file holds exactly these tensors, of these numpy-order shapes, all float32."""
+    got = {t.name: tuple(int(d) for d in reversed(t.shape.tolist())) for t in reader.tensors}
     assert set(got) == set(want_tensors)
     for name, shape in want_tensors.items():
         assert got[name] == shape, name
-    assert all(t.tensor_type == gguf.GGMLQuantizationType.F32 for t in r.tensors)
+    assert all(t.tensor_type == gguf.GGMLQuantizationType.F32 for t in reader.tensors)
 
 
 def test_fixtures_are_deterministic_and_quantizable(tmp_path):
@@ -546,12 +550,7 @@ def test_paper_fixture_reads_back(case, tmp_path):
             assert field_value(r.fields[key]) == pytest.approx(value, rel=1e-6), key
         else:
             assert field_value(r.fields[key]) == value, key
-    got = {t.name: tuple(int(d) for d in reversed(t.shape.tolist())) for t in r.tensors}
-    want_tensors = expected_paper_tensors(case)
-    assert set(got) == set(want_tensors)
-    for name, shape in want_tensors.items():
-        assert got[name] == shape, name
-    assert all(t.tensor_type == gguf.GGMLQuantizationType.F32 for t in r.tensors)
+    assert_f32_tensors(r, expected_paper_tensors(case))
 
 
 def test_paper_fixture_refusals_and_quantization(tmp_path):

@@ -53,14 +53,7 @@ def write_tiny_model(path: Path, *, arch: str = "llama", n_layer: int = 2, n_emb
     n_vocab = _add_byte_level_vocab(w)
 
     def matrix(name: str, rows: int, cols: int, scale: float) -> None:
-        value = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
-        if weight_type == "F32":
-            w.add_tensor(name, value)
-        elif weight_type == "F16":
-            w.add_tensor(name, value.astype(np.float16))
-        else:
-            qtype = gguf.GGMLQuantizationType[weight_type]
-            w.add_tensor(name, gguf.quants.quantize(value, qtype), raw_dtype=qtype)
+        add_weight(w, name, rng.standard_normal((rows, cols)) * scale, weight_type)
 
     def vector(name: str, n: int, center: float, spread: float) -> None:
         w.add_tensor(name, (center + spread * rng.standard_normal(n)).astype(np.float32))
