@@ -131,15 +131,20 @@ def test_fixture_reads_back(family, tmp_path):
     want = {f"{arch}.block_count": n_layer, f"{arch}.embedding_length": n_embd,
             f"{arch}.attention.head_count": n_head, f"{arch}.attention.head_count_kv": n_head_kv,
             f"{arch}.feed_forward_length": n_ff, **KEYS[family]}
-    for key, value in want.items():
-        if value is None:
-            assert key not in r.fields, key
-        elif isinstance(value, float):
-            assert field_value(r.fields[key]) == pytest.approx(value, rel=1e-6), key
-        else:
-            assert field_value(r.fields[key]) == value, key
+    assert_metadata(r, want)
     assert len(field_value(r.fields["tokenizer.ggml.tokens"])) == N_VOCAB
     assert_f32_tensors(r, expected_tensors(family))
+
+
+def assert_metadata(reader, want):
+    """Each key holds its value (floats to float32 precision); a key wanted as None is absent."""
+    for key, value in want.items():
+        if value is None:
+            assert key not in reader.fields, key
+        elif isinstance(value, float):
+            assert field_value(reader.fields[key]) == pytest.approx(value, rel=1e-6), key
+        else:
+            assert field_value(reader.fields[key]) == value, key
 
 
 def assert_f32_tensors(reader, want_tensors):
@@ -543,13 +548,7 @@ def test_paper_fixture_reads_back(case, tmp_path):
             f"{arch}.attention.head_count": n_head, f"{arch}.feed_forward_length": n_ff,
             f"{arch}.attention.layer_norm_epsilon": 1e-5, f"{arch}.attention.layer_norm_rms_epsilon": None,
             **PAPER_KEYS.get(family, {}), **PAPER_KEYS[case]}
-    for key, value in want.items():
-        if value is None:
-            assert key not in r.fields, key
-        elif isinstance(value, float):
-            assert field_value(r.fields[key]) == pytest.approx(value, rel=1e-6), key
-        else:
-            assert field_value(r.fields[key]) == value, key
+    assert_metadata(r, want)
     assert_f32_tensors(r, expected_paper_tensors(case))
 
 
