@@ -283,18 +283,20 @@ class Model:
             repeat_penalty: float | _Default = DEFAULT, repeat_last_n: int | _Default = DEFAULT,
             frequency_penalty: float | _Default = DEFAULT, presence_penalty: float | _Default = DEFAULT,
             logit_bias: Mapping[int, float] | None | _Default = DEFAULT, seed: int | None | _Default = DEFAULT,
-            stop: str | Sequence[str] | _Default = DEFAULT, add_bos: bool | None = None, special: bool = True) -> Iterator[str]:
+            stop: str | Sequence[str] | _Default = DEFAULT, add_bos: bool | None = None, special: bool = True,
+            progress: bool = False) -> Iterator[str]:
         """Generates from a fresh session (mode, n_sink, window: see session()), yielding text
         pieces (UTF-8 complete). Options are checked before this returns.
 
         params: a sinkstream.SamplingParams (None: its defaults); the keyword options are its fields and
         override it one by one (DEFAULT: not given). add_bos (None: the model's default, only at the
-        start of a stream) and special (parse special-token text) apply to a text prompt.
+        start of a stream) and special (parse special-token text) apply to a text prompt. progress:
+        a bar on stderr while a long prompt is read (when stderr is a terminal).
         """
         resolved = resolve_sampling_params(params, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
             repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, frequency_penalty=frequency_penalty,
             presence_penalty=presence_penalty, logit_bias=logit_bias, seed=seed, stop=stop)
-        return self.session(mode, n_sink, window).stream(prompt, resolved, add_bos=add_bos, special=special)
+        return self.session(mode, n_sink, window).stream(prompt, resolved, add_bos=add_bos, special=special, progress=progress)
 
     def generate(self, prompt: str | Sequence[int] | np.ndarray, params: SamplingParams | None = None, *,
                  mode: str = "streaming", n_sink: int | None = None, window: int | None = None,
@@ -303,12 +305,13 @@ class Model:
             repeat_penalty: float | _Default = DEFAULT, repeat_last_n: int | _Default = DEFAULT,
             frequency_penalty: float | _Default = DEFAULT, presence_penalty: float | _Default = DEFAULT,
             logit_bias: Mapping[int, float] | None | _Default = DEFAULT, seed: int | None | _Default = DEFAULT,
-            stop: str | Sequence[str] | _Default = DEFAULT, add_bos: bool | None = None, special: bool = True) -> str:
+            stop: str | Sequence[str] | _Default = DEFAULT, add_bos: bool | None = None, special: bool = True,
+            progress: bool = False) -> str:
         """stream() joined into one string (same arguments)."""
         resolved = resolve_sampling_params(params, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
             repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, frequency_penalty=frequency_penalty,
             presence_penalty=presence_penalty, logit_bias=logit_bias, seed=seed, stop=stop)
-        return "".join(self.session(mode, n_sink, window).stream(prompt, resolved, add_bos=add_bos, special=special))
+        return "".join(self.session(mode, n_sink, window).stream(prompt, resolved, add_bos=add_bos, special=special, progress=progress))
 
     def __repr__(self) -> str:
         return f"Model({self.path!r}, arch={self.architecture!r}, n_vocab={self.n_vocab})"
@@ -468,7 +471,8 @@ class Session:
             repeat_penalty: float | _Default = DEFAULT, repeat_last_n: int | _Default = DEFAULT,
             frequency_penalty: float | _Default = DEFAULT, presence_penalty: float | _Default = DEFAULT,
             logit_bias: Mapping[int, float] | None | _Default = DEFAULT, seed: int | None | _Default = DEFAULT,
-            stop: str | Sequence[str] | _Default = DEFAULT, add_bos: bool | None = None, special: bool = True) -> Iterator[str]:
+            stop: str | Sequence[str] | _Default = DEFAULT, add_bos: bool | None = None, special: bool = True,
+            progress: bool = False) -> Iterator[str]:
         """Continues this session's stream: feeds the prompt, yields generated text pieces (UTF-8
         complete). prompt None (or empty) continues from what the session holds: its pending
         token (the last one sampled) or its fresh logits; on an empty session it raises
@@ -477,14 +481,15 @@ class Session:
 
         params: a sinkstream.SamplingParams (None: its defaults); the keyword options are its fields and
         override it one by one (DEFAULT: not given). add_bos (None: the model's default, only at the
-        start of a stream) and special (parse special-token text) apply to a text prompt.
+        start of a stream) and special (parse special-token text) apply to a text prompt. progress:
+        a bar on stderr while a long prompt is read (when stderr is a terminal).
         """
         from .generation import stream_text
 
         resolved = resolve_sampling_params(params, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
             repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, frequency_penalty=frequency_penalty,
             presence_penalty=presence_penalty, logit_bias=logit_bias, seed=seed, stop=stop)
-        return stream_text(self, prompt, resolved, add_bos=add_bos, special=special)
+        return stream_text(self, prompt, resolved, add_bos=add_bos, special=special, progress=progress)
 
     def generate(self, prompt: str | Sequence[int] | np.ndarray | None = None, params: SamplingParams | None = None,
                  *, max_tokens: int | None | _Default = DEFAULT, temperature: float | _Default = DEFAULT,
@@ -492,11 +497,12 @@ class Session:
             repeat_penalty: float | _Default = DEFAULT, repeat_last_n: int | _Default = DEFAULT,
             frequency_penalty: float | _Default = DEFAULT, presence_penalty: float | _Default = DEFAULT,
             logit_bias: Mapping[int, float] | None | _Default = DEFAULT, seed: int | None | _Default = DEFAULT,
-            stop: str | Sequence[str] | _Default = DEFAULT, add_bos: bool | None = None, special: bool = True) -> str:
+            stop: str | Sequence[str] | _Default = DEFAULT, add_bos: bool | None = None, special: bool = True,
+            progress: bool = False) -> str:
         """stream() joined into one string (same arguments)."""
         return "".join(self.stream(prompt, params, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
             repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, frequency_penalty=frequency_penalty,
-            presence_penalty=presence_penalty, logit_bias=logit_bias, seed=seed, stop=stop, add_bos=add_bos, special=special))
+            presence_penalty=presence_penalty, logit_bias=logit_bias, seed=seed, stop=stop, add_bos=add_bos, special=special, progress=progress))
 
     def chat(self, messages: str | list[dict[str, str]], params: SamplingParams | None = None, *,
              history: list[dict[str, str]] | None = None,
@@ -505,7 +511,8 @@ class Session:
             repeat_penalty: float | _Default = DEFAULT, repeat_last_n: int | _Default = DEFAULT,
             frequency_penalty: float | _Default = DEFAULT, presence_penalty: float | _Default = DEFAULT,
             logit_bias: Mapping[int, float] | None | _Default = DEFAULT, seed: int | None | _Default = DEFAULT,
-            stop: str | Sequence[str] | _Default = DEFAULT, add_bos: bool | None = None, special: bool = True) -> Iterator[str]:
+            stop: str | Sequence[str] | _Default = DEFAULT, add_bos: bool | None = None, special: bool = True,
+            progress: bool = False) -> Iterator[str]:
         """One chat turn: renders the GGUF chat template over the conversation so far plus
         `messages` (a user text or a list of {"role", "content"}), feeds only what is new, and
         streams the reply. The session remembers the conversation (constant memory); history:
@@ -513,14 +520,16 @@ class Session:
 
         params: a sinkstream.SamplingParams (None: its defaults); the keyword options are its fields and
         override it one by one (DEFAULT: not given). add_bos (None: the model's default, only at the
-        start of a stream) and special (parse special-token text) apply to a text prompt.
+        start of a stream) and special (parse special-token text) apply to a text prompt. progress:
+        a bar on stderr while a long prompt is read (when stderr is a terminal).
         """
         from .chat_template import chat_turn
 
         resolved = resolve_sampling_params(params, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
             repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, frequency_penalty=frequency_penalty,
             presence_penalty=presence_penalty, logit_bias=logit_bias, seed=seed, stop=stop)
-        return chat_turn(self, messages, history, params=resolved, add_bos=add_bos, special=special)
+        return chat_turn(self, messages, history, params=resolved, add_bos=add_bos, special=special,
+                         progress=progress)
 
     def __repr__(self) -> str:
         return (f"Session(mode={self.mode!r}, n_sink={self.n_sink}, window={self.window}, "
