@@ -51,16 +51,18 @@ class Decoder final : public Model {
  public:
   explicit Decoder(std::shared_ptr<GgufFile> file);
 
-  void forward(const int32_t* tokens, int64_t n, uint64_t t0, SinkCache& cache, ForwardScratch& scratch,
-               Backend& backend, float* logits, bool all_logits) const override;
+  void forward_segments(const ForwardSegment* segments, int64_t n_segments, ForwardScratch& scratch,
+                        Backend& backend, float* logits_rows) const override;
 
  private:
   NormWeights bind_norm(const WeightBinder& bind, const std::string& name, NormKind kind) const;
   void norm(const NormWeights& w, NormKind kind, const float* x, int64_t rows, float* out, Backend& backend) const;
-  void prepare_positions(int64_t n, uint64_t t0, const SinkCache& cache, ForwardScratch& s) const;
-  // h (n, n_embd) -> out (n, n_embd); the keys and values of the chunk go into the cache.
-  void attention_block(int64_t layer, int64_t n, uint64_t t0, SinkCache& cache, ForwardScratch& s,
-                       Backend& backend, float* out) const;
+  // RoPE tables of one segment's rows, starting at scratch row `row`.
+  void prepare_positions(const ForwardSegment& segment, int64_t row, ForwardScratch& s) const;
+  // h (n, n_embd) -> out (n, n_embd), n the segments' rows together; each segment's keys and values
+  // go into its own cache and its queries attend there.
+  void attention_block(int64_t layer, const ForwardSegment* segments, int64_t n_segments, int64_t n,
+                       ForwardScratch& s, Backend& backend, float* out) const;
   void feed_forward_block(int64_t layer, int64_t n, ForwardScratch& s, Backend& backend) const;  // h -> h
   void add_residual(const std::vector<float>& post_norm, int64_t n, ForwardScratch& s, Backend& backend) const;
 

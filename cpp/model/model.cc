@@ -72,6 +72,20 @@ ForwardScratch Model::make_scratch(int64_t max_tokens, int64_t capacity) const {
   return s;
 }
 
+void Model::forward(const int32_t* tokens, int64_t n, uint64_t t0, SinkCache& cache, ForwardScratch& scratch,
+                    Backend& backend, float* logits, bool all_logits) const {
+  ForwardSegment segment;
+  segment.tokens = tokens;
+  segment.n = n;
+  segment.t0 = t0;
+  segment.cache = &cache;
+  segment.rope = &scratch.rope;
+  segment.keys_rotated = &scratch.keys_rotated;
+  segment.logits = logits;
+  segment.all_logits = all_logits;
+  forward_segments(&segment, 1, scratch, backend, nullptr);
+}
+
 size_t Model::scratch_bytes(int64_t max_tokens, int64_t capacity) const {
   // One token's scratch, scaled: every buffer is max_tokens rows except the RoPE frequencies, so
   // the estimate follows make_scratch wherever it changes.

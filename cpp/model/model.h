@@ -42,6 +42,24 @@ struct ForwardScratch {
   uint64_t keys_rotated = 0;
 };
 
+// One stream's part of a forward pass: tokens t0 .. t0+n-1 of the stream whose cache is `cache`.
+// Several segments (of different sessions) run as one pass: every weight is read once for all
+// their rows, while each segment's RoPE positions, keys and attention stay its own.
+struct ForwardSegment {
+  const int32_t* tokens = nullptr;
+  int64_t n = 0;
+  uint64_t t0 = 0;
+  SinkCache* cache = nullptr;
+  // The owning session's RoPE frequencies (LongRoPE chooses them by the session's capacity).
+  const std::vector<ForwardScratch::RopeTables>* rope = nullptr;
+  uint64_t* keys_rotated = nullptr;      // the owning session's count (streaming.md invariant 3)
+  uint64_t* entries_attended = nullptr;  // adds the K/V rows its queries read; may be nullptr
+  // Logits: all_logits ? (n, n_vocab) : (n_vocab) for the last token; nullptr: none. all_logits is
+  // allowed for a single segment only.
+  float* logits = nullptr;
+  bool all_logits = false;
+};
+
 class Model {
  public:
   // Maps the file, reads the config and tokenizer, binds and checks every weight.
@@ -69,8 +87,15 @@ class Model {
   // keys/values go into `cache` (keys rotated at their absolute index), each query attends to its
   // own A_l(t) in every layer. Logits: all_logits ? (n, n_vocab) : (n_vocab) for the last token;
   // nullptr: none.
-  virtual void forward(const int32_t* tokens, int64_t n, uint64_t t0, SinkCache& cache, ForwardScratch& scratch,
-                       Backend& backend, float* logits, bool all_logits) const = 0;
+  void forward(const int32_t* tokens, int64_t n, uint64_t t0, SinkCache& cache, ForwardScratch& scratch,
+               Backend& backend, float* logits, bool all_logits) const;
+
+  // Runs several streams' segments as one pass (sum of n <= scratch.max_tokens; the segments'
+  // caches distinct). Each segment's keys, values and logits are exactly those of forward() on it
+  // alone: rows never mix except in the weight reads they share. `logits_rows` holds the gathered
+  // last rows' logits when several segments want them: (count of such segments, n_vocab).
+  virtual void forward_segments(const ForwardSegment* segments, int64_t n_segments, ForwardScratch& scratch,
+                                Backend& backend, float* logits_rows) const = 0;
 
  protected:
   explicit Model(std::shared_ptr<GgufFile> file);

@@ -172,9 +172,7 @@ void Session::check_interrupt() {
   if (interrupt_ != nullptr && *interrupt_ && (*interrupt_)()) throw Interrupted("evaluation interrupted");
 }
 
-void Session::eval(const int32_t* tokens, int64_t n, bool all_logits, float* out,
-                   const std::function<bool()>& interrupt) {
-  BusyGuard guard(busy_);
+void Session::check_tokens(const int32_t* tokens, int64_t n) const {
   SS_CHECK_ARG(n >= 0, "token count must be >= 0, got ", n);
   const int64_t n_vocab = model_->n_vocab();
   for (int64_t i = 0; i < n; ++i)
@@ -183,6 +181,12 @@ void Session::eval(const int32_t* tokens, int64_t n, bool all_logits, float* out
   if (options_.mode == AttentionMode::kDense)
     SS_CHECK_ARG(n_past_ + (uint64_t)n <= (uint64_t)capacity(), "dense mode holds at most ", capacity(),
                  " tokens: ", n_past_, " fed plus ", n, " more would exceed it (use mode='streaming')");
+}
+
+void Session::eval(const int32_t* tokens, int64_t n, bool all_logits, float* out,
+                   const std::function<bool()>& interrupt) {
+  BusyGuard guard(busy_);
+  check_tokens(tokens, n);
   if (n == 0) return;
   cancel_requested_.store(false);
   interrupt_ = &interrupt;
@@ -207,6 +211,37 @@ void Session::eval_cached(const int32_t* tokens, int64_t n, bool all_logits, flo
     done += chunk;
     if (!last_chunk) check_interrupt();
   }
+}
+
+ForwardSegment Session::begin_segment(const int32_t* tokens, int64_t n, float* logits) {
+  SS_CHECK_ARG(options_.mode != AttentionMode::kRecompute,
+               "a recompute-mode session re-encodes its whole window for every token and cannot join a batch");
+  SS_CHECK_ARG(n >= 1 && n <= options_.batch_size, "a session's part of a batched step must be 1..batch_size (",
+               options_.batch_size, ") tokens, got ", n);
+  bool expected = false;
+  if (!busy_.compare_exchange_strong(expected, true))
+    throw ArgumentError("this Session is already in use by another thread; use one Session per thread");
+  try {
+    check_tokens(tokens, n);
+  } catch (...) {
+    busy_.store(false);
+    throw;
+  }
+  ForwardSegment segment;
+  segment.tokens = tokens;
+  segment.n = n;
+  segment.t0 = n_past_;
+  segment.cache = &cache_;
+  segment.rope = &scratch_.rope;
+  segment.keys_rotated = &scratch_.keys_rotated;
+  segment.entries_attended = &batched_entries_attended_;
+  segment.logits = logits;
+  return segment;
+}
+
+void Session::end_segment(int64_t n) {
+  n_past_ += (uint64_t)n;
+  busy_.store(false);
 }
 
 // The paper's "sliding window with re-computation": token t (t >= C) is predicted from the last C

@@ -116,6 +116,7 @@ class Model:
         self.path = path
         self._handle: _core.Model | None = _core.Model.load(path)
         self._sessions: weakref.WeakSet[Session] = weakref.WeakSet()
+        self._schedulers: weakref.WeakSet[Any] = weakref.WeakSet()  # BatchSchedulers of this model
         self._metadata: dict[str, Any] | None = None
 
     @property
@@ -137,6 +138,8 @@ class Model:
         while other Python references to the model or its sessions remain. A generator still
         running on one of its sessions raises RuntimeError at its next step. Idempotent.
         `with sinkstream.Model(path) as model:` closes it at the end of the block."""
+        for scheduler in list(self._schedulers):
+            scheduler.close()
         for session in list(self._sessions):
             session._close()
         self._sessions.clear()
@@ -351,6 +354,8 @@ class Session:
         self._last_logits: tuple[int, np.ndarray] | None = None  # (n_past then, logits)
         self._chat_history: list[dict[str, str]] | None = None
         self._chat_record = None
+        self._batch_size = args["batch_size"]
+        self._scheduler: Any = None  # a sinkstream.BatchScheduler that runs this session's evals
         self.last_stats: GenerationStats | None = None  # the last stream/generate/chat call's
         model._sessions.add(self)
 
@@ -380,7 +385,23 @@ class Session:
         array = token_array(tokens, self.model.n_vocab)
         if len(array) == 0 and logits is not None:
             raise ValueError("tokens is empty: there are no logits to return")
-        return self._core.eval(array, logits == "all", logits is not None)
+        scheduler = self._scheduler
+        if scheduler is None or scheduler.closed:
+            return self._core.eval(array, logits == "all", logits is not None)
+        if logits == "all":  # a batched step returns last-token logits only
+            core = self._core
+            return scheduler.exclusive(lambda: core.eval(array, True, True))
+        return scheduler.eval(self, array, logits is not None)
+
+    def cancel(self) -> None:
+        """Asks an eval running in another thread (directly or through a BatchScheduler) to stop
+        after its current chunk or step; it raises sinkstream.Cancelled there, with every token
+        fed so far kept (n_past counts them)."""
+        scheduler = self._scheduler
+        if scheduler is not None and not scheduler.closed:
+            scheduler.cancel(self)
+        else:
+            self._core.request_cancel()
 
     @property
     def n_past(self) -> int:
