@@ -330,6 +330,27 @@ class Session:
     @property
     def mode(self) -> str: ...
 
+class BatchRunner:
+    """
+    One forward pass for several sessions' tokens (see sinkstream.batching).
+    """
+
+    def __init__(self, model: Model, n_threads: int = 0, max_tokens: int = 256, max_sessions: int = 64) -> None: ...
+
+    def step(self, sessions: Sequence[Session], tokens: Sequence[Annotated[NDArray, dict(shape=(None,), device='cpu')]], want_logits: Sequence[bool]) -> NDArray[numpy.float32]:
+        """
+        Runs each session's int32 tokens (1..its batch_size) as one pass; returns the last-token logits of the sessions with want_logits, in order, as (count, n_vocab).
+        """
+
+    @property
+    def n_threads(self) -> int: ...
+
+    @property
+    def max_tokens(self) -> int: ...
+
+    @property
+    def max_sessions(self) -> int: ...
+
 class Sampler:
     """
     Token sampler: logit bias -> penalties -> top-k -> top-p -> min-p -> temperature -> seeded draw (llama.cpp's chain order). temperature=0 is greedy. Not shared between threads without cost: calls on one Sampler are serialized.
