@@ -89,6 +89,42 @@ def test_every_isa_matches_the_reference(shape, kv_type):
         assert np.abs(got - results["scalar"]).max() < tolerance, isa
 
 
+Q8_SHAPES = [s for s in SHAPES if s[0] % 32 == 0] + [(32, 6, 2, 300, 4, 257)]
+
+
+def q8_0_round_trip(rows: np.ndarray) -> np.ndarray:
+    """The values a Q8_0 cache holds, by the gguf package's own quantizer and dequantizer."""
+    import gguf
+
+    qtype = gguf.GGMLQuantizationType.Q8_0
+    return gguf.quants.dequantize(gguf.quants.quantize(rows, qtype), qtype).reshape(rows.shape)
+
+
+@pytest.mark.parametrize("shape", Q8_SHAPES, ids=lambda s: "hd{}-h{}-kv{}-t{}".format(*s[:4]))
+def test_q8_0_cache_matches_the_reference_on_gguf_quantized_rows(shape):
+    """kv_type q8_0: keys and values stored as GGML Q8_0 blocks (the query stays float32). The
+    reference attends in float64 over the rows the gguf package's Q8_0 quantizer makes."""
+    keys, values, q_sink, q_window, n_head_kv, n_sink, window = make_case(shape, seed=sum(shape) + 1)
+    expected = reference_attention(q8_0_round_trip(keys), q8_0_round_trip(values), q_sink, q_window, n_head_kv,
+                                   n_sink, window, False)
+    tolerance = 5e-6 * np.abs(values).max()
+    results = {}
+    for isa in ISAS:
+        results[isa] = _core.attend_test(keys, values, q_sink, q_window, n_head_kv, n_sink, window, "q8_0", isa)
+        err = np.abs(results[isa] - expected).max()
+        print(f"{isa} q8_0: max |engine - reference| = {err:.2e}")
+        assert err < tolerance, f"{isa}: {err:.2e}"
+    # Quantizing the cache does change the output (by far more than float rounding): it is really used.
+    unquantized = reference_attention(keys, values, q_sink, q_window, n_head_kv, n_sink, window, False)
+    assert np.abs(unquantized - expected).max() > 50 * tolerance
+
+
+def test_q8_0_needs_whole_blocks_per_head():
+    keys, values, q_sink, q_window, n_head_kv, n_sink, window = make_case(SHAPES[3], seed=1)  # head_dim 16
+    with pytest.raises(ValueError, match="head_dim a multiple of 32"):
+        _core.attend_test(keys, values, q_sink, q_window, n_head_kv, n_sink, window, "q8_0", "scalar")
+
+
 def test_sink_rows_are_scored_with_the_sink_query():
     """The sink rows are scored with q_sink (the query rotated at p(t), streaming.md), the window
     rows with q_window: negating q_sink changes the output, and it still matches the reference."""

@@ -40,9 +40,9 @@ void bind_attention(nb::module_& m) {
                      "values must have the shape of keys");
         SS_CHECK_ARG(q_sink.shape(0) == q_window.shape(0) && q_sink.shape(1) == q_window.shape(1),
                      "q_sink must have the shape of q_window");
-        SS_CHECK_ARG(kv_type == "f16" || kv_type == "f32", "kv_type must be 'f16' or 'f32', got '", kv_type, "'");
+
         const Isa level = parse_isa(isa);
-        SinkCache cache(1, n_head_kv, head_dim, n_sink, window, 1, kv_type == "f16" ? KvType::kF16 : KvType::kF32);
+        SinkCache cache(1, n_head_kv, head_dim, n_sink, window, 1, parse_kv_type(kv_type));
         for (int64_t t = 0; t < n_tokens; ++t) cache.store(0, (uint64_t)t, keys.data() + t * row, values.data() + t * row);
         const int64_t group = n_head / n_head_kv;
         const uint64_t t = (uint64_t)(n_tokens - 1);

@@ -62,8 +62,7 @@ SessionOptions session_options(const std::string& mode, int64_t n_sink, int64_t 
   o.n_sink = n_sink;
   o.window = window;
   o.batch_size = batch_size;
-  SS_CHECK_ARG(kv_type == "f16" || kv_type == "f32", "kv_type must be 'f16' or 'f32', got '", kv_type, "'");
-  o.kv_type = kv_type == "f16" ? KvType::kF16 : KvType::kF32;
+  o.kv_type = parse_kv_type(kv_type);
   SS_CHECK_ARG(n_threads >= 0 && n_threads <= 1024, "n_threads must be in 0..1024, got ", n_threads);
   o.n_threads = n_threads;
   o.allow_beyond_training_context = allow_beyond_training_context;

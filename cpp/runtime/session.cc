@@ -393,7 +393,7 @@ std::vector<uint8_t> Session::save(const StreamExtras& extras) const {
   h.logits_n_past = extras.has_logits ? extras.logits_n_past : 0;
   h.app_bytes = extras.app_data.size();
 
-  const size_t row_bytes = (size_t)cache_.row_elements() * cache_.element_bytes();
+  const size_t row_bytes = cache_.token_row_bytes();
   uint64_t n_rows = 0;
   for (int64_t l = 0; l < cache_.n_layer(); ++l) n_rows += layer_rows(cache_, l, h).count(n_past_);
   h.total_bytes = sizeof(h) + (h.n_history + h.n_pending + h.n_logits) * 4 + h.app_bytes + n_rows * 2 * row_bytes +
@@ -456,7 +456,8 @@ void Session::load(const uint8_t* state, size_t size, const std::function<void(S
   SS_CHECK_ARG(h.mode == (uint32_t)options_.mode && h.n_sink == n_sink_ && h.window == window_ &&
                    h.kv_type == (uint32_t)options_.kv_type && h.position_offset == cache_.position_offset(),
                "session state was saved with other settings (mode ", mode_name((AttentionMode)std::min<uint32_t>(h.mode, 3)),
-               ", n_sink ", h.n_sink, ", window ", h.window, ", kv_type ", h.kv_type == 0 ? "f16" : "f32",
+               ", n_sink ", h.n_sink, ", window ", h.window, ", kv_type ",
+               h.kv_type <= (uint32_t)KvType::kQ8_0 ? kv_type_name((KvType)h.kv_type) : "?",
                ", position_offset ", h.position_offset, "); create the session with the same ones");
   SS_CHECK_ARG(h.geometry_fingerprint == geometry_fingerprint(),
                "session state was saved with another session geometry (architecture or per-layer windows differ)");
@@ -484,7 +485,7 @@ void Session::load(const uint8_t* state, size_t size, const std::function<void(S
   const uint8_t* pending = reader.take(h.n_pending, sizeof(int32_t), "pending tokens");
   const uint8_t* logits = reader.take(h.n_logits, sizeof(float), "logits");
   const uint8_t* app_data = reader.take(h.app_bytes, 1, "application data");
-  const size_t row_bytes = (size_t)cache_.row_elements() * cache_.element_bytes();
+  const size_t row_bytes = cache_.token_row_bytes();
   uint64_t n_rows = 0;  // at most n_layer * capacity: the ranges are checked
   for (int64_t l = 0; l < cache_.n_layer(); ++l) n_rows += layer_rows(cache_, l, h).count(h.n_past);
   const uint8_t* rows = reader.take(n_rows * 2, row_bytes, "cache rows");

@@ -18,6 +18,7 @@ from .default_model import default_model_path
 from .generation import DEFAULT, GenerationStats, SamplingParams, _Default, resolve_sampling_params
 
 MODES = ("streaming", "window", "dense", "recompute")
+KV_TYPES = ("f16", "f32", "q8_0")  # K/V cache storage: q8_0 is GGML's 8-bit blocks (head_dim % 32 == 0)
 _LOGITS = ("last", "all", None)
 
 
@@ -87,8 +88,8 @@ def _session_args(model: "Model", mode: str, n_sink: int | None, window: int | N
     # Upper bounds: the native sizes are int64 (past them nanobind would only dump its signature).
     window = -1 if window is None else _check_int("window", window, 1, 2**63 - 1)
     batch_size = _check_int("batch_size", batch_size, 1, 65536)
-    if kv_type not in ("f16", "f32"):
-        raise ValueError(f"kv_type must be 'f16' or 'f32', got {kv_type!r}")
+    if kv_type not in KV_TYPES:
+        raise ValueError(f"kv_type must be 'f16', 'f32' or 'q8_0', got {kv_type!r}")
     n_threads = model.n_threads if n_threads is None else _check_int("n_threads", n_threads, 1, 1024)
     position_offset = _check_int("position_offset", position_offset, 0, 2**62)
     return dict(mode=mode, n_sink=n_sink, window=window, batch_size=batch_size, kv_type=kv_type, n_threads=n_threads,

@@ -1,6 +1,7 @@
 // AVX2 + FMA + F16C attention row kernels (compiled with those flags only in this file; called only
 // after cpu_features.h reports the AVX2 level). The scalar twins in attention.cc are the specification.
 #include "ops/cpu/attention_kernels.h"
+#include "quant/quant_blocks.h"
 
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
@@ -204,11 +205,61 @@ static void round_to_half(const float* in, int64_t n, float* out) {
   }
 }
 
+// ---- Q8_0 rows (dim % 32 == 0): 8 int8 values at a time to floats, times the block's scale ------
+
+static inline __m256 load8_q8(const int8_t* q) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q))));
+}
+
+template <int HN>
+static void score_q8_heads(const uint8_t* keys, int64_t n_rows, int64_t row_bytes, const float* q, int64_t dim,
+                           float scale, float* scores, int64_t scores_stride) {
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const BlockQ8_0* k = reinterpret_cast<const BlockQ8_0*>(keys + r * row_bytes);
+    __m256 acc[HN];
+    for (int h = 0; h < HN; ++h) acc[h] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < dim / kQK; ++b) {
+      const __m256 d = _mm256_set1_ps(_cvtsh_ss(k[b].d));
+      for (int i = 0; i < kQK; i += 8) {
+        const __m256 kv = _mm256_mul_ps(load8_q8(k[b].qs + i), d);
+        for (int h = 0; h < HN; ++h) acc[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * dim + b * kQK + i), kv, acc[h]);
+      }
+    }
+    for (int h = 0; h < HN; ++h) scores[h * scores_stride + r] = horizontal_sum(acc[h]) * scale;
+  }
+}
+
+static void score_rows_q8(const uint8_t* keys, int64_t n_rows, int64_t row_bytes, const float* q, int64_t group,
+                          int64_t dim, float scale, float* scores, int64_t scores_stride) {
+  for_head_passes<4>(group, [&](int64_t h0, auto hn) {
+    score_q8_heads<decltype(hn)::value>(keys, n_rows, row_bytes, q + h0 * dim, dim, scale, scores + h0 * scores_stride,
+                                        scores_stride);
+  });
+}
+
+static void accumulate_rows_q8(const uint8_t* values, int64_t n_rows, int64_t row_bytes, const float* weights,
+                               int64_t weights_stride, int64_t group, int64_t dim, float* out) {
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const BlockQ8_0* v = reinterpret_cast<const BlockQ8_0*>(values + r * row_bytes);
+    for (int64_t b = 0; b < dim / kQK; ++b) {
+      const float d = _cvtsh_ss(v[b].d);
+      for (int i = 0; i < kQK; i += 8) {
+        const __m256 vv = load8_q8(v[b].qs + i);
+        for (int64_t h = 0; h < group; ++h) {
+          float* o = out + h * dim + b * kQK + i;
+          const __m256 w = _mm256_set1_ps(weights[h * weights_stride + r] * d);
+          _mm256_storeu_ps(o, _mm256_fmadd_ps(w, vv, _mm256_loadu_ps(o)));
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 
 Kernels avx2_kernels() {
   return Kernels{score_rows<uint16_t>, score_rows<float>, accumulate_rows<uint16_t>, accumulate_rows<float>,
-                 softmax, round_to_half};
+                 softmax,              round_to_half,     score_rows_q8,             accumulate_rows_q8};
 }
 
 }  // namespace sinkstream::attention_kernels
