@@ -76,6 +76,18 @@ void dequantize_q8_0(const BlockQ8_0* b, float* y, int64_t nb) {
   }
 }
 
+// gguf-py MXFP4.dequantize_blocks: d * float32(kvalue), one rounding (exact but for overflow to
+// infinity at large exponents and subnormal results, which IEEE float32 gives both sides alike).
+void dequantize_mxfp4(const BlockMXFP4* b, float* y, int64_t nb) {
+  for (int64_t i = 0; i < nb; ++i, y += kQK) {
+    const float d = e8m0_to_f32_half(b[i].e);
+    for (int j = 0; j < kQK / 2; ++j) {
+      y[j] = d * (float)kMxfp4Values[b[i].qs[j] & 0x0f];
+      y[j + kQK / 2] = d * (float)kMxfp4Values[b[i].qs[j] >> 4];
+    }
+  }
+}
+
 void dequantize_iq4_nl(const BlockIQ4_NL* b, float* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, y += kQK) {
     const float d = fp16_to_f32(b[i].d);
@@ -186,6 +198,7 @@ void dequantize_row(GgmlType type, const void* src, float* dst, int64_t n) {
     case GgmlType::Q5_1: dequantize_q5_1(static_cast<const BlockQ5_1*>(src), dst, nb); return;
     case GgmlType::Q8_0: dequantize_q8_0(static_cast<const BlockQ8_0*>(src), dst, nb); return;
     case GgmlType::IQ4_NL: dequantize_iq4_nl(static_cast<const BlockIQ4_NL*>(src), dst, nb); return;
+    case GgmlType::MXFP4: dequantize_mxfp4(static_cast<const BlockMXFP4*>(src), dst, nb); return;
     case GgmlType::Q2_K: dequantize_q2_k(static_cast<const BlockQ2_K*>(src), dst, nb); return;
     case GgmlType::Q3_K: dequantize_q3_k(static_cast<const BlockQ3_K*>(src), dst, nb); return;
     case GgmlType::Q4_K: dequantize_q4_k(static_cast<const BlockQ4_K*>(src), dst, nb); return;

@@ -205,6 +205,20 @@ float dot_iq4_nl(int64_t nb, const uint8_t* w, const uint8_t* x) {
   return sum;
 }
 
+float dot_mxfp4(int64_t nb, const uint8_t* w, const uint8_t* x) {
+  const BlockMXFP4* b = reinterpret_cast<const BlockMXFP4*>(w);
+  const Q8ARow a{x, nb};
+  float sum = 0.0f;
+  for (int64_t i = 0; i < nb; ++i) {
+    const int8_t *lo = a.quants(i, 0), *hi = a.quants(i, 1);
+    int isum = 0;
+    for (int j = 0; j < kQK / 2; ++j)
+      isum += kMxfp4Values[b[i].qs[j] & 0x0f] * lo[j] + kMxfp4Values[b[i].qs[j] >> 4] * hi[j];
+    sum += e8m0_to_f32_half(b[i].e) * a.scale(i).d * (float)isum;
+  }
+  return sum;
+}
+
 float dot_q2_k(int64_t nb, const uint8_t* w, const uint8_t* x) {
   const BlockQ2_K* b = reinterpret_cast<const BlockQ2_K*>(w);
   const BlockQ8KA* a = reinterpret_cast<const BlockQ8KA*>(x);
@@ -347,6 +361,7 @@ DotTileFn scalar_dot_tile(GgmlType type) {
     case GgmlType::Q5_1: return tile_dot<dot_q5_1>;
     case GgmlType::Q8_0: return tile_dot<dot_q8_0>;
     case GgmlType::IQ4_NL: return tile_dot<dot_iq4_nl>;
+    case GgmlType::MXFP4: return tile_dot<dot_mxfp4>;
     case GgmlType::Q2_K: return tile_dot<dot_q2_k>;
     case GgmlType::Q3_K: return tile_dot<dot_q3_k>;
     case GgmlType::Q4_K: return tile_dot<dot_q4_k>;
