@@ -291,8 +291,9 @@ void Decoder::experts_block(int64_t l, int64_t n, ForwardScratch& s, Backend& ba
       chosen[k] = best;
       picked[k] = logits[best];
     }
+    const float max_logit = picked[0];  // chosen in descending order
     float sum = 0.0f;
-    for (int64_t k = 0; k < K; ++k) sum += (picked[k] = std::exp(picked[k] - picked[0]));  // picked[0]: the max
+    for (int64_t k = 0; k < K; ++k) sum += (picked[k] = std::exp(picked[k] - max_logit));
     for (int64_t k = 0; k < K; ++k) logits[k] = picked[k] / sum;  // the weights, in choice order
   }
   std::memcpy(s.expert_h.data(), s.h.data(), (size_t)(n * D) * sizeof(float));
