@@ -220,9 +220,9 @@ _FAMILY_DEFAULTS = {
     "smollm3": dict(n_layer=4),
     "granite": dict(embedding_scale=2.0, residual_scale=0.5, attention_scale=0.2, logit_scale=4.0),
     # gpt-oss-like: layer 0 slides (window 5), layer 1 is full; 4 experts of width 32, 2 per token,
-    # MXFP4; YaRN factor 4 over an original context of 64 (the ramp spans dims 0..3 of 8 at head_dim
-    # 16); learned sinks around 1.5; q/k/v/o biases; untied output
-    "gptoss": dict(n_ff=32, sliding_window=5, biases=True, tied=False, yarn_factor=4.0,
+    # MXFP4; YaRN factor 4 over an original context of 64 (context 256 = 4 * 64; the ramp spans dims
+    # 0..3 of 8 at head_dim 16); learned sinks around 1.5; q/k/v/o biases; untied output
+    "gptoss": dict(n_ff=32, n_ctx=256, sliding_window=5, biases=True, tied=False, yarn_factor=4.0,
                    yarn_original_context=64),
     # Pythia-like: 25% rotary (4 of 16 dims), parallel residual, untied output
     "gptneox": dict(n_head_kv=4, n_ff=128, rotary_pct=0.25, parallel_residual=True, biases=True, tied=False),
