@@ -669,3 +669,36 @@ def _write_gptoss(path: Path, c: dict, seed: int, weight_type: str) -> Path:
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def rewrite_gguf(src: Path, dst: Path, *, keys: dict | None = None, drop: tuple = (),
+                 tensors: dict | None = None) -> Path:
+    """A copy of the GGUF `src` at `dst` with metadata `keys` (name -> (value, GGUFValueType), or None
+    to leave the key out) set, added or removed, the tensors named in `drop` left out and those in `tensors` (name -> array) replaced:
+    for fixtures a writer cannot make (bad shapes, missing tensors, contradicting keys)."""
+    reader = gguf.GGUFReader(str(src))
+    arch = reader.fields["general.architecture"].contents()
+    w = gguf.GGUFWriter(str(dst), arch)
+    for field in reader.fields.values():
+        if field.name.startswith("GGUF.") or field.name == "general.architecture" or field.name in (keys or {}):
+            continue
+        vtype = field.types[0]
+        if vtype == gguf.GGUFValueType.ARRAY:
+            w.add_key_value(field.name, field.contents(), vtype, sub_type=field.types[-1])
+        else:
+            w.add_key_value(field.name, field.contents(), vtype)
+    for name, spec in (keys or {}).items():   # None: the key left out
+        if spec is not None:
+            w.add_key_value(name, *spec)
+    for t in reader.tensors:
+        if t.name in drop:
+            continue
+        if tensors and t.name in tensors:
+            w.add_tensor(t.name, np.asarray(tensors[t.name], dtype=np.float32))
+        else:
+            w.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return dst
