@@ -35,6 +35,10 @@ def engine_logits(path, tokens, **session):
 def test_configuration(fixture_path):
     model = sinkstream.Model(str(fixture_path), n_threads=1)
     assert [layer["sliding_window"] for layer in model.layers] == [5, 0]   # layer 0 slides, layer 1 is full
+    for layer in model.layers:
+        assert layer["learned_sinks"] and layer["experts"] == (2, 4) and layer["activation"] == "swiglu_oai"
+        assert layer["rope"]["layout"] == "neox" and layer["rope"]["yarn_factor"] == 4.0
+        assert layer["rope"]["attention_factor"] == pytest.approx(0.1 * np.log(4.0) + 1.0)
     assert "gpt-oss" in sinkstream.supported_architectures()
 
 
