@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import gguf  # noqa: E402
 import tiny_models  # noqa: E402
-from make_transformers_refs import (DENSE, GGUF_LOADER_FAILS, TOKENS, _gguf_version, cross_check,  # noqa: E402
-                                    read_fixture)
+from make_transformers_refs import (DENSE, GGUF_LOADER_FAILS, TOKENS, ParameterTaker, _gguf_version,  # noqa: E402
+                                    cross_check, read_fixture)
 from test_transformers_refs import EXPORTED_DIR, MANIFEST, file_sha256  # noqa: E402
 
 NAME, SEED, WEIGHT_TYPE = "gptoss", 0, "F16"
@@ -98,12 +98,7 @@ def randomize(model) -> None:
 def export(model, c: dict, path: Path) -> dict:
     """llama.cpp's GptOssModel conversion, in tiny_models._write_gptoss's key and tensor order."""
     cfg = model.config
-    state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    used: set[str] = set()
-
-    def take(name: str) -> np.ndarray:
-        used.add(name)
-        return state[name]
+    take = ParameterTaker(model)
 
     w = gguf.GGUFWriter(str(path), "gpt-oss")
     w.add_name("tiny-gptoss-transformers")
@@ -163,8 +158,7 @@ def export(model, c: dict, path: Path) -> dict:
         add(p + "ffn_up_exps.bias", gate_up_bias[:, 1::2])
         add(p + "ffn_down_exps.weight", down.transpose(0, 2, 1))
         add(p + "ffn_down_exps.bias", take(h + "mlp.experts.down_proj_bias"))
-    if set(state) - used:
-        raise SystemExit(f"parameters not exported: {sorted(set(state) - used)}")
+    take.check("gptoss")
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

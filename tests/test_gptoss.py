@@ -94,6 +94,7 @@ def test_unchosen_experts_are_never_read(tmp_path):
     assert np.abs(ref.logits(TOKENS) - got).max() < 1e-3 * np.abs(got).max()
 
 
+@pytest.mark.filterwarnings("ignore:n_sink \\+ window = .* exceeds the training context")
 def test_deep_decode_with_sinks_equals_chunked(fixture_path):
     """Past 256 cache rows a decode step spreads one token's attention over the threads in pieces
     (CpuBackend::attend_across_threads): with learned sinks it gives the bits of the chunked path.
