@@ -107,6 +107,18 @@ struct IQ4_NLTraits {
   }
 };
 
+// MXFP4: the E2M1 codes through the doubled-value table, the halved E8M0 scale (quant_blocks.h).
+struct MXFP4Traits {
+  using Block = BlockMXFP4;
+  static constexpr float kExtra = 0.0f;
+  static Weights32 unpack(const Block& b) {
+    const int8x16_t table = vld1q_s8(kMxfp4Values);
+    const uint8x16_t q = vld1q_u8(b.qs);
+    return {vqtbl1q_s8(table, vandq_u8(q, vdupq_n_u8(0x0f))), vqtbl1q_s8(table, vshrq_n_u8(q, 4)),
+            e8m0_to_f32_half(b.e), 0.0f};
+  }
+};
+
 // One weight row against NT activation rows (Q8A layout, vec_dot.h): per block
 //   y += d_w * d_x * sum(q_w * q_x) + kExtra * e * ds.
 template <typename Traits>
@@ -355,6 +367,7 @@ DotTileFn neon_dot_tile(GgmlType type) {
     case GgmlType::Q5_1: return tile_dot_rows<Kernel32<Q5_1Traits>>;
     case GgmlType::Q8_0: return tile_dot_rows<Kernel32<Q8_0Traits>>;
     case GgmlType::IQ4_NL: return tile_dot_rows<Kernel32<IQ4_NLTraits>>;
+    case GgmlType::MXFP4: return tile_dot_rows<Kernel32<MXFP4Traits>>;
     case GgmlType::Q2_K: return tile_dot_rows<Q2_KKernel>;
     case GgmlType::Q3_K: return tile_dot_rows<Q3_KKernel>;
     case GgmlType::Q4_K: return tile_dot_rows<Q45_KKernel<false>>;
