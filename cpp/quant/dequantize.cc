@@ -79,20 +79,18 @@ void dequantize_q8_0(const BlockQ8_0* b, float* y, int64_t nb) {
 // The 4-bit codebook formats, in gguf-py's operation: d * float32(value), one rounding. IQ4_NL:
 // d a half; MXFP4 (MXFP4.dequantize_blocks): d = 2^(e-128), exact but for overflow to infinity
 // at large exponents and subnormal results, which IEEE float32 gives both sides alike.
-template <typename Block, const int8_t* kValues, float (*Scale)(const Block&)>
+template <typename Block, const int8_t* kValues>
 void dequantize_codebook(const Block* b, float* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, y += kQK) {
-    const float d = Scale(b[i]);
+    const float d = codebook_scale(b[i]);
     for (int j = 0; j < kQK / 2; ++j) {
       y[j] = d * (float)kValues[b[i].qs[j] & 0x0f];
       y[j + kQK / 2] = d * (float)kValues[b[i].qs[j] >> 4];
     }
   }
 }
-float iq4_nl_scale(const BlockIQ4_NL& b) { return fp16_to_f32(b.d); }
-float mxfp4_scale(const BlockMXFP4& b) { return e8m0_to_f32_half(b.e); }
-constexpr auto dequantize_iq4_nl = dequantize_codebook<BlockIQ4_NL, kIq4nlValues, iq4_nl_scale>;
-constexpr auto dequantize_mxfp4 = dequantize_codebook<BlockMXFP4, kMxfp4Values, mxfp4_scale>;
+constexpr auto dequantize_iq4_nl = dequantize_codebook<BlockIQ4_NL, kIq4nlValues>;
+constexpr auto dequantize_mxfp4 = dequantize_codebook<BlockMXFP4, kMxfp4Values>;
 
 void dequantize_q2_k(const BlockQ2_K* b, float* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, y += kQKK) {

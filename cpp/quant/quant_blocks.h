@@ -24,6 +24,8 @@
 #pragma once
 #include <cstdint>
 
+#include "core/fp16.h"
+
 namespace sinkstream {
 
 constexpr int kQK = 32;    // elements per block of the "legacy" quants (Q4_0 ... Q8_0, IQ4_NL)
@@ -93,6 +95,11 @@ inline float e8m0_to_f32_half(uint8_t e) {
   __builtin_memcpy(&f, &bits, 4);
   return f;
 }
+
+// The float scale of a 4-bit codebook block (IQ4_NL: a half; MXFP4: the halved E8M0 scale): kernels
+// and dequantizers are written once for both (the values: kIq4nlValues, kMxfp4Values).
+inline float codebook_scale(const BlockIQ4_NL& b) { return fp16_to_f32(b.d); }
+inline float codebook_scale(const BlockMXFP4& b) { return e8m0_to_f32_half(b.e); }
 
 // ---- K-quants: 256-element super-blocks with quantized per-sub-block scales -------------------
 

@@ -193,7 +193,7 @@ float dot_q8_0(int64_t nb, const uint8_t* w, const uint8_t* x) {
 
 // The 4-bit codebook formats: nibbles index a table of int8 values (IQ4_NL's non-linear grid,
 // MXFP4's doubled E2M1 values), one float scale per block of 32.
-template <typename Block, const int8_t* kValues, float (*Scale)(const Block&)>
+template <typename Block, const int8_t* kValues>
 float dot_codebook(int64_t nb, const uint8_t* w, const uint8_t* x) {
   const Block* b = reinterpret_cast<const Block*>(w);
   const Q8ARow a{x, nb};
@@ -202,15 +202,13 @@ float dot_codebook(int64_t nb, const uint8_t* w, const uint8_t* x) {
     const int8_t *lo = a.quants(i, 0), *hi = a.quants(i, 1);
     int isum = 0;
     for (int j = 0; j < kQK / 2; ++j) isum += kValues[b[i].qs[j] & 0x0f] * lo[j] + kValues[b[i].qs[j] >> 4] * hi[j];
-    sum += Scale(b[i]) * a.scale(i).d * (float)isum;
+    sum += codebook_scale(b[i]) * a.scale(i).d * (float)isum;
   }
   return sum;
 }
 
-float iq4_nl_scale(const BlockIQ4_NL& b) { return fp16_to_f32(b.d); }
-float mxfp4_scale(const BlockMXFP4& b) { return e8m0_to_f32_half(b.e); }
-constexpr auto dot_iq4_nl = dot_codebook<BlockIQ4_NL, kIq4nlValues, iq4_nl_scale>;
-constexpr auto dot_mxfp4 = dot_codebook<BlockMXFP4, kMxfp4Values, mxfp4_scale>;
+constexpr auto dot_iq4_nl = dot_codebook<BlockIQ4_NL, kIq4nlValues>;
+constexpr auto dot_mxfp4 = dot_codebook<BlockMXFP4, kMxfp4Values>;
 
 float dot_q2_k(int64_t nb, const uint8_t* w, const uint8_t* x) {
   const BlockQ2_K* b = reinterpret_cast<const BlockQ2_K*>(w);
