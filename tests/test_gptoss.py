@@ -139,7 +139,7 @@ U32 = gguf.GGUFValueType.UINT32
 
 
 @pytest.mark.parametrize("case, match", [
-    ("expert_used_count", r"expert_used_count' = 5 must be in 1..expert_count \(4\)"),
+    ("expert_used_count", r"expert_used_count' = 5 must be in 1..expert_count \(4\) and at most 64"),
     ("no_used_count", r"missing metadata key 'gpt-oss.expert_used_count'"),
     ("no_experts", r"gpt-oss needs metadata 'gpt-oss.expert_count' > 0"),
     ("missing_sinks", r"missing tensor 'blk.1.attn_sinks.weight'"),

@@ -137,9 +137,9 @@ void check_layers(const GgufFile& f, const ModelConfig& c, const Family& family)
                          ") is not supported for architecture '", c.architecture, "'"));
   if (c.n_expert < 0 || c.n_expert > 4096)
     throw ModelError(cat(f.path(), ": metadata '", p, "expert_count' = ", c.n_expert, " is out of range (0..4096)"));
-  if (c.n_expert > 0 && (c.n_expert_used < 1 || c.n_expert_used > c.n_expert))
+  if (c.n_expert > 0 && (c.n_expert_used < 1 || c.n_expert_used > c.n_expert || c.n_expert_used > kMaxExpertsUsed))
     throw ModelError(cat(f.path(), ": metadata '", p, "expert_used_count' = ", c.n_expert_used,
-                         " must be in 1..expert_count (", c.n_expert, ")"));
+                         " must be in 1..expert_count (", c.n_expert, ") and at most ", kMaxExpertsUsed));
   if (c.n_expert > 0 && (c.n_ff_expert <= 0 || c.n_ff_expert > (1 << 22)))
     throw ModelError(cat(f.path(), ": metadata '", p, "expert_feed_forward_length' = ", c.n_ff_expert,
                          " is out of range (1..", 1 << 22, ")"));

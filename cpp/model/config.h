@@ -64,6 +64,8 @@ struct LayerConfig {
   bool learned_sinks = false;        // a learned sink logit per head in the softmax (gpt-oss attn_sinks)
 };
 
+constexpr int64_t kMaxExpertsUsed = 64;  // experts a token may use (gpt-oss: 4)
+
 struct ModelConfig {
   std::string architecture;  // general.architecture
   std::string name;          // general.name
@@ -97,7 +99,7 @@ struct ModelConfig {
   // Mixture of experts (gpt-oss): every layer's feed-forward is n_expert experts of width
   // n_ff_expert, a router picks n_expert_used per token (0: a dense feed-forward).
   int64_t n_expert = 0;       // <arch>.expert_count
-  int64_t n_expert_used = 0;  // <arch>.expert_used_count
+  int64_t n_expert_used = 0;  // <arch>.expert_used_count, at most kMaxExpertsUsed
   int64_t n_ff_expert = 0;    // <arch>.expert_feed_forward_length (default feed_forward_length)
 
   std::vector<RopeConfig> ropes;    // at least one

@@ -279,8 +279,7 @@ void Decoder::experts_block(int64_t l, int64_t n, ForwardScratch& s, Backend& ba
   for (int64_t b = 0; b < n; ++b) {  // top-k by selection (k is small), then softmax over the k
     float* logits = s.router.data() + b * E;
     int32_t* chosen = s.expert_choice.data() + b * K;
-    float picked[64];
-    SS_ASSERT(K <= 64);
+    float picked[kMaxExpertsUsed];  // config.cc checks K
     for (int64_t k = 0; k < K; ++k) {
       int32_t best = -1;
       for (int32_t e = 0; e < (int32_t)E; ++e) {
