@@ -226,9 +226,7 @@ void apply_score_bias(const SinkCache& cache, int64_t layer, uint64_t t, int64_t
     for (int64_t r = 0; r < n; ++r) scores[r] = cap * std::tanh(scores[r] * inverse);
   }
 }
-}  // namespace
 
-namespace {
 // The learned sink logit of query head `head` (of the call's group), or -inf for none.
 float sink_logit(const ScoreBias& bias, int64_t head) {
   return bias.sink_logits != nullptr ? bias.sink_logits[head] : -INFINITY;
