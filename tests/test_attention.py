@@ -36,7 +36,7 @@ SHAPES = [
 ]
 
 
-def reference_attention(keys, values, q_sink, q_window, n_head_kv, n_sink, window, half):
+def reference_attention(keys, values, q_sink, q_window, n_head_kv, n_sink, window, half, sink_logits=None):
     n_tokens = keys.shape[0]
     n_head, head_dim = q_window.shape
     group = n_head // n_head_kv
@@ -52,8 +52,13 @@ def reference_attention(keys, values, q_sink, q_window, n_head_kv, n_sink, windo
         kv = h // group
         scores = np.concatenate([k[:sink_end, kv] @ to(q_sink[h]), k[sink_end:, kv] @ to(q_window[h])])
         scores /= np.sqrt(head_dim)
-        weights = np.exp(scores - scores.max())
-        weights /= weights.sum()
+        if sink_logits is None:
+            weights = np.exp(scores - scores.max())
+            weights /= weights.sum()
+        else:  # a learned sink (gpt-oss): one more softmax column, with no value
+            m = max(scores.max(), float(sink_logits[h]))
+            weights = np.exp(scores - m)
+            weights /= weights.sum() + np.exp(float(sink_logits[h]) - m)
         if half:
             weights = to(weights)
         out[h] = weights @ v[:, kv]
@@ -158,3 +163,30 @@ def test_neon_attention_under_qemu(tmp_path, march, cpu):
     out = cross_arm.build_and_run(sources, march, cpu, tmp_path)
     assert out.returncode == 0 and "all attention levels match" in out.stdout, out.stdout[-3000:]
     assert " neon " in out.stdout and "best ISA: neon" in out.stdout  # the NEON kernels really ran
+
+
+@pytest.mark.parametrize("kv_type", ["f16", "f32"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "hd{}-h{}-kv{}-t{}".format(*s[:4]))
+def test_learned_sink_logits_on_every_isa(shape, kv_type):
+    """gpt-oss's learned sinks: a logit per head in the softmax's denominator, some below, some
+    above every score (then it takes most of the weight, and the output shrinks toward 0)."""
+    keys, values, q_sink, q_window, n_head_kv, n_sink, window = make_case(shape, seed=3 * sum(shape))
+    n_head = q_window.shape[0]
+    sink_logits = np.linspace(-20.0, 30.0, n_head).astype(np.float32)
+    expected = reference_attention(keys, values, q_sink, q_window, n_head_kv, n_sink, window, kv_type == "f16",
+                                   sink_logits)
+    plain = reference_attention(keys, values, q_sink, q_window, n_head_kv, n_sink, window, kv_type == "f16")
+    assert np.abs(expected - plain).max() > 0.1            # the sink logits matter here
+    tolerance = (1e-3 if kv_type == "f16" else 1e-5) * np.abs(values).max()
+    results = {}
+    for isa in ISAS:
+        got = _core.attend_test(keys, values, q_sink, q_window, n_head_kv, n_sink, window, kv_type, isa, sink_logits)
+        err = np.abs(got - expected).max()
+        print(f"{isa} {kv_type} learned sinks: max |engine - reference| = {err:.2e}")
+        assert err < tolerance, f"{isa}: {err:.2e}"
+        results[isa] = got
+    for isa, got in results.items():
+        assert np.abs(got - results["scalar"]).max() < tolerance, isa
+    with pytest.raises(ValueError, match="sink_logits"):
+        _core.attend_test(keys, values, q_sink, q_window, n_head_kv, n_sink, window, kv_type, "scalar",
+                          sink_logits[:-1].copy())

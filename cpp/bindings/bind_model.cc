@@ -102,13 +102,22 @@ void bind_model(nb::module_& m) {
                 rope["freq_factors"] = !r.freq_factors.empty();
                 rope["long_freq_factors"] = !r.long_freq_factors.empty();
                 rope["attention_factor"] = r.attention_factor;
+                rope["yarn_factor"] = r.yarn_factor;
                 d["rope"] = rope;
               } else {
                 d["rope"] = nb::none();
               }
               d["qk_norm"] = L.qk_norm;
               d["post_norms"] = L.post_attention_norm || L.post_ffn_norm;
-              d["activation"] = L.activation == FfnActivation::kGeGlu ? "geglu" : "swiglu";
+              switch (L.activation) {
+                case FfnActivation::kSwiGlu: d["activation"] = "swiglu"; break;
+                case FfnActivation::kGeGlu: d["activation"] = "geglu"; break;
+                case FfnActivation::kGelu: d["activation"] = "gelu"; break;
+                case FfnActivation::kGeluTanh: d["activation"] = "gelu_tanh"; break;
+                case FfnActivation::kSwiGluOai: d["activation"] = "swiglu_oai"; break;
+              }
+              d["learned_sinks"] = L.learned_sinks;
+              d["experts"] = c.n_expert > 0 ? nb::cast(nb::make_tuple(c.n_expert_used, c.n_expert)) : nb::none();
               d["attention_scale"] = L.attention_scale;
               d["attention_softcap"] = L.attention_softcap;
               layers.append(d);

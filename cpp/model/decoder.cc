@@ -1,5 +1,7 @@
 #include "model/decoder.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <utility>
 
@@ -53,8 +55,11 @@ Decoder::Decoder(std::shared_ptr<GgufFile> file) : Model(std::move(file)) {
     L.wo = bind.matrix(p + "attn_output.weight", c.n_embd, q_dim);
     L.bo = bind.optional_vector(p + "attn_output.bias", c.n_embd);
     if (lc.post_attention_norm) L.post_attention_norm = bind.vector(p + "post_attention_norm.weight", c.n_embd);
+    if (lc.learned_sinks) L.attn_sinks = bind.vector(p + "attn_sinks.weight", c.n_head);
     if (!lc.shared_norm) L.ffn_norm = bind_norm(bind, p + c.ffn_norm_tensor, lc.norm);
-    if (!is_gated(lc.activation)) {
+    if (c.n_expert > 0) {
+      bind_experts(bind, p, L);
+    } else if (!is_gated(lc.activation)) {
       L.w_up = bind.matrix(p + "ffn_up.weight", c.n_ff, c.n_embd);
     } else if (c.fused_gate_up) {
       L.w_up = bind.matrix(p + "ffn_up.weight", 2 * c.n_ff, c.n_embd);
@@ -63,11 +68,31 @@ Decoder::Decoder(std::shared_ptr<GgufFile> file) : Model(std::move(file)) {
       L.w_up = bind.matrix(p + "ffn_up.weight", c.n_ff, c.n_embd);
       L.b_gate = bind.optional_vector(p + "ffn_gate.bias", c.n_ff);
     }
-    if (!c.fused_gate_up) L.b_up = bind.optional_vector(p + "ffn_up.bias", c.n_ff);
-    L.w_down = bind.matrix(p + "ffn_down.weight", c.n_embd, c.n_ff);
-    L.b_down = bind.optional_vector(p + "ffn_down.bias", c.n_embd);
+    if (c.n_expert == 0) {
+      if (!c.fused_gate_up) L.b_up = bind.optional_vector(p + "ffn_up.bias", c.n_ff);
+      L.w_down = bind.matrix(p + "ffn_down.weight", c.n_embd, c.n_ff);
+      L.b_down = bind.optional_vector(p + "ffn_down.bias", c.n_embd);
+    }
     if (lc.post_ffn_norm) L.post_ffn_norm = bind.vector(p + "post_ffw_norm.weight", c.n_embd);
   }
+}
+
+// The experts' weights stay in the mapped file: a token reads only its n_expert_used experts'
+// blocks (the page cache loads what is touched), no copy at load. Biases are small: float32 copies.
+void Decoder::bind_experts(const WeightBinder& bind, const std::string& p, LayerWeights& L) const {
+  const ModelConfig& c = config_;
+  const int64_t E = c.n_expert, F = c.n_ff_expert;
+  L.router = bind.matrix(p + "ffn_gate_inp.weight", E, c.n_embd);
+  L.router_bias = bind.optional_vector(p + "ffn_gate_inp.bias", E);
+  L.expert_gate = bind.matrix_stack(p + "ffn_gate_exps.weight", E, F, c.n_embd);
+  L.expert_up = bind.matrix_stack(p + "ffn_up_exps.weight", E, F, c.n_embd);
+  L.expert_down = bind.matrix_stack(p + "ffn_down_exps.weight", E, c.n_embd, F);
+  const auto bias = [&](const std::string& name, int64_t width) {
+    return file_->find_tensor(name) ? bind.table(name, E, width) : std::vector<float>();
+  };
+  L.expert_b_gate = bias(p + "ffn_gate_exps.bias", F);
+  L.expert_b_up = bias(p + "ffn_up_exps.bias", F);
+  L.expert_b_down = bias(p + "ffn_down_exps.bias", c.n_embd);
 }
 
 NormWeights Decoder::bind_norm(const WeightBinder& bind, const std::string& name, NormKind kind) const {
@@ -216,6 +241,7 @@ void Decoder::attention_block(int64_t l, const ForwardSegment* segments, int64_t
     call.scale = lc.attention_scale;
     call.softcap = lc.attention_softcap;
     call.alibi_slopes = lc.alibi ? c.alibi_slopes.data() : nullptr;
+    call.sink_logits = lc.learned_sinks ? L.attn_sinks.data() : nullptr;
     call.out = s.attn.data() + row * q_dim;
     const uint64_t attended_before = seg.entries_attended != nullptr ? backend.entries_attended() : 0;
     backend.attention(call);
@@ -230,6 +256,7 @@ void Decoder::feed_forward_block(int64_t l, int64_t n, ForwardScratch& s, Backen
   const ModelConfig& c = config_;
   const LayerConfig& lc = c.layers[(size_t)l];
   const LayerWeights& L = layers_[(size_t)l];
+  if (c.n_expert > 0) return experts_block(l, n, s, backend);
   if (!is_gated(lc.activation)) {  // plain MLP: down(act(up(h)))
     backend.matmul(L.w_up, s.h.data(), n, s.up.data());
     add_bias(backend, s.up.data(), L.b_up, n);
@@ -249,6 +276,67 @@ void Decoder::feed_forward_block(int64_t l, int64_t n, ForwardScratch& s, Backen
     backend.matmul(L.w_down, s.gate.data(), n, s.h.data());
   }
   add_bias(backend, s.h.data(), L.b_down, n);
+}
+
+// A mixture of experts (gpt-oss; Shazeer et al. 2017's sparsely-gated layer with a top-k router):
+// logits = W_r h + b_r; the n_expert_used largest (ties: the lower index) are softmaxed among
+// themselves; h -> sum_k w_k (down_k(act(gate_k h + b, up_k h + b)) + b_down_k). The chunk's rows
+// are gathered per expert, so each chosen expert's weights are read once per call and the others
+// not at all; each row adds its experts' outputs in ascending expert order, whatever the chunk, so
+// a chunk gives the bits of token-by-token.
+void Decoder::experts_block(int64_t l, int64_t n, ForwardScratch& s, Backend& backend) const {
+  const ModelConfig& c = config_;
+  const LayerConfig& lc = c.layers[(size_t)l];
+  const LayerWeights& L = layers_[(size_t)l];
+  const int64_t E = c.n_expert, K = c.n_expert_used, F = c.n_ff_expert, D = c.n_embd;
+  backend.matmul(L.router, s.h.data(), n, s.router.data());
+  add_bias(backend, s.router.data(), L.router_bias, n);
+  for (int64_t b = 0; b < n; ++b) {  // top-k by selection (k is small), then softmax over the k
+    float* logits = s.router.data() + b * E;
+    int32_t* chosen = s.expert_choice.data() + b * K;
+    float picked[kMaxExpertsUsed];  // config.cc checks K
+    for (int64_t k = 0; k < K; ++k) {
+      int32_t best = -1;
+      for (int32_t e = 0; e < (int32_t)E; ++e) {
+        bool taken = false;
+        for (int64_t j = 0; j < k; ++j) taken = taken || chosen[j] == e;
+        if (!taken && (best < 0 || logits[e] > logits[best])) best = e;
+      }
+      chosen[k] = best;
+      picked[k] = logits[best];
+    }
+    const float max_logit = picked[0];  // chosen in descending order
+    float sum = 0.0f;
+    for (int64_t k = 0; k < K; ++k) sum += (picked[k] = std::exp(picked[k] - max_logit));
+    for (int64_t k = 0; k < K; ++k) logits[k] = picked[k] / sum;  // the weights, in choice order
+  }
+  std::memcpy(s.expert_h.data(), s.h.data(), (size_t)(n * D) * sizeof(float));
+  std::fill(s.h.data(), s.h.data() + n * D, 0.0f);  // the sum of the chosen experts' outputs
+  for (int32_t e = 0; e < (int32_t)E; ++e) {
+    int64_t m = 0;  // the rows routed to e, as (row * K + choice)
+    for (int64_t slot = 0; slot < n * K; ++slot)
+      if (s.expert_choice[(size_t)slot] == e) s.expert_tokens[(size_t)m++] = (int32_t)slot;
+    if (m == 0) continue;  // not chosen: its blocks are not read
+    for (int64_t i = 0; i < m; ++i)
+      std::memcpy(s.expert_in.data() + i * D, s.expert_h.data() + s.expert_tokens[(size_t)i] / K * D,
+                  (size_t)D * sizeof(float));
+    const WeightMatrix* ws[2] = {&L.expert_gate[(size_t)e], &L.expert_up[(size_t)e]};
+    float* ys[2] = {s.gate.data(), s.up.data()};
+    backend.matmul_shared_input(ws, ys, 2, s.expert_in.data(), m);
+    for (int64_t i = 0; i < m; ++i) {
+      if (!L.expert_b_gate.empty()) backend.add(s.gate.data() + i * F, L.expert_b_gate.data() + e * F, 1.0f, F);
+      if (!L.expert_b_up.empty()) backend.add(s.up.data() + i * F, L.expert_b_up.data() + e * F, 1.0f, F);
+    }
+    backend.glu(lc.activation, s.gate.data(), s.up.data(), m, F, F, s.gate.data());
+    backend.matmul(L.expert_down[(size_t)e], s.gate.data(), m, s.expert_out.data());
+    for (int64_t i = 0; i < m; ++i) {
+      float* y = s.expert_out.data() + i * D;
+      const int64_t slot = s.expert_tokens[(size_t)i], row = slot / K;
+      if (!L.expert_b_down.empty()) backend.add(y, L.expert_b_down.data() + e * D, 1.0f, D);
+      backend.scale(y, s.router[(size_t)(row * E + slot % K)], D);
+      backend.add(s.h.data() + row * D, y, 1.0f, D);
+    }
+  }
 }
 
 // x += residual_scale * post_norm(h), the post-norm only where the layer has one (Gemma 2/3).

@@ -30,6 +30,14 @@ struct ForwardScratch {
   std::vector<float> branch;    // (max_tokens, n_embd) the attention branch of a parallel residual
   std::vector<float> gate;      // (max_tokens, n_ff), or (max_tokens, 2 n_ff) with fused gate/up
   std::vector<float> up;        // (max_tokens, n_ff)
+  // Mixture of experts (empty without): router logits, then the chosen experts' weights in each
+  // row's first n_expert_used places; the chosen experts; one expert's tokens gathered, and its output.
+  std::vector<float> router;            // (max_tokens, n_expert)
+  std::vector<int32_t> expert_choice;   // (max_tokens, n_expert_used)
+  std::vector<int32_t> expert_tokens;   // (max_tokens) rows of the chunk routed to one expert
+  std::vector<float> expert_h;          // (max_tokens, n_embd) the feed-forward's input
+  std::vector<float> expert_in;         // (max_tokens, n_embd)
+  std::vector<float> expert_out;        // (max_tokens, n_embd)
   // Per RoPE variant r: the frequencies for this session's capacity (LongRoPE picks by it), and
   // cos/sin tables (max_tokens, n_rot/2) at the window position of each token and at p(t).
   struct RopeTables {

@@ -107,12 +107,13 @@ def cpu_features() -> dict:
     CPU features seen by the kernels, the best ISA level and the active one (after SINKSTREAM_ISA).
     """
 
-def attend_test(keys: Annotated[NDArray[numpy.float32], dict(shape=(None, None), order='C', device='cpu', writable=False)], values: Annotated[NDArray[numpy.float32], dict(shape=(None, None), order='C', device='cpu', writable=False)], q_sink: Annotated[NDArray[numpy.float32], dict(shape=(None, None), order='C', device='cpu', writable=False)], q_window: Annotated[NDArray[numpy.float32], dict(shape=(None, None), order='C', device='cpu', writable=False)], n_head_kv: int, n_sink: int, window: int, kv_type: str, isa: str) -> NDArray[numpy.float32]:
+def attend_test(keys: Annotated[NDArray[numpy.float32], dict(shape=(None, None), order='C', device='cpu', writable=False)], values: Annotated[NDArray[numpy.float32], dict(shape=(None, None), order='C', device='cpu', writable=False)], q_sink: Annotated[NDArray[numpy.float32], dict(shape=(None, None), order='C', device='cpu', writable=False)], q_window: Annotated[NDArray[numpy.float32], dict(shape=(None, None), order='C', device='cpu', writable=False)], n_head_kv: int, n_sink: int, window: int, kv_type: str, isa: str, sink_logits: Annotated[NDArray[numpy.float32], dict(shape=(None,), order='C', device='cpu', writable=False)] | None = None) -> NDArray[numpy.float32]:
     """
     Test hook: stores keys/values (n_tokens, n_head_kv * head_dim) as tokens 0.. of a one-layer sink
     cache (n_sink, window), then returns the attention output (n_head, head_dim) of the last token's
     query (q_sink against the sinks, q_window against the window; scale 1/sqrt(head_dim)), computed
-    with the kernels of the given ISA level ('scalar', 'avx2', 'avx512', 'neon').
+    with the kernels of the given ISA level ('scalar', 'avx2', 'avx512', 'neon'). sink_logits (n_head):
+    learned sink logits (gpt-oss), one softmax column each with no value.
     """
 
 class Tokenizer:

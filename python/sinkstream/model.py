@@ -188,8 +188,9 @@ class Model:
 
     @property
     def layers(self) -> list[dict[str, Any]]:
-        """Per-layer configuration: sliding_window (0: global), rope (None: NoPE), qk_norm, post_norms,
-        activation, attention_scale, attention_softcap."""
+        """Per-layer configuration: sliding_window (0: global), rope (None: NoPE; yarn_factor 0: no YaRN),
+        qk_norm, post_norms, activation (swiglu, geglu, gelu, gelu_tanh, swiglu_oai), attention_scale,
+        attention_softcap, learned_sinks, experts ((used, count) or None)."""
         return self._core.layers
 
     @property

@@ -89,15 +89,18 @@ void accumulate_rows_q8_scalar(const uint8_t* values, int64_t n_rows, int64_t ro
   }
 }
 
-// The max shift keeps exp() finite; the weights sum to 1 before any rounding to half.
-void softmax_scalar(float* s, int64_t n, bool round_half) {
-  float max_score = -INFINITY;
+// The max shift keeps exp() finite; the weights sum to 1 before any rounding to half. A learned
+// sink logit (finite `sink`) joins the max and adds exp(sink - max) to the denominator only, a
+// column with no value (attention_kernels.h).
+void softmax_scalar(float* s, int64_t n, float sink, bool round_half) {
+  float max_score = sink;  // -inf without a learned sink
   for (int64_t r = 0; r < n; ++r) max_score = std::max(max_score, s[r]);
   float sum = 0.0f;
   for (int64_t r = 0; r < n; ++r) {
     s[r] = std::exp(s[r] - max_score);
     sum += s[r];
   }
+  if (sink != -INFINITY) sum += std::exp(sink - max_score);
   const float inv = 1.0f / sum;
   for (int64_t r = 0; r < n; ++r) s[r] = round_half ? round_to_half(s[r] * inv) : s[r] * inv;
 }
@@ -284,12 +287,17 @@ void apply_score_bias(const SinkCache& cache, int64_t layer, uint64_t t, int64_t
     for (int64_t r = 0; r < n; ++r) scores[r] = cap * std::tanh(scores[r] * inverse);
   }
 }
+
+// The learned sink logit of query head `head` (of the call's group), or -inf for none.
+float sink_logit(const ScoreBias& bias, int64_t head) {
+  return bias.sink_logits != nullptr ? bias.sink_logits[head] : -INFINITY;
+}
 }  // namespace
 
 void attend_softmax(const SinkCache& cache, int64_t layer, uint64_t t, int64_t head, const ScoreBias& bias,
                     float* scores, int64_t n) {
   apply_score_bias(cache, layer, t, head, bias, scores, n);
-  kernels_for(cache.head_dim(), active_isa()).softmax(scores, n, cache.type() == KvType::kF16);
+  kernels_for(cache.head_dim(), active_isa()).softmax(scores, n, sink_logit(bias, head), cache.type() == KvType::kF16);
 }
 
 void attend_accumulate(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
@@ -316,7 +324,7 @@ int64_t attend_at_isa(const SinkCache& cache, int64_t layer, int64_t kv_head, in
                 scores, n);
   for (int64_t h = 0; h < group; ++h) {
     apply_score_bias(cache, layer, t, h, bias, scores + h * n, n);
-    k.softmax(scores + h * n, n, cache.type() == KvType::kF16);
+    k.softmax(scores + h * n, n, sink_logit(bias, h), cache.type() == KvType::kF16);
   }
   float partial[kMaxGroupDim];
   for (int64_t i = 0; i < width; ++i) out[i] = 0.0f;

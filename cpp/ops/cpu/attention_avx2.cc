@@ -160,7 +160,7 @@ static inline __m256 round_to_half8(__m256 v) {
   return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
 
-static void softmax(float* s, int64_t n, bool round_half) {
+static void softmax(float* s, int64_t n, float sink, bool round_half) {
   const int64_t n8 = n / 8 * 8;
   const __m256i tail = tail_mask(n - n8);
   __m256 vmax = _mm256_set1_ps(-INFINITY);
@@ -171,6 +171,7 @@ static void softmax(float* s, int64_t n, bool round_half) {
   __m128 m = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
   m = _mm_max_ps(m, _mm_movehl_ps(m, m));
   m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  m = _mm_max_ss(m, _mm_set_ss(sink));  // a learned sink takes part in the max (-inf: none)
   const __m256 max_score = _mm256_set1_ps(_mm_cvtss_f32(m));
 
   __m256 vsum = _mm256_setzero_ps();
@@ -185,7 +186,10 @@ static void softmax(float* s, int64_t n, bool round_half) {
     _mm256_maskstore_ps(s + n8, tail, e);
     vsum = _mm256_add_ps(vsum, e);
   }
-  const __m256 inv = _mm256_set1_ps(1.0f / horizontal_sum(vsum));
+  float sum = horizontal_sum(vsum);
+  if (sink != -INFINITY)  // the sink's column: in the denominator, with no value
+    sum += _mm256_cvtss_f32(exp_nonpositive(_mm256_sub_ps(_mm256_set1_ps(sink), max_score)));
+  const __m256 inv = _mm256_set1_ps(1.0f / sum);
   for (int64_t r = 0; r < n8; r += 8) {
     const __m256 w = _mm256_mul_ps(_mm256_loadu_ps(s + r), inv);
     _mm256_storeu_ps(s + r, round_half ? round_to_half8(w) : w);

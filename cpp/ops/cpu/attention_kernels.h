@@ -33,7 +33,11 @@ using AccumulateRowsQ8 = void (*)(const uint8_t* values, int64_t n_rows, int64_t
                                   int64_t weights_stride, int64_t group, int64_t dim, float* out);
 // s[0..n) = softmax(s[0..n)) in place; with round_half each weight is then rounded to half precision
 // (the f16 cache multiplies half-precision weights by half-precision values, as llama.cpp does).
-using SoftmaxInPlace = void (*)(float* s, int64_t n, bool round_half);
+// `sink`: a learned sink logit (gpt-oss; StreamingLLM paper section 3.3's "sink token" learned as a
+// parameter), or -inf for none: it takes part in the max and adds exp(sink - max) to the
+// denominator, a softmax column with no value, so the weights sum to 1 - p(sink):
+//   w_r = exp(s_r - m) / (exp(sink - m) + sum_r' exp(s_r' - m)),  m = max(sink, max_r s_r).
+using SoftmaxInPlace = void (*)(float* s, int64_t n, float sink, bool round_half);
 // out[i] = in[i] rounded to the nearest half-precision value (ties to even).
 using RoundToHalf = void (*)(const float* in, int64_t n, float* out);
 

@@ -96,16 +96,21 @@ struct Q8_0Traits {
   static Weights32 unpack(const Block& b) { return {vld1q_s8(b.qs), vld1q_s8(b.qs + 16), fp16_to_f32(b.d), 0.0f}; }
 };
 
-struct IQ4_NLTraits {
-  using Block = BlockIQ4_NL;
+// The 4-bit codebook formats: nibbles through the value table (IQ4_NL's grid, MXFP4's doubled
+// E2M1 values), one float scale per block (quant_blocks.h codebook_scale).
+template <typename B, const int8_t* kValues>
+struct CodebookTraits {
+  using Block = B;
   static constexpr float kExtra = 0.0f;
   static Weights32 unpack(const Block& b) {
-    const int8x16_t table = vld1q_s8(kIq4nlValues);
+    const int8x16_t table = vld1q_s8(kValues);
     const uint8x16_t q = vld1q_u8(b.qs);
-    return {vqtbl1q_s8(table, vandq_u8(q, vdupq_n_u8(0x0f))), vqtbl1q_s8(table, vshrq_n_u8(q, 4)), fp16_to_f32(b.d),
-            0.0f};
+    return {vqtbl1q_s8(table, vandq_u8(q, vdupq_n_u8(0x0f))), vqtbl1q_s8(table, vshrq_n_u8(q, 4)),
+            codebook_scale(b), 0.0f};
   }
 };
+using IQ4_NLTraits = CodebookTraits<BlockIQ4_NL, kIq4nlValues>;
+using MXFP4Traits = CodebookTraits<BlockMXFP4, kMxfp4Values>;
 
 // One weight row against NT activation rows (Q8A layout, vec_dot.h): per block
 //   y += d_w * d_x * sum(q_w * q_x) + kExtra * e * ds.
@@ -355,6 +360,7 @@ DotTileFn neon_dot_tile(GgmlType type) {
     case GgmlType::Q5_1: return tile_dot_rows<Kernel32<Q5_1Traits>>;
     case GgmlType::Q8_0: return tile_dot_rows<Kernel32<Q8_0Traits>>;
     case GgmlType::IQ4_NL: return tile_dot_rows<Kernel32<IQ4_NLTraits>>;
+    case GgmlType::MXFP4: return tile_dot_rows<Kernel32<MXFP4Traits>>;
     case GgmlType::Q2_K: return tile_dot_rows<Q2_KKernel>;
     case GgmlType::Q3_K: return tile_dot_rows<Q3_KKernel>;
     case GgmlType::Q4_K: return tile_dot_rows<Q45_KKernel<false>>;
