@@ -4,6 +4,10 @@ Needs the `server` extra (`pip install "sinkstream[server]"`: FastAPI and uvicor
 """
 from __future__ import annotations
 
+import contextlib
+import signal
+from typing import Iterator
+
 from .app import ServerConfig, create_app
 from .engine import Chunk, Finish, GenerationEngine, GenerationRequest
 
@@ -22,6 +26,14 @@ def serve(config: ServerConfig, host: str = "127.0.0.1", port: int = 8000, log_l
         def handle_exit(self, sig: int, frame: object) -> None:
             engine.begin_shutdown()  # streams end now, so the graceful shutdown does not wait on them
             super().handle_exit(sig, frame)
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            with super().capture_signals():
+                try:
+                    yield
+                finally:  # SIGTERM is the ordinary way to stop a service: a clean exit (0), not re-raised
+                    self._captured_signals[:] = [s for s in self._captured_signals if s != signal.SIGTERM]
 
     server = _Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30,
                                     access_log=False))
