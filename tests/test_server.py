@@ -320,19 +320,26 @@ def test_client_disconnect_cancels_the_generation(base, model):
     assert re.search(r"^sinkstream_generations_cancelled_total [1-9]", httpx.get(base + "/metrics").text, re.M)
 
 
-def test_timeout_and_queue_limit(model):
+def test_timeout(model):
     ban = {str(model.eos_id): -100}
-    with server_in_thread(model, request_timeout=2.0, max_concurrent=1, max_queue=0) as url:
+    with server_in_thread(model, request_timeout=0.5) as url:
         body = {"model": MODEL_ID, "prompt": "x", "max_tokens": 100000, "logit_bias": ban}
         start = time.monotonic()
         r = httpx.post(url + "/v1/completions", json=body, timeout=30)
         assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] == "length"
         assert time.monotonic() - start < 8
+        assert re.search(r"^sinkstream_request_timeouts_total [1-9]", httpx.get(url + "/metrics").text, re.M)
+
+
+def test_queue_limit(model):
+    ban = {str(model.eos_id): -100}
+    with server_in_thread(model, max_concurrent=1, max_queue=0, request_timeout=None) as url:
+        body = {"model": MODEL_ID, "prompt": "x", "max_tokens": 100000, "logit_bias": ban}
         with httpx.stream("POST", url + "/v1/completions", json={**body, "stream": True}, timeout=30) as s:
-            next(s.iter_lines())
+            lines = s.iter_lines()  # kept: dropping the iterator would close the stream
+            assert next(lines).startswith("data: {")
             busy = httpx.post(url + "/v1/completions", json=body, timeout=30)  # the one slot is taken
             assert busy.status_code == 429 and busy.json()["error"]["type"] == "rate_limit_error"
-        assert re.search(r"^sinkstream_request_timeouts_total [1-9]", httpx.get(url + "/metrics").text, re.M)
 
 
 def test_health_and_metrics_format(base, client):

@@ -142,6 +142,14 @@ class Server:
                        options: dict[str, Any], build: Callable[[Any], GenerationRequest], stream: bool,
                        render: Any) -> Response:
         """Runs one request through the engine; render turns its items into the response."""
+        try:
+            return await self._generate(http, endpoint, session_id, kind, options, build, stream, render)
+        except Exception as e:
+            raise _as_api_error(e) from None
+
+    async def _generate(self, http: Request, endpoint: str, session_id: str | None, kind: str,
+                        options: dict[str, Any], build: Callable[[Any], GenerationRequest], stream: bool,
+                        render: Any) -> Response:
         headers = {"X-Session-Id": session_id} if session_id else {}
         events = self._events(session_id, kind, options, build)
         if stream:
