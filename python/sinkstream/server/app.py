@@ -47,6 +47,7 @@ class ServerConfig:
     window: int | None = None
     keep_system_prompt: bool = False       # default of a chat request's keep_system_prompt
     chat_max_tokens: int | None = 512      # a chat request's max_tokens when it sends none
+    shared_state: bool = False             # other servers use state_dir too (Ray Serve replicas): sessions.py
     max_body_bytes: int = 4 << 20
 
 
@@ -109,7 +110,8 @@ class Server:
         self.engine = GenerationEngine(max_concurrent=config.max_concurrent, max_queue=config.max_queue,
                                        timeout=config.request_timeout, metrics=self.metrics)
         self.store = SessionStore(self.model, config.state_dir, max_sessions=config.max_sessions,
-                                  memory_budget=config.memory_budget, n_threads=config.n_threads, metrics=self.metrics)
+                                  memory_budget=config.memory_budget, n_threads=config.n_threads, metrics=self.metrics,
+                                  shared=config.shared_state)
         m = self.metrics
         m.gauge("sinkstream_active_generations", "Generations running now", lambda: self.engine.active)
         m.gauge("sinkstream_queue_depth", "Requests waiting for a generation slot", lambda: self.engine.waiting)

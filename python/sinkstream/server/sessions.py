@@ -6,6 +6,9 @@
 - At most ``max_sessions`` sessions and ``memory_budget`` bytes of session memory stay in memory;
   past that, the least recently used idle one is saved and dropped from memory (evicted). A request
   for an id that is on disk loads it back; so does the first request after a restart.
+- shared=True (several servers on one state directory, e.g. Ray Serve replicas): a session is saved
+  before its reply completes, and a copy in memory whose file another server has rewritten since is
+  loaded again from the file, so a session can move between servers between two requests.
 - Ids are 1-128 characters of [A-Za-z0-9_.-] not starting with '.', so an id never names a path
   outside the state directory.
 """
@@ -47,6 +50,7 @@ class SessionEntry:
     dirty: bool = False             # changed since its last save
     saved_n_past: int | None = None
     bytes: int = 0
+    stamp: tuple[int, int] | None = None  # (mtime_ns, size) of its file when this process last wrote or read it
 
 
 def _write_state(path: str, header: dict[str, Any], blob: bytes) -> None:
@@ -72,8 +76,10 @@ def _read_state(path: str) -> tuple[dict[str, Any], bytes]:
 
 class SessionStore:
     def __init__(self, model: Any, state_dir: str | None, *, max_sessions: int = 64,
-                 memory_budget: int | None = None, n_threads: int | None = None, metrics: Metrics | None = None):
+                 memory_budget: int | None = None, n_threads: int | None = None, metrics: Metrics | None = None,
+                 shared: bool = False):
         self.model = model
+        self.shared = shared
         self.state_dir = state_dir
         self.max_sessions = max_sessions
         self.memory_budget = memory_budget
@@ -130,6 +136,8 @@ class SessionStore:
                               f"{'chat completion' if kind == 'chat' else 'completion'}", param="session_id")
         async with entry.lock:
             entry.last_used = time.monotonic()
+            if self.shared and entry.session is not None and self._stamp(entry.id) != entry.stamp:
+                entry.session, entry.bytes = None, 0  # another server moved it on: read its save
             if entry.session is None:
                 await self._bring_in(entry)
             try:
@@ -137,7 +145,18 @@ class SessionStore:
             finally:
                 entry.last_used = time.monotonic()
                 entry.dirty = True
-                self._save_soon(entry)
+                if self.shared:
+                    await asyncio.shield(self._save(entry))
+                else:
+                    self._save_soon(entry)
+
+    def _stamp(self, session_id: str) -> tuple[int, int] | None:
+        path = self._path(session_id)
+        try:
+            st = os.stat(path) if path is not None else None
+        except OSError:
+            return None
+        return None if st is None else (st.st_mtime_ns, st.st_size)
 
     def _session_bytes(self, options: dict[str, Any]) -> int:
         return self.model.session_bytes(options["mode"], options["n_sink"], options["window"], n_threads=self.n_threads)
@@ -151,8 +170,10 @@ class SessionStore:
             session = self.model.session(entry.options["mode"], entry.options["n_sink"], entry.options["window"],
                                          n_threads=self.n_threads)
             if path is not None and os.path.exists(path):
-                _, blob = _read_state(path)
+                entry.stamp = self._stamp(entry.id)
+                header, blob = _read_state(path)
                 session.load(blob)
+                entry.saved_n_past = header.get("n_past")
                 self.metrics.count("sessions_restored")
             return session
 
@@ -201,6 +222,7 @@ class SessionStore:
             _write_state(path, header, session.save())
 
         await asyncio.to_thread(write)
+        entry.stamp = self._stamp(entry.id)
         entry.dirty = False
         entry.saved_n_past = header["n_past"]
         self.metrics.count("sessions_saved")
