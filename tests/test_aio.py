@@ -158,3 +158,26 @@ def test_errors_are_raised_at_call_time_and_from_the_worker(model):
 
     with pytest.raises(ValueError, match="dense mode holds at most"):
         asyncio.run(run())
+
+
+def test_a_new_call_ends_an_unclosed_one_on_the_same_session(model):
+    """`break` leaves the iterator to be closed later by the loop; the next call on the session
+    ends it first instead of racing it, and continues exactly."""
+    session = model.session(window=60)
+
+    async def run():
+        n = 0
+        async for _ in session.astream("It was", max_tokens=None, logit_bias=_ban_eos(model), **GREEDY):
+            n += 1
+            if n == 12:
+                break
+        stats = session.last_stats
+        text = await session.agenerate(None, max_tokens=20, **GREEDY)
+        return stats, text
+
+    stats, text = asyncio.run(run())
+    assert stats.stop_reason == "closed"
+    reference = model.session(window=60)
+    list(sinkstream.generation.stream_tokens(reference, "It was", max_tokens=stats.generated_tokens,
+                                             logit_bias=_ban_eos(model), **GREEDY))
+    assert text == reference.generate("", max_tokens=20, **GREEDY)

@@ -79,6 +79,14 @@ async def iterate_in_thread(items: Iterator[T], session: Any = None, *, interrup
             except RuntimeError:
                 pass
 
+    if session is not None:
+        # A call still running on this session (an iterator left unclosed after `break`: its
+        # aclose() is only scheduled) ends first, as if its consumer had stopped.
+        previous = getattr(session, "_aio_worker", None)
+        if previous is not None and not previous[1].done():
+            previous[0].set()
+            await _wait_for_worker(session, previous[1], interrupt_prompt)
+        session._aio_worker = (stop, finished)
     thread = threading.Thread(target=work, name="sinkstream-aio", daemon=True)
     thread.start()
     try:
@@ -91,17 +99,23 @@ async def iterate_in_thread(items: Iterator[T], session: Any = None, *, interrup
             yield value
     finally:
         stop.set()
-        cancelled_again = False
-        while not finished.done():
-            if interrupt_prompt and session is not None and not session.closed:
-                # Repeated: a request made just before an evaluation starts is cleared by it.
-                session._core.request_cancel()
-            try:
-                await asyncio.wait({finished}, timeout=0.05)
-            except asyncio.CancelledError:
-                cancelled_again = True  # wait for the worker anyway: the session must be idle
-        if cancelled_again:
-            raise asyncio.CancelledError()
+        await _wait_for_worker(session, finished, interrupt_prompt)
+
+
+async def _wait_for_worker(session: Any, finished: asyncio.Future[None], interrupt_prompt: bool) -> None:
+    """Waits until a stopped worker has finished, so the session is idle; a cancellation while
+    waiting is raised only afterwards."""
+    cancelled_again = False
+    while not finished.done():
+        if interrupt_prompt and session is not None and not session.closed:
+            # Repeated: a request made just before an evaluation starts is cleared by it.
+            session._core.request_cancel()
+        try:
+            await asyncio.wait({finished}, timeout=0.05)
+        except asyncio.CancelledError:
+            cancelled_again = True  # wait for the worker anyway: the session must be idle
+    if cancelled_again:
+        raise asyncio.CancelledError()
 
 
 def _is_cancelled(error: BaseException) -> bool:
