@@ -181,3 +181,16 @@ def test_a_new_call_ends_an_unclosed_one_on_the_same_session(model):
     list(sinkstream.generation.stream_tokens(reference, "It was", max_tokens=stats.generated_tokens,
                                              logit_bias=_ban_eos(model), **GREEDY))
     assert text == reference.generate("", max_tokens=20, **GREEDY)
+
+
+def test_achat_equals_chat(model):
+    expected = "".join(model.session(window=60).chat("Hello there", max_tokens=12, **GREEDY))
+    session = model.session(window=60)
+
+    async def run():
+        first = "".join([p async for p in model.achat("Hello there", max_tokens=12, window=60, **GREEDY)])
+        second = "".join([p async for p in session.achat("Hello there", max_tokens=12, **GREEDY)])
+        return first, second
+
+    assert asyncio.run(run()) == (expected, expected)
+    assert session._chat_history[-1]["role"] == "assistant"

@@ -56,10 +56,10 @@ def _complete(client, prompt, seed, sid, attempts=60):
 
 def test_sessions_stick_to_a_replica_and_move_through_their_save(cluster, default_model_path):
     client = openai.OpenAI(base_url=cluster + "/v1", api_key="x", max_retries=0, timeout=120)
-    model = sinkstream.Model(default_model_path, n_threads=1)
-    local = model.session(n_threads=1)
     prompts = [("Part one.", 1), (" Part two.", 2), (" Part three.", 3), (" Part four.", 4)]
-    expected = [local.generate(p, max_tokens=8, seed=s) for p, s in prompts]
+    with sinkstream.Model(default_model_path, n_threads=1) as model:
+        local = model.session(n_threads=1)
+        expected = [local.generate(p, max_tokens=8, seed=s) for p, s in prompts]
 
     got, replicas = [], []
     for prompt, seed in prompts[:3]:

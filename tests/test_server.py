@@ -21,7 +21,8 @@ GREEDY = dict(temperature=0.0)
 
 @pytest.fixture(scope="module")
 def model(default_model_path):
-    return sinkstream.Model(default_model_path, n_threads=1)
+    with sinkstream.Model(default_model_path, n_threads=1) as m:  # closed: no session outlives the module
+        yield m
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +135,16 @@ def test_keep_system_prompt(client, model, base):
     assert r.choices[0].message.content == expected
     info = httpx.get(base + "/v1/sessions/pirate").json()
     assert info["n_sink"] == n > 10
+
+
+def test_delete_session(client, base):
+    client.completions.create(model=MODEL_ID, prompt="x", max_tokens=2, extra_body={"session_id": "doomed"})
+    assert httpx.delete(base + "/v1/sessions/doomed").json()["deleted"] is True
+    assert httpx.get(base + "/v1/sessions/doomed").status_code == 404
+    assert httpx.delete(base + "/v1/sessions/doomed").status_code == 404
+    # the id starts a new stream: a prompt-less continuation has nothing to continue
+    r = httpx.post(base + "/v1/completions", json={"model": MODEL_ID, "prompt": "", "session_id": "doomed"})
+    assert r.status_code == 400
 
 
 def test_chat_session_api_keeps_the_system_prompt_as_sinks(model):

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["system_prompt_tokens", "chat_session"]
+__all__ = ["system_prompt_tokens", "system_prompt_sinks", "chat_session"]
+
+MIN_SINKS = 4  # never fewer sinks than a streaming session's default
 
 
 def _first_turn_tokens(model: Any, messages: list[dict[str, str]]) -> list[int]:
@@ -35,15 +37,20 @@ def system_prompt_tokens(model: Any, system_prompt: str) -> int:
     return n
 
 
+def system_prompt_sinks(model: Any, system_prompt: str) -> int:
+    """n_sink that keeps the whole system prompt: its token count, at least MIN_SINKS."""
+    return max(system_prompt_tokens(model, system_prompt), MIN_SINKS)
+
+
 def chat_session(model: Any, system_prompt: str, *, keep_system_prompt: bool = True, **options: Any) -> Any:
     """A streaming session for a conversation that opens with system_prompt (see Model.chat_session)."""
     for name in ("mode", "n_sink"):
         if name in options:
             raise TypeError(f"chat_session() picks {name} itself (streaming, n_sink = the system prompt's "
                             f"length with keep_system_prompt=True); pass window and the other session options")
-    n_sink = system_prompt_tokens(model, system_prompt) if keep_system_prompt else None
     if not isinstance(system_prompt, str) or not system_prompt:
         raise ValueError(f"system_prompt must be a non-empty str, got {system_prompt!r}")
+    n_sink = system_prompt_sinks(model, system_prompt) if keep_system_prompt else None
     session = model.session("streaming", n_sink, **options)
     session._chat_history = [{"role": "system", "content": system_prompt}]
     return session

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..generation import SamplingParams
-from ..system_sinks import system_prompt_tokens
+from ..system_sinks import system_prompt_sinks
 from . import protocol as P
 from .engine import Chunk, Finish, GenerationEngine, GenerationRequest, QueueFull, RequestTimeout, ShuttingDown
 from .errors import APIError, bad_request, not_found, timeout, too_many, unauthorized, unavailable
@@ -412,6 +412,13 @@ def create_app(config: ServerConfig, model: Any = None) -> FastAPI:
             raise not_found(f"no session {session_id!r}", code="session_not_found")
         return JSONResponse(server.store.describe(entry))
 
+    @app.delete("/v1/sessions/{session_id}")
+    async def delete_session(request: Request, session_id: str) -> JSONResponse:
+        authorize(request)
+        if not await server.store.delete(check_session_id(session_id)):
+            raise not_found(f"no session {session_id!r}", code="session_not_found")
+        return JSONResponse({"id": session_id, "object": "session", "deleted": True})
+
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         req = P.parse(P.CompletionRequest, await body_of(request))
@@ -444,7 +451,7 @@ def create_app(config: ServerConfig, model: Any = None) -> FastAPI:
         if keep and messages[0]["role"] == "system" and (
                 session_id is None or session_id not in server.store.entries):
             try:
-                n_sink = system_prompt_tokens(server.model, messages[0]["content"])
+                n_sink = system_prompt_sinks(server.model, messages[0]["content"])
             except ValueError as e:
                 raise bad_request(str(e), param="messages") from None
         logprobs = (req.top_logprobs or 0) if req.logprobs else None

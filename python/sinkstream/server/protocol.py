@@ -19,7 +19,6 @@ class _Body(BaseModel):
 
 class StreamOptions(_Body):
     include_usage: StrictBool = False
-    continuous_usage_stats: StrictBool = False
 
 
 class _Common(_Body):

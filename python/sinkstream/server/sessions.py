@@ -136,6 +136,7 @@ class SessionStore:
                               f"{'chat completion' if kind == 'chat' else 'completion'}", param="session_id")
         async with entry.lock:
             entry.last_used = time.monotonic()
+            self.entries.setdefault(session_id, entry)  # deleted while this request waited: a new stream
             if self.shared and entry.session is not None and self._stamp(entry.id) != entry.stamp:
                 entry.session, entry.bytes = None, 0  # another server moved it on: read its save
             if entry.session is None:
@@ -238,6 +239,20 @@ class SessionStore:
         task = asyncio.get_running_loop().create_task(save())
         self._saves.add(task)
         task.add_done_callback(self._saves.discard)
+
+    async def delete(self, session_id: str) -> bool:
+        """Forgets a session: from memory and its saved state (after a request running on it)."""
+        entry = self.entries.get(session_id) or self._known_on_disk(session_id)
+        if entry is None:
+            return False
+        async with entry.lock:
+            entry.session, entry.bytes, entry.dirty = None, 0, False
+            self.entries.pop(session_id, None)
+            path = self._path(session_id)
+            if path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+        return True
 
     async def save_all(self) -> None:
         """Saves every changed session (shutdown)."""
