@@ -331,6 +331,20 @@ def test_client_disconnect_cancels_the_generation(base, model):
     assert re.search(r"^sinkstream_generations_cancelled_total [1-9]", httpx.get(base + "/metrics").text, re.M)
 
 
+def test_client_disconnect_cancels_a_non_streaming_generation(base, model):
+    ban = {str(model.eos_id): -100}
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
+        httpx.post(base + "/v1/completions", timeout=1.0,
+                   json={"model": MODEL_ID, "prompt": "Forever", "max_tokens": 100000, "logit_bias": ban,
+                         "session_id": "gone-2"})
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and httpx.get(base + "/v1/sessions/gone-2").json()["busy"]:
+        time.sleep(0.05)
+    n = httpx.get(base + "/v1/sessions/gone-2").json()["n_past"]
+    time.sleep(0.3)
+    assert httpx.get(base + "/v1/sessions/gone-2").json()["n_past"] == n < 5000
+
+
 def test_timeout(model):
     ban = {str(model.eos_id): -100}
     with server_in_thread(model, request_timeout=0.5) as url:
