@@ -243,6 +243,8 @@ def test_api_key(model):
             openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).models.list()
         assert openai.OpenAI(base_url=url + "/v1", api_key="s3cret").models.list().data[0].id == MODEL_ID
         assert httpx.get(url + "/health").status_code == 200
+        assert httpx.get(url + "/metrics").status_code == 401
+        assert httpx.get(url + "/metrics", headers={"Authorization": "Bearer s3cret"}).status_code == 200
 
 
 BAD = [

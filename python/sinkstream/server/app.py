@@ -384,7 +384,8 @@ def create_app(config: ServerConfig, model: Any = None) -> FastAPI:
                              "waiting": server.engine.waiting, "sessions": server.store.in_memory})
 
     @app.get("/metrics")
-    async def metrics() -> PlainTextResponse:
+    async def metrics(request: Request) -> PlainTextResponse:
+        authorize(request)  # scrapers send the key as a bearer token too
         return PlainTextResponse(server.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/v1/models")
