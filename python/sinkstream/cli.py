@@ -8,12 +8,12 @@ from . import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .commands import bench_cmd, chat_cmd, generate_cmd, inspect_cmd, ppl_cmd
+    from .commands import bench_cmd, chat_cmd, generate_cmd, inspect_cmd, ppl_cmd, serve_cmd
 
     parser = argparse.ArgumentParser(prog="sinkstream", description=__doc__)
     parser.add_argument("--version", action="version", version=f"sinkstream {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (inspect_cmd, generate_cmd, chat_cmd, ppl_cmd, bench_cmd):
+    for module in (inspect_cmd, generate_cmd, chat_cmd, ppl_cmd, bench_cmd, serve_cmd):
         module.register(sub)
     return parser
 

@@ -459,6 +459,9 @@ def _token_loop(session, prompt, add_bos, special, sampler, limit, repeat_last_n
             stats.generated_tokens += 1
             session._pending = [token]
             stats.decode_seconds += clock() - resumed
+            on_token = getattr(session, "_on_token", None)  # (token, the logits it was sampled from): aio/server
+            if on_token is not None:
+                on_token(token, logits)
             if model.is_end_of_generation(token):
                 stats.stop_reason = "eos"
                 return

@@ -9,7 +9,7 @@ import json
 import os
 import warnings
 import weakref
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, AsyncIterator, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -318,6 +318,37 @@ class Model:
             presence_penalty=presence_penalty, logit_bias=logit_bias, seed=seed, stop=stop)
         return "".join(self.session(mode, n_sink, window).stream(prompt, resolved, add_bos=add_bos, special=special, progress=progress))
 
+    # -- async (aio.py: generation in a worker thread; cancelled when the consumer goes away) -----
+    def astream(self, prompt: str | Sequence[int] | np.ndarray, params: SamplingParams | None = None,
+                **options: Any) -> AsyncIterator[str]:
+        """stream() as an async iterator (same arguments, checked now)."""
+        from .aio import model_astream
+
+        return model_astream(self, prompt, params, **options)
+
+    async def agenerate(self, prompt: str | Sequence[int] | np.ndarray, params: SamplingParams | None = None,
+                        **options: Any) -> str:
+        """generate() awaited off the event loop (same arguments)."""
+        from .aio import model_agenerate
+
+        return await model_agenerate(self, prompt, params, **options)
+
+    def achat(self, messages: str | list[dict[str, str]], params: SamplingParams | None = None,
+              **options: Any) -> AsyncIterator[str]:
+        """One chat turn on a fresh session, as an async iterator (mode, n_sink, window: see session())."""
+        from .aio import model_achat
+
+        return model_achat(self, messages, params, **options)
+
+    def chat_session(self, system_prompt: str, *, keep_system_prompt: bool = True, **options: Any) -> "Session":
+        """A streaming session whose conversation starts with `system_prompt` (chat() continues it).
+        keep_system_prompt=True makes the whole rendered system prompt the attention sinks (n_sink =
+        its token count), so it is never evicted however long the conversation (llama.cpp's n_keep);
+        False keeps the usual n_sink. options: those of session() but mode and n_sink."""
+        from .system_sinks import chat_session
+
+        return chat_session(self, system_prompt, keep_system_prompt=keep_system_prompt, **options)
+
     def __repr__(self) -> str:
         return f"Model({self.path!r}, arch={self.architecture!r}, n_vocab={self.n_vocab})"
 
@@ -553,6 +584,28 @@ class Session:
             presence_penalty=presence_penalty, logit_bias=logit_bias, seed=seed, stop=stop)
         return chat_turn(self, messages, history, params=resolved, add_bos=add_bos, special=special,
                          progress=progress)
+
+    # -- async (aio.py: generation in a worker thread; cancelled when the consumer goes away) -----
+    def astream(self, prompt: str | Sequence[int] | np.ndarray | None = None, params: SamplingParams | None = None,
+                **options: Any) -> AsyncIterator[str]:
+        """stream() as an async iterator (same arguments, checked now)."""
+        from .aio import astream
+
+        return astream(self, prompt, params, **options)
+
+    async def agenerate(self, prompt: str | Sequence[int] | np.ndarray | None = None,
+                        params: SamplingParams | None = None, **options: Any) -> str:
+        """generate() awaited off the event loop (same arguments)."""
+        from .aio import agenerate
+
+        return await agenerate(self, prompt, params, **options)
+
+    def achat(self, messages: str | list[dict[str, str]], params: SamplingParams | None = None,
+              **options: Any) -> AsyncIterator[str]:
+        """chat() as an async iterator (same arguments, checked now)."""
+        from .aio import achat
+
+        return achat(self, messages, params, **options)
 
     def __repr__(self) -> str:
         return (f"Session(mode={self.mode!r}, n_sink={self.n_sink}, window={self.window}, "
