@@ -17,6 +17,9 @@ from sinkstream.system_sinks import system_prompt_tokens
 
 MODEL_ID = "SmolLM2-135M-Instruct.Q4_1"
 GREEDY = dict(temperature=0.0)
+# The same sampling in a local session: the server, like OpenAI's API, applies no repetition penalty
+# unless asked, while SamplingParams' default has one.
+LOCAL_GREEDY = dict(GREEDY, repeat_penalty=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +50,7 @@ def test_models(client):
 
 
 def test_completion_equals_generate(client, model):
-    expected = _local(model).generate("The sea", max_tokens=12, seed=5)
+    expected = _local(model).generate("The sea", max_tokens=12, seed=5, repeat_penalty=1.0)
     r = client.completions.create(model=MODEL_ID, prompt="The sea", max_tokens=12, seed=5)
     assert r.choices[0].text == expected
     assert r.choices[0].finish_reason == "length"
@@ -60,7 +63,7 @@ def test_completion_equals_generate(client, model):
 
 def test_chat_equals_session_chat(client, model):
     messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name a colour."}]
-    expected = "".join(_local(model).chat(messages, max_tokens=16, **GREEDY))
+    expected = "".join(_local(model).chat(messages, max_tokens=16, **LOCAL_GREEDY))
     r = client.chat.completions.create(model=MODEL_ID, messages=messages, max_tokens=16, **GREEDY)
     assert r.choices[0].message.content == expected and r.choices[0].message.role == "assistant"
     stream = client.chat.completions.create(model=MODEL_ID, messages=messages, max_tokens=16, stream=True,
@@ -88,7 +91,7 @@ def test_logprobs(client, model):
 
 
 def test_stop(client, model):
-    text = _local(model).generate("1, 2, 3,", max_tokens=20, **GREEDY)
+    text = _local(model).generate("1, 2, 3,", max_tokens=20, **LOCAL_GREEDY)
     assert " 6" in text
     r = client.completions.create(model=MODEL_ID, prompt="1, 2, 3,", max_tokens=20, stop=[" 6"], **GREEDY)
     assert r.choices[0].text == text[:text.index(" 6")] and r.choices[0].finish_reason == "stop"
@@ -98,7 +101,8 @@ def test_stop(client, model):
 
 def test_completion_session_continues_one_stream(client, model):
     local = _local(model)
-    expected = [local.generate("A story:", max_tokens=10, seed=1), local.generate(" Then", max_tokens=10, seed=2)]
+    expected = [local.generate("A story:", max_tokens=10, seed=1, repeat_penalty=1.0),
+                local.generate(" Then", max_tokens=10, seed=2, repeat_penalty=1.0)]
     got = [client.completions.create(model=MODEL_ID, prompt="A story:", max_tokens=10, seed=1,
                                      extra_body={"session_id": "story-1"}).choices[0].text,
            client.completions.create(model=MODEL_ID, prompt=" Then", max_tokens=10, seed=2,
@@ -108,9 +112,9 @@ def test_completion_session_continues_one_stream(client, model):
 
 def test_chat_session_continues_with_new_or_whole_conversation(client, model):
     local = _local(model)
-    first = "".join(local.chat("Hello! Who are you?", max_tokens=12, **GREEDY))
-    second = "".join(local.chat("And what can you do?", max_tokens=12, **GREEDY))
-    third = "".join(local.chat("Thanks.", max_tokens=12, **GREEDY))
+    first = "".join(local.chat("Hello! Who are you?", max_tokens=12, **LOCAL_GREEDY))
+    second = "".join(local.chat("And what can you do?", max_tokens=12, **LOCAL_GREEDY))
+    third = "".join(local.chat("Thanks.", max_tokens=12, **LOCAL_GREEDY))
 
     def ask(messages, sid):
         return client.chat.completions.create(model=MODEL_ID, messages=messages, max_tokens=12,
@@ -129,7 +133,7 @@ def test_keep_system_prompt(client, model, base):
     messages = [{"role": "system", "content": system}, {"role": "user", "content": "Hi"}]
     n = system_prompt_tokens(model, system)
     local = model.session(n_sink=n, n_threads=1)
-    expected = "".join(local.chat(messages, max_tokens=8, **GREEDY))
+    expected = "".join(local.chat(messages, max_tokens=8, **LOCAL_GREEDY))
     r = client.chat.completions.create(model=MODEL_ID, messages=messages, max_tokens=8,
                                        extra_body={"session_id": "pirate", "keep_system_prompt": True}, **GREEDY)
     assert r.choices[0].message.content == expected
@@ -152,11 +156,11 @@ def test_chat_session_api_keeps_the_system_prompt_as_sinks(model):
     s = model.chat_session(system, window=32, n_threads=1)
     assert s.n_sink == system_prompt_tokens(model, system) and s.mode == "streaming"
     reference = model.session(n_sink=s.n_sink, window=32, n_threads=1)
-    assert "".join(s.chat("Hi", max_tokens=6, **GREEDY)) == "".join(
+    assert "".join(s.chat("Hi", max_tokens=6, **LOCAL_GREEDY)) == "".join(
         reference.chat([{"role": "system", "content": system}, {"role": "user", "content": "Hi"}], max_tokens=6,
-                       **GREEDY))
+                       **LOCAL_GREEDY))
     for _ in range(3):  # far past the window: the system prompt stays as the sinks
-        "".join(s.chat("Tell me more.", max_tokens=16, **GREEDY))
+        "".join(s.chat("Tell me more.", max_tokens=16, **LOCAL_GREEDY))
     assert s.n_past > s.capacity and s.n_cached == s.capacity
 
 
@@ -168,7 +172,7 @@ def test_eviction_under_max_sessions_and_memory_budget(model, tmp_path):
             locals_ = {}
             for sid in ("a", "b", "c"):
                 locals_[sid] = _local(model)
-                locals_[sid].generate(f"Session {sid}:", max_tokens=5, seed=1)
+                locals_[sid].generate(f"Session {sid}:", max_tokens=5, seed=1, repeat_penalty=1.0)
                 client.completions.create(model=MODEL_ID, prompt=f"Session {sid}:", max_tokens=5, seed=1,
                                           extra_body={"session_id": sid})
             time.sleep(0.3)
@@ -177,7 +181,7 @@ def test_eviction_under_max_sessions_and_memory_budget(model, tmp_path):
             # a comes back from disk and continues exactly
             r = client.completions.create(model=MODEL_ID, prompt=" more", max_tokens=8, seed=3,
                                           extra_body={"session_id": "a"})
-            assert r.choices[0].text == locals_["a"].generate(" more", max_tokens=8, seed=3)
+            assert r.choices[0].text == locals_["a"].generate(" more", max_tokens=8, seed=3, repeat_penalty=1.0)
             metrics = httpx.get(url + "/metrics").text
             assert re.search(r"^sinkstream_sessions_evicted_total [2-9]", metrics, re.M)
 
@@ -191,7 +195,8 @@ def _saved(base, sid):
 def test_session_survives_a_restart(model, default_model_path, tmp_path, how):
     state = str(tmp_path / "state")
     local = _local(model)
-    expected = [local.generate("Chapter one.", max_tokens=8, seed=1), local.generate(" Chapter two.", max_tokens=8, seed=2)]
+    expected = [local.generate("Chapter one.", max_tokens=8, seed=1, repeat_penalty=1.0),
+                local.generate(" Chapter two.", max_tokens=8, seed=2, repeat_penalty=1.0)]
     args = ("--state-dir", state, "--threads", "1")
     with ServerProcess(default_model_path, *args) as server:
         c = openai.OpenAI(base_url=server.base + "/v1", api_key="x", max_retries=0)

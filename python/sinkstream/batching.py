@@ -131,7 +131,16 @@ class BatchScheduler:
             raise ValueError("a recompute-mode session re-encodes its whole window for every token and cannot "
                              "join a batch: use model.session(mode='recompute')")
         options.setdefault("n_threads", 1)  # its own pool would sit idle: the scheduler's threads compute
-        session = self.model.session(mode, n_sink, window, **options)
+        return self.attach(self.model.session(mode, n_sink, window, **options))
+
+    def attach(self, session: "Session") -> "Session":
+        """Makes an existing session of the scheduler's model run its evals through the scheduler
+        (its state and settings stay; it can be attached while idle only). Returns it."""
+        if getattr(session, "model", None) is not self.model:
+            raise ValueError("the session belongs to another model than the scheduler's")
+        if session.mode == "recompute":
+            raise ValueError("a recompute-mode session re-encodes its whole window for every token and cannot "
+                             "join a batch")
         session._scheduler = self
         return session
 

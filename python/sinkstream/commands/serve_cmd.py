@@ -28,10 +28,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                                        "kept across restarts)")
     p.add_argument("--max-sessions", type=int, default=64, help="named sessions in memory (LRU ones go to disk)")
     p.add_argument("--memory-budget", type=_bytes, help="bytes of session memory, e.g. 2G (LRU ones go to disk)")
-    p.add_argument("--max-concurrent", type=int, default=2, help="generations running at once")
+    p.add_argument("--max-concurrent", type=int, default=8, help="generations running at once (default 8)")
+    p.add_argument("--no-batching", action="store_true",
+                   help="each generation computes alone (default: running generations share forward passes)")
     p.add_argument("--max-queue", type=int, default=64, help="requests waiting for a slot (more: 429)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per request (0: none)")
-    p.add_argument("--threads", type=int, help="threads per generation (default: cores / max-concurrent)")
+    p.add_argument("--threads", type=int, help="threads of the batched passes (default: the cores); with "
+                                                  "--no-batching, per generation (default: cores / max-concurrent)")
     p.add_argument("--mode", default="streaming", choices=["streaming", "window", "dense", "recompute"])
     p.add_argument("--n-sink", type=int, help="attention sinks per session (default 4)")
     p.add_argument("--window", type=int, help="window per session (default: 2048 - n_sink, capped)")
@@ -53,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     config = ServerConfig(model_path=args.model, model_name=args.model_name, api_key=args.api_key or None,
                           state_dir=args.state_dir, max_sessions=args.max_sessions, memory_budget=args.memory_budget,
                           max_concurrent=args.max_concurrent, max_queue=args.max_queue,
-                          request_timeout=args.timeout or None, n_threads=args.threads, mode=args.mode,
+                          request_timeout=args.timeout or None, n_threads=args.threads, batching=not args.no_batching,
+                          mode=args.mode,
                           n_sink=args.n_sink, window=args.window, keep_system_prompt=args.keep_system_prompt)
     serve(config, host=args.host, port=args.port, log_level=args.log_level)
     return 0

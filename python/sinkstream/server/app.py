@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..generation import SamplingParams
+from ..batching import BatchScheduler
 from ..system_sinks import system_prompt_sinks
 from . import protocol as P
 from .engine import Chunk, Finish, GenerationEngine, GenerationRequest, QueueFull, RequestTimeout, ShuttingDown
@@ -38,10 +39,14 @@ class ServerConfig:
     state_dir: str | None = None           # where sessions are saved (None: sessions live in memory only)
     max_sessions: int = 64                 # named sessions held in memory at once (LRU ones go to disk)
     memory_budget: int | None = None       # bytes of session memory (None: no limit but max_sessions)
-    max_concurrent: int = 2                # generations running at once
+    max_concurrent: int = 8                # generations running at once
     max_queue: int = 64                    # requests waiting for a generation slot
     request_timeout: float | None = 300.0  # seconds per request, queue wait included
-    n_threads: int | None = None           # threads per generation (None: cores / max_concurrent)
+    # batching: the running generations share forward passes (sinkstream.BatchScheduler: the weights
+    # are read once per step for all of them); n_threads then counts the threads of those passes.
+    # Without it (or in recompute mode) each generation computes alone with n_threads threads.
+    batching: bool = True
+    n_threads: int | None = None           # None: the cores (batching), else cores / max_concurrent
     mode: str = "streaming"
     n_sink: int | None = None              # session defaults (None: the engine's)
     window: int | None = None
@@ -52,7 +57,9 @@ class ServerConfig:
 
 
 def _sampling(req: Any, max_tokens: int | None) -> SamplingParams:
-    options: dict[str, Any] = {"max_tokens": max_tokens}
+    # OpenAI's API has no repetition penalty unless asked for (frequency/presence_penalty): 1.0 here,
+    # not SamplingParams' default, so clients get the semantics they were written for.
+    options: dict[str, Any] = {"max_tokens": max_tokens, "repeat_penalty": 1.0}
     for name in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "repeat_last_n", "presence_penalty",
                  "frequency_penalty", "seed"):
         value = getattr(req, name)
@@ -105,13 +112,17 @@ class Server:
         self.model = model if model is not None else Model(config.model_path)
         self.model_id = config.model_name or os.path.basename(self.model.path).removesuffix(".gguf")
         self.metrics = Metrics()
-        if config.n_threads is None:
-            config.n_threads = max(1, (os.cpu_count() or 1) // config.max_concurrent)
+        self.scheduler: BatchScheduler | None = None
+        if config.batching and config.mode != "recompute":
+            self.scheduler = BatchScheduler(self.model, config.n_threads or self.model.n_threads)
+            self.session_threads = 1  # a scheduled session's own pool would sit idle
+        else:
+            self.session_threads = config.n_threads or max(1, (os.cpu_count() or 1) // config.max_concurrent)
         self.engine = GenerationEngine(max_concurrent=config.max_concurrent, max_queue=config.max_queue,
                                        timeout=config.request_timeout, metrics=self.metrics)
         self.store = SessionStore(self.model, config.state_dir, max_sessions=config.max_sessions,
-                                  memory_budget=config.memory_budget, n_threads=config.n_threads, metrics=self.metrics,
-                                  shared=config.shared_state)
+                                  memory_budget=config.memory_budget, n_threads=self.session_threads,
+                                  metrics=self.metrics, shared=config.shared_state, prepare=self._attach)
         m = self.metrics
         m.gauge("sinkstream_active_generations", "Generations running now", lambda: self.engine.active)
         m.gauge("sinkstream_queue_depth", "Requests waiting for a generation slot", lambda: self.engine.waiting)
@@ -120,7 +131,23 @@ class Server:
         m.gauge("sinkstream_session_memory_bytes", "Memory of the named sessions in memory",
                 lambda: self.store.memory_in_use)
 
+        if self.scheduler is not None:
+            scheduler = self.scheduler
+            m.gauge("sinkstream_batch_sessions_per_step", "Mean sessions per batched forward pass",
+                    lambda: scheduler.stats.mean_sessions_per_step)
+
+    def close(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.close()
+
     # -- sessions and generation ---------------------------------------------------------------------
+    def _attach(self, session: Any) -> Any:
+        return self.scheduler.attach(session) if self.scheduler is not None else session
+
+    def _new_session(self, options: dict[str, Any]) -> Any:
+        return self._attach(self.model.session(options["mode"], options["n_sink"], options["window"],
+                                               n_threads=self.session_threads))
+
     def _options(self, n_sink: int | None = None) -> dict[str, Any]:
         return {"mode": self.config.mode, "n_sink": self.config.n_sink if n_sink is None else n_sink,
                 "window": self.config.window}
@@ -128,8 +155,7 @@ class Server:
     @contextlib.asynccontextmanager
     async def _session(self, session_id: str | None, kind: str, options: dict[str, Any]) -> AsyncIterator[Any]:
         if session_id is None:
-            yield await asyncio.to_thread(self.model.session, options["mode"], options["n_sink"], options["window"],
-                                          n_threads=self.config.n_threads)
+            yield await asyncio.to_thread(self._new_session, options)
         else:
             async with self.store.use(session_id, kind, options) as entry:
                 yield entry.session
@@ -320,6 +346,7 @@ def create_app(config: ServerConfig, model: Any = None) -> FastAPI:
                 break
             await asyncio.sleep(0.05)
         await server.store.save_all()
+        server.close()
 
     app = FastAPI(title="sinkstream", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = server

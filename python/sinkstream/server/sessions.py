@@ -22,7 +22,7 @@ import re
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from .errors import APIError, bad_request, too_many
 from .metrics import Metrics
@@ -77,8 +77,11 @@ def _read_state(path: str) -> tuple[dict[str, Any], bytes]:
 class SessionStore:
     def __init__(self, model: Any, state_dir: str | None, *, max_sessions: int = 64,
                  memory_budget: int | None = None, n_threads: int | None = None, metrics: Metrics | None = None,
-                 shared: bool = False):
+                 shared: bool = False, prepare: Callable[[Any], Any] | None = None):
+        """prepare: applied to each session the store makes (the server attaches it to its
+        BatchScheduler)."""
         self.model = model
+        self.prepare = prepare
         self.shared = shared
         self.state_dir = state_dir
         self.max_sessions = max_sessions
@@ -170,6 +173,8 @@ class SessionStore:
         def make() -> Any:
             session = self.model.session(entry.options["mode"], entry.options["n_sink"], entry.options["window"],
                                          n_threads=self.n_threads)
+            if self.prepare is not None:
+                session = self.prepare(session)
             if path is not None and os.path.exists(path):
                 entry.stamp = self._stamp(entry.id)
                 header, blob = _read_state(path)
