@@ -95,3 +95,22 @@ def test_progress_reads_a_long_prompt_in_chunks_with_the_same_result(monkeypatch
     short = model.session(window=100)
     list(generation.stream_tokens(short, prompt[:100], max_tokens=2, temperature=0, progress=True))
     assert len(RecordingBar.made) == 1
+
+
+def test_keep_system_prompt_makes_the_system_message_the_sinks(monkeypatch, capsys, model_path):
+    from sinkstream.system_sinks import system_prompt_tokens
+
+    system = "You are a terse assistant who answers in one line."
+    result = chat(monkeypatch, capsys, model_path, ["Hi", "/stats"], "--system", system, "--keep-system-prompt")
+    n_sink = system_prompt_tokens(sinkstream.Model(model_path, n_threads=1), system)
+    assert f"{n_sink} sinks + 60 window, mode streaming" in result.err
+    # The same reply as a session with those sinks fed the same conversation.
+    session = sinkstream.Model(model_path, n_threads=1).session(n_sink=n_sink, window=60)
+    expected = "".join(session.chat([{"role": "system", "content": system}, {"role": "user", "content": "Hi"}],
+                                    max_tokens=6, temperature=0))
+    assert replies(result.out) == [expected.strip("\n")]
+    for argv, words in [(["--keep-system-prompt"], "give --system"),
+                        (["--system", system, "--keep-system-prompt", "--n-sink", "4"], "leave out --n-sink")]:
+        monkeypatch.setattr("builtins.input", lambda prompt="": "Hi")
+        assert cli.main([*CHAT, *argv, model_path]) == 1
+        assert words in capsys.readouterr().err

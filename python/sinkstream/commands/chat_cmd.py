@@ -22,7 +22,7 @@ import re
 import sys
 from typing import Any, Callable
 
-from ._generation_args import (add_model_arguments, add_sampling_arguments, open_session, print_stats,
+from ._generation_args import (add_model_arguments, add_sampling_arguments, load_model, open_session, print_stats,
                                sampling_options, use_replacing_stdout)
 
 EXIT_COMMANDS = ("/exit", "/quit")
@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(p)
     p.add_argument("--system", default=None, help="system message that opens the conversation")
+    p.add_argument("--keep-system-prompt", action="store_true",
+                   help="keep the whole --system message in the cache for good, as the attention sinks "
+                        "(n_sink = its length in tokens; llama.cpp's --keep), however long the chat")
     p.add_argument("--load", default=None, metavar="FILE", help="continue a conversation saved with /save")
     p.add_argument("--history-file", default=None, metavar="FILE",
                    help="where typed lines are kept for the arrow keys (default: "
@@ -157,11 +160,24 @@ def run_command(line: str, session: Any) -> bool:
     return True
 
 
+def open_chat_session(args: argparse.Namespace) -> Any:
+    if not args.keep_system_prompt:
+        return open_session(args)[1]
+    if not args.system:
+        raise ValueError("--keep-system-prompt keeps the --system message as the sinks: give --system")
+    if args.mode != "streaming" or args.n_sink is not None:
+        raise ValueError("--keep-system-prompt sets n_sink itself (the system message's length, streaming mode): "
+                         "leave out --n-sink and --mode")
+    model = load_model(args.model, args.threads)
+    window = {} if args.window is None else {"window": args.window}
+    return model.chat_session(args.system, keep_system_prompt=True, **window)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..chat_template import chat_turn
 
     options = sampling_options(args)
-    _, session = open_session(args)
+    session = open_chat_session(args)
     if args.load:
         session.load(args.load)
     use_replacing_stdout()
