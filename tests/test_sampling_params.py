@@ -182,6 +182,15 @@ def main(path: str) -> str:
             text += stats.summary()
     model.close()
     return text
+
+
+async def main_async(session: sinkstream.Session) -> str:
+    text = await session.agenerate("x", OPTION=3)
+    async for piece in session.astream(None, temperature=0.5):
+        text += piece
+    async for piece in session.achat("hi", max_tokens=4):
+        text += piece
+    return text
 '''
 
 
@@ -203,4 +212,4 @@ def test_mypy_strict_catches_a_misspelled_option(tmp_path: Path):
     result = _mypy(tmp_path, "max_tokenz")
     assert result.returncode == 1, result.stdout + result.stderr
     assert 'Unexpected keyword argument "max_tokenz"' in result.stdout, result.stdout
-    assert result.stdout.count("error:") == 1, result.stdout
+    assert result.stdout.count("error:") == 2, result.stdout  # in stream() and in its async twin agenerate()

@@ -5,11 +5,12 @@ The Python layer validates arguments and holds handles to C++ objects; all compu
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import warnings
 import weakref
-from typing import Any, AsyncIterator, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -20,6 +21,24 @@ from .generation import DEFAULT, GenerationStats, SamplingParams, _Default, reso
 MODES = ("streaming", "window", "dense", "recompute")
 KV_TYPES = ("f16", "f32", "q8_0")  # K/V cache storage: q8_0 is GGML's 8-bit blocks (head_dim % 32 == 0)
 _LOGITS = ("last", "all", None)
+
+
+_R = TypeVar("_R")
+if TYPE_CHECKING:  # typing.ParamSpec is Python 3.10+; only type checkers need it
+    from typing import ParamSpec
+
+    _P = ParamSpec("_P")
+
+
+def _options_of(sync: Callable[_P, object]) -> Callable[[Callable[..., _R]], Callable[_P, _R]]:
+    """Declares that the decorated method (an async twin) takes exactly the arguments of `sync`:
+    type checkers and help() see every option, and a misspelled one is an error. The method itself
+    is unchanged (it forwards its arguments, which are checked when it is called)."""
+    def declare(method: Callable[..., _R]) -> Callable[_P, _R]:
+        method.__signature__ = inspect.signature(sync).replace(  # type: ignore[attr-defined]
+            return_annotation=inspect.signature(method).return_annotation)
+        return method
+    return declare
 
 
 def _check_int(name: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
@@ -319,6 +338,7 @@ class Model:
         return "".join(self.session(mode, n_sink, window).stream(prompt, resolved, add_bos=add_bos, special=special, progress=progress))
 
     # -- async (aio.py: generation in a worker thread; cancelled when the consumer goes away) -----
+    @_options_of(stream)
     def astream(self, prompt: str | Sequence[int] | np.ndarray, params: SamplingParams | None = None,
                 **options: Any) -> AsyncIterator[str]:
         """stream() as an async iterator (same arguments, checked now)."""
@@ -326,6 +346,7 @@ class Model:
 
         return model_astream(self, prompt, params, **options)
 
+    @_options_of(generate)
     async def agenerate(self, prompt: str | Sequence[int] | np.ndarray, params: SamplingParams | None = None,
                         **options: Any) -> str:
         """generate() awaited off the event loop (same arguments)."""
@@ -586,6 +607,7 @@ class Session:
                          progress=progress)
 
     # -- async (aio.py: generation in a worker thread; cancelled when the consumer goes away) -----
+    @_options_of(stream)
     def astream(self, prompt: str | Sequence[int] | np.ndarray | None = None, params: SamplingParams | None = None,
                 **options: Any) -> AsyncIterator[str]:
         """stream() as an async iterator (same arguments, checked now)."""
@@ -593,6 +615,7 @@ class Session:
 
         return astream(self, prompt, params, **options)
 
+    @_options_of(generate)
     async def agenerate(self, prompt: str | Sequence[int] | np.ndarray | None = None,
                         params: SamplingParams | None = None, **options: Any) -> str:
         """generate() awaited off the event loop (same arguments)."""
@@ -600,6 +623,7 @@ class Session:
 
         return await agenerate(self, prompt, params, **options)
 
+    @_options_of(chat)
     def achat(self, messages: str | list[dict[str, str]], params: SamplingParams | None = None,
               **options: Any) -> AsyncIterator[str]:
         """chat() as an async iterator (same arguments, checked now)."""
