@@ -83,14 +83,7 @@ ForwardScratch Model::make_scratch(int64_t max_tokens, int64_t capacity) const {
 
 void Model::forward(const int32_t* tokens, int64_t n, uint64_t t0, SinkCache& cache, ForwardScratch& scratch,
                     Backend& backend, float* logits, bool all_logits) const {
-  ForwardSegment segment;
-  segment.tokens = tokens;
-  segment.n = n;
-  segment.t0 = t0;
-  segment.cache = &cache;
-  segment.rope = &scratch.rope;
-  segment.keys_rotated = &scratch.keys_rotated;
-  segment.logits = logits;
+  ForwardSegment segment = make_segment(tokens, n, t0, cache, scratch, logits);
   segment.all_logits = all_logits;
   forward_segments(&segment, 1, scratch, backend, nullptr);
 }

@@ -68,6 +68,21 @@ struct ForwardSegment {
   bool all_logits = false;
 };
 
+// A segment of `n` tokens from stream index t0 of the session owning `cache` and `owner` (its scratch:
+// RoPE frequencies and key-rotation count).
+inline ForwardSegment make_segment(const int32_t* tokens, int64_t n, uint64_t t0, SinkCache& cache,
+                                   ForwardScratch& owner, float* logits) {
+  ForwardSegment segment;
+  segment.tokens = tokens;
+  segment.n = n;
+  segment.t0 = t0;
+  segment.cache = &cache;
+  segment.rope = &owner.rope;
+  segment.keys_rotated = &owner.keys_rotated;
+  segment.logits = logits;
+  return segment;
+}
+
 class Model {
  public:
   // Maps the file, reads the config and tokenizer, binds and checks every weight.

@@ -227,15 +227,8 @@ ForwardSegment Session::begin_segment(const int32_t* tokens, int64_t n, float* l
     busy_.store(false);
     throw;
   }
-  ForwardSegment segment;
-  segment.tokens = tokens;
-  segment.n = n;
-  segment.t0 = n_past_;
-  segment.cache = &cache_;
-  segment.rope = &scratch_.rope;
-  segment.keys_rotated = &scratch_.keys_rotated;
+  ForwardSegment segment = make_segment(tokens, n, n_past_, cache_, scratch_, logits);
   segment.entries_attended = &batched_entries_attended_;
-  segment.logits = logits;
   return segment;
 }
 

@@ -89,3 +89,19 @@ def use_replacing_stdout() -> None:
 def print_stats(stats: Any) -> None:
     if stats is not None:
         print(stats.summary(), file=sys.stderr, flush=True)
+
+
+def write_pieces(pieces: Any) -> tuple[str, bool]:
+    """Writes a generator's text pieces to stdout as they come, then closes it. Returns (the last
+    piece, whether Ctrl-C stopped it)."""
+    last = ""
+    try:
+        for piece in pieces:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+            last = piece
+    except KeyboardInterrupt:
+        return last, True
+    finally:
+        pieces.close()
+    return last, False

@@ -22,8 +22,9 @@ import re
 import sys
 from typing import Any, Callable
 
-from ._generation_args import (add_model_arguments, add_sampling_arguments, load_model, open_session, print_stats,
-                               sampling_options, use_replacing_stdout)
+from . import _generation_args
+from ._generation_args import (add_model_arguments, add_sampling_arguments, open_session, print_stats,
+                               sampling_options, use_replacing_stdout, write_pieces)
 
 EXIT_COMMANDS = ("/exit", "/quit")
 MULTILINE_FENCE = '"""'
@@ -168,7 +169,7 @@ def open_chat_session(args: argparse.Namespace) -> Any:
     if args.mode != "streaming" or args.n_sink is not None:
         raise ValueError("--keep-system-prompt sets n_sink itself (the system message's length, streaming mode): "
                          "leave out --n-sink and --mode")
-    model = load_model(args.model, args.threads)
+    model = _generation_args.load_model(args.model, args.threads)  # looked up now: tests replace it
     window = {} if args.window is None else {"window": args.window}
     return model.chat_session(args.system, keep_system_prompt=True, **window)
 
@@ -201,17 +202,9 @@ def run(args: argparse.Namespace) -> int:
             # The system message opens a conversation: the first turn of a new (or reset) stream.
             first_turn = not getattr(session, "_chat_history", None)
             turn = (opening if first_turn else []) + [{"role": "user", "content": message}]
-            reply = chat_turn(session, turn, None, progress=True, **options)
-            last = ""
-            try:
-                for piece in reply:
-                    sys.stdout.write(piece)
-                    sys.stdout.flush()
-                    last = piece
-            except KeyboardInterrupt:
+            last, stopped = write_pieces(chat_turn(session, turn, None, progress=True, **options))
+            if stopped:
                 print("\n[reply stopped]", file=sys.stderr, end="")
-            finally:
-                reply.close()
             if not last.endswith("\n"):
                 sys.stdout.write("\n")
             sys.stdout.flush()

@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from ._generation_args import (add_model_arguments, add_sampling_arguments, open_session, print_stats,
-                               sampling_options, use_replacing_stdout)
+                               sampling_options, use_replacing_stdout, write_pieces)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,17 +54,8 @@ def run(args: argparse.Namespace) -> int:
         pieces = chat_turn(session, messages, None, add_bos=add_bos, progress=True, **options)
     else:
         pieces = stream_text(session, prompt, add_bos=add_bos, progress=True, **options)
-    last = ""
-    status = 0
-    try:
-        for piece in pieces:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-            last = piece
-    except KeyboardInterrupt:
-        status = 130
-    finally:
-        pieces.close()
+    last, stopped = write_pieces(pieces)
+    status = 130 if stopped else 0
     if last and not last.endswith("\n"):
         sys.stdout.write("\n")
     sys.stdout.flush()
