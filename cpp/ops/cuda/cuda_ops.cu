@@ -25,6 +25,7 @@
 
 #include "core/error.h"
 #include "ops/cuda/cuda_ops.h"
+#include "ops/cuda/block_decode.h"
 #include "quant/quant_blocks.h"
 
 namespace sinkstream::cuda {
@@ -68,16 +69,12 @@ struct BlockGeometry {
   int64_t bytes;     // per block
 };
 
-// Sizes from the block structs (GGUF spec: Q4_0 18 bytes, Q4_1 20, Q8_0 34 per 32 elements).
+// Sizes from the block structs (GGUF spec: Q4_0 18 bytes, Q4_1 20, Q8_0 34 per 32 elements; the
+// rest in block_decode.h).
 bool geometry(GgmlType type, BlockGeometry* g) {
-  switch (type) {
-    case GgmlType::Q4_0: *g = {"Q4_0", kQK, (int64_t)sizeof(BlockQ4_0)}; return true;
-    case GgmlType::Q4_1: *g = {"Q4_1", kQK, (int64_t)sizeof(BlockQ4_1)}; return true;
-    case GgmlType::Q8_0: *g = {"Q8_0", kQK, (int64_t)sizeof(BlockQ8_0)}; return true;
-    case GgmlType::F16: *g = {"F16", 1, 2}; return true;
-    case GgmlType::F32: *g = {"F32", 1, 4}; return true;
-    default: return false;
-  }
+  if (!decodable(type)) return false;
+  *g = {decodable_name(type), block_elements(type), block_bytes(type)};
+  return true;
 }
 
 // ---- per-lane work (host-callable too) ---------------------------------------------------------
@@ -312,41 +309,86 @@ __global__ void silu_mul_kernel(const float* gate, const float* up, int64_t n, f
   }
 }
 
-// ---- launch helpers -----------------------------------------------------------------------------
-
-template <typename Q>
-void launch_quant(const DeviceWeight& w, const float* x, int64_t n, float* y) {
-  const int64_t nb = w.cols / kQK;
-  const dim3 block(kWarpsPerBlock * kWarpSize);
-  const unsigned grid_x = (unsigned)((w.rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
-  if (n == 1) {
-    matmul_quant_kernel<Q, 1><<<dim3(grid_x, 1), block>>>(w.data.as<uint8_t>(), w.rows, nb, w.row_bytes, x, n,
-                                                          w.cols, y);
-  } else {
-    const unsigned grid_y = (unsigned)std::min<int64_t>((n + kTokenTile - 1) / kTokenTile, kMaxGridY);
-    matmul_quant_kernel<Q, kTokenTile><<<dim3(grid_x, grid_y), block>>>(w.data.as<uint8_t>(), w.rows, nb,
-                                                                        w.row_bytes, x, n, w.cols, y);
+// Every other type the families use (BF16, Q5_0, Q5_1, IQ4_NL, Q2_K .. Q6_K): one warp per row as
+// above, lane l taking elements l, l + 32, ..., each decoded by block_decode.h (the code the host
+// checks against dequantize.cc). TYPE is a template argument, so decode_element's switch folds away.
+// Simpler and slower than the block-wise kernels above (each element re-reads its block's scales,
+// from L1): correctness first; a block-wise K-quant kernel is listed as missing in README.md.
+template <GgmlType TYPE, int NT>
+__global__ void __launch_bounds__(kWarpsPerBlock * kWarpSize)
+    matmul_generic_kernel(const uint8_t* __restrict__ w, int64_t rows, int64_t row_bytes,
+                          const float* __restrict__ x, int64_t n, int64_t cols, float* __restrict__ y) {
+  const int lane = threadIdx.x % kWarpSize;
+  const int64_t row = (int64_t)blockIdx.x * kWarpsPerBlock + threadIdx.x / kWarpSize;
+  if (row >= rows) return;
+  const uint8_t* wr = w + row * row_bytes;
+  for (int64_t t0 = (int64_t)blockIdx.y * NT; t0 < n; t0 += (int64_t)gridDim.y * NT) {
+    const int nt = (int)min((int64_t)NT, n - t0);
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[t] = 0.0f;
+    for (int64_t e = lane; e < cols; e += kWarpSize) {
+      const float v = decode_element(TYPE, wr, e);
+#pragma unroll
+      for (int t = 0; t < NT; ++t)
+        if (t < nt) acc[t] = fmaf(v, x[(t0 + t) * cols + e], acc[t]);
+    }
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      const float total = warp_sum(acc[t]);
+      if (lane == 0 && t < nt) y[(t0 + t) * rows + row] = total;
+    }
   }
 }
 
+// ---- launch helpers -----------------------------------------------------------------------------
+
+// The grid of a matmul: kWarpsPerBlock rows per block in x, token tiles in y (NT = 1 for decode).
+struct MatmulGrid {
+  dim3 grid, block;
+};
+MatmulGrid matmul_grid(int64_t rows, int64_t n) {
+  const unsigned grid_x = (unsigned)((rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
+  const unsigned grid_y = n == 1 ? 1u : (unsigned)std::min<int64_t>((n + kTokenTile - 1) / kTokenTile, kMaxGridY);
+  return {dim3(grid_x, grid_y), dim3(kWarpsPerBlock * kWarpSize)};
+}
+
+template <typename Q>
+void launch_quant(const uint8_t* w, int64_t rows, int64_t cols, int64_t row_bytes, const float* x, int64_t n,
+                  float* y, cudaStream_t stream) {
+  const int64_t nb = cols / kQK;
+  const MatmulGrid g = matmul_grid(rows, n);
+  if (n == 1)
+    matmul_quant_kernel<Q, 1><<<g.grid, g.block, 0, stream>>>(w, rows, nb, row_bytes, x, n, cols, y);
+  else
+    matmul_quant_kernel<Q, kTokenTile><<<g.grid, g.block, 0, stream>>>(w, rows, nb, row_bytes, x, n, cols, y);
+}
+
 template <typename F>
-void launch_float(const DeviceWeight& w, const float* x, int64_t n, float* y) {
-  const dim3 block(kWarpsPerBlock * kWarpSize);
-  const unsigned grid_x = (unsigned)((w.rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
-  if (n == 1) {
-    matmul_float_kernel<F, 1><<<dim3(grid_x, 1), block>>>(w.data.as<uint8_t>(), w.rows, w.row_bytes, x, n, w.cols, y);
-  } else {
-    const unsigned grid_y = (unsigned)std::min<int64_t>((n + kTokenTile - 1) / kTokenTile, kMaxGridY);
-    matmul_float_kernel<F, kTokenTile><<<dim3(grid_x, grid_y), block>>>(w.data.as<uint8_t>(), w.rows, w.row_bytes,
-                                                                        x, n, w.cols, y);
-  }
+void launch_float(const uint8_t* w, int64_t rows, int64_t cols, int64_t row_bytes, const float* x, int64_t n,
+                  float* y, cudaStream_t stream) {
+  const MatmulGrid g = matmul_grid(rows, n);
+  if (n == 1)
+    matmul_float_kernel<F, 1><<<g.grid, g.block, 0, stream>>>(w, rows, row_bytes, x, n, cols, y);
+  else
+    matmul_float_kernel<F, kTokenTile><<<g.grid, g.block, 0, stream>>>(w, rows, row_bytes, x, n, cols, y);
+}
+
+template <GgmlType TYPE>
+void launch_generic(const uint8_t* w, int64_t rows, int64_t cols, int64_t row_bytes, const float* x, int64_t n,
+                    float* y, cudaStream_t stream) {
+  const MatmulGrid g = matmul_grid(rows, n);
+  if (n == 1)
+    matmul_generic_kernel<TYPE, 1><<<g.grid, g.block, 0, stream>>>(w, rows, row_bytes, x, n, cols, y);
+  else
+    matmul_generic_kernel<TYPE, kTokenTile><<<g.grid, g.block, 0, stream>>>(w, rows, row_bytes, x, n, cols, y);
 }
 
 // Validates a host or device weight's description; returns its block geometry.
 BlockGeometry check_weight(const std::string& name, GgmlType type, int64_t rows, int64_t cols, int64_t row_bytes) {
   BlockGeometry g;
   SS_CHECK_ARG(geometry(type, &g), "CUDA matmul does not support weight type ", (uint32_t)type, " of ", name,
-               " (supported: Q4_0, Q4_1, Q8_0, F16, F32)");
+               " (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K .. Q6_K, IQ4_NL)");
   SS_CHECK_ARG(rows > 0 && cols > 0, "weight ", name, " has shape ", rows, " x ", cols);
   SS_CHECK_ARG(cols % g.elements == 0, "weight ", name, ": ", cols, " columns is not a multiple of the ", g.name,
                " block size ", g.elements);
@@ -487,15 +529,26 @@ void matmul(const DeviceWeight& w, const float* x, int64_t n, float* y) {
   // The quant kernels read X as float4 (cols is a multiple of 32, so every row stays aligned).
   SS_CHECK_ARG(g.elements == 1 || reinterpret_cast<uintptr_t>(x) % 16 == 0, "matmul with ", w.name,
                ": x must be 16-byte aligned");
-  switch (w.type) {
-    case GgmlType::Q4_0: launch_quant<Q4_0Kernel>(w, x, n, y); break;
-    case GgmlType::Q4_1: launch_quant<Q4_1Kernel>(w, x, n, y); break;
-    case GgmlType::Q8_0: launch_quant<Q8_0Kernel>(w, x, n, y); break;
-    case GgmlType::F16: launch_float<F16Kernel>(w, x, n, y); break;
-    case GgmlType::F32: launch_float<F32Kernel>(w, x, n, y); break;
-    default: SS_ASSERT(false);  // check_weight accepted only the types above
-  }
+  launch_matmul(w.type, w.data.as<uint8_t>(), w.rows, w.cols, w.row_bytes, x, n, y, nullptr);
   check_launch(cat("the ", g.name, " matmul kernel for ", w.name, " (", w.rows, " x ", w.cols, ", n = ", n, ")"));
+}
+
+void launch_matmul(GgmlType type, const uint8_t* w, int64_t rows, int64_t cols, int64_t row_bytes, const float* x,
+                   int64_t n, float* y, void* stream_handle) {
+  cudaStream_t stream = static_cast<cudaStream_t>(stream_handle);
+  switch (type) {
+    case GgmlType::Q4_0: launch_quant<Q4_0Kernel>(w, rows, cols, row_bytes, x, n, y, stream); break;
+    case GgmlType::Q4_1: launch_quant<Q4_1Kernel>(w, rows, cols, row_bytes, x, n, y, stream); break;
+    case GgmlType::Q8_0: launch_quant<Q8_0Kernel>(w, rows, cols, row_bytes, x, n, y, stream); break;
+    case GgmlType::F16: launch_float<F16Kernel>(w, rows, cols, row_bytes, x, n, y, stream); break;
+    case GgmlType::F32: launch_float<F32Kernel>(w, rows, cols, row_bytes, x, n, y, stream); break;
+#define SS_GENERIC(T) \
+    case GgmlType::T: launch_generic<GgmlType::T>(w, rows, cols, row_bytes, x, n, y, stream); break;
+    SS_GENERIC(BF16) SS_GENERIC(Q5_0) SS_GENERIC(Q5_1) SS_GENERIC(IQ4_NL) SS_GENERIC(Q2_K) SS_GENERIC(Q3_K)
+    SS_GENERIC(Q4_K) SS_GENERIC(Q5_K) SS_GENERIC(Q6_K)
+#undef SS_GENERIC
+    default: SS_ASSERT(false);  // callers check decodable()
+  }
 }
 
 void rms_norm(const float* x, const float* weight, int64_t n, int64_t d, float eps, float* out) {

@@ -1,0 +1,41 @@
+// The CUDA backend: the Backend interface (ops/backend.h) over device memory, so the one decoder
+// (model/decoder.cc) runs every family on a GPU. Plain C++ (no CUDA type), like cuda_ops.h.
+//
+// What lives where:
+//   weights      uploaded once per model, on first use, and shared by every CUDA session of that
+//                model (a registry keyed by the Model, which each backend keeps alive). The backend
+//                maps each host pointer the decoder passes (a WeightMatrix's blocks, a norm or bias
+//                vector, the ALiBi slopes) to its device copy. On an integrated GPU (Jetson:
+//                cudaDeviceProp::integrated) the mmap'd GGUF image is registered and mapped instead
+//                (cudaHostRegister, read-only): one copy of the weights in the shared memory.
+//   activations  device buffers of exactly the ForwardScratch shapes (bind_scratch), plus a
+//                (max_tokens, n_vocab) logits buffer; only the logits rows asked for come back.
+//   K/V cache    a device twin of the session's SinkCache, same layout (per layer and KV head,
+//                n_slots rows of head_dim f16 or f32 values), written by store_kv at slot_of(t).
+//   positions    RoPE cos/sin tables and the attention plans (attention_plan.h) are computed on the
+//                host from the SinkCache, exactly as for the CPU, and uploaded per call.
+// Everything runs in order on the legacy default stream; download() synchronizes.
+//
+// NOT YET RUN ON A GPU: this code compiles and links with nvcc (scripts/check_cuda_build.sh) and
+// its host-side parts are tested on the CPU; README.md, "GPU", says what has and has not been run.
+#pragma once
+#include <cstdint>
+#include <memory>
+
+#include "ops/backend.h"
+
+namespace sinkstream {
+class Model;
+namespace cuda {
+
+// The backend of one CUDA session: max_tokens rows per pass, a cache of `capacity` entries.
+// Throws CudaError naming the reason when no CUDA device is usable (no GPU, no driver), and
+// ArgumentError when a weight type of the model has no CUDA kernel.
+std::unique_ptr<Backend> make_backend(std::shared_ptr<const Model> model, int64_t max_tokens, int64_t capacity);
+
+// Device memory the weights of `model` occupy now (0 before the first CUDA session's first pass;
+// 0 on an integrated GPU, where the file's pages are mapped), for benchmarks.
+size_t resident_weight_bytes(const Model& model);
+
+}  // namespace cuda
+}  // namespace sinkstream
