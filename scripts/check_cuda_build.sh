@@ -2,7 +2,7 @@
 # The CUDA backend builds: configures with -DSINKSTREAM_CUDA=ON into build/cuda and builds the engine
 # and the Python module (nvcc compiles cpp/ops/cuda/cuda_ops.cu, the module links it: compile AND
 # link), imports the module (every symbol resolves, the static CUDA runtime loads without a driver),
-# then runs tests/test_cuda.py against it. Its GPU tests run only where a GPU is present
+# then runs tests/test_cuda.py and tests/test_cuda_forward.py against it. Its GPU tests run only where a GPU is present
 # (`nvidia-smi -L` works); elsewhere they skip and the no-device branch is what gets tested.
 # Exits non-zero on any build, import or test failure.
 #
@@ -76,10 +76,10 @@ print(f"   cuda_built() = True, cuda_available() = {c.cuda_available()}, devices
 EOF
 
 if nvidia-smi -L >/dev/null 2>&1; then
-  echo "== tests/test_cuda.py (GPU present: $(nvidia-smi -L | head -n 1))"
+  echo "== tests/test_cuda*.py (GPU present: $(nvidia-smi -L | head -n 1))"
 else
-  echo "== tests/test_cuda.py (no GPU: the GPU tests skip)"
+  echo "== tests/test_cuda*.py (no GPU: the GPU tests skip)"
 fi
 # scripts/asan_pytest.py imports sinkstream from $PKG (never an installed copy) and checks it did.
-"$PYTHON" scripts/asan_pytest.py "$PKG" -q -p no:cacheprovider -rs tests/test_cuda.py
+"$PYTHON" scripts/asan_pytest.py "$PKG" -q -p no:cacheprovider -rs tests/test_cuda.py tests/test_cuda_forward.py
 echo "== CUDA build OK"

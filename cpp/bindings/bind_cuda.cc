@@ -27,7 +27,9 @@
 #include "ops/ops.h"
 #include "quant/quant_types.h"
 
+#include "model/model.h"
 #ifdef SINKSTREAM_HAVE_CUDA
+#include "ops/cuda/cuda_backend.h"
 #include "ops/cuda/cuda_ops.h"
 #endif
 
@@ -219,6 +221,19 @@ void bind_cuda(nb::module_& m) {
       "The CUDA attention plan of queries t0 .. t0+n-1 of one layer, per query: the cache slots and ALiBi\n"
       "distances the kernel reads row by row (computed by the kernel's own row_slot / alibi_distance on\n"
       "the CPU) beside SinkCache's own span members, slot_of and distances, for tests without a GPU.");
+  m.def(
+      "cuda_resident_weight_bytes",
+      [](const Model& model) -> size_t {
+#ifdef SINKSTREAM_HAVE_CUDA
+        return cuda::resident_weight_bytes(model);
+#else
+        (void)model;
+        return 0;
+#endif
+      },
+      nb::arg("model"),
+      "Device memory the CUDA sessions of `model` hold for its weights now (0 before the first CUDA pass and\n"
+      "without CUDA; on an integrated GPU only the float vectors: the file's pages are mapped, not copied).");
   m.def(
       "cuda_upload_plan",
       [](const std::string& path) {

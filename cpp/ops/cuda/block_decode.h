@@ -125,6 +125,12 @@ SS_HD float mul_rn(float a, float b) {
 #endif
 }
 
+// IQ4_NL's codebook (quant_blocks.h kIq4nlValues: a host constant, which device code cannot read).
+SS_HD int iq4nl_value(int q) {
+  constexpr int8_t values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+  return values[q];
+}
+
 SS_HD void k4_scale_min(const uint8_t* scales, int j, int* sc, int* mn) {
   if (j < 4) {
     *sc = scales[j] & 63;
@@ -173,7 +179,7 @@ SS_HD float decode_element(GgmlType type, const uint8_t* row, int64_t e) {
     case GgmlType::Q8_0: return mul_rn(half_at(b), (float)(int8_t)b[2 + i]);
     case GgmlType::IQ4_NL: {
       const int q = i < 16 ? (b[2 + i] & 0x0f) : (b[2 + i - 16] >> 4);
-      return mul_rn(half_at(b), (float)kIq4nlValues[q]);
+      return mul_rn(half_at(b), (float)iq4nl_value(q));
     }
     case GgmlType::Q2_K: {  // scales[16] qs[64] d dmin
       const int h = i / 128, s = (i / 32) % 4, l = i % 32;

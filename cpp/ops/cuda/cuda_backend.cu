@@ -29,25 +29,14 @@
 #include "ops/cuda/attention_plan.h"
 #include "ops/cuda/block_decode.h"
 #include "ops/cuda/cuda_backend.h"
+#include "ops/cuda/cuda_check.cuh"
 #include "ops/cuda/cuda_ops.h"
 
 namespace sinkstream::cuda {
 
 namespace {
 
-void check(cudaError_t status, const char* what) {
-  if (status == cudaSuccess) return;
-  (void)cudaGetLastError();
-  throw CudaError(cat("CUDA error in ", what, ": ", cudaGetErrorString(status), " (", cudaGetErrorName(status),
-                      " = ", (int)status, ")"));
-}
-#define SS_CUDA_CHECK(call) check((call), #call)
-
-void check_launch(const char* what) {
-  const cudaError_t status = cudaGetLastError();
-  if (status != cudaSuccess)
-    throw CudaError(cat("CUDA error launching ", what, ": ", cudaGetErrorString(status)));
-}
+using detail::check_launch;
 
 constexpr int kThreads = 256;
 constexpr int kWarp = 32;
@@ -530,8 +519,6 @@ class CudaBackend final : public Backend {
         cache.head_dim(), cache.n_slots(layer), store_slot(cache, layer, t), cache.type() == KvType::kF16 ? 1 : 0);
     check_launch("store_kv");
   }
-
-  size_t resident_weights() const { return weights_->resident(); }
 
  private:
   // The device twin of a session's SinkCache (the same per-layer layout), made on first use.

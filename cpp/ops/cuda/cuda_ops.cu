@@ -24,35 +24,16 @@
 #include <vector>
 
 #include "core/error.h"
-#include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/block_decode.h"
+#include "ops/cuda/cuda_check.cuh"
+#include "ops/cuda/cuda_ops.h"
 #include "quant/quant_blocks.h"
 
 namespace sinkstream::cuda {
 
 namespace {
 
-// ---- errors ---------------------------------------------------------------------------------
-
-// `what` is the call as written (the macro's #call) or a description of a launch.
-void check(cudaError_t status, const char* what) {
-  if (status == cudaSuccess) return;
-  // cudaGetLastError() clears the error a failed call leaves behind (sticky errors, i.e. kernel
-  // faults, stay: the context is unusable after them and every later call reports it).
-  (void)cudaGetLastError();
-  throw CudaError(cat("CUDA error in ", what, ": ", cudaGetErrorString(status), " (", cudaGetErrorName(status),
-                      " = ", (int)status, ")"));
-}
-
-#define SS_CUDA_CHECK(call) check((call), #call)
-
-// After a <<<...>>> launch: a bad configuration is reported by cudaGetLastError at once.
-void check_launch(const std::string& what) {
-  const cudaError_t status = cudaGetLastError();
-  if (status != cudaSuccess)
-    throw CudaError(cat("CUDA error launching ", what, ": ", cudaGetErrorString(status), " (",
-                        cudaGetErrorName(status), " = ", (int)status, ")"));
-}
+using detail::check_launch;
 
 // ---- types --------------------------------------------------------------------------------------
 
@@ -229,6 +210,16 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// Token t's warp total into y[t * rows] (y at the tile's first token and this warp's row).
+template <int NT>
+__device__ __forceinline__ void store_warp_sums(const float (&acc)[NT], int nt, int lane, float* y, int64_t rows) {
+#pragma unroll
+  for (int t = 0; t < NT; ++t) {
+    const float total = warp_sum(acc[t]);
+    if (lane == 0 && t < nt) y[t * rows] = total;
+  }
+}
+
 // ---- kernels ------------------------------------------------------------------------------------
 
 // y[t * rows + row] = sum_c x[t * cols + c] * W[row][c] for the rows of this block and the token tiles
@@ -244,11 +235,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * kWarpSize)
     const int nt = (int)min((int64_t)NT, n - t0);
     float acc[NT];
     quant_lane_partials<Q, NT>(w + row * row_bytes, nb, x + t0 * cols, cols, nt, lane, acc);
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-      const float total = warp_sum(acc[t]);
-      if (lane == 0 && t < nt) y[(t0 + t) * rows + row] = total;
-    }
+    store_warp_sums<NT>(acc, nt, lane, y + t0 * rows + row, rows);
   }
 }
 
@@ -264,11 +251,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * kWarpSize)
     const int nt = (int)min((int64_t)NT, n - t0);
     float acc[NT];
     float_lane_partials<F, NT>(w + row * row_bytes, x + t0 * cols, cols, nt, lane, acc);
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-      const float total = warp_sum(acc[t]);
-      if (lane == 0 && t < nt) y[(t0 + t) * rows + row] = total;
-    }
+    store_warp_sums<NT>(acc, nt, lane, y + t0 * rows + row, rows);
   }
 }
 
@@ -333,11 +316,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * kWarpSize)
       for (int t = 0; t < NT; ++t)
         if (t < nt) acc[t] = fmaf(v, x[(t0 + t) * cols + e], acc[t]);
     }
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-      const float total = warp_sum(acc[t]);
-      if (lane == 0 && t < nt) y[(t0 + t) * rows + row] = total;
-    }
+    store_warp_sums<NT>(acc, nt, lane, y + t0 * rows + row, rows);
   }
 }
 
