@@ -416,3 +416,26 @@ def test_silu_mul_matches_numpy(shape):
     print(f"silu_mul {shape}: max |diff| {np.abs(got - want).max():.3g}")
     # expf and the IEEE division are within ~2 ulp; with the product, a few float32 roundings.
     np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-37)
+
+
+@needs_gpu
+@pytest.mark.parametrize("kv_type", ["f16", "f32"])
+@pytest.mark.parametrize("shape", [(64, 9, 3, 700, 4, 600), (64, 8, 2, 5, 4, 16), (80, 5, 1, 301, 2, 290),
+                                   (16, 4, 2, 130, 4, 64), (24, 6, 1, 263, 0, 263), (256, 4, 1, 50, 4, 40)],
+                         ids=lambda s: "hd{}-h{}-kv{}-t{}".format(*s[:4]))
+def test_attention_kernel_matches_cpu(shape, kv_type):
+    # The CUDA backend's attention kernel (through attend_test's 'cuda' level) against the CPU's
+    # scalar kernels on the same one-layer sink cache: sinks scored with q_sink, the ring wrapped,
+    # GQA groups, head_dim up to 256. Sums in other orders, so close, not equal.
+    head_dim, n_head, n_head_kv, n_tokens, n_sink, window = shape
+    rng = np.random.default_rng(sum(shape))
+    keys = rng.standard_normal((n_tokens, n_head_kv * head_dim), dtype=np.float32)
+    values = rng.standard_normal((n_tokens, n_head_kv * head_dim), dtype=np.float32)
+    q_window = 1.5 * rng.standard_normal((n_head, head_dim), dtype=np.float32)
+    q_sink = 1.5 * rng.standard_normal((n_head, head_dim), dtype=np.float32)
+    args = (keys, values, q_sink, q_window, n_head_kv, n_sink, window, kv_type)
+    cpu = _core.attend_test(*args, "scalar")
+    gpu = _core.attend_test(*args, "cuda")
+    tolerance = (1e-3 if kv_type == "f16" else 1e-5) * np.abs(values).max()
+    print(f"attention {shape} {kv_type}: max |gpu - cpu| {np.abs(gpu - cpu).max():.3g}")
+    assert np.abs(gpu - cpu).max() < tolerance

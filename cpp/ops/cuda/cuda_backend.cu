@@ -9,8 +9,9 @@
 //   glu/activate  silu_mul, gelu_tanh_mul, gelu_erf, gelu_tanh with the CPU's formulas
 //   rope          one thread per rotated pair, adjacent or NeoX layout, cos/sin tables uploaded
 //   store_kv      one token's K and V rows into its slot (f32 -> f16 round to nearest even)
-//   attention     one block per (query head, token): two passes over A_l(t) (max and sum, then the
-//                 weighted values), scores as the CPU: q rounded to half against an f16 cache,
+//   attention     A_l(t) split in ranges of rows over thread blocks (head, token, range): each
+//                 range's max and sum, then the weighted values with the softmax's own max and sum,
+//                 then the ranges added; scores as the CPU: q rounded to half against an f16 cache,
 //                 ALiBi by distance within the cache, soft-capping, weights rounded to half
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -176,52 +177,99 @@ __device__ __forceinline__ float cache_at(const uint8_t* rows, int64_t index) {
   return reinterpret_cast<const float*>(rows)[index];
 }
 
-// Query head blockIdx.x of token blockIdx.y over its A_l(t) (plans[blockIdx.y]). keys / values: the
-// layer's rows (per KV head, n_slots rows of head_dim). The CPU's operations (attention.cc): score =
+// ---- attention ------------------------------------------------------------------------------------
+// Query head h of token b over its A_l(t) (plans[b]), the CPU's operations (attention.cc): score =
 // (q . k) * scale, ALiBi, soft-cap, softmax with the max subtracted, weights rounded to half with an
-// f16 cache, out = sum w * v. Two passes over the rows: (max, sum) online per warp, then the weighted
-// values with the final max and sum, so each weight is rounded exactly as the CPU rounds it.
+// f16 cache, out = sum w * v. Split over the rows for long caches (flash-decoding): A_l(t) is cut
+// into `splits` ranges of rows_per_split rows, one thread block per (head, token, range), in three
+// kernels: (1) each range's max and sum of exp, (2) every range combines all ranges' (max, sum) into
+// the softmax's own, then weighs its values with the final weights (so each weight is rounded as the
+// CPU rounds it), (3) the ranges' partial sums added. A short set is one range.
+struct AttentionArgs {
+  const float* q;
+  const float* q_sink;
+  const AttentionRowPlan* plans;
+  const uint8_t* keys;    // the layer's rows: per KV head, n_slots rows of head_dim
+  const uint8_t* values;
+  int64_t n_slots, n_sink, ring_slots;
+  int head_dim, group, n_head;
+  float scale, softcap;
+  const float* slopes;    // (n_head) or nullptr
+  int splits;
+  int64_t rows_per_split;
+  float2* stats;          // (n, n_head, splits): (max, sum of exp) per range
+  float* partials;        // (n, n_head, splits, head_dim)
+  float* out;             // (n, n_head * head_dim)
+};
+
+constexpr int64_t kRowsPerSplit = 512;
+constexpr int64_t kTargetBlocks = 1024;  // enough (head, token, range) blocks to fill a large GPU
+constexpr int64_t kMaxSplits = 256;
+
+int attention_splits(int64_t n, int64_t n_head, int64_t max_rows) {
+  const int64_t by_rows = (max_rows + kRowsPerSplit - 1) / kRowsPerSplit;
+  const int64_t by_blocks = std::max<int64_t>(1, kTargetBlocks / std::max<int64_t>(1, n * n_head));
+  return (int)std::max<int64_t>(1, std::min(std::min(by_rows, by_blocks), kMaxSplits));
+}
+
+// (head, token, range) entries the scratch holds: n * n_head * splits <= max(n * n_head, kTargetBlocks).
+int64_t attention_entries(int64_t max_tokens, int64_t n_head) { return std::max(max_tokens * n_head, kTargetBlocks); }
+
+// The block's query in shared memory (rounded to half against an f16 cache, as the CPU does), its
+// K and V rows, and its range of rows.
 template <bool F16>
-__global__ void __launch_bounds__(kAttnWarps * kWarp)
-    attention_kernel(const float* q, const float* q_sink, const AttentionRowPlan* plans, const uint8_t* keys,
-                     const uint8_t* values, int64_t n_slots, int64_t n_sink, int64_t ring_slots, int head_dim,
-                     int group, int n_head, float scale, float softcap, const float* slopes, float* out) {
-  const int h = blockIdx.x;
-  const int64_t b = blockIdx.y;
-  const AttentionRowPlan p = plans[b];
-  const int kv = h / group;
-  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
-  const int64_t rows = plan_rows(p);
-  extern __shared__ float shared[];
-  float* qw = shared;                       // (head_dim)
-  float* qs = qw + head_dim;                // (head_dim)
-  float* acc_shared = qs + head_dim;        // (kAttnWarps, head_dim)
-  __shared__ float warp_max[kAttnWarps], warp_sum_exp[kAttnWarps];
-  __shared__ float final_max, final_inv;
-  const float* qw_g = q + (b * n_head + h) * (int64_t)head_dim;
-  const float* qs_g = p.separate_sink_query ? q_sink + (b * n_head + h) * (int64_t)head_dim : qw_g;
-  for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
-    qw[i] = F16 ? round_half(qw_g[i]) : qw_g[i];
-    qs[i] = F16 ? round_half(qs_g[i]) : qs_g[i];
+struct AttentionBlock {
+  AttentionRowPlan plan;
+  const uint8_t *k_rows, *v_rows;
+  float slope;
+  int64_t begin, end;
+  __device__ AttentionBlock(const AttentionArgs& a, float* qw, float* qs) {
+    const int h = blockIdx.x;
+    const int64_t b = blockIdx.y;
+    plan = a.plans[b];
+    const size_t element = F16 ? 2 : 4;
+    const int kv = h / a.group;
+    k_rows = a.keys + (size_t)kv * a.n_slots * a.head_dim * element;
+    v_rows = a.values + (size_t)kv * a.n_slots * a.head_dim * element;
+    slope = a.slopes != nullptr ? a.slopes[h] : 0.0f;
+    begin = (int64_t)blockIdx.z * a.rows_per_split;
+    end = min(plan_rows(plan), begin + a.rows_per_split);
+    const float* qw_g = a.q + (b * a.n_head + h) * (int64_t)a.head_dim;
+    const float* qs_g = plan.separate_sink_query ? a.q_sink + (b * a.n_head + h) * (int64_t)a.head_dim : qw_g;
+    for (int i = threadIdx.x; i < a.head_dim; i += blockDim.x) {
+      qw[i] = F16 ? round_half(qw_g[i]) : qw_g[i];
+      qs[i] = F16 ? round_half(qs_g[i]) : qs_g[i];
+    }
+    __syncthreads();
   }
-  __syncthreads();
-  const size_t element = F16 ? 2 : 4;
-  const uint8_t* k_rows = keys + (size_t)kv * n_slots * head_dim * element;
-  const uint8_t* v_rows = values + (size_t)kv * n_slots * head_dim * element;
-  const float slope = slopes != nullptr ? slopes[h] : 0.0f;
-  auto score = [&](int64_t r) {  // every lane of the warp gets the same score
-    const int64_t slot = row_slot(p, r, n_sink, ring_slots);
-    const float* qv = r < p.n_sink_rows ? qs : qw;
+  __device__ int64_t slot(const AttentionArgs& a, int64_t r) const { return row_slot(plan, r, a.n_sink, a.ring_slots); }
+  // Row r's biased score; every lane of the calling warp gets it.
+  __device__ float score(const AttentionArgs& a, const float* qw, const float* qs, int64_t r, int lane) const {
+    const int64_t at = slot(a, r) * a.head_dim;
+    const float* q = r < plan.n_sink_rows ? qs : qw;
     float part = 0.0f;
-    for (int i = lane; i < head_dim; i += kWarp) part += qv[i] * cache_at<F16>(k_rows, slot * head_dim + i);
-    float s = warp_sum(part) * scale;
-    if (slopes != nullptr) s -= slope * (float)alibi_distance(p, r);
-    if (softcap > 0.0f) s = softcap * tanhf(s * (1.0f / softcap));
+    for (int i = lane; i < a.head_dim; i += kWarp) part += q[i] * cache_at<F16>(k_rows, at + i);
+    float s = warp_sum(part) * a.scale;
+    if (a.slopes != nullptr) s -= slope * (float)alibi_distance(plan, r);
+    if (a.softcap > 0.0f) s = a.softcap * tanhf(s * (1.0f / a.softcap));
     return s;
-  };
+  }
+};
+
+__device__ __forceinline__ int64_t entry_index(const AttentionArgs& a) {
+  return ((int64_t)blockIdx.y * a.n_head + blockIdx.x) * a.splits + blockIdx.z;
+}
+
+template <bool F16>
+__global__ void __launch_bounds__(kAttnWarps * kWarp) attention_stats_kernel(AttentionArgs a) {
+  extern __shared__ float shared[];
+  float *qw = shared, *qs = shared + a.head_dim;
+  __shared__ float warp_max[kAttnWarps], warp_sum_exp[kAttnWarps];
+  const AttentionBlock<F16> blk(a, qw, qs);
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   float m = -INFINITY, l = 0.0f;
-  for (int64_t r = warp; r < rows; r += kAttnWarps) {
-    const float s = score(r);
+  for (int64_t r = blk.begin + warp; r < blk.end; r += kAttnWarps) {
+    const float s = blk.score(a, qw, qs, r, lane);
     const float m2 = fmaxf(m, s);
     l = l * expf(m - m2) + expf(s - m2);
     m = m2;
@@ -232,11 +280,27 @@ __global__ void __launch_bounds__(kAttnWarps * kWarp)
   }
   __syncthreads();
   if (threadIdx.x == 0) {
-    float mx = -INFINITY;
+    float mx = -INFINITY, total = 0.0f;
     for (int w = 0; w < kAttnWarps; ++w) mx = fmaxf(mx, warp_max[w]);
-    float total = 0.0f;
     for (int w = 0; w < kAttnWarps; ++w)
       if (warp_sum_exp[w] > 0.0f) total += warp_sum_exp[w] * expf(warp_max[w] - mx);
+    a.stats[entry_index(a)] = make_float2(mx, total);  // (-inf, 0) for an empty range
+  }
+}
+
+template <bool F16>
+__global__ void __launch_bounds__(kAttnWarps * kWarp) attention_accumulate_kernel(AttentionArgs a) {
+  extern __shared__ float shared[];
+  float *qw = shared, *qs = shared + a.head_dim, *acc_shared = qs + a.head_dim;  // acc: (kAttnWarps, head_dim)
+  __shared__ float final_max, final_inv;
+  const AttentionBlock<F16> blk(a, qw, qs);
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  if (threadIdx.x == 0) {  // the softmax's max and 1 / sum, from every range of this query head
+    const float2* st = a.stats + (entry_index(a) - blockIdx.z);
+    float mx = -INFINITY, total = 0.0f;
+    for (int i = 0; i < a.splits; ++i) mx = fmaxf(mx, st[i].x);
+    for (int i = 0; i < a.splits; ++i)
+      if (st[i].y > 0.0f) total += st[i].y * expf(st[i].x - mx);
     final_max = mx;
     final_inv = 1.0f / total;
   }
@@ -245,27 +309,73 @@ __global__ void __launch_bounds__(kAttnWarps * kWarp)
   float acc[kMaxHeadDim / kWarp];
 #pragma unroll
   for (int k = 0; k < kMaxHeadDim / kWarp; ++k) acc[k] = 0.0f;
-  for (int64_t r = warp; r < rows; r += kAttnWarps) {
-    float w = expf(score(r) - mx) * inv;
+  for (int64_t r = blk.begin + warp; r < blk.end; r += kAttnWarps) {
+    float w = expf(blk.score(a, qw, qs, r, lane) - mx) * inv;
     if (F16) w = round_half(w);
-    const int64_t slot = row_slot(p, r, n_sink, ring_slots);
+    const int64_t at = blk.slot(a, r) * a.head_dim;
 #pragma unroll
     for (int k = 0; k < kMaxHeadDim / kWarp; ++k) {
       const int i = lane + k * kWarp;
-      if (i < head_dim) acc[k] += w * cache_at<F16>(v_rows, slot * head_dim + i);
+      if (i < a.head_dim) acc[k] += w * cache_at<F16>(blk.v_rows, at + i);
     }
   }
 #pragma unroll
   for (int k = 0; k < kMaxHeadDim / kWarp; ++k) {
     const int i = lane + k * kWarp;
-    if (i < head_dim) acc_shared[warp * head_dim + i] = acc[k];
+    if (i < a.head_dim) acc_shared[warp * a.head_dim + i] = acc[k];
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
+  float* partial = a.partials + entry_index(a) * a.head_dim;
+  for (int i = threadIdx.x; i < a.head_dim; i += blockDim.x) {
     float total = 0.0f;
-    for (int w = 0; w < kAttnWarps; ++w) total += acc_shared[w * head_dim + i];
-    out[(b * n_head + h) * (int64_t)head_dim + i] = total;
+    for (int w = 0; w < kAttnWarps; ++w) total += acc_shared[w * a.head_dim + i];
+    partial[i] = total;
   }
+}
+
+// out (token blockIdx.y, head blockIdx.x) = the sum of its ranges' partial sums, in range order.
+__global__ void attention_combine_kernel(AttentionArgs a) {
+  const int64_t first = ((int64_t)blockIdx.y * a.n_head + blockIdx.x) * a.splits;
+  float* out = a.out + ((int64_t)blockIdx.y * a.n_head + blockIdx.x) * a.head_dim;
+  for (int i = threadIdx.x; i < a.head_dim; i += blockDim.x) {
+    float total = 0.0f;
+    for (int sp = 0; sp < a.splits; ++sp) total += a.partials[(first + sp) * a.head_dim + i];
+    out[i] = total;
+  }
+}
+
+// The cache geometry part of the arguments (keys / values: the layer's rows on the device).
+AttentionArgs attention_args(const SinkCache& cache, int64_t layer, int64_t n_head, const uint8_t* keys,
+                             const uint8_t* values) {
+  AttentionArgs a{};
+  a.keys = keys;
+  a.values = values;
+  a.n_slots = cache.n_slots(layer);
+  a.n_sink = cache.n_sink();
+  a.ring_slots = cache.ring_slots(layer);
+  a.head_dim = (int)cache.head_dim();
+  a.group = (int)(n_head / cache.n_head_kv());
+  a.n_head = (int)n_head;
+  return a;
+}
+
+// The three kernels for n queries whose sets have at most max_rows rows (a.stats / a.partials:
+// attention_entries(n, n_head) entries at least; a.splits and a.rows_per_split are set here).
+void launch_attention(AttentionArgs a, int64_t n, int64_t max_rows, bool f16) {
+  a.splits = attention_splits(n, a.n_head, max_rows);
+  a.rows_per_split = (max_rows + a.splits - 1) / a.splits;
+  const dim3 grid((unsigned)a.n_head, (unsigned)n, (unsigned)a.splits);
+  const size_t q_shared = 2 * (size_t)a.head_dim * sizeof(float);
+  const size_t acc_shared = q_shared + (size_t)kAttnWarps * a.head_dim * sizeof(float);
+  if (f16) {
+    attention_stats_kernel<true><<<grid, kAttnWarps * kWarp, q_shared>>>(a);
+    attention_accumulate_kernel<true><<<grid, kAttnWarps * kWarp, acc_shared>>>(a);
+  } else {
+    attention_stats_kernel<false><<<grid, kAttnWarps * kWarp, q_shared>>>(a);
+    attention_accumulate_kernel<false><<<grid, kAttnWarps * kWarp, acc_shared>>>(a);
+  }
+  attention_combine_kernel<<<dim3((unsigned)a.n_head, (unsigned)n), 128>>>(a);
+  check_launch("attention");
 }
 
 // ---- weights ---------------------------------------------------------------------------------------
@@ -372,6 +482,9 @@ class CudaBackend final : public Backend {
     plans_ = DeviceBuffer((size_t)max_tokens * sizeof(AttentionRowPlan));
     ids_ = DeviceBuffer((size_t)max_tokens * sizeof(int32_t));
     plan_host_.resize((size_t)max_tokens);
+    const int64_t entries = attention_entries(max_tokens, c.n_head);
+    attn_stats_ = DeviceBuffer((size_t)entries * sizeof(float2));
+    attn_partials_ = DeviceBuffer((size_t)(entries * c.head_dim) * sizeof(float));
   }
 
   const char* name() const override { return "cuda"; }
@@ -439,33 +552,29 @@ class CudaBackend final : public Backend {
   void attention(const AttentionCall& call) override {
     const SinkCache& cache = *call.cache;
     DeviceCache& dc = device_cache(cache);
-    const ModelConfig& c = model_->config();
     SS_CHECK_ARG(call.n <= max_tokens_, "attention over ", call.n, " tokens");
     uint64_t rows = 0;
+    int64_t max_rows = 1;
     for (int64_t b = 0; b < call.n; ++b) {
       const bool separate = call.separate_sink_query != nullptr && call.separate_sink_query[b];
       plan_host_[(size_t)b] = plan_attention_row(cache, call.layer, call.t0 + (uint64_t)b, separate);
       rows += (uint64_t)plan_rows(plan_host_[(size_t)b]);
+      max_rows = std::max(max_rows, plan_rows(plan_host_[(size_t)b]));
     }
     SS_CUDA_CHECK(cudaMemcpy(plans_.data(), plan_host_.data(), (size_t)call.n * sizeof(AttentionRowPlan),
                              cudaMemcpyHostToDevice));
-    const float* slopes = call.alibi_slopes != nullptr ? weights_->resolve(call.alibi_slopes, call.n_head) : nullptr;
-    const size_t layer_offset = dc.layer_offset[(size_t)call.layer];
-    const int64_t head_dim = c.head_dim;
-    const size_t shared = (size_t)(2 + kAttnWarps) * (size_t)head_dim * sizeof(float);
-    const dim3 grid((unsigned)call.n_head, (unsigned)call.n);
-    const auto launch = [&](auto kernel) {
-      kernel<<<grid, kAttnWarps * kWarp, shared>>>(
-          call.q, call.q_sink, plans_.as<AttentionRowPlan>(), dc.keys.as<uint8_t>() + layer_offset,
-          dc.values.as<uint8_t>() + layer_offset, cache.n_slots(call.layer), cache.n_sink(),
-          cache.ring_slots(call.layer), (int)head_dim, (int)(call.n_head / c.n_head_kv), (int)call.n_head,
-          call.scale, call.softcap, slopes, call.out);
-    };
-    if (cache.type() == KvType::kF16)
-      launch(attention_kernel<true>);
-    else
-      launch(attention_kernel<false>);
-    check_launch("attention");
+    AttentionArgs a = attention_args(cache, call.layer, call.n_head, dc.keys.as<uint8_t>() + dc.layer_offset[(size_t)call.layer],
+                                     dc.values.as<uint8_t>() + dc.layer_offset[(size_t)call.layer]);
+    a.q = call.q;
+    a.q_sink = call.q_sink;
+    a.plans = plans_.as<AttentionRowPlan>();
+    a.scale = call.scale;
+    a.softcap = call.softcap;
+    a.slopes = call.alibi_slopes != nullptr ? weights_->resolve(call.alibi_slopes, call.n_head) : nullptr;
+    a.stats = attn_stats_.as<float2>();
+    a.partials = attn_partials_.as<float>();
+    a.out = call.out;
+    launch_attention(a, call.n, max_rows, cache.type() == KvType::kF16);
     entries_ += rows * (uint64_t)call.n_head;
   }
   uint64_t entries_attended() const override { return entries_; }
@@ -552,6 +661,7 @@ class CudaBackend final : public Backend {
   int64_t max_tokens_, capacity_;
   std::shared_ptr<DeviceWeights> weights_;
   DeviceBuffer scratch_, plans_, ids_;
+  DeviceBuffer attn_stats_, attn_partials_;  // attention's per-range statistics and partial sums
   std::vector<AttentionRowPlan> plan_host_;
   DeviceCache cache_;
   uint64_t entries_ = 0;
@@ -561,6 +671,40 @@ class CudaBackend final : public Backend {
 
 std::unique_ptr<Backend> make_backend(std::shared_ptr<const Model> model, int64_t max_tokens, int64_t capacity) {
   return std::make_unique<CudaBackend>(std::move(model), max_tokens, capacity);
+}
+
+void attend_host(const SinkCache& cache, int64_t layer, uint64_t t, int64_t n_head, const float* q_sink,
+                 const float* q_window, float scale, const float* alibi_slopes, float softcap, float* out) {
+  std::string why;
+  if (!available(&why)) throw CudaError(why);
+  const int64_t head_dim = cache.head_dim(), n_head_kv = cache.n_head_kv();
+  SS_CHECK_ARG(n_head % n_head_kv == 0 && head_dim <= kMaxHeadDim, "attend_host: ", n_head, " heads over ",
+               n_head_kv, " KV heads of ", head_dim);
+  const size_t layer_bytes = (size_t)(n_head_kv * cache.n_slots(layer)) * cache.head_row_bytes();
+  const DeviceBuffer keys = upload(cache.key_rows(layer, 0), layer_bytes);
+  const DeviceBuffer values = upload(cache.value_rows(layer, 0), layer_bytes);
+  const size_t q_bytes = (size_t)(n_head * head_dim) * sizeof(float);
+  const DeviceBuffer qw = upload(q_window, q_bytes), qs = upload(q_sink, q_bytes);
+  const AttentionRowPlan plan = plan_attention_row(cache, layer, t, true);
+  const DeviceBuffer plans = upload(&plan, sizeof(plan));
+  DeviceBuffer slopes;
+  if (alibi_slopes != nullptr) slopes = upload(alibi_slopes, (size_t)n_head * sizeof(float));
+  DeviceBuffer result(q_bytes);
+  const int64_t entries = attention_entries(1, n_head);
+  DeviceBuffer stats((size_t)entries * sizeof(float2)), partials((size_t)(entries * head_dim) * sizeof(float));
+  AttentionArgs a = attention_args(cache, layer, n_head, keys.as<uint8_t>(), values.as<uint8_t>());
+  a.q = qw.as<float>();
+  a.q_sink = qs.as<float>();
+  a.plans = plans.as<AttentionRowPlan>();
+  a.scale = scale;
+  a.softcap = softcap;
+  a.slopes = alibi_slopes != nullptr ? slopes.as<float>() : nullptr;
+  a.stats = stats.as<float2>();
+  a.partials = partials.as<float>();
+  a.out = result.as<float>();
+  launch_attention(a, 1, plan_rows(plan), cache.type() == KvType::kF16);
+  synchronize();
+  result.download(out, q_bytes);
 }
 
 size_t resident_weight_bytes(const Model& model) {

@@ -37,5 +37,12 @@ std::unique_ptr<Backend> make_backend(std::shared_ptr<const Model> model, int64_
 // 0 on an integrated GPU, where the file's pages are mapped), for benchmarks.
 size_t resident_weight_bytes(const Model& model);
 
+// Test hook: query t's attention over one layer of a host SinkCache by the backend's attention
+// kernel (the layer's K/V rows and the plan uploaded, the output downloaded): q_sink and q_window
+// (n_head, head_dim) as ops.h attend takes them, alibi_slopes (n_head) or nullptr, softcap 0: none.
+// out: (n_head, head_dim). For tests/test_attention.py, which compares it with the CPU kernels.
+void attend_host(const SinkCache& cache, int64_t layer, uint64_t t, int64_t n_head, const float* q_sink,
+                 const float* q_window, float scale, const float* alibi_slopes, float softcap, float* out);
+
 }  // namespace cuda
 }  // namespace sinkstream

@@ -1,6 +1,6 @@
-// The CUDA backend (opt-in: cmake -DSINKSTREAM_CUDA=ON): device query, device memory, and GPU
-// twins of the ops.h kernels the decoder spends its time in (matmul on quantized weights, rms_norm,
-// silu_mul). The CPU ops in ops/cpu/ stay the specification; tests/test_cuda.py compares these
+// CUDA basics (opt-in: cmake -DSINKSTREAM_CUDA=ON): device query, device memory, and GPU twins of
+// the ops.h kernels the decoder spends its time in (matmul on quantized weights, rms_norm,
+// silu_mul). The backend the decoder drives is cuda_backend.h, built on these. The CPU ops in ops/cpu/ stay the specification; tests/test_cuda.py compares these
 // against a NumPy reference built from gguf-py's dequantizers.
 //
 // A plain C++ interface: no CUDA type appears here, so code that includes this header compiles with
