@@ -439,3 +439,53 @@ def test_attention_kernel_matches_cpu(shape, kv_type):
     tolerance = (1e-3 if kv_type == "f16" else 1e-5) * np.abs(values).max()
     print(f"attention {shape} {kv_type}: max |gpu - cpu| {np.abs(gpu - cpu).max():.3g}")
     assert np.abs(gpu - cpu).max() < tolerance
+
+
+# ---- the row-wise and elementwise kernels against their CPU twins (cuda_op_test) ------------------
+
+def op_cases():
+    rng = np.random.default_rng(42)
+    x = (rng.standard_normal((5, 300)) * 3).astype(np.float32)
+    up = rng.standard_normal((5, 300)).astype(np.float32)
+    w, bias = rng.uniform(-2, 2, 300).astype(np.float32), rng.standard_normal(300).astype(np.float32)
+    angles = rng.uniform(-np.pi, np.pi, 24)
+    cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    none = np.zeros(0, np.float32)
+    heads = rng.standard_normal((6, 64)).astype(np.float32)
+    return {
+        "layer_norm": (x, w, bias, 1e-5), "layer_norm_no_bias": (x, w, none, 1e-5),
+        "gelu": (x, none, none, 0.0), "gelu_tanh": (x, none, none, 0.0),
+        "swiglu": (x, up, none, 0.0), "geglu": (x, up, none, 0.0),
+        "rope_adjacent": (heads, cos, sin, 0.0), "rope_neox": (heads, cos, sin, 0.0),  # partial: 48 of 64
+        "soft_cap": (x, none, none, 2.5), "clamp": (x, none, none, 1.5),
+    }
+
+
+def test_op_test_cpu_branch_and_arguments():
+    cases = op_cases()
+    x = cases["gelu"][0]
+    np.testing.assert_array_equal(_core.cuda_op_test("clamp", "cpu", x, *cases["clamp"][1:]), np.clip(x, -1.5, 1.5))
+    for name, (a, b, c, p) in cases.items():
+        out = _core.cuda_op_test(name.replace("_no_bias", ""), "cpu", a, b, c, p)
+        assert out.shape == a.shape and np.isfinite(out).all()
+    with pytest.raises(ValueError, match="unknown op 'relu'"):
+        _core.cuda_op_test("relu", "cpu", x, x[0], x[0])
+    with pytest.raises(ValueError, match="layer_norm: weight and bias"):
+        _core.cuda_op_test("layer_norm", "cpu", x, x[0, :7], x[0, :0])
+    with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda'"):
+        _core.cuda_op_test("gelu", "gpu", x, x[0], x[0])
+    if not AVAILABLE:
+        with pytest.raises(RuntimeError):
+            _core.cuda_op_test("gelu", "cuda", x, x[0, :0], x[0, :0])
+
+
+@needs_gpu
+@pytest.mark.parametrize("name", list(op_cases()))
+def test_op_matches_cpu_twin(name):
+    a, b, c, p = op_cases()[name]
+    op = name.replace("_no_bias", "")
+    cpu = _core.cuda_op_test(op, "cpu", a, b, c, p)
+    gpu = _core.cuda_op_test(op, "cuda", a, b, c, p)
+    print(f"{name}: max |gpu - cpu| {np.abs(gpu - cpu).max():.3g}")
+    # expf / erff / tanhf within a few ulp of the CPU's libm, FMA contraction on the GPU.
+    np.testing.assert_allclose(gpu, cpu, rtol=1e-5, atol=1e-6)

@@ -26,8 +26,8 @@
 #include "ops/cuda/block_decode.h"
 #include "ops/ops.h"
 #include "quant/quant_types.h"
-
 #include "model/model.h"
+
 #ifdef SINKSTREAM_HAVE_CUDA
 #include "ops/cuda/cuda_backend.h"
 #include "ops/cuda/cuda_ops.h"
@@ -50,7 +50,6 @@ using U8Any = nb::ndarray<const uint8_t, nb::c_contig, nb::device::cpu>;
 
 using F32Result = nb::ndarray<nb::numpy, float>;
 
-#ifdef SINKSTREAM_HAVE_CUDA
 // An ndarray of `shape` that owns its std::vector (no copy).
 F32Result owned_array(std::vector<float>&& data, const std::vector<size_t>& shape) {
   auto owned = std::make_unique<std::vector<float>>(std::move(data));
@@ -58,7 +57,6 @@ F32Result owned_array(std::vector<float>&& data, const std::vector<size_t>& shap
   nb::capsule owner(values, [](void* p) noexcept { delete static_cast<std::vector<float>*>(p); });
   return F32Result(values->data(), shape.size(), shape.data(), owner);
 }
-#endif
 
 // Every GGUF type the CUDA backend reads (block_decode.h).
 constexpr GgmlType kDecodable[] = {GgmlType::F32,  GgmlType::F16,  GgmlType::BF16, GgmlType::Q4_0, GgmlType::Q4_1,
@@ -160,12 +158,9 @@ void bind_cuda(nb::module_& m) {
                      info.name, " block size ", info.block_size);
         SS_CHECK_ARG((int64_t)raw.size() == ggml_row_bytes(info, cols), "raw has ", raw.size(), " bytes, a ",
                      info.name, " row of ", cols, " needs ", ggml_row_bytes(info, cols));
-        auto out = std::make_unique<std::vector<float>>((size_t)cols);
-        for (int64_t e = 0; e < cols; ++e) (*out)[(size_t)e] = cuda::decode_element(type, raw.data(), e);
-        std::vector<float>* values = out.release();
-        nb::capsule owner(values, [](void* p) noexcept { delete static_cast<std::vector<float>*>(p); });
-        const size_t shape[1] = {(size_t)cols};
-        return F32Result(values->data(), 1, shape, owner);
+        std::vector<float> out((size_t)cols);
+        for (int64_t e = 0; e < cols; ++e) out[(size_t)e] = cuda::decode_element(type, raw.data(), e);
+        return owned_array(std::move(out), {(size_t)cols});
       },
       nb::arg("raw"), nb::arg("type_name"), nb::arg("cols"),
       "One row of raw GGUF blocks decoded by the CUDA kernels' own element decoder (block_decode.h), run\n"
@@ -221,6 +216,57 @@ void bind_cuda(nb::module_& m) {
       "The CUDA attention plan of queries t0 .. t0+n-1 of one layer, per query: the cache slots and ALiBi\n"
       "distances the kernel reads row by row (computed by the kernel's own row_slot / alibi_distance on\n"
       "the CPU) beside SinkCache's own span members, slot_of and distances, for tests without a GPU.");
+  m.def(
+      "cuda_op_test",
+      [](const std::string& op, const std::string& device, F32Matrix a, F32Any b, F32Any c, double p) -> F32Result {
+        const int64_t rows = (int64_t)a.shape(0), cols = (int64_t)a.shape(1), n = rows * cols;
+        const int64_t nb = (int64_t)b.size(), nc = (int64_t)c.size();
+        SS_CHECK_ARG(device == "cpu" || device == "cuda", "device must be 'cpu' or 'cuda', got '", device, "'");
+        SS_CHECK_ARG(rows > 0 && cols > 0, "a has shape (", rows, ", ", cols, ")");
+        const bool rope = op == "rope_adjacent" || op == "rope_neox";
+        if (op == "layer_norm") {
+          SS_CHECK_ARG(nb == cols && (nc == 0 || nc == cols), "layer_norm: weight and bias must have cols values");
+        } else if (op == "swiglu" || op == "geglu") {
+          SS_CHECK_ARG(nb == n, op, ": up (b) must have the shape of gate (a)");
+        } else if (rope) {
+          SS_CHECK_ARG(nb == nc && nb >= 1 && 2 * nb <= cols, op, ": cos and sin need n_rot / 2 <= head_dim / 2 values");
+        } else {
+          SS_CHECK_ARG(op == "gelu" || op == "gelu_tanh" || op == "soft_cap" || op == "clamp", "unknown op '", op,
+                       "' (layer_norm, gelu, gelu_tanh, swiglu, geglu, rope_adjacent, rope_neox, soft_cap, clamp)");
+        }
+        std::vector<float> out(a.data(), a.data() + n);
+        if (device == "cuda") {
+#ifdef SINKSTREAM_HAVE_CUDA
+          require_device();
+          nb::gil_scoped_release release;
+          cuda::elementwise_host(op, a.data(), rows, cols, b.data(), nb, c.data(), nc, (float)p, out.data());
+#else
+          throw std::runtime_error(kNotBuilt);
+#endif
+        } else if (op == "layer_norm") {
+          layer_norm(a.data(), b.data(), nc > 0 ? c.data() : nullptr, rows, cols, (float)p, out.data());
+        } else if (op == "gelu") {
+          gelu_erf_inplace(out.data(), n);
+        } else if (op == "gelu_tanh") {
+          gelu_tanh_inplace(out.data(), n);
+        } else if (op == "swiglu") {
+          silu_mul(a.data(), b.data(), n, out.data());
+        } else if (op == "geglu") {
+          gelu_tanh_mul(a.data(), b.data(), n, out.data());
+        } else if (rope) {
+          rope_apply(out.data(), rows, cols, 2 * nb, op == "rope_adjacent" ? RopeLayout::kAdjacentPairs : RopeLayout::kNeox,
+                     b.data(), c.data());
+        } else if (op == "soft_cap") {
+          soft_cap_inplace(out.data(), (float)p, n);
+        } else {
+          clamp_inplace(out.data(), (float)p, n);
+        }
+        return owned_array(std::move(out), {(size_t)rows, (size_t)cols});
+      },
+      nb::arg("op"), nb::arg("device"), nb::arg("a"), nb::arg("b"), nb::arg("c"), nb::arg("p") = 0.0,
+      "Test hook: one row-wise or elementwise op of the CUDA backend ('cuda') or its CPU twin in ops.h ('cpu') on\n"
+      "a (rows, cols); b, c, p as the op needs (cuda_backend.h elementwise_host lists them; empty arrays when\n"
+      "unused). RuntimeError for 'cuda' without a CUDA build or device.");
   m.def(
       "cuda_resident_weight_bytes",
       [](const Model& model) -> size_t {

@@ -419,6 +419,13 @@ def cuda_attention_plan(n_layer: int, n_head_kv: int, head_dim: int, n_sink: int
     the CPU) beside SinkCache's own span members, slot_of and distances, for tests without a GPU.
     """
 
+def cuda_op_test(op: str, device: str, a: Annotated[NDArray[numpy.float32], dict(shape=(None, None), order='C', device='cpu', writable=False)], b: Annotated[NDArray[numpy.float32], dict(order='C', device='cpu', writable=False)], c: Annotated[NDArray[numpy.float32], dict(order='C', device='cpu', writable=False)], p: float = 0.0) -> NDArray[numpy.float32]:
+    """
+    Test hook: one row-wise or elementwise op of the CUDA backend ('cuda') or its CPU twin in ops.h ('cpu') on
+    a (rows, cols); b, c, p as the op needs (cuda_backend.h elementwise_host lists them; empty arrays when
+    unused). RuntimeError for 'cuda' without a CUDA build or device.
+    """
+
 def cuda_resident_weight_bytes(model: Model) -> int:
     """
     Device memory the CUDA sessions of `model` hold for its weights now (0 before the first CUDA pass and

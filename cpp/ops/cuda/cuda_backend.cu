@@ -707,6 +707,46 @@ void attend_host(const SinkCache& cache, int64_t layer, uint64_t t, int64_t n_he
   result.download(out, q_bytes);
 }
 
+void elementwise_host(const std::string& op, const float* a, int64_t rows, int64_t cols, const float* b, int64_t nb,
+                      const float* c, int64_t nc, float p, float* out) {
+  std::string why;
+  if (!available(&why)) throw CudaError(why);
+  const int64_t n = rows * cols;
+  SS_CHECK_ARG(rows > 0 && cols > 0, op, ": ", rows, " x ", cols);
+  DeviceBuffer x = upload(a, (size_t)n * sizeof(float));
+  const DeviceBuffer db = nb > 0 ? upload(b, (size_t)nb * sizeof(float)) : DeviceBuffer();
+  const DeviceBuffer dc = nc > 0 ? upload(c, (size_t)nc * sizeof(float)) : DeviceBuffer();
+  DeviceBuffer y((size_t)n * sizeof(float));
+  float* xp = x.as<float>();
+  if (op == "layer_norm") {
+    SS_CHECK_ARG(nb == cols && (nc == 0 || nc == cols), "layer_norm: weight and bias must have cols values");
+    layer_norm_kernel<<<(unsigned)rows, kThreads>>>(xp, db.as<float>(), nc > 0 ? dc.as<float>() : nullptr, cols, p,
+                                                    y.as<float>());
+  } else if (op == "gelu" || op == "gelu_tanh") {
+    activate_kernel<<<blocks_for(n), kThreads>>>(op == "gelu" ? 1 : 0, xp, n);
+    y = std::move(x);
+  } else if (op == "swiglu" || op == "geglu") {
+    SS_CHECK_ARG(nb == n, op, ": up must have the shape of gate");
+    glu_kernel<<<blocks_for(n), kThreads>>>(op == "swiglu" ? 0 : 1, xp, db.as<float>(), rows, cols, cols, y.as<float>());
+  } else if (op == "rope_adjacent" || op == "rope_neox") {
+    SS_CHECK_ARG(nb == nc && nb >= 1 && 2 * nb <= cols, op, ": cos and sin need n_rot / 2 <= head_dim / 2 values");
+    rope_kernel<<<blocks_for(rows * nb), kThreads>>>(xp, rows, cols, 2 * nb, op == "rope_adjacent" ? 1 : 0,
+                                                     db.as<float>(), dc.as<float>());
+    y = std::move(x);
+  } else if (op == "soft_cap") {
+    soft_cap_kernel<<<blocks_for(n), kThreads>>>(xp, p, n);
+    y = std::move(x);
+  } else if (op == "clamp") {
+    clamp_kernel<<<blocks_for(n), kThreads>>>(xp, p, n);
+    y = std::move(x);
+  } else {
+    throw ArgumentError(cat("unknown op '", op, "'"));
+  }
+  check_launch(op);
+  synchronize();
+  y.download(out, (size_t)n * sizeof(float));
+}
+
 size_t resident_weight_bytes(const Model& model) {
   std::lock_guard<std::mutex> lock(registry_mutex);
   auto it = registry().find(&model);

@@ -21,6 +21,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "ops/backend.h"
 
@@ -43,6 +44,17 @@ size_t resident_weight_bytes(const Model& model);
 // out: (n_head, head_dim). For tests/test_attention.py, which compares it with the CPU kernels.
 void attend_host(const SinkCache& cache, int64_t layer, uint64_t t, int64_t n_head, const float* q_sink,
                  const float* q_window, float scale, const float* alibi_slopes, float softcap, float* out);
+
+// Test hook: one of the backend's row-wise / elementwise kernels on host arrays (upload, run,
+// download), for tests/test_cuda.py, which compares each with its CPU twin in ops.h. op and inputs:
+//   "layer_norm"            a (rows, cols), b weight (cols), c bias (cols) or nc = 0, p eps
+//   "gelu", "gelu_tanh"     a (rows, cols)
+//   "swiglu", "geglu"       a gate, b up, both (rows, cols)
+//   "rope_adjacent", "rope_neox"  a (n_heads = rows, head_dim = cols), b cos, c sin (n_rot / 2 each)
+//   "soft_cap", "clamp"     a (rows, cols), p the cap / limit
+// out: (rows, cols). ArgumentError for an unknown op or mismatched sizes.
+void elementwise_host(const std::string& op, const float* a, int64_t rows, int64_t cols, const float* b, int64_t nb,
+                      const float* c, int64_t nc, float p, float* out);
 
 }  // namespace cuda
 }  // namespace sinkstream
