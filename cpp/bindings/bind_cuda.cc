@@ -171,8 +171,10 @@ void bind_cuda(nb::module_& m) {
          std::vector<int64_t> layer_windows, bool evicts, int64_t layer, uint64_t t0, int64_t n) {
         SS_CHECK_ARG(layer >= 0 && layer < n_layer, "layer ", layer, " of ", n_layer);
         SS_CHECK_ARG(n >= 1 && n <= max_chunk, "n = ", n, " must be 1..max_chunk");
+        // The geometry alone, as a CUDA session's host cache is (host_storage = false).
         const SinkCache cache(n_layer, n_head_kv, head_dim, n_sink, window, max_chunk, KvType::kF16, 0,
-                              std::move(layer_windows), evicts);
+                              std::move(layer_windows), evicts, /*host_storage=*/false);
+        SS_ASSERT(!cache.has_host_storage() && cache.bytes() > 0);
         nb::list out;
         for (int64_t b = 0; b < n; ++b) {
           const uint64_t t = t0 + (uint64_t)b;

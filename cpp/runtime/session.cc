@@ -154,7 +154,7 @@ Session::Session(std::shared_ptr<const Model> model, const SessionOptions& optio
                model_->config().head_dim),
       cache_(model_->config().n_layer, model_->config().n_head_kv, model_->config().head_dim, n_sink_, window_,
              options.batch_size, options.kv_type, options.position_offset, model_->config().layer_windows(),
-             evicts(options)),
+             evicts(options), options.device == Device::kCpu),  // a device keeps its entries itself
       scratch_(model_->make_scratch(options.batch_size, n_sink_ + window_)) {
   if (options_.mode == AttentionMode::kRecompute) history_.assign((size_t)capacity(), 0);
   if (options_.device == Device::kCuda) {

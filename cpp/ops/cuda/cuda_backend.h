@@ -11,7 +11,8 @@
 //   activations  device buffers of exactly the ForwardScratch shapes (bind_scratch), plus a
 //                (max_tokens, n_vocab) logits buffer; only the logits rows asked for come back.
 //   K/V cache    a device twin of the session's SinkCache, same layout (per layer and KV head,
-//                n_slots rows of head_dim f16 or f32 values), written by store_kv at slot_of(t).
+//                n_slots rows of head_dim f16 or f32 values), written by store_kv at slot_of(t);
+//                a CUDA session's host SinkCache holds the geometry only (host_storage = false).
 //   positions    RoPE cos/sin tables and the attention plans (attention_plan.h) are computed on the
 //                host from the SinkCache, exactly as for the CPU, and uploaded per call.
 // Everything runs in order on the legacy default stream; download() synchronizes.
