@@ -479,6 +479,9 @@ class CudaBackend final : public Backend {
     weights_ = weights_of(*model_);
     const ModelConfig& c = model_->config();
     SS_CHECK_ARG(c.head_dim <= kMaxHeadDim, "device='cuda': head_dim ", c.head_dim, " > ", kMaxHeadDim);
+    // Tokens of a pass are a grid dimension of the attention kernels (gridDim.y <= 65535).
+    SS_CHECK_ARG(max_tokens >= 1 && max_tokens <= 65535, "device='cuda': batch_size ", max_tokens,
+                 " must be 1..65535");
     plans_ = DeviceBuffer((size_t)max_tokens * sizeof(AttentionRowPlan));
     ids_ = DeviceBuffer((size_t)max_tokens * sizeof(int32_t));
     plan_host_.resize((size_t)max_tokens);
@@ -639,9 +642,11 @@ class CudaBackend final : public Backend {
     DeviceBuffer keys, values;
   };
   DeviceCache& device_cache(const SinkCache& cache) {
+    bool same = cache_.owner == &cache && cache_.type == cache.type() && (int64_t)cache_.slots.size() == cache.n_layer();
+    for (int64_t l = 0; same && l < cache.n_layer(); ++l) same = cache_.slots[(size_t)l] == cache.n_slots(l);
+    if (same) return cache_;  // (checked per call, allocation-free: the session's cache, every time)
     std::vector<int64_t> slots;
     for (int64_t l = 0; l < cache.n_layer(); ++l) slots.push_back(cache.n_slots(l));
-    if (cache_.owner == &cache && cache_.slots == slots && cache_.type == cache.type()) return cache_;
     DeviceCache dc;
     dc.owner = &cache;
     dc.slots = slots;
