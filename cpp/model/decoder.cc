@@ -174,36 +174,49 @@ void Decoder::attention_block(int64_t l, const ForwardSegment* segments, int64_t
   }
 
   // Keys rotated once, at their own position (a sink at its rank t = p(t)), and stored for good;
-  // the query twice where the sinks need it at p(t) (sink_cache.h). Row by row, each in its own
-  // segment's cache; then each segment's queries attend over their own A_l(t).
+  // the query twice where the sinks need it at p(t) (sink_cache.h). Each segment's rows in its own
+  // cache, in runs of rows that use the same tables (one backend call per run: a GPU launches once
+  // per run, the CPU loops over the rows exactly as before); then each segment's queries attend
+  // over their own A_l(t).
   const bool rotates = lc.rope >= 0;
   int64_t row = 0;
   for (int64_t i = 0; i < n_segments; ++i) {
     const ForwardSegment& seg = segments[i];
     SinkCache& cache = *seg.cache;
-    for (int64_t b = row; b < row + seg.n; ++b) {
-      const uint64_t t = seg.t0 + (uint64_t)(b - row);
-      float* k = s.buf.k + b * kv_dim;
-      float* q = s.buf.q + b * q_dim;
-      if (rotates) {
-        const RopeConfig& rope = c.ropes[(size_t)lc.rope];
-        const ForwardBuffers::Rope& tables = s.buf.rope[(size_t)lc.rope];
-        const size_t at = (size_t)(b * (rope.n_rot / 2));
-        const bool separate = s.separate_sink_query[(size_t)b];
-        const bool sink_key = t < (uint64_t)cache.n_sink() && separate;
-        backend.rope(k, c.n_head_kv, hd, rope.n_rot, rope.layout,
-                     (sink_key ? tables.cos_sink : tables.cos) + at,
-                     (sink_key ? tables.sin_sink : tables.sin) + at);
-        *seg.keys_rotated += 1;
-        if (separate) {
-          float* qs = s.buf.q_sink + b * q_dim;
-          backend.copy_rows(qs, q_dim, q, q_dim, 1, q_dim);
-          backend.rope(qs, c.n_head, hd, rope.n_rot, rope.layout, tables.cos_sink + at, tables.sin_sink + at);
+    if (rotates) {
+      const RopeConfig& rope = c.ropes[(size_t)lc.rope];
+      const ForwardBuffers::Rope& tables = s.buf.rope[(size_t)lc.rope];
+      const int64_t n_freq = rope.n_rot / 2;
+      const auto separate = [&](int64_t b) { return s.separate_sink_query[(size_t)b] != 0; };
+      const auto sink_key = [&](int64_t b) { return seg.t0 + (uint64_t)(b - row) < (uint64_t)cache.n_sink() && separate(b); };
+      // Calls fn(first row, rows, flag) for each maximal run of rows of this segment with one flag.
+      const auto runs = [&](const auto& flag, const auto& fn) {
+        for (int64_t b = row; b < row + seg.n;) {
+          const bool f = flag(b);
+          int64_t e = b + 1;
+          while (e < row + seg.n && flag(e) == f) ++e;
+          fn(b, e - b, f);
+          b = e;
         }
-        backend.rope(q, c.n_head, hd, rope.n_rot, rope.layout, tables.cos + at, tables.sin + at);
-      }
-      backend.store_kv(cache, l, t, k, s.buf.v + b * kv_dim);  // written once, never rotated again
+      };
+      runs(sink_key, [&](int64_t b, int64_t rows, bool sink) {
+        backend.rope_rows(s.buf.k + b * kv_dim, rows, kv_dim, c.n_head_kv, hd, rope.n_rot, rope.layout,
+                          (sink ? tables.cos_sink : tables.cos) + b * n_freq,
+                          (sink ? tables.sin_sink : tables.sin) + b * n_freq);
+      });
+      *seg.keys_rotated += (uint64_t)seg.n;
+      runs(separate, [&](int64_t b, int64_t rows, bool sep) {  // the sink copy, from q before its rotation
+        if (!sep) return;
+        float* qs = s.buf.q_sink + b * q_dim;
+        backend.copy_rows(qs, q_dim, s.buf.q + b * q_dim, q_dim, rows, q_dim);
+        backend.rope_rows(qs, rows, q_dim, c.n_head, hd, rope.n_rot, rope.layout, tables.cos_sink + b * n_freq,
+                          tables.sin_sink + b * n_freq);
+      });
+      backend.rope_rows(s.buf.q + row * q_dim, seg.n, q_dim, c.n_head, hd, rope.n_rot, rope.layout,
+                        tables.cos + row * n_freq, tables.sin + row * n_freq);
     }
+    // Written once, never rotated again.
+    backend.store_kv_rows(cache, l, seg.t0, seg.n, s.buf.k + row * kv_dim, s.buf.v + row * kv_dim);
 
     AttentionCall call;
     call.cache = &cache;

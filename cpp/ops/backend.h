@@ -84,6 +84,22 @@ class Backend {
   // t in `cache` (SinkCache::store; a device backend writes its device copy of the cache).
   virtual void store_kv(SinkCache& cache, int64_t layer, uint64_t t, const float* key, const float* value) = 0;
 
+  // Batched forms (one call per run of rows; a GPU overrides them with one launch). By default, the
+  // per-row calls above, row by row:
+  // rope() of `rows` rows of x, row_stride apart, row r with cos/sin + r * n_rot / 2.
+  virtual void rope_rows(float* x, int64_t rows, int64_t row_stride, int64_t n_heads, int64_t head_dim,
+                         int64_t n_rot, RopeLayout layout, const float* cos, const float* sin) {
+    const int64_t n_freq = n_rot / 2;
+    for (int64_t r = 0; r < rows; ++r)
+      rope(x + r * row_stride, n_heads, head_dim, n_rot, layout, cos + r * n_freq, sin + r * n_freq);
+  }
+  // store_kv() of tokens t0 .. t0+n-1, rows row_elements() apart in keys and values.
+  virtual void store_kv_rows(SinkCache& cache, int64_t layer, uint64_t t0, int64_t n, const float* keys,
+                             const float* values) {
+    const int64_t d = cache.row_elements();
+    for (int64_t b = 0; b < n; ++b) store_kv(cache, layer, t0 + (uint64_t)b, keys + b * d, values + b * d);
+  }
+
   // Cache entries attention has read so far, summed over query heads and layers (counted by the
   // kernels' callers from the rows really read: streaming.md invariant 3 is checked on this).
   virtual uint64_t entries_attended() const = 0;

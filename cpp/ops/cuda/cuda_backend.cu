@@ -113,6 +113,21 @@ __global__ void rope_kernel(float* x, int64_t n_heads, int64_t head_dim, int64_t
   }
 }
 
+// rope_kernel over `rows` rows of x (row_stride apart), row r with cos/sin + r * n_rot / 2.
+__global__ void rope_rows_kernel(float* x, int64_t rows, int64_t row_stride, int64_t n_heads, int64_t head_dim,
+                                 int64_t n_rot, int adjacent, const float* cos, const float* sin) {
+  const int64_t half = n_rot / 2;
+  SS_GRID_LOOP(k, rows * n_heads * half) {
+    const int64_t r = k / (n_heads * half), h = (k / half) % n_heads, i = k % half;
+    float* v = x + r * row_stride + h * head_dim;
+    const float c = cos[r * half + i], s = sin[r * half + i];
+    const int64_t a = adjacent ? 2 * i : i, b = adjacent ? 2 * i + 1 : i + half;
+    const float x0 = v[a], x1 = v[b];
+    v[a] = x0 * c - x1 * s;
+    v[b] = x0 * s + x1 * c;
+  }
+}
+
 // Row ids[b] of the table -> out row b (ops.h get_row).
 __global__ void embed_kernel(GgmlType type, const uint8_t* table, int64_t row_bytes, const int32_t* ids,
                              int64_t cols, float* out) {
@@ -155,12 +170,12 @@ __global__ void layer_norm_kernel(const float* x, const float* weight, const flo
     yr[i] = (xr[i] - m) * scale * weight[i] + (bias != nullptr ? bias[i] : 0.0f);
 }
 
-// One token's K and V rows (n_head_kv * head_dim floats) into `slot` of every KV head.
-__global__ void store_kv_kernel(const float* key, const float* value, uint8_t* keys, uint8_t* values,
-                                int64_t n_head_kv, int64_t head_dim, int64_t n_slots, int64_t slot, int f16) {
-  SS_GRID_LOOP(i, n_head_kv * head_dim) {
-    const int64_t h = i / head_dim, c = i % head_dim;
-    const int64_t at = (h * n_slots + slot) * head_dim + c;
+// n tokens' K and V rows (n_head_kv * head_dim floats each) into their slots[b] of every KV head.
+__global__ void store_kv_kernel(const float* key, const float* value, uint8_t* keys, uint8_t* values, int64_t n,
+                                const int64_t* slots, int64_t n_head_kv, int64_t head_dim, int64_t n_slots, int f16) {
+  SS_GRID_LOOP(i, n * n_head_kv * head_dim) {
+    const int64_t b = i / (n_head_kv * head_dim), h = (i / head_dim) % n_head_kv, c = i % head_dim;
+    const int64_t at = (h * n_slots + slots[b]) * head_dim + c;
     if (f16) {
       reinterpret_cast<__half*>(keys)[at] = __float2half_rn(key[i]);
       reinterpret_cast<__half*>(values)[at] = __float2half_rn(value[i]);
@@ -484,6 +499,8 @@ class CudaBackend final : public Backend {
                  " must be 1..65535");
     plans_ = DeviceBuffer((size_t)max_tokens * sizeof(AttentionRowPlan));
     ids_ = DeviceBuffer((size_t)max_tokens * sizeof(int32_t));
+    slots_ = DeviceBuffer((size_t)max_tokens * sizeof(int64_t));
+    slot_host_.resize((size_t)max_tokens);
     plan_host_.resize((size_t)max_tokens);
     const int64_t entries = attention_entries(max_tokens, c.n_head);
     attn_stats_ = DeviceBuffer((size_t)entries * sizeof(float2));
@@ -624,15 +641,35 @@ class CudaBackend final : public Backend {
     check_launch("add_bias");
   }
   void store_kv(SinkCache& cache, int64_t layer, uint64_t t, const float* key, const float* value) override {
-    DeviceCache& dc = device_cache(cache);
-    const size_t offset = dc.layer_offset[(size_t)layer];
-    store_kv_kernel<<<blocks_for(cache.row_elements()), kThreads>>>(
-        key, value, dc.keys.as<uint8_t>() + offset, dc.values.as<uint8_t>() + offset, cache.n_head_kv(),
-        cache.head_dim(), cache.n_slots(layer), store_slot(cache, layer, t), cache.type() == KvType::kF16 ? 1 : 0);
-    check_launch("store_kv");
+    store(cache, layer, t, 1, key, value, cache.row_elements());
+  }
+  void store_kv_rows(SinkCache& cache, int64_t layer, uint64_t t0, int64_t n, const float* keys,
+                     const float* values) override {
+    store(cache, layer, t0, n, keys, values, cache.row_elements());
+  }
+  void rope_rows(float* x, int64_t rows, int64_t row_stride, int64_t n_heads, int64_t head_dim, int64_t n_rot,
+                 RopeLayout layout, const float* cos, const float* sin) override {
+    rope_rows_kernel<<<blocks_for(rows * n_heads * n_rot / 2), kThreads>>>(
+        x, rows, row_stride, n_heads, head_dim, n_rot, layout == RopeLayout::kAdjacentPairs ? 1 : 0, cos, sin);
+    check_launch("rope_rows");
   }
 
  private:
+  // Tokens t0 .. t0+n-1 into their slots (SinkCache::slot_of, on the host; uploaded with the rows).
+  void store(SinkCache& cache, int64_t layer, uint64_t t0, int64_t n, const float* keys, const float* values,
+             int64_t row) {
+    SS_CHECK_ARG(n >= 1 && n <= max_tokens_, "store of ", n, " tokens");
+    DeviceCache& dc = device_cache(cache);
+    for (int64_t b = 0; b < n; ++b) slot_host_[(size_t)b] = store_slot(cache, layer, t0 + (uint64_t)b);
+    SS_CUDA_CHECK(cudaMemcpy(slots_.data(), slot_host_.data(), (size_t)n * sizeof(int64_t), cudaMemcpyHostToDevice));
+    const size_t offset = dc.layer_offset[(size_t)layer];
+    store_kv_kernel<<<blocks_for(n * row), kThreads>>>(keys, values, dc.keys.as<uint8_t>() + offset,
+                                                       dc.values.as<uint8_t>() + offset, n, slots_.as<int64_t>(),
+                                                       cache.n_head_kv(), cache.head_dim(), cache.n_slots(layer),
+                                                       cache.type() == KvType::kF16 ? 1 : 0);
+    check_launch("store_kv");
+  }
+
   // The device twin of a session's SinkCache (the same per-layer layout), made on first use.
   struct DeviceCache {
     const SinkCache* owner = nullptr;
@@ -665,7 +702,8 @@ class CudaBackend final : public Backend {
   std::shared_ptr<const Model> model_;
   int64_t max_tokens_, capacity_;
   std::shared_ptr<DeviceWeights> weights_;
-  DeviceBuffer scratch_, plans_, ids_;
+  DeviceBuffer scratch_, plans_, ids_, slots_;
+  std::vector<int64_t> slot_host_;
   DeviceBuffer attn_stats_, attn_partials_;  // attention's per-range statistics and partial sums
   std::vector<AttentionRowPlan> plan_host_;
   DeviceCache cache_;
