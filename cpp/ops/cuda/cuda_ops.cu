@@ -161,6 +161,15 @@ struct F32Kernel {
 struct F16Kernel {
   SS_HD static float load(const uint8_t* row, int64_t c) { return half_bits(load_u16(row + 2 * c)); }
 };
+// Every other type the families use (BF16, Q5_0, Q5_1, IQ4_NL, Q2_K .. Q6_K) runs the float kernel's
+// layout, each element decoded by block_decode.h (the code the host checks against dequantize.cc;
+// TYPE is a template argument, so decode_element's switch folds away). Slower than block-wise
+// kernels (each element re-reads its block's scales, from L1): a block-wise K-quant kernel is
+// listed as missing in README.md.
+template <GgmlType TYPE>
+struct DecodedKernel {
+  SS_HD static float load(const uint8_t* row, int64_t c) { return decode_element(TYPE, row, c); }
+};
 
 // Partial dot products of one lane for tokens t < nt (nt <= NT) of a token tile: acc[t] = sum over
 // the lane's elements of W[row] (wrow) times X[t] (x: the tile's first row, rows `cols` apart).
@@ -292,34 +301,6 @@ __global__ void silu_mul_kernel(const float* gate, const float* up, int64_t n, f
   }
 }
 
-// Every other type the families use (BF16, Q5_0, Q5_1, IQ4_NL, Q2_K .. Q6_K): one warp per row as
-// above, lane l taking elements l, l + 32, ..., each decoded by block_decode.h (the code the host
-// checks against dequantize.cc). TYPE is a template argument, so decode_element's switch folds away.
-// Simpler and slower than the block-wise kernels above (each element re-reads its block's scales,
-// from L1): correctness first; a block-wise K-quant kernel is listed as missing in README.md.
-template <GgmlType TYPE, int NT>
-__global__ void __launch_bounds__(kWarpsPerBlock * kWarpSize)
-    matmul_generic_kernel(const uint8_t* __restrict__ w, int64_t rows, int64_t row_bytes,
-                          const float* __restrict__ x, int64_t n, int64_t cols, float* __restrict__ y) {
-  const int lane = threadIdx.x % kWarpSize;
-  const int64_t row = (int64_t)blockIdx.x * kWarpsPerBlock + threadIdx.x / kWarpSize;
-  if (row >= rows) return;
-  const uint8_t* wr = w + row * row_bytes;
-  for (int64_t t0 = (int64_t)blockIdx.y * NT; t0 < n; t0 += (int64_t)gridDim.y * NT) {
-    const int nt = (int)min((int64_t)NT, n - t0);
-    float acc[NT];
-#pragma unroll
-    for (int t = 0; t < NT; ++t) acc[t] = 0.0f;
-    for (int64_t e = lane; e < cols; e += kWarpSize) {
-      const float v = decode_element(TYPE, wr, e);
-#pragma unroll
-      for (int t = 0; t < NT; ++t)
-        if (t < nt) acc[t] = fmaf(v, x[(t0 + t) * cols + e], acc[t]);
-    }
-    store_warp_sums<NT>(acc, nt, lane, y + t0 * rows + row, rows);
-  }
-}
-
 // ---- launch helpers -----------------------------------------------------------------------------
 
 // The grid of a matmul: kWarpsPerBlock rows per block in x, token tiles in y (NT = 1 for decode).
@@ -351,16 +332,6 @@ void launch_float(const uint8_t* w, int64_t rows, int64_t cols, int64_t row_byte
     matmul_float_kernel<F, 1><<<g.grid, g.block, 0, stream>>>(w, rows, row_bytes, x, n, cols, y);
   else
     matmul_float_kernel<F, kTokenTile><<<g.grid, g.block, 0, stream>>>(w, rows, row_bytes, x, n, cols, y);
-}
-
-template <GgmlType TYPE>
-void launch_generic(const uint8_t* w, int64_t rows, int64_t cols, int64_t row_bytes, const float* x, int64_t n,
-                    float* y, cudaStream_t stream) {
-  const MatmulGrid g = matmul_grid(rows, n);
-  if (n == 1)
-    matmul_generic_kernel<TYPE, 1><<<g.grid, g.block, 0, stream>>>(w, rows, row_bytes, x, n, cols, y);
-  else
-    matmul_generic_kernel<TYPE, kTokenTile><<<g.grid, g.block, 0, stream>>>(w, rows, row_bytes, x, n, cols, y);
 }
 
 // Validates a host or device weight's description; returns its block geometry.
@@ -522,7 +493,7 @@ void launch_matmul(GgmlType type, const uint8_t* w, int64_t rows, int64_t cols, 
     case GgmlType::F16: launch_float<F16Kernel>(w, rows, cols, row_bytes, x, n, y, stream); break;
     case GgmlType::F32: launch_float<F32Kernel>(w, rows, cols, row_bytes, x, n, y, stream); break;
 #define SS_GENERIC(T) \
-    case GgmlType::T: launch_generic<GgmlType::T>(w, rows, cols, row_bytes, x, n, y, stream); break;
+    case GgmlType::T: launch_float<DecodedKernel<GgmlType::T>>(w, rows, cols, row_bytes, x, n, y, stream); break;
     SS_GENERIC(BF16) SS_GENERIC(Q5_0) SS_GENERIC(Q5_1) SS_GENERIC(IQ4_NL) SS_GENERIC(Q2_K) SS_GENERIC(Q3_K)
     SS_GENERIC(Q4_K) SS_GENERIC(Q5_K) SS_GENERIC(Q6_K)
 #undef SS_GENERIC
