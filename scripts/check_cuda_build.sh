@@ -7,7 +7,8 @@
 # Exits non-zero on any build, import or test failure.
 #
 # usage: scripts/check_cuda_build.sh      (from any directory; uses the `python3` on PATH, which
-#                                          needs numpy, gguf and pytest for the tests)
+#                                          needs numpy, gguf and pytest for the tests, and must not
+#                                          have sinkstream installed in editable mode: PYTHON=...)
 # env:   SINKSTREAM_CUDA_BUILD (default build/cuda), CMAKE_CUDA_ARCHITECTURES (default: CMakeLists'
 #        list, e.g. "90" for one GPU generation, faster), JOBS (default: min(2, nproc)),
 #        CUDACXX (nvcc to use; default /usr/local/cuda/bin/nvcc if present, else nvcc on PATH)
@@ -68,7 +69,9 @@ PYTHONPATH="$PKG" "$PYTHON" - "$PKG" <<'EOF'
 import os, sys
 import sinkstream._core as c
 pkg = os.path.abspath(sys.argv[1])
-assert os.path.abspath(c.__file__).startswith(pkg + os.sep), f"imported {c.__file__}, not the build in {pkg}"
+assert os.path.abspath(c.__file__).startswith(pkg + os.sep), (
+    f"imported {c.__file__}, not the build in {pkg} (an editable install of sinkstream in this Python wins "
+    "over PYTHONPATH: set PYTHON to an interpreter without sinkstream installed)")
 assert c.cuda_built(), "the module in the CUDA build says cuda_built() is False"
 devices = c.cuda_devices()
 print(f"   cuda_built() = True, cuda_available() = {c.cuda_available()}, devices: "
