@@ -2,12 +2,13 @@
 # The CUDA backend builds: configures with -DSINKSTREAM_CUDA=ON into build/cuda and builds the engine
 # and the Python module (nvcc compiles cpp/ops/cuda/cuda_ops.cu, the module links it: compile AND
 # link), imports the module (every symbol resolves, the static CUDA runtime loads without a driver),
-# then runs tests/test_cuda.py against it. Its GPU tests run only where a GPU is present
+# then runs tests/test_cuda.py and tests/test_cuda_forward.py against it. Its GPU tests run only where a GPU is present
 # (`nvidia-smi -L` works); elsewhere they skip and the no-device branch is what gets tested.
 # Exits non-zero on any build, import or test failure.
 #
 # usage: scripts/check_cuda_build.sh      (from any directory; uses the `python3` on PATH, which
-#                                          needs numpy, gguf and pytest for the tests)
+#                                          needs numpy, gguf and pytest for the tests, and must not
+#                                          have sinkstream installed in editable mode: PYTHON=...)
 # env:   SINKSTREAM_CUDA_BUILD (default build/cuda), CMAKE_CUDA_ARCHITECTURES (default: CMakeLists'
 #        list, e.g. "90" for one GPU generation, faster), JOBS (default: min(2, nproc)),
 #        CUDACXX (nvcc to use; default /usr/local/cuda/bin/nvcc if present, else nvcc on PATH)
@@ -68,7 +69,9 @@ PYTHONPATH="$PKG" "$PYTHON" - "$PKG" <<'EOF'
 import os, sys
 import sinkstream._core as c
 pkg = os.path.abspath(sys.argv[1])
-assert os.path.abspath(c.__file__).startswith(pkg + os.sep), f"imported {c.__file__}, not the build in {pkg}"
+assert os.path.abspath(c.__file__).startswith(pkg + os.sep), (
+    f"imported {c.__file__}, not the build in {pkg} (an editable install of sinkstream in this Python wins "
+    "over PYTHONPATH: set PYTHON to an interpreter without sinkstream installed)")
 assert c.cuda_built(), "the module in the CUDA build says cuda_built() is False"
 devices = c.cuda_devices()
 print(f"   cuda_built() = True, cuda_available() = {c.cuda_available()}, devices: "
@@ -76,10 +79,10 @@ print(f"   cuda_built() = True, cuda_available() = {c.cuda_available()}, devices
 EOF
 
 if nvidia-smi -L >/dev/null 2>&1; then
-  echo "== tests/test_cuda.py (GPU present: $(nvidia-smi -L | head -n 1))"
+  echo "== tests/test_cuda*.py (GPU present: $(nvidia-smi -L | head -n 1))"
 else
-  echo "== tests/test_cuda.py (no GPU: the GPU tests skip)"
+  echo "== tests/test_cuda*.py (no GPU: the GPU tests skip)"
 fi
 # scripts/asan_pytest.py imports sinkstream from $PKG (never an installed copy) and checks it did.
-"$PYTHON" scripts/asan_pytest.py "$PKG" -q -p no:cacheprovider -rs tests/test_cuda.py
+"$PYTHON" scripts/asan_pytest.py "$PKG" -q -p no:cacheprovider -rs tests/test_cuda.py tests/test_cuda_forward.py
 echo "== CUDA build OK"

@@ -34,8 +34,9 @@ class ScriptedModel(FakeModel):
 @pytest.fixture
 def use_model(monkeypatch):
     def install(model):
-        def load_model(path, n_threads):
+        def load_model(path, n_threads, device="cpu"):
             model.opened_with = (path, n_threads)
+            model.device = device
             return model
         monkeypatch.setattr(_generation_args, "load_model", load_model)
         return model

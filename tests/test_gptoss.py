@@ -196,3 +196,13 @@ def test_ppl_compares_window_and_streaming_on_a_learned_sink_model(fixture_path,
         got = np.load(f"{prefix}.{mode}.npy")
         np.testing.assert_allclose(got, want, rtol=0, atol=2e-3, err_msg=mode)
     assert np.abs(np.load(f"{prefix}.window.npy") - np.load(f"{prefix}.streaming.npy")).max() > 1e-3
+
+
+def test_the_cuda_backend_refuses_what_it_cannot_compute(fixture_path):
+    """Learned sinks and experts have no CUDA kernels yet: a device session is refused by name (in
+    every build, before any device is looked for), never computed wrongly."""
+    from sinkstream import _core
+
+    model = sinkstream.Model(fixture_path, n_threads=1)
+    with pytest.raises(ValueError, match="does not run on the CUDA backend yet"):
+        _core.Session(model._core, device="cuda")  # the engine's check (Python checks the device first)

@@ -89,3 +89,8 @@ def test_default_model_kv_q8_0_perplexity_cost(default_model_path, tmp_path):
            for kv in ("f16", "q8_0")}
     print(ppl)
     assert ppl["q8_0"] != ppl["f16"] and abs(ppl["q8_0"] / ppl["f16"] - 1) < 0.01
+
+
+def test_q8_0_is_cpu_only_for_now(model):
+    with pytest.raises(ValueError, match="kv_type 'q8_0' is CPU-only"):
+        _core.Session(model._core, kv_type="q8_0", device="cuda")  # the engine's check, in every build

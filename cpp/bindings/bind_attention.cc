@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,9 @@
 #include "ops/cpu/attention_kernels.h"
 #include "ops/cpu/cpu_features.h"
 #include "ops/ops.h"
+#ifdef SINKSTREAM_HAVE_CUDA
+#include "ops/cuda/cuda_backend.h"
+#endif
 
 namespace nb = nanobind;
 
@@ -44,7 +48,13 @@ void bind_attention(nb::module_& m) {
                      "q_sink must have the shape of q_window");
         SS_CHECK_ARG(!sink_logits || (int64_t)sink_logits->shape(0) == n_head, "sink_logits: one per query head (",
                      n_head, ")");
-        const Isa level = parse_isa(isa);
+        const bool on_gpu = isa == "cuda";  // the CUDA backend's attention kernel, where built and a GPU is
+#ifndef SINKSTREAM_HAVE_CUDA
+        if (on_gpu) throw std::runtime_error("isa 'cuda': sinkstream was built without CUDA");
+#endif
+        SS_CHECK_ARG(!on_gpu || (!sink_logits && kv_type != "q8_0"),
+                     "isa 'cuda': the CUDA attention kernel has no learned sinks and no q8_0 cache yet");
+        const Isa level = on_gpu ? best_isa() : parse_isa(isa);
         SinkCache cache(1, n_head_kv, head_dim, n_sink, window, 1, parse_kv_type(kv_type));
         for (int64_t t = 0; t < n_tokens; ++t) cache.store(0, (uint64_t)t, keys.data() + t * row, values.data() + t * row);
         const int64_t group = n_head / n_head_kv;
@@ -52,7 +62,13 @@ void bind_attention(nb::module_& m) {
         std::vector<float> scores((size_t)(group * attention_set_size(cache, 0, t)));
         std::vector<float> out((size_t)(n_head * head_dim));
         const float scale = 1.0f / std::sqrt((float)head_dim);
-        for (int64_t kv = 0; kv < n_head_kv; ++kv) {
+#ifdef SINKSTREAM_HAVE_CUDA
+        if (on_gpu) {
+          nb::gil_scoped_release release;
+          cuda::attend_host(cache, 0, t, n_head, q_sink.data(), q_window.data(), scale, nullptr, 0.0f, out.data());
+        }
+#endif
+        for (int64_t kv = 0; kv < n_head_kv && !on_gpu; ++kv) {
           const int64_t first = kv * group * head_dim;
           ScoreBias bias;
           if (sink_logits) bias.sink_logits = sink_logits->data() + kv * group;
@@ -69,7 +85,8 @@ void bind_attention(nb::module_& m) {
       "Test hook: stores keys/values (n_tokens, n_head_kv * head_dim) as tokens 0.. of a one-layer sink\n"
       "cache (n_sink, window), then returns the attention output (n_head, head_dim) of the last token's\n"
       "query (q_sink against the sinks, q_window against the window; scale 1/sqrt(head_dim)), computed\n"
-      "with the kernels of the given ISA level ('scalar', 'avx2', 'avx512', 'neon'). sink_logits (n_head):\n"
+      "with the kernels of the given ISA level ('scalar', 'avx2', 'avx512', 'neon'), or 'cuda': the CUDA\n"
+      "backend's attention kernel (a CUDA build with a GPU; RuntimeError otherwise). sink_logits (n_head):\n"
       "learned sink logits (gpt-oss), one softmax column each with no value.");
 }
 

@@ -6,6 +6,7 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
 
 #include <algorithm>
 #include <cctype>
@@ -19,10 +20,16 @@
 
 #include "bindings/bindings.h"
 #include "core/error.h"
+#include "gguf/gguf_file.h"
+#include "kv/sink_cache.h"
+#include "ops/cuda/attention_plan.h"
+#include "ops/cuda/block_decode.h"
 #include "ops/ops.h"
 #include "quant/quant_types.h"
+#include "model/model.h"
 
 #ifdef SINKSTREAM_HAVE_CUDA
+#include "ops/cuda/cuda_backend.h"
 #include "ops/cuda/cuda_ops.h"
 #endif
 
@@ -43,7 +50,6 @@ using U8Any = nb::ndarray<const uint8_t, nb::c_contig, nb::device::cpu>;
 
 using F32Result = nb::ndarray<nb::numpy, float>;
 
-#ifdef SINKSTREAM_HAVE_CUDA
 // An ndarray of `shape` that owns its std::vector (no copy).
 F32Result owned_array(std::vector<float>&& data, const std::vector<size_t>& shape) {
   auto owned = std::make_unique<std::vector<float>>(std::move(data));
@@ -51,16 +57,20 @@ F32Result owned_array(std::vector<float>&& data, const std::vector<size_t>& shap
   nb::capsule owner(values, [](void* p) noexcept { delete static_cast<std::vector<float>*>(p); });
   return F32Result(values->data(), shape.size(), shape.data(), owner);
 }
-#endif
+
+// Every GGUF type the CUDA backend reads (block_decode.h).
+constexpr GgmlType kDecodable[] = {GgmlType::F32,  GgmlType::F16,  GgmlType::BF16, GgmlType::Q4_0, GgmlType::Q4_1,
+                                   GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q2_K, GgmlType::Q3_K,
+                                   GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::IQ4_NL};
 
 // The weight types cuda_matmul accepts, by GGUF type name (case-insensitive).
 GgmlType parse_type_name(const std::string& type_name) {
   std::string upper = type_name;
   std::transform(upper.begin(), upper.end(), upper.begin(), [](unsigned char c) { return (char)std::toupper(c); });
-  for (GgmlType t : {GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16, GgmlType::F32})
+  for (GgmlType t : kDecodable)
     if (upper == ggml_type_name(t)) return t;
-  throw ArgumentError(cat("type_name '", type_name, "' is not supported by cuda_matmul (supported: Q4_0, Q4_1, ",
-                          "Q8_0, F16, F32)"));
+  throw ArgumentError(cat("type_name '", type_name, "' is not supported by the CUDA backend (supported: F32, F16, ",
+                          "BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL)"));
 }
 
 // The weight as a WeightMatrix over the caller's bytes, every size checked against the type.
@@ -123,13 +133,179 @@ F32Result matmul_impl(const uint8_t* data, size_t size, const std::string& type_
 
 constexpr const char* kMatmulDoc =
     "Y (n, rows) = X (n, cols) . W^T on the GPU, W given as raw GGUF blocks (bytes or a uint8 array of\n"
-    "rows * cols / block_size * block_bytes bytes) of type_name 'Q4_0', 'Q4_1', 'Q8_0', 'F16' or 'F32';\n"
+    "rows * cols / block_size * block_bytes bytes) of any type cuda_decodable_types() lists;\n"
     "x float32 (n, cols). Uploads W and X, runs, downloads Y (a test hook, not a fast path).\n"
     "ValueError for bad arguments; RuntimeError when built without CUDA or no device is usable.";
 
 }  // namespace
 
 void bind_cuda(nb::module_& m) {
+  // ---- host-side parts of the CUDA backend: compiled by the host compiler in every build ----------
+  m.def(
+      "cuda_decodable_types",
+      []() {
+        std::vector<std::string> names;
+        for (GgmlType t : kDecodable) names.push_back(ggml_type_name(t));
+        return names;
+      },
+      "GGUF weight types the CUDA backend reads directly (matmul, embedding lookup).");
+  m.def(
+      "cuda_decode_row",
+      [](U8Any raw, const std::string& type_name, int64_t cols) -> F32Result {
+        const GgmlType type = parse_type_name(type_name);
+        const GgmlTypeInfo& info = ggml_type_info(type);
+        SS_CHECK_ARG(cols > 0 && cols % info.block_size == 0, "cols = ", cols, " is not a positive multiple of the ",
+                     info.name, " block size ", info.block_size);
+        SS_CHECK_ARG((int64_t)raw.size() == ggml_row_bytes(info, cols), "raw has ", raw.size(), " bytes, a ",
+                     info.name, " row of ", cols, " needs ", ggml_row_bytes(info, cols));
+        std::vector<float> out((size_t)cols);
+        for (int64_t e = 0; e < cols; ++e) out[(size_t)e] = cuda::decode_element(type, raw.data(), e);
+        return owned_array(std::move(out), {(size_t)cols});
+      },
+      nb::arg("raw"), nb::arg("type_name"), nb::arg("cols"),
+      "One row of raw GGUF blocks decoded by the CUDA kernels' own element decoder (block_decode.h), run\n"
+      "on the CPU: the layouts the GPU reads, checkable without a GPU.");
+  m.def(
+      "cuda_attention_plan",
+      [](int64_t n_layer, int64_t n_head_kv, int64_t head_dim, int64_t n_sink, int64_t window, int64_t max_chunk,
+         std::vector<int64_t> layer_windows, bool evicts, int64_t layer, uint64_t t0, int64_t n) {
+        SS_CHECK_ARG(layer >= 0 && layer < n_layer, "layer ", layer, " of ", n_layer);
+        SS_CHECK_ARG(n >= 1 && n <= max_chunk, "n = ", n, " must be 1..max_chunk");
+        // The geometry alone, as a CUDA session's host cache is (host_storage = false).
+        const SinkCache cache(n_layer, n_head_kv, head_dim, n_sink, window, max_chunk, KvType::kF16, 0,
+                              std::move(layer_windows), evicts, /*host_storage=*/false);
+        SS_ASSERT(!cache.has_host_storage() && cache.bytes() > 0);
+        nb::list out;
+        for (int64_t b = 0; b < n; ++b) {
+          const uint64_t t = t0 + (uint64_t)b;
+          const cuda::AttentionRowPlan p = cuda::plan_attention_row(cache, layer, t, false);
+          // What the kernel reads, row by row (row_slot, alibi_distance: the kernel's own code) ...
+          std::vector<int64_t> slots, distances;
+          for (int64_t r = 0; r < cuda::plan_rows(p); ++r) {
+            slots.push_back(cuda::row_slot(p, r, cache.n_sink(), cache.ring_slots(layer)));
+            distances.push_back(cuda::alibi_distance(p, r));
+          }
+          // ... and what SinkCache says: the members of span(layer, t) in token order, their slots,
+          // and p(t) - p(j) (a window member j sits t - j behind, a sink s at p(t) - s).
+          const AttentionSpan span = cache.span(layer, t);
+          std::vector<int64_t> tokens, expected_slots, expected_distances;
+          for (uint64_t j = span.sink_begin; j < span.sink_end; ++j) {
+            tokens.push_back((int64_t)j);
+            expected_slots.push_back(cache.slot_of(layer, j));
+            expected_distances.push_back((int64_t)(span.query_position - j));
+          }
+          for (uint64_t j = span.window_begin; j <= t && t >= span.window_begin; ++j) {
+            tokens.push_back((int64_t)j);
+            expected_slots.push_back(cache.slot_of(layer, j));
+            expected_distances.push_back((int64_t)(t - j));
+          }
+          nb::dict d;
+          d["t"] = t;
+          d["query_position"] = p.query_position;
+          d["store_slot"] = cuda::store_slot(cache, layer, t);
+          d["slots"] = slots;
+          d["alibi_distances"] = distances;
+          d["tokens"] = tokens;
+          d["expected_slots"] = expected_slots;
+          d["expected_alibi_distances"] = expected_distances;
+          d["expected_query_position"] = span.query_position;
+          out.append(d);
+        }
+        return out;
+      },
+      nb::arg("n_layer"), nb::arg("n_head_kv"), nb::arg("head_dim"), nb::arg("n_sink"), nb::arg("window"),
+      nb::arg("max_chunk"), nb::arg("layer_windows"), nb::arg("evicts"), nb::arg("layer"), nb::arg("t0"), nb::arg("n"),
+      "The CUDA attention plan of queries t0 .. t0+n-1 of one layer, per query: the cache slots and ALiBi\n"
+      "distances the kernel reads row by row (computed by the kernel's own row_slot / alibi_distance on\n"
+      "the CPU) beside SinkCache's own span members, slot_of and distances, for tests without a GPU.");
+  m.def(
+      "cuda_op_test",
+      [](const std::string& op, const std::string& device, F32Matrix a, F32Any b, F32Any c, double p) -> F32Result {
+        const int64_t rows = (int64_t)a.shape(0), cols = (int64_t)a.shape(1), n = rows * cols;
+        const int64_t nb = (int64_t)b.size(), nc = (int64_t)c.size();
+        SS_CHECK_ARG(device == "cpu" || device == "cuda", "device must be 'cpu' or 'cuda', got '", device, "'");
+        SS_CHECK_ARG(rows > 0 && cols > 0, "a has shape (", rows, ", ", cols, ")");
+        const bool rope = op == "rope_adjacent" || op == "rope_neox";
+        if (op == "layer_norm") {
+          SS_CHECK_ARG(nb == cols && (nc == 0 || nc == cols), "layer_norm: weight and bias must have cols values");
+        } else if (op == "swiglu" || op == "geglu") {
+          SS_CHECK_ARG(nb == n, op, ": up (b) must have the shape of gate (a)");
+        } else if (rope) {
+          SS_CHECK_ARG(nb == nc && nb >= 1 && 2 * nb <= cols, op, ": cos and sin need n_rot / 2 <= head_dim / 2 values");
+        } else {
+          SS_CHECK_ARG(op == "gelu" || op == "gelu_tanh" || op == "soft_cap" || op == "clamp", "unknown op '", op,
+                       "' (layer_norm, gelu, gelu_tanh, swiglu, geglu, rope_adjacent, rope_neox, soft_cap, clamp)");
+        }
+        std::vector<float> out(a.data(), a.data() + n);
+        if (device == "cuda") {
+#ifdef SINKSTREAM_HAVE_CUDA
+          require_device();
+          nb::gil_scoped_release release;
+          cuda::elementwise_host(op, a.data(), rows, cols, b.data(), nb, c.data(), nc, (float)p, out.data());
+#else
+          throw std::runtime_error(kNotBuilt);
+#endif
+        } else if (op == "layer_norm") {
+          layer_norm(a.data(), b.data(), nc > 0 ? c.data() : nullptr, rows, cols, (float)p, out.data());
+        } else if (op == "gelu") {
+          gelu_erf_inplace(out.data(), n);
+        } else if (op == "gelu_tanh") {
+          gelu_tanh_inplace(out.data(), n);
+        } else if (op == "swiglu") {
+          silu_mul(a.data(), b.data(), n, out.data());
+        } else if (op == "geglu") {
+          gelu_tanh_mul(a.data(), b.data(), n, out.data());
+        } else if (rope) {
+          rope_apply(out.data(), rows, cols, 2 * nb, op == "rope_adjacent" ? RopeLayout::kAdjacentPairs : RopeLayout::kNeox,
+                     b.data(), c.data());
+        } else if (op == "soft_cap") {
+          soft_cap_inplace(out.data(), (float)p, n);
+        } else {
+          clamp_inplace(out.data(), (float)p, n);
+        }
+        return owned_array(std::move(out), {(size_t)rows, (size_t)cols});
+      },
+      nb::arg("op"), nb::arg("device"), nb::arg("a"), nb::arg("b"), nb::arg("c"), nb::arg("p") = 0.0,
+      "Test hook: one row-wise or elementwise op of the CUDA backend ('cuda') or its CPU twin in ops.h ('cpu') on\n"
+      "a (rows, cols); b, c, p as the op needs (cuda_backend.h elementwise_host lists them; empty arrays when\n"
+      "unused). RuntimeError for 'cuda' without a CUDA build or device.");
+  m.def(
+      "cuda_resident_weight_bytes",
+      [](const Model& model) -> size_t {
+#ifdef SINKSTREAM_HAVE_CUDA
+        return cuda::resident_weight_bytes(model);
+#else
+        (void)model;
+        return 0;
+#endif
+      },
+      nb::arg("model"),
+      "Device memory the CUDA sessions of `model` hold for its weights now (0 before the first CUDA pass and\n"
+      "without CUDA; on an integrated GPU only the float vectors: the file's pages are mapped, not copied).");
+  m.def(
+      "cuda_upload_plan",
+      [](const std::string& path) {
+        std::shared_ptr<GgufFile> file;
+        {
+          nb::gil_scoped_release release;
+          file = GgufFile::open(path);
+        }
+        nb::list out;
+        for (const GgufTensorInfo& t : file->tensors()) {
+          nb::dict d;
+          d["name"] = t.name;
+          d["type"] = std::string(ggml_type_name(t.type));
+          d["bytes"] = t.n_bytes;
+          d["matrix"] = t.dims.size() == 2;
+          d["supported"] = t.dims.size() != 2 || cuda::decodable(t.type);
+          out.append(d);
+        }
+        return out;
+      },
+      nb::arg("path"),
+      "What a CUDA session uploads of a GGUF file, per tensor: name, type, bytes, matrix (2-D: read as raw\n"
+      "blocks on the device), supported (the CUDA kernels read its type; vectors are always float32).");
+
   m.def(
       "cuda_built",
       []() {

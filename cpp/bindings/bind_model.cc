@@ -56,8 +56,9 @@ nb::ndarray<nb::numpy, float> owned_array(std::unique_ptr<std::vector<float>> da
 
 SessionOptions session_options(const std::string& mode, int64_t n_sink, int64_t window, int64_t batch_size,
                                const std::string& kv_type, int n_threads, bool allow_beyond_training_context,
-                               uint64_t position_offset, uint64_t max_bytes) {
+                               uint64_t position_offset, uint64_t max_bytes, const std::string& device = "cpu") {
   SessionOptions o;
+  o.device = parse_device(device);
   o.mode = parse_mode(mode);
   o.n_sink = n_sink;
   o.window = window;
@@ -207,14 +208,17 @@ void bind_model(nb::module_& m) {
           "__init__",
           [](Session* self, std::shared_ptr<const Model> model, const std::string& mode, int64_t n_sink, int64_t window,
              int64_t batch_size, const std::string& kv_type, int n_threads, bool allow_beyond_training_context,
-             uint64_t position_offset, uint64_t max_bytes) {
+             uint64_t position_offset, uint64_t max_bytes, const std::string& device) {
             const SessionOptions o = session_options(mode, n_sink, window, batch_size, kv_type, n_threads,
-                                                     allow_beyond_training_context, position_offset, max_bytes);
+                                                     allow_beyond_training_context, position_offset, max_bytes, device);
             new (self) Session(std::move(model), o);
           },
           nb::arg("model"), nb::arg("mode") = "streaming", nb::arg("n_sink") = 4, nb::arg("window") = -1,
           nb::arg("batch_size") = 256, nb::arg("kv_type") = "f16", nb::arg("n_threads") = 0,
-          nb::arg("allow_beyond_training_context") = false, nb::arg("position_offset") = 0, nb::arg("max_bytes") = 0)
+          nb::arg("allow_beyond_training_context") = false, nb::arg("position_offset") = 0, nb::arg("max_bytes") = 0,
+          nb::arg("device") = "cpu",
+          "device: 'cpu', or 'cuda' (a CUDA build and a usable GPU; RuntimeError saying which is missing "
+          "otherwise).")
       .def(
           "eval",
           [](Session& s, AnyTokenArray any_tokens, bool all_logits, bool want_logits) {
@@ -304,6 +308,7 @@ void bind_model(nb::module_& m) {
       .def_prop_ro("n_sink", &Session::n_sink)
       .def_prop_ro("window", &Session::window)
       .def_prop_ro("n_threads", &Session::n_threads)
+      .def_prop_ro("device", [](const Session& s) { return std::string(device_name(s.device())); })
       .def_prop_ro("keys_rotated", &Session::keys_rotated, "RoPE rotations of keys so far (one per key and layer).")
       .def_prop_ro("entries_attended", &Session::entries_attended,
                    "K/V entries read by attention so far (|A(t)| per query head and layer).")

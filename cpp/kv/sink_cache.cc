@@ -53,11 +53,13 @@ void quantize_row_q8_0(const float* x, int64_t n, BlockQ8_0* out) {
 
 SinkCache::SinkCache(int64_t n_layer, int64_t n_head_kv, int64_t head_dim, int64_t n_sink, int64_t window,
                      int64_t max_chunk, KvType type, uint64_t position_offset, std::vector<int64_t> layer_windows,
-                     bool evicts)
+                     bool evicts, bool host_storage)
     : n_layer_(n_layer), n_head_kv_(n_head_kv), head_dim_(head_dim), n_sink_(n_sink), window_(window),
       type_(type), position_offset_(position_offset) {
   size_t bytes = 0;
   layers_ = layout(n_layer, n_head_kv, head_dim, n_sink, window, max_chunk, type, layer_windows, evicts, &bytes);
+  layout_bytes_ = bytes;
+  if (!host_storage) return;
   // Allocated and touched once, here: the cache never grows (streaming.md invariant 2).
   keys_.assign(bytes, 0);
   values_.assign(bytes, 0);
@@ -123,6 +125,7 @@ void SinkCache::store(int64_t layer, uint64_t token, const float* key, const flo
 }
 
 void SinkCache::copy_out(int64_t layer, uint64_t token, uint8_t* key, uint8_t* value) const {
+  SS_ASSERT(has_host_storage());
   for (int64_t h = 0; h < n_head_kv_; ++h) {
     std::memcpy(key + h * head_row_bytes(), keys_.data() + row_offset(layer, h, token), head_row_bytes());
     std::memcpy(value + h * head_row_bytes(), values_.data() + row_offset(layer, h, token), head_row_bytes());
@@ -130,6 +133,7 @@ void SinkCache::copy_out(int64_t layer, uint64_t token, uint8_t* key, uint8_t* v
 }
 
 void SinkCache::copy_in(int64_t layer, uint64_t token, const uint8_t* key, const uint8_t* value) {
+  SS_ASSERT(has_host_storage());
   for (int64_t h = 0; h < n_head_kv_; ++h) {
     std::memcpy(keys_.data() + row_offset(layer, h, token), key + h * head_row_bytes(), head_row_bytes());
     std::memcpy(values_.data() + row_offset(layer, h, token), value + h * head_row_bytes(), head_row_bytes());

@@ -50,9 +50,12 @@ class SinkCache {
   // layer_windows: w_l per layer, 0 for a global layer (empty: every layer global).
   // evicts = false (dense, recompute): the stream never passes the capacity, so global layers keep
   // exactly `window` ring slots (no chunk slack); local layers still slide.
+  // host_storage = false: the geometry alone, no key/value storage (a device backend keeps the
+  // entries in its own copy of this layout: ops/cuda/cuda_backend.h); store / copy_* must not be
+  // called then, and bytes() still says what the layout holds.
   SinkCache(int64_t n_layer, int64_t n_head_kv, int64_t head_dim, int64_t n_sink, int64_t window,
             int64_t max_chunk, KvType type, uint64_t position_offset = 0,
-            std::vector<int64_t> layer_windows = {}, bool evicts = true);
+            std::vector<int64_t> layer_windows = {}, bool evicts = true, bool host_storage = true);
 
   // The bytes a cache of these arguments allocates (keys and values), without allocating them:
   // memory estimates before a session is made use the same layout as the constructor.
@@ -79,7 +82,8 @@ class SinkCache {
   int64_t n_slots(int64_t layer) const { return n_sink_ + layers_[(size_t)layer].ring_slots; }
   int64_t row_elements() const { return n_head_kv_ * head_dim_; }  // one token's K (or V) in a layer
   KvType type() const { return type_; }
-  size_t bytes() const { return keys_.size() + values_.size(); }
+  size_t bytes() const { return 2 * layout_bytes_; }  // keys and values, wherever they are stored
+  bool has_host_storage() const { return keys_.size() == layout_bytes_; }
 
   // StreamingLLM's attention set A(t) of query t (0-based token index in the stream): the
   // session's set, which global layers attend to and which defines every position.
@@ -153,7 +157,8 @@ class SinkCache {
   size_t row_offset(int64_t layer, int64_t kv_head, uint64_t token) const {
     return head_offset(layer, kv_head) + (size_t)slot_of(layer, token) * head_row_bytes();
   }
-  std::vector<uint8_t> keys_;    // per layer (n_head_kv, n_slots(layer), head_dim)
+  size_t layout_bytes_ = 0;      // keys (or values) of every layer
+  std::vector<uint8_t> keys_;    // per layer (n_head_kv, n_slots(layer), head_dim); empty without host storage
   std::vector<uint8_t> values_;  // per layer (n_head_kv, n_slots(layer), head_dim)
 };
 

@@ -114,7 +114,7 @@ void Decoder::norm(const NormWeights& w, NormKind kind, const float* x, int64_t 
 // RoPE tables for one segment's rows (from `row`), per RoPE variant: at the window position of t for
 // the window query and window keys, at p(t) for the sink query and sink keys (sink_cache.h).
 // Usually the two are equal; then one copy of q serves. The frequencies are the segment's own.
-void Decoder::prepare_positions(const ForwardSegment& seg, int64_t row, ForwardScratch& s) const {
+void Decoder::prepare_positions(const ForwardSegment& seg, int64_t row, ForwardScratch& s, Backend& backend) const {
   const SinkCache& cache = *seg.cache;
   for (int64_t b = 0; b < seg.n; ++b) {
     const uint64_t t = seg.t0 + (uint64_t)b;
@@ -147,15 +147,21 @@ void Decoder::prepare_positions(const ForwardSegment& seg, int64_t row, ForwardS
         }
       }
     }
+    // The tables are computed here on the host; a device backend copies them over (the CPU: no-op).
+    const ForwardBuffers::Rope& dst = s.buf.rope[r];
+    const size_t at = (size_t)(row * n_freq);
+    const int64_t count = seg.n * n_freq;
+    backend.upload(dst.cos + at, &tables.cos[at], count);
+    backend.upload(dst.sin + at, &tables.sin[at], count);
+    backend.upload(dst.cos_sink + at, &tables.cos_sink[at], count);
+    backend.upload(dst.sin_sink + at, &tables.sin_sink[at], count);
   }
 }
 
 namespace {
 // y (n rows of bias.size()) += bias, where the file has one.
 void add_bias(Backend& backend, float* y, const std::vector<float>& bias, int64_t n) {
-  if (bias.empty()) return;
-  const int64_t d = (int64_t)bias.size();
-  for (int64_t t = 0; t < n; ++t) backend.add(y + t * d, bias.data(), 1.0f, d);
+  if (!bias.empty()) backend.add_bias(y, bias.data(), n, (int64_t)bias.size());
 }
 }  // namespace
 
@@ -169,64 +175,73 @@ void Decoder::attention_block(int64_t l, const ForwardSegment* segments, int64_t
   // Projections: q (n, q_dim), k and v (n, kv_dim).
   if (c.fused_qkv) {
     const int64_t width = q_dim + 2 * kv_dim;
-    backend.matmul(L.wqkv, s.h.data(), n, s.qkv.data());
-    add_bias(backend, s.qkv.data(), L.bqkv, n);
-    for (int64_t b = 0; b < n; ++b) {
-      const float* row = s.qkv.data() + b * width;
-      std::memcpy(s.q.data() + b * q_dim, row, (size_t)q_dim * sizeof(float));
-      std::memcpy(s.k.data() + b * kv_dim, row + q_dim, (size_t)kv_dim * sizeof(float));
-      std::memcpy(s.v.data() + b * kv_dim, row + q_dim + kv_dim, (size_t)kv_dim * sizeof(float));
-    }
+    backend.matmul(L.wqkv, s.buf.h, n, s.buf.qkv);
+    add_bias(backend, s.buf.qkv, L.bqkv, n);
+    backend.copy_rows(s.buf.q, q_dim, s.buf.qkv, width, n, q_dim);
+    backend.copy_rows(s.buf.k, kv_dim, s.buf.qkv + q_dim, width, n, kv_dim);
+    backend.copy_rows(s.buf.v, kv_dim, s.buf.qkv + q_dim + kv_dim, width, n, kv_dim);
   } else {
     const WeightMatrix* ws[3] = {&L.wq, &L.wk, &L.wv};
-    float* ys[3] = {s.q.data(), s.k.data(), s.v.data()};
-    backend.matmul_shared_input(ws, ys, 3, s.h.data(), n);
+    float* ys[3] = {s.buf.q, s.buf.k, s.buf.v};
+    backend.matmul_shared_input(ws, ys, 3, s.buf.h, n);
   }
-  add_bias(backend, s.q.data(), L.bq, n);
-  add_bias(backend, s.k.data(), L.bk, n);
-  add_bias(backend, s.v.data(), L.bv, n);
+  add_bias(backend, s.buf.q, L.bq, n);
+  add_bias(backend, s.buf.k, L.bk, n);
+  add_bias(backend, s.buf.v, L.bv, n);
   if (lc.clamp_qkv > 0.0f) {  // MPT's clip_qkv
-    backend.clamp(s.q.data(), lc.clamp_qkv, n * q_dim);
-    backend.clamp(s.k.data(), lc.clamp_qkv, n * kv_dim);
-    backend.clamp(s.v.data(), lc.clamp_qkv, n * kv_dim);
+    backend.clamp(s.buf.q, lc.clamp_qkv, n * q_dim);
+    backend.clamp(s.buf.k, lc.clamp_qkv, n * kv_dim);
+    backend.clamp(s.buf.v, lc.clamp_qkv, n * kv_dim);
   }
   if (lc.qk_norm) {  // each head vector on its own, before RoPE
-    backend.rms_norm(s.q.data(), L.q_norm.data(), n * c.n_head, hd, c.norm_eps, s.q.data());
-    backend.rms_norm(s.k.data(), L.k_norm.data(), n * c.n_head_kv, hd, c.norm_eps, s.k.data());
+    backend.rms_norm(s.buf.q, L.q_norm.data(), n * c.n_head, hd, c.norm_eps, s.buf.q);
+    backend.rms_norm(s.buf.k, L.k_norm.data(), n * c.n_head_kv, hd, c.norm_eps, s.buf.k);
   }
 
   // Keys rotated once, at their own position (a sink at its rank t = p(t)), and stored for good;
-  // the query twice where the sinks need it at p(t) (sink_cache.h). Row by row, each in its own
-  // segment's cache; then each segment's queries attend over their own A_l(t).
+  // the query twice where the sinks need it at p(t) (sink_cache.h). Each segment's rows in its own
+  // cache, in runs of rows that use the same tables (one backend call per run: a GPU launches once
+  // per run, the CPU loops over the rows exactly as before); then each segment's queries attend
+  // over their own A_l(t).
   const bool rotates = lc.rope >= 0;
   int64_t row = 0;
   for (int64_t i = 0; i < n_segments; ++i) {
     const ForwardSegment& seg = segments[i];
     SinkCache& cache = *seg.cache;
-    for (int64_t b = row; b < row + seg.n; ++b) {
-      const uint64_t t = seg.t0 + (uint64_t)(b - row);
-      float* k = s.k.data() + b * kv_dim;
-      float* q = s.q.data() + b * q_dim;
-      if (rotates) {
-        const RopeConfig& rope = c.ropes[(size_t)lc.rope];
-        const ForwardScratch::RopeTables& tables = s.rope[(size_t)lc.rope];
-        const size_t at = (size_t)(b * (rope.n_rot / 2));
-        const bool separate = s.separate_sink_query[(size_t)b];
-        const bool sink_key = t < (uint64_t)cache.n_sink() && separate;
-        backend.rope(k, c.n_head_kv, hd, rope.n_rot, rope.layout,
-                     (sink_key ? tables.cos_sink : tables.cos).data() + at,
-                     (sink_key ? tables.sin_sink : tables.sin).data() + at);
-        *seg.keys_rotated += 1;
-        if (separate) {
-          float* qs = s.q_sink.data() + b * q_dim;
-          std::memcpy(qs, q, (size_t)q_dim * sizeof(float));
-          backend.rope(qs, c.n_head, hd, rope.n_rot, rope.layout, tables.cos_sink.data() + at,
-                       tables.sin_sink.data() + at);
+    if (rotates) {
+      const RopeConfig& rope = c.ropes[(size_t)lc.rope];
+      const ForwardBuffers::Rope& tables = s.buf.rope[(size_t)lc.rope];
+      const int64_t n_freq = rope.n_rot / 2;
+      const auto separate = [&](int64_t b) { return s.separate_sink_query[(size_t)b] != 0; };
+      const auto sink_key = [&](int64_t b) { return seg.t0 + (uint64_t)(b - row) < (uint64_t)cache.n_sink() && separate(b); };
+      // Calls fn(first row, rows, flag) for each maximal run of rows of this segment with one flag.
+      const auto runs = [&](const auto& flag, const auto& fn) {
+        for (int64_t b = row; b < row + seg.n;) {
+          const bool f = flag(b);
+          int64_t e = b + 1;
+          while (e < row + seg.n && flag(e) == f) ++e;
+          fn(b, e - b, f);
+          b = e;
         }
-        backend.rope(q, c.n_head, hd, rope.n_rot, rope.layout, tables.cos.data() + at, tables.sin.data() + at);
-      }
-      cache.store(l, t, k, s.v.data() + b * kv_dim);  // written once, never rotated again
+      };
+      runs(sink_key, [&](int64_t b, int64_t rows, bool sink) {
+        backend.rope_rows(s.buf.k + b * kv_dim, rows, kv_dim, c.n_head_kv, hd, rope.n_rot, rope.layout,
+                          (sink ? tables.cos_sink : tables.cos) + b * n_freq,
+                          (sink ? tables.sin_sink : tables.sin) + b * n_freq);
+      });
+      *seg.keys_rotated += (uint64_t)seg.n;
+      runs(separate, [&](int64_t b, int64_t rows, bool sep) {  // the sink copy, from q before its rotation
+        if (!sep) return;
+        float* qs = s.buf.q_sink + b * q_dim;
+        backend.copy_rows(qs, q_dim, s.buf.q + b * q_dim, q_dim, rows, q_dim);
+        backend.rope_rows(qs, rows, q_dim, c.n_head, hd, rope.n_rot, rope.layout, tables.cos_sink + b * n_freq,
+                          tables.sin_sink + b * n_freq);
+      });
+      backend.rope_rows(s.buf.q + row * q_dim, seg.n, q_dim, c.n_head, hd, rope.n_rot, rope.layout,
+                        tables.cos + row * n_freq, tables.sin + row * n_freq);
     }
+    // Written once, never rotated again.
+    backend.store_kv_rows(cache, l, seg.t0, seg.n, s.buf.k + row * kv_dim, s.buf.v + row * kv_dim);
 
     AttentionCall call;
     call.cache = &cache;
@@ -234,21 +249,21 @@ void Decoder::attention_block(int64_t l, const ForwardSegment* segments, int64_t
     call.t0 = seg.t0;
     call.n = seg.n;
     call.n_head = c.n_head;
-    call.q = s.q.data() + row * q_dim;
-    call.q_sink = s.q_sink.data() + row * q_dim;
+    call.q = s.buf.q + row * q_dim;
+    call.q_sink = s.buf.q_sink + row * q_dim;
     // NoPE: no positions at all, so one query serves sinks and window alike.
     call.separate_sink_query = rotates ? s.separate_sink_query.data() + row : nullptr;
     call.scale = lc.attention_scale;
     call.softcap = lc.attention_softcap;
     call.alibi_slopes = lc.alibi ? c.alibi_slopes.data() : nullptr;
     call.sink_logits = lc.learned_sinks ? L.attn_sinks.data() : nullptr;
-    call.out = s.attn.data() + row * q_dim;
+    call.out = s.buf.attn + row * q_dim;
     const uint64_t attended_before = seg.entries_attended != nullptr ? backend.entries_attended() : 0;
     backend.attention(call);
     if (seg.entries_attended != nullptr) *seg.entries_attended += backend.entries_attended() - attended_before;
     row += seg.n;
   }
-  backend.matmul(L.wo, s.attn.data(), n, out);
+  backend.matmul(L.wo, s.buf.attn, n, out);
   add_bias(backend, out, L.bo, n);
 }
 
@@ -258,24 +273,24 @@ void Decoder::feed_forward_block(int64_t l, int64_t n, ForwardScratch& s, Backen
   const LayerWeights& L = layers_[(size_t)l];
   if (c.n_expert > 0) return experts_block(l, n, s, backend);
   if (!is_gated(lc.activation)) {  // plain MLP: down(act(up(h)))
-    backend.matmul(L.w_up, s.h.data(), n, s.up.data());
-    add_bias(backend, s.up.data(), L.b_up, n);
-    backend.activate(lc.activation, s.up.data(), n * c.n_ff);
-    backend.matmul(L.w_down, s.up.data(), n, s.h.data());
+    backend.matmul(L.w_up, s.buf.h, n, s.buf.up);
+    add_bias(backend, s.buf.up, L.b_up, n);
+    backend.activate(lc.activation, s.buf.up, n * c.n_ff);
+    backend.matmul(L.w_down, s.buf.up, n, s.buf.h);
   } else if (c.fused_gate_up) {  // one matmul: each row is [gate (n_ff), up (n_ff)]
-    backend.matmul(L.w_up, s.h.data(), n, s.gate.data());
-    backend.glu(lc.activation, s.gate.data(), s.gate.data() + c.n_ff, n, c.n_ff, 2 * c.n_ff, s.up.data());
-    backend.matmul(L.w_down, s.up.data(), n, s.h.data());
+    backend.matmul(L.w_up, s.buf.h, n, s.buf.gate);
+    backend.glu(lc.activation, s.buf.gate, s.buf.gate + c.n_ff, n, c.n_ff, 2 * c.n_ff, s.buf.up);
+    backend.matmul(L.w_down, s.buf.up, n, s.buf.h);
   } else {
     const WeightMatrix* ws[2] = {&L.w_gate, &L.w_up};
-    float* ys[2] = {s.gate.data(), s.up.data()};
-    backend.matmul_shared_input(ws, ys, 2, s.h.data(), n);  // gate and up (n, n_ff)
-    add_bias(backend, s.gate.data(), L.b_gate, n);
-    add_bias(backend, s.up.data(), L.b_up, n);
-    backend.glu(lc.activation, s.gate.data(), s.up.data(), n, c.n_ff, c.n_ff, s.gate.data());
-    backend.matmul(L.w_down, s.gate.data(), n, s.h.data());
+    float* ys[2] = {s.buf.gate, s.buf.up};
+    backend.matmul_shared_input(ws, ys, 2, s.buf.h, n);  // gate and up (n, n_ff)
+    add_bias(backend, s.buf.gate, L.b_gate, n);
+    add_bias(backend, s.buf.up, L.b_up, n);
+    backend.glu(lc.activation, s.buf.gate, s.buf.up, n, c.n_ff, c.n_ff, s.buf.gate);
+    backend.matmul(L.w_down, s.buf.gate, n, s.buf.h);
   }
-  add_bias(backend, s.h.data(), L.b_down, n);
+  add_bias(backend, s.buf.h, L.b_down, n);
 }
 
 // A mixture of experts (gpt-oss; Shazeer et al. 2017's sparsely-gated layer with a top-k router):
@@ -283,13 +298,14 @@ void Decoder::feed_forward_block(int64_t l, int64_t n, ForwardScratch& s, Backen
 // themselves; h -> sum_k w_k (down_k(act(gate_k h + b, up_k h + b)) + b_down_k). The chunk's rows
 // are gathered per expert, so each chosen expert's weights are read once per call and the others
 // not at all; each row adds its experts' outputs in ascending expert order, whatever the chunk, so
-// a chunk gives the bits of token-by-token.
+// a chunk gives the bits of token-by-token. The routing runs on the host, over host activations:
+// the CUDA backend refuses mixtures of experts (session.cc).
 void Decoder::experts_block(int64_t l, int64_t n, ForwardScratch& s, Backend& backend) const {
   const ModelConfig& c = config_;
   const LayerConfig& lc = c.layers[(size_t)l];
   const LayerWeights& L = layers_[(size_t)l];
   const int64_t E = c.n_expert, K = c.n_expert_used, F = c.n_ff_expert, D = c.n_embd;
-  backend.matmul(L.router, s.h.data(), n, s.router.data());
+  backend.matmul(L.router, s.buf.h, n, s.router.data());
   add_bias(backend, s.router.data(), L.router_bias, n);
   for (int64_t b = 0; b < n; ++b) {  // top-k by selection (k is small), then softmax over the k
     float* logits = s.router.data() + b * E;
@@ -310,8 +326,8 @@ void Decoder::experts_block(int64_t l, int64_t n, ForwardScratch& s, Backend& ba
     for (int64_t k = 0; k < K; ++k) sum += (picked[k] = std::exp(picked[k] - max_logit));
     for (int64_t k = 0; k < K; ++k) logits[k] = picked[k] / sum;  // the weights, in choice order
   }
-  std::memcpy(s.expert_h.data(), s.h.data(), (size_t)(n * D) * sizeof(float));
-  std::fill(s.h.data(), s.h.data() + n * D, 0.0f);  // the sum of the chosen experts' outputs
+  std::memcpy(s.expert_h.data(), s.buf.h, (size_t)(n * D) * sizeof(float));
+  std::fill(s.buf.h, s.buf.h + n * D, 0.0f);  // the sum of the chosen experts' outputs
   for (int32_t e = 0; e < (int32_t)E; ++e) {
     int64_t m = 0;  // the rows routed to e, as (row * K + choice)
     for (int64_t slot = 0; slot < n * K; ++slot)
@@ -321,20 +337,20 @@ void Decoder::experts_block(int64_t l, int64_t n, ForwardScratch& s, Backend& ba
       std::memcpy(s.expert_in.data() + i * D, s.expert_h.data() + s.expert_tokens[(size_t)i] / K * D,
                   (size_t)D * sizeof(float));
     const WeightMatrix* ws[2] = {&L.expert_gate[(size_t)e], &L.expert_up[(size_t)e]};
-    float* ys[2] = {s.gate.data(), s.up.data()};
+    float* ys[2] = {s.buf.gate, s.buf.up};
     backend.matmul_shared_input(ws, ys, 2, s.expert_in.data(), m);
     for (int64_t i = 0; i < m; ++i) {
-      if (!L.expert_b_gate.empty()) backend.add(s.gate.data() + i * F, L.expert_b_gate.data() + e * F, 1.0f, F);
-      if (!L.expert_b_up.empty()) backend.add(s.up.data() + i * F, L.expert_b_up.data() + e * F, 1.0f, F);
+      if (!L.expert_b_gate.empty()) backend.add(s.buf.gate + i * F, L.expert_b_gate.data() + e * F, 1.0f, F);
+      if (!L.expert_b_up.empty()) backend.add(s.buf.up + i * F, L.expert_b_up.data() + e * F, 1.0f, F);
     }
-    backend.glu(lc.activation, s.gate.data(), s.up.data(), m, F, F, s.gate.data());
-    backend.matmul(L.expert_down[(size_t)e], s.gate.data(), m, s.expert_out.data());
+    backend.glu(lc.activation, s.buf.gate, s.buf.up, m, F, F, s.buf.gate);
+    backend.matmul(L.expert_down[(size_t)e], s.buf.gate, m, s.expert_out.data());
     for (int64_t i = 0; i < m; ++i) {
       float* y = s.expert_out.data() + i * D;
       const int64_t slot = s.expert_tokens[(size_t)i], row = slot / K;
       if (!L.expert_b_down.empty()) backend.add(y, L.expert_b_down.data() + e * D, 1.0f, D);
       backend.scale(y, s.router[(size_t)(row * E + slot % K)], D);
-      backend.add(s.h.data() + row * D, y, 1.0f, D);
+      backend.add(s.buf.h + row * D, y, 1.0f, D);
     }
   }
 }
@@ -343,8 +359,8 @@ void Decoder::experts_block(int64_t l, int64_t n, ForwardScratch& s, Backend& ba
 void Decoder::add_residual(const std::vector<float>& post_norm, int64_t n, ForwardScratch& s,
                            Backend& backend) const {
   const int64_t E = config_.n_embd;
-  if (!post_norm.empty()) backend.rms_norm(s.h.data(), post_norm.data(), n, E, config_.norm_eps, s.h.data());
-  backend.add(s.x.data(), s.h.data(), config_.residual_scale, n * E);
+  if (!post_norm.empty()) backend.rms_norm(s.buf.h, post_norm.data(), n, E, config_.norm_eps, s.buf.h);
+  backend.add(s.buf.x, s.buf.h, config_.residual_scale, n * E);
 }
 
 void Decoder::forward_segments(const ForwardSegment* segments, int64_t n_segments, ForwardScratch& s,
@@ -352,35 +368,36 @@ void Decoder::forward_segments(const ForwardSegment* segments, int64_t n_segment
   const ModelConfig& c = config_;
   const int64_t E = c.n_embd;
   SS_ASSERT(n_segments >= 1);
+  backend.bind_scratch(s);
   int64_t n = 0;  // rows of the whole pass
   for (int64_t i = 0; i < n_segments; ++i) {
     const ForwardSegment& seg = segments[i];
     SS_ASSERT(seg.n >= 1 && seg.rope != nullptr && seg.keys_rotated != nullptr);
     SS_ASSERT(!seg.all_logits || n_segments == 1);
-    backend.embed(token_embd_, seg.tokens, seg.n, s.x.data() + n * E);
-    prepare_positions(seg, n, s);
+    backend.embed(token_embd_, seg.tokens, seg.n, s.buf.x + n * E);
+    prepare_positions(seg, n, s, backend);
     n += seg.n;
   }
   SS_ASSERT(n <= s.max_tokens);
-  if (c.embedding_scale != 1.0f) backend.scale(s.x.data(), c.embedding_scale, n * E);
+  if (c.embedding_scale != 1.0f) backend.scale(s.buf.x, c.embedding_scale, n * E);
   const NormKind final_norm = c.layers.back().norm;
-  if (c.embedding_norm) norm(token_embd_norm_, final_norm, s.x.data(), n, s.x.data(), backend);
+  if (c.embedding_norm) norm(token_embd_norm_, final_norm, s.buf.x, n, s.buf.x, backend);
 
   for (int64_t l = 0; l < c.n_layer; ++l) {
     const LayerConfig& lc = c.layers[(size_t)l];
     const LayerWeights& L = layers_[(size_t)l];
-    norm(L.attn_norm, lc.norm, s.x.data(), n, s.h.data(), backend);
+    norm(L.attn_norm, lc.norm, s.buf.x, n, s.buf.h, backend);
     if (lc.parallel_residual) {  // both branches read x before either is added
-      attention_block(l, segments, n_segments, n, s, backend, s.branch.data());
-      if (!lc.shared_norm) norm(L.ffn_norm, lc.norm, s.x.data(), n, s.h.data(), backend);
+      attention_block(l, segments, n_segments, n, s, backend, s.buf.branch);
+      if (!lc.shared_norm) norm(L.ffn_norm, lc.norm, s.buf.x, n, s.buf.h, backend);
       feed_forward_block(l, n, s, backend);
-      backend.add(s.x.data(), s.branch.data(), c.residual_scale, n * E);
-      backend.add(s.x.data(), s.h.data(), c.residual_scale, n * E);
+      backend.add(s.buf.x, s.buf.branch, c.residual_scale, n * E);
+      backend.add(s.buf.x, s.buf.h, c.residual_scale, n * E);
       continue;
     }
-    attention_block(l, segments, n_segments, n, s, backend, s.h.data());
+    attention_block(l, segments, n_segments, n, s, backend, s.buf.h);
     add_residual(L.post_attention_norm, n, s, backend);
-    norm(L.ffn_norm, lc.norm, s.x.data(), n, s.h.data(), backend);
+    norm(L.ffn_norm, lc.norm, s.buf.x, n, s.buf.h, backend);
     feed_forward_block(l, n, s, backend);
     add_residual(L.post_ffn_norm, n, s, backend);
   }
@@ -393,29 +410,33 @@ void Decoder::forward_segments(const ForwardSegment* segments, int64_t n_segment
     const ForwardSegment& seg = segments[0];
     if (seg.logits == nullptr) return;
     rows = seg.all_logits ? n : 1;
-    norm(output_norm_, final_norm, seg.all_logits ? s.x.data() : s.x.data() + (n - 1) * E, rows, s.h.data(), backend);
-    out = seg.logits;
+    norm(output_norm_, final_norm, seg.all_logits ? s.buf.x : s.buf.x + (n - 1) * E, rows, s.buf.h, backend);
+    out = s.buf.logits != nullptr ? s.buf.logits : seg.logits;
   } else {
     int64_t end = 0;
     for (int64_t i = 0; i < n_segments; ++i) {
       end += segments[i].n;
       if (segments[i].logits == nullptr) continue;
-      norm(output_norm_, final_norm, s.x.data() + (end - 1) * E, 1, s.h.data() + rows * E, backend);
+      norm(output_norm_, final_norm, s.buf.x + (end - 1) * E, 1, s.buf.h + rows * E, backend);
       ++rows;
     }
     if (rows == 0) return;
     SS_ASSERT(logits_rows != nullptr);
-    out = logits_rows;
+    out = s.buf.logits != nullptr ? s.buf.logits : logits_rows;
   }
-  backend.matmul(output_, s.h.data(), rows, out);
+  backend.matmul(output_, s.buf.h, rows, out);
   add_bias(backend, out, output_bias_, rows);
   if (c.logit_scale != 1.0f) backend.scale(out, c.logit_scale, rows * c.n_vocab);
   if (c.final_logit_softcap > 0.0f) backend.soft_cap(out, c.final_logit_softcap, rows * c.n_vocab);
-  if (n_segments == 1) return;
+  // Out of backend memory into the callers' arrays (the CPU wrote them in place).
+  if (n_segments == 1) {
+    backend.download(segments[0].logits, out, rows * c.n_vocab);
+    return;
+  }
   int64_t j = 0;
   for (int64_t i = 0; i < n_segments; ++i) {
     if (segments[i].logits == nullptr) continue;
-    std::memcpy(segments[i].logits, out + j * c.n_vocab, (size_t)c.n_vocab * sizeof(float));
+    backend.download(segments[i].logits, out + j * c.n_vocab, c.n_vocab);
     ++j;
   }
 }

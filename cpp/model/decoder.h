@@ -67,7 +67,7 @@ class Decoder final : public Model {
   NormWeights bind_norm(const WeightBinder& bind, const std::string& name, NormKind kind) const;
   void norm(const NormWeights& w, NormKind kind, const float* x, int64_t rows, float* out, Backend& backend) const;
   // RoPE tables of one segment's rows, starting at scratch row `row`.
-  void prepare_positions(const ForwardSegment& segment, int64_t row, ForwardScratch& s) const;
+  void prepare_positions(const ForwardSegment& segment, int64_t row, ForwardScratch& s, Backend& backend) const;
   // h (n, n_embd) -> out (n, n_embd), n the segments' rows together; each segment's keys and values
   // go into its own cache and its queries attend there.
   void attention_block(int64_t layer, const ForwardSegment* segments, int64_t n_segments, int64_t n,

@@ -81,6 +81,27 @@ ForwardScratch Model::make_scratch(int64_t max_tokens, int64_t capacity) const {
   return s;
 }
 
+ForwardBuffers host_buffers(ForwardScratch& s) {
+  ForwardBuffers b;
+  const auto at = [](std::vector<float>& v) { return v.empty() ? nullptr : v.data(); };
+  b.x = at(s.x);
+  b.h = at(s.h);
+  b.qkv = at(s.qkv);
+  b.q = at(s.q);
+  b.q_sink = at(s.q_sink);
+  b.k = at(s.k);
+  b.v = at(s.v);
+  b.attn = at(s.attn);
+  b.branch = at(s.branch);
+  b.gate = at(s.gate);
+  b.up = at(s.up);
+  b.rope = std::move(s.buf.rope);  // keeps its capacity: no allocation per pass
+  b.rope.resize(s.rope.size());
+  for (size_t r = 0; r < s.rope.size(); ++r)
+    b.rope[r] = {at(s.rope[r].cos), at(s.rope[r].sin), at(s.rope[r].cos_sink), at(s.rope[r].sin_sink)};
+  return b;
+}
+
 void Model::forward(const int32_t* tokens, int64_t n, uint64_t t0, SinkCache& cache, ForwardScratch& scratch,
                     Backend& backend, float* logits, bool all_logits) const {
   ForwardSegment segment = make_segment(tokens, n, t0, cache, scratch, logits);

@@ -15,6 +15,22 @@
 
 namespace sinkstream {
 
+// Where one forward pass's activations live, as the backend computes on them (Backend::bind_scratch):
+// the ForwardScratch vectors below on the CPU, device buffers of the same shapes on a GPU. The
+// decoder reads and writes activations only through these pointers, so it is one definition for
+// every backend (docs/architectures.md, "Backends").
+struct ForwardBuffers {
+  float *x = nullptr, *h = nullptr, *qkv = nullptr, *q = nullptr, *q_sink = nullptr, *k = nullptr, *v = nullptr;
+  float *attn = nullptr, *branch = nullptr, *gate = nullptr, *up = nullptr;
+  struct Rope {
+    float *cos = nullptr, *sin = nullptr, *cos_sink = nullptr, *sin_sink = nullptr;
+  };
+  std::vector<Rope> rope;  // per RoPE variant; the host computes the tables, upload() moves them
+  // (max_tokens, n_vocab) logits in backend memory, downloaded into the caller's arrays; nullptr on
+  // the CPU, whose matmul writes the caller's arrays directly.
+  float* logits = nullptr;
+};
+
 // Per-session working memory of a forward pass over up to max_tokens tokens; allocated once when the
 // session is created, so a stream allocates nothing per token.
 struct ForwardScratch {
@@ -48,7 +64,11 @@ struct ForwardScratch {
   std::vector<uint8_t> separate_sink_query;  // (max_tokens) p(t) != window position of t
   // Key rotations so far: one per key per layer with RoPE, never again (streaming.md invariant 3).
   uint64_t keys_rotated = 0;
+  ForwardBuffers buf;  // set by Backend::bind_scratch at the start of every pass
 };
+
+// The ForwardBuffers of the vectors above (the CPU backend's bind_scratch).
+ForwardBuffers host_buffers(ForwardScratch& s);
 
 // One stream's part of a forward pass: tokens t0 .. t0+n-1 of the stream whose cache is `cache`.
 // Several segments (of different sessions) run as one pass: every weight is read once for all

@@ -1,7 +1,15 @@
 // The backend interface: everything the model's forward pass asks of a device, in the terms of
 // ops.h. A backend owns how the work is spread (threads on the CPU, streams on a GPU) and the
 // scratch its kernels need; the model owns the order of the math. CPU: ops/cpu/cpu_backend.h.
-// (A GPU backend implements the same calls over device buffers: issue "CUDA backend end to end".)
+//
+// Memory: every float* an op takes lives where the backend computes. The forward's activations come
+// from bind_scratch (the CPU: the ForwardScratch vectors themselves; CUDA: device buffers of the same
+// shapes), so decoder.cc is written once for every backend and never touches an activation itself:
+// the few host-side steps it used to do (copies between activations, storing K/V rows, the logits'
+// way out) are ops here too. Weights (WeightMatrix, norm and bias vectors) are passed as the host
+// pointers the model binds; a device backend maps each to its resident copy, uploaded once per model
+// (cuda_backend.h). Positions and attention sets are always computed on the host, from the SinkCache.
+// See docs/architectures.md, "Backends".
 #pragma once
 #include <cstdint>
 
@@ -9,6 +17,8 @@
 #include "ops/ops.h"
 
 namespace sinkstream {
+
+struct ForwardScratch;
 
 // Attention of n consecutive tokens t0 .. t0+n-1 of one layer, each over its own A_l(t) in the
 // cache (their keys and values are already stored). Queries: (n, n_head * head_dim), each KV
@@ -59,6 +69,37 @@ class Backend {
                     const float* sin) = 0;
 
   virtual void attention(const AttentionCall& call) = 0;
+
+  // Memory and data movement (one call per forward or per block, never per element).
+  // Points scratch.buf at this backend's activation buffers for scratch's shapes (model.h).
+  virtual void bind_scratch(ForwardScratch& scratch) = 0;
+  // n floats host -> backend memory / backend memory -> host; no-ops when dst == src (the CPU).
+  virtual void upload(float* dst, const float* host_src, int64_t n) = 0;
+  virtual void download(float* host_dst, const float* src, int64_t n) = 0;
+  // rows of `width` floats, src rows src_stride apart -> dst rows dst_stride apart (backend memory).
+  virtual void copy_rows(float* dst, int64_t dst_stride, const float* src, int64_t src_stride, int64_t rows,
+                         int64_t width) = 0;
+  // y (rows, d) += bias (d) on every row.
+  virtual void add_bias(float* y, const float* bias, int64_t rows, int64_t d) = 0;
+  // Token t's key and value rows (row_elements() floats each, backend memory) into layer's slot of
+  // t in `cache` (SinkCache::store; a device backend writes its device copy of the cache).
+  virtual void store_kv(SinkCache& cache, int64_t layer, uint64_t t, const float* key, const float* value) = 0;
+
+  // Batched forms (one call per run of rows; a GPU overrides them with one launch). By default, the
+  // per-row calls above, row by row:
+  // rope() of `rows` rows of x, row_stride apart, row r with cos/sin + r * n_rot / 2.
+  virtual void rope_rows(float* x, int64_t rows, int64_t row_stride, int64_t n_heads, int64_t head_dim,
+                         int64_t n_rot, RopeLayout layout, const float* cos, const float* sin) {
+    const int64_t n_freq = n_rot / 2;
+    for (int64_t r = 0; r < rows; ++r)
+      rope(x + r * row_stride, n_heads, head_dim, n_rot, layout, cos + r * n_freq, sin + r * n_freq);
+  }
+  // store_kv() of tokens t0 .. t0+n-1, rows row_elements() apart in keys and values.
+  virtual void store_kv_rows(SinkCache& cache, int64_t layer, uint64_t t0, int64_t n, const float* keys,
+                             const float* values) {
+    const int64_t d = cache.row_elements();
+    for (int64_t b = 0; b < n; ++b) store_kv(cache, layer, t0 + (uint64_t)b, keys + b * d, values + b * d);
+  }
 
   // Cache entries attention has read so far, summed over query heads and layers (counted by the
   // kernels' callers from the rows really read: streaming.md invariant 3 is checked on this).

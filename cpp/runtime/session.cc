@@ -4,9 +4,13 @@
 
 #include <algorithm>
 #include <cstring>
+#include <stdexcept>
 
 #include "core/error.h"
 #include "core/hash.h"
+#ifdef SINKSTREAM_HAVE_CUDA
+#include "ops/cuda/cuda_backend.h"
+#endif
 
 namespace sinkstream {
 
@@ -150,10 +154,36 @@ Session::Session(std::shared_ptr<const Model> model, const SessionOptions& optio
                model_->config().head_dim),
       cache_(model_->config().n_layer, model_->config().n_head_kv, model_->config().head_dim, n_sink_, window_,
              options.batch_size, options.kv_type, options.position_offset, model_->config().layer_windows(),
-             evicts(options)),
+             evicts(options), options.device == Device::kCpu),  // a device keeps its entries itself
       scratch_(model_->make_scratch(options.batch_size, n_sink_ + window_)) {
   if (options_.mode == AttentionMode::kRecompute) history_.assign((size_t)capacity(), 0);
+  if (options_.device == Device::kCuda) {
+    // What the CUDA kernels do not have yet is refused here, never computed wrongly on the device.
+    const ModelConfig& c = model_->config();
+    bool learned_sinks = false;
+    for (const LayerConfig& layer : c.layers) learned_sinks = learned_sinks || layer.learned_sinks;
+    SS_CHECK_ARG(c.n_expert == 0 && !learned_sinks, "device='cuda': ", c.architecture,
+                 " (a mixture of experts with learned attention sinks) does not run on the CUDA backend yet; "
+                 "use device='cpu'");
+    SS_CHECK_ARG(options_.kv_type != KvType::kQ8_0,
+                 "device='cuda': the CUDA backend keeps an f16 or f32 cache; kv_type 'q8_0' is CPU-only for now");
+#ifdef SINKSTREAM_HAVE_CUDA
+    device_backend_ = cuda::make_backend(model_, options_.batch_size, n_sink_ + window_);
+#else
+    throw std::runtime_error(
+        "device='cuda': sinkstream was built without CUDA: reinstall with -C cmake.define.SINKSTREAM_CUDA=ON "
+        "(e.g. pip install . -C cmake.define.SINKSTREAM_CUDA=ON, with the CUDA toolkit's nvcc on PATH)");
+#endif
+  }
 }
+
+Device parse_device(const std::string& name) {
+  if (name == "cpu") return Device::kCpu;
+  if (name == "cuda") return Device::kCuda;
+  throw ArgumentError(cat("device must be 'cpu' or 'cuda', got '", name, "'"));
+}
+
+const char* device_name(Device device) { return device == Device::kCuda ? "cuda" : "cpu"; }
 
 void Session::reset() {
   BusyGuard guard(busy_);
@@ -206,7 +236,7 @@ void Session::eval_cached(const int32_t* tokens, int64_t n, bool all_logits, flo
     const int64_t chunk = std::min<int64_t>(options_.batch_size, n - done);
     const bool last_chunk = done + chunk == n;
     float* logits = out == nullptr ? nullptr : all_logits ? out + done * n_vocab : last_chunk ? out : nullptr;
-    model_->forward(tokens + done, chunk, n_past_, cache_, scratch_, backend_, logits, all_logits);
+    model_->forward(tokens + done, chunk, n_past_, cache_, scratch_, backend(), logits, all_logits);
     n_past_ += (uint64_t)chunk;
     done += chunk;
     if (!last_chunk) check_interrupt();
@@ -214,6 +244,8 @@ void Session::eval_cached(const int32_t* tokens, int64_t n, bool all_logits, flo
 }
 
 ForwardSegment Session::begin_segment(const int32_t* tokens, int64_t n, float* logits) {
+  SS_CHECK_ARG(options_.device == Device::kCpu, "a session on device='", device_name(options_.device),
+               "' cannot join a batched step (BatchRunner runs on the CPU)");
   SS_CHECK_ARG(options_.mode != AttentionMode::kRecompute,
                "a recompute-mode session re-encodes its whole window for every token and cannot join a batch");
   SS_CHECK_ARG(n >= 1 && n <= options_.batch_size, "a session's part of a batched step must be 1..batch_size (",
@@ -251,14 +283,14 @@ void Session::eval_recompute(const int32_t* tokens, int64_t n, bool all_logits, 
     const bool want = out != nullptr && (all_logits || i == n - 1);
     float* logits = !want ? nullptr : all_logits ? out + i * n_vocab : out;
     if (t < (uint64_t)C) {
-      model_->forward(tokens + i, 1, t, cache_, scratch_, backend_, logits, false);
+      model_->forward(tokens + i, 1, t, cache_, scratch_, backend(), logits, false);
     } else if (want) {
       window_tokens.resize((size_t)C);
       for (int64_t j = 0; j < C; ++j) window_tokens[(size_t)j] = history_[(size_t)((t - (uint64_t)C + 1 + (uint64_t)j) % (uint64_t)C)];
       for (int64_t done = 0; done < C;) {
         const int64_t chunk = std::min<int64_t>(options_.batch_size, C - done);
         const bool last = done + chunk == C;
-        model_->forward(window_tokens.data() + done, chunk, (uint64_t)done, cache_, scratch_, backend_,
+        model_->forward(window_tokens.data() + done, chunk, (uint64_t)done, cache_, scratch_, backend(),
                         last ? logits : nullptr, false);
         done += chunk;
       }
@@ -358,6 +390,8 @@ uint64_t Session::geometry_fingerprint() const {
 }
 
 std::vector<uint8_t> Session::save(const StreamExtras& extras) const {
+  SS_CHECK_ARG(options_.device == Device::kCpu, "save() is not supported for device='", device_name(options_.device),
+               "' sessions yet (their cache lives on the device)");
   SS_CHECK_ARG(!extras.has_logits || (int64_t)extras.logits.size() == model_->n_vocab(), "saved logits have ",
                extras.logits.size(), " values, expected n_vocab = ", model_->n_vocab());
   StateHeader h{};
@@ -418,6 +452,8 @@ std::vector<uint8_t> Session::save(const StreamExtras& extras) const {
 }
 
 void Session::load(const uint8_t* state, size_t size, const std::function<void(StreamExtras&)>& accept) {
+  SS_CHECK_ARG(options_.device == Device::kCpu, "load() is not supported for device='", device_name(options_.device),
+               "' sessions yet (their cache lives on the device)");
   BusyGuard guard(busy_);
   // 1. The container: magic, version, length, checksum.
   uint32_t magic_version[2] = {0, 0};

@@ -25,6 +25,12 @@ enum class AttentionMode {
 AttentionMode parse_mode(const std::string& name);  // ArgumentError for an unknown name
 const char* mode_name(AttentionMode mode);
 
+// Where a session computes. kCuda needs a build with SINKSTREAM_CUDA and a usable device; its cache
+// and activations live on the GPU (ops/cuda/cuda_backend.h), the decoder is the same one.
+enum class Device { kCpu, kCuda };
+Device parse_device(const std::string& name);  // "cpu" | "cuda"; ArgumentError otherwise
+const char* device_name(Device device);
+
 struct SessionOptions {
   AttentionMode mode = AttentionMode::kStreaming;
   int64_t n_sink = 4;
@@ -39,6 +45,7 @@ struct SessionOptions {
   // The most bytes the session may allocate (K/V cache, scratch, attention buffers), checked before
   // anything is allocated; 0: the machine's physical memory.
   uint64_t max_bytes = 0;
+  Device device = Device::kCpu;
 };
 
 // What a session of some options will allocate, computed from the same layouts the constructor
@@ -92,7 +99,8 @@ class Session {
   const Model& model() const { return *model_; }
   int n_threads() const { return pool_.n_threads(); }
   uint64_t keys_rotated() const { return scratch_.keys_rotated; }
-  uint64_t entries_attended() const { return backend_.entries_attended() + batched_entries_attended_; }
+  uint64_t entries_attended() const { return backend().entries_attended() + batched_entries_attended_; }
+  Device device() const { return options_.device; }
 
   // Exact snapshot of the stream (cache contents, counter, recompute history, `extras`) in a
   // versioned container with the model's fingerprint, the session geometry's fingerprint and a
@@ -140,6 +148,12 @@ class Session {
   int64_t window_ = 0;
   ThreadPool pool_;
   CpuBackend backend_;
+  // device != cpu: the device's backend (the CPU path never looks at it: backend() is backend_).
+  std::unique_ptr<Backend> device_backend_;
+  Backend& backend() { return device_backend_ ? *device_backend_ : static_cast<Backend&>(backend_); }
+  const Backend& backend() const {
+    return device_backend_ ? *device_backend_ : static_cast<const Backend&>(backend_);
+  }
   SinkCache cache_;
   ForwardScratch scratch_;
   uint64_t n_past_ = 0;

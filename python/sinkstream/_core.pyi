@@ -112,7 +112,8 @@ def attend_test(keys: Annotated[NDArray[numpy.float32], dict(shape=(None, None),
     Test hook: stores keys/values (n_tokens, n_head_kv * head_dim) as tokens 0.. of a one-layer sink
     cache (n_sink, window), then returns the attention output (n_head, head_dim) of the last token's
     query (q_sink against the sinks, q_window against the window; scale 1/sqrt(head_dim)), computed
-    with the kernels of the given ISA level ('scalar', 'avx2', 'avx512', 'neon'). sink_logits (n_head):
+    with the kernels of the given ISA level ('scalar', 'avx2', 'avx512', 'neon'), or 'cuda': the CUDA
+    backend's attention kernel (a CUDA build with a GPU; RuntimeError otherwise). sink_logits (n_head):
     learned sink logits (gpt-oss), one softmax column each with no value.
     """
 
@@ -276,7 +277,10 @@ def default_thread_count() -> int:
 class Session:
     """One stream over a Model (see streaming.md for the modes)."""
 
-    def __init__(self, model: Model, mode: str = 'streaming', n_sink: int = 4, window: int = -1, batch_size: int = 256, kv_type: str = 'f16', n_threads: int = 0, allow_beyond_training_context: bool = False, position_offset: int = 0, max_bytes: int = 0) -> None: ...
+    def __init__(self, model: Model, mode: str = 'streaming', n_sink: int = 4, window: int = -1, batch_size: int = 256, kv_type: str = 'f16', n_threads: int = 0, allow_beyond_training_context: bool = False, position_offset: int = 0, max_bytes: int = 0, device: str = 'cpu') -> None:
+        """
+        device: 'cpu', or 'cuda' (a CUDA build and a usable GPU; RuntimeError saying which is missing otherwise).
+        """
 
     def eval(self, tokens: Annotated[NDArray, dict(shape=(None,), device='cpu')], all_logits: bool = False, want_logits: bool = True) -> object:
         """
@@ -317,6 +321,9 @@ class Session:
 
     @property
     def n_threads(self) -> int: ...
+
+    @property
+    def device(self) -> str: ...
 
     @property
     def keys_rotated(self) -> int:
@@ -395,6 +402,43 @@ class Sampler:
     def history(self) -> list[int]:
         """Accepted tokens inside the penalty window, oldest first."""
 
+def cuda_decodable_types() -> list[str]:
+    """
+    GGUF weight types the CUDA backend reads directly (matmul, embedding lookup).
+    """
+
+def cuda_decode_row(raw: Annotated[NDArray[numpy.uint8], dict(order='C', device='cpu', writable=False)], type_name: str, cols: int) -> NDArray[numpy.float32]:
+    """
+    One row of raw GGUF blocks decoded by the CUDA kernels' own element decoder (block_decode.h), run
+    on the CPU: the layouts the GPU reads, checkable without a GPU.
+    """
+
+def cuda_attention_plan(n_layer: int, n_head_kv: int, head_dim: int, n_sink: int, window: int, max_chunk: int, layer_windows: Sequence[int], evicts: bool, layer: int, t0: int, n: int) -> list:
+    """
+    The CUDA attention plan of queries t0 .. t0+n-1 of one layer, per query: the cache slots and ALiBi
+    distances the kernel reads row by row (computed by the kernel's own row_slot / alibi_distance on
+    the CPU) beside SinkCache's own span members, slot_of and distances, for tests without a GPU.
+    """
+
+def cuda_op_test(op: str, device: str, a: Annotated[NDArray[numpy.float32], dict(shape=(None, None), order='C', device='cpu', writable=False)], b: Annotated[NDArray[numpy.float32], dict(order='C', device='cpu', writable=False)], c: Annotated[NDArray[numpy.float32], dict(order='C', device='cpu', writable=False)], p: float = 0.0) -> NDArray[numpy.float32]:
+    """
+    Test hook: one row-wise or elementwise op of the CUDA backend ('cuda') or its CPU twin in ops.h ('cpu') on
+    a (rows, cols); b, c, p as the op needs (cuda_backend.h elementwise_host lists them; empty arrays when
+    unused). RuntimeError for 'cuda' without a CUDA build or device.
+    """
+
+def cuda_resident_weight_bytes(model: Model) -> int:
+    """
+    Device memory the CUDA sessions of `model` hold for its weights now (0 before the first CUDA pass and
+    without CUDA; on an integrated GPU only the float vectors: the file's pages are mapped, not copied).
+    """
+
+def cuda_upload_plan(path: str) -> list:
+    """
+    What a CUDA session uploads of a GGUF file, per tensor: name, type, bytes, matrix (2-D: read as raw
+    blocks on the device), supported (the CUDA kernels read its type; vectors are always float32).
+    """
+
 def cuda_built() -> bool:
     """
     True when this build of sinkstream has the CUDA backend (CMake option SINKSTREAM_CUDA).
@@ -418,7 +462,7 @@ def cuda_matmul(raw_weight_bytes: bytes, type_name: str, rows: int, cols: int, x
 def cuda_matmul(raw_weight_bytes: Annotated[NDArray[numpy.uint8], dict(order='C', device='cpu', writable=False)], type_name: str, rows: int, cols: int, x: Annotated[NDArray[numpy.float32], dict(shape=(None, None), order='C', device='cpu', writable=False)]) -> NDArray[numpy.float32]:
     """
     Y (n, rows) = X (n, cols) . W^T on the GPU, W given as raw GGUF blocks (bytes or a uint8 array of
-    rows * cols / block_size * block_bytes bytes) of type_name 'Q4_0', 'Q4_1', 'Q8_0', 'F16' or 'F32';
+    rows * cols / block_size * block_bytes bytes) of any type cuda_decodable_types() lists;
     x float32 (n, cols). Uploads W and X, runs, downloads Y (a test hook, not a fast path).
     ValueError for bad arguments; RuntimeError when built without CUDA or no device is usable.
     """

@@ -141,6 +141,9 @@ class BatchScheduler:
         if session.mode == "recompute":
             raise ValueError("a recompute-mode session re-encodes its whole window for every token and cannot "
                              "join a batch")
+        if getattr(session, "device", "cpu") != "cpu":
+            raise ValueError(f"a session on device={session.device!r} cannot join a batch: the BatchScheduler's "
+                             "passes run on the CPU")
         session._scheduler = self
         return session
 

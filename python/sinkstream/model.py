@@ -16,6 +16,7 @@ import numpy as np
 
 from . import _core
 from .default_model import default_model_path
+from .device import check_device
 from .generation import DEFAULT, GenerationStats, SamplingParams, _Default, resolve_sampling_params
 
 MODES = ("streaming", "window", "dense", "recompute")
@@ -119,10 +120,13 @@ class Model:
     """A GGUF model loaded once (weights memory-mapped) and shared by any number of sessions.
 
     path=None loads the default model (fetched once into the user cache). n_threads=None uses the
-    physical cores for each session's compute.
+    physical cores for each session's compute. device: where its sessions compute by default, "cpu"
+    or "cuda" (RuntimeError here, naming what is missing, when CUDA cannot run: docs/api.md, "GPU").
     """
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, n_threads: int | None = None):
+    def __init__(self, path: str | os.PathLike[str] | None = None, n_threads: int | None = None,
+                 device: str = "cpu"):
+        self.device = check_device(device)  # sessions' default: "cpu" or "cuda" (sinkstream/device.py)
         if path is None:
             path = default_model_path()
         if not isinstance(path, (str, os.PathLike)):
@@ -279,10 +283,10 @@ class Model:
     def session(self, mode: str = "streaming", n_sink: int | None = None, window: int | None = None,
                 *, batch_size: int = 256, kv_type: str = "f16", n_threads: int | None = None,
                 allow_beyond_training_context: bool = False, position_offset: int = 0,
-                max_bytes: int | None = None) -> "Session":
+                max_bytes: int | None = None, device: str | None = None) -> "Session":
         return Session(self, mode=mode, n_sink=n_sink, window=window, batch_size=batch_size, kv_type=kv_type,
                        n_threads=n_threads, allow_beyond_training_context=allow_beyond_training_context,
-                       position_offset=position_offset, max_bytes=max_bytes)
+                       position_offset=position_offset, max_bytes=max_bytes, device=device)
 
     def session_memory(self, mode: str = "streaming", n_sink: int | None = None, window: int | None = None,
                        *, batch_size: int = 256, kv_type: str = "f16", n_threads: int | None = None,
@@ -391,8 +395,9 @@ class Session:
     def __init__(self, model: Model, mode: str = "streaming", n_sink: int | None = None, window: int | None = None,
                  batch_size: int = 256, kv_type: str = "f16", n_threads: int | None = None,
                  allow_beyond_training_context: bool = False, position_offset: int = 0,
-                 max_bytes: int | None = None):
+                 max_bytes: int | None = None, device: str | None = None):
         args = _session_args(model, mode, n_sink, window, batch_size, kv_type, n_threads, position_offset)
+        self.device = model.device if device is None else check_device(device)
         if max_bytes is not None:
             max_bytes = _check_int("max_bytes", max_bytes, 1, 2**64 - 1)
         capacity = args["n_sink"] + max(args["window"], 0)
@@ -402,7 +407,7 @@ class Session:
         self.model = model
         self._handle: _core.Session | None = _core.Session(model._core, args["mode"], args["n_sink"], args["window"], args["batch_size"],
                                    args["kv_type"], args["n_threads"], bool(allow_beyond_training_context),
-                                   args["position_offset"], 0 if max_bytes is None else max_bytes)
+                                   args["position_offset"], 0 if max_bytes is None else max_bytes, self.device)
         # Generation state kept on the session by generation.py / chat_template.py.
         self._pending: list[int] = []     # the last sampled token, not fed yet
         self._last_logits: tuple[int, np.ndarray] | None = None  # (n_past then, logits)

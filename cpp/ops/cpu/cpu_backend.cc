@@ -1,9 +1,11 @@
 #include "ops/cpu/cpu_backend.h"
 
 #include <algorithm>
+#include <cstring>
 #include <utility>
 
 #include "core/error.h"
+#include "model/model.h"
 
 namespace sinkstream {
 
@@ -88,6 +90,32 @@ void CpuBackend::soft_cap(float* x, float cap, int64_t n) { soft_cap_inplace(x, 
 void CpuBackend::rope(float* x, int64_t n_heads, int64_t head_dim, int64_t n_rot, RopeLayout layout, const float* cos,
                       const float* sin) {
   rope_apply(x, n_heads, head_dim, n_rot, layout, cos, sin);
+}
+
+// Host memory: the activations are the scratch's own vectors, and moving data is a memcpy (or
+// nothing, when the "upload" is to where the data already is).
+void CpuBackend::bind_scratch(ForwardScratch& s) { s.buf = host_buffers(s); }
+
+void CpuBackend::upload(float* dst, const float* host_src, int64_t n) {
+  if (dst != host_src) std::memcpy(dst, host_src, (size_t)n * sizeof(float));
+}
+
+void CpuBackend::download(float* host_dst, const float* src, int64_t n) {
+  if (host_dst != src) std::memcpy(host_dst, src, (size_t)n * sizeof(float));
+}
+
+void CpuBackend::copy_rows(float* dst, int64_t dst_stride, const float* src, int64_t src_stride, int64_t rows,
+                           int64_t width) {
+  for (int64_t r = 0; r < rows; ++r)
+    std::memcpy(dst + r * dst_stride, src + r * src_stride, (size_t)width * sizeof(float));
+}
+
+void CpuBackend::add_bias(float* y, const float* bias, int64_t rows, int64_t d) {
+  for (int64_t r = 0; r < rows; ++r) add_inplace(y + r * d, bias, d);
+}
+
+void CpuBackend::store_kv(SinkCache& cache, int64_t layer, uint64_t t, const float* key, const float* value) {
+  cache.store(layer, t, key, value);
 }
 
 uint64_t CpuBackend::entries_attended() const {

@@ -34,6 +34,13 @@ class CpuBackend final : public Backend {
             const float* sin) override;
   void attention(const AttentionCall& call) override;
   uint64_t entries_attended() const override;
+  void bind_scratch(ForwardScratch& scratch) override;
+  void upload(float* dst, const float* host_src, int64_t n) override;
+  void download(float* host_dst, const float* src, int64_t n) override;
+  void copy_rows(float* dst, int64_t dst_stride, const float* src, int64_t src_stride, int64_t rows,
+                 int64_t width) override;
+  void add_bias(float* y, const float* bias, int64_t rows, int64_t d) override;
+  void store_kv(SinkCache& cache, int64_t layer, uint64_t t, const float* key, const float* value) override;
 
  private:
   void attend_across_threads(const AttentionCall& call, int64_t b);

@@ -24,6 +24,8 @@
 #include <vector>
 
 #include "core/error.h"
+#include "ops/cuda/block_decode.h"
+#include "ops/cuda/cuda_check.cuh"
 #include "ops/cuda/cuda_ops.h"
 #include "quant/quant_blocks.h"
 
@@ -31,27 +33,7 @@ namespace sinkstream::cuda {
 
 namespace {
 
-// ---- errors ---------------------------------------------------------------------------------
-
-// `what` is the call as written (the macro's #call) or a description of a launch.
-void check(cudaError_t status, const char* what) {
-  if (status == cudaSuccess) return;
-  // cudaGetLastError() clears the error a failed call leaves behind (sticky errors, i.e. kernel
-  // faults, stay: the context is unusable after them and every later call reports it).
-  (void)cudaGetLastError();
-  throw CudaError(cat("CUDA error in ", what, ": ", cudaGetErrorString(status), " (", cudaGetErrorName(status),
-                      " = ", (int)status, ")"));
-}
-
-#define SS_CUDA_CHECK(call) check((call), #call)
-
-// After a <<<...>>> launch: a bad configuration is reported by cudaGetLastError at once.
-void check_launch(const std::string& what) {
-  const cudaError_t status = cudaGetLastError();
-  if (status != cudaSuccess)
-    throw CudaError(cat("CUDA error launching ", what, ": ", cudaGetErrorString(status), " (",
-                        cudaGetErrorName(status), " = ", (int)status, ")"));
-}
+using detail::check_launch;
 
 // ---- types --------------------------------------------------------------------------------------
 
@@ -68,16 +50,12 @@ struct BlockGeometry {
   int64_t bytes;     // per block
 };
 
-// Sizes from the block structs (GGUF spec: Q4_0 18 bytes, Q4_1 20, Q8_0 34 per 32 elements).
+// Sizes from the block structs (GGUF spec: Q4_0 18 bytes, Q4_1 20, Q8_0 34 per 32 elements; the
+// rest in block_decode.h).
 bool geometry(GgmlType type, BlockGeometry* g) {
-  switch (type) {
-    case GgmlType::Q4_0: *g = {"Q4_0", kQK, (int64_t)sizeof(BlockQ4_0)}; return true;
-    case GgmlType::Q4_1: *g = {"Q4_1", kQK, (int64_t)sizeof(BlockQ4_1)}; return true;
-    case GgmlType::Q8_0: *g = {"Q8_0", kQK, (int64_t)sizeof(BlockQ8_0)}; return true;
-    case GgmlType::F16: *g = {"F16", 1, 2}; return true;
-    case GgmlType::F32: *g = {"F32", 1, 4}; return true;
-    default: return false;
-  }
+  if (!decodable(type)) return false;
+  *g = {decodable_name(type), block_elements(type), block_bytes(type)};
+  return true;
 }
 
 // ---- per-lane work (host-callable too) ---------------------------------------------------------
@@ -183,6 +161,15 @@ struct F32Kernel {
 struct F16Kernel {
   SS_HD static float load(const uint8_t* row, int64_t c) { return half_bits(load_u16(row + 2 * c)); }
 };
+// Every other type the families use (BF16, Q5_0, Q5_1, IQ4_NL, Q2_K .. Q6_K) runs the float kernel's
+// layout, each element decoded by block_decode.h (the code the host checks against dequantize.cc;
+// TYPE is a template argument, so decode_element's switch folds away). Slower than block-wise
+// kernels (each element re-reads its block's scales, from L1): a block-wise K-quant kernel is
+// listed as missing in README.md.
+template <GgmlType TYPE>
+struct DecodedKernel {
+  SS_HD static float load(const uint8_t* row, int64_t c) { return decode_element(TYPE, row, c); }
+};
 
 // Partial dot products of one lane for tokens t < nt (nt <= NT) of a token tile: acc[t] = sum over
 // the lane's elements of W[row] (wrow) times X[t] (x: the tile's first row, rows `cols` apart).
@@ -232,6 +219,16 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// Token t's warp total into y[t * rows] (y at the tile's first token and this warp's row).
+template <int NT>
+__device__ __forceinline__ void store_warp_sums(const float (&acc)[NT], int nt, int lane, float* y, int64_t rows) {
+#pragma unroll
+  for (int t = 0; t < NT; ++t) {
+    const float total = warp_sum(acc[t]);
+    if (lane == 0 && t < nt) y[t * rows] = total;
+  }
+}
+
 // ---- kernels ------------------------------------------------------------------------------------
 
 // y[t * rows + row] = sum_c x[t * cols + c] * W[row][c] for the rows of this block and the token tiles
@@ -247,11 +244,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * kWarpSize)
     const int nt = (int)min((int64_t)NT, n - t0);
     float acc[NT];
     quant_lane_partials<Q, NT>(w + row * row_bytes, nb, x + t0 * cols, cols, nt, lane, acc);
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-      const float total = warp_sum(acc[t]);
-      if (lane == 0 && t < nt) y[(t0 + t) * rows + row] = total;
-    }
+    store_warp_sums<NT>(acc, nt, lane, y + t0 * rows + row, rows);
   }
 }
 
@@ -267,11 +260,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * kWarpSize)
     const int nt = (int)min((int64_t)NT, n - t0);
     float acc[NT];
     float_lane_partials<F, NT>(w + row * row_bytes, x + t0 * cols, cols, nt, lane, acc);
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-      const float total = warp_sum(acc[t]);
-      if (lane == 0 && t < nt) y[(t0 + t) * rows + row] = total;
-    }
+    store_warp_sums<NT>(acc, nt, lane, y + t0 * rows + row, rows);
   }
 }
 
@@ -314,39 +303,42 @@ __global__ void silu_mul_kernel(const float* gate, const float* up, int64_t n, f
 
 // ---- launch helpers -----------------------------------------------------------------------------
 
+// The grid of a matmul: kWarpsPerBlock rows per block in x, token tiles in y (NT = 1 for decode).
+struct MatmulGrid {
+  dim3 grid, block;
+};
+MatmulGrid matmul_grid(int64_t rows, int64_t n) {
+  const unsigned grid_x = (unsigned)((rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
+  const unsigned grid_y = n == 1 ? 1u : (unsigned)std::min<int64_t>((n + kTokenTile - 1) / kTokenTile, kMaxGridY);
+  return {dim3(grid_x, grid_y), dim3(kWarpsPerBlock * kWarpSize)};
+}
+
 template <typename Q>
-void launch_quant(const DeviceWeight& w, const float* x, int64_t n, float* y) {
-  const int64_t nb = w.cols / kQK;
-  const dim3 block(kWarpsPerBlock * kWarpSize);
-  const unsigned grid_x = (unsigned)((w.rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
-  if (n == 1) {
-    matmul_quant_kernel<Q, 1><<<dim3(grid_x, 1), block>>>(w.data.as<uint8_t>(), w.rows, nb, w.row_bytes, x, n,
-                                                          w.cols, y);
-  } else {
-    const unsigned grid_y = (unsigned)std::min<int64_t>((n + kTokenTile - 1) / kTokenTile, kMaxGridY);
-    matmul_quant_kernel<Q, kTokenTile><<<dim3(grid_x, grid_y), block>>>(w.data.as<uint8_t>(), w.rows, nb,
-                                                                        w.row_bytes, x, n, w.cols, y);
-  }
+void launch_quant(const uint8_t* w, int64_t rows, int64_t cols, int64_t row_bytes, const float* x, int64_t n,
+                  float* y, cudaStream_t stream) {
+  const int64_t nb = cols / kQK;
+  const MatmulGrid g = matmul_grid(rows, n);
+  if (n == 1)
+    matmul_quant_kernel<Q, 1><<<g.grid, g.block, 0, stream>>>(w, rows, nb, row_bytes, x, n, cols, y);
+  else
+    matmul_quant_kernel<Q, kTokenTile><<<g.grid, g.block, 0, stream>>>(w, rows, nb, row_bytes, x, n, cols, y);
 }
 
 template <typename F>
-void launch_float(const DeviceWeight& w, const float* x, int64_t n, float* y) {
-  const dim3 block(kWarpsPerBlock * kWarpSize);
-  const unsigned grid_x = (unsigned)((w.rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
-  if (n == 1) {
-    matmul_float_kernel<F, 1><<<dim3(grid_x, 1), block>>>(w.data.as<uint8_t>(), w.rows, w.row_bytes, x, n, w.cols, y);
-  } else {
-    const unsigned grid_y = (unsigned)std::min<int64_t>((n + kTokenTile - 1) / kTokenTile, kMaxGridY);
-    matmul_float_kernel<F, kTokenTile><<<dim3(grid_x, grid_y), block>>>(w.data.as<uint8_t>(), w.rows, w.row_bytes,
-                                                                        x, n, w.cols, y);
-  }
+void launch_float(const uint8_t* w, int64_t rows, int64_t cols, int64_t row_bytes, const float* x, int64_t n,
+                  float* y, cudaStream_t stream) {
+  const MatmulGrid g = matmul_grid(rows, n);
+  if (n == 1)
+    matmul_float_kernel<F, 1><<<g.grid, g.block, 0, stream>>>(w, rows, row_bytes, x, n, cols, y);
+  else
+    matmul_float_kernel<F, kTokenTile><<<g.grid, g.block, 0, stream>>>(w, rows, row_bytes, x, n, cols, y);
 }
 
 // Validates a host or device weight's description; returns its block geometry.
 BlockGeometry check_weight(const std::string& name, GgmlType type, int64_t rows, int64_t cols, int64_t row_bytes) {
   BlockGeometry g;
   SS_CHECK_ARG(geometry(type, &g), "CUDA matmul does not support weight type ", (uint32_t)type, " of ", name,
-               " (supported: Q4_0, Q4_1, Q8_0, F16, F32)");
+               " (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K .. Q6_K, IQ4_NL)");
   SS_CHECK_ARG(rows > 0 && cols > 0, "weight ", name, " has shape ", rows, " x ", cols);
   SS_CHECK_ARG(cols % g.elements == 0, "weight ", name, ": ", cols, " columns is not a multiple of the ", g.name,
                " block size ", g.elements);
@@ -487,15 +479,26 @@ void matmul(const DeviceWeight& w, const float* x, int64_t n, float* y) {
   // The quant kernels read X as float4 (cols is a multiple of 32, so every row stays aligned).
   SS_CHECK_ARG(g.elements == 1 || reinterpret_cast<uintptr_t>(x) % 16 == 0, "matmul with ", w.name,
                ": x must be 16-byte aligned");
-  switch (w.type) {
-    case GgmlType::Q4_0: launch_quant<Q4_0Kernel>(w, x, n, y); break;
-    case GgmlType::Q4_1: launch_quant<Q4_1Kernel>(w, x, n, y); break;
-    case GgmlType::Q8_0: launch_quant<Q8_0Kernel>(w, x, n, y); break;
-    case GgmlType::F16: launch_float<F16Kernel>(w, x, n, y); break;
-    case GgmlType::F32: launch_float<F32Kernel>(w, x, n, y); break;
-    default: SS_ASSERT(false);  // check_weight accepted only the types above
-  }
+  launch_matmul(w.type, w.data.as<uint8_t>(), w.rows, w.cols, w.row_bytes, x, n, y, nullptr);
   check_launch(cat("the ", g.name, " matmul kernel for ", w.name, " (", w.rows, " x ", w.cols, ", n = ", n, ")"));
+}
+
+void launch_matmul(GgmlType type, const uint8_t* w, int64_t rows, int64_t cols, int64_t row_bytes, const float* x,
+                   int64_t n, float* y, void* stream_handle) {
+  cudaStream_t stream = static_cast<cudaStream_t>(stream_handle);
+  switch (type) {
+    case GgmlType::Q4_0: launch_quant<Q4_0Kernel>(w, rows, cols, row_bytes, x, n, y, stream); break;
+    case GgmlType::Q4_1: launch_quant<Q4_1Kernel>(w, rows, cols, row_bytes, x, n, y, stream); break;
+    case GgmlType::Q8_0: launch_quant<Q8_0Kernel>(w, rows, cols, row_bytes, x, n, y, stream); break;
+    case GgmlType::F16: launch_float<F16Kernel>(w, rows, cols, row_bytes, x, n, y, stream); break;
+    case GgmlType::F32: launch_float<F32Kernel>(w, rows, cols, row_bytes, x, n, y, stream); break;
+#define SS_GENERIC(T) \
+    case GgmlType::T: launch_float<DecodedKernel<GgmlType::T>>(w, rows, cols, row_bytes, x, n, y, stream); break;
+    SS_GENERIC(BF16) SS_GENERIC(Q5_0) SS_GENERIC(Q5_1) SS_GENERIC(IQ4_NL) SS_GENERIC(Q2_K) SS_GENERIC(Q3_K)
+    SS_GENERIC(Q4_K) SS_GENERIC(Q5_K) SS_GENERIC(Q6_K)
+#undef SS_GENERIC
+    default: SS_ASSERT(false);  // callers check decodable()
+  }
 }
 
 void rms_norm(const float* x, const float* weight, int64_t n, int64_t d, float eps, float* out) {

@@ -1,6 +1,6 @@
-// The CUDA backend (opt-in: cmake -DSINKSTREAM_CUDA=ON): device query, device memory, and GPU
-// twins of the ops.h kernels the decoder spends its time in (matmul on quantized weights, rms_norm,
-// silu_mul). The CPU ops in ops/cpu/ stay the specification; tests/test_cuda.py compares these
+// CUDA basics (opt-in: cmake -DSINKSTREAM_CUDA=ON): device query, device memory, and GPU twins of
+// the ops.h kernels the decoder spends its time in (matmul on quantized weights, rms_norm,
+// silu_mul). The backend the decoder drives is cuda_backend.h, built on these. The CPU ops in ops/cpu/ stay the specification; tests/test_cuda.py compares these
 // against a NumPy reference built from gguf-py's dequantizers.
 //
 // A plain C++ interface: no CUDA type appears here, so code that includes this header compiles with
@@ -51,8 +51,9 @@ std::vector<DeviceInfo> devices();
 // throws; `why` (optional) receives the reason when false.
 bool available(std::string* why = nullptr);
 
-// Weight types the GPU matmul reads directly: Q4_0, Q4_1, Q8_0 (GGUF block layouts,
-// quant/quant_blocks.h), F16 and F32.
+// Weight types the GPU matmul reads directly: every type of block_decode.h (F32, F16, BF16, Q4_0,
+// Q4_1, Q5_0, Q5_1, Q8_0, Q2_K .. Q6_K, IQ4_NL). Q4_0, Q4_1, Q8_0, F16 and F32 have block-wise
+// kernels; the others a generic per-element kernel.
 bool matmul_supported(GgmlType type);
 
 // Bytes of device memory from cudaMalloc, freed with the object (move-only). Allocation is a
@@ -109,6 +110,11 @@ void rms_norm(const float* x, const float* weight, int64_t n, int64_t d, float e
 
 // out = silu(gate) * up over n values (device pointers; out may alias gate or up).
 void silu_mul(const float* gate, const float* up, int64_t n, float* out);
+
+// The matmul on raw device blocks (w: rows * row_bytes bytes of `type`, checked by the caller),
+// queued on `stream` (a cudaStream_t; nullptr: the legacy default stream). The backend's entry.
+void launch_matmul(GgmlType type, const uint8_t* w, int64_t rows, int64_t cols, int64_t row_bytes, const float* x,
+                   int64_t n, float* y, void* stream);
 
 // Waits for all queued work on the current device; throws CudaError for a fault in any of it.
 void synchronize();

@@ -16,6 +16,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--n-sink", type=int, default=None, help="sink tokens kept forever (default: 4)")
     g.add_argument("--window", type=int, default=None, help="recent tokens kept (default: the session's)")
     g.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    g.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where to compute: cpu, or cuda (needs a CUDA build and an NVIDIA GPU; default: cpu)")
 
 
 def _logit_bias_item(text: str) -> tuple[int, float]:
@@ -61,15 +63,15 @@ def sampling_options(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
-def load_model(path: str | None, n_threads: int | None):
+def load_model(path: str | None, n_threads: int | None, device: str = "cpu"):
     """sinkstream.Model(path or the default model); a seam for tests."""
     from .. import Model  # type: ignore[attr-defined]
 
-    return Model(path, n_threads=n_threads)
+    return Model(path, n_threads=n_threads, device=device)
 
 
 def open_session(args: argparse.Namespace):
-    model = load_model(args.model, args.threads)
+    model = load_model(args.model, args.threads, getattr(args, "device", "cpu"))
     kwargs: dict[str, Any] = {"mode": args.mode}
     if args.n_sink is not None:
         kwargs["n_sink"] = args.n_sink
