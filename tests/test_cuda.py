@@ -439,6 +439,11 @@ def test_attention_kernel_matches_cpu(shape, kv_type):
     tolerance = (1e-3 if kv_type == "f16" else 1e-5) * np.abs(values).max()
     print(f"attention {shape} {kv_type}: max |gpu - cpu| {np.abs(gpu - cpu).max():.3g}")
     assert np.abs(gpu - cpu).max() < tolerance
+    # Learned sink logits (gpt-oss): one more softmax column per head, with no value.
+    sinks = rng.standard_normal(n_head).astype(np.float32) * 3
+    cpu = _core.attend_test(*args, "scalar", sink_logits=sinks)
+    gpu = _core.attend_test(*args, "cuda", sink_logits=sinks)
+    assert np.abs(gpu - cpu).max() < tolerance
 
 
 # ---- the row-wise and elementwise kernels against their CPU twins (cuda_op_test) ------------------

@@ -52,8 +52,7 @@ void bind_attention(nb::module_& m) {
 #ifndef SINKSTREAM_HAVE_CUDA
         if (on_gpu) throw std::runtime_error("isa 'cuda': sinkstream was built without CUDA");
 #endif
-        SS_CHECK_ARG(!on_gpu || (!sink_logits && kv_type != "q8_0"),
-                     "isa 'cuda': the CUDA attention kernel has no learned sinks and no q8_0 cache yet");
+        SS_CHECK_ARG(!on_gpu || kv_type != "q8_0", "isa 'cuda': the CUDA backend has no q8_0 cache yet");
         const Isa level = on_gpu ? best_isa() : parse_isa(isa);
         SinkCache cache(1, n_head_kv, head_dim, n_sink, window, 1, parse_kv_type(kv_type));
         for (int64_t t = 0; t < n_tokens; ++t) cache.store(0, (uint64_t)t, keys.data() + t * row, values.data() + t * row);
@@ -65,7 +64,8 @@ void bind_attention(nb::module_& m) {
 #ifdef SINKSTREAM_HAVE_CUDA
         if (on_gpu) {
           nb::gil_scoped_release release;
-          cuda::attend_host(cache, 0, t, n_head, q_sink.data(), q_window.data(), scale, nullptr, 0.0f, out.data());
+          cuda::attend_host(cache, 0, t, n_head, q_sink.data(), q_window.data(), scale, nullptr, 0.0f,
+                            sink_logits ? sink_logits->data() : nullptr, out.data());
         }
 #endif
         for (int64_t kv = 0; kv < n_head_kv && !on_gpu; ++kv) {

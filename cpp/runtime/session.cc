@@ -160,11 +160,8 @@ Session::Session(std::shared_ptr<const Model> model, const SessionOptions& optio
   if (options_.device == Device::kCuda) {
     // What the CUDA kernels do not have yet is refused here, never computed wrongly on the device.
     const ModelConfig& c = model_->config();
-    bool learned_sinks = false;
-    for (const LayerConfig& layer : c.layers) learned_sinks = learned_sinks || layer.learned_sinks;
-    SS_CHECK_ARG(c.n_expert == 0 && !learned_sinks, "device='cuda': ", c.architecture,
-                 " (a mixture of experts with learned attention sinks) does not run on the CUDA backend yet; "
-                 "use device='cpu'");
+    SS_CHECK_ARG(c.n_expert == 0, "device='cuda': ", c.architecture,
+                 " (a mixture of experts, routed on the host) does not run on the CUDA backend yet; use device='cpu'");
     SS_CHECK_ARG(options_.kv_type != KvType::kQ8_0,
                  "device='cuda': the CUDA backend keeps an f16 or f32 cache; kv_type 'q8_0' is CPU-only for now");
 #ifdef SINKSTREAM_HAVE_CUDA

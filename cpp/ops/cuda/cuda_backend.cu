@@ -210,6 +210,7 @@ struct AttentionArgs {
   int head_dim, group, n_head;
   float scale, softcap;
   const float* slopes;    // (n_head) or nullptr
+  const float* sink_logits;  // (n_head) learned sink logits (gpt-oss) or nullptr: a softmax column, no value
   int splits;
   int64_t rows_per_split;
   float2* stats;          // (n, n_head, splits): (max, sum of exp) per range
@@ -312,8 +313,11 @@ __global__ void __launch_bounds__(kAttnWarps * kWarp) attention_accumulate_kerne
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   if (threadIdx.x == 0) {  // the softmax's max and 1 / sum, from every range of this query head
     const float2* st = a.stats + (entry_index(a) - blockIdx.z);
-    float mx = -INFINITY, total = 0.0f;
+    // A learned sink joins the max and the denominator only (the CPU's softmax, attention.cc).
+    const float sink = a.sink_logits != nullptr ? a.sink_logits[blockIdx.x] : -INFINITY;
+    float mx = sink, total = 0.0f;
     for (int i = 0; i < a.splits; ++i) mx = fmaxf(mx, st[i].x);
+    if (a.sink_logits != nullptr) total = expf(sink - mx);
     for (int i = 0; i < a.splits; ++i)
       if (st[i].y > 0.0f) total += st[i].y * expf(st[i].x - mx);
     final_max = mx;
@@ -591,6 +595,7 @@ class CudaBackend final : public Backend {
     a.scale = call.scale;
     a.softcap = call.softcap;
     a.slopes = call.alibi_slopes != nullptr ? weights_->resolve(call.alibi_slopes, call.n_head) : nullptr;
+    a.sink_logits = call.sink_logits != nullptr ? weights_->resolve(call.sink_logits, call.n_head) : nullptr;
     a.stats = attn_stats_.as<float2>();
     a.partials = attn_partials_.as<float>();
     a.out = call.out;
@@ -717,7 +722,8 @@ std::unique_ptr<Backend> make_backend(std::shared_ptr<const Model> model, int64_
 }
 
 void attend_host(const SinkCache& cache, int64_t layer, uint64_t t, int64_t n_head, const float* q_sink,
-                 const float* q_window, float scale, const float* alibi_slopes, float softcap, float* out) {
+                 const float* q_window, float scale, const float* alibi_slopes, float softcap,
+                 const float* sink_logits, float* out) {
   std::string why;
   if (!available(&why)) throw CudaError(why);
   const int64_t head_dim = cache.head_dim(), n_head_kv = cache.n_head_kv();
@@ -730,8 +736,9 @@ void attend_host(const SinkCache& cache, int64_t layer, uint64_t t, int64_t n_he
   const DeviceBuffer qw = upload(q_window, q_bytes), qs = upload(q_sink, q_bytes);
   const AttentionRowPlan plan = plan_attention_row(cache, layer, t, true);
   const DeviceBuffer plans = upload(&plan, sizeof(plan));
-  DeviceBuffer slopes;
+  DeviceBuffer slopes, sinks;
   if (alibi_slopes != nullptr) slopes = upload(alibi_slopes, (size_t)n_head * sizeof(float));
+  if (sink_logits != nullptr) sinks = upload(sink_logits, (size_t)n_head * sizeof(float));
   DeviceBuffer result(q_bytes);
   const int64_t entries = attention_entries(1, n_head);
   DeviceBuffer stats((size_t)entries * sizeof(float2)), partials((size_t)(entries * head_dim) * sizeof(float));
@@ -742,6 +749,7 @@ void attend_host(const SinkCache& cache, int64_t layer, uint64_t t, int64_t n_he
   a.scale = scale;
   a.softcap = softcap;
   a.slopes = alibi_slopes != nullptr ? slopes.as<float>() : nullptr;
+  a.sink_logits = sink_logits != nullptr ? sinks.as<float>() : nullptr;
   a.stats = stats.as<float2>();
   a.partials = partials.as<float>();
   a.out = result.as<float>();

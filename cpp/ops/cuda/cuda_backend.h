@@ -41,10 +41,12 @@ size_t resident_weight_bytes(const Model& model);
 
 // Test hook: query t's attention over one layer of a host SinkCache by the backend's attention
 // kernel (the layer's K/V rows and the plan uploaded, the output downloaded): q_sink and q_window
-// (n_head, head_dim) as ops.h attend takes them, alibi_slopes (n_head) or nullptr, softcap 0: none.
-// out: (n_head, head_dim). For tests/test_attention.py, which compares it with the CPU kernels.
+// (n_head, head_dim) as ops.h attend takes them, alibi_slopes (n_head) or nullptr, softcap 0: none,
+// sink_logits (n_head) learned sinks or nullptr. out: (n_head, head_dim). For tests/test_cuda.py,
+// which compares it with the CPU kernels.
 void attend_host(const SinkCache& cache, int64_t layer, uint64_t t, int64_t n_head, const float* q_sink,
-                 const float* q_window, float scale, const float* alibi_slopes, float softcap, float* out);
+                 const float* q_window, float scale, const float* alibi_slopes, float softcap,
+                 const float* sink_logits, float* out);
 
 // Test hook: one of the backend's row-wise / elementwise kernels on host arrays (upload, run,
 // download), for tests/test_cuda.py, which compares each with its CPU twin in ops.h. op and inputs:
