@@ -23,10 +23,13 @@ namespace {
 constexpr auto kSpinTime = std::chrono::microseconds(200);
 constexpr int kPauseIterations = 1000;  // about 10-50 us of pure spinning first
 
-// A worker is late when the caller, done with its own share, waits longer than this and longer
-// than that share took: on a quiet machine the wait is at most one task (a few microseconds of a
-// decode step's job); a descheduled worker costs an OS time slice (milliseconds).
-constexpr auto kLateWait = std::chrono::microseconds(300);
+// The caller's time on its own share and its time waiting for the workers are summed over windows
+// of kJudgedRuns runs. The caller alone would have taken about n_threads times its share (the tasks
+// balance themselves), the pool took share + wait: when the wait exceeds (n_threads - 1) times the
+// share, the workers cost more than they bring (a core taken by another process: each run waits
+// for a descheduled worker), and the pool goes solo. On a quiet machine the wait is at most about
+// one task per run, far below that.
+constexpr int64_t kJudgedRuns = 32;
 // Solo stretches, in runs (a decode step of a small model is a few hundred runs): from about a
 // token's worth up to about a hundred tokens' worth while the workers keep being late.
 constexpr int64_t kSoloFirst = 256;
@@ -123,12 +126,17 @@ void ThreadPool::run(int64_t n_tasks, const std::function<void(int64_t, int)>& f
 }
 
 void ThreadPool::note_wait(std::chrono::steady_clock::duration own_work, std::chrono::steady_clock::duration waited) {
-  if (waited > kLateWait && waited > own_work) {
+  judged_own_ += own_work;
+  judged_wait_ += waited;
+  if (++judged_runs_ < kJudgedRuns) return;
+  if (judged_wait_ > judged_own_ * (int64_t)workers_.size()) {
     solo_runs_left_ = solo_stretch_;
     solo_stretch_ = std::min(solo_stretch_ * 2, kSoloLongest);
   } else {
     solo_stretch_ = kSoloFirst;  // the workers kept up: a later hiccup starts short again
   }
+  judged_runs_ = 0;
+  judged_own_ = judged_wait_ = std::chrono::steady_clock::duration::zero();
 }
 
 void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn,

@@ -8,11 +8,11 @@
 // fall back to sleeping on a condition variable.
 //
 // A shared machine (an edge box runs other services) may take a core away: a worker descheduled
-// in the middle of a run holds up the caller until the OS runs it again, a time slice later, and a
-// decode step has hundreds of runs. So when the caller finishes its share and then waits long for
-// a late worker, the pool runs the next jobs on the caller alone (the workers sleep, leaving the
-// free core to it), and tries the workers again after a while: briefly at first, for longer while
-// they keep being late. Results do not change: every kernel's output is the same whatever thread
+// in the middle of a run holds up the caller until the OS runs it again, and a decode step has
+// hundreds of runs. So when, over a window of runs, the caller spends longer waiting for workers
+// than the work they took off it, the pool runs the next jobs on the caller alone (the workers
+// sleep, leaving the free core to it), and tries the workers again after a while: briefly at
+// first, for longer while they keep being late. Results do not change: every kernel's output is the same whatever thread
 // computes which part (ops.h).
 #pragma once
 #include <atomic>
@@ -68,6 +68,8 @@ class ThreadPool {
   std::atomic<bool> stopping_{false};
   int64_t solo_runs_left_ = 0;
   int64_t solo_stretch_;  // the next solo stretch in runs: doubles while workers stay late
+  int64_t judged_runs_ = 0;  // runs with workers since the last judgement, and the caller's time on them
+  std::chrono::steady_clock::duration judged_own_{}, judged_wait_{};
 };
 
 }  // namespace sinkstream

@@ -89,13 +89,13 @@ int main() {
   }
   for (auto& t : users) t.join();
 
-  // A worker that is late (here: its task sleeps 5 ms while the caller's share is instant) makes the
-  // next runs go solo: every task on the caller's thread, still each exactly once; a run whose
+  // Workers that are late (here: the worker's task sleeps 5 ms while the caller's share is instant,
+  // run after run) make the next runs go solo: every task on the caller's thread, still each exactly once; a run whose
   // workers keep up does not.
   {
     ThreadPool pool(2);
     CHECK_EQ(pool.solo_runs_left(), 0);
-    for (int round = 0; round < 20 && pool.solo_runs_left() == 0; ++round) {
+    for (int round = 0; round < 100 && pool.solo_runs_left() == 0; ++round) {
       pool.run(2, [&](int64_t, int thread) {
         if (thread != 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
       });
