@@ -1,6 +1,7 @@
 """Load test of `sinkstream serve`: concurrent streaming clients, then crash and shutdown checks.
 
-    python benchmarks/load_test.py [--clients 16] [--seconds 30] [--model PATH] [--max-concurrent 2]
+    python benchmarks/load_test.py [--clients 16] [--seconds 30] [--model PATH] [--max-concurrent 8]
+                                   [--no-batching]
 
 1. Starts the server (a subprocess on a free loopback port, a fresh state directory).
 2. `--clients` clients, each with its own session, stream chat turns through the official openai
@@ -114,8 +115,10 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--model", default=None, help="GGUF file (default: the default model)")
-    ap.add_argument("--max-concurrent", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=1, help="threads per generation")
+    ap.add_argument("--max-concurrent", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads of the batched passes (default: the cores); with --no-batching, per generation")
+    ap.add_argument("--no-batching", action="store_true", help="each generation computes alone")
     args = ap.parse_args()
     import sinkstream
 
@@ -123,12 +126,15 @@ def main() -> int:
     model_id = os.path.basename(model_path).removesuffix(".gguf")
     failures = []
     with tempfile.TemporaryDirectory() as state:
-        server_args = ("--state-dir", state, "--threads", str(args.threads), "--max-concurrent",
-                       str(args.max_concurrent), "--max-queue", str(4 * args.clients))
+        server_args = ("--state-dir", state, "--max-concurrent", str(args.max_concurrent), "--max-queue",
+                       str(4 * args.clients), *(("--threads", str(args.threads)) if args.threads else ()),
+                       *(("--no-batching",) if args.no_batching else ()))
         server = ServerProcess(model_path, *server_args).start()
         port = server.port
+        threads = args.threads or "default"
         print(f"server: {server.base}, {args.clients} clients, {args.seconds:g} s, max_concurrent "
-              f"{args.max_concurrent}, {args.threads} thread(s) per generation, {os.cpu_count()} cores")
+              f"{args.max_concurrent}, {'no batching' if args.no_batching else 'batching'}, threads {threads}, "
+              f"{os.cpu_count()} cores")
         start = time.monotonic()
         s = asyncio.run(load(server.base, model_id, args.clients, args.seconds, "load-"))
         elapsed = time.monotonic() - start
