@@ -57,9 +57,7 @@ def engine_results(model_path: Path, tokens: np.ndarray) -> tuple[np.ndarray, st
 def runnable_isas() -> list[str]:
     from sinkstream import _core
 
-    best = _core.cpu_features()["best_isa"]
-    order = ["scalar", "neon"] if best == "neon" else ["scalar", "avx2", "avx512"]
-    return order[:order.index(best) + 1]
+    return _core.cpu_features()["levels"]
 
 
 def prepare(directory: Path) -> int:

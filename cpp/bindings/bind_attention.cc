@@ -64,7 +64,7 @@ void bind_attention(nb::module_& m) {
       "Test hook: stores keys/values (n_tokens, n_head_kv * head_dim) as tokens 0.. of a one-layer sink\n"
       "cache (n_sink, window), then returns the attention output (n_head, head_dim) of the last token's\n"
       "query (q_sink against the sinks, q_window against the window; scale 1/sqrt(head_dim)), computed\n"
-      "with the kernels of the given ISA level ('scalar', 'avx2', 'avx512', 'neon').");
+      "with the kernels of the given ISA level ('scalar', 'avx2', 'avx512', 'neon', 'dotprod', 'i8mm').");
 }
 
 }  // namespace sinkstream::bindings
