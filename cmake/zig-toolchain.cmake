@@ -17,6 +17,9 @@ set(CMAKE_C_COMPILER "$ENV{SINKSTREAM_ZIG_BIN}/cc")
 set(CMAKE_CXX_COMPILER "$ENV{SINKSTREAM_ZIG_BIN}/c++")
 set(CMAKE_AR "$ENV{SINKSTREAM_ZIG_BIN}/ar" CACHE FILEPATH "zig ar")
 set(CMAKE_RANLIB "$ENV{SINKSTREAM_ZIG_BIN}/ranlib" CACHE FILEPATH "zig ranlib")
+# libc++'s headers pull in less than libstdc++'s: nanobind's use stderr and count on Python.h for
+# <stdio.h>, which the Limited API's Python.h (3.12+, the stable-ABI wheel) no longer includes.
+set(CMAKE_CXX_FLAGS_INIT "-include cstdio")
 # Symbols stripped at link time (strip and objcopy of the host may not know the target's ELF).
 set(CMAKE_SHARED_LINKER_FLAGS_INIT "-s")
 set(CMAKE_MODULE_LINKER_FLAGS_INIT "-s")

@@ -48,14 +48,17 @@ PY=$(command -v "${PYTHON:-python3}")
 command -v cmake >/dev/null && command -v ninja >/dev/null || "$PY" -m pip install --quiet "cmake>=3.21" ninja
 export PATH="$(dirname "$PY"):$PATH"
 
-# Compiler wrappers per architecture: `zig c++ -target ARCH-linux-gnu.2.28`.
+# Compiler wrappers per architecture: `zig c++ -target ARCH-linux-gnu.2.28`. They run the zig
+# executable itself: pip's isolated build environment hides other environments' packages from
+# any Python it starts, so `python -m ziglang` would fail there.
+ZIG=$("$PY" -c "import os, ziglang; print(os.path.join(os.path.dirname(ziglang.__file__), 'zig'))")
 zig_bin() {  # arch -> directory with cc, c++, ar, ranlib
   local dir="$TOOLS/zig-$1" tool
   mkdir -p "$dir"
   for tool in cc c++; do
-    printf '#!/bin/sh\nexec "%s" -m ziglang %s -target %s-linux-gnu.%s "$@"\n' "$PY" "$tool" "$1" "$GLIBC" >"$dir/$tool"
+    printf '#!/bin/sh\nexec "%s" %s -target %s-linux-gnu.%s "$@"\n' "$ZIG" "$tool" "$1" "$GLIBC" >"$dir/$tool"
   done
-  for tool in ar ranlib; do printf '#!/bin/sh\nexec "%s" -m ziglang %s "$@"\n' "$PY" "$tool" >"$dir/$tool"; done
+  for tool in ar ranlib; do printf '#!/bin/sh\nexec "%s" %s "$@"\n' "$ZIG" "$tool" >"$dir/$tool"; done
   chmod +x "$dir"/*
   echo "$dir"
 }
@@ -122,6 +125,7 @@ check_pyconfig() {  # include_dir zig_bin
 # The engine (no Python in it) once per architecture; every wheel of that architecture links it.
 engine_lib() {  # arch zig_bin -> path of libsinkstream_engine.a
   local build="$OUT/build/engine-$1"
+  mkdir -p "$OUT/build"
   SINKSTREAM_ZIG_BIN="$2" SINKSTREAM_ZIG_ARCH="$1" cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DSINKSTREAM_PYTHON=OFF -DCMAKE_TOOLCHAIN_FILE="$ROOT/cmake/zig-toolchain.cmake" >"$build.log" 2>&1 &&
     SINKSTREAM_ZIG_BIN="$2" SINKSTREAM_ZIG_ARCH="$1" nice cmake --build "$build" --target sinkstream_engine >>"$build.log" 2>&1 ||

@@ -14,7 +14,7 @@
 #            reference (scripts/portable_smoke.py) and the default model's greedy text must equal
 #            llama.cpp's.
 # Where pyenv is installed every CPython the wheels are for must be found; the script says which
-# versions it checked.
+# versions it checked. Last, the sdist must build and hold the sources a wheel build needs.
 #
 # usage: scripts/check_wheel.sh [OUT_DIR]      (default dist/)
 set -euo pipefail
@@ -141,6 +141,15 @@ from sinkstream import _core; print(sinkstream.__version__, _core.cpu_features()
 done
 checked+=("$arm_version aarch64 (qemu: cortex-a53, cortex-a76, max)")
 timings+=("aarch64 emulated CPUs: $((SECONDS - t0)) s so far")
+
+start=$SECONDS
+"$host_venv_python" -m pip install --quiet --disable-pip-version-check build
+"$host_venv_python" -m build --sdist --outdir "$OUT/sdist" . >/dev/null
+sdist=$(find "$OUT/sdist" -name 'sinkstream-*.tar.gz' | head -n 1)
+for f in CMakeLists.txt cmake/zig-toolchain.cmake cpp/ops/cpu/vec_dot_neon.inc pyproject.toml; do
+  tar -tzf "$sdist" | grep -q "^sinkstream-[^/]*/$f$" || { echo "FAILED: $f is not in $sdist" >&2; exit 1; }
+done
+echo "== sdist $(basename "$sdist") ($((SECONDS - start)) s)"
 
 echo "wheels: all checks passed"
 printf 'checked: CPython %s\n' "${checked[@]}"
