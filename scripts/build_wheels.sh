@@ -31,7 +31,9 @@ RAW="$OUT/raw"
 WHEELHOUSE="$OUT/wheelhouse"
 TOOLS="$OUT/tools"
 GLIBC=2.28
-rm -rf "$RAW" "$WHEELHOUSE"
+# The wheels' build directories start afresh (the isolated environment's nanobind moves every time,
+# so nothing in them would be reused); the engine's are kept.
+rm -rf "$RAW" "$WHEELHOUSE" "$OUT"/build/wheel-*
 mkdir -p "$RAW" "$WHEELHOUSE" "$TOOLS"
 
 # shellcheck source=scripts/find_python.sh
@@ -167,7 +169,7 @@ for arch in "${archs[@]}"; do
     py=$(find_python "python$version")
     nodot=${version/./}
     start=$SECONDS
-    args=(--config-settings="build-dir=$OUT/build/$arch-{wheel_tag}"
+    args=(--config-settings="build-dir=$OUT/build/wheel-$arch-{wheel_tag}"
           --config-settings="cmake.define.SINKSTREAM_ENGINE_LIB=$engine")
     cross_env=()
     if [ "$arch" != "$(uname -m)" ]; then
