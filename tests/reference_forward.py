@@ -39,6 +39,16 @@ streaming.md, not from the C++ engine:
   attn_norm, ln_m = attn_norm (40B: ln_mlp); phi2 and stablelm without ffn_norm: one attn_norm for
   both. Bloom: token_embd_norm after the embedding. Phi-2: output.bias. StableLM 2 12B: per-head
   LayerNorm (no bias) of q and k before RoPE.
+- gpt-oss (transformers' GptOss semantics, llama.cpp's GGUF names): a learned sink logit s_h per
+  head joins each softmax as a column with no value (weights exp(score - m) / (exp(s_h - m) +
+  sum exp(score - m)), m the max over scores and s_h); even layers slide (window from
+  attention.sliding_window), odd ones are full; NeoX RoPE with YaRN (rope.scaling.type "yarn":
+  theta_i = theta_i/f * ramp_i + theta_i * (1 - ramp_i), ramp_i = clip((i - lo) / (hi - lo), 0, 1),
+  lo/hi = floor/ceil of the dims making beta_fast = 32 / beta_slow = 1 turns in the original
+  context, cos and sin times 0.1 ln f + 1); attention biases; post_attention_norm is the pre-FFN
+  norm; the FFN is a mixture of experts: router logits W h + b, softmax over the top-k, each chosen
+  expert (clamp(up, -7, 7) + 1) * g * sigmoid(1.702 g), g = min(gate, 7), then down + bias, summed
+  with the router weights.
 - ALiBi (mpt, bloom): no RoPE; score(t, j) += -slope_h * (p(t) - p(j)) with p the positions within
   the cache (ranks in A(t)), so the bias is contiguous and never jumps (streaming.md). Slopes: for
   n_head a power of two 2^(-max_bias * (h+1) / n_head); otherwise the slopes of the closest power of two
@@ -67,10 +77,10 @@ import gguf
 # Weight formats with 32-element blocks: like llama.cpp (Q8_0 / Q8_1 activation blocks), the engine
 # multiplies them with the input rounded to 8-bit blocks of 32: d = fp16(max|x| / 127),
 # q = round-half-even(x * 127 / max|x|), input ~= d * q.
-QUANTIZED_INPUT_32 = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL"}
+QUANTIZED_INPUT_32 = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "MXFP4"}
 
 # llama.cpp's llama_model_rope_type() for the architectures this reference implements
-NEOX_ROPE_ARCHS = {"qwen2", "qwen3", "gemma2", "gemma3", "phi3", "gptneox", "falcon", "stablelm", "phi2"}
+NEOX_ROPE_ARCHS = {"qwen2", "qwen3", "gemma2", "gemma3", "phi3", "gptneox", "falcon", "stablelm", "phi2", "gpt-oss"}
 NORM_ROPE_ARCHS = {"llama", "smollm3", "granite"}
 ALIBI_ARCHS = {"mpt", "bloom"}                       # LLAMA_ROPE_TYPE_NONE: positions only through ALiBi
 SUPPORTED_ARCHS = NEOX_ROPE_ARCHS | NORM_ROPE_ARCHS | ALIBI_ARCHS
@@ -189,8 +199,11 @@ class ReferenceModel:
         scaling_type = string("rope.scaling.type", "linear")
         factor = scalar("rope.scaling.factor", 0.0)
         self.linear_factor = 1.0
+        self.yarn_factor = 0.0
         if scaling_type == "linear":
             self.linear_factor = factor if factor else 1.0
+        elif scaling_type == "yarn":
+            self.yarn_factor = factor
         elif scaling_type != "none":
             raise NotImplementedError(f"reference forward: RoPE scaling {scaling_type!r} is not implemented")
 
@@ -209,11 +222,17 @@ class ReferenceModel:
         self.longrope = self.rope_factors_long is not None or self.rope_factors_short is not None
         self.original_context_length = scalar("rope.scaling.original_context_length", self.n_ctx_train)
         self.rope_attn_factor = scalar("rope.scaling.attn_factor", 1.0)
+        # gpt-oss: learned sinks, mixture of experts
+        self.n_expert = scalar("expert_count", 0)
+        self.n_expert_used = scalar("expert_used_count", 0)
+        self.ffn_norm_name = "post_attention_norm" if arch == "gpt-oss" else "ffn_norm"
 
         # Which layers attend through a sliding window (0 = global), per llama.cpp's hparams loading
         n_swa = scalar("attention.sliding_window", 0)
         if arch == "gemma2":
             n_swa = n_swa or 4096   # llama.cpp's default for Gemma 2
+            self.layer_windows = [n_swa if il % 2 == 0 else 0 for il in range(self.n_layer)]
+        elif arch == "gpt-oss":
             self.layer_windows = [n_swa if il % 2 == 0 else 0 for il in range(self.n_layer)]
         elif arch == "gemma3":
             period = scalar("attention.sliding_window_pattern", 6)
@@ -299,8 +318,10 @@ class ReferenceModel:
             return x
         half = self.n_rot // 2
         inv_freq = self.layer_rope_base[layer] ** (-2.0 * np.arange(half) / self.n_rot)
-        theta = inv_freq / self.rope_factors(layer, capacity) * (pos / self.layer_rope_linear[layer])
         mscale = self.rope_attn_factor if self.longrope else 1.0
+        if self.yarn_factor:
+            inv_freq, mscale = self.yarn(inv_freq, layer)
+        theta = inv_freq / self.rope_factors(layer, capacity) * (pos / self.layer_rope_linear[layer])
         c, s = np.cos(theta) * mscale, np.sin(theta) * mscale
         y = x.copy()
         if self.neox:
@@ -310,6 +331,43 @@ class ReferenceModel:
         y[..., a] = x[..., a] * c - x[..., b] * s
         y[..., b] = x[..., a] * s + x[..., b] * c
         return y
+
+    def yarn(self, inv_freq: np.ndarray, layer: int) -> tuple[np.ndarray, float]:
+        """YaRN's frequencies and cos/sin magnitude (Hugging Face _compute_yarn_parameters with
+        beta_fast 32, beta_slow 1, truncate as its default)."""
+        base, dim, factor = self.layer_rope_base[layer], self.n_rot, self.yarn_factor
+
+        def correction_dim(rotations):
+            return dim * math.log(self.original_context_length / (rotations * 2 * math.pi)) / (2 * math.log(base))
+        low = max(math.floor(correction_dim(32.0)), 0)
+        high = min(math.ceil(correction_dim(1.0)), dim - 1)
+        if low == high:
+            high += 0.001
+        ramp = np.clip((np.arange(dim // 2) - low) / (high - low), 0.0, 1.0)
+        extrapolation = 1.0 - ramp
+        inv = inv_freq / factor * (1.0 - extrapolation) + inv_freq * extrapolation
+        return inv, (0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0)
+
+    def experts(self, layer: int, h: np.ndarray) -> np.ndarray:
+        """gpt-oss's mixture of experts on h (n, n_embd)."""
+        p = f"blk.{layer}."
+        logits = self.linear(h, p + "ffn_gate_inp")
+        out = np.zeros_like(h)
+        for t in range(h.shape[0]):
+            chosen = np.argsort(-logits[t], kind="stable")[:self.n_expert_used]
+            weights = np.exp(logits[t, chosen] - logits[t, chosen].max())
+            weights /= weights.sum()
+            for e, weight in zip(chosen, weights):
+                def proj(name, x):
+                    wname = p + name + ".weight"
+                    if wname in self.quantized_input:
+                        x = round_input_to_8bit_blocks(x)
+                    return self.w[wname][e] @ x + self.w.get(p + name + ".bias", np.zeros((self.n_expert, 1)))[e]
+                gate = np.minimum(proj("ffn_gate_exps", h[t]), 7.0)
+                up = np.clip(proj("ffn_up_exps", h[t]), -7.0, 7.0)
+                act = (up + 1.0) * gate / (1.0 + np.exp(-1.702 * gate))
+                out[t] += weight * proj("ffn_down_exps", act)
+        return out
 
     def matmul(self, x: np.ndarray, name: str) -> np.ndarray:
         """x @ W.T, with x rounded as the engine rounds it for that weight's format."""
@@ -360,6 +418,8 @@ class ReferenceModel:
 
     def ffn(self, layer: int, h: np.ndarray) -> np.ndarray:
         p = f"blk.{layer}."
+        if self.n_expert:
+            return self.experts(layer, h)
         if self.gelu_kind is not None:         # GPT-NeoX / Falcon / MPT / Bloom / Phi-2: up, GELU, down
             return self.linear(self.gelu(self.linear(h, p + "ffn_up")), p + "ffn_down")
         if p + "ffn_gate.weight" in self.w:
@@ -432,8 +492,14 @@ class ReferenceModel:
                 scores = softcap(np.einsum("mhd,hd->hm", ks, qt) * self.attn_scale, self.attn_softcap)
                 if self.alibi_slopes is not None:    # contiguous: distances within the cache
                     scores = scores + alibi_bias(self.alibi_slopes, [pos for _, pos in pairs], len(members) - 1)
-                weights = np.exp(scores - scores.max(axis=1, keepdims=True))
-                weights /= weights.sum(axis=1, keepdims=True)
+                sinks = self.w.get(p + "attn_sinks.weight")
+                if sinks is None:
+                    weights = np.exp(scores - scores.max(axis=1, keepdims=True))
+                    weights /= weights.sum(axis=1, keepdims=True)
+                else:   # a learned sink: one more softmax column, no value
+                    m = np.maximum(scores.max(axis=1), sinks)[:, None]
+                    weights = np.exp(scores - m)
+                    weights /= weights.sum(axis=1, keepdims=True) + np.exp(sinks[:, None] - m)
                 attn[t] = np.einsum("hm,mhd->hd", half(weights), vs)
             out = self.linear(attn.reshape(n, -1), p + "attn_output")
             if self.parallel_residual[l]:           # x + attn(ln_a(x)) + mlp(ln_m(x))
@@ -442,12 +508,12 @@ class ReferenceModel:
                 if layers_out is not None:
                     layers_out.append(x.copy())
                 continue
-            if p + "post_attention_norm.weight" in self.w:
+            if p + "post_attention_norm.weight" in self.w and self.ffn_norm_name != "post_attention_norm":
                 out = self.rms(out, self.w[p + "post_attention_norm.weight"])
             if self.residual_scale:
                 out = out * self.residual_scale
             x = x + out
-            out = self.ffn(l, self.norm(x, p + "ffn_norm"))
+            out = self.ffn(l, self.norm(x, p + self.ffn_norm_name))
             if p + "post_ffw_norm.weight" in self.w:
                 out = self.rms(out, self.w[p + "post_ffw_norm.weight"])
             if self.residual_scale:

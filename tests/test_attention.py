@@ -37,7 +37,7 @@ SHAPES = [
 ]
 
 
-def reference_attention(keys, values, q_sink, q_window, n_head_kv, n_sink, window, half):
+def reference_attention(keys, values, q_sink, q_window, n_head_kv, n_sink, window, half, sink_logits=None):
     n_tokens = keys.shape[0]
     n_head, head_dim = q_window.shape
     group = n_head // n_head_kv
@@ -53,8 +53,13 @@ def reference_attention(keys, values, q_sink, q_window, n_head_kv, n_sink, windo
         kv = h // group
         scores = np.concatenate([k[:sink_end, kv] @ to(q_sink[h]), k[sink_end:, kv] @ to(q_window[h])])
         scores /= np.sqrt(head_dim)
-        weights = np.exp(scores - scores.max())
-        weights /= weights.sum()
+        if sink_logits is None:
+            weights = np.exp(scores - scores.max())
+            weights /= weights.sum()
+        else:  # a learned sink (gpt-oss): one more softmax column, with no value
+            m = max(scores.max(), float(sink_logits[h]))
+            weights = np.exp(scores - m)
+            weights /= weights.sum() + np.exp(float(sink_logits[h]) - m)
         if half:
             weights = to(weights)
         out[h] = weights @ v[:, kv]
@@ -90,6 +95,42 @@ def test_every_isa_matches_the_reference(shape, kv_type):
         assert np.abs(got - results["scalar"]).max() < tolerance, isa
 
 
+Q8_SHAPES = [s for s in SHAPES if s[0] % 32 == 0] + [(32, 6, 2, 300, 4, 257)]
+
+
+def q8_0_round_trip(rows: np.ndarray) -> np.ndarray:
+    """The values a Q8_0 cache holds, by the gguf package's own quantizer and dequantizer."""
+    import gguf
+
+    qtype = gguf.GGMLQuantizationType.Q8_0
+    return gguf.quants.dequantize(gguf.quants.quantize(rows, qtype), qtype).reshape(rows.shape)
+
+
+@pytest.mark.parametrize("shape", Q8_SHAPES, ids=lambda s: "hd{}-h{}-kv{}-t{}".format(*s[:4]))
+def test_q8_0_cache_matches_the_reference_on_gguf_quantized_rows(shape):
+    """kv_type q8_0: keys and values stored as GGML Q8_0 blocks (the query stays float32). The
+    reference attends in float64 over the rows the gguf package's Q8_0 quantizer makes."""
+    keys, values, q_sink, q_window, n_head_kv, n_sink, window = make_case(shape, seed=sum(shape) + 1)
+    expected = reference_attention(q8_0_round_trip(keys), q8_0_round_trip(values), q_sink, q_window, n_head_kv,
+                                   n_sink, window, False)
+    tolerance = 5e-6 * np.abs(values).max()
+    results = {}
+    for isa in ISAS:
+        results[isa] = _core.attend_test(keys, values, q_sink, q_window, n_head_kv, n_sink, window, "q8_0", isa)
+        err = np.abs(results[isa] - expected).max()
+        print(f"{isa} q8_0: max |engine - reference| = {err:.2e}")
+        assert err < tolerance, f"{isa}: {err:.2e}"
+    # Quantizing the cache does change the output (by far more than float rounding): it is really used.
+    unquantized = reference_attention(keys, values, q_sink, q_window, n_head_kv, n_sink, window, False)
+    assert np.abs(unquantized - expected).max() > 50 * tolerance
+
+
+def test_q8_0_needs_whole_blocks_per_head():
+    keys, values, q_sink, q_window, n_head_kv, n_sink, window = make_case(SHAPES[3], seed=1)  # head_dim 16
+    with pytest.raises(ValueError, match="head_dim a multiple of 32"):
+        _core.attend_test(keys, values, q_sink, q_window, n_head_kv, n_sink, window, "q8_0", "scalar")
+
+
 def test_sink_rows_are_scored_with_the_sink_query():
     """The sink rows are scored with q_sink (the query rotated at p(t), streaming.md), the window
     rows with q_window: negating q_sink changes the output, and it still matches the reference."""
@@ -123,3 +164,30 @@ def test_neon_attention_under_qemu(tmp_path, cpu, isa):
     out = cross_arm.build_and_run(sources, cpu, tmp_path)
     assert out.returncode == 0 and "all attention levels match" in out.stdout, out.stdout[-3000:]
     assert " neon " in out.stdout and "best ISA: neon" in out.stdout  # the NEON kernels really ran
+
+
+@pytest.mark.parametrize("kv_type", ["f16", "f32"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "hd{}-h{}-kv{}-t{}".format(*s[:4]))
+def test_learned_sink_logits_on_every_isa(shape, kv_type):
+    """gpt-oss's learned sinks: a logit per head in the softmax's denominator, some below, some
+    above every score (then it takes most of the weight, and the output shrinks toward 0)."""
+    keys, values, q_sink, q_window, n_head_kv, n_sink, window = make_case(shape, seed=3 * sum(shape))
+    n_head = q_window.shape[0]
+    sink_logits = np.linspace(-20.0, 30.0, n_head).astype(np.float32)
+    expected = reference_attention(keys, values, q_sink, q_window, n_head_kv, n_sink, window, kv_type == "f16",
+                                   sink_logits)
+    plain = reference_attention(keys, values, q_sink, q_window, n_head_kv, n_sink, window, kv_type == "f16")
+    assert np.abs(expected - plain).max() > 0.1            # the sink logits matter here
+    tolerance = (1e-3 if kv_type == "f16" else 1e-5) * np.abs(values).max()
+    results = {}
+    for isa in ISAS:
+        got = _core.attend_test(keys, values, q_sink, q_window, n_head_kv, n_sink, window, kv_type, isa, sink_logits)
+        err = np.abs(got - expected).max()
+        print(f"{isa} {kv_type} learned sinks: max |engine - reference| = {err:.2e}")
+        assert err < tolerance, f"{isa}: {err:.2e}"
+        results[isa] = got
+    for isa, got in results.items():
+        assert np.abs(got - results["scalar"]).max() < tolerance, isa
+    with pytest.raises(ValueError, match="sink_logits"):
+        _core.attend_test(keys, values, q_sink, q_window, n_head_kv, n_sink, window, kv_type, "scalar",
+                          sink_logits[:-1].copy())

@@ -341,3 +341,27 @@ def test_gemma_files_without_a_template_get_gemma_turns():
         "<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n")
     llama = SimpleNamespace(chat_template=None, architecture="llama", bos_token="<s>", eos_token="</s>")
     assert render_for_model(llama, messages[1:2]).startswith("<|im_start|>user\nHi<|im_end|>")
+
+
+def test_harmony_template_renders_the_harmony_format():
+    """gpt-oss's fallback: OpenAI's harmony format (system preamble, developer instructions, channels)."""
+    from sinkstream.chat_template import HARMONY_TEMPLATE, fallback_template, render_chat
+
+    assert fallback_template("gpt-oss") is HARMONY_TEMPLATE
+    messages = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "2 + 2?"},
+                {"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3 + 3?"}]
+    text = render_chat(HARMONY_TEMPLATE, messages, reasoning_effort="low", conversation_start_date="2026-12-03")
+    assert text == (
+        "<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.\n"
+        "Knowledge cutoff: 2024-06\nCurrent date: 2026-12-03\n\nReasoning: low\n\n"
+        "# Valid channels: analysis, commentary, final. Channel must be included for every message.<|end|>"
+        "<|start|>developer<|message|># Instructions\n\nAnswer briefly.<|end|>"
+        "<|start|>user<|message|>2 + 2?<|end|>"
+        "<|start|>assistant<|channel|>final<|message|>4<|end|>"
+        "<|start|>user<|message|>And 3 + 3?<|end|>"
+        "<|start|>assistant")
+    plain = render_chat(HARMONY_TEMPLATE, messages[1:2], add_generation_prompt=False)
+    assert "Reasoning: medium" in plain and "Current date" not in plain and plain.endswith("2 + 2?<|end|>")
+    # a continuation of the conversation renders as a prefix-extension (multi-turn chat feeds the rest)
+    assert render_chat(HARMONY_TEMPLATE, messages + [{"role": "assistant", "content": "6"}], add_generation_prompt=False,
+                       reasoning_effort="low", conversation_start_date="2026-12-03").startswith(text)

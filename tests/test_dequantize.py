@@ -150,6 +150,33 @@ def test_bad_arguments_raise():
         _core.dequantize(int(T.IQ2_XXS), b"\0" * 66, 256)
 
 
+# ---- MXFP4 (gpt-oss experts): one E8M0 scale byte, then 16 bytes of E2M1 codes ---------------------
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # gguf-py at exponent 255
+def test_mxfp4_every_exponent_and_code_bit_exact():
+    """All 256 E8M0 exponents, 0 (2^-127, halved to the subnormal 2^-128), 1, 254 and 255 (NaN in the
+    MX spec, 2^127 in gguf-py / ggml; its large codes overflow to inf) included, each with all 16
+    E2M1 codes in both nibbles."""
+    codes = np.arange(16, dtype=np.uint8)
+    qs = np.concatenate([codes | (codes[::-1] << 4)])          # 16 bytes: low nibble j, high 15 - j
+    blocks = np.zeros((256, 17), dtype=np.uint8)
+    blocks[:, 0] = np.arange(256)
+    blocks[:, 1:] = qs
+    assert_bit_exact(T.MXFP4, blocks)
+    got = ours(T.MXFP4, blocks).reshape(256, 32)
+    assert got[127, 2] == 1.0 and got[127, 7] == 6.0 and got[127, 15] == -6.0     # scale 1: E2M1 values
+    assert np.isinf(got[255]).any() and got[0, 1] == np.float32(2.0 ** -128)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_mxfp4_random_and_quantized_blocks_bit_exact():
+    rng = np.random.default_rng(39)
+    assert_bit_exact(T.MXFP4, rng.integers(0, 256, size=(4096, 17), dtype=np.uint8))
+    from gguf.quants import quantize
+    x = (rng.standard_normal((8, 1024)) * rng.choice([1e-30, 1e-3, 1.0, 1e20], (8, 1))).astype(np.float32)
+    assert_bit_exact(T.MXFP4, quantize(x, T.MXFP4).view(np.uint8))
+
+
 # ---- real tensors of the default model -------------------------------------------------------------
 
 def _default_model_path() -> str:

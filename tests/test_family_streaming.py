@@ -14,7 +14,7 @@ import pytest
 import sinkstream
 from sinkstream import _core
 from reference_forward import ReferenceModel, layer_attention_set
-from tiny_models import FAMILIES, PAPER_FAMILIES, family_config, write_family_model
+from tiny_models import FAMILIES, PAPER_FAMILIES, family_config, rewrite_gguf, write_family_model
 
 N = 40
 # Every fixture the invariants run on: each family, plus the layouts a family has more than one of.
@@ -104,7 +104,7 @@ def test_matches_reference(fixtures, tokens, family, mode, geometry_name):
     assert (got.argmax(axis=1) == expected.argmax(axis=1)).mean() > 0.95
 
 
-@pytest.mark.parametrize("family", ["gemma3", "gemma2", "mistral"])
+@pytest.mark.parametrize("family", ["gemma3", "gemma2", "mistral", "gptoss"])
 def test_local_window_really_matters(fixtures, tokens, family):
     """The reference with every layer global differs from the per-layer one past the local window:
     the comparison above could fail if the engine ignored the sliding windows."""
@@ -234,27 +234,11 @@ def test_unsupported_architecture_names_what_is_missing(tmp_path):
 
 
 def test_mixture_of_experts_is_refused_by_name(tmp_path):
-    path = write_family_model(tmp_path / "moe.gguf", "llama")
+    """expert_count on a family without experts (only gpt-oss runs them) is refused by name."""
     import gguf
 
-    reader = gguf.GGUFReader(str(path))
-    w = gguf.GGUFWriter(str(tmp_path / "moe2.gguf"), "llama")
-    for field in reader.fields.values():
-        if field.name.startswith("GGUF.") or field.name == "general.architecture":
-            continue
-        value = field.contents()
-        vtype = field.types[0]
-        if vtype == gguf.GGUFValueType.ARRAY:
-            w.add_key_value(field.name, value, vtype, sub_type=field.types[-1])
-        else:
-            w.add_key_value(field.name, value, vtype)
-    w.add_expert_count(8)
-    for t in reader.tensors:
-        w.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    path = write_family_model(tmp_path / "moe.gguf", "llama")
+    rewrite_gguf(path, tmp_path / "moe2.gguf", keys={"llama.expert_count": (8, gguf.GGUFValueType.UINT32)})
     with pytest.raises(sinkstream.ModelError, match="mixture of experts.*expert_count = 8"):
         sinkstream.Model(tmp_path / "moe2.gguf")
 

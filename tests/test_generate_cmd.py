@@ -135,7 +135,7 @@ def test_chat_keeps_one_session_for_the_conversation(use_model, capsys, monkeypa
     feed_input(monkeypatch, ["Hi", "What is 2+2?", ""])
     assert cli.main(["chat", "--system", "Be brief.", "--temperature", "0"]) == 0
     out, err = capsys.readouterr()
-    assert out == "Hello\n 4\n"
+    assert out == "Hello\n 4\n\n"  # the empty line is ignored; end of input ends the prompt's line
     assert err.count("tok/s") == 4  # prompt and generation speed after each reply
     assert len(model.sessions) == 1
     history = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
@@ -144,12 +144,60 @@ def test_chat_keeps_one_session_for_the_conversation(use_model, capsys, monkeypa
     assert model.detokenize(s.fed + s._pending) == render_chat(None, history) + " 4<|im_end|>"
 
 
-@pytest.mark.parametrize("ending", [["/exit"], ["/quit"], [], [KeyboardInterrupt()], ["   "]])
+@pytest.mark.parametrize("ending", [["/exit"], ["/quit"], []])
 def test_chat_endings(use_model, capsys, monkeypatch, ending):
-    use_model(ScriptedModel("Hello", "<|im_end|>"))
-    feed_input(monkeypatch, ["Hi"] + ending + ["never read"])
+    model = use_model(ScriptedModel("Hello", "<|im_end|>"))
+    feed_input(monkeypatch, ["Hi"] + ending + (["never read"] if ending else []))
     assert cli.main(["chat", "--temperature", "0"]) == 0
     assert capsys.readouterr().out.startswith("Hello\n")
+    assert "never read" not in model.detokenize(model.sessions[0].fed)
+
+
+def _conversation(model, *messages):
+    """What the session holds after these (user, assistant) exchanges, rendered by the template."""
+    history = []
+    for user, reply in messages:
+        history += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+    return history
+
+
+def test_chat_ignores_empty_lines_and_ctrl_c_at_the_prompt(use_model, capsys, monkeypatch):
+    model = use_model(ScriptedModel("Hello", "<|im_end|>", " 4", "<|im_end|>"))
+    feed_input(monkeypatch, ["", "   ", KeyboardInterrupt(), "Hi", "", "2+2?", "/exit"])
+    assert cli.main(["chat", "--temperature", "0"]) == 0
+    assert capsys.readouterr().out == "\nHello\n 4\n"  # the newline after ^C, then the replies
+    s = model.sessions[0]
+    history = _conversation(model, ("Hi", "Hello")) + [{"role": "user", "content": "2+2?"}]
+    assert model.detokenize(s.fed + s._pending) == render_chat(None, history) + " 4<|im_end|>"
+
+
+def test_chat_multi_line_messages(use_model, capsys, monkeypatch):
+    model = use_model(ScriptedModel("Hello", "<|im_end|>", " 4", "<|im_end|>"))
+    feed_input(monkeypatch, ["first line \\", "second line", '"""', "a", "", "  b", '"""', "/exit"])
+    assert cli.main(["chat", "--temperature", "0"]) == 0
+    s = model.sessions[0]
+    history = (_conversation(model, ("first line \nsecond line", "Hello"))
+               + [{"role": "user", "content": "a\n\n  b"}])
+    assert model.detokenize(s.fed + s._pending) == render_chat(None, history) + " 4<|im_end|>"
+
+
+def test_chat_reset_starts_a_new_conversation_with_the_system_message(use_model, capsys, monkeypatch):
+    model = use_model(ScriptedModel("Hello", "<|im_end|>", " 4", "<|im_end|>"))
+    feed_input(monkeypatch, ["Hi", "/reset", "2+2?", "/exit"])
+    assert cli.main(["chat", "--system", "Be brief.", "--temperature", "0"]) == 0
+    assert "new stream" in capsys.readouterr().err
+    s = model.sessions[0]
+    history = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]
+    assert model.detokenize(s.fed + s._pending) == render_chat(None, history) + " 4<|im_end|>"
+
+
+def test_chat_unknown_command_and_usage(use_model, capsys, monkeypatch):
+    model = use_model(ScriptedModel("Hello", "<|im_end|>"))
+    feed_input(monkeypatch, ["/sav", "/save", "/exit"])
+    assert cli.main(["chat", "--temperature", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "unknown command /sav" in err and "usage: /save FILE" in err
+    assert model.sessions[0].fed == []  # no command reached the model as a message
 
 
 def test_chat_ctrl_c_stops_the_reply_and_the_conversation_goes_on(use_model, capsys, monkeypatch):
@@ -165,3 +213,14 @@ def test_chat_ctrl_c_stops_the_reply_and_the_conversation_goes_on(use_model, cap
     history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello world"},
                {"role": "user", "content": "2+2?"}]
     assert model.detokenize(s.fed + s._pending) == render_chat(None, history) + "\n 4<|im_end|>"
+
+
+def test_generate_chat_renders_the_prompt_as_a_user_message(use_model, capsys):
+    model = use_model(ScriptedModel("Hello", "<|im_end|>"))
+    assert cli.main(["generate", "--chat", "--system", "Be brief.", "-p", "Hi", "--temperature", "0"]) == 0
+    assert capsys.readouterr().out == "Hello\n"
+    s = model.sessions[0]
+    history = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    assert model.detokenize(s.fed + s._pending) == render_chat(None, history) + "Hello<|im_end|>"
+    assert cli.main(["generate", "--system", "Be brief.", "-p", "Hi"]) == 1
+    assert "--system needs --chat" in capsys.readouterr().err

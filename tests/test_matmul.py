@@ -25,7 +25,7 @@ from sinkstream import _core
 
 import cross_arm
 
-QUANTIZABLE = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0]          # gguf-py can quantize these
+QUANTIZABLE = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.MXFP4]  # gguf-py can quantize these
 RANDOM_BLOCKS = [T.IQ4_NL, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]  # random bytes, sane scales
 FLOATS = [T.F32, T.F16, T.BF16]
 ALL_TYPES = QUANTIZABLE + RANDOM_BLOCKS + FLOATS

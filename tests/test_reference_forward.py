@@ -57,12 +57,13 @@ def test_family_tables():
 # What llama.cpp expects of each family, written out independently of tiny_models' defaults:
 # dims, which per-layer tensors exist, and metadata (key -> value, None = must be absent).
 ARCH = {"llama": "llama", "llama3": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
-        "gemma2": "gemma2", "gemma3": "gemma3", "phi3": "phi3", "smollm3": "smollm3", "granite": "granite"}
+        "gemma2": "gemma2", "gemma3": "gemma3", "phi3": "phi3", "smollm3": "smollm3", "granite": "granite",
+        "gptoss": "gpt-oss"}
 DIMS = {  # n_layer, n_embd, n_head, n_head_kv, head_dim, n_ff
     "llama": (2, 64, 4, 2, 16, 96), "llama3": (2, 64, 4, 2, 16, 96), "mistral": (2, 64, 4, 2, 16, 96),
     "qwen2": (2, 64, 4, 2, 16, 96), "qwen3": (2, 64, 4, 2, 24, 96), "gemma2": (3, 64, 4, 2, 32, 128),
     "gemma3": (6, 64, 4, 2, 32, 128), "phi3": (2, 64, 4, 2, 16, 96), "smollm3": (4, 64, 4, 2, 16, 96),
-    "granite": (2, 64, 4, 2, 16, 96),
+    "granite": (2, 64, 4, 2, 16, 96), "gptoss": (2, 64, 4, 2, 16, 32),
 }
 KEYS = {
     "llama": {"llama.rope.dimension_count": 16, "llama.attention.sliding_window": None},
@@ -81,6 +82,10 @@ KEYS = {
              "phi3.rope.scaling.attn_factor": float(np.sqrt(1 + np.log(4) / np.log(32))),
              "phi3.rope.scaling.type": None},
     "smollm3": {"smollm3.rope.dimension_count": 16},
+    "gptoss": {"gpt-oss.expert_count": 4, "gpt-oss.expert_used_count": 2,
+               "gpt-oss.expert_feed_forward_length": 32, "gpt-oss.attention.sliding_window": 5,
+               "gpt-oss.rope.scaling.type": "yarn", "gpt-oss.rope.scaling.factor": 4.0,
+               "gpt-oss.rope.scaling.original_context_length": 64, "gpt-oss.context_length": 256},
     "granite": {"granite.embedding_scale": 2.0, "granite.residual_scale": 0.5,
                 "granite.attention.scale": 0.2, "granite.logit_scale": 4.0},
 }
@@ -90,8 +95,21 @@ def expected_tensors(family):
     n_layer, n_embd, n_head, n_head_kv, hd, n_ff = DIMS[family]
     q, kv = n_head * hd, n_head_kv * hd
     t = {"token_embd.weight": (N_VOCAB, n_embd), "output_norm.weight": (n_embd,)}
-    if family in ("qwen2", "phi3"):
+    if family in ("qwen2", "phi3", "gptoss"):
         t["output.weight"] = (N_VOCAB, n_embd)
+    if family == "gptoss":   # llama.cpp's gpt-oss tensors (gguf-py MODEL_TENSORS[GPT_OSS])
+        for l in range(n_layer):
+            p = f"blk.{l}."
+            t[p + "attn_norm.weight"] = t[p + "post_attention_norm.weight"] = (n_embd,)
+            t[p + "attn_q.weight"], t[p + "attn_k.weight"], t[p + "attn_v.weight"] = (q, n_embd), (kv, n_embd), (kv, n_embd)
+            t[p + "attn_q.bias"], t[p + "attn_k.bias"], t[p + "attn_v.bias"] = (q,), (kv,), (kv,)
+            t[p + "attn_output.weight"], t[p + "attn_output.bias"] = (n_embd, q), (n_embd,)
+            t[p + "attn_sinks.weight"] = (n_head,)
+            t[p + "ffn_gate_inp.weight"], t[p + "ffn_gate_inp.bias"] = (4, n_embd), (4,)
+            t[p + "ffn_gate_exps.weight"] = t[p + "ffn_up_exps.weight"] = (4, n_ff, n_embd)
+            t[p + "ffn_gate_exps.bias"] = t[p + "ffn_up_exps.bias"] = (4, n_ff)
+            t[p + "ffn_down_exps.weight"], t[p + "ffn_down_exps.bias"] = (4, n_embd, n_ff), (4, n_embd)
+        return t
     if family == "llama3":
         t["rope_freqs.weight"] = (8,)
     if family == "phi3":
@@ -133,7 +151,8 @@ def test_fixture_reads_back(family, tmp_path):
             f"{arch}.feed_forward_length": n_ff, **KEYS[family]}
     assert_metadata(r, want)
     assert len(field_value(r.fields["tokenizer.ggml.tokens"])) == N_VOCAB
-    assert_f32_tensors(r, expected_tensors(family))
+    mxfp4 = {n for n in expected_tensors(family) if n.endswith("_exps.weight")}   # gpt-oss's experts
+    assert_f32_tensors(r, expected_tensors(family), other_types={n: "MXFP4" for n in mxfp4})
 
 
 def assert_metadata(reader, want):
@@ -147,13 +166,15 @@ def assert_metadata(reader, want):
             assert field_value(reader.fields[key]) == value, key
 
 
-def assert_f32_tensors(reader, want_tensors):
-    """The file holds exactly these tensors, of these numpy-order shapes, all float32."""
+def assert_f32_tensors(reader, want_tensors, other_types=None):
+    """The file holds exactly these tensors, of these numpy-order shapes, all float32 but those
+    other_types names (name -> type name)."""
     got = {t.name: tuple(int(d) for d in reversed(t.shape.tolist())) for t in reader.tensors}
     assert set(got) == set(want_tensors)
     for name, shape in want_tensors.items():
         assert got[name] == shape, name
-    assert all(t.tensor_type == gguf.GGMLQuantizationType.F32 for t in reader.tensors)
+    types = other_types or {}
+    assert all(t.tensor_type.name == types.get(t.name, "F32") for t in reader.tensors)
 
 
 def test_fixtures_are_deterministic_and_quantizable(tmp_path):

@@ -180,6 +180,11 @@ GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|
 LLAMA3 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
           r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 QWEN2 = LLAMA3.replace(r"\p{N}{1,3}", r"\p{N}")
+# o200k (tiktoken o200k_base; GPT-4o and gpt-oss, tokenizer.ggml.pre "gpt-4o")
+O200K = "|".join([
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"\p{N}{1,3}", r" ?[^\s\p{L}\p{N}]+[\r\n/]*", r"\s*[\r\n]+", r"\s+(?!\S)", r"\s+"])
 # llama-vocab.cpp: the regex list per tokenizer.ggml.pre; each splits the pieces of the previous one,
 # keeping unmatched text as pieces.
 PRE_TOKENIZER_REGEXES = {
@@ -187,6 +192,7 @@ PRE_TOKENIZER_REGEXES = {
     "smollm": [r"\p{N}", GPT2],
     "llama-bpe": [LLAMA3],
     "qwen2": [QWEN2],
+    "gpt-4o": [O200K],
     "default": [r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"],
     "falcon": [r"[\p{P}\$\+<=>\^~\|`]+", GPT2, r"[0-9][0-9][0-9]"],
 }
@@ -194,7 +200,9 @@ PRE_TOKENIZER_REGEXES = {
 # White_Space (it also counts U+001C..U+001F, which are not, so they are left out).
 ALPHABET = (list("abcXYZ sStTmMdDlLrReEvV'''   \t\n\r\n0123456789.,;:!?$+<=>^~|`-_()[]{}\"#%&*/\\@")
             + ["é", "ß", "中", "Ж", "ا", "\u0301", "٣", "²", "。", "«", "—", "¿", "€", "😀", "©", "\xa0",
-               "\u3000", "\u2028", "\x85", "\x00", "\u200b", "ǅ", "Ⅻ"])
+               "\u3000", "\u2028", "\x85", "\x00", "\u200b", "ǅ", "Ⅻ",
+               # o200k's case classes: modifier letter (Lm), long s (folds to s), spacing mark (Mc)
+               "ʰ", "ſ", "\u0903", "Ǆ", "ǆ"])
 
 
 def regex_split(regex_module, patterns: list[str], text: str) -> list[str]:
@@ -234,6 +242,10 @@ def test_pre_tokenizer_matches_regex_package(pre):
     ("llama-bpe", "a \n\n b", ["a", " \n\n", " b"]),
     ("qwen2", "x 2024!\n\n", ["x", " ", "2", "0", "2", "4", "!\n\n"]),
     ("default", "a+b=12345", ["a", "+", "b", "=", "123", "45"]),
+    # o200k: an uppercase run keeps its lowercase tail, camelCase splits, contractions stay attached
+    ("gpt-4o", "HelloWorld it's DON'T 12345 a/b\n\n", ["Hello", "World", " it's", " DON'T", " ", "123", "45",
+                                                    " a", "/b", "\n\n"]),
+    ("gpt-4o", "<|start|>user", ["<|", "start", "|>", "user"]),
 ])
 def test_pre_tokenizer_hand_cases(pre, text, words):
     assert _core.pre_tokenize(pre, text) == words

@@ -19,6 +19,13 @@ and the NumPy reference with transformers, and check that the export is laid out
 tests/tiny_models.py writes that family (same metadata, same tensor names, types and shapes).
 Neither torch nor transformers is needed here: only numpy, gguf and the engine.
 
+gpt-oss: transformers lists the architecture but its GGUF loader does not load llama.cpp's gpt-oss
+layout (rope.scaling.* read with a TypeError; no mapping of ffn_*_exps experts or attn_sinks), so
+scripts/make_gptoss_transformers_ref.py builds the tiny model in GptOssForCausalLM (learned sinks,
+alternating sliding window, YaRN, top-k router, clamped SwiGLU) and exports it the way llama.cpp's
+converter does (exported/gptoss: float32 experts; MXFP4 experts are checked against the NumPy
+reference in test_family_streaming / test_gptoss).
+
 Regenerate (after a change to tests/tiny_models.py) with the commands in the script's docstring.
 """
 from __future__ import annotations

@@ -107,7 +107,8 @@ def write_tiny_model(path: Path, *, arch: str = "llama", n_layer: int = 2, n_emb
 # Norm weights are stored as llama.cpp's converter stores them: for Gemma the converter has already
 # added 1 to Gemma's (1 + w) weights, so every GGUF norm here is a plain RMS norm x / rms(x) * w.
 
-FAMILIES = ("llama", "llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "smollm3", "granite")
+FAMILIES = ("llama", "llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "smollm3", "granite",
+            "gptoss")
 
 FAMILY_FEATURES = {
     "llama": ["adjacent-pair RoPE", "GQA", "SwiGLU", "tied output"],
@@ -123,6 +124,8 @@ FAMILY_FEATURES = {
              "untied output"],
     "smollm3": ["adjacent-pair RoPE", "NoPE", "GQA", "SwiGLU"],
     "granite": ["adjacent-pair RoPE", "granite multipliers", "GQA", "SwiGLU"],
+    "gptoss": ["NeoX RoPE", "YaRN", "learned sinks", "alternating sliding window", "biases", "GQA",
+               "mixture of experts", "MXFP4 experts", "clamped SwiGLU", "untied output"],
     # the StreamingLLM paper's own models (issue 13); not in FAMILIES until the engine runs them
     "gptneox": ["NeoX RoPE", "partial rotary", "LayerNorm", "biases", "fused QKV", "parallel residual", "GELU",
                 "untied output"],
@@ -174,7 +177,7 @@ PAPER_FAMILIES = ("gptneox", "falcon", "mpt", "bloom", "stablelm", "phi2")
 _ARCH = {"llama": "llama", "llama3": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
          "gemma2": "gemma2", "gemma3": "gemma3", "phi3": "phi3", "smollm3": "smollm3", "granite": "granite",
          "gptneox": "gptneox", "falcon": "falcon", "mpt": "mpt", "bloom": "bloom", "stablelm": "stablelm",
-         "phi2": "phi2"}
+         "phi2": "phi2", "gptoss": "gpt-oss"}
 
 _COMMON = dict(
     n_layer=2, n_embd=64, n_head=4, n_head_kv=2, head_dim=None, n_ff=96, n_ctx=512, rope_dim=None,
@@ -193,6 +196,9 @@ _COMMON = dict(
     # parallel_residual (gptneox's key; stablelm: no ffn_norm); falcon's new decoder architecture
     # (attn_norm_2, n_head_kv 2 unless given); MPT's clip_qkv and ALiBi max bias (None: key not written)
     rotary_pct=None, parallel_residual=False, falcon_new_decoder=False, clamp_kqv=None, max_alibi_bias=None,
+    # gpt-oss: experts (n_ff is each expert's width), their weight type, YaRN, the sink logits' mean
+    n_expert=4, n_expert_used=2, expert_type="MXFP4", yarn_factor=None, yarn_original_context=None,
+    sink_center=1.5,
 )
 
 _FAMILY_DEFAULTS = {
@@ -213,6 +219,11 @@ _FAMILY_DEFAULTS = {
                  original_context_length=32, n_ctx=128),
     "smollm3": dict(n_layer=4),
     "granite": dict(embedding_scale=2.0, residual_scale=0.5, attention_scale=0.2, logit_scale=4.0),
+    # gpt-oss-like: layer 0 slides (window 5), layer 1 is full; 4 experts of width 32, 2 per token,
+    # MXFP4; YaRN factor 4 over an original context of 64 (context 256 = 4 * 64; the ramp spans dims
+    # 0..3 of 8 at head_dim 16); learned sinks around 1.5; q/k/v/o biases; untied output
+    "gptoss": dict(n_ff=32, n_ctx=256, sliding_window=5, biases=True, tied=False, yarn_factor=4.0,
+                   yarn_original_context=64),
     # Pythia-like: 25% rotary (4 of 16 dims), parallel residual, untied output
     "gptneox": dict(n_head_kv=4, n_ff=128, rotary_pct=0.25, parallel_residual=True, biases=True, tied=False),
     # Falcon-7B-like: multi-query attention, one LayerNorm for both branches, no linear biases, tied
@@ -329,6 +340,8 @@ def write_family_model(path: Path, family: str, *, seed: int = 0, weight_type: s
     c = family_config(family, **overrides)
     if family in PAPER_FAMILIES:
         return _write_paper_family(Path(path), c, seed, weight_type)
+    if family == "gptoss":
+        return _write_gptoss(Path(path), c, seed, weight_type)
     rng = np.random.default_rng(seed)
     arch = c["arch"]
     n_layer, n_embd, n_head, n_head_kv = c["n_layer"], c["n_embd"], c["n_head"], c["n_head_kv"]
@@ -580,3 +593,112 @@ def hf_fused_qkv_rows(family: str, n_head: int, n_head_kv: int, head_dim: int) -
     else:
         order = list(range(q_dim + 2 * kv_dim))
     return np.asarray(order)
+
+
+def _write_gptoss(path: Path, c: dict, seed: int, weight_type: str) -> Path:
+    """write_family_model for gpt-oss, with llama.cpp's GGUF conventions (gguf-py MODEL_ARCH.GPT_OSS):
+    keys expert_count, expert_used_count, expert_feed_forward_length, attention.sliding_window (even
+    layers slide), rope.scaling.type "yarn" with factor and original_context_length; per layer
+    attn_norm, attn_q/k/v/output with biases, attn_sinks.weight (n_head float32 logits),
+    post_attention_norm (the pre-FFN norm), ffn_gate_inp.{weight,bias} (router), and
+    ffn_{gate,up,down}_exps.weight (3-D: numpy (n_expert, rows, cols), `expert_type`) with
+    .bias (n_expert, rows) float32. Gate and up are separate (llama.cpp's converter splits
+    transformers' interleaved gate_up_proj). weight_type is for the other 2-D weights."""
+    rng = np.random.default_rng(seed)
+    n_layer, n_embd, n_head, n_head_kv = c["n_layer"], c["n_embd"], c["n_head"], c["n_head_kv"]
+    hd, n_ff, n_exp = c["head_dim"], c["n_ff"], c["n_expert"]
+    q_dim, kv_dim = n_head * hd, n_head_kv * hd
+    w = gguf.GGUFWriter(str(path), "gpt-oss")
+    w.add_name("tiny-gptoss")
+    w.add_block_count(n_layer)
+    w.add_context_length(c["n_ctx"])
+    w.add_embedding_length(n_embd)
+    w.add_feed_forward_length(n_ff)
+    w.add_expert_feed_forward_length(n_ff)
+    w.add_expert_count(n_exp)
+    w.add_expert_used_count(c["n_expert_used"])
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    if c["write_head_dims"] or hd != n_embd // n_head:
+        w.add_key_length(hd)
+        w.add_value_length(hd)
+    w.add_rope_dimension_count(c["rope_dim"])
+    w.add_rope_freq_base(c["freq_base"])
+    w.add_layer_norm_rms_eps(c["eps"])
+    if c["sliding_window"] is not None:
+        w.add_sliding_window(int(c["sliding_window"]))
+    if c["yarn_factor"] is not None:
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(c["yarn_factor"])
+        w.add_rope_scaling_orig_ctx_len(int(c["yarn_original_context"]))
+    n_vocab = _add_byte_level_vocab(w)
+
+    def draw(*shape: int, scale: float) -> np.ndarray:
+        return rng.standard_normal(shape) * scale
+
+    def vector(name: str, n: int, center: float, spread: float) -> None:
+        w.add_tensor(name, (center + spread * rng.standard_normal(n)).astype(np.float32))
+
+    add_weight(w, "token_embd.weight", draw(n_vocab, n_embd, scale=c["embd_std"]), weight_type)
+    vector("output_norm.weight", n_embd, 1.0, 0.1)
+    if not c["tied"]:
+        add_weight(w, "output.weight", draw(n_vocab, n_embd, scale=0.3), weight_type)
+    for l in range(n_layer):
+        p = f"blk.{l}."
+        vector(p + "attn_norm.weight", n_embd, 1.0, 0.1)
+        add_weight(w, p + "attn_q.weight", draw(q_dim, n_embd, scale=c["qk_scale"]), weight_type)
+        add_weight(w, p + "attn_k.weight", draw(kv_dim, n_embd, scale=c["qk_scale"]), weight_type)
+        add_weight(w, p + "attn_v.weight", draw(kv_dim, n_embd, scale=0.3), weight_type)
+        if c["biases"]:
+            vector(p + "attn_q.bias", q_dim, 0.0, 0.3)
+            vector(p + "attn_k.bias", kv_dim, 0.0, 0.3)
+            vector(p + "attn_v.bias", kv_dim, 0.0, 0.3)
+        add_weight(w, p + "attn_output.weight", draw(n_embd, q_dim, scale=0.2), weight_type)
+        if c["biases"]:
+            vector(p + "attn_output.bias", n_embd, 0.0, 0.1)
+        vector(p + "attn_sinks.weight", n_head, c["sink_center"], 1.0)
+        vector(p + "post_attention_norm.weight", n_embd, 1.0, 0.1)
+        add_weight(w, p + "ffn_gate_inp.weight", draw(n_exp, n_embd, scale=0.5), "F32")
+        vector(p + "ffn_gate_inp.bias", n_exp, 0.0, 0.3)
+        for name, rows, cols, scale in (("ffn_gate_exps", n_ff, n_embd, 0.3), ("ffn_up_exps", n_ff, n_embd, 0.3),
+                                        ("ffn_down_exps", n_embd, n_ff, 0.2)):
+            add_weight(w, p + name + ".weight", draw(n_exp, rows, cols, scale=scale), c["expert_type"])
+            w.add_tensor(p + name + ".bias", draw(n_exp, rows, scale=0.1).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def rewrite_gguf(src: Path, dst: Path, *, keys: dict | None = None, drop: tuple = (),
+                 tensors: dict | None = None) -> Path:
+    """A copy of the GGUF `src` at `dst` with metadata `keys` (name -> (value, GGUFValueType), or None
+    to leave the key out) set, added or removed, the tensors named in `drop` left out and those in `tensors` (name -> array) replaced:
+    for fixtures a writer cannot make (bad shapes, missing tensors, contradicting keys)."""
+    reader = gguf.GGUFReader(str(src))
+    arch = reader.fields["general.architecture"].contents()
+    w = gguf.GGUFWriter(str(dst), arch)
+    for field in reader.fields.values():
+        if field.name.startswith("GGUF.") or field.name == "general.architecture" or field.name in (keys or {}):
+            continue
+        vtype = field.types[0]
+        if vtype == gguf.GGUFValueType.ARRAY:
+            w.add_key_value(field.name, field.contents(), vtype, sub_type=field.types[-1])
+        else:
+            w.add_key_value(field.name, field.contents(), vtype)
+    for name, spec in (keys or {}).items():   # None: the key left out
+        if spec is not None:
+            w.add_key_value(name, *spec)
+    for t in reader.tensors:
+        if t.name in drop:
+            continue
+        if tensors and t.name in tensors:
+            w.add_tensor(t.name, np.asarray(tensors[t.name], dtype=np.float32))
+        else:
+            w.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return dst

@@ -2,6 +2,7 @@
 // filled from arrays, at a chosen ISA level (tests compare the levels with a NumPy reference).
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 
 #include <cmath>
@@ -22,13 +23,14 @@ namespace sinkstream::bindings {
 
 namespace {
 using F32Matrix = nb::ndarray<const float, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+using F32Vector = nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 }  // namespace
 
 void bind_attention(nb::module_& m) {
   m.def(
       "attend_test",
       [](F32Matrix keys, F32Matrix values, F32Matrix q_sink, F32Matrix q_window, int64_t n_head_kv, int64_t n_sink,
-         int64_t window, const std::string& kv_type, const std::string& isa) {
+         int64_t window, const std::string& kv_type, const std::string& isa, std::optional<F32Vector> sink_logits) {
         const int64_t n_tokens = (int64_t)keys.shape(0), row = (int64_t)keys.shape(1);
         const int64_t n_head = (int64_t)q_window.shape(0), head_dim = (int64_t)q_window.shape(1);
         SS_CHECK_ARG(n_tokens >= 1, "keys: at least one token");
@@ -40,9 +42,10 @@ void bind_attention(nb::module_& m) {
                      "values must have the shape of keys");
         SS_CHECK_ARG(q_sink.shape(0) == q_window.shape(0) && q_sink.shape(1) == q_window.shape(1),
                      "q_sink must have the shape of q_window");
-        SS_CHECK_ARG(kv_type == "f16" || kv_type == "f32", "kv_type must be 'f16' or 'f32', got '", kv_type, "'");
+        SS_CHECK_ARG(!sink_logits || (int64_t)sink_logits->shape(0) == n_head, "sink_logits: one per query head (",
+                     n_head, ")");
         const Isa level = parse_isa(isa);
-        SinkCache cache(1, n_head_kv, head_dim, n_sink, window, 1, kv_type == "f16" ? KvType::kF16 : KvType::kF32);
+        SinkCache cache(1, n_head_kv, head_dim, n_sink, window, 1, parse_kv_type(kv_type));
         for (int64_t t = 0; t < n_tokens; ++t) cache.store(0, (uint64_t)t, keys.data() + t * row, values.data() + t * row);
         const int64_t group = n_head / n_head_kv;
         const uint64_t t = (uint64_t)(n_tokens - 1);
@@ -51,8 +54,10 @@ void bind_attention(nb::module_& m) {
         const float scale = 1.0f / std::sqrt((float)head_dim);
         for (int64_t kv = 0; kv < n_head_kv; ++kv) {
           const int64_t first = kv * group * head_dim;
-          attend_at_isa(cache, 0, kv, group, t, q_sink.data() + first, q_window.data() + first, scale, ScoreBias{}, scores.data(),
-                        out.data() + first, level);
+          ScoreBias bias;
+          if (sink_logits) bias.sink_logits = sink_logits->data() + kv * group;
+          attend_at_isa(cache, 0, kv, group, t, q_sink.data() + first, q_window.data() + first, scale, bias,
+                        scores.data(), out.data() + first, level);
         }
         auto* owned = new std::vector<float>(std::move(out));
         nb::capsule owner(owned, [](void* p) noexcept { delete static_cast<std::vector<float>*>(p); });
@@ -60,11 +65,12 @@ void bind_attention(nb::module_& m) {
         return nb::ndarray<nb::numpy, float>(owned->data(), 2, shape, owner);
       },
       nb::arg("keys"), nb::arg("values"), nb::arg("q_sink"), nb::arg("q_window"), nb::arg("n_head_kv"),
-      nb::arg("n_sink"), nb::arg("window"), nb::arg("kv_type"), nb::arg("isa"),
+      nb::arg("n_sink"), nb::arg("window"), nb::arg("kv_type"), nb::arg("isa"), nb::arg("sink_logits") = nb::none(),
       "Test hook: stores keys/values (n_tokens, n_head_kv * head_dim) as tokens 0.. of a one-layer sink\n"
       "cache (n_sink, window), then returns the attention output (n_head, head_dim) of the last token's\n"
       "query (q_sink against the sinks, q_window against the window; scale 1/sqrt(head_dim)), computed\n"
-      "with the kernels of the given ISA level ('scalar', 'avx2', 'avx512', 'neon', 'dotprod', 'i8mm').");
+      "with the kernels of the given ISA level ('scalar', 'avx2', 'avx512', 'neon', 'dotprod', 'i8mm').\n"
+      "sink_logits (n_head): learned sink logits (gpt-oss), one softmax column each with no value.");
 }
 
 }  // namespace sinkstream::bindings

@@ -19,6 +19,7 @@
 #include "core/thread_pool.h"
 #include "model/families.h"
 #include "model/model.h"
+#include "runtime/batch.h"
 #include "runtime/session.h"
 
 namespace nb = nanobind;
@@ -61,8 +62,7 @@ SessionOptions session_options(const std::string& mode, int64_t n_sink, int64_t 
   o.n_sink = n_sink;
   o.window = window;
   o.batch_size = batch_size;
-  SS_CHECK_ARG(kv_type == "f16" || kv_type == "f32", "kv_type must be 'f16' or 'f32', got '", kv_type, "'");
-  o.kv_type = kv_type == "f16" ? KvType::kF16 : KvType::kF32;
+  o.kv_type = parse_kv_type(kv_type);
   SS_CHECK_ARG(n_threads >= 0 && n_threads <= 1024, "n_threads must be in 0..1024, got ", n_threads);
   o.n_threads = n_threads;
   o.allow_beyond_training_context = allow_beyond_training_context;
@@ -102,13 +102,22 @@ void bind_model(nb::module_& m) {
                 rope["freq_factors"] = !r.freq_factors.empty();
                 rope["long_freq_factors"] = !r.long_freq_factors.empty();
                 rope["attention_factor"] = r.attention_factor;
+                rope["yarn_factor"] = r.yarn_factor;
                 d["rope"] = rope;
               } else {
                 d["rope"] = nb::none();
               }
               d["qk_norm"] = L.qk_norm;
               d["post_norms"] = L.post_attention_norm || L.post_ffn_norm;
-              d["activation"] = L.activation == FfnActivation::kGeGlu ? "geglu" : "swiglu";
+              switch (L.activation) {
+                case FfnActivation::kSwiGlu: d["activation"] = "swiglu"; break;
+                case FfnActivation::kGeGlu: d["activation"] = "geglu"; break;
+                case FfnActivation::kGelu: d["activation"] = "gelu"; break;
+                case FfnActivation::kGeluTanh: d["activation"] = "gelu_tanh"; break;
+                case FfnActivation::kSwiGluOai: d["activation"] = "swiglu_oai"; break;
+              }
+              d["learned_sinks"] = L.learned_sinks;
+              d["experts"] = c.n_expert > 0 ? nb::cast(nb::make_tuple(c.n_expert_used, c.n_expert)) : nb::none();
               d["attention_scale"] = L.attention_scale;
               d["attention_softcap"] = L.attention_softcap;
               layers.append(d);
@@ -299,6 +308,42 @@ void bind_model(nb::module_& m) {
       .def_prop_ro("entries_attended", &Session::entries_attended,
                    "K/V entries read by attention so far (|A(t)| per query head and layer).")
       .def_prop_ro("mode", [](const Session& s) { return std::string(mode_name(s.mode())); });
+
+  nb::class_<BatchRunner>(m, "BatchRunner",
+                          "One forward pass for several sessions' tokens (see sinkstream.batching).")
+      .def(nb::init<std::shared_ptr<const Model>, int, int64_t, int64_t>(), nb::arg("model"),
+           nb::arg("n_threads") = 0, nb::arg("max_tokens") = 256, nb::arg("max_sessions") = 64)
+      .def(
+          "step",
+          [](BatchRunner& runner, std::vector<Session*> sessions, std::vector<AnyTokenArray> tokens,
+             std::vector<bool> want_logits) {
+            SS_CHECK_ARG(sessions.size() == tokens.size() && sessions.size() == want_logits.size(),
+                         "step needs as many token arrays and want_logits flags as sessions, got ", sessions.size(),
+                         ", ", tokens.size(), " and ", want_logits.size());
+            int64_t n_logits = 0;
+            for (bool want : want_logits) n_logits += want ? 1 : 0;
+            const int64_t n_vocab = sessions.empty() || sessions[0] == nullptr ? 0 : sessions[0]->model().n_vocab();
+            auto out = std::make_unique<std::vector<float>>((size_t)(n_logits * n_vocab));
+            std::vector<BatchRunner::Item> items(sessions.size());
+            int64_t row = 0;
+            for (size_t i = 0; i < sessions.size(); ++i) {
+              items[i].session = sessions[i];
+              items[i].tokens = int32_tokens(tokens[i]);
+              items[i].n = (int64_t)tokens[i].shape(0);
+              if (want_logits[i]) items[i].logits = out->data() + (row++) * n_vocab;
+            }
+            {
+              nb::gil_scoped_release release;
+              runner.step(items.data(), (int64_t)items.size());
+            }
+            return owned_array(std::move(out), {(size_t)n_logits, (size_t)n_vocab});
+          },
+          nb::arg("sessions"), nb::arg("tokens"), nb::arg("want_logits"),
+          "Runs each session's int32 tokens (1..its batch_size) as one pass; returns the last-token "
+          "logits of the sessions with want_logits, in order, as (count, n_vocab).")
+      .def_prop_ro("n_threads", &BatchRunner::n_threads)
+      .def_prop_ro("max_tokens", &BatchRunner::max_tokens)
+      .def_prop_ro("max_sessions", &BatchRunner::max_sessions);
 }
 
 }  // namespace sinkstream::bindings

@@ -23,6 +23,15 @@ namespace {
 constexpr auto kSpinTime = std::chrono::microseconds(200);
 constexpr int kPauseIterations = 1000;  // about 10-50 us of pure spinning first
 
+// A worker is late when the caller, done with its own share, waits longer than this and longer
+// than that share took: on a quiet machine the wait is at most one task (a few microseconds of a
+// decode step's job); a descheduled worker costs an OS time slice (milliseconds).
+constexpr auto kLateWait = std::chrono::microseconds(300);
+// Solo stretches, in runs (a decode step of a small model is a few hundred runs): from about a
+// token's worth up to about a hundred tokens' worth while the workers keep being late.
+constexpr int64_t kSoloFirst = 256;
+constexpr int64_t kSoloLongest = 32768;
+
 // Waits until done() or kSpinTime passed; true if done() became true. After a short pure spin it
 // yields the CPU between checks, so on an oversubscribed machine the thread being waited for can
 // run instead of the waiter burning its time slice.
@@ -42,7 +51,7 @@ bool spin_until(Done done) {
 
 }  // namespace
 
-ThreadPool::ThreadPool(int n_threads) {
+ThreadPool::ThreadPool(int n_threads) : solo_stretch_(kSoloFirst) {
   const int n = std::max(1, n_threads);
   for (int i = 1; i < n; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
 }
@@ -86,7 +95,8 @@ void ThreadPool::worker_loop(int thread_index) {
 
 void ThreadPool::run(int64_t n_tasks, const std::function<void(int64_t, int)>& fn) {
   if (n_tasks <= 0) return;
-  if (workers_.empty() || n_tasks == 1) {
+  if (workers_.empty() || n_tasks == 1 || solo_runs_left_ > 0) {
+    if (solo_runs_left_ > 0) --solo_runs_left_;
     for (int64_t t = 0; t < n_tasks; ++t) fn(t, 0);
     return;
   }
@@ -100,13 +110,25 @@ void ThreadPool::run(int64_t n_tasks, const std::function<void(int64_t, int)>& f
     generation_.fetch_add(1, std::memory_order_release);
   }
   wake_.notify_all();
+  const auto start = std::chrono::steady_clock::now();
   work_on_current_job(0);
+  const auto own_done = std::chrono::steady_clock::now();
   const auto all_done = [&] { return busy_workers_.load(std::memory_order_acquire) == 0; };
   if (!spin_until(all_done)) {
     std::unique_lock<std::mutex> lock(mutex_);
     done_.wait(lock, all_done);
   }
   job_ = nullptr;
+  note_wait(own_done - start, std::chrono::steady_clock::now() - own_done);
+}
+
+void ThreadPool::note_wait(std::chrono::steady_clock::duration own_work, std::chrono::steady_clock::duration waited) {
+  if (waited > kLateWait && waited > own_work) {
+    solo_runs_left_ = solo_stretch_;
+    solo_stretch_ = std::min(solo_stretch_ * 2, kSoloLongest);
+  } else {
+    solo_stretch_ = kSoloFirst;  // the workers kept up: a later hiccup starts short again
+  }
 }
 
 void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn,

@@ -6,8 +6,17 @@
 // Latency matters more than anything here: a decode step dispatches a few hundred small jobs, so
 // workers and the caller spin briefly (about 200 us) on an atomic generation counter before they
 // fall back to sleeping on a condition variable.
+//
+// A shared machine (an edge box runs other services) may take a core away: a worker descheduled
+// in the middle of a run holds up the caller until the OS runs it again, a time slice later, and a
+// decode step has hundreds of runs. So when the caller finishes its share and then waits long for
+// a late worker, the pool runs the next jobs on the caller alone (the workers sleep, leaving the
+// free core to it), and tries the workers again after a while: briefly at first, for longer while
+// they keep being late. Results do not change: every kernel's output is the same whatever thread
+// computes which part (ops.h).
 #pragma once
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -38,7 +47,12 @@ class ThreadPool {
   // Physical cores when they can be told apart from SMT siblings, else logical CPUs.
   static int default_thread_count();
 
+  // Runs still to do on the caller alone after workers were late (0: the workers take part).
+  int64_t solo_runs_left() const { return solo_runs_left_; }
+
  private:
+  // After a run: if the caller waited for late workers, the next runs go solo (see above).
+  void note_wait(std::chrono::steady_clock::duration own_work, std::chrono::steady_clock::duration waited);
   void worker_loop(int thread_index);
   void work_on_current_job(int thread_index);
 
@@ -52,6 +66,8 @@ class ThreadPool {
   std::atomic<int> busy_workers_{0};
   std::atomic<uint64_t> generation_{0};
   std::atomic<bool> stopping_{false};
+  int64_t solo_runs_left_ = 0;
+  int64_t solo_stretch_;  // the next solo stretch in runs: doubles while workers stay late
 };
 
 }  // namespace sinkstream

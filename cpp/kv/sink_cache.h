@@ -19,11 +19,19 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace sinkstream {
 
-enum class KvType { kF16, kF32 };
+// Storage of cached keys and values: half or single precision, or GGML's Q8_0 blocks (32 values,
+// an f16 scale and 32 int8: 34 bytes, 1.06 bytes a value; head_dim must be a multiple of 32).
+enum class KvType { kF16, kF32, kQ8_0 };
+
+const char* kv_type_name(KvType type);
+KvType parse_kv_type(const std::string& name);  // ArgumentError naming the choices
+// Bytes one head's row of head_dim values takes in the storage type.
+size_t kv_head_row_bytes(KvType type, int64_t head_dim);
 
 // The attention set A_l(t) of query t in one layer, as two index ranges (streaming.md, "Modes").
 struct AttentionSpan {
@@ -104,23 +112,23 @@ class SinkCache {
                                  : n_sink_ + (int64_t)((j - (uint64_t)n_sink_) % (uint64_t)ring_slots(layer));
   }
 
-  // Storage is head-major: for each layer and KV head, n_slots(layer) rows of head_dim values (f16 bits or
-  // f32), slot after slot. Attention reads one KV head's rows at a time, so they are one contiguous
+  // Storage is head-major: for each layer and KV head, n_slots(layer) rows of head_dim values (f16 bits,
+  // f32 or Q8_0 blocks), slot after slot. Attention reads one KV head's rows at a time, so they are one contiguous
   // stream (a token-major layout, all heads of a slot together, made each head's pass a strided
   // walk that took about twice as long from DRAM).
   const uint8_t* key_rows(int64_t layer, int64_t kv_head) const { return keys_.data() + head_offset(layer, kv_head); }
   const uint8_t* value_rows(int64_t layer, int64_t kv_head) const {
     return values_.data() + head_offset(layer, kv_head);
   }
-  size_t element_bytes() const { return type_ == KvType::kF16 ? 2 : 4; }
-  size_t head_row_bytes() const { return (size_t)head_dim_ * element_bytes(); }  // one slot of one head
+  size_t head_row_bytes() const { return kv_head_row_bytes(type_, head_dim_); }  // one slot of one head
+  size_t token_row_bytes() const { return (size_t)n_head_kv_ * head_row_bytes(); }  // one token's K (or V)
 
   // Writes one token's rows (float32, row_elements() each, head after head), converting to the
   // storage type.
   void store(int64_t layer, uint64_t token, const float* key, const float* value);
 
-  // One token's stored K and V of a layer as raw bytes, head after head (row_elements() *
-  // element_bytes() each), for save/restore: exact, the storage is copied as is.
+  // One token's stored K and V of a layer as raw bytes, head after head (token_row_bytes() each),
+  // for save/restore: exact, the storage is copied as is.
   void copy_out(int64_t layer, uint64_t token, uint8_t* key, uint8_t* value) const;
   void copy_in(int64_t layer, uint64_t token, const uint8_t* key, const uint8_t* value);
 

@@ -93,11 +93,10 @@ void read_common(const GgufFile& f, ModelConfig& c) {
     throw ModelError(cat(f.path(), ": attention.value_length ", value_length, " != key_length ", c.head_dim,
                          " is not supported"));
   c.norm_eps = (float)float_in_range(f, p + "attention.layer_norm_rms_epsilon", 1e-5, 1e-12, 0.5);
-  // Mixtures of experts and state-space layers need blocks this engine does not have: refuse them
+  // Mixtures of experts are read here and refused after the family's configure unless it runs
+  // them (check_layers); state-space layers need blocks this engine does not have: refuse them
   // here, by name, rather than fail later on a missing tensor.
-  if (f.get_int(p + "expert_count").value_or(0) > 0)
-    throw ModelError(cat(f.path(), ": a mixture of experts (", p, "expert_count = ", *f.get_int(p + "expert_count"),
-                         ") is not supported"));
+  c.n_expert = f.get_int(p + "expert_count").value_or(0);
   if (f.get_int(p + "ssm.state_size") || f.get_int(p + "ssm.conv_kernel"))
     throw ModelError(cat(f.path(), ": state-space (recurrent) layers (", p, "ssm.*) are not supported"));
 
@@ -107,8 +106,16 @@ void read_common(const GgufFile& f, ModelConfig& c) {
   const std::string scaling = f.get_string(p + "rope.scaling.type").value_or("none");
   if (scaling == "linear") {
     rope.linear_scale = float_in_range(f, p + "rope.scaling.factor", 1.0, 1e-6, 1e6);
+  } else if (scaling == "yarn") {
+    rope.yarn_factor = float_in_range(f, p + "rope.scaling.factor", 1.0, 1.0, 1e6);
+    rope.original_context = int_in_range(f, p + "rope.scaling.original_context_length", c.n_ctx_train, 1,
+                                         int64_t(1) << 40);
+    rope.yarn_beta_fast = float_in_range(f, p + "rope.scaling.yarn_beta_fast", 32.0, 1e-6, 1e6);
+    rope.yarn_beta_slow = float_in_range(f, p + "rope.scaling.yarn_beta_slow", 1.0, 1e-6, 1e6);
+    rope.attention_factor = rope.yarn_factor > 1.0 ? 0.1 * std::log(rope.yarn_factor) + 1.0 : 1.0;
   } else if (scaling != "none" && scaling != "longrope") {  // longrope: phi3 reads its factor tensors
-    throw ModelError(cat(f.path(), ": rope.scaling.type '", scaling, "' is not supported (none, linear, longrope)"));
+    throw ModelError(cat(f.path(), ": rope.scaling.type '", scaling,
+                         "' is not supported (none, linear, yarn, longrope)"));
   }
   // llama3-style scaling is stored by converters as per-frequency divisors in `rope_freqs.weight`.
   rope.freq_factors = rope_factor_tensor(f, "rope_freqs.weight", rope.n_rot);
@@ -123,7 +130,19 @@ void read_common(const GgufFile& f, ModelConfig& c) {
 }
 
 // Whatever a family file set, the forward pass can trust it.
-void check_layers(const GgufFile& f, const ModelConfig& c) {
+void check_layers(const GgufFile& f, const ModelConfig& c, const Family& family) {
+  const std::string p = c.architecture + ".";
+  if (c.n_expert > 0 && !family.experts)
+    throw ModelError(cat(f.path(), ": a mixture of experts (", p, "expert_count = ", c.n_expert,
+                         ") is not supported for architecture '", c.architecture, "'"));
+  if (c.n_expert < 0 || c.n_expert > 4096)
+    throw ModelError(cat(f.path(), ": metadata '", p, "expert_count' = ", c.n_expert, " is out of range (0..4096)"));
+  if (c.n_expert > 0 && (c.n_expert_used < 1 || c.n_expert_used > c.n_expert || c.n_expert_used > kMaxExpertsUsed))
+    throw ModelError(cat(f.path(), ": metadata '", p, "expert_used_count' = ", c.n_expert_used,
+                         " must be in 1..expert_count (", c.n_expert, ") and at most ", kMaxExpertsUsed));
+  if (c.n_expert > 0 && (c.n_ff_expert <= 0 || c.n_ff_expert > (1 << 22)))
+    throw ModelError(cat(f.path(), ": metadata '", p, "expert_feed_forward_length' = ", c.n_ff_expert,
+                         " is out of range (1..", 1 << 22, ")"));
   if (c.ropes.empty()) throw ModelError(cat(f.path(), ": no RoPE configuration"));
   for (const RopeConfig& r : c.ropes)
     if (r.n_rot <= 0 || r.n_rot > c.head_dim || r.n_rot % 2 != 0)
@@ -156,7 +175,7 @@ ModelConfig ModelConfig::from_gguf(const GgufFile& f) {
   const Family& family = find_family(f.path(), c.architecture);  // ModelError when none
   read_common(f, c);
   family.configure(f, c);
-  check_layers(f, c);
+  check_layers(f, c, family);
   return c;
 }
 
@@ -176,9 +195,26 @@ std::vector<double> RopeConfig::thetas(int64_t capacity) const {
   const bool long_context = !long_freq_factors.empty() && capacity > original_context;
   const std::vector<double>& factors = long_context ? long_freq_factors : freq_factors;
   std::vector<double> out((size_t)(n_rot / 2));
+  // YaRN's correction range (YaRN paper eq. 17-18): the dimension d(r) whose wavelength makes r
+  // rotations in the original context, d(r) = n_rot ln(L / (2 pi r)) / (2 ln base), floor and ceil,
+  // within 0 .. n_rot - 1; between them the blend of extrapolation and interpolation ramps linearly.
+  double low = 0.0, high = 0.0;
+  if (yarn_factor > 0.0) {
+    const auto dim_of = [&](double rotations) {
+      return (double)n_rot * std::log((double)original_context / (rotations * 2.0 * 3.14159265358979323846)) / (2.0 * std::log(freq_base));
+    };
+    low = std::max(std::floor(dim_of(yarn_beta_fast)), 0.0);
+    high = std::min(std::ceil(dim_of(yarn_beta_slow)), (double)(n_rot - 1));
+    if (low == high) high += 0.001;  // no singularity (as Hugging Face's linear_ramp_factor)
+  }
   for (int64_t i = 0; i < n_rot / 2; ++i) {
     double theta = std::pow(freq_base, -2.0 * (double)i / (double)n_rot) / linear_scale;
     if (!factors.empty()) theta /= factors[(size_t)i];
+    if (yarn_factor > 0.0) {
+      const double ramp = std::min(1.0, std::max(0.0, ((double)i - low) / (high - low)));
+      const double extrapolation = 1.0 - ramp;  // 1: the original theta (high frequencies)
+      theta = theta / yarn_factor * (1.0 - extrapolation) + theta * extrapolation;
+    }
     out[(size_t)i] = theta;
   }
   return out;

@@ -26,6 +26,14 @@ struct RopeConfig {
   std::vector<double> long_freq_factors;
   int64_t original_context = 0;
   double attention_factor = 1.0;      // cos and sin are multiplied by it (LongRoPE/YaRN magnitude)
+  // YaRN (Peng et al. 2023, "YaRN: Efficient Context Window Extension", section 3.2 "NTK-by-parts"):
+  // yarn_factor > 0 blends theta_i / factor (interpolation) and theta_i (extrapolation) with a linear
+  // ramp over the dimensions between the correction dims of beta_fast and beta_slow rotations in
+  // original_context tokens (floor/ceil of them: GGUF carries no `truncate`, and llama.cpp and
+  // Hugging Face's default truncate). attention_factor = 0.1 ln(factor) + 1 (section 3.4).
+  double yarn_factor = 0.0;
+  double yarn_beta_fast = 32.0;
+  double yarn_beta_slow = 1.0;
 
   // The frequencies theta_i, i < n_rot/2, in double precision (streaming.md invariant 4), for a
   // cache of `capacity` entries.
@@ -53,7 +61,10 @@ struct LayerConfig {
   FfnActivation activation = FfnActivation::kSwiGlu;
   float attention_scale = 1.0f;      // multiplies q . k (1/sqrt(head_dim) unless the family says)
   float attention_softcap = 0.0f;    // > 0: scores -> cap * tanh(scores / cap) (Gemma 2)
+  bool learned_sinks = false;        // a learned sink logit per head in the softmax (gpt-oss attn_sinks)
 };
+
+constexpr int64_t kMaxExpertsUsed = 64;  // experts a token may use (gpt-oss: 4)
 
 struct ModelConfig {
   std::string architecture;  // general.architecture
@@ -84,6 +95,12 @@ struct ModelConfig {
   float final_logit_softcap = 0.0f;
 
   std::vector<float> alibi_slopes;  // (n_head) for layers with ALiBi
+
+  // Mixture of experts (gpt-oss): every layer's feed-forward is n_expert experts of width
+  // n_ff_expert, a router picks n_expert_used per token (0: a dense feed-forward).
+  int64_t n_expert = 0;       // <arch>.expert_count
+  int64_t n_expert_used = 0;  // <arch>.expert_used_count, at most kMaxExpertsUsed
+  int64_t n_ff_expert = 0;    // <arch>.expert_feed_forward_length (default feed_forward_length)
 
   std::vector<RopeConfig> ropes;    // at least one
   std::vector<LayerConfig> layers;  // n_layer

@@ -1,5 +1,7 @@
 #include "model/decoder.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <utility>
 
@@ -53,8 +55,11 @@ Decoder::Decoder(std::shared_ptr<GgufFile> file) : Model(std::move(file)) {
     L.wo = bind.matrix(p + "attn_output.weight", c.n_embd, q_dim);
     L.bo = bind.optional_vector(p + "attn_output.bias", c.n_embd);
     if (lc.post_attention_norm) L.post_attention_norm = bind.vector(p + "post_attention_norm.weight", c.n_embd);
+    if (lc.learned_sinks) L.attn_sinks = bind.vector(p + "attn_sinks.weight", c.n_head);
     if (!lc.shared_norm) L.ffn_norm = bind_norm(bind, p + c.ffn_norm_tensor, lc.norm);
-    if (!is_gated(lc.activation)) {
+    if (c.n_expert > 0) {
+      bind_experts(bind, p, L);
+    } else if (!is_gated(lc.activation)) {
       L.w_up = bind.matrix(p + "ffn_up.weight", c.n_ff, c.n_embd);
     } else if (c.fused_gate_up) {
       L.w_up = bind.matrix(p + "ffn_up.weight", 2 * c.n_ff, c.n_embd);
@@ -63,11 +68,31 @@ Decoder::Decoder(std::shared_ptr<GgufFile> file) : Model(std::move(file)) {
       L.w_up = bind.matrix(p + "ffn_up.weight", c.n_ff, c.n_embd);
       L.b_gate = bind.optional_vector(p + "ffn_gate.bias", c.n_ff);
     }
-    if (!c.fused_gate_up) L.b_up = bind.optional_vector(p + "ffn_up.bias", c.n_ff);
-    L.w_down = bind.matrix(p + "ffn_down.weight", c.n_embd, c.n_ff);
-    L.b_down = bind.optional_vector(p + "ffn_down.bias", c.n_embd);
+    if (c.n_expert == 0) {
+      if (!c.fused_gate_up) L.b_up = bind.optional_vector(p + "ffn_up.bias", c.n_ff);
+      L.w_down = bind.matrix(p + "ffn_down.weight", c.n_embd, c.n_ff);
+      L.b_down = bind.optional_vector(p + "ffn_down.bias", c.n_embd);
+    }
     if (lc.post_ffn_norm) L.post_ffn_norm = bind.vector(p + "post_ffw_norm.weight", c.n_embd);
   }
+}
+
+// The experts' weights stay in the mapped file: a token reads only its n_expert_used experts'
+// blocks (the page cache loads what is touched), no copy at load. Biases are small: float32 copies.
+void Decoder::bind_experts(const WeightBinder& bind, const std::string& p, LayerWeights& L) const {
+  const ModelConfig& c = config_;
+  const int64_t E = c.n_expert, F = c.n_ff_expert;
+  L.router = bind.matrix(p + "ffn_gate_inp.weight", E, c.n_embd);
+  L.router_bias = bind.optional_vector(p + "ffn_gate_inp.bias", E);
+  L.expert_gate = bind.matrix_stack(p + "ffn_gate_exps.weight", E, F, c.n_embd);
+  L.expert_up = bind.matrix_stack(p + "ffn_up_exps.weight", E, F, c.n_embd);
+  L.expert_down = bind.matrix_stack(p + "ffn_down_exps.weight", E, c.n_embd, F);
+  const auto bias = [&](const std::string& name, int64_t width) {
+    return file_->find_tensor(name) ? bind.table(name, E, width) : std::vector<float>();
+  };
+  L.expert_b_gate = bias(p + "ffn_gate_exps.bias", F);
+  L.expert_b_up = bias(p + "ffn_up_exps.bias", F);
+  L.expert_b_down = bias(p + "ffn_down_exps.bias", c.n_embd);
 }
 
 NormWeights Decoder::bind_norm(const WeightBinder& bind, const std::string& name, NormKind kind) const {
@@ -86,32 +111,36 @@ void Decoder::norm(const NormWeights& w, NormKind kind, const float* x, int64_t 
                        config_.norm_eps, out);
 }
 
-// RoPE tables for this chunk, per RoPE variant: at the window position of t for the window query
-// and window keys, at p(t) for the sink query and sink keys (sink_cache.h). Usually the two are
-// equal; then one copy of q serves.
-void Decoder::prepare_positions(int64_t n, uint64_t t0, const SinkCache& cache, ForwardScratch& s) const {
-  for (int64_t b = 0; b < n; ++b) {
-    const uint64_t t = t0 + (uint64_t)b;
-    s.separate_sink_query[(size_t)b] = cache.span(t).query_position != cache.window_position(t);
+// RoPE tables for one segment's rows (from `row`), per RoPE variant: at the window position of t for
+// the window query and window keys, at p(t) for the sink query and sink keys (sink_cache.h).
+// Usually the two are equal; then one copy of q serves. The frequencies are the segment's own.
+void Decoder::prepare_positions(const ForwardSegment& seg, int64_t row, ForwardScratch& s) const {
+  const SinkCache& cache = *seg.cache;
+  for (int64_t b = 0; b < seg.n; ++b) {
+    const uint64_t t = seg.t0 + (uint64_t)b;
+    s.separate_sink_query[(size_t)(row + b)] = cache.span(t).query_position != cache.window_position(t);
   }
   for (size_t r = 0; r < config_.ropes.size(); ++r) {
     const RopeConfig& rope = config_.ropes[r];
     ForwardScratch::RopeTables& tables = s.rope[r];
+    const double* thetas = (*seg.rope)[r].thetas.data();
     const int64_t n_freq = rope.n_rot / 2;
     const float magnitude = (float)rope.attention_factor;
-    for (int64_t b = 0; b < n; ++b) {
-      const uint64_t t = t0 + (uint64_t)b;
-      float* c = &tables.cos[(size_t)(b * n_freq)];
-      float* si = &tables.sin[(size_t)(b * n_freq)];
-      rope_cos_sin(cache.window_position(t), tables.thetas.data(), n_freq, c, si);
-      float* cs = &tables.cos_sink[(size_t)(b * n_freq)];
-      float* ss = &tables.sin_sink[(size_t)(b * n_freq)];
-      if (s.separate_sink_query[(size_t)b]) rope_cos_sin(cache.span(t).query_position, tables.thetas.data(), n_freq, cs, ss);
+    for (int64_t b = 0; b < seg.n; ++b) {
+      const uint64_t t = seg.t0 + (uint64_t)b;
+      const size_t at = (size_t)((row + b) * n_freq);
+      const bool separate = s.separate_sink_query[(size_t)(row + b)];
+      float* c = &tables.cos[at];
+      float* si = &tables.sin[at];
+      rope_cos_sin(cache.window_position(t), thetas, n_freq, c, si);
+      float* cs = &tables.cos_sink[at];
+      float* ss = &tables.sin_sink[at];
+      if (separate) rope_cos_sin(cache.span(t).query_position, thetas, n_freq, cs, ss);
       if (magnitude != 1.0f) {  // LongRoPE: cos and sin scaled, so q . k by magnitude^2
         for (int64_t i = 0; i < n_freq; ++i) {
           c[i] *= magnitude;
           si[i] *= magnitude;
-          if (s.separate_sink_query[(size_t)b]) {
+          if (separate) {
             cs[i] *= magnitude;
             ss[i] *= magnitude;
           }
@@ -130,8 +159,8 @@ void add_bias(Backend& backend, float* y, const std::vector<float>& bias, int64_
 }
 }  // namespace
 
-void Decoder::attention_block(int64_t l, int64_t n, uint64_t t0, SinkCache& cache, ForwardScratch& s,
-                              Backend& backend, float* out) const {
+void Decoder::attention_block(int64_t l, const ForwardSegment* segments, int64_t n_segments, int64_t n,
+                              ForwardScratch& s, Backend& backend, float* out) const {
   const ModelConfig& c = config_;
   const LayerConfig& lc = c.layers[(size_t)l];
   const LayerWeights& L = layers_[(size_t)l];
@@ -167,46 +196,58 @@ void Decoder::attention_block(int64_t l, int64_t n, uint64_t t0, SinkCache& cach
   }
 
   // Keys rotated once, at their own position (a sink at its rank t = p(t)), and stored for good;
-  // the query twice where the sinks need it at p(t) (sink_cache.h).
+  // the query twice where the sinks need it at p(t) (sink_cache.h). Row by row, each in its own
+  // segment's cache; then each segment's queries attend over their own A_l(t).
   const bool rotates = lc.rope >= 0;
-  for (int64_t b = 0; b < n; ++b) {
-    const uint64_t t = t0 + (uint64_t)b;
-    float* k = s.k.data() + b * kv_dim;
-    float* q = s.q.data() + b * q_dim;
-    if (rotates) {
-      const RopeConfig& rope = c.ropes[(size_t)lc.rope];
-      const ForwardScratch::RopeTables& tables = s.rope[(size_t)lc.rope];
-      const size_t at = (size_t)(b * (rope.n_rot / 2));
-      const bool separate = s.separate_sink_query[(size_t)b];
-      const bool sink_key = t < (uint64_t)cache.n_sink() && separate;
-      backend.rope(k, c.n_head_kv, hd, rope.n_rot, rope.layout, (sink_key ? tables.cos_sink : tables.cos).data() + at,
-                   (sink_key ? tables.sin_sink : tables.sin).data() + at);
-      s.keys_rotated += 1;
-      if (separate) {
-        float* qs = s.q_sink.data() + b * q_dim;
-        std::memcpy(qs, q, (size_t)q_dim * sizeof(float));
-        backend.rope(qs, c.n_head, hd, rope.n_rot, rope.layout, tables.cos_sink.data() + at,
-                     tables.sin_sink.data() + at);
+  int64_t row = 0;
+  for (int64_t i = 0; i < n_segments; ++i) {
+    const ForwardSegment& seg = segments[i];
+    SinkCache& cache = *seg.cache;
+    for (int64_t b = row; b < row + seg.n; ++b) {
+      const uint64_t t = seg.t0 + (uint64_t)(b - row);
+      float* k = s.k.data() + b * kv_dim;
+      float* q = s.q.data() + b * q_dim;
+      if (rotates) {
+        const RopeConfig& rope = c.ropes[(size_t)lc.rope];
+        const ForwardScratch::RopeTables& tables = s.rope[(size_t)lc.rope];
+        const size_t at = (size_t)(b * (rope.n_rot / 2));
+        const bool separate = s.separate_sink_query[(size_t)b];
+        const bool sink_key = t < (uint64_t)cache.n_sink() && separate;
+        backend.rope(k, c.n_head_kv, hd, rope.n_rot, rope.layout,
+                     (sink_key ? tables.cos_sink : tables.cos).data() + at,
+                     (sink_key ? tables.sin_sink : tables.sin).data() + at);
+        *seg.keys_rotated += 1;
+        if (separate) {
+          float* qs = s.q_sink.data() + b * q_dim;
+          std::memcpy(qs, q, (size_t)q_dim * sizeof(float));
+          backend.rope(qs, c.n_head, hd, rope.n_rot, rope.layout, tables.cos_sink.data() + at,
+                       tables.sin_sink.data() + at);
+        }
+        backend.rope(q, c.n_head, hd, rope.n_rot, rope.layout, tables.cos.data() + at, tables.sin.data() + at);
       }
-      backend.rope(q, c.n_head, hd, rope.n_rot, rope.layout, tables.cos.data() + at, tables.sin.data() + at);
+      cache.store(l, t, k, s.v.data() + b * kv_dim);  // written once, never rotated again
     }
-    cache.store(l, t, k, s.v.data() + b * kv_dim);  // written once, never rotated again
-  }
 
-  AttentionCall call;
-  call.cache = &cache;
-  call.layer = l;
-  call.t0 = t0;
-  call.n = n;
-  call.n_head = c.n_head;
-  call.q = s.q.data();
-  call.q_sink = s.q_sink.data();
-  call.separate_sink_query = rotates ? s.separate_sink_query.data() : nullptr;  // NoPE: no positions at all
-  call.scale = lc.attention_scale;
-  call.softcap = lc.attention_softcap;
-  call.alibi_slopes = lc.alibi ? c.alibi_slopes.data() : nullptr;
-  call.out = s.attn.data();
-  backend.attention(call);
+    AttentionCall call;
+    call.cache = &cache;
+    call.layer = l;
+    call.t0 = seg.t0;
+    call.n = seg.n;
+    call.n_head = c.n_head;
+    call.q = s.q.data() + row * q_dim;
+    call.q_sink = s.q_sink.data() + row * q_dim;
+    // NoPE: no positions at all, so one query serves sinks and window alike.
+    call.separate_sink_query = rotates ? s.separate_sink_query.data() + row : nullptr;
+    call.scale = lc.attention_scale;
+    call.softcap = lc.attention_softcap;
+    call.alibi_slopes = lc.alibi ? c.alibi_slopes.data() : nullptr;
+    call.sink_logits = lc.learned_sinks ? L.attn_sinks.data() : nullptr;
+    call.out = s.attn.data() + row * q_dim;
+    const uint64_t attended_before = seg.entries_attended != nullptr ? backend.entries_attended() : 0;
+    backend.attention(call);
+    if (seg.entries_attended != nullptr) *seg.entries_attended += backend.entries_attended() - attended_before;
+    row += seg.n;
+  }
   backend.matmul(L.wo, s.attn.data(), n, out);
   add_bias(backend, out, L.bo, n);
 }
@@ -215,6 +256,7 @@ void Decoder::feed_forward_block(int64_t l, int64_t n, ForwardScratch& s, Backen
   const ModelConfig& c = config_;
   const LayerConfig& lc = c.layers[(size_t)l];
   const LayerWeights& L = layers_[(size_t)l];
+  if (c.n_expert > 0) return experts_block(l, n, s, backend);
   if (!is_gated(lc.activation)) {  // plain MLP: down(act(up(h)))
     backend.matmul(L.w_up, s.h.data(), n, s.up.data());
     add_bias(backend, s.up.data(), L.b_up, n);
@@ -236,6 +278,67 @@ void Decoder::feed_forward_block(int64_t l, int64_t n, ForwardScratch& s, Backen
   add_bias(backend, s.h.data(), L.b_down, n);
 }
 
+// A mixture of experts (gpt-oss; Shazeer et al. 2017's sparsely-gated layer with a top-k router):
+// logits = W_r h + b_r; the n_expert_used largest (ties: the lower index) are softmaxed among
+// themselves; h -> sum_k w_k (down_k(act(gate_k h + b, up_k h + b)) + b_down_k). The chunk's rows
+// are gathered per expert, so each chosen expert's weights are read once per call and the others
+// not at all; each row adds its experts' outputs in ascending expert order, whatever the chunk, so
+// a chunk gives the bits of token-by-token.
+void Decoder::experts_block(int64_t l, int64_t n, ForwardScratch& s, Backend& backend) const {
+  const ModelConfig& c = config_;
+  const LayerConfig& lc = c.layers[(size_t)l];
+  const LayerWeights& L = layers_[(size_t)l];
+  const int64_t E = c.n_expert, K = c.n_expert_used, F = c.n_ff_expert, D = c.n_embd;
+  backend.matmul(L.router, s.h.data(), n, s.router.data());
+  add_bias(backend, s.router.data(), L.router_bias, n);
+  for (int64_t b = 0; b < n; ++b) {  // top-k by selection (k is small), then softmax over the k
+    float* logits = s.router.data() + b * E;
+    int32_t* chosen = s.expert_choice.data() + b * K;
+    float picked[kMaxExpertsUsed];  // config.cc checks K
+    for (int64_t k = 0; k < K; ++k) {
+      int32_t best = -1;
+      for (int32_t e = 0; e < (int32_t)E; ++e) {
+        bool taken = false;
+        for (int64_t j = 0; j < k; ++j) taken = taken || chosen[j] == e;
+        if (!taken && (best < 0 || logits[e] > logits[best])) best = e;
+      }
+      chosen[k] = best;
+      picked[k] = logits[best];
+    }
+    const float max_logit = picked[0];  // chosen in descending order
+    float sum = 0.0f;
+    for (int64_t k = 0; k < K; ++k) sum += (picked[k] = std::exp(picked[k] - max_logit));
+    for (int64_t k = 0; k < K; ++k) logits[k] = picked[k] / sum;  // the weights, in choice order
+  }
+  std::memcpy(s.expert_h.data(), s.h.data(), (size_t)(n * D) * sizeof(float));
+  std::fill(s.h.data(), s.h.data() + n * D, 0.0f);  // the sum of the chosen experts' outputs
+  for (int32_t e = 0; e < (int32_t)E; ++e) {
+    int64_t m = 0;  // the rows routed to e, as (row * K + choice)
+    for (int64_t slot = 0; slot < n * K; ++slot)
+      if (s.expert_choice[(size_t)slot] == e) s.expert_tokens[(size_t)m++] = (int32_t)slot;
+    if (m == 0) continue;  // not chosen: its blocks are not read
+    for (int64_t i = 0; i < m; ++i)
+      std::memcpy(s.expert_in.data() + i * D, s.expert_h.data() + s.expert_tokens[(size_t)i] / K * D,
+                  (size_t)D * sizeof(float));
+    const WeightMatrix* ws[2] = {&L.expert_gate[(size_t)e], &L.expert_up[(size_t)e]};
+    float* ys[2] = {s.gate.data(), s.up.data()};
+    backend.matmul_shared_input(ws, ys, 2, s.expert_in.data(), m);
+    for (int64_t i = 0; i < m; ++i) {
+      if (!L.expert_b_gate.empty()) backend.add(s.gate.data() + i * F, L.expert_b_gate.data() + e * F, 1.0f, F);
+      if (!L.expert_b_up.empty()) backend.add(s.up.data() + i * F, L.expert_b_up.data() + e * F, 1.0f, F);
+    }
+    backend.glu(lc.activation, s.gate.data(), s.up.data(), m, F, F, s.gate.data());
+    backend.matmul(L.expert_down[(size_t)e], s.gate.data(), m, s.expert_out.data());
+    for (int64_t i = 0; i < m; ++i) {
+      float* y = s.expert_out.data() + i * D;
+      const int64_t slot = s.expert_tokens[(size_t)i], row = slot / K;
+      if (!L.expert_b_down.empty()) backend.add(y, L.expert_b_down.data() + e * D, 1.0f, D);
+      backend.scale(y, s.router[(size_t)(row * E + slot % K)], D);
+      backend.add(s.h.data() + row * D, y, 1.0f, D);
+    }
+  }
+}
+
 // x += residual_scale * post_norm(h), the post-norm only where the layer has one (Gemma 2/3).
 void Decoder::add_residual(const std::vector<float>& post_norm, int64_t n, ForwardScratch& s,
                            Backend& backend) const {
@@ -244,45 +347,77 @@ void Decoder::add_residual(const std::vector<float>& post_norm, int64_t n, Forwa
   backend.add(s.x.data(), s.h.data(), config_.residual_scale, n * E);
 }
 
-void Decoder::forward(const int32_t* tokens, int64_t n, uint64_t t0, SinkCache& cache, ForwardScratch& s,
-                      Backend& backend, float* logits, bool all_logits) const {
+void Decoder::forward_segments(const ForwardSegment* segments, int64_t n_segments, ForwardScratch& s,
+                               Backend& backend, float* logits_rows) const {
   const ModelConfig& c = config_;
-  SS_ASSERT(n >= 1 && n <= s.max_tokens);
   const int64_t E = c.n_embd;
-
-  backend.embed(token_embd_, tokens, n, s.x.data());
+  SS_ASSERT(n_segments >= 1);
+  int64_t n = 0;  // rows of the whole pass
+  for (int64_t i = 0; i < n_segments; ++i) {
+    const ForwardSegment& seg = segments[i];
+    SS_ASSERT(seg.n >= 1 && seg.rope != nullptr && seg.keys_rotated != nullptr);
+    SS_ASSERT(!seg.all_logits || n_segments == 1);
+    backend.embed(token_embd_, seg.tokens, seg.n, s.x.data() + n * E);
+    prepare_positions(seg, n, s);
+    n += seg.n;
+  }
+  SS_ASSERT(n <= s.max_tokens);
   if (c.embedding_scale != 1.0f) backend.scale(s.x.data(), c.embedding_scale, n * E);
   const NormKind final_norm = c.layers.back().norm;
   if (c.embedding_norm) norm(token_embd_norm_, final_norm, s.x.data(), n, s.x.data(), backend);
-  prepare_positions(n, t0, cache, s);
 
   for (int64_t l = 0; l < c.n_layer; ++l) {
     const LayerConfig& lc = c.layers[(size_t)l];
     const LayerWeights& L = layers_[(size_t)l];
     norm(L.attn_norm, lc.norm, s.x.data(), n, s.h.data(), backend);
     if (lc.parallel_residual) {  // both branches read x before either is added
-      attention_block(l, n, t0, cache, s, backend, s.branch.data());
+      attention_block(l, segments, n_segments, n, s, backend, s.branch.data());
       if (!lc.shared_norm) norm(L.ffn_norm, lc.norm, s.x.data(), n, s.h.data(), backend);
       feed_forward_block(l, n, s, backend);
       backend.add(s.x.data(), s.branch.data(), c.residual_scale, n * E);
       backend.add(s.x.data(), s.h.data(), c.residual_scale, n * E);
       continue;
     }
-    attention_block(l, n, t0, cache, s, backend, s.h.data());
+    attention_block(l, segments, n_segments, n, s, backend, s.h.data());
     add_residual(L.post_attention_norm, n, s, backend);
     norm(L.ffn_norm, lc.norm, s.x.data(), n, s.h.data(), backend);
     feed_forward_block(l, n, s, backend);
     add_residual(L.post_ffn_norm, n, s, backend);
   }
 
-  if (logits == nullptr) return;
-  const int64_t rows = all_logits ? n : 1;
-  const float* last = all_logits ? s.x.data() : s.x.data() + (n - 1) * E;
-  norm(output_norm_, final_norm, last, rows, s.h.data(), backend);
-  backend.matmul(output_, s.h.data(), rows, logits);
-  add_bias(backend, logits, output_bias_, rows);
-  if (c.logit_scale != 1.0f) backend.scale(logits, c.logit_scale, rows * c.n_vocab);
-  if (c.final_logit_softcap > 0.0f) backend.soft_cap(logits, c.final_logit_softcap, rows * c.n_vocab);
+  // The rows that want logits, normed into h: a single segment's last (or every) row, or the last
+  // row of each segment that wants logits, gathered so the output matrix is read once.
+  int64_t rows = 0;
+  float* out = nullptr;
+  if (n_segments == 1) {
+    const ForwardSegment& seg = segments[0];
+    if (seg.logits == nullptr) return;
+    rows = seg.all_logits ? n : 1;
+    norm(output_norm_, final_norm, seg.all_logits ? s.x.data() : s.x.data() + (n - 1) * E, rows, s.h.data(), backend);
+    out = seg.logits;
+  } else {
+    int64_t end = 0;
+    for (int64_t i = 0; i < n_segments; ++i) {
+      end += segments[i].n;
+      if (segments[i].logits == nullptr) continue;
+      norm(output_norm_, final_norm, s.x.data() + (end - 1) * E, 1, s.h.data() + rows * E, backend);
+      ++rows;
+    }
+    if (rows == 0) return;
+    SS_ASSERT(logits_rows != nullptr);
+    out = logits_rows;
+  }
+  backend.matmul(output_, s.h.data(), rows, out);
+  add_bias(backend, out, output_bias_, rows);
+  if (c.logit_scale != 1.0f) backend.scale(out, c.logit_scale, rows * c.n_vocab);
+  if (c.final_logit_softcap > 0.0f) backend.soft_cap(out, c.final_logit_softcap, rows * c.n_vocab);
+  if (n_segments == 1) return;
+  int64_t j = 0;
+  for (int64_t i = 0; i < n_segments; ++i) {
+    if (segments[i].logits == nullptr) continue;
+    std::memcpy(segments[i].logits, out + j * c.n_vocab, (size_t)c.n_vocab * sizeof(float));
+    ++j;
+  }
 }
 
 }  // namespace sinkstream

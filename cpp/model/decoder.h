@@ -6,8 +6,9 @@
 //     sequential:                              parallel (gpt-neox, falcon, phi2):
 //       x += residual_scale * post_norm?(attention_l(norm1(x)))   x += attention_l(norm1(x))
 //       x += residual_scale * post_norm?(feed_forward_l(norm2(x)))      + feed_forward_l(norm2(x))
-//     attention_l: QK-norm, RoPE variant / none / ALiBi, A_l(t), soft-cap; feed_forward_l: SwiGLU,
-//     GeGLU or plain GELU, gate/up fused or not; biases wherever the file has them
+//     attention_l: QK-norm, RoPE variant / none / ALiBi, A_l(t), soft-cap, learned sink logits;
+//     feed_forward_l: SwiGLU, GeGLU or plain GELU, gate/up fused or not, or a mixture of experts
+//     (router top-k, clamped SwiGLU); biases wherever the file has them
 //   logits = soft_cap?(logit_scale * (W_out . norm(x) + b_out))
 //
 // Attention sets and positions come from the cache (sink_cache.h); this file knows no sinks.
@@ -45,23 +46,35 @@ struct LayerWeights {
   WeightMatrix w_down;                // (n_embd, n_ff)
   std::vector<float> b_gate, b_up, b_down;  // optional biases
   std::vector<float> post_ffn_norm;   // (n_embd), empty if the layer has none
+  std::vector<float> attn_sinks;      // (n_head) learned sink logits (gpt-oss), empty without
+  // Mixture of experts (gpt-oss; empty for a dense feed-forward): router (n_expert, n_embd) and its
+  // bias; per expert e, gate/up (n_ff_expert, n_embd) and down (n_embd, n_ff_expert) left in the
+  // mapped file, only the chosen experts' blocks read; biases (n_expert, width) row-major.
+  WeightMatrix router;
+  std::vector<float> router_bias;
+  std::vector<WeightMatrix> expert_gate, expert_up, expert_down;
+  std::vector<float> expert_b_gate, expert_b_up, expert_b_down;
 };
 
 class Decoder final : public Model {
  public:
   explicit Decoder(std::shared_ptr<GgufFile> file);
 
-  void forward(const int32_t* tokens, int64_t n, uint64_t t0, SinkCache& cache, ForwardScratch& scratch,
-               Backend& backend, float* logits, bool all_logits) const override;
+  void forward_segments(const ForwardSegment* segments, int64_t n_segments, ForwardScratch& scratch,
+                        Backend& backend, float* logits_rows) const override;
 
  private:
   NormWeights bind_norm(const WeightBinder& bind, const std::string& name, NormKind kind) const;
   void norm(const NormWeights& w, NormKind kind, const float* x, int64_t rows, float* out, Backend& backend) const;
-  void prepare_positions(int64_t n, uint64_t t0, const SinkCache& cache, ForwardScratch& s) const;
-  // h (n, n_embd) -> out (n, n_embd); the keys and values of the chunk go into the cache.
-  void attention_block(int64_t layer, int64_t n, uint64_t t0, SinkCache& cache, ForwardScratch& s,
-                       Backend& backend, float* out) const;
+  // RoPE tables of one segment's rows, starting at scratch row `row`.
+  void prepare_positions(const ForwardSegment& segment, int64_t row, ForwardScratch& s) const;
+  // h (n, n_embd) -> out (n, n_embd), n the segments' rows together; each segment's keys and values
+  // go into its own cache and its queries attend there.
+  void attention_block(int64_t layer, const ForwardSegment* segments, int64_t n_segments, int64_t n,
+                       ForwardScratch& s, Backend& backend, float* out) const;
   void feed_forward_block(int64_t layer, int64_t n, ForwardScratch& s, Backend& backend) const;  // h -> h
+  void bind_experts(const WeightBinder& bind, const std::string& prefix, LayerWeights& L) const;
+  void experts_block(int64_t layer, int64_t n, ForwardScratch& s, Backend& backend) const;  // h -> h (MoE)
   void add_residual(const std::vector<float>& post_norm, int64_t n, ForwardScratch& s, Backend& backend) const;
 
   WeightMatrix token_embd_;         // (n_vocab, n_embd)

@@ -22,6 +22,8 @@ const std::vector<Family>& supported_families() {
       {"bloom", "ALiBi, LayerNorm on the embeddings, GELU MLP, biases", configure_bloom},
       {"stablelm", "LayerNorm, partial NeoX rotary, SwiGLU", configure_stablelm},
       {"phi2", "parallel residual with one LayerNorm, partial NeoX rotary, GELU MLP, output bias", configure_phi2},
+      {"gpt-oss", "learned attention sinks, alternating sliding-window and full layers, MXFP4 mixture of experts "
+                  "(router top-k, clamped SwiGLU), YaRN RoPE, attention biases", configure_gptoss, true},
   };
   return families;
 }
@@ -48,7 +50,6 @@ constexpr Unsupported kUnsupported[] = {
     {"qwen2moe", "mixture-of-experts feed-forward blocks"},
     {"qwen3moe", "mixture-of-experts feed-forward blocks"},
     {"mixtral", "mixture-of-experts feed-forward blocks"},
-    {"gpt-oss", "mixture-of-experts blocks with MXFP4 weights and learned attention sinks"},
     {"bert", "an encoder (bidirectional attention): there is no stream to generate"},
     {"nomic-bert", "an encoder (bidirectional attention): there is no stream to generate"},
     {"t5", "an encoder-decoder"},

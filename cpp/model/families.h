@@ -16,6 +16,7 @@ struct Family {
   const char* features;      // what it adds to the plain llama block, for users (inspect, README)
   // Fills the per-layer configuration after the keys every family shares were read (config.cc).
   void (*configure)(const GgufFile& file, ModelConfig& config);
+  bool experts = false;  // runs mixture-of-experts feed-forwards (<arch>.expert_count > 0)
 };
 
 const std::vector<Family>& supported_families();
@@ -39,5 +40,6 @@ void configure_mpt(const GgufFile& f, ModelConfig& c);
 void configure_bloom(const GgufFile& f, ModelConfig& c);
 void configure_stablelm(const GgufFile& f, ModelConfig& c);
 void configure_phi2(const GgufFile& f, ModelConfig& c);
+void configure_gptoss(const GgufFile& f, ModelConfig& c);
 
 }  // namespace sinkstream

@@ -60,8 +60,17 @@ ForwardScratch Model::make_scratch(int64_t max_tokens, int64_t capacity) const {
   bool parallel = false;
   for (const LayerConfig& L : c.layers) parallel = parallel || L.parallel_residual;
   if (parallel) s.branch = rows(c.n_embd);
-  s.gate = rows(c.fused_gate_up ? 2 * c.n_ff : c.n_ff);
-  s.up = rows(c.n_ff);
+  const int64_t n_ff = std::max(c.n_ff, c.n_ff_expert);
+  s.gate = rows(c.fused_gate_up ? 2 * n_ff : n_ff);
+  s.up = rows(n_ff);
+  if (c.n_expert > 0) {
+    s.router = rows(c.n_expert);
+    s.expert_choice.assign((size_t)(max_tokens * c.n_expert_used), 0);
+    s.expert_tokens.assign((size_t)max_tokens, 0);
+    s.expert_h = rows(c.n_embd);
+    s.expert_in = rows(c.n_embd);
+    s.expert_out = rows(c.n_embd);
+  }
   for (const RopeConfig& r : c.ropes) {
     ForwardScratch::RopeTables t;
     t.thetas = r.thetas(capacity);
@@ -72,13 +81,28 @@ ForwardScratch Model::make_scratch(int64_t max_tokens, int64_t capacity) const {
   return s;
 }
 
+void Model::forward(const int32_t* tokens, int64_t n, uint64_t t0, SinkCache& cache, ForwardScratch& scratch,
+                    Backend& backend, float* logits, bool all_logits) const {
+  ForwardSegment segment;
+  segment.tokens = tokens;
+  segment.n = n;
+  segment.t0 = t0;
+  segment.cache = &cache;
+  segment.rope = &scratch.rope;
+  segment.keys_rotated = &scratch.keys_rotated;
+  segment.logits = logits;
+  segment.all_logits = all_logits;
+  forward_segments(&segment, 1, scratch, backend, nullptr);
+}
+
 size_t Model::scratch_bytes(int64_t max_tokens, int64_t capacity) const {
   // One token's scratch, scaled: every buffer is max_tokens rows except the RoPE frequencies, so
   // the estimate follows make_scratch wherever it changes.
   const ForwardScratch one = make_scratch(1, capacity);
-  size_t per_token = one.separate_sink_query.size();
+  size_t per_token = one.separate_sink_query.size() + (one.expert_choice.size() + one.expert_tokens.size()) * 4;
   for (const std::vector<float>* rows : {&one.x, &one.h, &one.qkv, &one.q, &one.q_sink, &one.k, &one.v, &one.attn,
-                                         &one.branch, &one.gate, &one.up})
+                                         &one.branch, &one.gate, &one.up, &one.router, &one.expert_h, &one.expert_in,
+                                         &one.expert_out})
     per_token += rows->size() * sizeof(float);
   size_t fixed = 0;
   for (const ForwardScratch::RopeTables& t : one.rope) {

@@ -30,6 +30,14 @@ struct ForwardScratch {
   std::vector<float> branch;    // (max_tokens, n_embd) the attention branch of a parallel residual
   std::vector<float> gate;      // (max_tokens, n_ff), or (max_tokens, 2 n_ff) with fused gate/up
   std::vector<float> up;        // (max_tokens, n_ff)
+  // Mixture of experts (empty without): router logits, then the chosen experts' weights in each
+  // row's first n_expert_used places; the chosen experts; one expert's tokens gathered, and its output.
+  std::vector<float> router;            // (max_tokens, n_expert)
+  std::vector<int32_t> expert_choice;   // (max_tokens, n_expert_used)
+  std::vector<int32_t> expert_tokens;   // (max_tokens) rows of the chunk routed to one expert
+  std::vector<float> expert_h;          // (max_tokens, n_embd) the feed-forward's input
+  std::vector<float> expert_in;         // (max_tokens, n_embd)
+  std::vector<float> expert_out;        // (max_tokens, n_embd)
   // Per RoPE variant r: the frequencies for this session's capacity (LongRoPE picks by it), and
   // cos/sin tables (max_tokens, n_rot/2) at the window position of each token and at p(t).
   struct RopeTables {
@@ -40,6 +48,24 @@ struct ForwardScratch {
   std::vector<uint8_t> separate_sink_query;  // (max_tokens) p(t) != window position of t
   // Key rotations so far: one per key per layer with RoPE, never again (streaming.md invariant 3).
   uint64_t keys_rotated = 0;
+};
+
+// One stream's part of a forward pass: tokens t0 .. t0+n-1 of the stream whose cache is `cache`.
+// Several segments (of different sessions) run as one pass: every weight is read once for all
+// their rows, while each segment's RoPE positions, keys and attention stay its own.
+struct ForwardSegment {
+  const int32_t* tokens = nullptr;
+  int64_t n = 0;
+  uint64_t t0 = 0;
+  SinkCache* cache = nullptr;
+  // The owning session's RoPE frequencies (LongRoPE chooses them by the session's capacity).
+  const std::vector<ForwardScratch::RopeTables>* rope = nullptr;
+  uint64_t* keys_rotated = nullptr;      // the owning session's count (streaming.md invariant 3)
+  uint64_t* entries_attended = nullptr;  // adds the K/V rows its queries read; may be nullptr
+  // Logits: all_logits ? (n, n_vocab) : (n_vocab) for the last token; nullptr: none. all_logits is
+  // allowed for a single segment only.
+  float* logits = nullptr;
+  bool all_logits = false;
 };
 
 class Model {
@@ -69,8 +95,15 @@ class Model {
   // keys/values go into `cache` (keys rotated at their absolute index), each query attends to its
   // own A_l(t) in every layer. Logits: all_logits ? (n, n_vocab) : (n_vocab) for the last token;
   // nullptr: none.
-  virtual void forward(const int32_t* tokens, int64_t n, uint64_t t0, SinkCache& cache, ForwardScratch& scratch,
-                       Backend& backend, float* logits, bool all_logits) const = 0;
+  void forward(const int32_t* tokens, int64_t n, uint64_t t0, SinkCache& cache, ForwardScratch& scratch,
+               Backend& backend, float* logits, bool all_logits) const;
+
+  // Runs several streams' segments as one pass (sum of n <= scratch.max_tokens; the segments'
+  // caches distinct). Each segment's keys, values and logits are exactly those of forward() on it
+  // alone: rows never mix except in the weight reads they share. `logits_rows` holds the gathered
+  // last rows' logits when several segments want them: (count of such segments, n_vocab).
+  virtual void forward_segments(const ForwardSegment* segments, int64_t n_segments, ForwardScratch& scratch,
+                                Backend& backend, float* logits_rows) const = 0;
 
  protected:
   explicit Model(std::shared_ptr<GgufFile> file);

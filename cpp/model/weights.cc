@@ -16,11 +16,44 @@ const GgufTensorInfo& WeightBinder::require(const std::string& name) const {
   return *t;
 }
 
+namespace {
+void check_shape(const GgufFile& file, const std::string& name, const GgufTensorInfo& t,
+                 const std::vector<int64_t>& dims) {
+  if (t.dims != dims)
+    throw ModelError(cat(file.path(), ": tensor '", name, "' has shape ", shape_string(t.dims), ", expected ",
+                         shape_string(dims)));
+}
+}  // namespace
+
+std::vector<WeightMatrix> WeightBinder::matrix_stack(const std::string& name, int64_t count, int64_t rows,
+                                                     int64_t cols) const {
+  const GgufTensorInfo& t = require(name);
+  check_shape(file_, name, t, {cols, rows, count});
+  WeightMatrix first = checked_matrix(name, t, rows, cols);
+  std::vector<WeightMatrix> stack;
+  for (int64_t e = 0; e < count; ++e) {
+    WeightMatrix w = first;
+    w.name = cat(name, "[", e, "]");
+    w.data = first.data + e * rows * first.row_bytes;
+    stack.push_back(w);
+  }
+  return stack;
+}
+
+std::vector<float> WeightBinder::table(const std::string& name, int64_t rows, int64_t cols) const {
+  const GgufTensorInfo& t = require(name);
+  check_shape(file_, name, t, {cols, rows});
+  return file_.tensor_to_f32(t);
+}
+
 WeightMatrix WeightBinder::matrix(const std::string& name, int64_t rows, int64_t cols) const {
   const GgufTensorInfo& t = require(name);
-  if (t.dims.size() != 2 || t.dims[0] != cols || t.dims[1] != rows)
-    throw ModelError(cat(file_.path(), ": tensor '", name, "' has shape ", shape_string(t.dims), ", expected (",
-                         cols, ", ", rows, ")"));
+  check_shape(file_, name, t, {cols, rows});
+  return checked_matrix(name, t, rows, cols);
+}
+
+WeightMatrix WeightBinder::checked_matrix(const std::string& name, const GgufTensorInfo& t, int64_t rows,
+                                          int64_t cols) const {
   const GgmlTypeInfo& info = ggml_type_info(t.type);
   if (!info.can_dequantize)
     throw ModelError(cat(file_.path(), ": tensor '", name, "' has type ", info.name, ", which sinkstream cannot run"));

@@ -26,6 +26,7 @@ struct AttentionCall {
   float scale = 1.0f;
   float softcap = 0.0f;                  // ScoreBias::softcap
   const float* alibi_slopes = nullptr;   // (n_head) ALiBi slopes, or nullptr
+  const float* sink_logits = nullptr;    // (n_head) learned sink logits (ScoreBias), or nullptr
   float* out = nullptr;  // (n, n_head * head_dim)
 };
 

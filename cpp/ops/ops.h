@@ -21,8 +21,11 @@ enum class FfnActivation {
   kGeGlu,     // gelu_tanh(gate) * up (gemma: "gelu_pytorch_tanh")
   kGelu,      // gelu(up), exact (erf): gpt-neox, falcon, mpt
   kGeluTanh,  // gelu(up), tanh approximation: bloom, phi2 ("gelu_new")
+  kSwiGluOai, // gpt-oss: (clamp(up, -7, 7) + 1) * g * sigmoid(1.702 g), g = min(gate, 7)
 };
-inline bool is_gated(FfnActivation a) { return a == FfnActivation::kSwiGlu || a == FfnActivation::kGeGlu; }
+inline bool is_gated(FfnActivation a) {
+  return a == FfnActivation::kSwiGlu || a == FfnActivation::kGeGlu || a == FfnActivation::kSwiGluOai;
+}
 
 // A 2-D weight left in the GGUF map: `rows` rows of `cols` elements of `type`, rows contiguous.
 // In ggml order a tensor with dims (cols, rows) is exactly this.
@@ -68,6 +71,12 @@ void clamp_inplace(float* x, float limit, int64_t n);
 // out = silu(gate) * up, elementwise over n values. out may alias gate.
 void silu_mul(const float* gate, const float* up, int64_t n, float* out);
 
+// gpt-oss's clamped SwiGLU (its reference implementation's swiglu with alpha 1.702, limit 7):
+// g = min(gate, 7), u = clamp(up, -7, 7), out = (u + 1) * g * sigmoid(1.702 g). out may alias gate.
+constexpr float kSwiGluOaiAlpha = 1.702f;
+constexpr float kSwiGluOaiLimit = 7.0f;
+void swiglu_oai_mul(const float* gate, const float* up, int64_t n, float* out);
+
 // out = gelu(gate) * up with gelu's tanh approximation (GeGLU, Gemma's "gelu_pytorch_tanh"):
 // gelu(g) = g/2 * (1 + tanh(sqrt(2/pi) * (g + 0.044715 g^3))). out may alias gate.
 void gelu_tanh_mul(const float* gate, const float* up, int64_t n, float* out);
@@ -89,13 +98,17 @@ void rope_cos_sin(uint64_t pos, const double* thetas, int64_t n_freq, float* cos
 void rope_apply(float* x, int64_t n_heads, int64_t head_dim, int64_t n_rot, RopeLayout layout,
                 const float* cos, const float* sin);
 
-// What a layer does to the scaled scores q.k * scale before the softmax: ALiBi, then soft-capping.
+// What a layer does to the scaled scores q.k * scale before the softmax: ALiBi, then soft-capping;
+// and what the softmax adds: a learned sink logit per head.
 struct ScoreBias {
   // ALiBi (Press et al. 2022; MPT, Bloom): score -= slope_h * (p(t) - p(j)), with positions within
   // the cache (streaming.md): a window member j at distance t - j, a sink s at p(t) - s. One slope
   // per query head of the call (the GQA group), or nullptr.
   const float* alibi_slopes = nullptr;
   float softcap = 0.0f;  // > 0: score -> softcap * tanh(score / softcap) (Gemma 2)
+  // Learned attention sinks (gpt-oss `attn_sinks`): one logit per query head of the call, a
+  // softmax column with no value (attention_kernels.h SoftmaxInPlace), or nullptr.
+  const float* sink_logits = nullptr;
 };
 
 // The query heads that share one KV head (GQA group) against that head over A_l(t) in the cache

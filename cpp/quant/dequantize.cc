@@ -76,15 +76,21 @@ void dequantize_q8_0(const BlockQ8_0* b, float* y, int64_t nb) {
   }
 }
 
-void dequantize_iq4_nl(const BlockIQ4_NL* b, float* y, int64_t nb) {
+// The 4-bit codebook formats, in gguf-py's operation: d * float32(value), one rounding. IQ4_NL:
+// d a half; MXFP4 (MXFP4.dequantize_blocks): d = 2^(e-128), exact but for overflow to infinity
+// at large exponents and subnormal results, which IEEE float32 gives both sides alike.
+template <typename Block, const int8_t* kValues>
+void dequantize_codebook(const Block* b, float* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, y += kQK) {
-    const float d = fp16_to_f32(b[i].d);
+    const float d = codebook_scale(b[i]);
     for (int j = 0; j < kQK / 2; ++j) {
-      y[j] = d * (float)kIq4nlValues[b[i].qs[j] & 0x0f];
-      y[j + kQK / 2] = d * (float)kIq4nlValues[b[i].qs[j] >> 4];
+      y[j] = d * (float)kValues[b[i].qs[j] & 0x0f];
+      y[j + kQK / 2] = d * (float)kValues[b[i].qs[j] >> 4];
     }
   }
 }
+constexpr auto dequantize_iq4_nl = dequantize_codebook<BlockIQ4_NL, kIq4nlValues>;
+constexpr auto dequantize_mxfp4 = dequantize_codebook<BlockMXFP4, kMxfp4Values>;
 
 void dequantize_q2_k(const BlockQ2_K* b, float* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, y += kQKK) {
@@ -186,6 +192,7 @@ void dequantize_row(GgmlType type, const void* src, float* dst, int64_t n) {
     case GgmlType::Q5_1: dequantize_q5_1(static_cast<const BlockQ5_1*>(src), dst, nb); return;
     case GgmlType::Q8_0: dequantize_q8_0(static_cast<const BlockQ8_0*>(src), dst, nb); return;
     case GgmlType::IQ4_NL: dequantize_iq4_nl(static_cast<const BlockIQ4_NL*>(src), dst, nb); return;
+    case GgmlType::MXFP4: dequantize_mxfp4(static_cast<const BlockMXFP4*>(src), dst, nb); return;
     case GgmlType::Q2_K: dequantize_q2_k(static_cast<const BlockQ2_K*>(src), dst, nb); return;
     case GgmlType::Q3_K: dequantize_q3_k(static_cast<const BlockQ3_K*>(src), dst, nb); return;
     case GgmlType::Q4_K: dequantize_q4_k(static_cast<const BlockQ4_K*>(src), dst, nb); return;

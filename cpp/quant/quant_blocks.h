@@ -19,8 +19,12 @@
 //   Q5_K   (d * sc) * q - (dmin * mn)     as Q4_K with a 5th bit from qh
 //   Q6_K   (d * sc) * (q - 32)            16 sub-blocks of 16, int8 scales, q: 4 low + 2 high bits
 //   IQ4_NL d * kIq4nlValues[q]            q: 4 bits, a non-linear codebook
+//   MXFP4  e8m0_half(e) * kMxfp4Values[q] q: 4-bit E2M1 code, values doubled to integers, so the
+//                                         E8M0 scale 2^(e-127) is halved (OCP MX spec v1.0, 5.3)
 #pragma once
 #include <cstdint>
+
+#include "core/fp16.h"
 
 namespace sinkstream {
 
@@ -70,6 +74,32 @@ static_assert(sizeof(BlockIQ4_NL) == 18, "IQ4_NL block is 18 bytes");
 // IQ4_NL's codebook (GGUF spec / ggml kvalues_iq4nl): a non-uniform 4-bit grid.
 constexpr int8_t kIq4nlValues[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
                                      1,    13,   25,  38,  53,  69,  89,  113};
+
+// MXFP4 (OCP Microscaling Formats v1.0, section 5: 32 elements sharing one E8M0 scale; element
+// format E2M1, section 5.3.3): one scale byte, then 16 bytes of 4-bit codes, nibbles as in Q4_0.
+struct BlockMXFP4 {
+  uint8_t e;            // E8M0 shared exponent: scale 2^(e - 127)
+  uint8_t qs[kQK / 2];  // E2M1 codes, element j in the low nibble of qs[j], j + 16 in the high
+};
+static_assert(sizeof(BlockMXFP4) == 17, "MXFP4 block is 17 bytes");
+
+// The 16 E2M1 values {0, 0.5, 1, 1.5, 2, 3, 4, 6} and their negatives, doubled (gguf-py's
+// MXFP4.kvalues), so they are integers an int8 dot product can use; the scale is halved instead.
+constexpr int8_t kMxfp4Values[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
+// Half of the E8M0 scale 2^(e-127), as a float32 bit pattern: 2^(e-128). e = 0 and 1 give the
+// subnormals 2^-128 and 2^-127; e = 255 (NaN in the MX spec) gives 2^127, as gguf-py and ggml do.
+inline float e8m0_to_f32_half(uint8_t e) {
+  const uint32_t bits = e < 2 ? 0x00200000u << e : (uint32_t)(e - 1) << 23;
+  float f;
+  __builtin_memcpy(&f, &bits, 4);
+  return f;
+}
+
+// The float scale of a 4-bit codebook block (IQ4_NL: a half; MXFP4: the halved E8M0 scale): kernels
+// and dequantizers are written once for both (the values: kIq4nlValues, kMxfp4Values).
+inline float codebook_scale(const BlockIQ4_NL& b) { return fp16_to_f32(b.d); }
+inline float codebook_scale(const BlockMXFP4& b) { return e8m0_to_f32_half(b.e); }
 
 // ---- K-quants: 256-element super-blocks with quantized per-sub-block scales -------------------
 

@@ -22,7 +22,7 @@ constexpr GgmlTypeInfo kTypes[] = {
     {GgmlType::I32, "I32", 1, 4, false},        {GgmlType::I64, "I64", 1, 8, false},
     {GgmlType::F64, "F64", 1, 8, false},        {GgmlType::IQ1_M, "IQ1_M", 256, 56, false},
     {GgmlType::BF16, "BF16", 1, 2, true},       {GgmlType::TQ1_0, "TQ1_0", 256, 54, false},
-    {GgmlType::TQ2_0, "TQ2_0", 256, 66, false}, {GgmlType::MXFP4, "MXFP4", 32, 17, false},
+    {GgmlType::TQ2_0, "TQ2_0", 256, 66, false}, {GgmlType::MXFP4, "MXFP4", 32, 17, true},
 };
 }  // namespace
 

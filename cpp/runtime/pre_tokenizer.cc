@@ -1,7 +1,10 @@
 #include "runtime/pre_tokenizer.h"
 
+#include <algorithm>
+
 #include "core/error.h"
 #include "runtime/unicode.h"
+#include "runtime/unicode_tables.h"
 
 namespace sinkstream {
 
@@ -88,6 +91,67 @@ size_t match_llama3(const std::vector<uint32_t>& cps, size_t pos, size_t end, si
   return n;
 }
 
+// The o200k pattern (tiktoken's o200k_base, Hugging Face's tokenizer.json of GPT-4o and gpt-oss;
+// llama.cpp's LLAMA_VOCAB_PRE_TYPE_GPT4O), alternative by alternative, leftmost-first with the
+// backtracking a regex engine does.
+using unicode_tables::GeneralCategory;
+bool o200k_upper(uint32_t cp) {  // [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]
+  const uint8_t c = unicode::general_category(cp);
+  return c == GeneralCategory::Lu || c == GeneralCategory::Lt || c == GeneralCategory::Lm ||
+         c == GeneralCategory::Lo || c == GeneralCategory::Mn || c == GeneralCategory::Mc || c == GeneralCategory::Me;
+}
+bool o200k_lower(uint32_t cp) {  // [\p{Ll}\p{Lm}\p{Lo}\p{M}]
+  const uint8_t c = unicode::general_category(cp);
+  return c == GeneralCategory::Ll || c == GeneralCategory::Lm || c == GeneralCategory::Lo ||
+         c == GeneralCategory::Mn || c == GeneralCategory::Mc || c == GeneralCategory::Me;
+}
+
+// (?i:'s|'t|'re|'ve|'m|'ll|'d): ASCII case folding, and U+017F (long s) folds to s as well.
+size_t o200k_contraction(const std::vector<uint32_t>& cps, size_t pos, size_t end) {
+  if (pos < end && cps[pos] == '\'' && pos + 1 < end && cps[pos + 1] == 0x17F) return 2;
+  return pos < end ? contraction(cps, pos, end, /*ignore_case=*/true) : 0;
+}
+
+// One letter alternative from `start` (after the optional prefix): upper_min = 0 is U*L+, 1 is U+L*.
+size_t o200k_word(const std::vector<uint32_t>& cps, size_t start, size_t end, bool upper_plus) {
+  const size_t u = run_length(cps, start, end, o200k_upper);
+  if (upper_plus) {
+    if (u == 0) return 0;
+    const size_t p = start + u + run_length(cps, start + u, end, o200k_lower);
+    return p - start + o200k_contraction(cps, p, end);
+  }
+  for (size_t k = u + 1; k-- > 0;) {  // U* as long as L+ still finds one after it
+    const size_t l = run_length(cps, start + k, end, o200k_lower);
+    if (l > 0) return k + l + o200k_contraction(cps, start + k + l, end);
+  }
+  return 0;
+}
+
+size_t match_o200k(const std::vector<uint32_t>& cps, size_t pos, size_t end) {
+  const uint32_t c = cps[pos];
+  const bool prefix = !cr_or_lf(c) && !letter(c) && !number(c);  // [^\r\n\p{L}\p{N}]
+  for (bool upper_plus : {false, true}) {
+    if (prefix && pos + 1 < end)
+      if (size_t n = o200k_word(cps, pos + 1, end, upper_plus)) return 1 + n;
+    if (size_t n = o200k_word(cps, pos, end, upper_plus)) return n;
+  }
+  if (number(c)) return std::min<size_t>(run_length(cps, pos, end, number), 3);  // \p{N}{1,3}
+  // " ?[^\s\p{L}\p{N}]+[\r\n/]*"
+  const size_t lead = (c == ' ' && pos + 1 < end && other(cps[pos + 1])) ? 1 : 0;
+  if (other(cps[pos + lead])) {
+    size_t p = pos + lead;
+    p += run_length(cps, p, end, other);
+    p += run_length(cps, p, end, [](uint32_t cp) { return cr_or_lf(cp) || cp == '/'; });
+    return p - pos;
+  }
+  // Whitespace: \s*[\r\n]+, \s+(?!\S), \s+ as in the Llama 3 pattern.
+  const size_t n = run_length(cps, pos, end, space);
+  for (size_t k = n; k > 0; --k)
+    if (cr_or_lf(cps[pos + k - 1])) return k;
+  if (n > 1 && pos + n < end) return n - 1;
+  return n;
+}
+
 bool punctuation_run_char(uint32_t cp, bool backtick) {
   if (codepoint_flags(cp) & unicode::kPunctuation) return true;
   switch (cp) {
@@ -119,6 +183,8 @@ size_t PreTokenizer::match(Stage stage, const std::vector<uint32_t>& cps, size_t
       return match_llama3(cps, pos, end, 3);
     case Stage::kQwen2:
       return match_llama3(cps, pos, end, 1);
+    case Stage::kO200k:
+      return match_o200k(cps, pos, end);
   }
   return 0;
 }
@@ -135,7 +201,7 @@ struct Preset {
   bool add_bos;
 };
 
-enum StageList { kDefault, kGpt2Only, kDigitsThenGpt2, kLlama3Only, kQwen2Only, kFalcon };
+enum StageList { kDefault, kGpt2Only, kDigitsThenGpt2, kLlama3Only, kQwen2Only, kFalcon, kO200kOnly };
 
 const Preset kPresets[] = {
     {"default", kDefault, false, true, false},
@@ -192,6 +258,9 @@ const Preset kPresets[] = {
     {"solar-open", kQwen2Only, false, false, false},
     // FALCON
     {"falcon", kFalcon, false, true, false},
+    // GPT4O: o200k (gpt-oss's converter writes "gpt-4o"; Llama 4 uses the same pattern)
+    {"gpt-4o", kO200kOnly, false, false, false},
+    {"llama4", kO200kOnly, false, false, false},
 };
 
 }  // namespace
@@ -214,6 +283,7 @@ PreTokenizer PreTokenizer::for_name(const std::string& name) {
       case kLlama3Only: pre.stages_ = {Stage::kLlama3}; break;
       case kQwen2Only: pre.stages_ = {Stage::kQwen2}; break;
       case kFalcon: pre.stages_ = {Stage::kPunctuationRunsTick, Stage::kGpt2, Stage::kAsciiDigitTriples}; break;
+      case kO200kOnly: pre.stages_ = {Stage::kO200k}; break;
     }
     return pre;
   }

@@ -45,6 +45,10 @@ class PreTokenizer {
     kLlama3,               // (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
                            //  ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
     kQwen2,                // the Llama 3 pattern with \p{N} (single digits) for \p{N}{1,3}
+    kO200k,                // o200k (GPT-4o, gpt-oss): [^\r\n\p{L}\p{N}]?U*L+C?|[^\r\n\p{L}\p{N}]?U+L*C?|
+                           //  \p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+ with
+                           //  U = [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}], L = [\p{Ll}\p{Lm}\p{Lo}\p{M}],
+                           //  C = (?i:'s|'t|'re|'ve|'m|'ll|'d)
   };
 
   // Length in code points of the match starting exactly at pos (0: none), end = segment end.

@@ -172,9 +172,7 @@ void Session::check_interrupt() {
   if (interrupt_ != nullptr && *interrupt_ && (*interrupt_)()) throw Interrupted("evaluation interrupted");
 }
 
-void Session::eval(const int32_t* tokens, int64_t n, bool all_logits, float* out,
-                   const std::function<bool()>& interrupt) {
-  BusyGuard guard(busy_);
+void Session::check_tokens(const int32_t* tokens, int64_t n) const {
   SS_CHECK_ARG(n >= 0, "token count must be >= 0, got ", n);
   const int64_t n_vocab = model_->n_vocab();
   for (int64_t i = 0; i < n; ++i)
@@ -183,6 +181,12 @@ void Session::eval(const int32_t* tokens, int64_t n, bool all_logits, float* out
   if (options_.mode == AttentionMode::kDense)
     SS_CHECK_ARG(n_past_ + (uint64_t)n <= (uint64_t)capacity(), "dense mode holds at most ", capacity(),
                  " tokens: ", n_past_, " fed plus ", n, " more would exceed it (use mode='streaming')");
+}
+
+void Session::eval(const int32_t* tokens, int64_t n, bool all_logits, float* out,
+                   const std::function<bool()>& interrupt) {
+  BusyGuard guard(busy_);
+  check_tokens(tokens, n);
   if (n == 0) return;
   cancel_requested_.store(false);
   interrupt_ = &interrupt;
@@ -207,6 +211,37 @@ void Session::eval_cached(const int32_t* tokens, int64_t n, bool all_logits, flo
     done += chunk;
     if (!last_chunk) check_interrupt();
   }
+}
+
+ForwardSegment Session::begin_segment(const int32_t* tokens, int64_t n, float* logits) {
+  SS_CHECK_ARG(options_.mode != AttentionMode::kRecompute,
+               "a recompute-mode session re-encodes its whole window for every token and cannot join a batch");
+  SS_CHECK_ARG(n >= 1 && n <= options_.batch_size, "a session's part of a batched step must be 1..batch_size (",
+               options_.batch_size, ") tokens, got ", n);
+  bool expected = false;
+  if (!busy_.compare_exchange_strong(expected, true))
+    throw ArgumentError("this Session is already in use by another thread; use one Session per thread");
+  try {
+    check_tokens(tokens, n);
+  } catch (...) {
+    busy_.store(false);
+    throw;
+  }
+  ForwardSegment segment;
+  segment.tokens = tokens;
+  segment.n = n;
+  segment.t0 = n_past_;
+  segment.cache = &cache_;
+  segment.rope = &scratch_.rope;
+  segment.keys_rotated = &scratch_.keys_rotated;
+  segment.entries_attended = &batched_entries_attended_;
+  segment.logits = logits;
+  return segment;
+}
+
+void Session::end_segment(int64_t n) {
+  n_past_ += (uint64_t)n;
+  busy_.store(false);
 }
 
 // The paper's "sliding window with re-computation": token t (t >= C) is predicted from the last C
@@ -358,7 +393,7 @@ std::vector<uint8_t> Session::save(const StreamExtras& extras) const {
   h.logits_n_past = extras.has_logits ? extras.logits_n_past : 0;
   h.app_bytes = extras.app_data.size();
 
-  const size_t row_bytes = (size_t)cache_.row_elements() * cache_.element_bytes();
+  const size_t row_bytes = cache_.token_row_bytes();
   uint64_t n_rows = 0;
   for (int64_t l = 0; l < cache_.n_layer(); ++l) n_rows += layer_rows(cache_, l, h).count(n_past_);
   h.total_bytes = sizeof(h) + (h.n_history + h.n_pending + h.n_logits) * 4 + h.app_bytes + n_rows * 2 * row_bytes +
@@ -421,7 +456,8 @@ void Session::load(const uint8_t* state, size_t size, const std::function<void(S
   SS_CHECK_ARG(h.mode == (uint32_t)options_.mode && h.n_sink == n_sink_ && h.window == window_ &&
                    h.kv_type == (uint32_t)options_.kv_type && h.position_offset == cache_.position_offset(),
                "session state was saved with other settings (mode ", mode_name((AttentionMode)std::min<uint32_t>(h.mode, 3)),
-               ", n_sink ", h.n_sink, ", window ", h.window, ", kv_type ", h.kv_type == 0 ? "f16" : "f32",
+               ", n_sink ", h.n_sink, ", window ", h.window, ", kv_type ",
+               h.kv_type <= (uint32_t)KvType::kQ8_0 ? kv_type_name((KvType)h.kv_type) : "?",
                ", position_offset ", h.position_offset, "); create the session with the same ones");
   SS_CHECK_ARG(h.geometry_fingerprint == geometry_fingerprint(),
                "session state was saved with another session geometry (architecture or per-layer windows differ)");
@@ -449,7 +485,7 @@ void Session::load(const uint8_t* state, size_t size, const std::function<void(S
   const uint8_t* pending = reader.take(h.n_pending, sizeof(int32_t), "pending tokens");
   const uint8_t* logits = reader.take(h.n_logits, sizeof(float), "logits");
   const uint8_t* app_data = reader.take(h.app_bytes, 1, "application data");
-  const size_t row_bytes = (size_t)cache_.row_elements() * cache_.element_bytes();
+  const size_t row_bytes = cache_.token_row_bytes();
   uint64_t n_rows = 0;  // at most n_layer * capacity: the ranges are checked
   for (int64_t l = 0; l < cache_.n_layer(); ++l) n_rows += layer_rows(cache_, l, h).count(h.n_past);
   const uint8_t* rows = reader.take(n_rows * 2, row_bytes, "cache rows");

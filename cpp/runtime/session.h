@@ -92,7 +92,7 @@ class Session {
   const Model& model() const { return *model_; }
   int n_threads() const { return pool_.n_threads(); }
   uint64_t keys_rotated() const { return scratch_.keys_rotated; }
-  uint64_t entries_attended() const { return backend_.entries_attended(); }
+  uint64_t entries_attended() const { return backend_.entries_attended() + batched_entries_attended_; }
 
   // Exact snapshot of the stream (cache contents, counter, recompute history, `extras`) in a
   // versioned container with the model's fingerprint, the session geometry's fingerprint and a
@@ -110,6 +110,15 @@ class Session {
   void request_cancel() { cancel_requested_.store(true); }
 
  private:
+  friend class BatchRunner;  // runs this session's tokens as one segment of a batched pass (batch.h)
+
+  // For BatchRunner: checks that n tokens can join a batched pass (not recompute mode, n within the
+  // ring's slack, ids in the vocabulary, dense capacity) and marks the session busy; throws
+  // ArgumentError naming the problem and leaves the session untouched otherwise.
+  ForwardSegment begin_segment(const int32_t* tokens, int64_t n, float* logits);
+  // After the pass: the stream advanced by the segment's n tokens; the session is free again.
+  void end_segment(int64_t n);
+  void release_segment() { busy_.store(false); }  // the pass did not run
   struct Geometry {
     int64_t n_sink, window;
   };
@@ -120,6 +129,7 @@ class Session {
   uint64_t geometry_fingerprint() const;
   Session(std::shared_ptr<const Model> model, const SessionOptions& options, Geometry geometry);
 
+  void check_tokens(const int32_t* tokens, int64_t n) const;  // ids, and dense mode's capacity
   void eval_cached(const int32_t* tokens, int64_t n, bool all_logits, float* out);
   void eval_recompute(const int32_t* tokens, int64_t n, bool all_logits, float* out);
   void check_interrupt();
@@ -133,6 +143,7 @@ class Session {
   SinkCache cache_;
   ForwardScratch scratch_;
   uint64_t n_past_ = 0;
+  uint64_t batched_entries_attended_ = 0;  // K/V rows attended in batched passes
   // recompute mode: the last C tokens (a ring indexed by stream position) and the logits buffer.
   std::vector<int32_t> history_;
   std::vector<int32_t> scratch_recompute_tokens_;  // (C) tokens re-encoded for one prediction

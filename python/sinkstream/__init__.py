@@ -9,6 +9,7 @@ from ._core import Cancelled, GGUFError, ModelError
 from .gguf_file import GGUFFile, TensorInfo, TensorNotFoundError
 from .default_model import default_model_path
 from .model import Model, Session
+from .batching import BatchScheduler
 from .generation import DEFAULT, GenerationStats, SamplingParams
 from .chat_template import ChatTemplateError, TemplateLimits
 from .perplexity import perplexity
@@ -24,7 +25,7 @@ try:
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0+unknown"
 
-__all__ = ["Cancelled", "GGUFError", "ModelError", "GGUFFile", "TensorInfo", "TensorNotFoundError",
+__all__ = ["BatchScheduler", "Cancelled", "GGUFError", "ModelError", "GGUFFile", "TensorInfo", "TensorNotFoundError",
            "default_model_path", "Model", "Session",
            "GenerationStats", "SamplingParams", "DEFAULT", "ChatTemplateError", "TemplateLimits", "perplexity",
            "supported_architectures", "__version__"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -51,8 +52,22 @@ def _prompt(n_vocab: int, n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(100, min(n_vocab, 20000), size=n).astype(np.int32)
 
 
+AT_POSITION_STEPS = 32  # decode steps timed at the stream position
+
+
+def tokens_per_run(prompt_tokens: int, decode_tokens: int, position: int) -> int:
+    """Tokens one run of bench_sinkstream / bench_llama_cpp feeds (for a progress bar's total)."""
+    return max(prompt_tokens + decode_tokens, position) + AT_POSITION_STEPS
+
+
 def bench_sinkstream(model, threads: int, prompt_tokens: int = 512, decode_tokens: int = 256,
-                     position: int = 2048, repeats: int = 3, window: int = 2044) -> BenchResult:
+                     position: int = 2048, repeats: int = 3, window: int | None = None,
+                     progress: Callable[[int], object] | None = None) -> BenchResult:
+    """window: the session's (None: 2044, or less to fit the training context with the 4 sinks);
+    progress: called with the number of tokens each phase fed (see tokens_per_run)."""
+    if window is None:
+        window = min(2044, model.n_ctx_train - 4)
+    advance = progress or (lambda n: None)
     prompt = _prompt(model.n_vocab, prompt_tokens)
     known = model.n_tokenizer_vocab  # greedy never picks a padding row of the embedding
     prefill, decode, at_position = [], [], []
@@ -61,25 +76,30 @@ def bench_sinkstream(model, threads: int, prompt_tokens: int = 512, decode_token
         t0 = time.perf_counter()
         logits = session.eval(prompt, logits="last")
         prefill.append(prompt_tokens / (time.perf_counter() - t0))
+        advance(prompt_tokens)
         t0 = time.perf_counter()
         for _ in range(decode_tokens):
             logits = session.eval([int(np.argmax(logits[:known]))], logits="last")
         decode.append(decode_tokens / (time.perf_counter() - t0))
+        advance(decode_tokens)
         if session.n_past < position:
+            advance(position - session.n_past)
             session.eval(_prompt(model.n_vocab, position - session.n_past, seed=1), logits=None)
-        steps = 32
         t0 = time.perf_counter()
-        for _ in range(steps):
+        for _ in range(AT_POSITION_STEPS):
             logits = session.eval([int(np.argmax(logits[:known]))], logits="last")
-        at_position.append(1000 * (time.perf_counter() - t0) / steps)
+        at_position.append(1000 * (time.perf_counter() - t0) / AT_POSITION_STEPS)
+        advance(AT_POSITION_STEPS)
     return BenchResult("sinkstream", threads, statistics.median(prefill), statistics.median(decode),
                        statistics.median(at_position), position, peak_rss_mib(),
                        {"prefill": prefill, "decode": decode, "at_position": at_position})
 
 
 def bench_llama_cpp(model_path: str, threads: int, prompt_tokens: int = 512, decode_tokens: int = 256,
-                    position: int = 2048, repeats: int = 3) -> BenchResult | None:
+                    position: int = 2048, repeats: int = 3,
+                    progress: Callable[[int], object] | None = None) -> BenchResult | None:
     """The same measurements with llama.cpp (llama-cpp-python), or None when it is not installed."""
+    advance = progress or (lambda n: None)
     try:
         import llama_cpp  # type: ignore[import-not-found]
     except ImportError:
@@ -101,17 +121,20 @@ def bench_llama_cpp(model_path: str, threads: int, prompt_tokens: int = 512, dec
         t0 = time.perf_counter()
         llm.eval(prompt)
         prefill.append(prompt_tokens / (time.perf_counter() - t0))
+        advance(prompt_tokens)
         t0 = time.perf_counter()
         for _ in range(decode_tokens):
             llm.eval([next_token()])
         decode.append(decode_tokens / (time.perf_counter() - t0))
+        advance(decode_tokens)
         if llm.n_tokens < position:
+            advance(position - llm.n_tokens)
             llm.eval(_prompt(n_vocab, position - llm.n_tokens, seed=1).tolist())
-        steps = 32
         t0 = time.perf_counter()
-        for _ in range(steps):
+        for _ in range(AT_POSITION_STEPS):
             llm.eval([next_token()])
-        at_position.append(1000 * (time.perf_counter() - t0) / steps)
+        at_position.append(1000 * (time.perf_counter() - t0) / AT_POSITION_STEPS)
+        advance(AT_POSITION_STEPS)
     return BenchResult("llama.cpp", threads, statistics.median(prefill), statistics.median(decode),
                        statistics.median(at_position), position, peak_rss_mib(),
                        {"prefill": prefill, "decode": decode, "at_position": at_position})

@@ -4,7 +4,8 @@ Rendering follows Hugging Face transformers' ``apply_chat_template``: a sandboxe
 with ``trim_blocks`` and ``lstrip_blocks``, the loop-controls extension, the globals
 ``raise_exception`` and ``strftime_now``, a ``tojson`` filter, and the variables ``messages``,
 ``add_generation_prompt``, ``bos_token`` and ``eos_token`` (plus any extra ones passed in). A model
-without a template gets its family's format when that is known (Gemma's turns), else ChatML.
+without a template gets its family's format when that is known (Gemma's turns, gpt-oss's harmony),
+else ChatML.
 
 The template comes from the model file, so it is rendered as untrusted code: the sandbox keeps it
 away from Python internals, and TemplateLimits bound what it may use (output and intermediate
@@ -36,6 +37,7 @@ from typing import Any, Iterator, Mapping, Sequence
 __all__ = [
     "CHATML_TEMPLATE",
     "GEMMA_TEMPLATE",
+    "HARMONY_TEMPLATE",
     "fallback_template",
     "ChatTemplateError",
     "TemplateLimits",
@@ -73,7 +75,36 @@ GEMMA_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
 )
 
-_FALLBACK_BY_ARCHITECTURE = {"gemma": GEMMA_TEMPLATE, "gemma2": GEMMA_TEMPLATE, "gemma3": GEMMA_TEMPLATE}
+# Harmony (gpt-oss; OpenAI's "harmony response format" guide): every message is
+# `<|start|>{role}<|message|>{content}<|end|>`, the assistant's with a channel,
+# `<|start|>assistant<|channel|>final<|message|>...<|end|>` (the model ends a final answer with
+# `<|return|>`, which history stores as `<|end|>`); the conversation opens with a system message
+# (model identity, knowledge cutoff, optional date, reasoning effort, the valid channels) and the
+# caller's system / developer instructions go into a developer message (`# Instructions`). The
+# generation prompt is `<|start|>assistant`; the model then picks its channel (analysis first).
+# Variables: reasoning_effort (low / medium / high, default medium), conversation_start_date
+# (YYYY-MM-DD, left out when not given, so that renders are reproducible). For gpt-oss files
+# whose GGUF carries no template (llama.cpp's converter normally stores OpenAI's).
+HARMONY_TEMPLATE = (
+    "{{ '<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.\n"
+    "Knowledge cutoff: 2024-06\n' }}"
+    "{% if conversation_start_date is defined %}{{ 'Current date: ' + conversation_start_date + '\n' }}{% endif %}"
+    "{{ '\nReasoning: ' + (reasoning_effort if reasoning_effort is defined else 'medium') + '\n\n"
+    "# Valid channels: analysis, commentary, final. Channel must be included for every message.<|end|>' }}"
+    "{% for message in messages %}"
+    "{% if message['role'] in ('system', 'developer') %}"
+    "{{ '<|start|>developer<|message|># Instructions\n\n' + message['content'] + '<|end|>' }}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{{ '<|start|>assistant<|channel|>final<|message|>' + message['content'] + '<|end|>' }}"
+    "{% else %}"
+    "{{ '<|start|>' + message['role'] + '<|message|>' + message['content'] + '<|end|>' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start|>assistant' }}{% endif %}"
+)
+
+_FALLBACK_BY_ARCHITECTURE = {"gemma": GEMMA_TEMPLATE, "gemma2": GEMMA_TEMPLATE, "gemma3": GEMMA_TEMPLATE,
+                             "gpt-oss": HARMONY_TEMPLATE}
 
 
 def fallback_template(architecture: str) -> str:

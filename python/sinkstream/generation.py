@@ -28,6 +28,7 @@ import dataclasses
 import enum
 import math
 import numbers
+import sys
 import time
 import types
 from dataclasses import dataclass, field
@@ -162,7 +163,7 @@ class SamplingParams:
     top_k: int = 40
     top_p: float = 0.95
     min_p: float = 0.05
-    repeat_penalty: float = 1.0
+    repeat_penalty: float = 1.1  # small models loop without it (1.0: off, as llama.cpp's default)
     repeat_last_n: int = 64
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
@@ -349,12 +350,44 @@ def make_sampler(n_vocab: int, n_allowed: int | None = None, **options: Any):
 
 # ---- the token loop ------------------------------------------------------------------------------
 
-def _eval(session: Any, tokens: list[int]):
-    """Evaluates tokens; afterwards (even on error) session._pending drops those that reached the
-    session, judged by how far n_past moved, so a KeyboardInterrupt never duplicates a token."""
+# A prompt longer than this is fed in chunks of this many tokens when a progress bar is wanted (the
+# same logits as one eval: chunking never changes a stream, docs/streaming.md invariant 2).
+PROGRESS_CHUNK = 256
+
+
+def _prefill_bar(total: int) -> Any:
+    """A tqdm bar on stderr for reading a prompt: shown only when stderr is a terminal and only
+    once the prompt has taken half a second (short prompts print nothing)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="reading prompt", unit="tok", file=sys.stderr, delay=0.5, leave=False,
+                dynamic_ncols=True, disable=not sys.stderr.isatty())
+
+
+def _eval_in_chunks(session: Any, tokens: list[int]):
+    bar = _prefill_bar(len(tokens))
+    try:
+        for start in range(0, len(tokens) - PROGRESS_CHUNK, PROGRESS_CHUNK):
+            session.eval(tokens[start:start + PROGRESS_CHUNK], logits=None)
+            bar.update(PROGRESS_CHUNK)
+        last = tokens[(len(tokens) - 1) // PROGRESS_CHUNK * PROGRESS_CHUNK:]
+        logits = session.eval(last, logits="last")
+        bar.update(len(last))
+        return logits
+    finally:
+        bar.close()
+
+
+def _eval(session: Any, tokens: list[int], progress: bool = False):
+    """Evaluates tokens (with a progress bar for a long prompt when ``progress``); afterwards (even
+    on error) session._pending drops those that reached the session, judged by how far n_past
+    moved, so a KeyboardInterrupt never duplicates a token."""
     n_before = session.n_past
     try:
-        logits = session.eval(tokens, logits="last")
+        if progress and len(tokens) > PROGRESS_CHUNK:
+            logits = _eval_in_chunks(session, tokens)
+        else:
+            logits = session.eval(tokens, logits="last")
     finally:
         fed = session.n_past - n_before
         pending = _pending_of(session)
@@ -366,7 +399,7 @@ def _eval(session: Any, tokens: list[int]):
 
 def stream_tokens(session: Any, prompt: str | Sequence[int] | np.ndarray | None = None,
                   params: SamplingParams | None = None, *, add_bos: bool | None = None, special: bool = True,
-                  **options: Any) -> Iterator[int]:
+                  progress: bool = False, **options: Any) -> Iterator[int]:
     """Evaluates the prompt on the session, then samples token by token, yielding token ids.
 
     prompt: text (tokenized with ``special``; ``add_bos=None`` = the model's default, applied only
@@ -376,7 +409,8 @@ def stream_tokens(session: Any, prompt: str | Sequence[int] | np.ndarray | None 
     fields) override it. Stops after ``max_tokens`` samples (None: no limit) or at an
     end-of-generation token, which is not yielded but stays pending in the session (see the module
     docstring). Options are checked here, before the first ``next()``; the prompt is evaluated on
-    the first ``next()``. ``stop`` is ignored here (see stream_text).
+    the first ``next()``. ``stop`` is ignored here (see stream_text). progress: a bar on stderr
+    while a long prompt is read (only when stderr is a terminal and reading takes > 0.5 s).
     """
     model = session.model
     known = _known_tokens(model)
@@ -387,10 +421,11 @@ def stream_tokens(session: Any, prompt: str | Sequence[int] | np.ndarray | None 
     if len(prompt) == 0 and _at_stream_start(session):
         raise ValueError("the prompt is empty and the session holds no tokens: nothing to condition on")
     sampler = _sampler_from(model.n_vocab, opts, known)
-    return _token_loop(session, prompt, add_bos, special, sampler, opts["max_tokens"], opts["repeat_last_n"])
+    return _token_loop(session, prompt, add_bos, special, sampler, opts["max_tokens"], opts["repeat_last_n"],
+                       bool(progress))
 
 
-def _token_loop(session, prompt, add_bos, special, sampler, limit, repeat_last_n) -> Iterator[int]:
+def _token_loop(session, prompt, add_bos, special, sampler, limit, repeat_last_n, progress) -> Iterator[int]:
     model = session.model
     stats = GenerationStats()
     session.last_stats = stats
@@ -400,7 +435,7 @@ def _token_loop(session, prompt, add_bos, special, sampler, limit, repeat_last_n
         pending = _pending_of(session)
         feed = pending + _prompt_ids(session, prompt, add_bos, special)
         if feed:
-            logits, fed = _eval(session, feed)
+            logits, fed = _eval(session, feed, progress)
             stats.prompt_tokens = fed
         else:
             cached = getattr(session, "_last_logits", None)
@@ -461,7 +496,7 @@ def _split_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, str, bool]:
 
 def stream_text(session: Any, prompt: str | Sequence[int] | np.ndarray | None = None,
                 params: SamplingParams | None = None, *, add_bos: bool | None = None, special: bool = True,
-                **options: Any) -> Iterator[str]:
+                progress: bool = False, **options: Any) -> Iterator[str]:
     """Generates on the session, yielding text pieces as soon as they are final.
 
     Pieces are decoded incrementally from the tokens' bytes: a character split across tokens is
@@ -473,11 +508,11 @@ def stream_text(session: Any, prompt: str | Sequence[int] | np.ndarray | None = 
     Closing the generator early (break, .close(), an exception in the consumer) leaves the session
     consistent: its stream holds the prompt plus every sampled token but the last, which is kept
     in ``session._pending`` and evaluated first by the next call on the session. Statistics are in
-    ``session.last_stats`` once the generator has finished or been closed. Prompt, params and
-    options: see stream_tokens.
+    ``session.last_stats`` once the generator has finished or been closed. Prompt, params,
+    progress and options: see stream_tokens.
     """
     resolved = resolve_sampling_params(params, **options)
-    tokens = stream_tokens(session, prompt, resolved, add_bos=add_bos, special=special)
+    tokens = stream_tokens(session, prompt, resolved, add_bos=add_bos, special=special, progress=progress)
     return _text_loop(session, tokens, tuple(resolved.stop))
 
 

@@ -18,6 +18,7 @@ from .default_model import default_model_path
 from .generation import DEFAULT, GenerationStats, SamplingParams, _Default, resolve_sampling_params
 
 MODES = ("streaming", "window", "dense", "recompute")
+KV_TYPES = ("f16", "f32", "q8_0")  # K/V cache storage: q8_0 is GGML's 8-bit blocks (head_dim % 32 == 0)
 _LOGITS = ("last", "all", None)
 
 
@@ -87,8 +88,8 @@ def _session_args(model: "Model", mode: str, n_sink: int | None, window: int | N
     # Upper bounds: the native sizes are int64 (past them nanobind would only dump its signature).
     window = -1 if window is None else _check_int("window", window, 1, 2**63 - 1)
     batch_size = _check_int("batch_size", batch_size, 1, 65536)
-    if kv_type not in ("f16", "f32"):
-        raise ValueError(f"kv_type must be 'f16' or 'f32', got {kv_type!r}")
+    if kv_type not in KV_TYPES:
+        raise ValueError(f"kv_type must be 'f16', 'f32' or 'q8_0', got {kv_type!r}")
     n_threads = model.n_threads if n_threads is None else _check_int("n_threads", n_threads, 1, 1024)
     position_offset = _check_int("position_offset", position_offset, 0, 2**62)
     return dict(mode=mode, n_sink=n_sink, window=window, batch_size=batch_size, kv_type=kv_type, n_threads=n_threads,
@@ -116,6 +117,7 @@ class Model:
         self.path = path
         self._handle: _core.Model | None = _core.Model.load(path)
         self._sessions: weakref.WeakSet[Session] = weakref.WeakSet()
+        self._schedulers: weakref.WeakSet[Any] = weakref.WeakSet()  # BatchSchedulers of this model
         self._metadata: dict[str, Any] | None = None
 
     @property
@@ -137,6 +139,8 @@ class Model:
         while other Python references to the model or its sessions remain. A generator still
         running on one of its sessions raises RuntimeError at its next step. Idempotent.
         `with sinkstream.Model(path) as model:` closes it at the end of the block."""
+        for scheduler in list(self._schedulers):
+            scheduler.close()
         for session in list(self._sessions):
             session._close()
         self._sessions.clear()
@@ -184,8 +188,9 @@ class Model:
 
     @property
     def layers(self) -> list[dict[str, Any]]:
-        """Per-layer configuration: sliding_window (0: global), rope (None: NoPE), qk_norm, post_norms,
-        activation, attention_scale, attention_softcap."""
+        """Per-layer configuration: sliding_window (0: global), rope (None: NoPE; yarn_factor 0: no YaRN),
+        qk_norm, post_norms, activation (swiglu, geglu, gelu, gelu_tanh, swiglu_oai), attention_scale,
+        attention_softcap, learned_sinks, experts ((used, count) or None)."""
         return self._core.layers
 
     @property
@@ -283,18 +288,20 @@ class Model:
             repeat_penalty: float | _Default = DEFAULT, repeat_last_n: int | _Default = DEFAULT,
             frequency_penalty: float | _Default = DEFAULT, presence_penalty: float | _Default = DEFAULT,
             logit_bias: Mapping[int, float] | None | _Default = DEFAULT, seed: int | None | _Default = DEFAULT,
-            stop: str | Sequence[str] | _Default = DEFAULT, add_bos: bool | None = None, special: bool = True) -> Iterator[str]:
+            stop: str | Sequence[str] | _Default = DEFAULT, add_bos: bool | None = None, special: bool = True,
+            progress: bool = False) -> Iterator[str]:
         """Generates from a fresh session (mode, n_sink, window: see session()), yielding text
         pieces (UTF-8 complete). Options are checked before this returns.
 
         params: a sinkstream.SamplingParams (None: its defaults); the keyword options are its fields and
         override it one by one (DEFAULT: not given). add_bos (None: the model's default, only at the
-        start of a stream) and special (parse special-token text) apply to a text prompt.
+        start of a stream) and special (parse special-token text) apply to a text prompt. progress:
+        a bar on stderr while a long prompt is read (when stderr is a terminal).
         """
         resolved = resolve_sampling_params(params, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
             repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, frequency_penalty=frequency_penalty,
             presence_penalty=presence_penalty, logit_bias=logit_bias, seed=seed, stop=stop)
-        return self.session(mode, n_sink, window).stream(prompt, resolved, add_bos=add_bos, special=special)
+        return self.session(mode, n_sink, window).stream(prompt, resolved, add_bos=add_bos, special=special, progress=progress)
 
     def generate(self, prompt: str | Sequence[int] | np.ndarray, params: SamplingParams | None = None, *,
                  mode: str = "streaming", n_sink: int | None = None, window: int | None = None,
@@ -303,12 +310,13 @@ class Model:
             repeat_penalty: float | _Default = DEFAULT, repeat_last_n: int | _Default = DEFAULT,
             frequency_penalty: float | _Default = DEFAULT, presence_penalty: float | _Default = DEFAULT,
             logit_bias: Mapping[int, float] | None | _Default = DEFAULT, seed: int | None | _Default = DEFAULT,
-            stop: str | Sequence[str] | _Default = DEFAULT, add_bos: bool | None = None, special: bool = True) -> str:
+            stop: str | Sequence[str] | _Default = DEFAULT, add_bos: bool | None = None, special: bool = True,
+            progress: bool = False) -> str:
         """stream() joined into one string (same arguments)."""
         resolved = resolve_sampling_params(params, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
             repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, frequency_penalty=frequency_penalty,
             presence_penalty=presence_penalty, logit_bias=logit_bias, seed=seed, stop=stop)
-        return "".join(self.session(mode, n_sink, window).stream(prompt, resolved, add_bos=add_bos, special=special))
+        return "".join(self.session(mode, n_sink, window).stream(prompt, resolved, add_bos=add_bos, special=special, progress=progress))
 
     def __repr__(self) -> str:
         return f"Model({self.path!r}, arch={self.architecture!r}, n_vocab={self.n_vocab})"
@@ -348,6 +356,8 @@ class Session:
         self._last_logits: tuple[int, np.ndarray] | None = None  # (n_past then, logits)
         self._chat_history: list[dict[str, str]] | None = None
         self._chat_record = None
+        self._batch_size = args["batch_size"]
+        self._scheduler: Any = None  # a sinkstream.BatchScheduler that runs this session's evals
         self.last_stats: GenerationStats | None = None  # the last stream/generate/chat call's
         model._sessions.add(self)
 
@@ -377,7 +387,23 @@ class Session:
         array = token_array(tokens, self.model.n_vocab)
         if len(array) == 0 and logits is not None:
             raise ValueError("tokens is empty: there are no logits to return")
-        return self._core.eval(array, logits == "all", logits is not None)
+        scheduler = self._scheduler
+        if scheduler is None or scheduler.closed:
+            return self._core.eval(array, logits == "all", logits is not None)
+        if logits == "all":  # a batched step returns last-token logits only
+            core = self._core
+            return scheduler.exclusive(lambda: core.eval(array, True, True))
+        return scheduler.eval(self, array, logits is not None)
+
+    def cancel(self) -> None:
+        """Asks an eval running in another thread (directly or through a BatchScheduler) to stop
+        after its current chunk or step; it raises sinkstream.Cancelled there, with every token
+        fed so far kept (n_past counts them)."""
+        scheduler = self._scheduler
+        if scheduler is not None and not scheduler.closed:
+            scheduler.cancel(self)
+        else:
+            self._core.request_cancel()
 
     @property
     def n_past(self) -> int:
@@ -468,7 +494,8 @@ class Session:
             repeat_penalty: float | _Default = DEFAULT, repeat_last_n: int | _Default = DEFAULT,
             frequency_penalty: float | _Default = DEFAULT, presence_penalty: float | _Default = DEFAULT,
             logit_bias: Mapping[int, float] | None | _Default = DEFAULT, seed: int | None | _Default = DEFAULT,
-            stop: str | Sequence[str] | _Default = DEFAULT, add_bos: bool | None = None, special: bool = True) -> Iterator[str]:
+            stop: str | Sequence[str] | _Default = DEFAULT, add_bos: bool | None = None, special: bool = True,
+            progress: bool = False) -> Iterator[str]:
         """Continues this session's stream: feeds the prompt, yields generated text pieces (UTF-8
         complete). prompt None (or empty) continues from what the session holds: its pending
         token (the last one sampled) or its fresh logits; on an empty session it raises
@@ -477,14 +504,15 @@ class Session:
 
         params: a sinkstream.SamplingParams (None: its defaults); the keyword options are its fields and
         override it one by one (DEFAULT: not given). add_bos (None: the model's default, only at the
-        start of a stream) and special (parse special-token text) apply to a text prompt.
+        start of a stream) and special (parse special-token text) apply to a text prompt. progress:
+        a bar on stderr while a long prompt is read (when stderr is a terminal).
         """
         from .generation import stream_text
 
         resolved = resolve_sampling_params(params, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
             repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, frequency_penalty=frequency_penalty,
             presence_penalty=presence_penalty, logit_bias=logit_bias, seed=seed, stop=stop)
-        return stream_text(self, prompt, resolved, add_bos=add_bos, special=special)
+        return stream_text(self, prompt, resolved, add_bos=add_bos, special=special, progress=progress)
 
     def generate(self, prompt: str | Sequence[int] | np.ndarray | None = None, params: SamplingParams | None = None,
                  *, max_tokens: int | None | _Default = DEFAULT, temperature: float | _Default = DEFAULT,
@@ -492,11 +520,12 @@ class Session:
             repeat_penalty: float | _Default = DEFAULT, repeat_last_n: int | _Default = DEFAULT,
             frequency_penalty: float | _Default = DEFAULT, presence_penalty: float | _Default = DEFAULT,
             logit_bias: Mapping[int, float] | None | _Default = DEFAULT, seed: int | None | _Default = DEFAULT,
-            stop: str | Sequence[str] | _Default = DEFAULT, add_bos: bool | None = None, special: bool = True) -> str:
+            stop: str | Sequence[str] | _Default = DEFAULT, add_bos: bool | None = None, special: bool = True,
+            progress: bool = False) -> str:
         """stream() joined into one string (same arguments)."""
         return "".join(self.stream(prompt, params, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
             repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, frequency_penalty=frequency_penalty,
-            presence_penalty=presence_penalty, logit_bias=logit_bias, seed=seed, stop=stop, add_bos=add_bos, special=special))
+            presence_penalty=presence_penalty, logit_bias=logit_bias, seed=seed, stop=stop, add_bos=add_bos, special=special, progress=progress))
 
     def chat(self, messages: str | list[dict[str, str]], params: SamplingParams | None = None, *,
              history: list[dict[str, str]] | None = None,
@@ -505,7 +534,8 @@ class Session:
             repeat_penalty: float | _Default = DEFAULT, repeat_last_n: int | _Default = DEFAULT,
             frequency_penalty: float | _Default = DEFAULT, presence_penalty: float | _Default = DEFAULT,
             logit_bias: Mapping[int, float] | None | _Default = DEFAULT, seed: int | None | _Default = DEFAULT,
-            stop: str | Sequence[str] | _Default = DEFAULT, add_bos: bool | None = None, special: bool = True) -> Iterator[str]:
+            stop: str | Sequence[str] | _Default = DEFAULT, add_bos: bool | None = None, special: bool = True,
+            progress: bool = False) -> Iterator[str]:
         """One chat turn: renders the GGUF chat template over the conversation so far plus
         `messages` (a user text or a list of {"role", "content"}), feeds only what is new, and
         streams the reply. The session remembers the conversation (constant memory); history:
@@ -513,14 +543,16 @@ class Session:
 
         params: a sinkstream.SamplingParams (None: its defaults); the keyword options are its fields and
         override it one by one (DEFAULT: not given). add_bos (None: the model's default, only at the
-        start of a stream) and special (parse special-token text) apply to a text prompt.
+        start of a stream) and special (parse special-token text) apply to a text prompt. progress:
+        a bar on stderr while a long prompt is read (when stderr is a terminal).
         """
         from .chat_template import chat_turn
 
         resolved = resolve_sampling_params(params, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
             repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, frequency_penalty=frequency_penalty,
             presence_penalty=presence_penalty, logit_bias=logit_bias, seed=seed, stop=stop)
-        return chat_turn(self, messages, history, params=resolved, add_bos=add_bos, special=special)
+        return chat_turn(self, messages, history, params=resolved, add_bos=add_bos, special=special,
+                         progress=progress)
 
     def __repr__(self) -> str:
         return (f"Session(mode={self.mode!r}, n_sink={self.n_sink}, window={self.window}, "

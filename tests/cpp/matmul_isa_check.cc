@@ -48,6 +48,8 @@ std::vector<uint8_t> random_weight(GgmlType t, int64_t rows, int64_t cols, std::
     return w;
   }
   for (auto& byte : w) byte = (uint8_t)rng();
+  if (t == GgmlType::MXFP4)  // E8M0 exponents 118 .. 126: scales 2^-10 .. 2^-2 (halved), finite weights
+    for (int64_t b = 0; b < n_blocks; ++b) w[(size_t)(b * info.block_bytes)] = (uint8_t)(118 + rng() % 9);
   for (int64_t b = 0; b < n_blocks; ++b)
     for (int off : scale_offsets(t)) {
       const uint16_t h = f32_to_fp16(scale(rng));
@@ -61,7 +63,7 @@ std::vector<uint8_t> random_weight(GgmlType t, int64_t rows, int64_t cols, std::
 int main() {
   const GgmlType types[] = {GgmlType::F32,  GgmlType::F16,  GgmlType::BF16, GgmlType::Q4_0, GgmlType::Q4_1,
                             GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::IQ4_NL, GgmlType::Q2_K,
-                            GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
+                            GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::MXFP4};
   std::vector<Isa> levels;
   for (Isa isa : {Isa::Neon, Isa::Dotprod, Isa::I8mm, Isa::Avx2, Isa::Avx512})
     if (isa_supported(isa)) levels.push_back(isa);

@@ -88,5 +88,37 @@ int main() {
     });
   }
   for (auto& t : users) t.join();
+
+  // A worker that is late (here: its task sleeps 5 ms while the caller's share is instant) makes the
+  // next runs go solo: every task on the caller's thread, still each exactly once; a run whose
+  // workers keep up does not.
+  {
+    ThreadPool pool(2);
+    CHECK_EQ(pool.solo_runs_left(), 0);
+    for (int round = 0; round < 20 && pool.solo_runs_left() == 0; ++round) {
+      pool.run(2, [&](int64_t, int thread) {
+        if (thread != 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      });
+    }
+    CHECK(pool.solo_runs_left() > 0);
+    const int64_t left = pool.solo_runs_left();
+    std::atomic<int> off_caller{0}, runs{0};
+    pool.run(64, [&](int64_t, int thread) {
+      off_caller.fetch_add(thread != 0);
+      runs.fetch_add(1);
+    });
+    CHECK_EQ(off_caller.load(), 0);
+    CHECK_EQ(runs.load(), 64);
+    CHECK_EQ(pool.solo_runs_left(), left - 1);
+    // The stretch runs out; then the workers take part again.
+    while (pool.solo_runs_left() > 0) check_run(pool, 8, false, rng);
+    std::atomic<int> on_worker{0};
+    for (int round = 0; round < 200 && on_worker.load() == 0; ++round)
+      pool.run(64, [&](int64_t, int thread) {
+        if (thread != 0) on_worker.fetch_add(1);
+        std::this_thread::sleep_for(std::chrono::microseconds(20));
+      });
+    CHECK(on_worker.load() > 0);
+  }
   return sinkstream_test::check_summary("test_thread_pool");
 }

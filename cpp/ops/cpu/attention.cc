@@ -11,6 +11,7 @@
 #include "ops/cpu/attention_kernels.h"
 #include "ops/cpu/cpu_features.h"
 #include "ops/ops.h"
+#include "quant/quant_blocks.h"
 
 namespace sinkstream {
 
@@ -58,15 +59,48 @@ void accumulate_rows_scalar(const T* values, int64_t n_rows, int64_t row_stride,
   }
 }
 
-// The max shift keeps exp() finite; the weights sum to 1 before any rounding to half.
-void softmax_scalar(float* s, int64_t n, bool round_half) {
-  float max_score = -INFINITY;
+// Q8_0 rows (sink_cache.h): each block's products summed, then scaled by the block's d.
+void score_rows_q8_scalar(const uint8_t* keys, int64_t n_rows, int64_t row_bytes, const float* q, int64_t group,
+                          int64_t dim, float scale, float* scores, int64_t scores_stride) {
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const BlockQ8_0* k = reinterpret_cast<const BlockQ8_0*>(keys + r * row_bytes);
+    for (int64_t h = 0; h < group; ++h) {
+      float dot = 0.0f;
+      for (int64_t b = 0; b < dim / kQK; ++b) {
+        float block = 0.0f;
+        for (int i = 0; i < kQK; ++i) block += q[h * dim + b * kQK + i] * (float)k[b].qs[i];
+        dot += to_f32(k[b].d) * block;
+      }
+      scores[h * scores_stride + r] = dot * scale;
+    }
+  }
+}
+
+void accumulate_rows_q8_scalar(const uint8_t* values, int64_t n_rows, int64_t row_bytes, const float* weights,
+                               int64_t weights_stride, int64_t group, int64_t dim, float* out) {
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const BlockQ8_0* v = reinterpret_cast<const BlockQ8_0*>(values + r * row_bytes);
+    for (int64_t h = 0; h < group; ++h) {
+      for (int64_t b = 0; b < dim / kQK; ++b) {
+        const float w = weights[h * weights_stride + r] * to_f32(v[b].d);
+        for (int i = 0; i < kQK; ++i) out[h * dim + b * kQK + i] += w * (float)v[b].qs[i];
+      }
+    }
+  }
+}
+
+// The max shift keeps exp() finite; the weights sum to 1 before any rounding to half. A learned
+// sink logit (finite `sink`) joins the max and adds exp(sink - max) to the denominator only, a
+// column with no value (attention_kernels.h).
+void softmax_scalar(float* s, int64_t n, float sink, bool round_half) {
+  float max_score = sink;  // -inf without a learned sink
   for (int64_t r = 0; r < n; ++r) max_score = std::max(max_score, s[r]);
   float sum = 0.0f;
   for (int64_t r = 0; r < n; ++r) {
     s[r] = std::exp(s[r] - max_score);
     sum += s[r];
   }
+  if (sink != -INFINITY) sum += std::exp(sink - max_score);
   const float inv = 1.0f / sum;
   for (int64_t r = 0; r < n; ++r) s[r] = round_half ? round_to_half(s[r] * inv) : s[r] * inv;
 }
@@ -76,8 +110,9 @@ void round_to_half_scalar(const float* in, int64_t n, float* out) {
 }
 
 const Kernels& scalar_kernels() {
-  static const Kernels k{score_rows_scalar<uint16_t>, score_rows_scalar<float>, accumulate_rows_scalar<uint16_t>,
-                         accumulate_rows_scalar<float>, softmax_scalar, round_to_half_scalar};
+  static const Kernels k{score_rows_scalar<uint16_t>, score_rows_scalar<float>,    accumulate_rows_scalar<uint16_t>,
+                         accumulate_rows_scalar<float>, softmax_scalar,            round_to_half_scalar,
+                         score_rows_q8_scalar,          accumulate_rows_q8_scalar};
   return k;
 }
 
@@ -173,10 +208,37 @@ int64_t attention_set_size(const SinkCache& cache, int64_t layer, uint64_t t) {
 
 namespace {
 
+// Q8_0 rows: the query stays single precision (only the cache is quantized).
+void scores_q8(const Kernels& k, const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
+               const float* q_sink, const float* q_window, float scale, int64_t row_begin, int64_t row_end,
+               float* scores, int64_t scores_stride) {
+  const ScoreRowsQ8 score = k.score_q8 != nullptr ? k.score_q8 : scalar_kernels().score_q8;
+  const int64_t row = (int64_t)cache.head_row_bytes();
+  const uint8_t* keys = cache.key_rows(layer, kv_head);
+  for_each_run_part(cache, layer, t, row_begin, row_end, [&](int64_t slot, int64_t n_rows, bool sink, int64_t r) {
+    score(keys + slot * row, n_rows, row, sink ? q_sink : q_window, group, cache.head_dim(), scale, scores + r,
+          scores_stride);
+  });
+}
+
+void accumulate_q8(const Kernels& k, const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group,
+                   uint64_t t, int64_t row_begin, int64_t row_end, const float* weights, int64_t weights_stride,
+                   float* partial) {
+  const AccumulateRowsQ8 accumulate = k.accumulate_q8 != nullptr ? k.accumulate_q8 : scalar_kernels().accumulate_q8;
+  const int64_t row = (int64_t)cache.head_row_bytes();
+  const uint8_t* values = cache.value_rows(layer, kv_head);
+  for (int64_t i = 0; i < group * cache.head_dim(); ++i) partial[i] = 0.0f;
+  for_each_run_part(cache, layer, t, row_begin, row_end, [&](int64_t slot, int64_t n_rows, bool, int64_t r) {
+    accumulate(values + slot * row, n_rows, row, weights + r, weights_stride, group, cache.head_dim(), partial);
+  });
+}
+
 void scores_with(const Kernels& k, const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
                  const float* q_sink, const float* q_window, float scale, int64_t row_begin, int64_t row_end,
                  float* scores, int64_t scores_stride) {
-  if (cache.type() == KvType::kF16)
+  if (cache.type() == KvType::kQ8_0)
+    scores_q8(k, cache, layer, kv_head, group, t, q_sink, q_window, scale, row_begin, row_end, scores, scores_stride);
+  else if (cache.type() == KvType::kF16)
     scores_typed<uint16_t>(cache, layer, kv_head, group, t, q_sink, q_window, scale, row_begin, row_end, scores,
                            scores_stride, k.score_f16, k);
   else
@@ -187,7 +249,9 @@ void scores_with(const Kernels& k, const SinkCache& cache, int64_t layer, int64_
 void accumulate_with(const Kernels& k, const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group,
                      uint64_t t, int64_t row_begin, int64_t row_end, const float* weights, int64_t weights_stride,
                      float* partial) {
-  if (cache.type() == KvType::kF16)
+  if (cache.type() == KvType::kQ8_0)
+    accumulate_q8(k, cache, layer, kv_head, group, t, row_begin, row_end, weights, weights_stride, partial);
+  else if (cache.type() == KvType::kF16)
     accumulate_typed<uint16_t>(cache, layer, kv_head, group, t, row_begin, row_end, weights, weights_stride, partial,
                                k.accumulate_f16);
   else
@@ -223,12 +287,17 @@ void apply_score_bias(const SinkCache& cache, int64_t layer, uint64_t t, int64_t
     for (int64_t r = 0; r < n; ++r) scores[r] = cap * std::tanh(scores[r] * inverse);
   }
 }
+
+// The learned sink logit of query head `head` (of the call's group), or -inf for none.
+float sink_logit(const ScoreBias& bias, int64_t head) {
+  return bias.sink_logits != nullptr ? bias.sink_logits[head] : -INFINITY;
+}
 }  // namespace
 
 void attend_softmax(const SinkCache& cache, int64_t layer, uint64_t t, int64_t head, const ScoreBias& bias,
                     float* scores, int64_t n) {
   apply_score_bias(cache, layer, t, head, bias, scores, n);
-  kernels_for(cache.head_dim(), active_isa()).softmax(scores, n, cache.type() == KvType::kF16);
+  kernels_for(cache.head_dim(), active_isa()).softmax(scores, n, sink_logit(bias, head), cache.type() == KvType::kF16);
 }
 
 void attend_accumulate(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
@@ -255,7 +324,7 @@ int64_t attend_at_isa(const SinkCache& cache, int64_t layer, int64_t kv_head, in
                 scores, n);
   for (int64_t h = 0; h < group; ++h) {
     apply_score_bias(cache, layer, t, h, bias, scores + h * n, n);
-    k.softmax(scores + h * n, n, cache.type() == KvType::kF16);
+    k.softmax(scores + h * n, n, sink_logit(bias, h), cache.type() == KvType::kF16);
   }
   float partial[kMaxGroupDim];
   for (int64_t i = 0; i < width; ++i) out[i] = 0.0f;

@@ -1,6 +1,7 @@
 // AVX2 + FMA + F16C attention row kernels (compiled with those flags only in this file; called only
 // after cpu_features.h reports the AVX2 level). The scalar twins in attention.cc are the specification.
 #include "ops/cpu/attention_kernels.h"
+#include "quant/quant_blocks.h"
 
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
@@ -159,7 +160,7 @@ static inline __m256 round_to_half8(__m256 v) {
   return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
 
-static void softmax(float* s, int64_t n, bool round_half) {
+static void softmax(float* s, int64_t n, float sink, bool round_half) {
   const int64_t n8 = n / 8 * 8;
   const __m256i tail = tail_mask(n - n8);
   __m256 vmax = _mm256_set1_ps(-INFINITY);
@@ -170,6 +171,7 @@ static void softmax(float* s, int64_t n, bool round_half) {
   __m128 m = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
   m = _mm_max_ps(m, _mm_movehl_ps(m, m));
   m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  m = _mm_max_ss(m, _mm_set_ss(sink));  // a learned sink takes part in the max (-inf: none)
   const __m256 max_score = _mm256_set1_ps(_mm_cvtss_f32(m));
 
   __m256 vsum = _mm256_setzero_ps();
@@ -184,7 +186,10 @@ static void softmax(float* s, int64_t n, bool round_half) {
     _mm256_maskstore_ps(s + n8, tail, e);
     vsum = _mm256_add_ps(vsum, e);
   }
-  const __m256 inv = _mm256_set1_ps(1.0f / horizontal_sum(vsum));
+  float sum = horizontal_sum(vsum);
+  if (sink != -INFINITY)  // the sink's column: in the denominator, with no value
+    sum += _mm256_cvtss_f32(exp_nonpositive(_mm256_sub_ps(_mm256_set1_ps(sink), max_score)));
+  const __m256 inv = _mm256_set1_ps(1.0f / sum);
   for (int64_t r = 0; r < n8; r += 8) {
     const __m256 w = _mm256_mul_ps(_mm256_loadu_ps(s + r), inv);
     _mm256_storeu_ps(s + r, round_half ? round_to_half8(w) : w);
@@ -204,11 +209,61 @@ static void round_to_half(const float* in, int64_t n, float* out) {
   }
 }
 
+// ---- Q8_0 rows (dim % 32 == 0): 8 int8 values at a time to floats, times the block's scale ------
+
+static inline __m256 load8_q8(const int8_t* q) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q))));
+}
+
+template <int HN>
+static void score_q8_heads(const uint8_t* keys, int64_t n_rows, int64_t row_bytes, const float* q, int64_t dim,
+                           float scale, float* scores, int64_t scores_stride) {
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const BlockQ8_0* k = reinterpret_cast<const BlockQ8_0*>(keys + r * row_bytes);
+    __m256 acc[HN];
+    for (int h = 0; h < HN; ++h) acc[h] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < dim / kQK; ++b) {
+      const __m256 d = _mm256_set1_ps(_cvtsh_ss(k[b].d));
+      for (int i = 0; i < kQK; i += 8) {
+        const __m256 kv = _mm256_mul_ps(load8_q8(k[b].qs + i), d);
+        for (int h = 0; h < HN; ++h) acc[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * dim + b * kQK + i), kv, acc[h]);
+      }
+    }
+    for (int h = 0; h < HN; ++h) scores[h * scores_stride + r] = horizontal_sum(acc[h]) * scale;
+  }
+}
+
+static void score_rows_q8(const uint8_t* keys, int64_t n_rows, int64_t row_bytes, const float* q, int64_t group,
+                          int64_t dim, float scale, float* scores, int64_t scores_stride) {
+  for_head_passes<4>(group, [&](int64_t h0, auto hn) {
+    score_q8_heads<decltype(hn)::value>(keys, n_rows, row_bytes, q + h0 * dim, dim, scale, scores + h0 * scores_stride,
+                                        scores_stride);
+  });
+}
+
+static void accumulate_rows_q8(const uint8_t* values, int64_t n_rows, int64_t row_bytes, const float* weights,
+                               int64_t weights_stride, int64_t group, int64_t dim, float* out) {
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const BlockQ8_0* v = reinterpret_cast<const BlockQ8_0*>(values + r * row_bytes);
+    for (int64_t b = 0; b < dim / kQK; ++b) {
+      const float d = _cvtsh_ss(v[b].d);
+      for (int i = 0; i < kQK; i += 8) {
+        const __m256 vv = load8_q8(v[b].qs + i);
+        for (int64_t h = 0; h < group; ++h) {
+          float* o = out + h * dim + b * kQK + i;
+          const __m256 w = _mm256_set1_ps(weights[h * weights_stride + r] * d);
+          _mm256_storeu_ps(o, _mm256_fmadd_ps(w, vv, _mm256_loadu_ps(o)));
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 
 Kernels avx2_kernels() {
   return Kernels{score_rows<uint16_t>, score_rows<float>, accumulate_rows<uint16_t>, accumulate_rows<float>,
-                 softmax, round_to_half};
+                 softmax,              round_to_half,     score_rows_q8,             accumulate_rows_q8};
 }
 
 }  // namespace sinkstream::attention_kernels

@@ -26,9 +26,18 @@ using AccumulateRowsF16 = void (*)(const uint16_t* values, int64_t n_rows, int64
 using AccumulateRowsF32 = void (*)(const float* values, int64_t n_rows, int64_t row_stride,
                                    const float* weights, int64_t weights_stride, int64_t group, int64_t dim,
                                    float* out);
+// The same over rows of GGML Q8_0 blocks (row r at keys + r * row_bytes; dim % 32 == 0).
+using ScoreRowsQ8 = void (*)(const uint8_t* keys, int64_t n_rows, int64_t row_bytes, const float* q, int64_t group,
+                             int64_t dim, float scale, float* scores, int64_t scores_stride);
+using AccumulateRowsQ8 = void (*)(const uint8_t* values, int64_t n_rows, int64_t row_bytes, const float* weights,
+                                  int64_t weights_stride, int64_t group, int64_t dim, float* out);
 // s[0..n) = softmax(s[0..n)) in place; with round_half each weight is then rounded to half precision
 // (the f16 cache multiplies half-precision weights by half-precision values, as llama.cpp does).
-using SoftmaxInPlace = void (*)(float* s, int64_t n, bool round_half);
+// `sink`: a learned sink logit (gpt-oss; StreamingLLM paper section 3.3's "sink token" learned as a
+// parameter), or -inf for none: it takes part in the max and adds exp(sink - max) to the
+// denominator, a softmax column with no value, so the weights sum to 1 - p(sink):
+//   w_r = exp(s_r - m) / (exp(sink - m) + sum_r' exp(s_r' - m)),  m = max(sink, max_r s_r).
+using SoftmaxInPlace = void (*)(float* s, int64_t n, float sink, bool round_half);
 // out[i] = in[i] rounded to the nearest half-precision value (ties to even).
 using RoundToHalf = void (*)(const float* in, int64_t n, float* out);
 
@@ -56,6 +65,9 @@ struct Kernels {
   AccumulateRowsF32 accumulate_f32;
   SoftmaxInPlace softmax;
   RoundToHalf round_to_half;
+  // Q8_0 rows; nullptr where a level has none (the scalar twins serve then).
+  ScoreRowsQ8 score_q8 = nullptr;
+  AccumulateRowsQ8 accumulate_q8 = nullptr;
 };
 
 // AVX2 + FMA + F16C versions (attention_avx2.cc); only called when the CPU has them and dim % 8 == 0.

@@ -124,12 +124,13 @@ static inline float32x4_t exp_nonpositive(float32x4_t x) {
 // Round to the nearest half-precision value (ties to even: the default FPCR rounding of FCVTN).
 static inline float32x4_t round_to_half4(float32x4_t v) { return vcvt_f32_f16(vcvt_f16_f32(v)); }
 
-static void softmax(float* s, int64_t n, bool round_half) {
+static void softmax(float* s, int64_t n, float sink, bool round_half) {
   const int64_t n4 = n / 4 * 4;
   float32x4_t vmax = vdupq_n_f32(-INFINITY);
   for (int64_t r = 0; r < n4; r += 4) vmax = vmaxq_f32(vmax, vld1q_f32(s + r));
   float max_score = vmaxvq_f32(vmax);
   for (int64_t r = n4; r < n; ++r) max_score = s[r] > max_score ? s[r] : max_score;
+  max_score = sink > max_score ? sink : max_score;  // a learned sink (-inf: none)
   const float32x4_t vmax_score = vdupq_n_f32(max_score);
 
   float32x4_t vsum = vdupq_n_f32(0.0f);
@@ -143,6 +144,7 @@ static void softmax(float* s, int64_t n, bool round_half) {
     s[r] = vgetq_lane_f32(exp_nonpositive(vdupq_n_f32(s[r] - max_score)), 0);
     sum += s[r];
   }
+  if (sink != -INFINITY) sum += vgetq_lane_f32(exp_nonpositive(vdupq_n_f32(sink - max_score)), 0);
   const float inv = 1.0f / sum;
   for (int64_t r = 0; r < n4; r += 4) {
     const float32x4_t w = vmulq_n_f32(vld1q_f32(s + r), inv);

@@ -27,6 +27,14 @@ void silu_mul(const float* gate, const float* up, int64_t n, float* out) {
   }
 }
 
+void swiglu_oai_mul(const float* gate, const float* up, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = std::min(gate[i], kSwiGluOaiLimit);
+    const float u = std::min(std::max(up[i], -kSwiGluOaiLimit), kSwiGluOaiLimit);
+    out[i] = (u + 1.0f) * (g / (1.0f + std::exp(-kSwiGluOaiAlpha * g)));
+  }
+}
+
 namespace {
 // gelu_tanh(g) = g/2 (1 + tanh(z)) = g / (1 + e^(-2z)), z = sqrt(2/pi) (g + 0.044715 g^3): the same
 // function with one expf instead of tanhf.

@@ -62,6 +62,8 @@ void CpuBackend::glu(FfnActivation act, const float* gate, const float* up, int6
   const auto row = [&](int64_t r, int64_t count) {
     if (act == FfnActivation::kSwiGlu)
       silu_mul(gate + r * stride, up + r * stride, count, out + r * width);
+    else if (act == FfnActivation::kSwiGluOai)
+      swiglu_oai_mul(gate + r * stride, up + r * stride, count, out + r * width);
     else
       gelu_tanh_mul(gate + r * stride, up + r * stride, count, out + r * width);
   };
@@ -119,7 +121,7 @@ void CpuBackend::attend_across_threads(const AttentionCall& call, int64_t b) {
     attend_scores(cache, call.layer, kv, group_, t, q_sink + kv * width, q_window + kv * width, call.scale, begin,
                   end, scores + kv * group_ * n_rows, n_rows);
   });
-  const ScoreBias bias{call.alibi_slopes, call.softcap};  // head: the query head, 0 .. n_head
+  const ScoreBias bias{call.alibi_slopes, call.softcap, call.sink_logits};  // head: the query head, 0 .. n_head
   pool_.run(n_head_kv_ * group_, [&](int64_t head, int) {
     attend_softmax(cache, call.layer, t, head, bias, scores + head * n_rows, n_rows);
   });
@@ -156,7 +158,8 @@ void CpuBackend::attention(const AttentionCall& call) {
     const float* q = call.q + first;
     const float* qs = call.separate_sink_query != nullptr && call.separate_sink_query[b] ? call.q_sink + first : q;
     // The group's slopes: head h of the group is query head kv_head * group + h.
-    const ScoreBias bias{call.alibi_slopes != nullptr ? call.alibi_slopes + kv_head * group_ : nullptr, call.softcap};
+    const ScoreBias bias{call.alibi_slopes != nullptr ? call.alibi_slopes + kv_head * group_ : nullptr, call.softcap,
+                         call.sink_logits != nullptr ? call.sink_logits + kv_head * group_ : nullptr};
     const int64_t rows = attend(*call.cache, call.layer, kv_head, group_, call.t0 + (uint64_t)b, qs, q, call.scale,
                                 bias, scores_.data() + thread * scores_stride_, call.out + first);
     entries_attended_[(size_t)thread].value += (uint64_t)(rows * group_);

@@ -54,7 +54,8 @@ ActFormat activation_format(GgmlType weight_type) {
     case GgmlType::Q5_0:
     case GgmlType::Q5_1:
     case GgmlType::Q8_0:
-    case GgmlType::IQ4_NL: return ActFormat::Q8A;
+    case GgmlType::IQ4_NL:
+    case GgmlType::MXFP4: return ActFormat::Q8A;
     case GgmlType::Q2_K:
     case GgmlType::Q3_K:
     case GgmlType::Q4_K:

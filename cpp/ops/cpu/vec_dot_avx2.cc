@@ -457,6 +457,7 @@ DotTileFn avx2_dot_tile(GgmlType type) {
     case GgmlType::Q5_1: return tile_dot_rows<Kernel32<Q5_1Traits>>;
     case GgmlType::Q8_0: return tile_dot_rows<Kernel32<Q8_0Traits>>;
     case GgmlType::IQ4_NL: return tile_dot_rows<Kernel32<IQ4_NLTraits>>;
+    case GgmlType::MXFP4: return tile_dot_rows<Kernel32<MXFP4Traits>>;
     case GgmlType::Q2_K: return tile_dot_rows<Q2_KKernel>;
     case GgmlType::Q3_K: return tile_dot_rows<Q3_KKernel>;
     case GgmlType::Q4_K: return tile_dot_rows<Q45_KKernel<false>>;

@@ -167,6 +167,7 @@ DotTileFn avx512_dot_tile(GgmlType type) {
     case GgmlType::Q5_1: return tile_dot_rows<Kernel32<Q5_1Traits>>;
     case GgmlType::Q8_0: return tile_dot_rows<Kernel32<Q8_0Traits>>;
     case GgmlType::IQ4_NL: return tile_dot_rows<Kernel32<IQ4_NLTraits>>;
+    case GgmlType::MXFP4: return tile_dot_rows<Kernel32<MXFP4Traits>>;
     case GgmlType::Q6_K: return tile_dot_rows<Q6_KKernel>;
     default: return nullptr;  // the other K-quants: the AVX2 kernels
   }

@@ -191,19 +191,24 @@ float dot_q8_0(int64_t nb, const uint8_t* w, const uint8_t* x) {
   return sum;
 }
 
-float dot_iq4_nl(int64_t nb, const uint8_t* w, const uint8_t* x) {
-  const BlockIQ4_NL* b = reinterpret_cast<const BlockIQ4_NL*>(w);
+// The 4-bit codebook formats: nibbles index a table of int8 values (IQ4_NL's non-linear grid,
+// MXFP4's doubled E2M1 values), one float scale per block of 32.
+template <typename Block, const int8_t* kValues>
+float dot_codebook(int64_t nb, const uint8_t* w, const uint8_t* x) {
+  const Block* b = reinterpret_cast<const Block*>(w);
   const Q8ARow a{x, nb};
   float sum = 0.0f;
   for (int64_t i = 0; i < nb; ++i) {
     const int8_t *lo = a.quants(i, 0), *hi = a.quants(i, 1);
     int isum = 0;
-    for (int j = 0; j < kQK / 2; ++j)
-      isum += kIq4nlValues[b[i].qs[j] & 0x0f] * lo[j] + kIq4nlValues[b[i].qs[j] >> 4] * hi[j];
-    sum += fp16_to_f32(b[i].d) * a.scale(i).d * (float)isum;
+    for (int j = 0; j < kQK / 2; ++j) isum += kValues[b[i].qs[j] & 0x0f] * lo[j] + kValues[b[i].qs[j] >> 4] * hi[j];
+    sum += codebook_scale(b[i]) * a.scale(i).d * (float)isum;
   }
   return sum;
 }
+
+constexpr auto dot_iq4_nl = dot_codebook<BlockIQ4_NL, kIq4nlValues>;
+constexpr auto dot_mxfp4 = dot_codebook<BlockMXFP4, kMxfp4Values>;
 
 float dot_q2_k(int64_t nb, const uint8_t* w, const uint8_t* x) {
   const BlockQ2_K* b = reinterpret_cast<const BlockQ2_K*>(w);
@@ -347,6 +352,7 @@ DotTileFn scalar_dot_tile(GgmlType type) {
     case GgmlType::Q5_1: return tile_dot<dot_q5_1>;
     case GgmlType::Q8_0: return tile_dot<dot_q8_0>;
     case GgmlType::IQ4_NL: return tile_dot<dot_iq4_nl>;
+    case GgmlType::MXFP4: return tile_dot<dot_mxfp4>;
     case GgmlType::Q2_K: return tile_dot<dot_q2_k>;
     case GgmlType::Q3_K: return tile_dot<dot_q3_k>;
     case GgmlType::Q4_K: return tile_dot<dot_q4_k>;

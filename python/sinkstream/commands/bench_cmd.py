@@ -3,6 +3,8 @@ same for llama.cpp when llama-cpp-python is installed."""
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,8 +19,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def progress_bar(total: int, description: str) -> Any:
+    """A tqdm bar on stderr over the tokens a measurement feeds (off when stderr is not a terminal)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=description, unit="tok", file=sys.stderr, leave=False, dynamic_ncols=True,
+                disable=not sys.stderr.isatty())
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..bench import bench_llama_cpp, bench_sinkstream, format_table
+    from ..bench import bench_llama_cpp, bench_sinkstream, format_table, tokens_per_run
     from ..model import Model
 
     try:
@@ -29,13 +39,17 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     model = Model(args.model)
+    total = args.repeats * tokens_per_run(args.prompt_tokens, args.decode_tokens, args.position)
+    sizes = (args.prompt_tokens, args.decode_tokens, args.position, args.repeats)
     results = []
     for n in threads:
         print(f"sinkstream, {n} thread(s) ...", flush=True)
-        results.append(bench_sinkstream(model, n, args.prompt_tokens, args.decode_tokens, args.position, args.repeats))
+        with progress_bar(total, f"sinkstream, {n} thread(s)") as bar:
+            results.append(bench_sinkstream(model, n, *sizes, progress=bar.update))
         if not args.no_llama_cpp:
             print(f"llama.cpp, {n} thread(s) ...", flush=True)
-            peer = bench_llama_cpp(model.path, n, args.prompt_tokens, args.decode_tokens, args.position, args.repeats)
+            with progress_bar(total, f"llama.cpp, {n} thread(s)") as bar:
+                peer = bench_llama_cpp(model.path, n, *sizes, progress=bar.update)
             if peer is None:
                 print("  (llama-cpp-python is not installed: pip install llama-cpp-python to compare)")
             else:

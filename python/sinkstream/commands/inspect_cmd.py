@@ -82,12 +82,18 @@ def _describe_layers(layers: list[dict]) -> list[str]:
                 text += ", frequency factors"
             if rope["long_freq_factors"]:
                 text += ", LongRoPE"
+            if rope.get("yarn_factor"):
+                text += f", YaRN x{rope['yarn_factor']:g}"
             parts.append(text)
+        if layer.get("learned_sinks"):
+            parts.append("learned sinks")
         if layer["qk_norm"]:
             parts.append("QK-norm")
         if layer["post_norms"]:
             parts.append("post-norms")
         parts.append(layer["activation"])
+        if layer.get("experts"):
+            parts.append("{} of {} experts".format(*layer["experts"]))
         if layer["attention_softcap"]:
             parts.append(f"soft-cap {layer['attention_softcap']:g}")
         return ", ".join(parts)

@@ -44,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recompute-stride", type=int, default=None, metavar="K",
                    help="--stride for recompute mode only (it re-encodes C tokens per evaluated position; "
                         "default: --stride)")
-    p.add_argument("--kv-type", choices=("f16", "f32"), default="f16", help="K/V cache element type")
+    p.add_argument("--kv-type", choices=("f16", "f32", "q8_0"), default="f16",
+                   help="K/V cache storage (q8_0: 8-bit blocks, half the memory of f16)")
     p.add_argument("--threads", type=int, default=None, help="compute threads (default: physical cores)")
     p.add_argument("--out", metavar="PREFIX", help="write PREFIX.<mode>.npy and PREFIX.<mode>.csv (per-token NLL)")
     p.add_argument("--plot", metavar="FILE.png", help="plot log-PPL vs tokens for all modes (needs matplotlib)")

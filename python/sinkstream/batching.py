@@ -1,0 +1,305 @@
+"""Continuous batching: many sessions' evals run as shared forward passes.
+
+A decode step reads every weight of the model to produce one token; N streams decoding alone read
+the weights N times per step. A BatchScheduler collects the evals that its sessions' threads ask
+for and runs them together (``_core.BatchRunner``: one pass, each session attending over its own
+sink cache with its own mode, geometry and stream position), so the weights are read once for all
+of them. Results are exactly those of each session running alone (docs/streaming.md invariant 2:
+chunking never changes a stream), so everything built on ``Session.eval`` (stream, generate, chat,
+save/load) works unchanged on a scheduled session, from as many threads as there are sessions.
+
+How a step is made (``BatchScheduler._next_step``):
+- sessions join and leave between steps; each waiting eval contributes tokens to the next step:
+  decode evals (one token) first, then prompts in chunks of ``prefill_chunk`` tokens, so a long
+  prompt never stalls the others' decoding; alone, a prompt goes at the session's batch_size;
+- after a step, the scheduler waits up to ``gather_ms`` for the sessions it has just served to
+  come back with their next token (they are sampling it), so streams stay in step together;
+- at most ``max_batch_tokens`` tokens and ``max_sessions`` sessions per step; the rest wait for the
+  next step, oldest first.
+
+    with sinkstream.BatchScheduler(model) as scheduler:
+        sessions = [scheduler.session() for _ in range(8)]
+        # each session used from its own thread: session.stream(...), session.chat(...)
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import _core
+
+if TYPE_CHECKING:
+    from .model import Model, Session
+
+# How long a waiting eval sleeps between looks at Python signals (Ctrl-C reaches a waiting thread).
+_WAIT_SLICE_S = 0.05
+
+
+@dataclass(eq=False)
+class _Request:
+    """One Session.eval waiting on the scheduler: its tokens are fed over one or more steps."""
+
+    session: Any               # sinkstream.Session
+    tokens: np.ndarray         # int32
+    want_logits: bool
+    done_tokens: int = 0
+    logits: np.ndarray | None = None
+    error: BaseException | None = None
+    abandoned: bool = False    # the caller stopped waiting (Ctrl-C, cancel): feed no more
+    finished: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def remaining(self) -> int:
+        return len(self.tokens) - self.done_tokens
+
+
+@dataclass
+class BatchStats:
+    """What the scheduler has done so far (BatchScheduler.stats)."""
+
+    steps: int = 0
+    tokens: int = 0            # rows of all steps: prompt and decode tokens together
+    session_slots: int = 0     # sum over steps of the sessions in the step
+    busy_seconds: float = 0.0  # time inside forward passes
+
+    @property
+    def mean_sessions_per_step(self) -> float:
+        return self.session_slots / self.steps if self.steps else 0.0
+
+
+class BatchScheduler:
+    """Runs the evals of its sessions as shared forward passes (see the module docstring).
+
+    model: the sinkstream.Model every session belongs to. n_threads: the threads of the passes
+    (None: the model's). max_batch_tokens: the most tokens of one step; max_sessions: the most
+    sessions in one step; prefill_chunk: tokens a prompt contributes per step while others decode;
+    gather_ms: how long a step waits for the sessions of the previous one to come back.
+    """
+
+    def __init__(self, model: "Model", n_threads: int | None = None, *, max_batch_tokens: int = 256,
+                 max_sessions: int = 64, prefill_chunk: int = 64, gather_ms: float = 2.0):
+        from .model import Model, _check_int
+
+        if not isinstance(model, Model):
+            raise TypeError(f"model must be a sinkstream.Model, got {type(model).__name__}")
+        n_threads = model.n_threads if n_threads is None else _check_int("n_threads", n_threads, 1, 1024)
+        max_batch_tokens = _check_int("max_batch_tokens", max_batch_tokens, 1, 65536)
+        max_sessions = _check_int("max_sessions", max_sessions, 1, max_batch_tokens)
+        self.prefill_chunk = _check_int("prefill_chunk", prefill_chunk, 1, max_batch_tokens)
+        if isinstance(gather_ms, bool) or not isinstance(gather_ms, (int, float)) or not 0 <= gather_ms <= 1000:
+            raise ValueError(f"gather_ms must be a number of milliseconds in [0, 1000], got {gather_ms!r}")
+        self.gather_s = float(gather_ms) / 1000
+        self.model = model
+        self._runner = _core.BatchRunner(model._core, n_threads, max_batch_tokens, max_sessions)
+        self.stats = BatchStats()
+        self._lock = threading.Condition()
+        self._waiting: OrderedDict[Any, _Request] = OrderedDict()  # session -> its eval, oldest first
+        self._served: set[Any] = set()   # sessions of the last step that finished an eval there
+        self._step_lock = threading.Lock()  # held while a pass runs (exclusive evals take it too)
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="sinkstream-batch", daemon=True)
+        self._thread.start()
+        model._schedulers.add(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def n_threads(self) -> int:
+        return self._runner.n_threads
+
+    @property
+    def max_batch_tokens(self) -> int:
+        return self._runner.max_tokens
+
+    @property
+    def max_sessions(self) -> int:
+        return self._runner.max_sessions
+
+    # -- sessions ----------------------------------------------------------------------------------
+    def session(self, mode: str = "streaming", n_sink: int | None = None, window: int | None = None,
+                **options: Any) -> "Session":
+        """A new session of the scheduler's model whose evals run through the scheduler (options as
+        Model.session; recompute mode cannot join a batch)."""
+        if mode == "recompute":
+            raise ValueError("a recompute-mode session re-encodes its whole window for every token and cannot "
+                             "join a batch: use model.session(mode='recompute')")
+        options.setdefault("n_threads", 1)  # its own pool would sit idle: the scheduler's threads compute
+        session = self.model.session(mode, n_sink, window, **options)
+        session._scheduler = self
+        return session
+
+    # -- lifetime ----------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stops the scheduler: evals still waiting raise RuntimeError; its sessions then eval on
+        their own (one thread). Idempotent."""
+        with self._lock:
+            self._closed = True
+            for request in self._waiting.values():
+                request.error = RuntimeError("the BatchScheduler was closed")
+                request.finished.set()
+            self._waiting.clear()
+            self._lock.notify_all()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def __enter__(self) -> "BatchScheduler":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- evals (called by Session.eval in the sessions' threads) -----------------------------------
+    def eval(self, session: "Session", tokens: np.ndarray, want_logits: bool) -> np.ndarray | None:
+        """Feeds checked int32 tokens to a scheduled session over one or more steps and returns the
+        last token's logits (or None). Blocks the calling thread until done. Ctrl-C or cancel()
+        stops after the step in flight, keeping every token fed so far (n_past counts them)."""
+        if len(tokens) == 0:
+            return None
+        request = _Request(session, tokens, want_logits)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the BatchScheduler is closed")
+            if session in self._waiting:
+                raise ValueError("this Session is already in use by another thread; use one Session per thread")
+            self._waiting[session] = request
+            self._lock.notify_all()
+        try:
+            while not request.finished.wait(_WAIT_SLICE_S):
+                pass
+        except BaseException:
+            self._abandon(request)
+            raise
+        if request.error is not None:
+            with self._step_lock:  # a cancelled eval's last step may still be running: let it end
+                pass
+            raise request.error
+        return request.logits
+
+    def exclusive(self, fn: Any) -> Any:
+        """Runs fn() while no batched pass runs (for what a step cannot do, e.g. all-token logits)."""
+        with self._step_lock:
+            return fn()
+
+    def cancel(self, session: "Session") -> None:
+        """Stops the session's waiting eval after the step in flight: it raises sinkstream.Cancelled."""
+        with self._lock:
+            request = self._waiting.get(session)
+            if request is not None:
+                self._waiting.pop(session)
+                request.error = _core.Cancelled("evaluation cancelled")
+                request.finished.set()
+
+    def _abandon(self, request: _Request) -> None:
+        with self._lock:
+            request.abandoned = True
+            if self._waiting.get(request.session) is request:
+                self._waiting.pop(request.session)
+        # A step in flight may still be feeding it: wait for that step so the session is not busy.
+        with self._step_lock:
+            pass
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._waiting and not self._closed:
+                    self._lock.wait()
+                if self._closed:
+                    return
+                self._gather()
+                step = self._next_step()
+            self._run_step(step)
+
+    def _gather(self) -> None:
+        """Waits (lock held) up to gather_s for the sessions served last step to ask again."""
+        deadline = time.monotonic() + self.gather_s
+        while self._served - set(self._waiting) and not self._closed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._lock.wait(left)
+
+    def _next_step(self) -> list[tuple[_Request, int]]:
+        """(request, tokens it feeds) for the next step: decode evals first, then prompt chunks."""
+        budget, slots = self.max_batch_tokens, self.max_sessions
+        requests = list(self._waiting.values())
+        decoding = [r for r in requests if r.remaining == 1]
+        prompts = [r for r in requests if r.remaining > 1]
+        step: list[tuple[_Request, int]] = []
+        for request in decoding:
+            if budget == 0 or slots == 0:
+                break
+            step.append((request, 1))
+            budget, slots = budget - 1, slots - 1
+        for request in prompts:
+            if budget == 0 or slots == 0:
+                break
+            # Alone, a prompt goes at full speed; beside decoding streams, in small chunks.
+            chunk = self.prefill_chunk if step or len(prompts) > 1 else budget
+            n = min(request.remaining, chunk, budget, request.session._batch_size)
+            step.append((request, n))
+            budget, slots = budget - n, slots - 1
+        for request, _ in step:  # served ones go to the back: the others are older now
+            self._waiting.move_to_end(request.session)
+        return step
+
+    def _run_step(self, step: list[tuple[_Request, int]]) -> None:
+        with self._step_lock:
+            start = time.perf_counter()
+            try:
+                logits = self._forward(step)
+                errors: list[BaseException | None] = [None] * len(step)
+            except Exception:
+                # Somebody's tokens could not run (dense mode full, a closed model, ...): run each
+                # alone so the error reaches the eval it belongs to and the others go on.
+                logits, errors = self._forward_one_by_one(step)
+            self.stats.busy_seconds += time.perf_counter() - start
+        with self._lock:
+            self._served = set()
+            row = 0
+            for (request, n), error in zip(step, errors):
+                wanted = request.want_logits and request.remaining == n
+                if error is None:
+                    request.done_tokens += n
+                    if wanted:
+                        request.logits = logits[row]
+                        row += 1
+                if request.finished.is_set():  # cancelled while the step ran: its error stands
+                    continue
+                if error is not None or request.remaining == 0 or request.abandoned:
+                    request.error = error
+                    if self._waiting.get(request.session) is request:
+                        self._waiting.pop(request.session)
+                    if error is None and not request.abandoned:
+                        self._served.add(request.session)
+                    request.finished.set()
+            ran = [n for (_, n), error in zip(step, errors) if error is None]
+            self.stats.steps += bool(ran)
+            self.stats.tokens += sum(ran)
+            self.stats.session_slots += len(ran)
+
+    def _forward(self, step: list[tuple[_Request, int]]) -> np.ndarray:
+        sessions = [r.session._core for r, _ in step]
+        tokens = [r.tokens[r.done_tokens:r.done_tokens + n] for r, n in step]
+        want = [r.want_logits and r.remaining == n for r, n in step]
+        return self._runner.step(sessions, tokens, want)
+
+    def _forward_one_by_one(self, step):
+        rows: list[np.ndarray] = []
+        errors: list[BaseException | None] = []
+        for item in step:
+            try:
+                out = self._forward([item])
+                rows.extend(out)
+                errors.append(None)
+            except Exception as e:  # handed to the eval that asked for these tokens
+                errors.append(e)
+        n_vocab = self.model.n_vocab
+        return (np.stack(rows) if rows else np.zeros((0, n_vocab), np.float32)), errors

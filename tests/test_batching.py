@@ -1,0 +1,234 @@
+"""Batched decode across sessions (cpp/runtime/batch.h, python/sinkstream/batching.py).
+
+One pass serves several sessions, each with its own cache, mode, geometry and stream position; the
+contract is that every session's logits, cache and counters are exactly those of running it alone.
+The scheduler on top must give the same generations as sessions running one at a time, interleave
+a long prompt with other sessions' decoding, and keep errors and cancellation to their own eval.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import sinkstream
+from sinkstream import _core
+from tiny_models import FAMILIES, PAPER_FAMILIES, write_family_model, write_tiny_model
+
+# Sessions of one batch: different modes and geometries, so their caches wrap at different times.
+SESSION_KINDS = [
+    dict(mode="streaming", n_sink=2, window=6),
+    dict(mode="streaming", n_sink=4, window=11),
+    dict(mode="window", window=7),
+    dict(mode="dense", window=64),
+]
+
+
+@pytest.fixture(scope="module")
+def family_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("batch")
+    cache = {}
+
+    def get(family):
+        if family not in cache:
+            cache[family] = sinkstream.Model(write_family_model(root / f"{family}.gguf", family, seed=3), n_threads=2)
+        return cache[family]
+    return get
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return sinkstream.Model(write_tiny_model(tmp_path_factory.mktemp("tiny") / "m.gguf", n_ctx=256), n_threads=2)
+
+
+def stream_of(seed, n):
+    return np.random.default_rng(seed).integers(0, 256, size=n).astype(np.int32)
+
+
+@pytest.mark.parametrize("family", FAMILIES + PAPER_FAMILIES)
+def test_a_batched_step_equals_each_session_alone(family, family_models):
+    """Prompts of different lengths, then 40 decode steps: bit-equal logits, the same stream
+    positions, key rotations and attended entries as the same sessions evaluated one by one."""
+    model = family_models(family)
+    alone = [model.session(**kind, batch_size=16) for kind in SESSION_KINDS]
+    batched = [model.session(**kind, batch_size=16) for kind in SESSION_KINDS]
+    runner = _core.BatchRunner(model._core, 2, 64, 8)
+    prompts = [stream_of(i, n) for i, n in enumerate((3, 16, 9, 1))]
+    expected = [s.eval(p) for s, p in zip(alone, prompts)]
+    got = runner.step([s._core for s in batched], prompts, [True] * 4)
+    for step in range(40):
+        for i in range(4):
+            assert np.array_equal(got[i], expected[i]), f"{family}: session {i} differs at step {step}"
+        tokens = [np.array([int(np.argmax(e)) % 256], np.int32) for e in expected]
+        expected = [s.eval(t) for s, t in zip(alone, tokens)]
+        got = runner.step([s._core for s in batched], tokens, [True] * 4)
+    for a, b in zip(alone, batched):
+        assert (a.n_past, a.n_cached, a._core.keys_rotated, a._core.entries_attended) == \
+               (b.n_past, b.n_cached, b._core.keys_rotated, b._core.entries_attended)
+
+
+def test_step_logits_only_where_wanted_and_sessions_checked_first(tiny):
+    a, b, c = (tiny.session(window=20, batch_size=8) for _ in range(3))
+    runner = _core.BatchRunner(tiny._core, 1, 16, 4)
+    out = runner.step([a._core, b._core], [stream_of(0, 3), stream_of(1, 5)], [False, True])
+    assert out.shape == (1, tiny.n_vocab) and (a.n_past, b.n_past) == (3, 5)
+    reference = tiny.session(window=20, batch_size=8)
+    assert np.array_equal(out[0], reference.eval(stream_of(1, 5)))
+
+    other = sinkstream.Model(tiny.path, n_threads=1).session(window=20)
+    recompute = tiny.session(mode="recompute", window=20)
+    bad_steps = {
+        "the same session": ([a, a], [stream_of(0, 1)] * 2),
+        "another model": ([a, other], [stream_of(0, 1)] * 2),
+        "batch_size": ([a, b], [stream_of(0, 1), stream_of(0, 9)]),
+        "recompute": ([a, recompute], [stream_of(0, 1)] * 2),
+        "at most 16 tokens": ([a, b, c], [stream_of(0, 8)] * 3),
+        "outside the vocabulary": ([a, b], [stream_of(0, 1), np.array([tiny.n_vocab], np.int32)]),
+    }
+    for words, (sessions, tokens) in bad_steps.items():
+        before = [s.n_past for s in sessions]
+        with pytest.raises(ValueError, match=words):
+            runner.step([s._core for s in sessions], tokens, [True] * len(sessions))
+        assert [s.n_past for s in sessions] == before  # nothing ran, and nobody is left busy
+        a.eval(stream_of(2, 1)), b.eval(stream_of(2, 1))
+
+
+def generate_in_threads(make_session, prompts, **options):
+    results = [None] * len(prompts)
+    errors = []
+
+    def work(i):
+        try:
+            session = make_session()
+            results[i] = "".join(session.chat(prompts[i], seed=i, **options))
+        except BaseException as e:  # reported by the test, not lost in a thread
+            errors.append(e)
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    return results
+
+
+def test_scheduled_sessions_generate_what_they_generate_alone(tiny):
+    prompts = [f"question {i}: " + "tell me more " * (i % 4) for i in range(6)]
+    alone = [ "".join(tiny.session(window=40).chat(p, seed=i, max_tokens=24)) for i, p in enumerate(prompts)]
+    with sinkstream.BatchScheduler(tiny, max_batch_tokens=64, prefill_chunk=8) as scheduler:
+        batched = generate_in_threads(lambda: scheduler.session(window=40), prompts, max_tokens=24)
+        assert scheduler.stats.mean_sessions_per_step > 1.5  # they really shared passes
+    assert batched == alone
+
+
+def test_a_long_prompt_is_fed_in_chunks_between_decode_steps(tiny):
+    with sinkstream.BatchScheduler(tiny, max_batch_tokens=64, prefill_chunk=8) as scheduler:
+        steps = []
+        forward = scheduler._forward
+
+        def recording_forward(step):
+            steps.append({id(r.session): n for r, n in step})
+            return forward(step)
+        scheduler._forward = recording_forward
+        decoders = [scheduler.session(window=200) for _ in range(2)]
+        for d in decoders:
+            d.eval(stream_of(1, 4))
+        reader = scheduler.session(window=200, batch_size=64)
+        stop = threading.Event()
+
+        def decode(session):
+            logits = session.eval(stream_of(2, 1))
+            while not stop.is_set():
+                logits = session.eval([int(np.argmax(logits)) % 256])
+        threads = [threading.Thread(target=decode, args=(d,)) for d in decoders]
+        for t in threads:
+            t.start()
+        reader.eval(stream_of(3, 160))  # while both decoders run
+        stop.set()
+        for t in threads:
+            t.join()
+    reading = [s for s in steps if id(reader) in s]
+    assert sum(s[id(reader)] for s in reading) == 160
+    assert all(s[id(reader)] <= 8 for s in reading)
+    # Both decoders kept decoding while the prompt was read: most reading steps carry them too.
+    with_both = [s for s in reading if all(id(d) in s for d in decoders)]
+    assert len(with_both) >= len(reading) // 2
+
+
+def test_alone_a_prompt_goes_at_the_sessions_batch_size(tiny):
+    with sinkstream.BatchScheduler(tiny, max_batch_tokens=64, prefill_chunk=8) as scheduler:
+        session = scheduler.session(window=200, batch_size=32)
+        expected = tiny.session(window=200).eval(stream_of(4, 100))
+        assert np.array_equal(session.eval(stream_of(4, 100)), expected)
+        assert scheduler.stats.steps == 4  # 32 + 32 + 32 + 4
+
+
+def test_errors_and_cancellation_stay_with_their_eval(tiny):
+    with sinkstream.BatchScheduler(tiny, max_batch_tokens=64) as scheduler:
+        full = scheduler.session(mode="dense", window=10)
+        full.eval(stream_of(0, 10))
+        healthy = scheduler.session(window=20)
+        results = {}
+
+        def overfill():
+            try:
+                full.eval(stream_of(0, 1))
+            except ValueError as e:
+                results["full"] = str(e)
+        t = threading.Thread(target=overfill)
+        t.start()
+        logits = healthy.eval(stream_of(1, 5))
+        t.join()
+        assert "dense mode holds at most 10" in results["full"] and full.n_past == 10
+        assert np.array_equal(logits, tiny.session(window=20).eval(stream_of(1, 5)))
+
+        with pytest.raises(ValueError, match="recompute"):
+            scheduler.session(mode="recompute")
+
+        # cancel() from another thread stops a long prompt after the step in flight; the session
+        # keeps what was fed and goes on.
+        slow = scheduler.session(window=200, batch_size=10)
+        forward, steps = scheduler._forward, []
+
+        def cancelling_forward(step):  # another thread's cancel() arrives during the third step
+            steps.append(step)
+            if len(steps) == 3:
+                threading.Thread(target=slow.cancel).start()
+                time.sleep(0.05)
+            return forward(step)
+        scheduler._forward = cancelling_forward
+        with pytest.raises(sinkstream.Cancelled):
+            slow.eval(stream_of(2, 250))
+        scheduler._forward = forward
+        fed = slow.n_past
+        assert fed == 30  # the step in flight finished; no step after it
+        rest = slow.eval(stream_of(2, 250)[fed:])
+        assert np.array_equal(rest, tiny.session(window=200).eval(stream_of(2, 250)))
+
+        # all-token logits (not a batched step's job) run exclusively, with the same result
+        together = scheduler.session(window=20)
+        assert np.array_equal(together.eval(stream_of(5, 6), logits="all"),
+                              tiny.session(window=20).eval(stream_of(5, 6), logits="all"))
+
+
+def test_closing_the_model_closes_its_scheduler(tmp_path):
+    model = sinkstream.Model(write_tiny_model(tmp_path / "m.gguf", n_ctx=256), n_threads=1)
+    scheduler = sinkstream.BatchScheduler(model)
+    session = scheduler.session(window=20)
+    session.eval(stream_of(0, 3))
+    model.close()
+    assert scheduler.closed and not scheduler._thread.is_alive()
+    with pytest.raises(RuntimeError, match="closed"):
+        session.eval(stream_of(0, 1))
+
+
+def test_scheduler_arguments_are_checked(tiny):
+    for kwargs, words in [(dict(max_batch_tokens=0), "max_batch_tokens"), (dict(max_sessions=0), "max_sessions"),
+                          (dict(prefill_chunk=0), "prefill_chunk"), (dict(gather_ms=-1), "gather_ms"),
+                          (dict(n_threads=0), "n_threads")]:
+        with pytest.raises(ValueError, match=words):
+            sinkstream.BatchScheduler(tiny, **kwargs)
+    with pytest.raises(TypeError, match="sinkstream.Model"):
+        sinkstream.BatchScheduler("model.gguf")
