@@ -20,6 +20,10 @@ set(CMAKE_RANLIB "$ENV{SINKSTREAM_ZIG_BIN}/ranlib" CACHE FILEPATH "zig ranlib")
 # libc++'s headers pull in less than libstdc++'s: nanobind's use stderr and count on Python.h for
 # <stdio.h>, which the Limited API's Python.h (3.12+, the stable-ABI wheel) no longer includes.
 set(CMAKE_CXX_FLAGS_INIT "-include cstdio")
+# zig reads -march as a CPU name: the AArch64 extension files' flags (CMakeLists.txt) in its words,
+# the baseline CPU plus the extension only.
+set(SINKSTREAM_DOTPROD_FLAGS "-mcpu=generic+dotprod" CACHE STRING "flags of the SDOT kernels' file")
+set(SINKSTREAM_I8MM_FLAGS "-mcpu=generic+dotprod+i8mm" CACHE STRING "flags of the SMMLA kernels' file")
 # Symbols stripped at link time (strip and objcopy of the host may not know the target's ELF).
 set(CMAKE_SHARED_LINKER_FLAGS_INIT "-s")
 set(CMAKE_MODULE_LINKER_FLAGS_INIT "-s")
