@@ -11,9 +11,9 @@
 # arch-independent except pyconfig.h, which gets exactly the changes that separate Debian's arm64
 # pyconfig.h from its amd64 one (checked against both when Debian's packages can be fetched, see
 # aarch64_pyconfig below), and a compile-time check that every SIZEOF_/ALIGNOF_ in it holds for the
-# aarch64 compiler. The wheel's tags come from _PYTHON_HOST_PLATFORM and SETUPTOOLS_EXT_SUFFIX
-# (scikit-build-core's cross-compiling variables); its type stub (the module cannot be imported
-# here) is the native build's.
+# aarch64 compiler. The module's suffix comes from SETUPTOOLS_EXT_SUFFIX (scikit-build-core's
+# cross-compiling variable), the wheel's tags from wheel.tags; its type stub (the module cannot be
+# imported here) is the native build's.
 #
 # usage: scripts/build_wheels.sh [OUT_DIR]     (default dist/; repaired wheels in OUT_DIR/wheelhouse)
 # env:   SINKSTREAM_WHEEL_PYTHONS  CPython versions (default "3.9 3.10 3.11 3.12"; 3.12 builds the
@@ -21,6 +21,7 @@
 #        SINKSTREAM_WHEEL_ARCHS    default "x86_64 aarch64"
 #        SINKSTREAM_WHEEL_ARGS     extra pip wheel arguments
 set -euo pipefail
+shopt -s inherit_errexit  # a failing check inside $(...) fails the script too
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
@@ -121,7 +122,7 @@ check_pyconfig() {  # include_dir zig_bin
       echo "static_assert($op($type) == $value, \"${kind}_$name\");"
     done
   } >"$check"
-  "$2/c++" -std=c++17 -fsyntax-only -I"$1" "$check"
+  "$2/c++" -std=c++17 -c -I"$1" "$check" -o "$check.o"
 }
 
 # The engine (no Python in it) once per architecture; every wheel of that architecture links it.
@@ -181,7 +182,10 @@ for arch in "${archs[@]}"; do
       include=$(aarch64_include "$py" "$nodot" "$bin")
       args+=(--config-settings="cmake.define.Python_INCLUDE_DIR=$include"
              --config-settings="cmake.define.SINKSTREAM_STUB_FILE=$TOOLS/_core-$nodot.pyi")
-      cross_env=(_PYTHON_HOST_PLATFORM="linux-$arch" SETUPTOOLS_EXT_SUFFIX=".cpython-$nodot-$arch-linux-gnu.so")
+      # The tags by hand (_PYTHON_HOST_PLATFORM would also make pip fetch aarch64 build tools).
+      if [ "${version#3.}" -ge 12 ]; then tags="cp312-abi3-linux_$arch"; else tags="cp$nodot-cp$nodot-linux_$arch"; fi
+      args+=(--config-settings="wheel.tags=$tags")
+      cross_env=(SETUPTOOLS_EXT_SUFFIX=".cpython-$nodot-$arch-linux-gnu.so")
     fi
     echo "== building the $arch wheel with $("$py" --version)"
     env "${cross_env[@]}" SINKSTREAM_ZIG_BIN="$bin" SINKSTREAM_ZIG_ARCH="$arch" \

@@ -18,6 +18,7 @@
 #
 # usage: scripts/check_wheel.sh [OUT_DIR]      (default dist/)
 set -euo pipefail
+shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
 OUT=${1:-dist}
 ORACLE=${SINKSTREAM_ORACLE:-tests/data/smollm2_oracle/prompts.json}
