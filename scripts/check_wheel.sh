@@ -16,7 +16,10 @@
 # Where pyenv is installed every CPython the wheels are for must be found; the script says which
 # versions it checked. Last, the sdist must build and hold the sources a wheel build needs.
 #
+# The greedy runs turn the repeat penalty off (--repeat-penalty 1): llama.cpp's oracle is plain argmax.
+#
 # usage: scripts/check_wheel.sh [OUT_DIR]      (default dist/)
+# env:   SINKSTREAM_REUSE_WHEELS=1  check OUT_DIR/wheelhouse as a previous run built it (no build)
 set -euo pipefail
 shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
@@ -30,7 +33,7 @@ PYENV_VERSIONS="${PYENV_ROOT:-$HOME/.pyenv}/versions"
 timings=()
 t0=$SECONDS
 
-scripts/build_wheels.sh "$OUT"
+[ "${SINKSTREAM_REUSE_WHEELS:-0}" = 1 ] || scripts/build_wheels.sh "$OUT"
 timings+=("build + auditwheel: $((SECONDS - t0)) s")
 # shellcheck source=scripts/find_python.sh
 . scripts/find_python.sh
@@ -72,7 +75,7 @@ check_in_fresh_venv() {  # wheel python
   "$venv/bin/python" -c "import pathlib, sinkstream; d = pathlib.Path(sinkstream.__file__).parent; \
 assert (d / '_core.pyi').is_file() and (d / 'py.typed').is_file(), 'stubs missing'"
   local n=12 got
-  got=$("$venv/bin/sinkstream" generate -p "$PROMPT" -n $n --temperature 0 2>"$venv/stats")
+  got=$("$venv/bin/sinkstream" generate -p "$PROMPT" -n $n --temperature 0 --repeat-penalty 1 2>"$venv/stats")
   cat "$venv/stats"
   same_text "$got" "$(expected_text "$venv/bin/python" $n)" "$(basename "$wheel") on $("$py" --version)"
 }
@@ -135,7 +138,7 @@ for pair in cortex-a53:neon cortex-a76:dotprod max:i8mm; do
 assert (d / '_core.pyi').is_file() and (d / 'py.typed').is_file(), 'stubs missing'; \
 from sinkstream import _core; print(sinkstream.__version__, _core.cpu_features())"
   arm "$cpu" scripts/portable_smoke.py check "$smoke" --expect-isa "$isa"
-  got=$(arm "$cpu" -m sinkstream generate -p "$PROMPT" -n $n_arm --temperature 0 2>"$VENVS/arm-stats")
+  got=$(arm "$cpu" -m sinkstream generate -p "$PROMPT" -n $n_arm --temperature 0 --repeat-penalty 1 2>"$VENVS/arm-stats")
   cat "$VENVS/arm-stats"
   same_text "$got" "$want" "aarch64 -cpu $cpu"
   echo "   ($((SECONDS - start)) s)"
