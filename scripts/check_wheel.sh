@@ -119,9 +119,13 @@ arm_wheel=$(find "$OUT/wheelhouse" -name "$pattern" | head -n 1)
 [ -n "$arm_wheel" ] || { echo "no aarch64 wheel for the arm64 CPython $arm_version" >&2; exit 1; }
 site="$VENVS/aarch64-site"
 echo "== $(basename "$arm_wheel") for Debian's arm64 CPython $arm_version under qemu-aarch64"
-# pip installs for the target platform (binaries only: numpy and the rest as aarch64 wheels).
+# pip installs for the target platform (binaries only: numpy and the rest as aarch64 wheels): every
+# manylinux tag the emulated system's glibc allows (pip does not count down from one given tag).
+arm_glibc=$("$ARM_PY" -c "import platform; print(platform.libc_ver()[1].split('.')[1])")
+platforms=()
+for minor in $(seq 17 "$arm_glibc"); do platforms+=(--platform "manylinux_2_${minor}_aarch64"); done
 "$host_venv_python" -m pip install --quiet --disable-pip-version-check --only-binary=:all: --target "$site" \
-  --platform manylinux_2_28_aarch64 --python-version "$arm_version" --implementation cp --abi "cp$nodot" "$arm_wheel"
+  "${platforms[@]}" --python-version "$arm_version" --implementation cp --abi "cp$nodot" --abi abi3 --abi none "$arm_wheel"
 smoke="$VENVS/smoke"
 "$host_venv_python" scripts/portable_smoke.py prepare "$smoke" >/dev/null
 n_arm=6  # a few tokens: each costs seconds under emulation
