@@ -79,10 +79,12 @@ aarch64_pyconfig() {  # x86-64 pyconfig.h -> stdout
 # The rule above, on Debian's amd64 pyconfig.h, must give Debian's arm64 one exactly.
 verify_pyconfig_rule() {
   local debs="$TOOLS/debian-pyconfig" version
-  if ! command -v apt-get >/dev/null || ! dpkg --print-foreign-architectures 2>/dev/null | grep -qx arm64; then
-    echo "== no Debian arm64 packages here: the pyconfig.h rule is not re-checked (scripts/arm64_python.sh sets them up)"
+  if ! command -v apt-get >/dev/null; then
+    echo "== no Debian packages here: the pyconfig.h rule is not re-checked"
     return
   fi
+  # Adds the arm64 architecture to apt (once) and unpacks the arm64 CPython that check_wheel.sh runs.
+  scripts/arm64_python.sh "$OUT/arm64-python" >/dev/null
   version=$(apt-cache show libpython3-dev:arm64 2>/dev/null | sed -n 's/^Depends: .*libpython\(3\.[0-9]*\)-dev.*/\1/p' | head -n 1)
   mkdir -p "$debs"
   (cd "$debs" && apt-get download -qq "libpython$version-dev:arm64" "libpython$version-dev:amd64" >/dev/null 2>&1)
