@@ -154,8 +154,9 @@ start=$SECONDS
 "$host_venv_python" -m pip install --quiet --disable-pip-version-check build
 "$host_venv_python" -m build --sdist --outdir "$OUT/sdist" . >/dev/null
 sdist=$(find "$OUT/sdist" -name 'sinkstream-*.tar.gz' | head -n 1)
+listing=$(tar -tzf "$sdist")
 for f in CMakeLists.txt cmake/zig-toolchain.cmake cpp/ops/cpu/vec_dot_neon.inc pyproject.toml; do
-  tar -tzf "$sdist" | grep -q "^sinkstream-[^/]*/$f$" || { echo "FAILED: $f is not in $sdist" >&2; exit 1; }
+  grep -q "^sinkstream-[^/]*/$f$" <<<"$listing" || { echo "FAILED: $f is not in $sdist" >&2; exit 1; }
 done
 echo "== sdist $(basename "$sdist") ($((SECONDS - start)) s)"
 
