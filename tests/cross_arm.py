@@ -9,8 +9,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# (-march, qemu -cpu): the AArch64 baseline, and ARMv8.2 with the dot-product extension.
-TARGETS = [("armv8-a", "cortex-a57"), ("armv8.2-a+dotprod", "max")]
+# (qemu -cpu, the kernel level run-time dispatch must pick there): the AArch64 baseline (Cortex-A53,
+# a Pi 3/4 class core without the dot product), SDOT (Cortex-A76: Pi 5, Orin's A78 class) and
+# SMMLA (qemu's `max`, which has every extension it emulates, i8mm included).
+TARGETS = [("cortex-a53", "neon"), ("cortex-a76", "dotprod"), ("max", "i8mm")]
+# Everything is compiled for the baseline (armv8-a) except these files, with CMakeLists.txt's flags.
+FILE_FLAGS = {
+    "cpp/ops/cpu/vec_dot_dotprod.cc": ["-march=armv8.2-a+dotprod"],
+    "cpp/ops/cpu/vec_dot_i8mm.cc": ["-march=armv8.2-a+dotprod+i8mm"],
+}
 
 
 def tools() -> tuple[str, str]:
@@ -21,11 +28,25 @@ def tools() -> tuple[str, str]:
     return cxx, qemu
 
 
-def build_and_run(sources: list[str], march: str, cpu: str, out_dir: Path) -> subprocess.CompletedProcess:
-    """Builds sources (paths from the repository root) statically for `march` and runs the result
-    under qemu with `cpu`; returns the finished process (stdout as text)."""
-    cxx, qemu = tools()
-    exe = out_dir / f"{Path(sources[0]).stem}_{march.replace('+', '_').replace('.', '_')}"
-    subprocess.run([cxx, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", f"-march={march}", "-Icpp", *sources,
-                    "-static", "-pthread", "-o", str(exe)], cwd=ROOT, check=True)
-    return subprocess.run([qemu, "-cpu", cpu, str(exe)], capture_output=True, text=True)
+def build(sources: list[str], out_dir: Path) -> Path:
+    """Builds sources (paths from the repository root) statically for the AArch64 baseline, the
+    files of FILE_FLAGS with their extensions (once per out_dir); returns the executable."""
+    cxx, _ = tools()
+    exe = out_dir / Path(sources[0]).stem
+    if exe.exists():
+        return exe
+    out_dir.mkdir(parents=True, exist_ok=True)
+    objects = []
+    for source in sources:
+        obj = out_dir / (source.replace("/", "_") + ".o")
+        subprocess.run([cxx, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", "-march=armv8-a",
+                        *FILE_FLAGS.get(source, []), "-Icpp", "-c", source, "-o", str(obj)], cwd=ROOT, check=True)
+        objects.append(str(obj))
+    subprocess.run([cxx, *objects, "-static", "-pthread", "-o", str(exe)], cwd=ROOT, check=True)
+    return exe
+
+
+def build_and_run(sources: list[str], cpu: str, out_dir: Path) -> subprocess.CompletedProcess:
+    """build(), then runs the result under qemu with `cpu`; returns the finished process (stdout as text)."""
+    exe = build(sources, out_dir)
+    return subprocess.run([tools()[1], "-cpu", cpu, str(exe)], capture_output=True, text=True)

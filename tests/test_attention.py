@@ -23,6 +23,7 @@ import cross_arm
 
 FEATURES = _core.cpu_features()
 ISAS = {"avx512": ["scalar", "avx2", "avx512"], "avx2": ["scalar", "avx2"], "neon": ["scalar", "neon"],
+        "dotprod": ["scalar", "neon", "dotprod"], "i8mm": ["scalar", "neon", "dotprod", "i8mm"],
         "scalar": ["scalar"]}[FEATURES["best_isa"]]
 
 # (head_dim, n_head, n_head_kv, n_tokens, n_sink, window)
@@ -153,14 +154,14 @@ def test_bad_arguments_are_named():
 
 @pytest.mark.slow
 @pytest.mark.ci
-@pytest.mark.parametrize("march,cpu", cross_arm.TARGETS[:1])
-def test_neon_attention_under_qemu(tmp_path, march, cpu):
+@pytest.mark.parametrize("cpu,isa", cross_arm.TARGETS[:1])
+def test_neon_attention_under_qemu(tmp_path, cpu, isa):
     """The NEON attention kernels against the double-precision reference and the scalar kernels:
     tests/cpp/attention_isa_check.cc (the shapes above), cross-compiled and run under qemu-user."""
     sources = ["tests/cpp/attention_isa_check.cc", "cpp/ops/cpu/attention.cc", "cpp/ops/cpu/attention_avx2.cc",
                "cpp/ops/cpu/attention_avx512.cc", "cpp/ops/cpu/attention_neon.cc", "cpp/kv/sink_cache.cc",
                "cpp/ops/cpu/cpu_features.cc"]
-    out = cross_arm.build_and_run(sources, march, cpu, tmp_path)
+    out = cross_arm.build_and_run(sources, cpu, tmp_path)
     assert out.returncode == 0 and "all attention levels match" in out.stdout, out.stdout[-3000:]
     assert " neon " in out.stdout and "best ISA: neon" in out.stdout  # the NEON kernels really ran
 

@@ -35,7 +35,8 @@ ACT_BLOCK = {t: 256 for t in (T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K)}  # activa
 SCALE_OFFSETS = {T.IQ4_NL: [0], T.Q2_K: [80, 82], T.Q3_K: [108], T.Q4_K: [0, 2], T.Q5_K: [0, 2], T.Q6_K: [208]}
 
 FEATURES = _core.cpu_features()
-SIMD_LEVELS = {"avx512": ["avx2", "avx512"], "avx2": ["avx2"], "neon": ["neon"], "scalar": []}[FEATURES["best_isa"]]
+SIMD_LEVELS = {"avx512": ["avx2", "avx512"], "avx2": ["avx2"], "neon": ["neon"], "dotprod": ["neon", "dotprod"],
+               "i8mm": ["neon", "dotprod", "i8mm"], "scalar": []}[FEATURES["best_isa"]]
 
 
 def make_weight(qtype: T, rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
@@ -229,7 +230,9 @@ def test_default_model_weights():
 
 def test_cpu_features_report():
     f = _core.cpu_features()
-    assert f["best_isa"] in ("scalar", "neon", "avx2", "avx512")
+    assert f["best_isa"] in ("scalar", "neon", "dotprod", "i8mm", "avx2", "avx512")
+    if f["best_isa"] in ("dotprod", "i8mm"):
+        assert f["neon"] and f["neon_dotprod"] and (f["neon_i8mm"] or f["best_isa"] == "dotprod")
     if f["best_isa"] == "avx512":
         assert f["avx512f"] and f["avx512bw"] and f["avx512vl"] and f["avx512vnni"] and f["os_avx512"]
     if f["best_isa"] in ("avx2", "avx512"):
@@ -270,24 +273,27 @@ def test_bad_arguments_raise():
         _core.matmul_test(int(T.Q4_1), w.tobytes(), 4, 64, x, "sse9")
     with pytest.raises(ValueError, match="IQ2_XXS"):
         _core.matmul_test(int(T.IQ2_XXS), b"\0" * 66, 1, 256, np.zeros((1, 256), np.float32), "scalar")
-    if FEATURES["best_isa"] != "neon":
+    if FEATURES["best_isa"] not in ("neon", "dotprod", "i8mm"):
         with pytest.raises(ValueError, match="not available"):
             _core.matmul_test(int(T.Q4_1), w.tobytes(), 4, 64, x, "neon")
 
 
 @pytest.mark.slow
 @pytest.mark.ci
-@pytest.mark.parametrize("march,cpu", cross_arm.TARGETS)
-def test_neon_kernels_under_qemu(tmp_path, march, cpu):
+@pytest.mark.parametrize("cpu,isa", cross_arm.TARGETS)
+def test_neon_kernels_under_qemu(tmp_path_factory, cpu, isa):
     # The NEON kernels cannot run on x86: cross-compile tests/cpp/matmul_isa_check.cc for AArch64
-    # (with and without the dot-product extension) and run it under qemu-user, when both exist.
+    # (once: the baseline, plus the SDOT and SMMLA files with their extensions) and run it under
+    # qemu-user on CPUs without and with those extensions, when both tools exist. Run-time dispatch
+    # must pick `isa` there, and every level up to it must match the scalar kernels.
     sources = ["tests/cpp/matmul_isa_check.cc", "cpp/quant/quant_types.cc", "cpp/quant/dequantize.cc",
                "cpp/ops/cpu/matmul.cc", "cpp/ops/cpu/cpu_features.cc", "cpp/ops/cpu/vec_dot_scalar.cc",
-               "cpp/ops/cpu/vec_dot_neon.cc", "cpp/ops/cpu/vec_dot_avx2.cc", "cpp/ops/cpu/vec_dot_avx512.cc",
-               "cpp/core/thread_pool.cc"]
-    out = cross_arm.build_and_run(sources, march, cpu, tmp_path)
+               "cpp/ops/cpu/vec_dot_neon.cc", "cpp/ops/cpu/vec_dot_dotprod.cc", "cpp/ops/cpu/vec_dot_i8mm.cc",
+               "cpp/ops/cpu/vec_dot_avx2.cc", "cpp/ops/cpu/vec_dot_avx512.cc", "cpp/core/thread_pool.cc"]
+    out = cross_arm.build_and_run(sources, cpu, tmp_path_factory.getbasetemp() / "matmul_isa_check")
     assert out.returncode == 0 and "all levels match scalar" in out.stdout, out.stdout[-3000:]
-    assert "(kernel neon  )" in out.stdout  # the NEON kernels really ran
+    assert f"best ISA: {isa}\n" in out.stdout
+    assert f"(kernel {isa:<6s})" in out.stdout  # that level's kernels really ran
 
 
 # ---- activation quantization -------------------------------------------------------------------------

@@ -36,8 +36,7 @@ def isa_env(isa: str | None) -> dict:
 
 
 def available_isas() -> list[str]:
-    order = ["scalar", "avx2", "avx512"] if _core.cpu_features()["best_isa"] != "neon" else ["scalar", "neon"]
-    return order[:order.index(_core.cpu_features()["best_isa"]) + 1]
+    return _core.cpu_features()["levels"]
 
 
 @pytest.mark.parametrize("weight_type", ["F32", "F16"])

@@ -85,9 +85,9 @@ void bind_attention(nb::module_& m) {
       "Test hook: stores keys/values (n_tokens, n_head_kv * head_dim) as tokens 0.. of a one-layer sink\n"
       "cache (n_sink, window), then returns the attention output (n_head, head_dim) of the last token's\n"
       "query (q_sink against the sinks, q_window against the window; scale 1/sqrt(head_dim)), computed\n"
-      "with the kernels of the given ISA level ('scalar', 'avx2', 'avx512', 'neon'), or 'cuda': the CUDA\n"
-      "backend's attention kernel (a CUDA build with a GPU; RuntimeError otherwise). sink_logits (n_head):\n"
-      "learned sink logits (gpt-oss), one softmax column each with no value.");
+      "with the kernels of the given ISA level ('scalar', 'avx2', 'avx512', 'neon', 'dotprod', 'i8mm'), or\n"
+      "'cuda': the CUDA backend's attention kernel (a CUDA build with a GPU; RuntimeError otherwise).\n"
+      "sink_logits (n_head): learned sink logits (gpt-oss), one softmax column each with no value.");
 }
 
 }  // namespace sinkstream::bindings

@@ -119,7 +119,7 @@ void bind_quant(nb::module_& m) {
       nb::arg("type_id"), nb::arg("weight"), nb::arg("rows"), nb::arg("cols"), nb::arg("x"), nb::arg("isa"),
       nb::arg("n_threads") = 1,
       "Test hook: Y (n, rows) = X (n, cols) . W^T for raw GGML weight bytes, kernels of the given ISA level\n"
-      "('scalar', 'avx2', 'avx512', 'neon'; falls back level by level where a kernel is missing).");
+      "('scalar', 'avx2', 'avx512', 'neon', 'dotprod', 'i8mm'; falls back level by level where a kernel is missing).");
 
   m.def(
       "matmul_shared_input_test",
@@ -255,11 +255,17 @@ void bind_quant(nb::module_& m) {
         d["os_avx512"] = f.os_avx512;
         d["neon"] = f.neon;
         d["neon_dotprod"] = f.neon_dotprod;
+        d["neon_i8mm"] = f.neon_i8mm;
         d["best_isa"] = isa_name(best_isa());
+        nb::list levels;  // every level this CPU runs, lowest first (SINKSTREAM_ISA may pick any)
+        for (Isa isa : {Isa::Scalar, Isa::Neon, Isa::Dotprod, Isa::I8mm, Isa::Avx2, Isa::Avx512})
+          if (isa_supported(isa)) levels.append(isa_name(isa));
+        d["levels"] = levels;
         d["active_isa"] = isa_name(active_isa());
         return d;
       },
-      "CPU features seen by the kernels, the best ISA level and the active one (after SINKSTREAM_ISA).");
+      "CPU features seen by the kernels, the best ISA level, the levels this CPU runs (lowest first) and the "
+      "active one (after SINKSTREAM_ISA).");
 }
 
 }  // namespace sinkstream::bindings

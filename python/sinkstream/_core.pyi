@@ -73,7 +73,7 @@ def fp16_to_f32(h: Annotated[NDArray[numpy.uint16], dict(shape=(None,), order='C
 def matmul_test(type_id: int, weight: bytes, rows: int, cols: int, x: Annotated[NDArray[numpy.float32], dict(shape=(None, None), order='C', device='cpu', writable=False)], isa: str, n_threads: int = 1) -> NDArray[numpy.float32]:
     """
     Test hook: Y (n, rows) = X (n, cols) . W^T for raw GGML weight bytes, kernels of the given ISA level
-    ('scalar', 'avx2', 'avx512', 'neon'; falls back level by level where a kernel is missing).
+    ('scalar', 'avx2', 'avx512', 'neon', 'dotprod', 'i8mm'; falls back level by level where a kernel is missing).
     """
 
 def matmul_shared_input_test(weights: Sequence[tuple[int, bytes, int, int]], x: Annotated[NDArray[numpy.float32], dict(shape=(None, None), order='C', device='cpu', writable=False)], isa: str, n_threads: int = 1) -> list:
@@ -104,7 +104,7 @@ def matmul_kernel_isa(type_id: int, isa: str) -> str:
 
 def cpu_features() -> dict:
     """
-    CPU features seen by the kernels, the best ISA level and the active one (after SINKSTREAM_ISA).
+    CPU features seen by the kernels, the best ISA level, the levels this CPU runs (lowest first) and the active one (after SINKSTREAM_ISA).
     """
 
 def attend_test(keys: Annotated[NDArray[numpy.float32], dict(shape=(None, None), order='C', device='cpu', writable=False)], values: Annotated[NDArray[numpy.float32], dict(shape=(None, None), order='C', device='cpu', writable=False)], q_sink: Annotated[NDArray[numpy.float32], dict(shape=(None, None), order='C', device='cpu', writable=False)], q_window: Annotated[NDArray[numpy.float32], dict(shape=(None, None), order='C', device='cpu', writable=False)], n_head_kv: int, n_sink: int, window: int, kv_type: str, isa: str, sink_logits: Annotated[NDArray[numpy.float32], dict(shape=(None,), order='C', device='cpu', writable=False)] | None = None) -> NDArray[numpy.float32]:
@@ -112,9 +112,9 @@ def attend_test(keys: Annotated[NDArray[numpy.float32], dict(shape=(None, None),
     Test hook: stores keys/values (n_tokens, n_head_kv * head_dim) as tokens 0.. of a one-layer sink
     cache (n_sink, window), then returns the attention output (n_head, head_dim) of the last token's
     query (q_sink against the sinks, q_window against the window; scale 1/sqrt(head_dim)), computed
-    with the kernels of the given ISA level ('scalar', 'avx2', 'avx512', 'neon'), or 'cuda': the CUDA
-    backend's attention kernel (a CUDA build with a GPU; RuntimeError otherwise). sink_logits (n_head):
-    learned sink logits (gpt-oss), one softmax column each with no value.
+    with the kernels of the given ISA level ('scalar', 'avx2', 'avx512', 'neon', 'dotprod', 'i8mm'), or
+    'cuda': the CUDA backend's attention kernel (a CUDA build with a GPU; RuntimeError otherwise).
+    sink_logits (n_head): learned sink logits (gpt-oss), one softmax column each with no value.
     """
 
 class Tokenizer:

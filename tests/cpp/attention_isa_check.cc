@@ -91,7 +91,7 @@ int main() {
                           {16, 4, 2, 130, 4, 64},  {24, 6, 1, 263, 0, 263}, {12, 2, 2, 40, 3, 20},
                           {6, 2, 1, 33, 1, 30}};
   std::vector<Isa> levels;
-  for (Isa isa : {Isa::Neon, Isa::Avx2, Isa::Avx512})
+  for (Isa isa : {Isa::Neon, Isa::Dotprod, Isa::I8mm, Isa::Avx2, Isa::Avx512})
     if (isa_supported(isa)) levels.push_back(isa);
   std::printf("best ISA: %s\n", isa_name(best_isa()));
   std::mt19937 rng(99);

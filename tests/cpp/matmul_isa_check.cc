@@ -65,7 +65,7 @@ int main() {
                             GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::IQ4_NL, GgmlType::Q2_K,
                             GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::MXFP4};
   std::vector<Isa> levels;
-  for (Isa isa : {Isa::Neon, Isa::Avx2, Isa::Avx512})
+  for (Isa isa : {Isa::Neon, Isa::Dotprod, Isa::I8mm, Isa::Avx2, Isa::Avx512})
     if (isa_supported(isa)) levels.push_back(isa);
   std::printf("best ISA: %s\n", isa_name(best_isa()));
   std::mt19937 rng(1234);

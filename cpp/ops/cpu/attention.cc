@@ -124,7 +124,7 @@ const Kernels& kernels_for(int64_t dim, Isa isa) {
   static const Kernels neon = isa_supported(Isa::Neon) ? neon_kernels() : scalar_kernels();
   if (isa == Isa::Avx512 && isa_supported(isa) && dim % 16 == 0) return avx512;
   if ((isa == Isa::Avx512 || isa == Isa::Avx2) && isa_supported(Isa::Avx2) && dim % 8 == 0) return avx2;
-  if (isa == Isa::Neon && isa_supported(isa) && dim % 4 == 0) return neon;
+  if (is_arm_isa(isa) && isa_supported(isa) && dim % 4 == 0) return neon;  // (dotprod, i8mm: the same)
   return scalar_kernels();
 }
 

@@ -54,8 +54,12 @@ CpuFeatures detect() {
 CpuFeatures detect() {
   CpuFeatures f;
   f.neon = true;  // Advanced SIMD is mandatory on AArch64
-#if defined(__linux__) && defined(HWCAP_ASIMDDP)
-  f.neon_dotprod = (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+#if defined(__linux__)
+  // The bits of the Linux arm64 ABI (asm/hwcap.h), spelled out for older libc headers.
+  constexpr unsigned long kHwcapAsimddp = 1ul << 20;  // HWCAP_ASIMDDP
+  constexpr unsigned long kHwcap2I8mm = 1ul << 13;    // HWCAP2_I8MM
+  f.neon_dotprod = (getauxval(AT_HWCAP) & kHwcapAsimddp) != 0;
+  f.neon_i8mm = (getauxval(AT_HWCAP2) & kHwcap2I8mm) != 0;
 #endif
   return f;
 }
@@ -65,7 +69,7 @@ CpuFeatures detect() { return CpuFeatures{}; }
 
 Isa detect_best_isa() {
   const CpuFeatures& f = cpu_features();
-  if (f.neon) return Isa::Neon;
+  if (f.neon) return f.neon_dotprod ? (f.neon_i8mm ? Isa::I8mm : Isa::Dotprod) : Isa::Neon;
   const bool avx2 = f.os_avx && f.avx2 && f.fma && f.f16c;
   if (!avx2) return Isa::Scalar;
   const bool avx512 = f.os_avx512 && f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq && f.avx512vnni;
@@ -77,8 +81,8 @@ Isa detect_active_isa() {
   const char* env = std::getenv("SINKSTREAM_ISA");
   if (env == nullptr || *env == '\0') return best;
   const Isa wanted = parse_isa(env);
-  // Neon and the x86 levels are different branches: a request off this CPU's branch means scalar.
-  if ((wanted == Isa::Neon) != (best == Isa::Neon) && wanted != Isa::Scalar) return Isa::Scalar;
+  // The AArch64 and x86 levels are different branches: a request off this CPU's branch means scalar.
+  if (wanted != Isa::Scalar && is_arm_isa(wanted) != is_arm_isa(best)) return Isa::Scalar;
   return (int)wanted < (int)best ? wanted : best;
 }
 
@@ -102,14 +106,15 @@ Isa active_isa() {
 bool isa_supported(Isa isa) {
   const Isa best = best_isa();
   if (isa == Isa::Scalar) return true;
-  if (isa == Isa::Neon || best == Isa::Neon) return isa == best;
-  return (int)isa <= (int)best;
+  return is_arm_isa(isa) == is_arm_isa(best) && (int)isa <= (int)best;
 }
 
 const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::Scalar: return "scalar";
     case Isa::Neon: return "neon";
+    case Isa::Dotprod: return "dotprod";
+    case Isa::I8mm: return "i8mm";
     case Isa::Avx2: return "avx2";
     case Isa::Avx512: return "avx512";
   }
@@ -121,9 +126,11 @@ Isa parse_isa(const std::string& name) {
   std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char ch) { return (char)std::tolower(ch); });
   if (lower == "scalar") return Isa::Scalar;
   if (lower == "neon") return Isa::Neon;
+  if (lower == "dotprod") return Isa::Dotprod;
+  if (lower == "i8mm") return Isa::I8mm;
   if (lower == "avx2") return Isa::Avx2;
   if (lower == "avx512") return Isa::Avx512;
-  throw ArgumentError(cat("unknown ISA '", name, "' (SINKSTREAM_ISA / isa): expected scalar, neon, avx2 or avx512"));
+  throw ArgumentError(cat("unknown ISA '", name, "' (SINKSTREAM_ISA / isa): expected scalar, neon, dotprod, i8mm, avx2 or avx512"));
 }
 
 }  // namespace sinkstream

@@ -84,7 +84,10 @@ DotTileFn select_dot_tile(GgmlType type, Isa isa, Isa* chosen) {
   if (isa == Isa::Avx512 && (fn = avx512_dot_tile(type)) != nullptr) from = Isa::Avx512;
   if (fn == nullptr && (isa == Isa::Avx512 || isa == Isa::Avx2) && (fn = avx2_dot_tile(type)) != nullptr)
     from = Isa::Avx2;
-  if (fn == nullptr && isa == Isa::Neon && (fn = neon_dot_tile(type)) != nullptr) from = Isa::Neon;
+  if (isa == Isa::I8mm && (fn = i8mm_dot_tile(type)) != nullptr) from = Isa::I8mm;
+  if (fn == nullptr && (isa == Isa::I8mm || isa == Isa::Dotprod) && (fn = dotprod_dot_tile(type)) != nullptr)
+    from = Isa::Dotprod;
+  if (fn == nullptr && is_arm_isa(isa) && (fn = neon_dot_tile(type)) != nullptr) from = Isa::Neon;
   if (fn == nullptr) fn = scalar_dot_tile(type), from = Isa::Scalar;
   SS_CHECK_ARG(fn != nullptr, "matmul does not support weight type ", ggml_type_name(type));
   if (chosen != nullptr) *chosen = from;

@@ -86,7 +86,9 @@ constexpr int kTokenTile = 4;
 DotTileFn scalar_dot_tile(GgmlType type);
 DotTileFn avx2_dot_tile(GgmlType type);
 DotTileFn avx512_dot_tile(GgmlType type);
-DotTileFn neon_dot_tile(GgmlType type);
+DotTileFn neon_dot_tile(GgmlType type);     // AArch64 baseline
+DotTileFn dotprod_dot_tile(GgmlType type);  // AArch64 + SDOT (vec_dot_neon.inc)
+DotTileFn i8mm_dot_tile(GgmlType type);     // AArch64 + SDOT + SMMLA
 
 // The kernel matmul uses for `type` at level `isa` (falls back level by level), and the level it
 // actually comes from.
