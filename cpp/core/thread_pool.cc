@@ -23,17 +23,13 @@ namespace {
 constexpr auto kSpinTime = std::chrono::microseconds(200);
 constexpr int kPauseIterations = 1000;  // about 10-50 us of pure spinning first
 
-// The caller's time on its own share and its time waiting for the workers are summed over windows
-// of kJudgedRuns runs. The caller alone would have taken about n_threads times its share (the tasks
-// balance themselves), the pool took share + wait: when the wait exceeds (n_threads - 1) times the
-// share, the workers cost more than they bring (a core taken by another process: each run waits
-// for a descheduled worker), and the pool goes solo. On a quiet machine the wait is at most about
-// one task per run, far below that.
-constexpr int64_t kJudgedRuns = 32;
-// Solo stretches, in runs (a decode step of a small model is a few hundred runs): from about a
-// token's worth up to about a hundred tokens' worth while the workers keep being late.
-constexpr int64_t kSoloFirst = 256;
-constexpr int64_t kSoloLongest = 32768;
+// Runs per timed window (a decode step of a small model is a few hundred runs: a window spans a
+// token or so, so adjacent windows do alike work), and windows in the chosen mode between two
+// probes of the other (a probe costs one window in the slower mode). Solo must win clearly
+// (kSoloMargin): on a quiet machine the workers are faster, and noise must not send the pool solo.
+constexpr int64_t kWindowRuns = 256;
+constexpr int64_t kWindowsBetweenProbes = 16;
+constexpr double kSoloMargin = 0.8;
 
 // Waits until done() or kSpinTime passed; true if done() became true. After a short pure spin it
 // yields the CPU between checks, so on an oversubscribed machine the thread being waited for can
@@ -54,7 +50,7 @@ bool spin_until(Done done) {
 
 }  // namespace
 
-ThreadPool::ThreadPool(int n_threads) : solo_stretch_(kSoloFirst) {
+ThreadPool::ThreadPool(int n_threads) : windows_since_probe_(kWindowsBetweenProbes - 1) {
   const int n = std::max(1, n_threads);
   for (int i = 1; i < n; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
 }
@@ -98,9 +94,14 @@ void ThreadPool::worker_loop(int thread_index) {
 
 void ThreadPool::run(int64_t n_tasks, const std::function<void(int64_t, int)>& fn) {
   if (n_tasks <= 0) return;
-  if (workers_.empty() || n_tasks == 1 || solo_runs_left_ > 0) {
-    if (solo_runs_left_ > 0) --solo_runs_left_;
+  if (workers_.empty() || n_tasks == 1) {
     for (int64_t t = 0; t < n_tasks; ++t) fn(t, 0);
+    return;
+  }
+  const auto start = std::chrono::steady_clock::now();
+  if (solo_) {
+    for (int64_t t = 0; t < n_tasks; ++t) fn(t, 0);
+    note_run(std::chrono::steady_clock::now() - start);
     return;
   }
   job_ = &fn;
@@ -113,30 +114,30 @@ void ThreadPool::run(int64_t n_tasks, const std::function<void(int64_t, int)>& f
     generation_.fetch_add(1, std::memory_order_release);
   }
   wake_.notify_all();
-  const auto start = std::chrono::steady_clock::now();
   work_on_current_job(0);
-  const auto own_done = std::chrono::steady_clock::now();
   const auto all_done = [&] { return busy_workers_.load(std::memory_order_acquire) == 0; };
   if (!spin_until(all_done)) {
     std::unique_lock<std::mutex> lock(mutex_);
     done_.wait(lock, all_done);
   }
   job_ = nullptr;
-  note_wait(own_done - start, std::chrono::steady_clock::now() - own_done);
+  note_run(std::chrono::steady_clock::now() - start);
 }
 
-void ThreadPool::note_wait(std::chrono::steady_clock::duration own_work, std::chrono::steady_clock::duration waited) {
-  judged_own_ += own_work;
-  judged_wait_ += waited;
-  if (++judged_runs_ < kJudgedRuns) return;
-  if (judged_wait_ > judged_own_ * (int64_t)workers_.size()) {
-    solo_runs_left_ = solo_stretch_;
-    solo_stretch_ = std::min(solo_stretch_ * 2, kSoloLongest);
-  } else {
-    solo_stretch_ = kSoloFirst;  // the workers kept up: a later hiccup starts short again
+void ThreadPool::note_run(std::chrono::steady_clock::duration took) {
+  window_time_ += took;
+  if (++window_runs_ < kWindowRuns) return;
+  seconds_per_run_[solo_] = std::chrono::duration<double>(window_time_).count() / (double)window_runs_;
+  window_runs_ = 0;
+  window_time_ = std::chrono::steady_clock::duration::zero();
+  if (probing_) {  // the two modes were just timed in adjacent windows: keep the faster
+    probing_ = false;
+    solo_ = seconds_per_run_[1] < kSoloMargin * seconds_per_run_[0];
+    windows_since_probe_ = 0;
+  } else if (++windows_since_probe_ >= kWindowsBetweenProbes) {
+    probing_ = true;
+    solo_ = !solo_;
   }
-  judged_runs_ = 0;
-  judged_own_ = judged_wait_ = std::chrono::steady_clock::duration::zero();
 }
 
 void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn,

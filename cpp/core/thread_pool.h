@@ -9,11 +9,11 @@
 //
 // A shared machine (an edge box runs other services) may take a core away: a worker descheduled
 // in the middle of a run holds up the caller until the OS runs it again, and a decode step has
-// hundreds of runs. So when, over a window of runs, the caller spends longer waiting for workers
-// than the work they took off it, the pool runs the next jobs on the caller alone (the workers
-// sleep, leaving the free core to it), and tries the workers again after a while: briefly at
-// first, for longer while they keep being late. Results do not change: every kernel's output is the same whatever thread
-// computes which part (ops.h).
+// hundreds of runs, so two threads beside a busy process can be slower than one. The pool measures
+// instead of guessing: runs are timed in windows, and every so often one window runs on the caller
+// alone (the workers sleep, leaving any free core to it); the next windows use the workers unless
+// running alone was clearly faster per run in the last pair of adjacent windows. Results do not
+// change: every kernel's output is the same whatever thread computes which part (ops.h).
 #pragma once
 #include <atomic>
 #include <chrono>
@@ -47,12 +47,12 @@ class ThreadPool {
   // Physical cores when they can be told apart from SMT siblings, else logical CPUs.
   static int default_thread_count();
 
-  // Runs still to do on the caller alone after workers were late (0: the workers take part).
-  int64_t solo_runs_left() const { return solo_runs_left_; }
+  // Whether runs now go on the caller alone (measured faster than with the workers; see above).
+  bool solo() const { return solo_; }
 
  private:
-  // After a run: if the caller waited for late workers, the next runs go solo (see above).
-  void note_wait(std::chrono::steady_clock::duration own_work, std::chrono::steady_clock::duration waited);
+  // Times one run; at the end of a window, records its mode's time per run and picks the next mode.
+  void note_run(std::chrono::steady_clock::duration took);
   void worker_loop(int thread_index);
   void work_on_current_job(int thread_index);
 
@@ -66,10 +66,12 @@ class ThreadPool {
   std::atomic<int> busy_workers_{0};
   std::atomic<uint64_t> generation_{0};
   std::atomic<bool> stopping_{false};
-  int64_t solo_runs_left_ = 0;
-  int64_t solo_stretch_;  // the next solo stretch in runs: doubles while workers stay late
-  int64_t judged_runs_ = 0;  // runs with workers since the last judgement, and the caller's time on them
-  std::chrono::steady_clock::duration judged_own_{}, judged_wait_{};
+  bool solo_ = false;       // runs go on the caller alone
+  bool probing_ = false;    // this window tries the other mode
+  int64_t window_runs_ = 0;
+  std::chrono::steady_clock::duration window_time_{};
+  double seconds_per_run_[2] = {0.0, 0.0};  // the last window's, with workers [0] and alone [1]
+  int64_t windows_since_probe_;  // starts near a probe: a new pool learns its machine quickly
 };
 
 }  // namespace sinkstream
