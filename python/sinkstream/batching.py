@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 # How long a waiting eval sleeps between looks at Python signals (Ctrl-C reaches a waiting thread).
 _WAIT_SLICE_S = 0.05
+_NO_RECOMPUTE = ("a recompute-mode session re-encodes its whole window for every token and cannot join a batch: "
+                 "use model.session(mode='recompute')")
 
 
 @dataclass(eq=False)
@@ -127,9 +129,8 @@ class BatchScheduler:
                 **options: Any) -> "Session":
         """A new session of the scheduler's model whose evals run through the scheduler (options as
         Model.session; recompute mode cannot join a batch)."""
-        if mode == "recompute":
-            raise ValueError("a recompute-mode session re-encodes its whole window for every token and cannot "
-                             "join a batch: use model.session(mode='recompute')")
+        if mode == "recompute":  # refused before its cache is allocated
+            raise ValueError(_NO_RECOMPUTE)
         options.setdefault("n_threads", 1)  # its own pool would sit idle: the scheduler's threads compute
         return self.attach(self.model.session(mode, n_sink, window, **options))
 
@@ -139,8 +140,7 @@ class BatchScheduler:
         if getattr(session, "model", None) is not self.model:
             raise ValueError("the session belongs to another model than the scheduler's")
         if session.mode == "recompute":
-            raise ValueError("a recompute-mode session re-encodes its whole window for every token and cannot "
-                             "join a batch")
+            raise ValueError(_NO_RECOMPUTE)
         if getattr(session, "device", "cpu") != "cpu":
             raise ValueError(f"a session on device={session.device!r} cannot join a batch: the BatchScheduler's "
                              "passes run on the CPU")
