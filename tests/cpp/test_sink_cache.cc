@@ -133,7 +133,7 @@ int main() {
   for (KvType type : {KvType::kF32, KvType::kF16}) {
     SinkCache cache(2, 2, 3, 2, 4, 2, type);
     const int64_t n = cache.row_elements(), dim = cache.head_dim();
-    const size_t eb = cache.element_bytes();
+    const size_t eb = cache.head_row_bytes() / (size_t)dim;  // bytes per element (f32, f16)
     for (uint64_t j = 0; j < 30; ++j) {
       std::vector<float> k((size_t)n), v((size_t)n);
       for (int64_t i = 0; i < n; ++i) {
