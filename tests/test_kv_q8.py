@@ -94,3 +94,29 @@ def test_default_model_kv_q8_0_perplexity_cost(default_model_path, tmp_path):
 def test_q8_0_is_cpu_only_for_now(model):
     with pytest.raises(ValueError, match="kv_type 'q8_0' is CPU-only"):
         _core.Session(model._core, kv_type="q8_0", device="cuda")  # the engine's check, in every build
+
+
+def test_the_cli_takes_kv_type(model, monkeypatch, capsys):
+    """generate --kv-type q8_0 opens its session with the 8-bit cache: the same text as a q8_0
+    session, and chat's /stats reports half the f16 cache's memory."""
+    from sinkstream import cli
+    from sinkstream.commands import _generation_args
+
+    monkeypatch.setattr(_generation_args, "load_model", lambda path, n_threads, device="cpu": model)
+    assert cli.main(["generate", "-p", "Hello", "-n", "6", "--temperature", "0", "--window", "60",
+                     "--kv-type", "q8_0"]) == 0
+    expected = model.session(window=60, kv_type="q8_0").generate("Hello", max_tokens=6, temperature=0)
+    assert capsys.readouterr().out.rstrip("\n") == expected.rstrip("\n")
+    sizes = {}
+    for kv in ("f16", "q8_0"):
+        lines = ["/stats"]
+
+        def scripted_input(prompt="", lines=lines):
+            if not lines:
+                raise EOFError
+            return lines.pop(0)
+        monkeypatch.setattr("builtins.input", scripted_input)
+        assert cli.main(["chat", "--window", "60", "--kv-type", kv, "--history-file", ""]) == 0
+        line = next(x for x in capsys.readouterr().err.splitlines() if x.startswith("stream position"))
+        sizes[kv] = int(line.split("(")[-1].split()[0])
+    assert sizes["q8_0"] * 64 == sizes["f16"] * 34

@@ -414,6 +414,7 @@ class Session:
         self._chat_history: list[dict[str, str]] | None = None
         self._chat_record = None
         self._batch_size = args["batch_size"]
+        self._kv_type = args["kv_type"]
         self._scheduler: Any = None  # a sinkstream.BatchScheduler that runs this session's evals
         self.last_stats: GenerationStats | None = None  # the last stream/generate/chat call's
         model._sessions.add(self)
@@ -489,6 +490,11 @@ class Session:
     @property
     def capacity(self) -> int:
         return self._core.capacity
+
+    @property
+    def kv_type(self) -> str:
+        """The K/V cache's storage: "f16", "f32" or "q8_0"."""
+        return self._kv_type
 
     def reset(self) -> None:
         """Starts a new stream: empty cache, counter 0, no pending token or chat history."""

@@ -16,6 +16,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--n-sink", type=int, default=None, help="sink tokens kept forever (default: 4)")
     g.add_argument("--window", type=int, default=None, help="recent tokens kept (default: the session's)")
     g.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    g.add_argument("--kv-type", choices=("f16", "f32", "q8_0"), default=None,
+                   help="K/V cache storage (default f16; q8_0: 8-bit blocks, about half the memory)")
     g.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where to compute: cpu, or cuda (needs a CUDA build and an NVIDIA GPU; default: cpu)")
 
@@ -77,6 +79,8 @@ def open_session(args: argparse.Namespace):
         kwargs["n_sink"] = args.n_sink
     if args.window is not None:
         kwargs["window"] = args.window
+    if getattr(args, "kv_type", None) is not None:
+        kwargs["kv_type"] = args.kv_type
     return model, model.session(**kwargs)
 
 

@@ -123,7 +123,7 @@ def read_message(read: Callable[[str], str]) -> str | None:
 def session_stats(session: Any) -> str:
     text = (f"stream position {session.n_past} | cache {session.n_cached}/{session.capacity} tokens "
             f"({session.n_sink} sinks + {session.window} window, mode {session.mode}) | "
-            f"{session.kv_bytes / 2**20:.1f} MiB of K/V")
+            f"{session.kv_bytes / 2**20:.1f} MiB of K/V ({session.kv_bytes} bytes, {session.kv_type})")
     stats = getattr(session, "last_stats", None)
     if stats is not None:
         text += "\nlast reply: " + stats.summary()
@@ -169,9 +169,10 @@ def open_chat_session(args: argparse.Namespace) -> Any:
     if args.mode != "streaming" or args.n_sink is not None:
         raise ValueError("--keep-system-prompt sets n_sink itself (the system message's length, streaming mode): "
                          "leave out --n-sink and --mode")
-    model = _generation_args.load_model(args.model, args.threads)  # looked up now: tests replace it
-    window = {} if args.window is None else {"window": args.window}
-    return model.chat_session(args.system, keep_system_prompt=True, **window)
+    # load_model is looked up now, not at import: tests replace it.
+    model = _generation_args.load_model(args.model, args.threads, getattr(args, "device", "cpu"))
+    options = {name: getattr(args, name) for name in ("window", "kv_type") if getattr(args, name, None) is not None}
+    return model.chat_session(args.system, keep_system_prompt=True, **options)
 
 
 def run(args: argparse.Namespace) -> int:
