@@ -186,6 +186,23 @@ def test_eviction_under_max_sessions_and_memory_budget(model, tmp_path):
             assert re.search(r"^sinkstream_sessions_evicted_total [2-9]", metrics, re.M)
 
 
+def test_q8_0_sessions_fit_twice_as_many_in_a_memory_budget(model, tmp_path):
+    """--kv-type q8_0: each session's cache in 8-bit blocks, so a budget that holds two f16
+    sessions holds four; replies equal a local q8_0 session's, and the sessions list says q8_0."""
+    one = model.session_bytes("streaming", None, None, n_threads=1)
+    assert model.session_bytes("streaming", None, None, n_threads=1, kv_type="q8_0") < 0.6 * one
+    with server_in_thread(model, state_dir=str(tmp_path), memory_budget=int(2.5 * one), kv_type="q8_0") as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+        for sid in "abcd":
+            text = client.completions.create(model=MODEL_ID, prompt=f"Session {sid}:", max_tokens=5, seed=1,
+                                             extra_body={"session_id": sid}).choices[0].text
+            local = model.session(n_threads=1, kv_type="q8_0")
+            assert text == local.generate(f"Session {sid}:", max_tokens=5, seed=1, repeat_penalty=1.0)
+        time.sleep(0.3)
+        info = {s["id"]: s for s in httpx.get(url + "/v1/sessions").json()["data"]}
+        assert all(info[s]["in_memory"] and info[s]["kv_type"] == "q8_0" for s in "abcd")
+
+
 def _saved(base, sid):
     info = httpx.get(f"{base}/v1/sessions/{sid}").json()
     return info["saved_n_past"] is not None and info["saved_n_past"] == info["n_past"]

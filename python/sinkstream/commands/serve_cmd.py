@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", default="streaming", choices=["streaming", "window", "dense", "recompute"])
     p.add_argument("--n-sink", type=int, help="attention sinks per session (default 4)")
     p.add_argument("--window", type=int, help="window per session (default: 2048 - n_sink, capped)")
+    p.add_argument("--kv-type", choices=["f16", "f32", "q8_0"], default="f16",
+                   help="new sessions' K/V cache storage (q8_0: about half the memory, so twice the sessions "
+                        "in a --memory-budget)")
     p.add_argument("--keep-system-prompt", action="store_true",
                    help="a chat session keeps its whole system prompt as sinks (a request's keep_system_prompt "
                         "overrides it)")
@@ -57,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
                           state_dir=args.state_dir, max_sessions=args.max_sessions, memory_budget=args.memory_budget,
                           max_concurrent=args.max_concurrent, max_queue=args.max_queue,
                           request_timeout=args.timeout or None, n_threads=args.threads, batching=not args.no_batching,
-                          mode=args.mode,
-                          n_sink=args.n_sink, window=args.window, keep_system_prompt=args.keep_system_prompt)
+                          mode=args.mode, n_sink=args.n_sink, window=args.window, kv_type=args.kv_type,
+                          keep_system_prompt=args.keep_system_prompt)
     serve(config, host=args.host, port=args.port, log_level=args.log_level)
     return 0

@@ -50,6 +50,7 @@ class ServerConfig:
     mode: str = "streaming"
     n_sink: int | None = None              # session defaults (None: the engine's)
     window: int | None = None
+    kv_type: str = "f16"                   # new sessions' K/V storage ("q8_0": about half the memory)
     keep_system_prompt: bool = False       # default of a chat request's keep_system_prompt
     chat_max_tokens: int | None = 512      # a chat request's max_tokens when it sends none
     shared_state: bool = False             # other servers use state_dir too (Ray Serve replicas): sessions.py
@@ -146,11 +147,12 @@ class Server:
 
     def _new_session(self, options: dict[str, Any]) -> Any:
         return self._attach(self.model.session(options["mode"], options["n_sink"], options["window"],
+                                               kv_type=options.get("kv_type", "f16"),
                                                n_threads=self.session_threads))
 
     def _options(self, n_sink: int | None = None) -> dict[str, Any]:
         return {"mode": self.config.mode, "n_sink": self.config.n_sink if n_sink is None else n_sink,
-                "window": self.config.window}
+                "window": self.config.window, "kv_type": self.config.kv_type}
 
     @contextlib.asynccontextmanager
     async def _session(self, session_id: str | None, kind: str, options: dict[str, Any]) -> AsyncIterator[Any]:

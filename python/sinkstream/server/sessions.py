@@ -43,7 +43,7 @@ def check_session_id(value: Any) -> str:
 class SessionEntry:
     id: str
     kind: str                       # "chat" or "text": a session serves one kind of request
-    options: dict[str, Any]         # mode, n_sink, window: how to make its Session again
+    options: dict[str, Any]         # mode, n_sink, window, kv_type: how to make its Session again
     session: Any = None             # the sinkstream.Session while in memory
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_used: float = 0.0
@@ -163,7 +163,8 @@ class SessionStore:
         return None if st is None else (st.st_mtime_ns, st.st_size)
 
     def _session_bytes(self, options: dict[str, Any]) -> int:
-        return self.model.session_bytes(options["mode"], options["n_sink"], options["window"], n_threads=self.n_threads)
+        return self.model.session_bytes(options["mode"], options["n_sink"], options["window"], n_threads=self.n_threads,
+                                        kv_type=options.get("kv_type", "f16"))  # states saved before kv_type: f16
 
     async def _bring_in(self, entry: SessionEntry) -> None:
         need = self._session_bytes(entry.options)
@@ -172,7 +173,7 @@ class SessionStore:
 
         def make() -> Any:
             session = self.model.session(entry.options["mode"], entry.options["n_sink"], entry.options["window"],
-                                         n_threads=self.n_threads)
+                                         kv_type=entry.options.get("kv_type", "f16"), n_threads=self.n_threads)
             if self.prepare is not None:
                 session = self.prepare(session)
             if path is not None and os.path.exists(path):
