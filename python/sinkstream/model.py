@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # typing.ParamSpec is Python 3.10+; only type checkers need i
 
 
 def _options_of(sync: Callable[_P, object]) -> Callable[[Callable[..., _R]], Callable[_P, _R]]:
-    """Declares that the decorated method (an async twin) takes exactly the arguments of `sync`:
+    """Declares that the decorated method (generate, or an async twin) takes exactly the arguments of `sync`:
     type checkers and help() see every option, and a misspelled one is an error. The method itself
     is unchanged (it forwards its arguments, which are checked when it is called)."""
     def declare(method: Callable[..., _R]) -> Callable[_P, _R]:
@@ -326,20 +326,10 @@ class Model:
             presence_penalty=presence_penalty, logit_bias=logit_bias, seed=seed, stop=stop)
         return self.session(mode, n_sink, window).stream(prompt, resolved, add_bos=add_bos, special=special, progress=progress)
 
-    def generate(self, prompt: str | Sequence[int] | np.ndarray, params: SamplingParams | None = None, *,
-                 mode: str = "streaming", n_sink: int | None = None, window: int | None = None,
-                 max_tokens: int | None | _Default = DEFAULT, temperature: float | _Default = DEFAULT,
-            top_k: int | _Default = DEFAULT, top_p: float | _Default = DEFAULT, min_p: float | _Default = DEFAULT,
-            repeat_penalty: float | _Default = DEFAULT, repeat_last_n: int | _Default = DEFAULT,
-            frequency_penalty: float | _Default = DEFAULT, presence_penalty: float | _Default = DEFAULT,
-            logit_bias: Mapping[int, float] | None | _Default = DEFAULT, seed: int | None | _Default = DEFAULT,
-            stop: str | Sequence[str] | _Default = DEFAULT, add_bos: bool | None = None, special: bool = True,
-            progress: bool = False) -> str:
+    @_options_of(stream)
+    def generate(self, *args: Any, **options: Any) -> str:
         """stream() joined into one string (same arguments)."""
-        resolved = resolve_sampling_params(params, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-            repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, frequency_penalty=frequency_penalty,
-            presence_penalty=presence_penalty, logit_bias=logit_bias, seed=seed, stop=stop)
-        return "".join(self.session(mode, n_sink, window).stream(prompt, resolved, add_bos=add_bos, special=special, progress=progress))
+        return "".join(self.stream(*args, **options))
 
     # -- async (aio.py: generation in a worker thread; cancelled when the consumer goes away) -----
     @_options_of(stream)
@@ -577,18 +567,10 @@ class Session:
             presence_penalty=presence_penalty, logit_bias=logit_bias, seed=seed, stop=stop)
         return stream_text(self, prompt, resolved, add_bos=add_bos, special=special, progress=progress)
 
-    def generate(self, prompt: str | Sequence[int] | np.ndarray | None = None, params: SamplingParams | None = None,
-                 *, max_tokens: int | None | _Default = DEFAULT, temperature: float | _Default = DEFAULT,
-            top_k: int | _Default = DEFAULT, top_p: float | _Default = DEFAULT, min_p: float | _Default = DEFAULT,
-            repeat_penalty: float | _Default = DEFAULT, repeat_last_n: int | _Default = DEFAULT,
-            frequency_penalty: float | _Default = DEFAULT, presence_penalty: float | _Default = DEFAULT,
-            logit_bias: Mapping[int, float] | None | _Default = DEFAULT, seed: int | None | _Default = DEFAULT,
-            stop: str | Sequence[str] | _Default = DEFAULT, add_bos: bool | None = None, special: bool = True,
-            progress: bool = False) -> str:
+    @_options_of(stream)
+    def generate(self, *args: Any, **options: Any) -> str:
         """stream() joined into one string (same arguments)."""
-        return "".join(self.stream(prompt, params, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-            repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, frequency_penalty=frequency_penalty,
-            presence_penalty=presence_penalty, logit_bias=logit_bias, seed=seed, stop=stop, add_bos=add_bos, special=special, progress=progress))
+        return "".join(self.stream(*args, **options))
 
     def chat(self, messages: str | list[dict[str, str]], params: SamplingParams | None = None, *,
              history: list[dict[str, str]] | None = None,
