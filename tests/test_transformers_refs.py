@@ -165,6 +165,15 @@ def test_fixture_is_the_one_the_reference_was_made_from(reference):
         f"{reference['digest'][:16]})")
 
 
+def assert_numpy_matches(path, session_options, tokens, expected, name):
+    """tests/reference_forward.py's logits against transformers': top-1 equal, max |diff| within ATOL."""
+    reference_forward = pytest.importorskip("reference_forward")
+    logits = np.asarray(reference_forward.ReferenceModel(str(path)).logits(tokens.tolist(), **session_options))
+    diff, mismatched = compare(logits, expected)
+    assert not mismatched, f"{name}: top-1 differs at positions {mismatched}"
+    assert diff <= ATOL, f"{name}: max |numpy - transformers| = {diff:.3g}"
+
+
 def test_engine_matches_transformers(reference):
     if fixture_digest(reference["path"]) != reference["digest"]:
         pytest.fail(f"{STALE} ({reference['family']})")
@@ -175,15 +184,10 @@ def test_engine_matches_transformers(reference):
 def test_numpy_reference_matches_transformers(reference):
     """tests/reference_forward.py (the NumPy forward written from the architectures' definitions)
     against transformers: two independent readings of each family agree."""
-    reference_forward = pytest.importorskip("reference_forward")
     if fixture_digest(reference["path"]) != reference["digest"]:
         pytest.fail(f"{STALE} ({reference['family']})")
-    logits = np.asarray(reference_forward.ReferenceModel(str(reference["path"])).logits(
-        reference["tokens"].tolist(), **reference["session"]))
-    expected = reference["logits"]
-    diff, mismatched = compare(logits, expected)
-    assert not mismatched, f"{reference['family']}: top-1 differs at positions {mismatched}"
-    assert diff <= ATOL, f"{reference['family']}: max |numpy - transformers| = {diff:.3g}"
+    assert_numpy_matches(reference["path"], reference["session"], reference["tokens"], reference["logits"],
+                         reference["family"])
 
 
 @pytest.fixture(scope="module", params=EXPORTED, ids=[p.stem for p in EXPORTED])
@@ -208,14 +212,10 @@ def test_engine_matches_transformers_on_exported_weights(exported):
 def test_numpy_reference_matches_transformers_on_exported_weights(exported):
     """Checks the exporter too: the NumPy forward reads the GGUF as llama.cpp lays it out ([Q; K; V]
     rows, llama.cpp's tensor names), transformers ran the weights in its own layout."""
-    reference_forward = pytest.importorskip("reference_forward")
     if file_sha256(exported["path"]) != exported["sha256"]:
         pytest.fail(f"{STALE} ({exported['name']})")
-    logits = np.asarray(reference_forward.ReferenceModel(str(exported["path"])).logits(
-        exported["tokens"].tolist(), **exported["session"]))
-    diff, mismatched = compare(logits, exported["logits"])
-    assert not mismatched, f"{exported['name']}: top-1 differs at positions {mismatched}"
-    assert diff <= ATOL, f"{exported['name']}: max |numpy - transformers| = {diff:.3g}"
+    assert_numpy_matches(exported["path"], exported["session"], exported["tokens"], exported["logits"],
+                         exported["name"])
 
 
 def _fields(path: Path) -> dict:
