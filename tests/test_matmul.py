@@ -69,9 +69,10 @@ def activation_rounding_bound(qtype: T, wf: np.ndarray, x: np.ndarray) -> np.nda
     return half_step @ w_abs_block.T
 
 
-def run(qtype: T, w: np.ndarray, rows: int, cols: int, x: np.ndarray, isa: str, n_threads: int = 1):
+def run(qtype: T, w: np.ndarray, rows: int, cols: int, x: np.ndarray, isa: str, n_threads: int = 1,
+        packed: bool = True):
     return _core.matmul_test(int(qtype), w.tobytes(), rows, cols, np.ascontiguousarray(x, np.float32), isa,
-                             n_threads)
+                             n_threads, packed)
 
 
 def cols_for(qtype: T) -> int:
@@ -142,6 +143,36 @@ def test_simd_levels_match_scalar_across_row_counts(qtype):
                     got = run(qtype, w, rows, cols, x, isa)
                     ok = np.abs(got.astype(np.float64) - scalar) <= 1e-5 * absdot + 1e-30
                     assert ok.all(), f"{qtype.name} {isa} cols={cols} rows={rows} n={n}"
+
+
+PACKED_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.IQ4_NL]  # ops/cpu/packed_weights.h
+
+
+@pytest.mark.skipif("avx512" not in SIMD_LEVELS, reason="the packed-row kernels are AVX-512 VNNI ones")
+@pytest.mark.parametrize("qtype", PACKED_TYPES, ids=lambda t: t.name)
+def test_packed_rows_match_the_per_row_kernels(qtype):
+    """Rows regrouped 16 at a time (ops/cpu/packed_weights.h) against the per-row kernels of the same
+    level: the same integer products in another float order, so within 1e-5 of sum |w x|; and against
+    gguf-py's dequantization within the activation rounding. Row counts around the 16-row groups
+    (partial last groups), odd block counts, token counts around the 4-token tiles. The packed path
+    must really run: its bits differ from the per-row kernels' somewhere."""
+    rng = np.random.default_rng(900 + int(qtype))
+    differs = False
+    for rows in (1, 15, 16, 17, 40):
+        for blocks in (1, 3, 18):
+            cols = 32 * blocks
+            w = make_weight(qtype, rows, cols, rng)
+            wf = dequantized(qtype, w, rows)
+            for n in (1, 4, 5, 9):
+                x = rng.standard_normal((n, cols)).astype(np.float32)
+                absdot = np.abs(x.astype(np.float64)) @ np.abs(wf).T
+                packed = run(qtype, w, rows, cols, x, "avx512", packed=True)
+                per_row = run(qtype, w, rows, cols, x, "avx512", packed=False)
+                assert np.all(np.abs(packed.astype(np.float64) - per_row) <= 1e-5 * absdot + 1e-30), (rows, cols, n)
+                bound = activation_rounding_bound(qtype, wf, x) * 1.0001 + 1e-5 * absdot + 1e-30
+                assert np.all(np.abs(packed - x.astype(np.float64) @ wf.T) <= bound), (rows, cols, n)
+                differs = differs or not np.array_equal(packed, per_row)
+    assert differs, "packed=True gave the per-row kernels' bits everywhere: the packed path did not run"
 
 
 @pytest.mark.parametrize("qtype", [T.Q4_1, T.Q8_0, T.Q6_K, T.F16], ids=lambda t: t.name)
@@ -289,7 +320,8 @@ def test_neon_kernels_under_qemu(tmp_path_factory, cpu, isa):
     sources = ["tests/cpp/matmul_isa_check.cc", "cpp/quant/quant_types.cc", "cpp/quant/dequantize.cc",
                "cpp/ops/cpu/matmul.cc", "cpp/ops/cpu/cpu_features.cc", "cpp/ops/cpu/vec_dot_scalar.cc",
                "cpp/ops/cpu/vec_dot_neon.cc", "cpp/ops/cpu/vec_dot_dotprod.cc", "cpp/ops/cpu/vec_dot_i8mm.cc",
-               "cpp/ops/cpu/vec_dot_avx2.cc", "cpp/ops/cpu/vec_dot_avx512.cc", "cpp/core/thread_pool.cc"]
+               "cpp/ops/cpu/vec_dot_avx2.cc", "cpp/ops/cpu/vec_dot_avx512.cc", "cpp/ops/cpu/packed_weights.cc",
+               "cpp/ops/cpu/packed_avx512.cc", "cpp/core/thread_pool.cc"]
     out = cross_arm.build_and_run(sources, cpu, tmp_path_factory.getbasetemp() / "matmul_isa_check")
     assert out.returncode == 0 and "all levels match scalar" in out.stdout, out.stdout[-3000:]
     assert f"best ISA: {isa}\n" in out.stdout

@@ -18,6 +18,7 @@
 #include "core/fp16.h"
 #include "core/thread_pool.h"
 #include "ops/cpu/cpu_features.h"
+#include "ops/cpu/packed_weights.h"
 #include "ops/cpu/vec_dot.h"
 #include "quant/dequantize.h"
 
@@ -99,10 +100,12 @@ void bind_quant(nb::module_& m) {
   m.def(
       "matmul_test",
       [](uint32_t type_id, nb::bytes weight, int64_t rows, int64_t cols, F32Matrix x, const std::string& isa,
-         int n_threads) {
-        const WeightMatrix w = weight_from_bytes(type_id, weight, rows, cols);
+         int n_threads, bool packed) {
+        WeightMatrix w = weight_from_bytes(type_id, weight, rows, cols);
         SS_CHECK_ARG((int64_t)x.shape(1) == cols, "x has ", x.shape(1), " columns, the weight has ", cols);
         const Isa level = parse_isa(isa);
+        PackedWeightStore store;
+        if (packed) store.pack(w, level);
         const int64_t n = (int64_t)x.shape(0);
         std::vector<float> y((size_t)(n * rows));
         {
@@ -117,19 +120,23 @@ void bind_quant(nb::module_& m) {
         return nb::ndarray<nb::numpy, float>(values->data(), 2, shape, owner);
       },
       nb::arg("type_id"), nb::arg("weight"), nb::arg("rows"), nb::arg("cols"), nb::arg("x"), nb::arg("isa"),
-      nb::arg("n_threads") = 1,
+      nb::arg("n_threads") = 1, nb::arg("packed") = true,
       "Test hook: Y (n, rows) = X (n, cols) . W^T for raw GGML weight bytes, kernels of the given ISA level\n"
-      "('scalar', 'avx2', 'avx512', 'neon', 'dotprod', 'i8mm'; falls back level by level where a kernel is missing).");
+      "('scalar', 'avx2', 'avx512', 'neon', 'dotprod', 'i8mm'; falls back level by level where a kernel is missing).\n"
+      "packed: regroup the rows for the level's interleaved-row kernels where it has them, as a Model does.");
 
   m.def(
       "matmul_shared_input_test",
       [](const std::vector<std::tuple<uint32_t, nb::bytes, int64_t, int64_t>>& weights, F32Matrix x,
-         const std::string& isa, int n_threads) {
+         const std::string& isa, int n_threads, bool packed) {
         SS_CHECK_ARG(!weights.empty() && (int)weights.size() <= kMaxSharedInput, "weights: 1 to ", kMaxSharedInput,
                      " (type_id, bytes, rows, cols) tuples, got ", weights.size());
         std::vector<WeightMatrix> ws;
         for (const auto& [type_id, data, rows, cols] : weights) ws.push_back(weight_from_bytes(type_id, data, rows, cols));
         const Isa level = parse_isa(isa);
+        PackedWeightStore store;
+        if (packed)
+          for (WeightMatrix& w : ws) store.pack(w, level);
         const int64_t n = (int64_t)x.shape(0);
         SS_CHECK_ARG((int64_t)x.shape(1) == ws[0].cols, "x has ", x.shape(1), " columns, the weights ", ws[0].cols);
         std::vector<std::vector<float>> ys;
@@ -151,17 +158,19 @@ void bind_quant(nb::module_& m) {
         }
         return out;
       },
-      nb::arg("weights"), nb::arg("x"), nb::arg("isa"), nb::arg("n_threads") = 1,
+      nb::arg("weights"), nb::arg("x"), nb::arg("isa"), nb::arg("n_threads") = 1, nb::arg("packed") = true,
       "Test hook: matmul_shared_input over (type_id, bytes, rows, cols) weights of one input X (n, cols);\n"
-      "returns one (n, rows) array per weight.");
+      "returns one (n, rows) array per weight. packed: as in matmul_test.");
 
   m.def(
       "matmul_bench",
       [](uint32_t type_id, nb::bytes weight, int64_t rows, int64_t cols, int64_t n, const std::string& isa,
-         int n_threads, int iterations) {
-        const WeightMatrix w = weight_from_bytes(type_id, weight, rows, cols);
+         int n_threads, int iterations, bool packed) {
+        WeightMatrix w = weight_from_bytes(type_id, weight, rows, cols);
         SS_CHECK_ARG(n > 0 && iterations > 0, "n = ", n, " and iterations = ", iterations, " must be positive");
         const Isa level = parse_isa(isa);
+        PackedWeightStore store;
+        if (packed) store.pack(w, level);
         std::vector<float> x((size_t)(n * cols)), y((size_t)(n * rows));
         for (size_t i = 0; i < x.size(); ++i) x[i] = (float)((i * 2654435761u) % 1000) / 1000.0f - 0.5f;
         nb::gil_scoped_release release;
@@ -173,13 +182,14 @@ void bind_quant(nb::module_& m) {
         return elapsed.count() / iterations;
       },
       nb::arg("type_id"), nb::arg("weight"), nb::arg("rows"), nb::arg("cols"), nb::arg("n"), nb::arg("isa"),
-      nb::arg("n_threads"), nb::arg("iterations"),
-      "Benchmark hook: seconds per matmul call (after one warm-up call) with a persistent thread pool.");
+      nb::arg("n_threads"), nb::arg("iterations"), nb::arg("packed") = true,
+      "Benchmark hook: seconds per matmul call (after one warm-up call) with a persistent thread pool;\n"
+      "packed: as in matmul_test.");
 
   m.def(
       "matmul_bench_sequence",
       [](const std::vector<std::tuple<uint32_t, nb::bytes, int64_t, int64_t>>& weights, int64_t n,
-         const std::string& isa, int n_threads, int iterations) {
+         const std::string& isa, int n_threads, int iterations, bool packed) {
         std::vector<WeightMatrix> ws;
         int64_t max_rows = 1, max_cols = 1;
         for (const auto& [type_id, data, rows, cols] : weights) {
@@ -189,6 +199,9 @@ void bind_quant(nb::module_& m) {
         }
         SS_CHECK_ARG(n > 0 && iterations > 0, "n = ", n, " and iterations = ", iterations, " must be positive");
         const Isa level = parse_isa(isa);
+        PackedWeightStore store;
+        if (packed)
+          for (WeightMatrix& w : ws) store.pack(w, level);
         std::vector<float> x((size_t)(n * max_cols)), y((size_t)(n * max_rows));
         for (size_t i = 0; i < x.size(); ++i) x[i] = (float)((i * 2654435761u) % 1000) / 1000.0f - 0.5f;
         std::vector<double> seconds(ws.size(), 0.0);
@@ -205,6 +218,7 @@ void bind_quant(nb::module_& m) {
         return seconds;
       },
       nb::arg("weights"), nb::arg("n"), nb::arg("isa"), nb::arg("n_threads"), nb::arg("iterations"),
+      nb::arg("packed") = true,
       "Benchmark hook: runs matmuls over a list of (type_id, bytes, rows, cols) weights in order, like a\n"
       "forward pass (weights stream from memory when they exceed the caches); returns the mean seconds\n"
       "per call of each entry after one warm-up pass.");

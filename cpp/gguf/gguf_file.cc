@@ -237,6 +237,15 @@ std::shared_ptr<GgufFile> GgufFile::from_bytes(const std::string& name, const vo
   return file;
 }
 
+void GgufFile::release_pages(const uint8_t* begin, uint64_t bytes) const {
+  if (mapping_ == nullptr || begin < base_ || bytes > size_ || begin - base_ > (ptrdiff_t)(size_ - bytes)) return;
+  const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+  const uintptr_t first = (reinterpret_cast<uintptr_t>(begin) + page - 1) / page * page;
+  const uintptr_t last = (reinterpret_cast<uintptr_t>(begin) + bytes) / page * page;
+  // A private read-only file mapping: the dropped pages are read from the file again if touched.
+  if (first < last) madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+}
+
 GgufFile::~GgufFile() {
   if (mapping_ != nullptr) munmap(mapping_, (size_t)size_);
 }

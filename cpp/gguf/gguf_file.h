@@ -88,6 +88,11 @@ class GgufFile {
   const std::vector<GgufTensorInfo>& tensors() const { return tensors_; }
   const GgufTensorInfo* find_tensor(const std::string& name) const;
 
+  // Lets the OS drop the resident pages that lie wholly inside [begin, begin + bytes) of the mapped
+  // file (a matrix the engine keeps its own packed copy of); they are read from the file again when
+  // touched. Does nothing for an in-memory image or a range outside the file.
+  void release_pages(const uint8_t* begin, uint64_t bytes) const;
+
   // Dequantizes a whole tensor to float32 (n_elements values, ggml order). Throws for types
   // sinkstream cannot dequantize.
   std::vector<float> tensor_to_f32(const GgufTensorInfo& tensor) const;

@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "model/weights.h"
+#include "ops/cpu/cpu_features.h"
 
 namespace sinkstream {
 
@@ -75,6 +76,24 @@ Decoder::Decoder(std::shared_ptr<GgufFile> file) : Model(std::move(file)) {
     }
     if (lc.post_ffn_norm) L.post_ffn_norm = bind.vector(p + "post_ffw_norm.weight", c.n_embd);
   }
+  pack_weights_for_cpu();
+}
+
+// The matrices the CPU multiplies by, regrouped for this CPU's interleaved-row kernels where it has
+// them (ops/cpu/packed_weights.h); the token embedding stays as mapped (get_row reads single rows;
+// a tied head gets its own packed copy through output_). Experts stay in the map: a token reads
+// only the few it is routed to.
+// The file's pages of a packed matrix are then released: the CPU reads only the copy, and a CUDA
+// session (which uploads the file's blocks) or get_row reads them from the file again.
+void Decoder::pack_weights_for_cpu() {
+  const Isa isa = active_isa();
+  const auto pack = [&](WeightMatrix& w) {
+    packed_weights_.pack(w, isa);
+    if (w.packed != nullptr) file_->release_pages(w.data, (uint64_t)(w.rows * w.row_bytes));
+  };
+  for (LayerWeights& L : layers_)
+    for (WeightMatrix* w : {&L.wq, &L.wk, &L.wv, &L.wqkv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) pack(*w);
+  pack(output_);
 }
 
 // The experts' weights stay in the mapped file: a token reads only its n_expert_used experts'

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "model/model.h"
+#include "ops/cpu/packed_weights.h"
 #include "ops/ops.h"
 
 namespace sinkstream {
@@ -76,6 +77,7 @@ class Decoder final : public Model {
   void bind_experts(const WeightBinder& bind, const std::string& prefix, LayerWeights& L) const;
   void experts_block(int64_t layer, int64_t n, ForwardScratch& s, Backend& backend) const;  // h -> h (MoE)
   void add_residual(const std::vector<float>& post_norm, int64_t n, ForwardScratch& s, Backend& backend) const;
+  void pack_weights_for_cpu();
 
   WeightMatrix token_embd_;         // (n_vocab, n_embd)
   NormWeights token_embd_norm_;     // (n_embd), bloom only
@@ -83,6 +85,7 @@ class Decoder final : public Model {
   WeightMatrix output_;             // (n_vocab, n_embd); token_embd_ when the head is tied
   std::vector<float> output_bias_;  // (n_vocab) or empty (phi2)
   std::vector<LayerWeights> layers_;
+  PackedWeightStore packed_weights_;  // what the matrices above point at through `packed`
 };
 
 }  // namespace sinkstream

@@ -36,6 +36,10 @@ struct WeightMatrix {
   int64_t rows = 0;
   int64_t cols = 0;
   int64_t row_bytes = 0;
+  // The rows regrouped for the CPU's interleaved-row kernels (ops/cpu/packed_weights.h), or nullptr.
+  // Owned by whoever packed them (the Model); `data` stays valid beside it for the other readers
+  // (get_row, the CUDA upload, kernels of other levels).
+  const uint8_t* packed = nullptr;
 };
 
 // Y (n x w.rows) = X (n x w.cols) . W^T, float32 row-major X and Y. Works directly on the quantized

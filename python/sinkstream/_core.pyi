@@ -70,24 +70,26 @@ def f32_to_fp16(x: Annotated[NDArray[numpy.float32], dict(shape=(None,), order='
 def fp16_to_f32(h: Annotated[NDArray[numpy.uint16], dict(shape=(None,), order='C', device='cpu', writable=False)]) -> NDArray[numpy.float32]:
     """Test hook: IEEE half bits -> float32 with core/fp16.h."""
 
-def matmul_test(type_id: int, weight: bytes, rows: int, cols: int, x: Annotated[NDArray[numpy.float32], dict(shape=(None, None), order='C', device='cpu', writable=False)], isa: str, n_threads: int = 1) -> NDArray[numpy.float32]:
+def matmul_test(type_id: int, weight: bytes, rows: int, cols: int, x: Annotated[NDArray[numpy.float32], dict(shape=(None, None), order='C', device='cpu', writable=False)], isa: str, n_threads: int = 1, packed: bool = True) -> NDArray[numpy.float32]:
     """
     Test hook: Y (n, rows) = X (n, cols) . W^T for raw GGML weight bytes, kernels of the given ISA level
     ('scalar', 'avx2', 'avx512', 'neon', 'dotprod', 'i8mm'; falls back level by level where a kernel is missing).
+    packed: regroup the rows for the level's interleaved-row kernels where it has them, as a Model does.
     """
 
-def matmul_shared_input_test(weights: Sequence[tuple[int, bytes, int, int]], x: Annotated[NDArray[numpy.float32], dict(shape=(None, None), order='C', device='cpu', writable=False)], isa: str, n_threads: int = 1) -> list:
+def matmul_shared_input_test(weights: Sequence[tuple[int, bytes, int, int]], x: Annotated[NDArray[numpy.float32], dict(shape=(None, None), order='C', device='cpu', writable=False)], isa: str, n_threads: int = 1, packed: bool = True) -> list:
     """
     Test hook: matmul_shared_input over (type_id, bytes, rows, cols) weights of one input X (n, cols);
-    returns one (n, rows) array per weight.
+    returns one (n, rows) array per weight. packed: as in matmul_test.
     """
 
-def matmul_bench(type_id: int, weight: bytes, rows: int, cols: int, n: int, isa: str, n_threads: int, iterations: int) -> float:
+def matmul_bench(type_id: int, weight: bytes, rows: int, cols: int, n: int, isa: str, n_threads: int, iterations: int, packed: bool = True) -> float:
     """
-    Benchmark hook: seconds per matmul call (after one warm-up call) with a persistent thread pool.
+    Benchmark hook: seconds per matmul call (after one warm-up call) with a persistent thread pool;
+    packed: as in matmul_test.
     """
 
-def matmul_bench_sequence(weights: Sequence[tuple[int, bytes, int, int]], n: int, isa: str, n_threads: int, iterations: int) -> list[float]:
+def matmul_bench_sequence(weights: Sequence[tuple[int, bytes, int, int]], n: int, isa: str, n_threads: int, iterations: int, packed: bool = True) -> list[float]:
     """
     Benchmark hook: runs matmuls over a list of (type_id, bytes, rows, cols) weights in order, like a
     forward pass (weights stream from memory when they exceed the caches); returns the mean seconds

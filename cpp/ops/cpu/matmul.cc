@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "ops/cpu/packed_weights.h"
 #include "ops/cpu/vec_dot.h"
 #include "ops/ops.h"
 #include "quant/dequantize.h"
@@ -40,6 +41,24 @@ uint8_t* activation_scratch(int64_t bytes) {
   if ((int64_t)scratch.size() < bytes + 64) scratch.resize((size_t)(bytes + 64));
   const uintptr_t address = reinterpret_cast<uintptr_t>(scratch.data());
   return scratch.data() + ((64 - address % 64) % 64);
+}
+
+// The packed groups (packed_weights.h) whose first row lies in [lo, hi): every group belongs to
+// exactly one task however the rows are split, and is never divided. Groups are taken kTileBytes
+// at a time, each such tile against all tokens kPackTokenTile at a time (as for unpacked rows).
+void matmul_packed_rows(const WeightMatrix& w, PackedTileFn kernel, int64_t n_blocks, int64_t lo, int64_t hi,
+                        const uint8_t* act, int64_t act_stride, int64_t n, float* y) {
+  const int64_t group_bytes = kPackRows * w.row_bytes;
+  const int64_t first = (lo + kPackRows - 1) / kPackRows, end = (hi + kPackRows - 1) / kPackRows;
+  const int64_t groups_per_tile = std::max<int64_t>(1, kTileBytes / group_bytes);
+  for (int64_t g = first; g < end; g += groups_per_tile) {
+    const int ng = (int)std::min(end - g, groups_per_tile);
+    for (int64_t t = 0; t < n; t += kPackTokenTile) {
+      const int nt = (int)std::min<int64_t>(kPackTokenTile, n - t);
+      kernel(n_blocks, w.packed + g * group_bytes, group_bytes, ng, w.rows - g * kPackRows, act + t * act_stride,
+             act_stride, nt, y + t * w.rows + g * kPackRows, w.rows);
+    }
+  }
 }
 
 }  // namespace
@@ -138,10 +157,12 @@ void matmul_shared_input_at_isa(const WeightMatrix* const* ws, float* const* ys,
   // The weights' rows, one after the other, are one row space split among the threads; a task's
   // range may cover the end of one weight and the start of the next.
   DotTileFn dots[kMaxSharedInput];
+  PackedTileFn packed[kMaxSharedInput];
   int64_t row_start[kMaxSharedInput + 1];
   row_start[0] = 0;
   for (int i = 0; i < count; ++i) {
-    dots[i] = select_dot_tile(ws[i]->type, isa);
+    packed[i] = ws[i]->packed != nullptr ? packed_tile_kernel(ws[i]->type, isa) : nullptr;
+    dots[i] = packed[i] != nullptr ? nullptr : select_dot_tile(ws[i]->type, isa);
     row_start[i + 1] = row_start[i] + ws[i]->rows;
   }
   pool.parallel_for(
@@ -151,8 +172,12 @@ void matmul_shared_input_at_isa(const WeightMatrix* const* ws, float* const* ys,
           const int64_t lo = std::max(begin, row_start[i]) - row_start[i];
           const int64_t hi = std::min(end, row_start[i + 1]) - row_start[i];
           const WeightMatrix& w = *ws[i];
-          const int64_t rows_per_group = std::max<int64_t>(1, kTileBytes / w.row_bytes);
           const int64_t n_blocks = w.cols / ggml_type_info(w.type).block_size;
+          if (packed[i] != nullptr) {
+            if (lo < hi) matmul_packed_rows(w, packed[i], n_blocks, lo, hi, act, act_stride, n, ys[i]);
+            continue;
+          }
+          const int64_t rows_per_group = std::max<int64_t>(1, kTileBytes / w.row_bytes);
           for (int64_t g = lo; g < hi; g += rows_per_group) {
             const int nr = (int)std::min(hi - g, rows_per_group);
             for (int64_t t = 0; t < n; t += kTokenTile) {

@@ -1,0 +1,80 @@
+// Weights regrouped at load for the interleaved-row matmul kernels (packed_avx512.cc).
+//
+// The per-row kernels (vec_dot.h) take a weight row and an activation row and reduce 32-element
+// blocks to one number with horizontal sums and per-block scale shuffles: about nine vector
+// operations per 64 multiply-adds per token. Here the rows of a group of kPackRows = 16 rows are
+// interleaved so that one 512-bit register holds four consecutive weights of each of the 16 rows:
+// one VPDPBUSD then adds four products into each row's own int32 lane, against four activation
+// bytes broadcast from memory. A block's 16 row sums come out in one register with no horizontal
+// work, and its scales are 16 halves loaded at once: 8 VPDPBUSD and 4 float operations per block
+// per token, whatever the type. The same layout serves decode (1 token; the group is one contiguous
+// stream of memory) and prefill / batched steps (tiles of tokens share each unpacked register).
+//
+// Group layout, for a group of 16 rows (row r = 16 g + lane) of nb blocks, in this order:
+//   quants  nb * kQuantBytes: block b's quants, in 64-byte chunks; chunk c holds 4 bytes of each
+//           row, row-major (byte 4 lane + k of the chunk is byte 4c + k of that row's block):
+//             nibble types (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL): 4 chunks of the 16 qs bytes; the low
+//             nibbles of chunk c are elements 4c..4c+3, the high nibbles 16+4c..16+4c+3
+//             Q8_0: 8 chunks of the 32 quants, each stored + 128 (an unsigned byte for VPDPBUSD;
+//             the 128 * sum(activations) it adds is taken back with the offset term below)
+//   fifth   (Q5_0, Q5_1) nb * 64: per block 8 little-endian uint64 bit masks, one per register of
+//           unpacked nibbles (low nibbles of chunks 0..3, then high nibbles of chunks 0..3): bit
+//           4 lane + k is the fifth bit of that register's byte 4 lane + k
+//   scales  nb * 16 halves: block b's d of the 16 rows
+//   mins    (Q4_1, Q5_1) nb * 16 halves: block b's m
+// Rows past the matrix's last row (the last group's padding) are zero. A group is exactly 16 rows'
+// bytes (16 * row_bytes), so a packed matrix is as large as the file's, rounded up to 16 rows.
+//
+// Results: per row and token, dot = sum over blocks, in order, of fma(d_w * d_x, isum_b) into one
+// float accumulator and fma(e_w, ds_x) into a second (e_w: the min, or d_w times the offset of the
+// type), then their sum. isum_b is exact, so a token's result does not depend on the tile of tokens
+// it was computed with, nor on the thread split (groups are never divided): evaluating a prompt at
+// once, token by token, or batched with other sessions gives the same bits.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "ops/cpu/cpu_features.h"
+#include "ops/ops.h"
+#include "quant/quant_types.h"
+
+namespace sinkstream {
+
+constexpr int kPackRows = 16;
+
+// A tile of `n_groups` consecutive groups (group k at w + k * group_bytes) against nt tokens (1 ..
+// kPackTokenTile) of Q8A activation rows (row t at x + t * x_stride):
+//   y[t * y_stride + 16 k + lane] = dot(row 16 k + lane, token t)   for 16 k + lane < rows_left
+// n_blocks: 32-element blocks per row; rows_left: rows of the matrix from this tile's first row on
+// (the last group may be partial: its padding lanes are not stored).
+using PackedTileFn = void (*)(int64_t n_blocks, const uint8_t* w, int64_t group_bytes, int n_groups, int64_t rows_left,
+                              const uint8_t* x, int64_t x_stride, int nt, float* y, int64_t y_stride);
+constexpr int kPackTokenTile = 4;
+
+// The kernel for packed weights of `type` at level `isa`, or nullptr when that level has none (the
+// weight is then not packed and the per-row kernels read the file's rows).
+PackedTileFn packed_tile_kernel(GgmlType type, Isa isa);
+PackedTileFn avx512_packed_tile(GgmlType type);  // nullptr when not compiled for x86-64
+
+// Bytes of w packed (its rows rounded up to a multiple of kPackRows).
+int64_t packed_bytes(const WeightMatrix& w);
+// Writes the layout above for w (type with packed kernels, any ISA) into out (packed_bytes(w)).
+void pack_weight(const WeightMatrix& w, uint8_t* out);
+
+// Packed copies of weights, kept alive as long as the WeightMatrix values that point at them.
+class PackedWeightStore {
+ public:
+  // Packs w for the active ISA when it has kernels for w's type (sets w.packed); else leaves w.
+  void pack(WeightMatrix& w, Isa isa);
+  int64_t bytes() const { return bytes_; }
+
+ private:
+  struct FreeAligned {
+    void operator()(uint8_t* p) const;
+  };
+  std::vector<std::unique_ptr<uint8_t, FreeAligned>> buffers_;
+  int64_t bytes_ = 0;
+};
+
+}  // namespace sinkstream
