@@ -1,6 +1,6 @@
 """Benchmark: sinkstream (and llama.cpp, when llama-cpp-python is installed) on the same GGUF.
 
-    python benchmarks/bench_engine.py [--threads 1,2] [MODEL]
+    python benchmarks/bench_engine.py [--threads 1,2] [MODEL ...]
 
 Same as `sinkstream bench`; see sinkstream/bench.py for what each figure means.
 """

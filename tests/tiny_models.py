@@ -29,8 +29,10 @@ def write_tiny_model(path: Path, *, arch: str = "llama", n_layer: int = 2, n_emb
                      biases: bool = False, tied: bool = True, weight_type: str = "F32", seed: int = 0,
                      freq_base: float = 10000.0, rope_linear_factor: float | None = None,
                      rope_freq_factors: np.ndarray | None = None, qk_scale: float = 0.6,
-                     padding_rows: int = 0) -> Path:
-    """qk_scale: spread of the Q/K weights. The default makes attention peaked (sensitive to
+                     padding_rows: int = 0, weight_types: dict[str, str] | None = None) -> Path:
+    """weight_types: types of some 2-D weights by name without the blk.N. prefix (e.g.
+    {"ffn_down.weight": "Q4_0", "output.weight": "F16"}), overriding weight_type for them.
+    qk_scale: spread of the Q/K weights. The default makes attention peaked (sensitive to
     positions, good for checking them); a small one keeps it smooth (tiny numeric differences stay
     tiny, good for comparing two implementations of the same arithmetic). padding_rows: token_embd
     rows past the tokenizer's tokens (negative: fewer rows than tokens), F32 and tied only."""
@@ -53,7 +55,8 @@ def write_tiny_model(path: Path, *, arch: str = "llama", n_layer: int = 2, n_emb
     n_vocab = _add_byte_level_vocab(w)
 
     def matrix(name: str, rows: int, cols: int, scale: float) -> None:
-        add_weight(w, name, rng.standard_normal((rows, cols)) * scale, weight_type)
+        own_type = (weight_types or {}).get(name.split(".", 2)[-1] if name.startswith("blk.") else name, weight_type)
+        add_weight(w, name, rng.standard_normal((rows, cols)) * scale, own_type)
 
     def vector(name: str, n: int, center: float, spread: float) -> None:
         w.add_tensor(name, (center + spread * rng.standard_normal(n)).astype(np.float32))

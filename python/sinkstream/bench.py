@@ -4,18 +4,27 @@ Figures (each the median of several runs, the machine is noisy):
 - prefill tok/s: a fresh session reads an N-token prompt in one eval;
 - decode tok/s: then generates M tokens one by one (greedy: sampling cost is not the engine's);
 - decode ms/token at a stream position (2K by default): the session first reads that many tokens;
-- peak RSS of the process (VmHWM).
+- peak RSS of the process (VmHWM) while that model is benchmarked;
+- decode GB/s: the bytes of weights one decode token reads (decode_matrices) x decode tok/s, and
+  that as a % of the machine's memory read bandwidth (memory_read_bandwidth);
+- per GGML weight type: the MB of those weights per decode token, the time the decode matmuls of that
+  type take per token (time_decode_matmuls: the engine's kernels alone), and their GB/s.
 When llama-cpp-python is importable, the same figures for llama.cpp on the same GGUF, the same
 thread count, and the ratios.
 """
 from __future__ import annotations
 
+import re
 import statistics
 import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+
+from . import _core
 
 
 @dataclass
@@ -45,6 +54,17 @@ def process_memory_mib(field: str = "VmRSS") -> float:
 
 def peak_rss_mib() -> float:
     return process_memory_mib("VmHWM")
+
+
+def reset_peak_rss() -> None:
+    """From now on peak_rss_mib() reports the peak since this call (Linux: writing 5 to
+    /proc/self/clear_refs resets VmHWM to the current RSS), so that each model of a multi-model bench
+    gets its own peak, not an earlier model's. Does nothing where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 def _prompt(n_vocab: int, n: int, seed: int = 0) -> np.ndarray:
@@ -140,18 +160,158 @@ def bench_llama_cpp(model_path: str, threads: int, prompt_tokens: int = 512, dec
                        {"prefill": prefill, "decode": decode, "at_position": at_position})
 
 
-def format_table(results: list[BenchResult]) -> str:
-    lines = [f"{'engine':<11} {'threads':>7} {'prefill tok/s':>14} {'decode tok/s':>13} "
-             f"{'ms/token @pos':>14} {'peak RSS MiB':>13}"]
+@dataclass
+class DecodeMatrix:
+    """A weight matrix one decode token multiplies by, as stored in the GGUF file."""
+    name: str
+    type_name: str  # GGML type, e.g. "Q4_1"
+    type_id: int
+    rows: int
+    cols: int
+    offset: int     # absolute byte offset of its data in the file
+    n_bytes: int
+
+
+def _forward_position(matrix: DecodeMatrix) -> tuple[int, int]:
+    # Layers by index, then the head (output.weight, or token_embd.weight when tied).
+    block = re.match(r"blk\.(\d+)\.", matrix.name)
+    return (0, int(block.group(1))) if block else (1, 0)
+
+
+def decode_matrices(path: str) -> list[DecodeMatrix]:
+    """The weight matrices one decode token reads, in forward order: every 2-D weight except norms
+    (a few KB) and token_embd.weight (a token looks up one row of it), which counts only when the
+    file has no output.weight: then the head is tied to it and multiplies by all of it.
+    Mixture-of-experts tensors (3-D, of which a token reads only its experts) are left out (see
+    expert_tensors)."""
+    infos = _core.GgufFile.open(path).tensor_infos()
+    tied = not any(name == "output.weight" for name, *_ in infos)
+    matrices = []
+    for name, dims, type_name, type_id, offset, n_bytes in infos:
+        if len(dims) != 2 or "norm" in name:
+            continue
+        if name == "token_embd.weight" and not tied:
+            continue
+        cols, rows = dims  # ggml order: the contiguous axis first
+        matrices.append(DecodeMatrix(name, type_name, type_id, rows, cols, offset, n_bytes))
+    return sorted(matrices, key=_forward_position)  # sorted() is stable: file order within a layer
+
+
+def expert_tensors(path: str) -> list[str]:
+    """Names of the file's tensors of more than 2 dimensions (mixture-of-experts weights)."""
+    return [name for name, dims, *_ in _core.GgufFile.open(path).tensor_infos() if len(dims) > 2]
+
+
+def bytes_per_type(matrices: list[DecodeMatrix]) -> dict[str, int]:
+    """Bytes one decode token reads of each weight type, in order of first use."""
+    totals: dict[str, int] = {}
+    for m in matrices:
+        totals[m.type_name] = totals.get(m.type_name, 0) + m.n_bytes
+    return totals
+
+
+def read_weights(path: str, matrices: list[DecodeMatrix]) -> list[tuple[int, bytes, int, int]]:
+    """The matrices' raw bytes as matmul_bench_sequence takes them: (type_id, bytes, rows, cols)."""
+    weights = []
+    with open(path, "rb") as f:
+        for m in matrices:
+            f.seek(m.offset)
+            weights.append((m.type_id, f.read(m.n_bytes), m.rows, m.cols))
+    return weights
+
+
+def time_decode_matmuls(matrices: list[DecodeMatrix], weights: list[tuple[int, bytes, int, int]], threads: int,
+                        repeats: int = 3, iterations: int = 8) -> dict[str, float]:
+    """Seconds per decode token the matmuls of each weight type take, median of `repeats` runs:
+    _core.matmul_bench_sequence runs the engine's kernels (active ISA, `threads` threads) on one
+    token over all the matrices in forward order, as decoding does, so that weights larger than the
+    caches stream from memory as they do there; each run is the mean of `iterations` passes."""
+    isa = _core.cpu_features()["active_isa"]
+    runs = []
+    for _ in range(repeats):
+        seconds = _core.matmul_bench_sequence(weights, 1, isa, threads, iterations)
+        per_type: dict[str, float] = defaultdict(float)
+        for m, s in zip(matrices, seconds):
+            per_type[m.type_name] += s
+        runs.append(per_type)
+    return {type_name: statistics.median(run[type_name] for run in runs) for type_name in runs[0]}
+
+
+BANDWIDTH_BUFFER_BYTES = 1 << 30  # many times common last-level caches (tens of MB): passes read DRAM
+BANDWIDTH_RUNS = 5
+
+
+def memory_read_bandwidth(threads: int, buffer_bytes: int | None = None, runs: int | None = None) -> float:
+    """The machine's memory read bandwidth with `threads` threads, in bytes/s: the best of `runs`
+    timed passes over a buffer, in each of which every thread takes np.max of its own contiguous
+    slice. numpy releases the GIL inside the reduction, so the threads read in parallel; and np.max
+    over uint64 runs several times faster on cached data than DRAM delivers it, so the pass waits on
+    memory, not on numpy (checked when this was written: ~80 GB/s on a cached 1 MiB buffer against
+    ~30 GB/s from DRAM on one core). It is a plain streaming read: the matmul kernels, which prefetch
+    rows ahead in software, were seen to read a large matrix ~15% faster on one core."""
+    buffer_bytes = BANDWIDTH_BUFFER_BYTES if buffer_bytes is None else buffer_bytes
+    runs = BANDWIDTH_RUNS if runs is None else runs
+    buffer = np.empty(buffer_bytes // 8, dtype=np.uint64)
+    buffer.fill(1)  # written, so every page is its own memory (untouched pages share one zero page)
+    slices = np.array_split(buffer, threads)
+    best = 0.0
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            list(pool.map(np.max, slices))
+            best = max(best, buffer.nbytes / (time.perf_counter() - t0))
+    return best
+
+
+def format_table(results: list[BenchResult], decode_bytes: int | None = None,
+                 bandwidth: dict[int, float] | None = None) -> str:
+    """The engines' table; with decode_bytes (weights read per decode token) a decode GB/s column,
+    and with bandwidth (bytes/s per thread count) that as a % of the machine's."""
+    header = (f"{'engine':<11} {'threads':>7} {'prefill tok/s':>14} {'decode tok/s':>13} "
+              f"{'ms/token @pos':>14} {'peak RSS MiB':>13}")
+    if decode_bytes is not None:
+        header += f" {'decode GB/s':>12}"
+        if bandwidth is not None:
+            header += f" {'% of mem bw':>12}"
+    lines = [header]
     for r in results:
-        lines.append(f"{r.engine:<11} {r.threads:>7} {r.prefill_tok_s:>14.1f} {r.decode_tok_s:>13.1f} "
-                     f"{r.decode_ms_at_position:>9.2f} @{r.position:<4} {r.peak_rss_mib:>13.1f}")
+        line = (f"{r.engine:<11} {r.threads:>7} {r.prefill_tok_s:>14.1f} {r.decode_tok_s:>13.1f} "
+                f"{r.decode_ms_at_position:>9.2f} @{r.position:<4} {r.peak_rss_mib:>13.1f}")
+        if decode_bytes is not None:
+            decode_bytes_per_s = decode_bytes * r.decode_tok_s
+            line += f" {decode_bytes_per_s / 1e9:>12.1f}"
+            if bandwidth is not None:
+                line += f" {100 * decode_bytes_per_s / bandwidth[r.threads]:>12.0f}"
+        lines.append(line)
     ours = {r.threads: r for r in results if r.engine == "sinkstream"}
     for r in results:
         if r.engine == "llama.cpp" and r.threads in ours:
             o = ours[r.threads]
             lines.append(f"ratio sinkstream / llama.cpp at {r.threads} thread(s): prefill "
                          f"{o.prefill_tok_s / r.prefill_tok_s:.2f}x, decode {o.decode_tok_s / r.decode_tok_s:.2f}x")
+    return "\n".join(lines)
+
+
+def format_type_table(matrices: list[DecodeMatrix], seconds: dict[int, dict[str, float]],
+                      bandwidth: dict[int, float], isa: str) -> str:
+    """Per weight type and thread count: the ISA level of the kernel that serves the type, MB read
+    per decode token, the type's decode matmul time per token (seconds[threads][type], from
+    time_decode_matmuls), GB/s and % of the machine's memory bandwidth (bandwidth[threads], bytes/s);
+    then the same for all types together."""
+    n_bytes_of = bytes_per_type(matrices)
+    type_id_of = {m.type_name: m.type_id for m in matrices}
+    lines = [f"{'weights':<8} {'kernel':>7} {'MB/token':>9} {'threads':>7} {'ms/token':>9} {'GB/s':>7} "
+             f"{'% of mem bw':>12}"]
+
+    def row(label: str, kernel: str, n_bytes: int, threads: int, s: float) -> str:
+        return (f"{label:<8} {kernel:>7} {n_bytes / 1e6:>9.3f} {threads:>7} {1e3 * s:>9.3f} "
+                f"{n_bytes / s / 1e9:>7.1f} {100 * n_bytes / s / bandwidth[threads]:>12.0f}")
+
+    for threads, per_type in seconds.items():
+        for type_name, n_bytes in n_bytes_of.items():
+            kernel = _core.matmul_kernel_isa(type_id_of[type_name], isa)
+            lines.append(row(type_name, kernel, n_bytes, threads, per_type[type_name]))
+        lines.append(row("all", "", sum(n_bytes_of.values()), threads, sum(per_type.values())))
     return "\n".join(lines)
 
 
