@@ -145,7 +145,7 @@ def test_simd_levels_match_scalar_across_row_counts(qtype):
                     assert ok.all(), f"{qtype.name} {isa} cols={cols} rows={rows} n={n}"
 
 
-PACKED_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.IQ4_NL]  # ops/cpu/packed_weights.h
+PACKED_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.IQ4_NL, T.Q4_K, T.Q5_K, T.Q6_K]  # ops/cpu/packed_weights.h
 
 
 @pytest.mark.skipif("avx512" not in SIMD_LEVELS, reason="the packed-row kernels are AVX-512 VNNI ones")
@@ -159,8 +159,8 @@ def test_packed_rows_match_the_per_row_kernels(qtype):
     rng = np.random.default_rng(900 + int(qtype))
     differs = False
     for rows in (1, 15, 16, 17, 40):
-        for blocks in (1, 3, 18):
-            cols = 32 * blocks
+        for blocks in ((1, 2) if qtype in ACT_BLOCK else (1, 3, 18)):
+            cols = GGML_QUANT_SIZES[qtype][0] * blocks
             w = make_weight(qtype, rows, cols, rng)
             wf = dequantized(qtype, w, rows)
             for n in (1, 4, 5, 9):

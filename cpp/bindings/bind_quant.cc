@@ -105,7 +105,7 @@ void bind_quant(nb::module_& m) {
         SS_CHECK_ARG((int64_t)x.shape(1) == cols, "x has ", x.shape(1), " columns, the weight has ", cols);
         const Isa level = parse_isa(isa);
         PackedWeightStore store;
-        if (packed) store.pack(w, level);
+        if (packed) store.pack({&w}, level);
         const int64_t n = (int64_t)x.shape(0);
         std::vector<float> y((size_t)(n * rows));
         {
@@ -135,8 +135,11 @@ void bind_quant(nb::module_& m) {
         for (const auto& [type_id, data, rows, cols] : weights) ws.push_back(weight_from_bytes(type_id, data, rows, cols));
         const Isa level = parse_isa(isa);
         PackedWeightStore store;
-        if (packed)
-          for (WeightMatrix& w : ws) store.pack(w, level);
+        if (packed) {
+          std::vector<WeightMatrix*> to_pack;
+          for (WeightMatrix& w : ws) to_pack.push_back(&w);
+          store.pack(to_pack, level);
+        }
         const int64_t n = (int64_t)x.shape(0);
         SS_CHECK_ARG((int64_t)x.shape(1) == ws[0].cols, "x has ", x.shape(1), " columns, the weights ", ws[0].cols);
         std::vector<std::vector<float>> ys;
@@ -170,7 +173,7 @@ void bind_quant(nb::module_& m) {
         SS_CHECK_ARG(n > 0 && iterations > 0, "n = ", n, " and iterations = ", iterations, " must be positive");
         const Isa level = parse_isa(isa);
         PackedWeightStore store;
-        if (packed) store.pack(w, level);
+        if (packed) store.pack({&w}, level);
         std::vector<float> x((size_t)(n * cols)), y((size_t)(n * rows));
         for (size_t i = 0; i < x.size(); ++i) x[i] = (float)((i * 2654435761u) % 1000) / 1000.0f - 0.5f;
         nb::gil_scoped_release release;
@@ -200,8 +203,11 @@ void bind_quant(nb::module_& m) {
         SS_CHECK_ARG(n > 0 && iterations > 0, "n = ", n, " and iterations = ", iterations, " must be positive");
         const Isa level = parse_isa(isa);
         PackedWeightStore store;
-        if (packed)
-          for (WeightMatrix& w : ws) store.pack(w, level);
+        if (packed) {
+          std::vector<WeightMatrix*> to_pack;
+          for (WeightMatrix& w : ws) to_pack.push_back(&w);
+          store.pack(to_pack, level);
+        }
         std::vector<float> x((size_t)(n * max_cols)), y((size_t)(n * max_rows));
         for (size_t i = 0; i < x.size(); ++i) x[i] = (float)((i * 2654435761u) % 1000) / 1000.0f - 0.5f;
         std::vector<double> seconds(ws.size(), 0.0);
@@ -243,14 +249,19 @@ void bind_quant(nb::module_& m) {
 
   m.def(
       "matmul_kernel_isa",
-      [](uint32_t type_id, const std::string& isa) {
+      [](uint32_t type_id, const std::string& isa, bool packed) {
         const GgmlTypeInfo* info = ggml_type_info(type_id);
         SS_CHECK_ARG(info != nullptr, "unknown ggml type id ", type_id);
+        const Isa level = parse_isa(isa);
+        if (packed && packed_tile_kernel(info->type, level) != nullptr) return std::string(isa_name(level)) + "+packed";
         Isa chosen;
-        select_dot_tile(info->type, parse_isa(isa), &chosen);
+        select_dot_tile(info->type, level, &chosen);
         return std::string(isa_name(chosen));
       },
-      nb::arg("type_id"), nb::arg("isa"), "The ISA level whose kernel serves this weight type at level `isa`.");
+      nb::arg("type_id"), nb::arg("isa"), nb::arg("packed") = true,
+      "The kernel that serves this weight type at level `isa`: its ISA level, and '+packed' when a Model's\n"
+      "matrices of the type are regrouped for that level's interleaved-row kernels (packed: whether to\n"
+      "consider those; a weight that is not packed uses the per-row kernels).");
 
   m.def(
       "cpu_features",

@@ -86,14 +86,13 @@ Decoder::Decoder(std::shared_ptr<GgufFile> file) : Model(std::move(file)) {
 // The file's pages of a packed matrix are then released: the CPU reads only the copy, and a CUDA
 // session (which uploads the file's blocks) or get_row reads them from the file again.
 void Decoder::pack_weights_for_cpu() {
-  const Isa isa = active_isa();
-  const auto pack = [&](WeightMatrix& w) {
-    packed_weights_.pack(w, isa);
-    if (w.packed != nullptr) file_->release_pages(w.data, (uint64_t)(w.rows * w.row_bytes));
-  };
+  std::vector<WeightMatrix*> matrices;
   for (LayerWeights& L : layers_)
-    for (WeightMatrix* w : {&L.wq, &L.wk, &L.wv, &L.wqkv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) pack(*w);
-  pack(output_);
+    for (WeightMatrix* w : {&L.wq, &L.wk, &L.wv, &L.wqkv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) matrices.push_back(w);
+  matrices.push_back(&output_);
+  packed_weights_.pack(matrices, active_isa());
+  for (const WeightMatrix* w : matrices)
+    if (w->packed != nullptr) file_->release_pages(w->data, (uint64_t)(w->rows * w->row_bytes));
 }
 
 // The experts' weights stay in the mapped file: a token reads only its n_expert_used experts'

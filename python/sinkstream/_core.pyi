@@ -101,8 +101,12 @@ def quantize_activations_test(weight_type_id: int, x: Annotated[NDArray[numpy.fl
     Test hook: the activation row matmul makes for weights of this type (raw bytes, vec_dot.h layout).
     """
 
-def matmul_kernel_isa(type_id: int, isa: str) -> str:
-    """The ISA level whose kernel serves this weight type at level `isa`."""
+def matmul_kernel_isa(type_id: int, isa: str, packed: bool = True) -> str:
+    """
+    The kernel that serves this weight type at level `isa`: its ISA level, and '+packed' when a Model's
+    matrices of the type are regrouped for that level's interleaved-row kernels (packed: whether to
+    consider those; a weight that is not packed uses the per-row kernels).
+    """
 
 def cpu_features() -> dict:
     """

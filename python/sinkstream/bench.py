@@ -300,11 +300,11 @@ def format_type_table(matrices: list[DecodeMatrix], seconds: dict[int, dict[str,
     then the same for all types together."""
     n_bytes_of = bytes_per_type(matrices)
     type_id_of = {m.type_name: m.type_id for m in matrices}
-    lines = [f"{'weights':<8} {'kernel':>7} {'MB/token':>9} {'threads':>7} {'ms/token':>9} {'GB/s':>7} "
+    lines = [f"{'weights':<8} {'kernel':>13} {'MB/token':>9} {'threads':>7} {'ms/token':>9} {'GB/s':>7} "
              f"{'% of mem bw':>12}"]
 
     def row(label: str, kernel: str, n_bytes: int, threads: int, s: float) -> str:
-        return (f"{label:<8} {kernel:>7} {n_bytes / 1e6:>9.3f} {threads:>7} {1e3 * s:>9.3f} "
+        return (f"{label:<8} {kernel:>13} {n_bytes / 1e6:>9.3f} {threads:>7} {1e3 * s:>9.3f} "
                 f"{n_bytes / s / 1e9:>7.1f} {100 * n_bytes / s / bandwidth[threads]:>12.0f}")
 
     for threads, per_type in seconds.items():

@@ -48,7 +48,7 @@ uint8_t* activation_scratch(int64_t bytes) {
 // at a time, each such tile against all tokens kPackTokenTile at a time (as for unpacked rows).
 void matmul_packed_rows(const WeightMatrix& w, PackedTileFn kernel, int64_t n_blocks, int64_t lo, int64_t hi,
                         const uint8_t* act, int64_t act_stride, int64_t n, float* y) {
-  const int64_t group_bytes = kPackRows * w.row_bytes;
+  const int64_t group_bytes = packed_group_bytes(w);
   const int64_t first = (lo + kPackRows - 1) / kPackRows, end = (hi + kPackRows - 1) / kPackRows;
   const int64_t groups_per_tile = std::max<int64_t>(1, kTileBytes / group_bytes);
   for (int64_t g = first; g < end; g += groups_per_tile) {

@@ -170,7 +170,162 @@ static void group_dot(int64_t nb, const uint8_t* group, int64_t group_bytes, con
   for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * ys, store, _mm512_add_ps(acc[t], extra[t]));
 }
 
+// ---- K-quants: one int32 total per super-block (each sub-block's exact sum times its integer
+// scale), one float step per super-block and token ----------------------------------------------
+
+static inline const BlockQ8KA* q8k_block(const uint8_t* x, int64_t xs, int t, int64_t b) {
+  return reinterpret_cast<const BlockQ8KA*>(x + t * xs) + b;
+}
+// 4 activation bytes as 16 copies (for VPDPBUSD) or 2 int16 bsums as 16 copies (for VPDPWSSD).
+static inline __m512i broadcast4(const void* p) { return _mm512_set1_epi32(load_i32(static_cast<const uint8_t*>(p))); }
+// 16 bytes (one per row) as int32 lanes.
+static inline __m512i widen16(const uint8_t* p) {
+  return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+// Q4_K / Q5_K: y = d d_x sum_j sc_j isum_j - dmin d_x sum_j m_j (bsum_2j + bsum_2j+1).
+template <bool kFifthBits, int NT>
+static void group_dot_q45k(int64_t nb, const uint8_t* group, int64_t group_bytes, const uint8_t* x, int64_t xs,
+                           float* y, int64_t ys, __mmask16 store) {
+  const uint8_t* quants = group;
+  const uint8_t* fifth = quants + nb * 2048;
+  const uint8_t* scales = fifth + (kFifthBits ? nb * 512 : 0);
+  const uint8_t* mins = scales + nb * 128;
+  const uint8_t* d_half = mins + nb * 128;
+  const uint8_t* dmin_half = d_half + nb * 32;
+  const __m512i low4 = _mm512_set1_epi8(0x0f), sixteen = _mm512_set1_epi8(0x10);
+  __m512 acc[NT], extra[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = extra[t] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    if (NT == 1) prefetch_ahead(group, group_bytes, nb, b);
+    const uint8_t* q = quants + b * 2048;
+    __m512i total[NT];
+    for (int t = 0; t < NT; ++t) total[t] = _mm512_setzero_si512();
+    for (int c = 0; c < 4; ++c) {  // sub-blocks 2c (low nibbles) and 2c + 1 (high nibbles)
+      __m512i sum_lo[NT], sum_hi[NT];
+      for (int t = 0; t < NT; ++t) sum_lo[t] = sum_hi[t] = _mm512_setzero_si512();
+      for (int i = 0; i < 8; ++i) {
+        const int n = 8 * c + i;
+        const __m512i packed = load512(q + 64 * n);
+        __m512i lo = _mm512_and_si512(packed, low4);
+        __m512i hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low4);
+        if constexpr (kFifthBits) {
+          uint64_t mask_lo, mask_hi;
+          std::memcpy(&mask_lo, fifth + b * 512 + 8 * n, 8);
+          std::memcpy(&mask_hi, fifth + b * 512 + 8 * (32 + n), 8);
+          lo = _mm512_mask_add_epi8(lo, _cvtu64_mask64(mask_lo), lo, sixteen);
+          hi = _mm512_mask_add_epi8(hi, _cvtu64_mask64(mask_hi), hi, sixteen);
+        }
+        for (int t = 0; t < NT; ++t) {
+          const int8_t* a = q8k_block(x, xs, t, b)->qs + 64 * c + 4 * i;
+          sum_lo[t] = _mm512_dpbusd_epi32(sum_lo[t], lo, broadcast4(a));
+          sum_hi[t] = _mm512_dpbusd_epi32(sum_hi[t], hi, broadcast4(a + 32));
+        }
+      }
+      const __m512i sc_lo = widen16(scales + b * 128 + 16 * (2 * c)), sc_hi = widen16(scales + b * 128 + 16 * (2 * c + 1));
+      for (int t = 0; t < NT; ++t)
+        total[t] = _mm512_add_epi32(total[t], _mm512_add_epi32(_mm512_mullo_epi32(sum_lo[t], sc_lo),
+                                                               _mm512_mullo_epi32(sum_hi[t], sc_hi)));
+    }
+    // Mins: the 16-element bsums in pairs against [m_j, m_j] in each row's lane.
+    __m512i min_total[NT];
+    for (int t = 0; t < NT; ++t) min_total[t] = _mm512_setzero_si512();
+    for (int j = 0; j < 8; ++j) {
+      const __m512i m = widen16(mins + b * 128 + 16 * j);
+      const __m512i m_twice = _mm512_or_si512(m, _mm512_slli_epi32(m, 16));
+      for (int t = 0; t < NT; ++t)
+        min_total[t] = _mm512_dpwssd_epi32(min_total[t], m_twice, broadcast4(q8k_block(x, xs, t, b)->bsums + 2 * j));
+    }
+    const __m512 d = load_halves(d_half + b * 32), dmin = load_halves(dmin_half + b * 32);
+    for (int t = 0; t < NT; ++t) {
+      const __m512 dx = _mm512_set1_ps(q8k_block(x, xs, t, b)->d);
+      acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(total[t]), acc[t]);
+      extra[t] = _mm512_fmadd_ps(_mm512_mul_ps(dmin, dx), _mm512_cvtepi32_ps(min_total[t]), extra[t]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * ys, store, _mm512_sub_ps(acc[t], extra[t]));
+}
+
+// Q6_K: y = d d_x sum_j sc_j (isum_j - 32 bsum_j), the 6-bit values stored unsigned (q + 32).
+template <int NT>
+static void group_dot_q6k(int64_t nb, const uint8_t* group, int64_t group_bytes, const uint8_t* x, int64_t xs,
+                          float* y, int64_t ys, __mmask16 store) {
+  const uint8_t* quants = group;
+  const uint8_t* scales = quants + nb * 3072;
+  const uint8_t* d_half = scales + nb * 256;
+  const __m512i low4 = _mm512_set1_epi8(0x0f), top2 = _mm512_set1_epi8(0x30);
+  __m512 acc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    if (NT == 1) prefetch_ahead(group, group_bytes, nb, b);
+    __m512i total[NT], offset[NT];
+    for (int t = 0; t < NT; ++t) total[t] = offset[t] = _mm512_setzero_si512();
+    for (int p = 0; p < 8; ++p) {  // sub-blocks 2p, 2p + 1
+      // The pair's scales as int16 pairs [sc_2p, sc_2p+1] per row: the bsums term in one VPDPWSSD.
+      const __m512i sc_pair = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + b * 256 + 32 * p)));
+      for (int t = 0; t < NT; ++t)
+        offset[t] = _mm512_dpwssd_epi32(offset[t], sc_pair, broadcast4(q8k_block(x, xs, t, b)->bsums + 2 * p));
+      for (int half = 0; half < 2; ++half) {
+        const int j = 2 * p + half;
+        const uint8_t* chunks = quants + b * 3072 + j * 192;
+        const __m512i l0 = load512(chunks), l1 = load512(chunks + 64), h = load512(chunks + 128);
+        const __m512i v[4] = {
+            _mm512_or_si512(_mm512_and_si512(l0, low4), _mm512_and_si512(_mm512_slli_epi16(h, 4), top2)),
+            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l0, 4), low4), _mm512_and_si512(_mm512_slli_epi16(h, 2), top2)),
+            _mm512_or_si512(_mm512_and_si512(l1, low4), _mm512_and_si512(h, top2)),
+            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l1, 4), low4), _mm512_and_si512(_mm512_srli_epi16(h, 2), top2))};
+        // Sub-block j's int32 scale: the low (even j) or high (odd j) int16 of each lane, sign-extended.
+        const __m512i sc = half == 0 ? _mm512_srai_epi32(_mm512_slli_epi32(sc_pair, 16), 16) : _mm512_srai_epi32(sc_pair, 16);
+        for (int t = 0; t < NT; ++t) {
+          const int8_t* a = q8k_block(x, xs, t, b)->qs + 16 * j;
+          __m512i sum = _mm512_setzero_si512();
+          for (int k = 0; k < 4; ++k) sum = _mm512_dpbusd_epi32(sum, v[k], broadcast4(a + 4 * k));
+          total[t] = _mm512_add_epi32(total[t], _mm512_mullo_epi32(sum, sc));
+        }
+      }
+    }
+    const __m512 d = load_halves(d_half + b * 32);
+    for (int t = 0; t < NT; ++t) {
+      const __m512i centered = _mm512_sub_epi32(total[t], _mm512_slli_epi32(offset[t], 5));  // - 32 sum_j sc_j bsum_j
+      acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(q8k_block(x, xs, t, b)->d)), _mm512_cvtepi32_ps(centered),
+                               acc[t]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * ys, store, acc[t]);
+}
+
+struct Q4_KPacked {
+  template <int NT>
+  static void run(int64_t nb, const uint8_t* g, int64_t gb, const uint8_t* x, int64_t xs, float* y, int64_t ys,
+                  __mmask16 store) {
+    group_dot_q45k<false, NT>(nb, g, gb, x, xs, y, ys, store);
+  }
+};
+struct Q5_KPacked {
+  template <int NT>
+  static void run(int64_t nb, const uint8_t* g, int64_t gb, const uint8_t* x, int64_t xs, float* y, int64_t ys,
+                  __mmask16 store) {
+    group_dot_q45k<true, NT>(nb, g, gb, x, xs, y, ys, store);
+  }
+};
+struct Q6_KPacked {
+  template <int NT>
+  static void run(int64_t nb, const uint8_t* g, int64_t gb, const uint8_t* x, int64_t xs, float* y, int64_t ys,
+                  __mmask16 store) {
+    group_dot_q6k<NT>(nb, g, gb, x, xs, y, ys, store);
+  }
+};
+// The 32-element types through the same interface.
 template <typename Traits>
+struct Packed32 {
+  template <int NT>
+  static void run(int64_t nb, const uint8_t* g, int64_t gb, const uint8_t* x, int64_t xs, float* y, int64_t ys,
+                  __mmask16 store) {
+    group_dot<Traits, NT>(nb, g, gb, x, xs, y, ys, store);
+  }
+};
+
+template <typename Kernel>
 void packed_tile(int64_t nb, const uint8_t* w, int64_t group_bytes, int n_groups, int64_t rows_left,
                  const uint8_t* x, int64_t xs, int nt, float* y, int64_t ys) {
   for (int g = 0; g < n_groups; ++g) {
@@ -179,10 +334,10 @@ void packed_tile(int64_t nb, const uint8_t* w, int64_t group_bytes, int n_groups
     const uint8_t* group = w + g * group_bytes;
     float* out = y + g * kPackRows;
     switch (nt) {
-      case 1: group_dot<Traits, 1>(nb, group, group_bytes, x, xs, out, ys, store); break;
-      case 2: group_dot<Traits, 2>(nb, group, group_bytes, x, xs, out, ys, store); break;
-      case 3: group_dot<Traits, 3>(nb, group, group_bytes, x, xs, out, ys, store); break;
-      default: group_dot<Traits, 4>(nb, group, group_bytes, x, xs, out, ys, store); break;
+      case 1: Kernel::template run<1>(nb, group, group_bytes, x, xs, out, ys, store); break;
+      case 2: Kernel::template run<2>(nb, group, group_bytes, x, xs, out, ys, store); break;
+      case 3: Kernel::template run<3>(nb, group, group_bytes, x, xs, out, ys, store); break;
+      default: Kernel::template run<4>(nb, group, group_bytes, x, xs, out, ys, store); break;
     }
   }
 }
@@ -191,12 +346,15 @@ void packed_tile(int64_t nb, const uint8_t* w, int64_t group_bytes, int n_groups
 
 PackedTileFn avx512_packed_tile(GgmlType type) {
   switch (type) {
-    case GgmlType::Q4_0: return packed_tile<Q4_0Packed>;
-    case GgmlType::Q4_1: return packed_tile<Q4_1Packed>;
-    case GgmlType::Q5_0: return packed_tile<Q5_0Packed>;
-    case GgmlType::Q5_1: return packed_tile<Q5_1Packed>;
-    case GgmlType::Q8_0: return packed_tile<Q8_0Packed>;
-    case GgmlType::IQ4_NL: return packed_tile<IQ4_NLPacked>;
+    case GgmlType::Q4_0: return packed_tile<Packed32<Q4_0Packed>>;
+    case GgmlType::Q4_1: return packed_tile<Packed32<Q4_1Packed>>;
+    case GgmlType::Q5_0: return packed_tile<Packed32<Q5_0Packed>>;
+    case GgmlType::Q5_1: return packed_tile<Packed32<Q5_1Packed>>;
+    case GgmlType::Q8_0: return packed_tile<Packed32<Q8_0Packed>>;
+    case GgmlType::IQ4_NL: return packed_tile<Packed32<IQ4_NLPacked>>;
+    case GgmlType::Q4_K: return packed_tile<Q4_KPacked>;
+    case GgmlType::Q5_K: return packed_tile<Q5_KPacked>;
+    case GgmlType::Q6_K: return packed_tile<Q6_KPacked>;
     default: return nullptr;
   }
 }

@@ -2,6 +2,8 @@
 // per matrix at load).
 #include "ops/cpu/packed_weights.h"
 
+#include <sys/mman.h>
+
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -13,9 +15,9 @@ namespace sinkstream {
 
 namespace {
 
-// What each packed type keeps per block: where its fields are in the file's block, and which of
-// the optional regions of the group layout it has.
-struct PackedFormat {
+// What each packed 32-element type keeps per block: where its fields are in the file's block, and
+// which of the optional regions of the group layout it has.
+struct Format32 {
   int quant_bytes;    // per block and group: 256 (nibbles) or 512 (Q8_0)
   bool fifth_bits;    // Q5_0, Q5_1
   bool mins;          // Q4_1, Q5_1
@@ -25,7 +27,7 @@ struct PackedFormat {
   int qs_offset;
 };
 
-bool packed_format(GgmlType type, PackedFormat* f) {
+bool format32(GgmlType type, Format32* f) {
   switch (type) {
     case GgmlType::Q4_0: *f = {256, false, false, 0, -1, -1, 2}; return true;
     case GgmlType::IQ4_NL: *f = {256, false, false, 0, -1, -1, 2}; return true;
@@ -37,77 +39,190 @@ bool packed_format(GgmlType type, PackedFormat* f) {
   }
 }
 
+// Bytes one row's block takes in a packed group (packed_weights.h), or 0 for a type without a layout.
+int64_t packed_block_bytes(GgmlType type) {
+  Format32 f;
+  if (format32(type, &f)) return ggml_type_info(type).block_bytes;
+  switch (type) {
+    case GgmlType::Q4_K: return 148;  // 128 quants, 8 scales, 8 mins, d, dmin
+    case GgmlType::Q5_K: return 180;  // Q4_K's and 32 bytes of fifth-bit masks
+    case GgmlType::Q6_K: return 210;  // 192 quants, 16 scales, d
+    default: return 0;
+  }
+}
+
+void set_mask_bit(uint8_t* masks, int mask, int bit) {
+  uint64_t m;
+  std::memcpy(&m, masks + 8 * mask, 8);
+  m |= uint64_t{1} << bit;
+  std::memcpy(masks + 8 * mask, &m, 8);
+}
+
+// One row (lane `lane` of the group at `group`) of a 32-element type.
+void pack_row32(const Format32& f, const uint8_t* row, int64_t nb, int64_t block_bytes, int lane, uint8_t* group) {
+  uint8_t* quants = group;
+  uint8_t* fifth = quants + nb * f.quant_bytes;
+  uint8_t* scales = fifth + (f.fifth_bits ? nb * 64 : 0);
+  uint8_t* mins = scales + nb * kPackRows * 2;
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* block = row + b * block_bytes;
+    const uint8_t* qs = block + f.qs_offset;
+    uint8_t* q = quants + b * f.quant_bytes;
+    for (int c = 0; c < f.quant_bytes / 64; ++c)
+      for (int k = 0; k < 4; ++k) q[64 * c + 4 * lane + k] = f.quant_bytes == 512 ? (uint8_t)(qs[4 * c + k] ^ 0x80) : qs[4 * c + k];
+    if (f.fifth_bits) {
+      uint32_t qh;
+      std::memcpy(&qh, block + f.qh_offset, 4);
+      // Register j < 4: low nibbles of chunk j (elements 4j + k); j >= 4: high nibbles of chunk
+      // j - 4 (elements 16 + 4(j - 4) + k).
+      for (int j = 0; j < 8; ++j) {
+        const int first_element = j < 4 ? 4 * j : 16 + 4 * (j - 4);
+        for (int k = 0; k < 4; ++k)
+          if ((qh >> (first_element + k)) & 1u) set_mask_bit(fifth + b * 64, j, 4 * lane + k);
+      }
+    }
+    std::memcpy(scales + (b * kPackRows + lane) * 2, block + f.d_offset, 2);
+    if (f.mins) std::memcpy(mins + (b * kPackRows + lane) * 2, block + f.m_offset, 2);
+  }
+}
+
+// One row of Q4_K or Q5_K (the shared fields are at the same offsets; Q5_K adds qh).
+void pack_row_q45k(bool q5, const uint8_t* row, int64_t nb, int lane, uint8_t* group) {
+  uint8_t* quants = group;
+  uint8_t* fifth = quants + nb * 2048;
+  uint8_t* scales = fifth + (q5 ? nb * 512 : 0);
+  uint8_t* mins = scales + nb * 128;
+  uint8_t* d = mins + nb * 128;
+  uint8_t* dmin = d + nb * 32;
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* block = row + b * (q5 ? sizeof(BlockQ5_K) : sizeof(BlockQ4_K));
+    const uint8_t* packed_scales = q5 ? reinterpret_cast<const BlockQ5_K*>(block)->scales
+                                      : reinterpret_cast<const BlockQ4_K*>(block)->scales;
+    const uint8_t* qs = q5 ? reinterpret_cast<const BlockQ5_K*>(block)->qs : reinterpret_cast<const BlockQ4_K*>(block)->qs;
+    for (int n = 0; n < 32; ++n)
+      for (int k = 0; k < 4; ++k) quants[b * 2048 + 64 * n + 4 * lane + k] = qs[4 * n + k];
+    if (q5) {
+      // Chunk n = 8c + i holds elements 4i .. 4i + 3 of sub-block 2c (low nibbles, mask n) and of
+      // sub-block 2c + 1 (high nibbles, mask 32 + n); fifth bit of element l of sub-block j: bit j of qh[l].
+      const uint8_t* qh = reinterpret_cast<const BlockQ5_K*>(block)->qh;
+      for (int n = 0; n < 32; ++n) {
+        const int c = n / 8, first = 4 * (n % 8);
+        for (int k = 0; k < 4; ++k) {
+          if ((qh[first + k] >> (2 * c)) & 1) set_mask_bit(fifth + b * 512, n, 4 * lane + k);
+          if ((qh[first + k] >> (2 * c + 1)) & 1) set_mask_bit(fifth + b * 512, 32 + n, 4 * lane + k);
+        }
+      }
+    }
+    for (int j = 0; j < 8; ++j) {
+      uint8_t sc, m;
+      unpack_k4_scale_min(packed_scales, j, &sc, &m);
+      scales[b * 128 + 16 * j + lane] = sc;
+      mins[b * 128 + 16 * j + lane] = m;
+    }
+    std::memcpy(d + b * 32 + 2 * lane, block, 2);
+    std::memcpy(dmin + b * 32 + 2 * lane, block + 2, 2);
+  }
+}
+
+// One row of Q6_K: per sub-block j of 16, three chunks (packed_weights.h).
+void pack_row_q6k(const uint8_t* row, int64_t nb, int lane, uint8_t* group) {
+  uint8_t* quants = group;
+  uint8_t* scales = quants + nb * 3072;
+  uint8_t* d = scales + nb * 256;
+  for (int64_t b = 0; b < nb; ++b) {
+    const BlockQ6_K& block = reinterpret_cast<const BlockQ6_K*>(row)[b];
+    uint8_t q[kQKK];  // the 6-bit values, 0 .. 63 (quant_blocks.h layout)
+    for (int e = 0; e < kQKK; ++e) {
+      const int h = e / 128, r = e % 128;
+      const int low = (block.ql[64 * h + r % 64] >> (4 * (r / 64))) & 0x0f;
+      const int high = (block.qh[32 * h + r % 32] >> (2 * (r / 32))) & 3;
+      q[e] = (uint8_t)(low | high << 4);
+    }
+    for (int j = 0; j < 16; ++j) {
+      const uint8_t* v = q + 16 * j;
+      uint8_t* chunks = quants + b * 3072 + j * 192 + 4 * lane;
+      for (int k = 0; k < 4; ++k) {
+        chunks[k] = (uint8_t)((v[k] & 0x0f) | (v[4 + k] & 0x0f) << 4);
+        chunks[64 + k] = (uint8_t)((v[8 + k] & 0x0f) | (v[12 + k] & 0x0f) << 4);
+        chunks[128 + k] = (uint8_t)((v[k] >> 4) | (v[4 + k] >> 4) << 2 | (v[8 + k] >> 4) << 4 | (v[12 + k] >> 4) << 6);
+      }
+      scales[b * 256 + (j / 2) * 32 + 2 * lane + j % 2] = (uint8_t)block.scales[j];
+    }
+    std::memcpy(d + b * 32 + 2 * lane, &block.d, 2);
+  }
+}
+
 }  // namespace
 
 PackedTileFn packed_tile_kernel(GgmlType type, Isa isa) {
-  PackedFormat f;
-  if (!packed_format(type, &f)) return nullptr;
+  if (packed_block_bytes(type) == 0) return nullptr;
   return isa == Isa::Avx512 ? avx512_packed_tile(type) : nullptr;
+}
+
+int64_t packed_group_bytes(const WeightMatrix& w) {
+  return kPackRows * (w.cols / ggml_type_info(w.type).block_size) * packed_block_bytes(w.type);
 }
 
 int64_t packed_bytes(const WeightMatrix& w) {
   const int64_t groups = (w.rows + kPackRows - 1) / kPackRows;
-  return groups * kPackRows * w.row_bytes;
+  return groups * packed_group_bytes(w);
 }
 
 void pack_weight(const WeightMatrix& w, uint8_t* out) {
-  PackedFormat f;
-  SS_CHECK_ARG(packed_format(w.type, &f), "weight ", w.name, ": no packed layout for ", ggml_type_name(w.type));
+  SS_CHECK_ARG(packed_block_bytes(w.type) != 0, "weight ", w.name, ": no packed layout for ", ggml_type_name(w.type));
   const GgmlTypeInfo& info = ggml_type_info(w.type);
-  const int64_t nb = w.cols / kQK;
-  const int64_t group_bytes = kPackRows * w.row_bytes;
+  const int64_t nb = w.cols / info.block_size;
+  const int64_t group_bytes = packed_group_bytes(w);
   const int64_t groups = (w.rows + kPackRows - 1) / kPackRows;
   std::memset(out, 0, (size_t)(groups * group_bytes));
+  Format32 f32;
+  const bool is32 = format32(w.type, &f32);
   for (int64_t g = 0; g < groups; ++g) {
-    uint8_t* quants = out + g * group_bytes;
-    uint8_t* fifth = quants + nb * f.quant_bytes;
-    uint8_t* scales = fifth + (f.fifth_bits ? nb * 64 : 0);
-    uint8_t* mins = scales + nb * kPackRows * 2;
+    uint8_t* group = out + g * group_bytes;
     for (int lane = 0; lane < kPackRows && g * kPackRows + lane < w.rows; ++lane) {
       const uint8_t* row = w.data + (g * kPackRows + lane) * w.row_bytes;
-      for (int64_t b = 0; b < nb; ++b) {
-        const uint8_t* block = row + b * info.block_bytes;
-        const uint8_t* qs = block + f.qs_offset;
-        uint8_t* q = quants + b * f.quant_bytes;
-        for (int c = 0; c < f.quant_bytes / 64; ++c) {
-          for (int k = 0; k < 4; ++k) {
-            const uint8_t byte = qs[4 * c + k];
-            q[64 * c + 4 * lane + k] = f.quant_bytes == 512 ? (uint8_t)(byte ^ 0x80) : byte;  // Q8_0: + 128
-          }
-        }
-        if (f.fifth_bits) {
-          uint32_t qh;
-          std::memcpy(&qh, block + f.qh_offset, 4);
-          // Register j < 4: low nibbles of chunk j (elements 4j + k); j >= 4: high nibbles of chunk
-          // j - 4 (elements 16 + 4(j - 4) + k).
-          for (int j = 0; j < 8; ++j) {
-            const int first_element = j < 4 ? 4 * j : 16 + 4 * (j - 4);
-            uint64_t mask;
-            std::memcpy(&mask, fifth + b * 64 + 8 * j, 8);
-            for (int k = 0; k < 4; ++k)
-              if ((qh >> (first_element + k)) & 1u) mask |= uint64_t{1} << (4 * lane + k);
-            std::memcpy(fifth + b * 64 + 8 * j, &mask, 8);
-          }
-        }
-        std::memcpy(scales + (b * kPackRows + lane) * 2, block + f.d_offset, 2);
-        if (f.mins) std::memcpy(mins + (b * kPackRows + lane) * 2, block + f.m_offset, 2);
-      }
+      if (is32)
+        pack_row32(f32, row, nb, info.block_bytes, lane, group);
+      else if (w.type == GgmlType::Q6_K)
+        pack_row_q6k(row, nb, lane, group);
+      else
+        pack_row_q45k(w.type == GgmlType::Q5_K, row, nb, lane, group);
     }
   }
 }
 
 void PackedWeightStore::FreeAligned::operator()(uint8_t* p) const { std::free(p); }
 
-void PackedWeightStore::pack(WeightMatrix& w, Isa isa) {
-  if (w.data == nullptr || w.cols % kQK != 0 || packed_tile_kernel(w.type, isa) == nullptr) return;
-  const int64_t bytes = packed_bytes(w);
-  // 64-byte aligned: every chunk of quants is one cache line (aligned_alloc wants a multiple of it).
-  uint8_t* p = static_cast<uint8_t*>(std::aligned_alloc(64, (size_t)((bytes + 63) / 64 * 64)));
-  if (p == nullptr) throw std::bad_alloc();
-  buffers_.emplace_back(p);
-  pack_weight(w, p);
-  w.packed = p;
-  bytes_ += bytes;
+void PackedWeightStore::pack(const std::vector<WeightMatrix*>& weights, Isa isa) {
+  // One allocation for all of them, each matrix on a cache line: 64-byte chunks stay aligned.
+  std::vector<WeightMatrix*> packable;
+  std::vector<int64_t> offsets;
+  int64_t total = 0;
+  for (WeightMatrix* w : weights) {
+    if (w->data == nullptr || w->cols % ggml_type_info(w->type).block_size != 0 ||
+        packed_tile_kernel(w->type, isa) == nullptr)
+      continue;
+    packable.push_back(w);
+    offsets.push_back(total);
+    total += (packed_bytes(*w) + 63) / 64 * 64;
+  }
+  if (packable.empty()) return;
+  // Aligned to 2 MiB and, where the kernel offers them on request (transparent huge pages in
+  // "madvise" mode), backed by huge pages: decode streams every matrix from DRAM, and with 4 KiB
+  // pages each page costs a TLB miss and stops the hardware prefetchers at its end.
+  const int64_t alignment = int64_t{2} << 20;
+  const int64_t size = (total + alignment - 1) / alignment * alignment;
+  uint8_t* arena = static_cast<uint8_t*>(std::aligned_alloc((size_t)alignment, (size_t)size));
+  if (arena == nullptr) throw std::bad_alloc();
+  arenas_.emplace_back(arena);
+#ifdef MADV_HUGEPAGE
+  madvise(arena, (size_t)size, MADV_HUGEPAGE);  // a hint: fine if refused
+#endif
+  for (size_t i = 0; i < packable.size(); ++i) {
+    pack_weight(*packable[i], arena + offsets[i]);
+    packable[i]->packed = arena + offsets[i];
+  }
+  bytes_ += total;
 }
 
 }  // namespace sinkstream

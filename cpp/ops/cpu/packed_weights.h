@@ -7,7 +7,7 @@
 // one VPDPBUSD then adds four products into each row's own int32 lane, against four activation
 // bytes broadcast from memory. A block's 16 row sums come out in one register with no horizontal
 // work, and its scales are 16 halves loaded at once: 8 VPDPBUSD and 4 float operations per block
-// per token, whatever the type. The same layout serves decode (1 token; the group is one contiguous
+// of 32 per token (the K-quants add one integer multiply by the sub-block scale). The same layout serves decode (1 token; the group is one contiguous
 // stream of memory) and prefill / batched steps (tiles of tokens share each unpacked register).
 //
 // Group layout, for a group of 16 rows (row r = 16 g + lane) of nb blocks, in this order:
@@ -22,14 +22,28 @@
 //           4 lane + k is the fifth bit of that register's byte 4 lane + k
 //   scales  nb * 16 halves: block b's d of the 16 rows
 //   mins    (Q4_1, Q5_1) nb * 16 halves: block b's m
-// Rows past the matrix's last row (the last group's padding) are zero. A group is exactly 16 rows'
-// bytes (16 * row_bytes), so a packed matrix is as large as the file's, rounded up to 16 rows.
+// K-quants (256-element super-blocks, Q8K activations), per group and super-block:
+//   Q4_K, Q5_K: quants nb * 2048: 32 chunks; chunk n is qs bytes 4n .. 4n + 3 of each row: low
+//           nibbles elements 4(n % 8) .. + 3 of sub-block 2 (n / 8), high nibbles the same of sub-block
+//           2 (n / 8) + 1; fifth (Q5_K) nb * 512: 64 masks as above, mask n for the low nibbles of
+//           chunk n, 32 + n for its high nibbles; scales nb * 128 and mins nb * 128: byte 16 j + lane
+//           is sub-block j's 6-bit scale (min), unpacked; d and dmin: nb * 16 halves each
+//   Q6_K:   quants nb * 3072: per sub-block j of 16, three chunks: L0 (low nibbles: elements k, high
+//           nibbles: 4 + k, of the 6-bit value's low 4 bits), L1 (8 + k, 12 + k), H (bits 2i, 2i + 1:
+//           the top 2 bits of element 4i + k); scales nb * 256: the int8 scales in pairs, bytes
+//           32 p + 2 lane + (0, 1) for sub-blocks 2p, 2p + 1; d nb * 16 halves
+// Rows past the matrix's last row (the last group's padding) are zero. A group is 16 rows of
+// packed_block_bytes each per block: the file's block size for the 32-element types and Q6_K, 148
+// for Q4_K (+ 4 bytes for unpacked scales) and 180 for Q5_K.
 //
 // Results: per row and token, dot = sum over blocks, in order, of fma(d_w * d_x, isum_b) into one
 // float accumulator and fma(e_w, ds_x) into a second (e_w: the min, or d_w times the offset of the
-// type), then their sum. isum_b is exact, so a token's result does not depend on the tile of tokens
-// it was computed with, nor on the thread split (groups are never divided): evaluating a prompt at
-// once, token by token, or batched with other sessions gives the same bits.
+// type), then their sum. For the K-quants isum_b is the super-block's integer total (each
+// sub-block's exact sum times its integer scale; the mins' and Q6_K's offset term likewise from
+// the activation block sums), one float step per super-block. Integer sums are exact, so a token's
+// result does not depend on the tile of tokens it was computed with, nor on the thread split
+// (groups are never divided): evaluating a prompt at once, token by token, or batched with other
+// sessions gives the same bits. (Across ISA levels results differ in float order, as before.)
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -57,7 +71,8 @@ constexpr int kPackTokenTile = 4;
 PackedTileFn packed_tile_kernel(GgmlType type, Isa isa);
 PackedTileFn avx512_packed_tile(GgmlType type);  // nullptr when not compiled for x86-64
 
-// Bytes of w packed (its rows rounded up to a multiple of kPackRows).
+// Bytes of one group of w packed, and of all of w (its rows rounded up to a multiple of kPackRows).
+int64_t packed_group_bytes(const WeightMatrix& w);
 int64_t packed_bytes(const WeightMatrix& w);
 // Writes the layout above for w (type with packed kernels, any ISA) into out (packed_bytes(w)).
 void pack_weight(const WeightMatrix& w, uint8_t* out);
@@ -65,15 +80,16 @@ void pack_weight(const WeightMatrix& w, uint8_t* out);
 // Packed copies of weights, kept alive as long as the WeightMatrix values that point at them.
 class PackedWeightStore {
  public:
-  // Packs w for the active ISA when it has kernels for w's type (sets w.packed); else leaves w.
-  void pack(WeightMatrix& w, Isa isa);
+  // Packs, into one allocation, each weight whose type has kernels at `isa` (sets its `packed`);
+  // leaves the others as they are.
+  void pack(const std::vector<WeightMatrix*>& weights, Isa isa);
   int64_t bytes() const { return bytes_; }
 
  private:
   struct FreeAligned {
     void operator()(uint8_t* p) const;
   };
-  std::vector<std::unique_ptr<uint8_t, FreeAligned>> buffers_;
+  std::vector<std::unique_ptr<uint8_t, FreeAligned>> arenas_;
   int64_t bytes_ = 0;
 };
 
