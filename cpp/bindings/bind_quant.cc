@@ -17,6 +17,7 @@
 #include "core/error.h"
 #include "core/fp16.h"
 #include "core/thread_pool.h"
+#include "ops/cpu/activations.h"
 #include "ops/cpu/cpu_features.h"
 #include "ops/cpu/packed_weights.h"
 #include "ops/cpu/vec_dot.h"
@@ -291,6 +292,28 @@ void bind_quant(nb::module_& m) {
       },
       "CPU features seen by the kernels, the best ISA level, the levels this CPU runs (lowest first) and the "
       "active one (after SINKSTREAM_ISA).");
+
+  m.def(
+      "glu_test",
+      [](const std::string& activation, F32Array gate, F32Array up, const std::string& isa) {
+        SS_CHECK_ARG(gate.shape(0) == up.shape(0), "gate has ", gate.shape(0), " values, up ", up.shape(0));
+        FfnActivation act;
+        if (activation == "swiglu")
+          act = FfnActivation::kSwiGlu;
+        else if (activation == "geglu")
+          act = FfnActivation::kGeGlu;
+        else if (activation == "swiglu_oai")
+          act = FfnActivation::kSwiGluOai;
+        else
+          throw ArgumentError(cat("activation must be 'swiglu', 'geglu' or 'swiglu_oai', got '", activation, "'"));
+        const Isa level = parse_isa(isa);
+        SS_CHECK_ARG(isa_supported(level), "ISA ", isa, " is not available on this CPU");
+        std::vector<float> out((size_t)gate.shape(0));
+        select_glu(act, level)(gate.data(), up.data(), (int64_t)out.size(), out.data());
+        return vector_to_numpy(std::move(out));
+      },
+      nb::arg("activation"), nb::arg("gate"), nb::arg("up"), nb::arg("isa"),
+      "Test hook: act(gate) * up with the function CpuBackend uses at ISA level `isa` (activations.h).");
 }
 
 }  // namespace sinkstream::bindings

@@ -113,6 +113,11 @@ def cpu_features() -> dict:
     CPU features seen by the kernels, the best ISA level, the levels this CPU runs (lowest first) and the active one (after SINKSTREAM_ISA).
     """
 
+def glu_test(activation: str, gate: Annotated[NDArray[numpy.float32], dict(shape=(None,), order='C', device='cpu', writable=False)], up: Annotated[NDArray[numpy.float32], dict(shape=(None,), order='C', device='cpu', writable=False)], isa: str) -> NDArray[numpy.float32]:
+    """
+    Test hook: act(gate) * up with the function CpuBackend uses at ISA level `isa` (activations.h).
+    """
+
 def attend_test(keys: Annotated[NDArray[numpy.float32], dict(shape=(None, None), order='C', device='cpu', writable=False)], values: Annotated[NDArray[numpy.float32], dict(shape=(None, None), order='C', device='cpu', writable=False)], q_sink: Annotated[NDArray[numpy.float32], dict(shape=(None, None), order='C', device='cpu', writable=False)], q_window: Annotated[NDArray[numpy.float32], dict(shape=(None, None), order='C', device='cpu', writable=False)], n_head_kv: int, n_sink: int, window: int, kv_type: str, isa: str, sink_logits: Annotated[NDArray[numpy.float32], dict(shape=(None,), order='C', device='cpu', writable=False)] | None = None) -> NDArray[numpy.float32]:
     """
     Test hook: stores keys/values (n_tokens, n_head_kv * head_dim) as tokens 0.. of a one-layer sink

@@ -19,6 +19,7 @@
     defined(__AVX512DQ__) && defined(__AVX512VNNI__) && defined(__F16C__) && defined(__FMA__)
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "ops/cpu/vec_dot.h"
@@ -151,7 +152,7 @@ static void group_dot(int64_t nb, const uint8_t* group, int64_t group_bytes, con
     extra[t] = _mm512_setzero_ps();
   }
   for (int64_t b = 0; b < nb; ++b) {
-    if (NT == 1) prefetch_ahead(group, group_bytes, nb, b);
+    prefetch_ahead(group, group_bytes, nb, b);
     __m512i isum[NT];
     for (int t = 0; t < NT; ++t) isum[t] = _mm512_setzero_si512();
     if constexpr (Traits::kQuantBytes == 512)
@@ -197,7 +198,7 @@ static void group_dot_q45k(int64_t nb, const uint8_t* group, int64_t group_bytes
   __m512 acc[NT], extra[NT];
   for (int t = 0; t < NT; ++t) acc[t] = extra[t] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
-    if (NT == 1) prefetch_ahead(group, group_bytes, nb, b);
+    prefetch_ahead(group, group_bytes, nb, b);
     const uint8_t* q = quants + b * 2048;
     __m512i total[NT];
     for (int t = 0; t < NT; ++t) total[t] = _mm512_setzero_si512();
@@ -257,7 +258,7 @@ static void group_dot_q6k(int64_t nb, const uint8_t* group, int64_t group_bytes,
   __m512 acc[NT];
   for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
-    if (NT == 1) prefetch_ahead(group, group_bytes, nb, b);
+    prefetch_ahead(group, group_bytes, nb, b);
     __m512i total[NT], offset[NT];
     for (int t = 0; t < NT; ++t) total[t] = offset[t] = _mm512_setzero_si512();
     for (int p = 0; p < 8; ++p) {  // sub-blocks 2p, 2p + 1
@@ -295,6 +296,7 @@ static void group_dot_q6k(int64_t nb, const uint8_t* group, int64_t group_bytes,
 }
 
 struct Q4_KPacked {
+  static constexpr int kMaxTokens = 4;
   template <int NT>
   static void run(int64_t nb, const uint8_t* g, int64_t gb, const uint8_t* x, int64_t xs, float* y, int64_t ys,
                   __mmask16 store) {
@@ -302,6 +304,7 @@ struct Q4_KPacked {
   }
 };
 struct Q5_KPacked {
+  static constexpr int kMaxTokens = 4;
   template <int NT>
   static void run(int64_t nb, const uint8_t* g, int64_t gb, const uint8_t* x, int64_t xs, float* y, int64_t ys,
                   __mmask16 store) {
@@ -309,6 +312,7 @@ struct Q5_KPacked {
   }
 };
 struct Q6_KPacked {
+  static constexpr int kMaxTokens = 4;
   template <int NT>
   static void run(int64_t nb, const uint8_t* g, int64_t gb, const uint8_t* x, int64_t xs, float* y, int64_t ys,
                   __mmask16 store) {
@@ -318,12 +322,23 @@ struct Q6_KPacked {
 // The 32-element types through the same interface.
 template <typename Traits>
 struct Packed32 {
+  static constexpr int kMaxTokens = 8;
   template <int NT>
   static void run(int64_t nb, const uint8_t* g, int64_t gb, const uint8_t* x, int64_t xs, float* y, int64_t ys,
                   __mmask16 store) {
     group_dot<Traits, NT>(nb, g, gb, x, xs, y, ys, store);
   }
 };
+
+// Tokens [t0, t0 + nt) of one group, at most Kernel::kMaxTokens at a time (its registers' limit).
+template <typename Kernel, int NT>
+static void run_tokens(int64_t nb, const uint8_t* group, int64_t group_bytes, const uint8_t* x, int64_t xs, int nt,
+                       float* out, int64_t ys, __mmask16 store) {
+  if constexpr (NT > 1) {
+    if (nt < NT) return run_tokens<Kernel, NT - 1>(nb, group, group_bytes, x, xs, nt, out, ys, store);
+  }
+  Kernel::template run<NT>(nb, group, group_bytes, x, xs, out, ys, store);
+}
 
 template <typename Kernel>
 void packed_tile(int64_t nb, const uint8_t* w, int64_t group_bytes, int n_groups, int64_t rows_left,
@@ -332,13 +347,9 @@ void packed_tile(int64_t nb, const uint8_t* w, int64_t group_bytes, int n_groups
     const int64_t left = rows_left - (int64_t)g * kPackRows;
     const __mmask16 store = left >= kPackRows ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
     const uint8_t* group = w + g * group_bytes;
-    float* out = y + g * kPackRows;
-    switch (nt) {
-      case 1: Kernel::template run<1>(nb, group, group_bytes, x, xs, out, ys, store); break;
-      case 2: Kernel::template run<2>(nb, group, group_bytes, x, xs, out, ys, store); break;
-      case 3: Kernel::template run<3>(nb, group, group_bytes, x, xs, out, ys, store); break;
-      default: Kernel::template run<4>(nb, group, group_bytes, x, xs, out, ys, store); break;
-    }
+    for (int t = 0; t < nt; t += Kernel::kMaxTokens)  // the group's weights stay in L1 for the next tokens
+      run_tokens<Kernel, Kernel::kMaxTokens>(nb, group, group_bytes, x + t * xs, xs, std::min(nt - t, Kernel::kMaxTokens),
+                                             y + g * kPackRows + t * ys, ys, store);
   }
 }
 

@@ -64,7 +64,7 @@ constexpr int kPackRows = 16;
 // (the last group may be partial: its padding lanes are not stored).
 using PackedTileFn = void (*)(int64_t n_blocks, const uint8_t* w, int64_t group_bytes, int n_groups, int64_t rows_left,
                               const uint8_t* x, int64_t x_stride, int nt, float* y, int64_t y_stride);
-constexpr int kPackTokenTile = 4;
+constexpr int kPackTokenTile = 8;
 
 // The kernel for packed weights of `type` at level `isa`, or nullptr when that level has none (the
 // weight is then not packed and the per-row kernels read the file's rows).
