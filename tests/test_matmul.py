@@ -145,7 +145,7 @@ def test_simd_levels_match_scalar_across_row_counts(qtype):
                     assert ok.all(), f"{qtype.name} {isa} cols={cols} rows={rows} n={n}"
 
 
-PACKED_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.IQ4_NL, T.Q4_K, T.Q5_K, T.Q6_K]  # ops/cpu/packed_weights.h
+PACKED_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.IQ4_NL, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]  # ops/cpu/packed_weights.h
 
 
 @pytest.mark.skipif("avx512" not in SIMD_LEVELS, reason="the packed-row kernels are AVX-512 VNNI ones")
@@ -221,14 +221,15 @@ def test_shared_input_matmul_rejects_mismatched_columns():
 def test_token_tiles_do_not_change_results():
     # A token's output must not depend on which other tokens share its tile (so evaluating a prompt
     # in one call or token by token gives identical numbers).
+    # 9 tokens: across the 4-token tiles of the per-row kernels and the 8-token tiles of the packed ones.
     rng = np.random.default_rng(4)
-    rows, cols = 26, 256  # not a multiple of the 4-row tiles
-    for qtype in (T.Q4_1, T.Q8_0, T.Q4_K, T.IQ4_NL, T.F16):
+    rows, cols = 26, 256  # not a multiple of the 4-row tiles nor of the 16-row packed groups
+    for qtype in sorted(set(PACKED_TYPES) | {T.F16}):
         w = make_weight(qtype, rows, cols, rng)
-        x = rng.standard_normal((5, cols)).astype(np.float32)
+        x = rng.standard_normal((9, cols)).astype(np.float32)
         for isa in ["scalar"] + SIMD_LEVELS:
             together = run(qtype, w, rows, cols, x, isa)
-            alone = np.concatenate([run(qtype, w, rows, cols, x[t:t + 1], isa) for t in range(5)])
+            alone = np.concatenate([run(qtype, w, rows, cols, x[t:t + 1], isa) for t in range(9)])
             assert np.array_equal(together, alone), (qtype.name, isa)
 
 

@@ -295,6 +295,95 @@ static void group_dot_q6k(int64_t nb, const uint8_t* group, int64_t group_bytes,
   for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * ys, store, acc[t]);
 }
 
+// Q2_K: y = d d_x sum_j sc_j isum_j - dmin d_x sum_j m_j bsum_j (sub-blocks of 16, 4-bit sc and m).
+// Q3_K: y = d d_x sum_j sc_j (isum_j - 4 bsum_j), the stored values q + 4 in 0 .. 7, sc signed.
+template <bool kQ3, int NT>
+static void group_dot_q23k(int64_t nb, const uint8_t* group, int64_t group_bytes, const uint8_t* x, int64_t xs,
+                           float* y, int64_t ys, __mmask16 store) {
+  const uint8_t* quants = group;
+  const uint8_t* masks = quants + nb * 1024;
+  const uint8_t* scales = masks + (kQ3 ? nb * 512 : 0);
+  const uint8_t* d_half = scales + nb * 256;
+  const uint8_t* dmin_half = d_half + nb * 32;
+  const __m512i three = _mm512_set1_epi8(3), four = _mm512_set1_epi8(4), low4 = _mm512_set1_epi32(0x0f);
+  __m512 acc[NT], extra[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = extra[t] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    prefetch_ahead(group, group_bytes, nb, b);
+    __m512i total[NT], offset[NT];
+    for (int t = 0; t < NT; ++t) total[t] = offset[t] = _mm512_setzero_si512();
+    for (int j = 0; j < 16; ++j) {
+      const __m512i chunk = load512(quants + b * 1024 + 64 * j);
+      __m512i v[4];
+      for (int i = 0; i < 4; ++i) {
+        v[i] = _mm512_and_si512(_mm512_srli_epi16(chunk, 2 * i), three);
+        if constexpr (kQ3) {
+          uint64_t mask;
+          std::memcpy(&mask, masks + b * 512 + 8 * (4 * j + i), 8);
+          v[i] = _mm512_mask_add_epi8(v[i], _cvtu64_mask64(mask), v[i], four);
+        }
+      }
+      __m512i sc;
+      if constexpr (kQ3) {
+        const __m512i pair = _mm512_cvtepi8_epi16(
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + b * 256 + 32 * (j / 2))));
+        sc = j % 2 == 0 ? _mm512_srai_epi32(_mm512_slli_epi32(pair, 16), 16) : _mm512_srai_epi32(pair, 16);
+      } else {
+        sc = _mm512_and_si512(widen16(scales + b * 256 + 16 * j), low4);
+      }
+      for (int t = 0; t < NT; ++t) {
+        const int8_t* a = q8k_block(x, xs, t, b)->qs + 16 * j;
+        __m512i sum = _mm512_setzero_si512();
+        for (int i = 0; i < 4; ++i) sum = _mm512_dpbusd_epi32(sum, v[i], broadcast4(a + 4 * i));
+        total[t] = _mm512_add_epi32(total[t], _mm512_mullo_epi32(sum, sc));
+      }
+    }
+    // Per pair of sub-blocks, [x_2p, x_2p+1] int16 in each row's lane against the bsums pair: Q2_K's
+    // mins (the high nibbles), Q3_K's scales (for the -4 offset).
+    for (int p = 0; p < 8; ++p) {
+      __m512i pair;
+      if constexpr (kQ3) {
+        pair = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + b * 256 + 32 * p)));
+      } else {
+        const __m512i even = _mm512_srli_epi32(widen16(scales + b * 256 + 16 * (2 * p)), 4);
+        const __m512i odd = _mm512_srli_epi32(widen16(scales + b * 256 + 16 * (2 * p + 1)), 4);
+        pair = _mm512_or_si512(even, _mm512_slli_epi32(odd, 16));
+      }
+      for (int t = 0; t < NT; ++t)
+        offset[t] = _mm512_dpwssd_epi32(offset[t], pair, broadcast4(q8k_block(x, xs, t, b)->bsums + 2 * p));
+    }
+    const __m512 d = load_halves(d_half + b * 32);
+    for (int t = 0; t < NT; ++t) {
+      const __m512 dx = _mm512_set1_ps(q8k_block(x, xs, t, b)->d);
+      if constexpr (kQ3) {
+        const __m512i centered = _mm512_sub_epi32(total[t], _mm512_slli_epi32(offset[t], 2));  // - 4 sum_j sc_j bsum_j
+        acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(centered), acc[t]);
+      } else {
+        acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(total[t]), acc[t]);
+        extra[t] = _mm512_fmadd_ps(_mm512_mul_ps(load_halves(dmin_half + b * 32), dx), _mm512_cvtepi32_ps(offset[t]),
+                                   extra[t]);
+      }
+    }
+  }
+  for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * ys, store, _mm512_sub_ps(acc[t], extra[t]));
+}
+
+struct Q2_KPacked {
+  static constexpr int kMaxTokens = 4;
+  template <int NT>
+  static void run(int64_t nb, const uint8_t* g, int64_t gb, const uint8_t* x, int64_t xs, float* y, int64_t ys,
+                  __mmask16 store) {
+    group_dot_q23k<false, NT>(nb, g, gb, x, xs, y, ys, store);
+  }
+};
+struct Q3_KPacked {
+  static constexpr int kMaxTokens = 4;
+  template <int NT>
+  static void run(int64_t nb, const uint8_t* g, int64_t gb, const uint8_t* x, int64_t xs, float* y, int64_t ys,
+                  __mmask16 store) {
+    group_dot_q23k<true, NT>(nb, g, gb, x, xs, y, ys, store);
+  }
+};
 struct Q4_KPacked {
   static constexpr int kMaxTokens = 4;
   template <int NT>
@@ -363,6 +452,8 @@ PackedTileFn avx512_packed_tile(GgmlType type) {
     case GgmlType::Q5_1: return packed_tile<Packed32<Q5_1Packed>>;
     case GgmlType::Q8_0: return packed_tile<Packed32<Q8_0Packed>>;
     case GgmlType::IQ4_NL: return packed_tile<Packed32<IQ4_NLPacked>>;
+    case GgmlType::Q2_K: return packed_tile<Q2_KPacked>;
+    case GgmlType::Q3_K: return packed_tile<Q3_KPacked>;
     case GgmlType::Q4_K: return packed_tile<Q4_KPacked>;
     case GgmlType::Q5_K: return packed_tile<Q5_KPacked>;
     case GgmlType::Q6_K: return packed_tile<Q6_KPacked>;

@@ -47,6 +47,8 @@ int64_t packed_block_bytes(GgmlType type) {
     case GgmlType::Q4_K: return 148;  // 128 quants, 8 scales, 8 mins, d, dmin
     case GgmlType::Q5_K: return 180;  // Q4_K's and 32 bytes of fifth-bit masks
     case GgmlType::Q6_K: return 210;  // 192 quants, 16 scales, d
+    case GgmlType::Q2_K: return 84;   // 64 quants, 16 scale/min bytes, d, dmin
+    case GgmlType::Q3_K: return 114;  // 64 quants, 32 bytes of high-bit masks, 16 scales, d
     default: return 0;
   }
 }
@@ -152,6 +154,45 @@ void pack_row_q6k(const uint8_t* row, int64_t nb, int lane, uint8_t* group) {
   }
 }
 
+// One row of Q2_K or Q3_K: per sub-block j of 16, one chunk of 2-bit values (bits 2i, 2i + 1 of
+// byte k: element 4i + k); Q3_K adds 4 masks per sub-block for the third bit.
+void pack_row_q23k(bool q3, const uint8_t* row, int64_t nb, int lane, uint8_t* group) {
+  uint8_t* quants = group;
+  uint8_t* masks = quants + nb * 1024;
+  uint8_t* scales = masks + (q3 ? nb * 512 : 0);
+  uint8_t* d = scales + nb * 256;
+  uint8_t* dmin = d + nb * 32;
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* qs = q3 ? reinterpret_cast<const BlockQ3_K*>(row)[b].qs : reinterpret_cast<const BlockQ2_K*>(row)[b].qs;
+    uint8_t low[kQKK], high[kQKK];  // element e's 2-bit value and (Q3_K) third bit
+    for (int e = 0; e < kQKK; ++e) {
+      const int h = e / 128, s = (e % 128) / 32, l = e % 32;
+      low[e] = (uint8_t)((qs[32 * h + l] >> (2 * s)) & 3);
+      high[e] = q3 ? (uint8_t)((reinterpret_cast<const BlockQ3_K*>(row)[b].hmask[l] >> (e / 32)) & 1) : 0;
+    }
+    for (int j = 0; j < 16; ++j) {
+      for (int k = 0; k < 4; ++k) {
+        uint8_t byte = 0;
+        for (int i = 0; i < 4; ++i) byte |= (uint8_t)(low[16 * j + 4 * i + k] << (2 * i));
+        quants[b * 1024 + 64 * j + 4 * lane + k] = byte;
+        for (int i = 0; i < 4 && q3; ++i)
+          if (high[16 * j + 4 * i + k]) set_mask_bit(masks + b * 512, 4 * j + i, 4 * lane + k);
+      }
+      if (q3)  // the signed scales in pairs, as Q6_K's
+        scales[b * 256 + (j / 2) * 32 + 2 * lane + j % 2] =
+            (uint8_t)(int8_t)q3k_scale(reinterpret_cast<const BlockQ3_K*>(row)[b].scales, j);
+      else  // the file's byte: scale in the low nibble, min in the high
+        scales[b * 256 + 16 * j + lane] = reinterpret_cast<const BlockQ2_K*>(row)[b].scales[j];
+    }
+    if (q3) {
+      std::memcpy(d + b * 32 + 2 * lane, &reinterpret_cast<const BlockQ3_K*>(row)[b].d, 2);
+    } else {
+      std::memcpy(d + b * 32 + 2 * lane, &reinterpret_cast<const BlockQ2_K*>(row)[b].d, 2);
+      std::memcpy(dmin + b * 32 + 2 * lane, &reinterpret_cast<const BlockQ2_K*>(row)[b].dmin, 2);
+    }
+  }
+}
+
 }  // namespace
 
 PackedTileFn packed_tile_kernel(GgmlType type, Isa isa) {
@@ -185,6 +226,8 @@ void pack_weight(const WeightMatrix& w, uint8_t* out) {
         pack_row32(f32, row, nb, info.block_bytes, lane, group);
       else if (w.type == GgmlType::Q6_K)
         pack_row_q6k(row, nb, lane, group);
+      else if (w.type == GgmlType::Q2_K || w.type == GgmlType::Q3_K)
+        pack_row_q23k(w.type == GgmlType::Q3_K, row, nb, lane, group);
       else
         pack_row_q45k(w.type == GgmlType::Q5_K, row, nb, lane, group);
     }
