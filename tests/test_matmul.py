@@ -175,6 +175,18 @@ def test_packed_rows_match_the_per_row_kernels(qtype):
     assert differs, "packed=True gave the per-row kernels' bits everywhere: the packed path did not run"
 
 
+@pytest.mark.parametrize("qtype", PACKED_TYPES, ids=lambda t: t.name)
+def test_packing_keeps_every_bit_of_the_rows(qtype):
+    """Every byte of random blocks (any scales, any bits) survives packing into 16-row groups and
+    unpacking row by row: get_row reads a tied embedding from its packed head this way."""
+    rng = np.random.default_rng(950 + int(qtype))
+    block_size, type_size = GGML_QUANT_SIZES[qtype]
+    for rows, blocks in ((1, 1), (17, 3), (40, 2)):
+        w = rng.integers(0, 256, size=(rows, blocks * type_size), dtype=np.uint8)
+        back = _core.pack_roundtrip_test(int(qtype), w.tobytes(), rows, blocks * block_size)
+        assert back == w.tobytes(), (rows, blocks)
+
+
 @pytest.mark.parametrize("qtype", [T.Q4_1, T.Q8_0, T.Q6_K, T.F16], ids=lambda t: t.name)
 def test_threads_do_not_change_results(qtype):
     rng = np.random.default_rng(300 + int(qtype))

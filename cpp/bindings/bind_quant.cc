@@ -294,6 +294,20 @@ void bind_quant(nb::module_& m) {
       "active one (after SINKSTREAM_ISA).");
 
   m.def(
+      "pack_roundtrip_test",
+      [](uint32_t type_id, nb::bytes weight, int64_t rows, int64_t cols) {
+        WeightMatrix w = weight_from_bytes(type_id, weight, rows, cols);
+        std::vector<uint8_t> packed((size_t)packed_bytes(w)), rows_back((size_t)(rows * w.row_bytes));
+        pack_weight(w, packed.data());
+        w.packed = packed.data();
+        for (int64_t r = 0; r < rows; ++r) unpack_row(w, r, rows_back.data() + r * w.row_bytes);
+        return nb::bytes(reinterpret_cast<const char*>(rows_back.data()), rows_back.size());
+      },
+      nb::arg("type_id"), nb::arg("weight"), nb::arg("rows"), nb::arg("cols"),
+      "Test hook: packs raw GGML weight bytes into 16-row groups (packed_weights.h) and unpacks every row\n"
+      "again; returns the rows' bytes (equal to the input when the layout loses nothing).");
+
+  m.def(
       "glu_test",
       [](const std::string& activation, F32Array gate, F32Array up, const std::string& isa) {
         SS_CHECK_ARG(gate.shape(0) == up.shape(0), "gate has ", gate.shape(0), " values, up ", up.shape(0));

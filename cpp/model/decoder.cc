@@ -83,16 +83,20 @@ Decoder::Decoder(std::shared_ptr<GgufFile> file) : Model(std::move(file)) {
 // them (ops/cpu/packed_weights.h); the token embedding stays as mapped (get_row reads single rows;
 // a tied head gets its own packed copy through output_). Experts stay in the map: a token reads
 // only the few it is routed to.
-// The file's pages of a packed matrix are then released: the CPU reads only the copy, and a CUDA
-// session (which uploads the file's blocks) or get_row reads them from the file again.
+// The file's pages of each packed slice of rows are released as soon as it is packed (so the load
+// never holds both copies of a large matrix): the CPU reads only the copy, and a CUDA session (which
+// uploads the file's blocks) reads them from the file again. A head tied to the embedding also
+// serves get_row from its packed copy (unpack_row), so embedding lookups do not bring the file's
+// pages back either.
 void Decoder::pack_weights_for_cpu() {
+  const bool tied = output_.data == token_embd_.data;
   std::vector<WeightMatrix*> matrices;
   for (LayerWeights& L : layers_)
     for (WeightMatrix* w : {&L.wq, &L.wk, &L.wv, &L.wqkv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) matrices.push_back(w);
   matrices.push_back(&output_);
-  packed_weights_.pack(matrices, active_isa());
-  for (const WeightMatrix* w : matrices)
-    if (w->packed != nullptr) file_->release_pages(w->data, (uint64_t)(w->rows * w->row_bytes));
+  packed_weights_.pack(matrices, active_isa(),
+                       [&](const uint8_t* data, int64_t bytes) { file_->release_pages(data, (uint64_t)bytes); });
+  if (tied) token_embd_.packed = output_.packed;
 }
 
 // The experts' weights stay in the mapped file: a token reads only its n_expert_used experts'

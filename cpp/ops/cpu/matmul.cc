@@ -209,6 +209,13 @@ void matmul_shared_input(const WeightMatrix* const* ws, float* const* ys, int co
 void get_row(const WeightMatrix& w, int64_t row, float* out) {
   check_weight(w);
   SS_CHECK_ARG(row >= 0 && row < w.rows, "row ", row, " of ", w.name, " is out of range [0, ", w.rows, ")");
+  if (w.packed != nullptr) {  // the file's pages of a packed matrix are released (Decoder)
+    thread_local std::vector<uint8_t> blocks;
+    blocks.resize((size_t)w.row_bytes);
+    unpack_row(w, row, blocks.data());
+    dequantize_row(w.type, blocks.data(), out, w.cols);
+    return;
+  }
   dequantize_row(w.type, w.data + row * w.row_bytes, out, w.cols);
 }
 

@@ -4,6 +4,7 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -193,7 +194,155 @@ void pack_row_q23k(bool q3, const uint8_t* row, int64_t nb, int lane, uint8_t* g
   }
 }
 
+bool mask_bit(const uint8_t* masks, int mask, int bit) {
+  uint64_t m;
+  std::memcpy(&m, masks + 8 * mask, 8);
+  return (m >> bit) & 1u;
+}
+
+// The inverses of the pack_row_* functions: the file's blocks of row `lane` of a group.
+void unpack_row32(const Format32& f, const uint8_t* group, int64_t nb, int64_t block_bytes, int lane, uint8_t* row) {
+  const uint8_t* quants = group;
+  const uint8_t* fifth = quants + nb * f.quant_bytes;
+  const uint8_t* scales = fifth + (f.fifth_bits ? nb * 64 : 0);
+  const uint8_t* mins = scales + nb * kPackRows * 2;
+  for (int64_t b = 0; b < nb; ++b) {
+    uint8_t* block = row + b * block_bytes;
+    uint8_t* qs = block + f.qs_offset;
+    const uint8_t* q = quants + b * f.quant_bytes;
+    for (int c = 0; c < f.quant_bytes / 64; ++c)
+      for (int k = 0; k < 4; ++k) qs[4 * c + k] = f.quant_bytes == 512 ? (uint8_t)(q[64 * c + 4 * lane + k] ^ 0x80) : q[64 * c + 4 * lane + k];
+    if (f.fifth_bits) {
+      uint32_t qh = 0;
+      for (int j = 0; j < 8; ++j) {
+        const int first_element = j < 4 ? 4 * j : 16 + 4 * (j - 4);
+        for (int k = 0; k < 4; ++k)
+          if (mask_bit(fifth + b * 64, j, 4 * lane + k)) qh |= 1u << (first_element + k);
+      }
+      std::memcpy(block + f.qh_offset, &qh, 4);
+    }
+    std::memcpy(block + f.d_offset, scales + (b * kPackRows + lane) * 2, 2);
+    if (f.mins) std::memcpy(block + f.m_offset, mins + (b * kPackRows + lane) * 2, 2);
+  }
+}
+
+void unpack_row_q45k(bool q5, const uint8_t* group, int64_t nb, int lane, uint8_t* row) {
+  const uint8_t* quants = group;
+  const uint8_t* fifth = quants + nb * 2048;
+  const uint8_t* scales = fifth + (q5 ? nb * 512 : 0);
+  const uint8_t* mins = scales + nb * 128;
+  const uint8_t* d = mins + nb * 128;
+  const uint8_t* dmin = d + nb * 32;
+  for (int64_t b = 0; b < nb; ++b) {
+    uint8_t* block = row + b * (q5 ? sizeof(BlockQ5_K) : sizeof(BlockQ4_K));
+    uint8_t* packed_scales = q5 ? reinterpret_cast<BlockQ5_K*>(block)->scales : reinterpret_cast<BlockQ4_K*>(block)->scales;
+    uint8_t* qs = q5 ? reinterpret_cast<BlockQ5_K*>(block)->qs : reinterpret_cast<BlockQ4_K*>(block)->qs;
+    for (int n = 0; n < 32; ++n)
+      for (int k = 0; k < 4; ++k) qs[4 * n + k] = quants[b * 2048 + 64 * n + 4 * lane + k];
+    if (q5) {
+      uint8_t* qh = reinterpret_cast<BlockQ5_K*>(block)->qh;
+      std::memset(qh, 0, kQKK / 8);
+      for (int n = 0; n < 32; ++n) {
+        const int c = n / 8, first = 4 * (n % 8);
+        for (int k = 0; k < 4; ++k) {
+          if (mask_bit(fifth + b * 512, n, 4 * lane + k)) qh[first + k] |= (uint8_t)(1u << (2 * c));
+          if (mask_bit(fifth + b * 512, 32 + n, 4 * lane + k)) qh[first + k] |= (uint8_t)(1u << (2 * c + 1));
+        }
+      }
+    }
+    uint8_t sc[8], m[8];
+    for (int j = 0; j < 8; ++j) sc[j] = scales[b * 128 + 16 * j + lane], m[j] = mins[b * 128 + 16 * j + lane];
+    for (int j = 0; j < 4; ++j) {  // unpack_k4_scale_min's layout (quant_blocks.h)
+      packed_scales[j] = (uint8_t)(sc[j] | (sc[j + 4] >> 4) << 6);
+      packed_scales[j + 4] = (uint8_t)(m[j] | (m[j + 4] >> 4) << 6);
+      packed_scales[j + 8] = (uint8_t)((sc[j + 4] & 0x0f) | (m[j + 4] & 0x0f) << 4);
+    }
+    std::memcpy(block, d + b * 32 + 2 * lane, 2);
+    std::memcpy(block + 2, dmin + b * 32 + 2 * lane, 2);
+  }
+}
+
+void unpack_row_q6k(const uint8_t* group, int64_t nb, int lane, uint8_t* row) {
+  const uint8_t* quants = group;
+  const uint8_t* scales = quants + nb * 3072;
+  const uint8_t* d = scales + nb * 256;
+  for (int64_t b = 0; b < nb; ++b) {
+    BlockQ6_K& block = reinterpret_cast<BlockQ6_K*>(row)[b];
+    std::memset(&block, 0, sizeof(block));
+    for (int j = 0; j < 16; ++j) {
+      const uint8_t* chunks = quants + b * 3072 + j * 192 + 4 * lane;
+      for (int k = 0; k < 4; ++k) {
+        const int values[4] = {chunks[k] & 0x0f, chunks[k] >> 4, chunks[64 + k] & 0x0f, chunks[64 + k] >> 4};
+        for (int i = 0; i < 4; ++i) {
+          const int e = 16 * j + 4 * i + k, h = e / 128, r = e % 128;
+          const int value = values[i] | ((chunks[128 + k] >> (2 * i)) & 3) << 4;
+          block.ql[64 * h + r % 64] |= (uint8_t)((value & 0x0f) << (4 * (r / 64)));
+          block.qh[32 * h + r % 32] |= (uint8_t)((value >> 4) << (2 * (r / 32)));
+        }
+      }
+      block.scales[j] = (int8_t)scales[b * 256 + (j / 2) * 32 + 2 * lane + j % 2];
+    }
+    std::memcpy(&block.d, d + b * 32 + 2 * lane, 2);
+  }
+}
+
+void unpack_row_q23k(bool q3, const uint8_t* group, int64_t nb, int lane, uint8_t* row) {
+  const uint8_t* quants = group;
+  const uint8_t* masks = quants + nb * 1024;
+  const uint8_t* scales = masks + (q3 ? nb * 512 : 0);
+  const uint8_t* d = scales + nb * 256;
+  const uint8_t* dmin = d + nb * 32;
+  for (int64_t b = 0; b < nb; ++b) {
+    uint8_t* block = row + b * (q3 ? sizeof(BlockQ3_K) : sizeof(BlockQ2_K));
+    std::memset(block, 0, q3 ? sizeof(BlockQ3_K) : sizeof(BlockQ2_K));
+    uint8_t* qs = q3 ? reinterpret_cast<BlockQ3_K*>(block)->qs : reinterpret_cast<BlockQ2_K*>(block)->qs;
+    for (int j = 0; j < 16; ++j) {
+      for (int k = 0; k < 4; ++k) {
+        const uint8_t byte = quants[b * 1024 + 64 * j + 4 * lane + k];
+        for (int i = 0; i < 4; ++i) {
+          const int e = 16 * j + 4 * i + k, h = e / 128, s = (e % 128) / 32, l = e % 32;
+          qs[32 * h + l] |= (uint8_t)(((byte >> (2 * i)) & 3) << (2 * s));
+          if (q3 && mask_bit(masks + b * 512, 4 * j + i, 4 * lane + k))
+            reinterpret_cast<BlockQ3_K*>(block)->hmask[l] |= (uint8_t)(1u << (e / 32));
+        }
+      }
+      if (q3) {  // q3k_scale's layout (quant_blocks.h), of the scale + 32 (0 .. 63)
+        const int u = (int8_t)scales[b * 256 + (j / 2) * 32 + 2 * lane + j % 2] + 32;
+        uint8_t* packed = reinterpret_cast<BlockQ3_K*>(block)->scales;
+        packed[j % 8] |= (uint8_t)((u & 0x0f) << (4 * (j / 8)));
+        packed[8 + (j & 3)] |= (uint8_t)((u >> 4) << (2 * (j >> 2)));
+      } else {
+        reinterpret_cast<BlockQ2_K*>(block)->scales[j] = scales[b * 256 + 16 * j + lane];
+      }
+    }
+    if (q3) {
+      std::memcpy(&reinterpret_cast<BlockQ3_K*>(block)->d, d + b * 32 + 2 * lane, 2);
+    } else {
+      std::memcpy(&reinterpret_cast<BlockQ2_K*>(block)->d, d + b * 32 + 2 * lane, 2);
+      std::memcpy(&reinterpret_cast<BlockQ2_K*>(block)->dmin, dmin + b * 32 + 2 * lane, 2);
+    }
+  }
+}
+
 }  // namespace
+
+void unpack_row(const WeightMatrix& w, int64_t row, uint8_t* out) {
+  SS_CHECK_ARG(w.packed != nullptr && row >= 0 && row < w.rows, "unpack_row: row ", row, " of ", w.name,
+               w.packed == nullptr ? " (not packed)" : "");
+  const GgmlTypeInfo& info = ggml_type_info(w.type);
+  const int64_t nb = w.cols / info.block_size;
+  const uint8_t* group = w.packed + (row / kPackRows) * packed_group_bytes(w);
+  const int lane = (int)(row % kPackRows);
+  Format32 f32;
+  if (format32(w.type, &f32))
+    unpack_row32(f32, group, nb, info.block_bytes, lane, out);
+  else if (w.type == GgmlType::Q6_K)
+    unpack_row_q6k(group, nb, lane, out);
+  else if (w.type == GgmlType::Q2_K || w.type == GgmlType::Q3_K)
+    unpack_row_q23k(w.type == GgmlType::Q3_K, group, nb, lane, out);
+  else
+    unpack_row_q45k(w.type == GgmlType::Q5_K, group, nb, lane, out);
+}
 
 PackedTileFn packed_tile_kernel(GgmlType type, Isa isa) {
   if (packed_block_bytes(type) == 0) return nullptr;
@@ -236,7 +385,8 @@ void pack_weight(const WeightMatrix& w, uint8_t* out) {
 
 void PackedWeightStore::FreeAligned::operator()(uint8_t* p) const { std::free(p); }
 
-void PackedWeightStore::pack(const std::vector<WeightMatrix*>& weights, Isa isa) {
+void PackedWeightStore::pack(const std::vector<WeightMatrix*>& weights, Isa isa,
+                             const std::function<void(const uint8_t* data, int64_t bytes)>& done) {
   // One allocation for all of them, each matrix on a cache line: 64-byte chunks stay aligned.
   std::vector<WeightMatrix*> packable;
   std::vector<int64_t> offsets;
@@ -262,8 +412,17 @@ void PackedWeightStore::pack(const std::vector<WeightMatrix*>& weights, Isa isa)
   madvise(arena, (size_t)size, MADV_HUGEPAGE);  // a hint: fine if refused
 #endif
   for (size_t i = 0; i < packable.size(); ++i) {
-    pack_weight(*packable[i], arena + offsets[i]);
-    packable[i]->packed = arena + offsets[i];
+    WeightMatrix& w = *packable[i];
+    const int64_t group_bytes = packed_group_bytes(w);
+    // Slices of whole groups pack to exactly their groups of the whole matrix.
+    for (int64_t first = 0; first < w.rows; first += kPackSliceRows) {
+      WeightMatrix slice = w;
+      slice.data = w.data + first * w.row_bytes;
+      slice.rows = std::min(kPackSliceRows, w.rows - first);
+      pack_weight(slice, arena + offsets[i] + first / kPackRows * group_bytes);
+      if (done) done(slice.data, slice.rows * slice.row_bytes);
+    }
+    w.packed = arena + offsets[i];
   }
   bytes_ += total;
 }

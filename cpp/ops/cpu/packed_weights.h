@@ -46,6 +46,7 @@
 // sessions gives the same bits. (Across ISA levels results differ in float order, as before.)
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -77,12 +78,19 @@ int64_t packed_bytes(const WeightMatrix& w);
 // Writes the layout above for w (type with packed kernels, any ISA) into out (packed_bytes(w)).
 void pack_weight(const WeightMatrix& w, uint8_t* out);
 
+// The file's bytes of row `row` of packed w (row_bytes of them): the exact inverse of pack_weight,
+// so get_row can read a tied embedding from its packed head instead of the file's pages.
+void unpack_row(const WeightMatrix& w, int64_t row, uint8_t* out);
+
 // Packed copies of weights, kept alive as long as the WeightMatrix values that point at them.
 class PackedWeightStore {
  public:
   // Packs, into one allocation, each weight whose type has kernels at `isa` (sets its `packed`);
-  // leaves the others as they are.
-  void pack(const std::vector<WeightMatrix*>& weights, Isa isa);
+  // leaves the others as they are. Large matrices go kPackSliceRows rows at a time, and done (if
+  // set) is called with each slice's source bytes once they are packed (to release them).
+  void pack(const std::vector<WeightMatrix*>& weights, Isa isa,
+            const std::function<void(const uint8_t* data, int64_t bytes)>& done = {});
+  static constexpr int64_t kPackSliceRows = 64 * kPackRows;
   int64_t bytes() const { return bytes_; }
 
  private:
