@@ -77,6 +77,8 @@ QuantizeFn select_quantize(Isa isa);
 // kernel unpack each weight block once and reuse it from registers (prefill). Rows are done one
 // after the other: interleaving rows (to share activation loads) made DRAM streaming of the weights
 // 2-4x slower, as the hardware prefetchers then see short interleaved streams instead of one.
+// (packed_weights.h interleaves rows in storage instead, at load, for the levels that have kernels
+// for it: one contiguous stream again; these per-row kernels serve the other levels and types.)
 using DotTileFn = void (*)(int64_t n_blocks, const uint8_t* w, int64_t w_stride, int nr, const uint8_t* x,
                            int64_t x_stride, int nt, float* y, int64_t y_stride);
 constexpr int kTokenTile = 4;
