@@ -131,45 +131,52 @@ static inline void prefetch_ahead(const uint8_t* group, int64_t group_bytes, int
   const int64_t share = group_bytes / nb;
   // Integer arithmetic: the address may lie past the matrix, where pointer arithmetic would be UB.
   const uintptr_t ahead = reinterpret_cast<uintptr_t>(group) + (uintptr_t)(kPrefetchGroups * group_bytes + b * share);
-  for (int64_t i = 0; i < share; i += 64) _mm_prefetch(reinterpret_cast<const char*>(ahead + (uintptr_t)i), _MM_HINT_T0);
+  for (int64_t i = 0; i < share; i += 64)
+    _mm_prefetch(reinterpret_cast<const char*>(ahead + (uintptr_t)i), _MM_HINT_T0);
 }
 
-template <typename Traits, int NT>
-static void group_dot(int64_t nb, const uint8_t* group, int64_t group_bytes, const uint8_t* x, int64_t xs, float* y,
-                      int64_t ys, __mmask16 store) {
-  const uint8_t* quants = group;
-  const uint8_t* fifth = quants + nb * Traits::kQuantBytes;
-  const uint8_t* scales = fifth + (Traits::kFifthBits ? nb * 64 : 0);
-  const uint8_t* mins = scales + nb * kPackRows * 2;
-  const int64_t scales_offset = q8a_scales_offset(nb);
-  const uint8_t* act[NT];
-  const Q8AScale* act_scales[NT];
-  __m512 acc[NT], extra[NT];
-  for (int t = 0; t < NT; ++t) {
-    act[t] = x + t * xs;
-    act_scales[t] = reinterpret_cast<const Q8AScale*>(act[t] + scales_offset);
-    acc[t] = _mm512_setzero_ps();
-    extra[t] = _mm512_setzero_ps();
-  }
-  for (int64_t b = 0; b < nb; ++b) {
-    prefetch_ahead(group, group_bytes, nb, b);
-    __m512i isum[NT];
-    for (int t = 0; t < NT; ++t) isum[t] = _mm512_setzero_si512();
-    if constexpr (Traits::kQuantBytes == 512)
-      block_sums_q8_0<NT>(quants + b * 512, act, b, isum);
-    else
-      block_sums<Traits, NT>(quants + b * 256, fifth + b * 64, act, b, isum);
-    const __m512 d = load_halves(scales + b * 32);
-    // The offset or min term's weight factor: min m, or -offset * d.
-    const __m512 e = Traits::kMins ? load_halves(mins + b * 32) : _mm512_mul_ps(d, _mm512_set1_ps(-Traits::kOffset));
+// The 32-element types (Traits above): per block, 16 rows x NT tokens of exact int32 sums, then
+// one scale step and one offset / min step per token.
+template <typename Traits>
+struct Packed32 {
+  static constexpr int kMaxTokens = 8;
+  template <int NT>
+  static void run(int64_t nb, const uint8_t* group, int64_t group_bytes, const uint8_t* x, int64_t xs, float* y,
+                  int64_t ys, __mmask16 store) {
+    const uint8_t* quants = group;
+    const uint8_t* fifth = quants + nb * Traits::kQuantBytes;
+    const uint8_t* scales = fifth + (Traits::kFifthBits ? nb * 64 : 0);
+    const uint8_t* mins = scales + nb * kPackRows * 2;
+    const int64_t scales_offset = q8a_scales_offset(nb);
+    const uint8_t* act[NT];
+    const Q8AScale* act_scales[NT];
+    __m512 acc[NT], extra[NT];
     for (int t = 0; t < NT; ++t) {
-      const Q8AScale s = act_scales[t][b];
-      acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(s.d)), _mm512_cvtepi32_ps(isum[t]), acc[t]);
-      extra[t] = _mm512_fmadd_ps(e, _mm512_set1_ps(s.ds), extra[t]);
+      act[t] = x + t * xs;
+      act_scales[t] = reinterpret_cast<const Q8AScale*>(act[t] + scales_offset);
+      acc[t] = _mm512_setzero_ps();
+      extra[t] = _mm512_setzero_ps();
     }
+    for (int64_t b = 0; b < nb; ++b) {
+      prefetch_ahead(group, group_bytes, nb, b);
+      __m512i isum[NT];
+      for (int t = 0; t < NT; ++t) isum[t] = _mm512_setzero_si512();
+      if constexpr (Traits::kQuantBytes == 512)
+        block_sums_q8_0<NT>(quants + b * 512, act, b, isum);
+      else
+        block_sums<Traits, NT>(quants + b * 256, fifth + b * 64, act, b, isum);
+      const __m512 d = load_halves(scales + b * 32);
+      // The offset or min term's weight factor: min m, or -offset * d.
+      const __m512 e = Traits::kMins ? load_halves(mins + b * 32) : _mm512_mul_ps(d, _mm512_set1_ps(-Traits::kOffset));
+      for (int t = 0; t < NT; ++t) {
+        const Q8AScale s = act_scales[t][b];
+        acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(s.d)), _mm512_cvtepi32_ps(isum[t]), acc[t]);
+        extra[t] = _mm512_fmadd_ps(e, _mm512_set1_ps(s.ds), extra[t]);
+      }
+    }
+    for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * ys, store, _mm512_add_ps(acc[t], extra[t]));
   }
-  for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * ys, store, _mm512_add_ps(acc[t], extra[t]));
-}
+};
 
 // ---- K-quants: one int32 total per super-block (each sub-block's exact sum times its integer
 // scale), one float step per super-block and token ----------------------------------------------
@@ -185,237 +192,204 @@ static inline __m512i widen16(const uint8_t* p) {
 }
 
 // Q4_K / Q5_K: y = d d_x sum_j sc_j isum_j - dmin d_x sum_j m_j (bsum_2j + bsum_2j+1).
-template <bool kFifthBits, int NT>
-static void group_dot_q45k(int64_t nb, const uint8_t* group, int64_t group_bytes, const uint8_t* x, int64_t xs,
-                           float* y, int64_t ys, __mmask16 store) {
-  const uint8_t* quants = group;
-  const uint8_t* fifth = quants + nb * 2048;
-  const uint8_t* scales = fifth + (kFifthBits ? nb * 512 : 0);
-  const uint8_t* mins = scales + nb * 128;
-  const uint8_t* d_half = mins + nb * 128;
-  const uint8_t* dmin_half = d_half + nb * 32;
-  const __m512i low4 = _mm512_set1_epi8(0x0f), sixteen = _mm512_set1_epi8(0x10);
-  __m512 acc[NT], extra[NT];
-  for (int t = 0; t < NT; ++t) acc[t] = extra[t] = _mm512_setzero_ps();
-  for (int64_t b = 0; b < nb; ++b) {
-    prefetch_ahead(group, group_bytes, nb, b);
-    const uint8_t* q = quants + b * 2048;
-    __m512i total[NT];
-    for (int t = 0; t < NT; ++t) total[t] = _mm512_setzero_si512();
-    for (int c = 0; c < 4; ++c) {  // sub-blocks 2c (low nibbles) and 2c + 1 (high nibbles)
-      __m512i sum_lo[NT], sum_hi[NT];
-      for (int t = 0; t < NT; ++t) sum_lo[t] = sum_hi[t] = _mm512_setzero_si512();
-      for (int i = 0; i < 8; ++i) {
-        const int n = 8 * c + i;
-        const __m512i packed = load512(q + 64 * n);
-        __m512i lo = _mm512_and_si512(packed, low4);
-        __m512i hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low4);
-        if constexpr (kFifthBits) {
-          uint64_t mask_lo, mask_hi;
-          std::memcpy(&mask_lo, fifth + b * 512 + 8 * n, 8);
-          std::memcpy(&mask_hi, fifth + b * 512 + 8 * (32 + n), 8);
-          lo = _mm512_mask_add_epi8(lo, _cvtu64_mask64(mask_lo), lo, sixteen);
-          hi = _mm512_mask_add_epi8(hi, _cvtu64_mask64(mask_hi), hi, sixteen);
+template <bool kFifthBits>
+struct PackedQ45K {
+  static constexpr int kMaxTokens = 4;
+  template <int NT>
+  static void run(int64_t nb, const uint8_t* group, int64_t group_bytes, const uint8_t* x, int64_t xs, float* y,
+                  int64_t ys, __mmask16 store) {
+    const uint8_t* quants = group;
+    const uint8_t* fifth = quants + nb * 2048;
+    const uint8_t* scales = fifth + (kFifthBits ? nb * 512 : 0);
+    const uint8_t* mins = scales + nb * 128;
+    const uint8_t* d_half = mins + nb * 128;
+    const uint8_t* dmin_half = d_half + nb * 32;
+    const __m512i low4 = _mm512_set1_epi8(0x0f), sixteen = _mm512_set1_epi8(0x10);
+    __m512 acc[NT], extra[NT];
+    for (int t = 0; t < NT; ++t) acc[t] = extra[t] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      prefetch_ahead(group, group_bytes, nb, b);
+      const uint8_t* q = quants + b * 2048;
+      __m512i total[NT];
+      for (int t = 0; t < NT; ++t) total[t] = _mm512_setzero_si512();
+      for (int c = 0; c < 4; ++c) {  // sub-blocks 2c (low nibbles) and 2c + 1 (high nibbles)
+        __m512i sum_lo[NT], sum_hi[NT];
+        for (int t = 0; t < NT; ++t) sum_lo[t] = sum_hi[t] = _mm512_setzero_si512();
+        for (int i = 0; i < 8; ++i) {
+          const int n = 8 * c + i;
+          const __m512i packed = load512(q + 64 * n);
+          __m512i lo = _mm512_and_si512(packed, low4);
+          __m512i hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low4);
+          if constexpr (kFifthBits) {
+            uint64_t mask_lo, mask_hi;
+            std::memcpy(&mask_lo, fifth + b * 512 + 8 * n, 8);
+            std::memcpy(&mask_hi, fifth + b * 512 + 8 * (32 + n), 8);
+            lo = _mm512_mask_add_epi8(lo, _cvtu64_mask64(mask_lo), lo, sixteen);
+            hi = _mm512_mask_add_epi8(hi, _cvtu64_mask64(mask_hi), hi, sixteen);
+          }
+          for (int t = 0; t < NT; ++t) {
+            const int8_t* a = q8k_block(x, xs, t, b)->qs + 64 * c + 4 * i;
+            sum_lo[t] = _mm512_dpbusd_epi32(sum_lo[t], lo, broadcast4(a));
+            sum_hi[t] = _mm512_dpbusd_epi32(sum_hi[t], hi, broadcast4(a + 32));
+          }
         }
-        for (int t = 0; t < NT; ++t) {
-          const int8_t* a = q8k_block(x, xs, t, b)->qs + 64 * c + 4 * i;
-          sum_lo[t] = _mm512_dpbusd_epi32(sum_lo[t], lo, broadcast4(a));
-          sum_hi[t] = _mm512_dpbusd_epi32(sum_hi[t], hi, broadcast4(a + 32));
-        }
+        const __m512i sc_lo = widen16(scales + b * 128 + 16 * (2 * c));
+        const __m512i sc_hi = widen16(scales + b * 128 + 16 * (2 * c + 1));
+        for (int t = 0; t < NT; ++t)
+          total[t] = _mm512_add_epi32(total[t], _mm512_add_epi32(_mm512_mullo_epi32(sum_lo[t], sc_lo),
+                                                                 _mm512_mullo_epi32(sum_hi[t], sc_hi)));
       }
-      const __m512i sc_lo = widen16(scales + b * 128 + 16 * (2 * c)), sc_hi = widen16(scales + b * 128 + 16 * (2 * c + 1));
-      for (int t = 0; t < NT; ++t)
-        total[t] = _mm512_add_epi32(total[t], _mm512_add_epi32(_mm512_mullo_epi32(sum_lo[t], sc_lo),
-                                                               _mm512_mullo_epi32(sum_hi[t], sc_hi)));
+      // Mins: the 16-element bsums in pairs against [m_j, m_j] in each row's lane.
+      __m512i min_total[NT];
+      for (int t = 0; t < NT; ++t) min_total[t] = _mm512_setzero_si512();
+      for (int j = 0; j < 8; ++j) {
+        const __m512i m = widen16(mins + b * 128 + 16 * j);
+        const __m512i m_twice = _mm512_or_si512(m, _mm512_slli_epi32(m, 16));
+        for (int t = 0; t < NT; ++t)
+          min_total[t] = _mm512_dpwssd_epi32(min_total[t], m_twice, broadcast4(q8k_block(x, xs, t, b)->bsums + 2 * j));
+      }
+      const __m512 d = load_halves(d_half + b * 32), dmin = load_halves(dmin_half + b * 32);
+      for (int t = 0; t < NT; ++t) {
+        const __m512 dx = _mm512_set1_ps(q8k_block(x, xs, t, b)->d);
+        acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(total[t]), acc[t]);
+        extra[t] = _mm512_fmadd_ps(_mm512_mul_ps(dmin, dx), _mm512_cvtepi32_ps(min_total[t]), extra[t]);
+      }
     }
-    // Mins: the 16-element bsums in pairs against [m_j, m_j] in each row's lane.
-    __m512i min_total[NT];
-    for (int t = 0; t < NT; ++t) min_total[t] = _mm512_setzero_si512();
-    for (int j = 0; j < 8; ++j) {
-      const __m512i m = widen16(mins + b * 128 + 16 * j);
-      const __m512i m_twice = _mm512_or_si512(m, _mm512_slli_epi32(m, 16));
-      for (int t = 0; t < NT; ++t)
-        min_total[t] = _mm512_dpwssd_epi32(min_total[t], m_twice, broadcast4(q8k_block(x, xs, t, b)->bsums + 2 * j));
-    }
-    const __m512 d = load_halves(d_half + b * 32), dmin = load_halves(dmin_half + b * 32);
-    for (int t = 0; t < NT; ++t) {
-      const __m512 dx = _mm512_set1_ps(q8k_block(x, xs, t, b)->d);
-      acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(total[t]), acc[t]);
-      extra[t] = _mm512_fmadd_ps(_mm512_mul_ps(dmin, dx), _mm512_cvtepi32_ps(min_total[t]), extra[t]);
-    }
+    for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * ys, store, _mm512_sub_ps(acc[t], extra[t]));
   }
-  for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * ys, store, _mm512_sub_ps(acc[t], extra[t]));
-}
+};
 
 // Q6_K: y = d d_x sum_j sc_j (isum_j - 32 bsum_j), the 6-bit values stored unsigned (q + 32).
-template <int NT>
-static void group_dot_q6k(int64_t nb, const uint8_t* group, int64_t group_bytes, const uint8_t* x, int64_t xs,
-                          float* y, int64_t ys, __mmask16 store) {
-  const uint8_t* quants = group;
-  const uint8_t* scales = quants + nb * 3072;
-  const uint8_t* d_half = scales + nb * 256;
-  const __m512i low4 = _mm512_set1_epi8(0x0f), top2 = _mm512_set1_epi8(0x30);
-  __m512 acc[NT];
-  for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
-  for (int64_t b = 0; b < nb; ++b) {
-    prefetch_ahead(group, group_bytes, nb, b);
-    __m512i total[NT], offset[NT];
-    for (int t = 0; t < NT; ++t) total[t] = offset[t] = _mm512_setzero_si512();
-    for (int p = 0; p < 8; ++p) {  // sub-blocks 2p, 2p + 1
-      // The pair's scales as int16 pairs [sc_2p, sc_2p+1] per row: the bsums term in one VPDPWSSD.
-      const __m512i sc_pair = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + b * 256 + 32 * p)));
-      for (int t = 0; t < NT; ++t)
-        offset[t] = _mm512_dpwssd_epi32(offset[t], sc_pair, broadcast4(q8k_block(x, xs, t, b)->bsums + 2 * p));
-      for (int half = 0; half < 2; ++half) {
-        const int j = 2 * p + half;
-        const uint8_t* chunks = quants + b * 3072 + j * 192;
-        const __m512i l0 = load512(chunks), l1 = load512(chunks + 64), h = load512(chunks + 128);
-        const __m512i v[4] = {
-            _mm512_or_si512(_mm512_and_si512(l0, low4), _mm512_and_si512(_mm512_slli_epi16(h, 4), top2)),
-            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l0, 4), low4), _mm512_and_si512(_mm512_slli_epi16(h, 2), top2)),
-            _mm512_or_si512(_mm512_and_si512(l1, low4), _mm512_and_si512(h, top2)),
-            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l1, 4), low4), _mm512_and_si512(_mm512_srli_epi16(h, 2), top2))};
-        // Sub-block j's int32 scale: the low (even j) or high (odd j) int16 of each lane, sign-extended.
-        const __m512i sc = half == 0 ? _mm512_srai_epi32(_mm512_slli_epi32(sc_pair, 16), 16) : _mm512_srai_epi32(sc_pair, 16);
-        for (int t = 0; t < NT; ++t) {
-          const int8_t* a = q8k_block(x, xs, t, b)->qs + 16 * j;
-          __m512i sum = _mm512_setzero_si512();
-          for (int k = 0; k < 4; ++k) sum = _mm512_dpbusd_epi32(sum, v[k], broadcast4(a + 4 * k));
-          total[t] = _mm512_add_epi32(total[t], _mm512_mullo_epi32(sum, sc));
+struct PackedQ6K {
+  static constexpr int kMaxTokens = 4;
+  template <int NT>
+  static void run(int64_t nb, const uint8_t* group, int64_t group_bytes, const uint8_t* x, int64_t xs, float* y,
+                  int64_t ys, __mmask16 store) {
+    const uint8_t* quants = group;
+    const uint8_t* scales = quants + nb * 3072;
+    const uint8_t* d_half = scales + nb * 256;
+    const __m512i low4 = _mm512_set1_epi8(0x0f), top2 = _mm512_set1_epi8(0x30);
+    __m512 acc[NT];
+    for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      prefetch_ahead(group, group_bytes, nb, b);
+      __m512i total[NT], offset[NT];
+      for (int t = 0; t < NT; ++t) total[t] = offset[t] = _mm512_setzero_si512();
+      for (int p = 0; p < 8; ++p) {  // sub-blocks 2p, 2p + 1
+        // The pair's scales as int16 pairs [sc_2p, sc_2p+1] per row: the bsums term in one VPDPWSSD.
+        const __m512i sc_pair = _mm512_cvtepi8_epi16(
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + b * 256 + 32 * p)));
+        for (int t = 0; t < NT; ++t)
+          offset[t] = _mm512_dpwssd_epi32(offset[t], sc_pair, broadcast4(q8k_block(x, xs, t, b)->bsums + 2 * p));
+        for (int half = 0; half < 2; ++half) {
+          const int j = 2 * p + half;
+          const uint8_t* chunks = quants + b * 3072 + j * 192;
+          const __m512i l0 = load512(chunks), l1 = load512(chunks + 64), h = load512(chunks + 128);
+          // Value = low nibble | top two bits << 4 (bits 4, 5; the masks drop what the 16-bit shifts carry over).
+          const auto value = [&](__m512i low, __m512i top) {
+            return _mm512_or_si512(_mm512_and_si512(low, low4), _mm512_and_si512(top, top2));
+          };
+          const __m512i v[4] = {value(l0, _mm512_slli_epi16(h, 4)),
+                                value(_mm512_srli_epi16(l0, 4), _mm512_slli_epi16(h, 2)), value(l1, h),
+                                value(_mm512_srli_epi16(l1, 4), _mm512_srli_epi16(h, 2))};
+          // Sub-block j's int32 scale: the low (even j) or high (odd j) int16 of each lane, sign-extended.
+          const __m512i sc =
+              half == 0 ? _mm512_srai_epi32(_mm512_slli_epi32(sc_pair, 16), 16) : _mm512_srai_epi32(sc_pair, 16);
+          for (int t = 0; t < NT; ++t) {
+            const int8_t* a = q8k_block(x, xs, t, b)->qs + 16 * j;
+            __m512i sum = _mm512_setzero_si512();
+            for (int k = 0; k < 4; ++k) sum = _mm512_dpbusd_epi32(sum, v[k], broadcast4(a + 4 * k));
+            total[t] = _mm512_add_epi32(total[t], _mm512_mullo_epi32(sum, sc));
+          }
         }
       }
+      const __m512 d = load_halves(d_half + b * 32);
+      for (int t = 0; t < NT; ++t) {
+        // - 32 sum_j sc_j bsum_j
+        const __m512i centered = _mm512_sub_epi32(total[t], _mm512_slli_epi32(offset[t], 5));
+        const __m512 dx = _mm512_set1_ps(q8k_block(x, xs, t, b)->d);
+        acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(centered), acc[t]);
+      }
     }
-    const __m512 d = load_halves(d_half + b * 32);
-    for (int t = 0; t < NT; ++t) {
-      const __m512i centered = _mm512_sub_epi32(total[t], _mm512_slli_epi32(offset[t], 5));  // - 32 sum_j sc_j bsum_j
-      acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(q8k_block(x, xs, t, b)->d)), _mm512_cvtepi32_ps(centered),
-                               acc[t]);
-    }
+    for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * ys, store, acc[t]);
   }
-  for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * ys, store, acc[t]);
-}
+};
 
 // Q2_K: y = d d_x sum_j sc_j isum_j - dmin d_x sum_j m_j bsum_j (sub-blocks of 16, 4-bit sc and m).
 // Q3_K: y = d d_x sum_j sc_j (isum_j - 4 bsum_j), the stored values q + 4 in 0 .. 7, sc signed.
-template <bool kQ3, int NT>
-static void group_dot_q23k(int64_t nb, const uint8_t* group, int64_t group_bytes, const uint8_t* x, int64_t xs,
-                           float* y, int64_t ys, __mmask16 store) {
-  const uint8_t* quants = group;
-  const uint8_t* masks = quants + nb * 1024;
-  const uint8_t* scales = masks + (kQ3 ? nb * 512 : 0);
-  const uint8_t* d_half = scales + nb * 256;
-  const uint8_t* dmin_half = d_half + nb * 32;
-  const __m512i three = _mm512_set1_epi8(3), four = _mm512_set1_epi8(4), low4 = _mm512_set1_epi32(0x0f);
-  __m512 acc[NT], extra[NT];
-  for (int t = 0; t < NT; ++t) acc[t] = extra[t] = _mm512_setzero_ps();
-  for (int64_t b = 0; b < nb; ++b) {
-    prefetch_ahead(group, group_bytes, nb, b);
-    __m512i total[NT], offset[NT];
-    for (int t = 0; t < NT; ++t) total[t] = offset[t] = _mm512_setzero_si512();
-    for (int j = 0; j < 16; ++j) {
-      const __m512i chunk = load512(quants + b * 1024 + 64 * j);
-      __m512i v[4];
-      for (int i = 0; i < 4; ++i) {
-        v[i] = _mm512_and_si512(_mm512_srli_epi16(chunk, 2 * i), three);
+template <bool kQ3>
+struct PackedQ23K {
+  static constexpr int kMaxTokens = 4;
+  template <int NT>
+  static void run(int64_t nb, const uint8_t* group, int64_t group_bytes, const uint8_t* x, int64_t xs, float* y,
+                  int64_t ys, __mmask16 store) {
+    const uint8_t* quants = group;
+    const uint8_t* masks = quants + nb * 1024;
+    const uint8_t* scales = masks + (kQ3 ? nb * 512 : 0);
+    const uint8_t* d_half = scales + nb * 256;
+    const uint8_t* dmin_half = d_half + nb * 32;
+    const __m512i three = _mm512_set1_epi8(3), four = _mm512_set1_epi8(4), low4 = _mm512_set1_epi32(0x0f);
+    __m512 acc[NT], extra[NT];
+    for (int t = 0; t < NT; ++t) acc[t] = extra[t] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      prefetch_ahead(group, group_bytes, nb, b);
+      __m512i total[NT], offset[NT];
+      for (int t = 0; t < NT; ++t) total[t] = offset[t] = _mm512_setzero_si512();
+      for (int j = 0; j < 16; ++j) {
+        const __m512i chunk = load512(quants + b * 1024 + 64 * j);
+        __m512i v[4];
+        for (int i = 0; i < 4; ++i) {
+          v[i] = _mm512_and_si512(_mm512_srli_epi16(chunk, 2 * i), three);
+          if constexpr (kQ3) {
+            uint64_t mask;
+            std::memcpy(&mask, masks + b * 512 + 8 * (4 * j + i), 8);
+            v[i] = _mm512_mask_add_epi8(v[i], _cvtu64_mask64(mask), v[i], four);
+          }
+        }
+        __m512i sc;
         if constexpr (kQ3) {
-          uint64_t mask;
-          std::memcpy(&mask, masks + b * 512 + 8 * (4 * j + i), 8);
-          v[i] = _mm512_mask_add_epi8(v[i], _cvtu64_mask64(mask), v[i], four);
+          const __m512i pair = _mm512_cvtepi8_epi16(
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + b * 256 + 32 * (j / 2))));
+          sc = j % 2 == 0 ? _mm512_srai_epi32(_mm512_slli_epi32(pair, 16), 16) : _mm512_srai_epi32(pair, 16);
+        } else {
+          sc = _mm512_and_si512(widen16(scales + b * 256 + 16 * j), low4);
+        }
+        for (int t = 0; t < NT; ++t) {
+          const int8_t* a = q8k_block(x, xs, t, b)->qs + 16 * j;
+          __m512i sum = _mm512_setzero_si512();
+          for (int i = 0; i < 4; ++i) sum = _mm512_dpbusd_epi32(sum, v[i], broadcast4(a + 4 * i));
+          total[t] = _mm512_add_epi32(total[t], _mm512_mullo_epi32(sum, sc));
         }
       }
-      __m512i sc;
-      if constexpr (kQ3) {
-        const __m512i pair = _mm512_cvtepi8_epi16(
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + b * 256 + 32 * (j / 2))));
-        sc = j % 2 == 0 ? _mm512_srai_epi32(_mm512_slli_epi32(pair, 16), 16) : _mm512_srai_epi32(pair, 16);
-      } else {
-        sc = _mm512_and_si512(widen16(scales + b * 256 + 16 * j), low4);
+      // Per pair of sub-blocks, [x_2p, x_2p+1] int16 in each row's lane against the bsums pair: Q2_K's
+      // mins (the high nibbles), Q3_K's scales (for the -4 offset).
+      for (int p = 0; p < 8; ++p) {
+        __m512i pair;
+        if constexpr (kQ3) {
+          pair = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + b * 256 + 32 * p)));
+        } else {
+          const __m512i even = _mm512_srli_epi32(widen16(scales + b * 256 + 16 * (2 * p)), 4);
+          const __m512i odd = _mm512_srli_epi32(widen16(scales + b * 256 + 16 * (2 * p + 1)), 4);
+          pair = _mm512_or_si512(even, _mm512_slli_epi32(odd, 16));
+        }
+        for (int t = 0; t < NT; ++t)
+          offset[t] = _mm512_dpwssd_epi32(offset[t], pair, broadcast4(q8k_block(x, xs, t, b)->bsums + 2 * p));
       }
+      const __m512 d = load_halves(d_half + b * 32);
       for (int t = 0; t < NT; ++t) {
-        const int8_t* a = q8k_block(x, xs, t, b)->qs + 16 * j;
-        __m512i sum = _mm512_setzero_si512();
-        for (int i = 0; i < 4; ++i) sum = _mm512_dpbusd_epi32(sum, v[i], broadcast4(a + 4 * i));
-        total[t] = _mm512_add_epi32(total[t], _mm512_mullo_epi32(sum, sc));
+        const __m512 dx = _mm512_set1_ps(q8k_block(x, xs, t, b)->d);
+        if constexpr (kQ3) {
+          // - 4 sum_j sc_j bsum_j
+          const __m512i centered = _mm512_sub_epi32(total[t], _mm512_slli_epi32(offset[t], 2));
+          acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(centered), acc[t]);
+        } else {
+          acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(total[t]), acc[t]);
+          extra[t] = _mm512_fmadd_ps(_mm512_mul_ps(load_halves(dmin_half + b * 32), dx), _mm512_cvtepi32_ps(offset[t]),
+                                     extra[t]);
+        }
       }
     }
-    // Per pair of sub-blocks, [x_2p, x_2p+1] int16 in each row's lane against the bsums pair: Q2_K's
-    // mins (the high nibbles), Q3_K's scales (for the -4 offset).
-    for (int p = 0; p < 8; ++p) {
-      __m512i pair;
-      if constexpr (kQ3) {
-        pair = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + b * 256 + 32 * p)));
-      } else {
-        const __m512i even = _mm512_srli_epi32(widen16(scales + b * 256 + 16 * (2 * p)), 4);
-        const __m512i odd = _mm512_srli_epi32(widen16(scales + b * 256 + 16 * (2 * p + 1)), 4);
-        pair = _mm512_or_si512(even, _mm512_slli_epi32(odd, 16));
-      }
-      for (int t = 0; t < NT; ++t)
-        offset[t] = _mm512_dpwssd_epi32(offset[t], pair, broadcast4(q8k_block(x, xs, t, b)->bsums + 2 * p));
-    }
-    const __m512 d = load_halves(d_half + b * 32);
-    for (int t = 0; t < NT; ++t) {
-      const __m512 dx = _mm512_set1_ps(q8k_block(x, xs, t, b)->d);
-      if constexpr (kQ3) {
-        const __m512i centered = _mm512_sub_epi32(total[t], _mm512_slli_epi32(offset[t], 2));  // - 4 sum_j sc_j bsum_j
-        acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(centered), acc[t]);
-      } else {
-        acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(total[t]), acc[t]);
-        extra[t] = _mm512_fmadd_ps(_mm512_mul_ps(load_halves(dmin_half + b * 32), dx), _mm512_cvtepi32_ps(offset[t]),
-                                   extra[t]);
-      }
-    }
-  }
-  for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * ys, store, _mm512_sub_ps(acc[t], extra[t]));
-}
-
-struct Q2_KPacked {
-  static constexpr int kMaxTokens = 4;
-  template <int NT>
-  static void run(int64_t nb, const uint8_t* g, int64_t gb, const uint8_t* x, int64_t xs, float* y, int64_t ys,
-                  __mmask16 store) {
-    group_dot_q23k<false, NT>(nb, g, gb, x, xs, y, ys, store);
-  }
-};
-struct Q3_KPacked {
-  static constexpr int kMaxTokens = 4;
-  template <int NT>
-  static void run(int64_t nb, const uint8_t* g, int64_t gb, const uint8_t* x, int64_t xs, float* y, int64_t ys,
-                  __mmask16 store) {
-    group_dot_q23k<true, NT>(nb, g, gb, x, xs, y, ys, store);
-  }
-};
-struct Q4_KPacked {
-  static constexpr int kMaxTokens = 4;
-  template <int NT>
-  static void run(int64_t nb, const uint8_t* g, int64_t gb, const uint8_t* x, int64_t xs, float* y, int64_t ys,
-                  __mmask16 store) {
-    group_dot_q45k<false, NT>(nb, g, gb, x, xs, y, ys, store);
-  }
-};
-struct Q5_KPacked {
-  static constexpr int kMaxTokens = 4;
-  template <int NT>
-  static void run(int64_t nb, const uint8_t* g, int64_t gb, const uint8_t* x, int64_t xs, float* y, int64_t ys,
-                  __mmask16 store) {
-    group_dot_q45k<true, NT>(nb, g, gb, x, xs, y, ys, store);
-  }
-};
-struct Q6_KPacked {
-  static constexpr int kMaxTokens = 4;
-  template <int NT>
-  static void run(int64_t nb, const uint8_t* g, int64_t gb, const uint8_t* x, int64_t xs, float* y, int64_t ys,
-                  __mmask16 store) {
-    group_dot_q6k<NT>(nb, g, gb, x, xs, y, ys, store);
-  }
-};
-// The 32-element types through the same interface.
-template <typename Traits>
-struct Packed32 {
-  static constexpr int kMaxTokens = 8;
-  template <int NT>
-  static void run(int64_t nb, const uint8_t* g, int64_t gb, const uint8_t* x, int64_t xs, float* y, int64_t ys,
-                  __mmask16 store) {
-    group_dot<Traits, NT>(nb, g, gb, x, xs, y, ys, store);
+    for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * ys, store, _mm512_sub_ps(acc[t], extra[t]));
   }
 };
 
@@ -437,8 +411,9 @@ void packed_tile(int64_t nb, const uint8_t* w, int64_t group_bytes, int n_groups
     const __mmask16 store = left >= kPackRows ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
     const uint8_t* group = w + g * group_bytes;
     for (int t = 0; t < nt; t += Kernel::kMaxTokens)  // the group's weights stay in L1 for the next tokens
-      run_tokens<Kernel, Kernel::kMaxTokens>(nb, group, group_bytes, x + t * xs, xs, std::min(nt - t, Kernel::kMaxTokens),
-                                             y + g * kPackRows + t * ys, ys, store);
+      run_tokens<Kernel, Kernel::kMaxTokens>(nb, group, group_bytes, x + t * xs, xs,
+                                             std::min(nt - t, Kernel::kMaxTokens), y + g * kPackRows + t * ys, ys,
+                                             store);
   }
 }
 
@@ -452,11 +427,11 @@ PackedTileFn avx512_packed_tile(GgmlType type) {
     case GgmlType::Q5_1: return packed_tile<Packed32<Q5_1Packed>>;
     case GgmlType::Q8_0: return packed_tile<Packed32<Q8_0Packed>>;
     case GgmlType::IQ4_NL: return packed_tile<Packed32<IQ4_NLPacked>>;
-    case GgmlType::Q2_K: return packed_tile<Q2_KPacked>;
-    case GgmlType::Q3_K: return packed_tile<Q3_KPacked>;
-    case GgmlType::Q4_K: return packed_tile<Q4_KPacked>;
-    case GgmlType::Q5_K: return packed_tile<Q5_KPacked>;
-    case GgmlType::Q6_K: return packed_tile<Q6_KPacked>;
+    case GgmlType::Q2_K: return packed_tile<PackedQ23K<false>>;
+    case GgmlType::Q3_K: return packed_tile<PackedQ23K<true>>;
+    case GgmlType::Q4_K: return packed_tile<PackedQ45K<false>>;
+    case GgmlType::Q5_K: return packed_tile<PackedQ45K<true>>;
+    case GgmlType::Q6_K: return packed_tile<PackedQ6K>;
     default: return nullptr;
   }
 }

@@ -72,7 +72,8 @@ void pack_row32(const Format32& f, const uint8_t* row, int64_t nb, int64_t block
     const uint8_t* qs = block + f.qs_offset;
     uint8_t* q = quants + b * f.quant_bytes;
     for (int c = 0; c < f.quant_bytes / 64; ++c)
-      for (int k = 0; k < 4; ++k) q[64 * c + 4 * lane + k] = f.quant_bytes == 512 ? (uint8_t)(qs[4 * c + k] ^ 0x80) : qs[4 * c + k];
+      for (int k = 0; k < 4; ++k)  // Q8_0: + 128 (flip the sign bit)
+        q[64 * c + 4 * lane + k] = f.quant_bytes == 512 ? (uint8_t)(qs[4 * c + k] ^ 0x80) : qs[4 * c + k];
     if (f.fifth_bits) {
       uint32_t qh;
       std::memcpy(&qh, block + f.qh_offset, 4);
@@ -101,7 +102,8 @@ void pack_row_q45k(bool q5, const uint8_t* row, int64_t nb, int lane, uint8_t* g
     const uint8_t* block = row + b * (q5 ? sizeof(BlockQ5_K) : sizeof(BlockQ4_K));
     const uint8_t* packed_scales = q5 ? reinterpret_cast<const BlockQ5_K*>(block)->scales
                                       : reinterpret_cast<const BlockQ4_K*>(block)->scales;
-    const uint8_t* qs = q5 ? reinterpret_cast<const BlockQ5_K*>(block)->qs : reinterpret_cast<const BlockQ4_K*>(block)->qs;
+    const uint8_t* qs =
+        q5 ? reinterpret_cast<const BlockQ5_K*>(block)->qs : reinterpret_cast<const BlockQ4_K*>(block)->qs;
     for (int n = 0; n < 32; ++n)
       for (int k = 0; k < 4; ++k) quants[b * 2048 + 64 * n + 4 * lane + k] = qs[4 * n + k];
     if (q5) {
@@ -164,7 +166,8 @@ void pack_row_q23k(bool q3, const uint8_t* row, int64_t nb, int lane, uint8_t* g
   uint8_t* d = scales + nb * 256;
   uint8_t* dmin = d + nb * 32;
   for (int64_t b = 0; b < nb; ++b) {
-    const uint8_t* qs = q3 ? reinterpret_cast<const BlockQ3_K*>(row)[b].qs : reinterpret_cast<const BlockQ2_K*>(row)[b].qs;
+    const uint8_t* qs =
+        q3 ? reinterpret_cast<const BlockQ3_K*>(row)[b].qs : reinterpret_cast<const BlockQ2_K*>(row)[b].qs;
     uint8_t low[kQKK], high[kQKK];  // element e's 2-bit value and (Q3_K) third bit
     for (int e = 0; e < kQKK; ++e) {
       const int h = e / 128, s = (e % 128) / 32, l = e % 32;
@@ -211,7 +214,8 @@ void unpack_row32(const Format32& f, const uint8_t* group, int64_t nb, int64_t b
     uint8_t* qs = block + f.qs_offset;
     const uint8_t* q = quants + b * f.quant_bytes;
     for (int c = 0; c < f.quant_bytes / 64; ++c)
-      for (int k = 0; k < 4; ++k) qs[4 * c + k] = f.quant_bytes == 512 ? (uint8_t)(q[64 * c + 4 * lane + k] ^ 0x80) : q[64 * c + 4 * lane + k];
+      for (int k = 0; k < 4; ++k)
+        qs[4 * c + k] = f.quant_bytes == 512 ? (uint8_t)(q[64 * c + 4 * lane + k] ^ 0x80) : q[64 * c + 4 * lane + k];
     if (f.fifth_bits) {
       uint32_t qh = 0;
       for (int j = 0; j < 8; ++j) {
@@ -235,7 +239,8 @@ void unpack_row_q45k(bool q5, const uint8_t* group, int64_t nb, int lane, uint8_
   const uint8_t* dmin = d + nb * 32;
   for (int64_t b = 0; b < nb; ++b) {
     uint8_t* block = row + b * (q5 ? sizeof(BlockQ5_K) : sizeof(BlockQ4_K));
-    uint8_t* packed_scales = q5 ? reinterpret_cast<BlockQ5_K*>(block)->scales : reinterpret_cast<BlockQ4_K*>(block)->scales;
+    uint8_t* packed_scales =
+        q5 ? reinterpret_cast<BlockQ5_K*>(block)->scales : reinterpret_cast<BlockQ4_K*>(block)->scales;
     uint8_t* qs = q5 ? reinterpret_cast<BlockQ5_K*>(block)->qs : reinterpret_cast<BlockQ4_K*>(block)->qs;
     for (int n = 0; n < 32; ++n)
       for (int k = 0; k < 4; ++k) qs[4 * n + k] = quants[b * 2048 + 64 * n + 4 * lane + k];

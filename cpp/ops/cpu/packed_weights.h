@@ -7,8 +7,9 @@
 // one VPDPBUSD then adds four products into each row's own int32 lane, against four activation
 // bytes broadcast from memory. A block's 16 row sums come out in one register with no horizontal
 // work, and its scales are 16 halves loaded at once: 8 VPDPBUSD and 4 float operations per block
-// of 32 per token (the K-quants add one integer multiply by the sub-block scale). The same layout serves decode (1 token; the group is one contiguous
-// stream of memory) and prefill / batched steps (tiles of tokens share each unpacked register).
+// of 32 per token (the K-quants add one integer multiply by the sub-block scale). The same layout
+// serves decode (1 token; the group is one contiguous stream of memory) and prefill / batched
+// steps (tiles of tokens share each unpacked register).
 //
 // Group layout, for a group of 16 rows (row r = 16 g + lane) of nb blocks, in this order:
 //   quants  nb * kQuantBytes: block b's quants, in 64-byte chunks; chunk c holds 4 bytes of each
