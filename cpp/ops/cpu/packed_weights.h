@@ -33,9 +33,13 @@
 //           nibbles: 4 + k, of the 6-bit value's low 4 bits), L1 (8 + k, 12 + k), H (bits 2i, 2i + 1:
 //           the top 2 bits of element 4i + k); scales nb * 256: the int8 scales in pairs, bytes
 //           32 p + 2 lane + (0, 1) for sub-blocks 2p, 2p + 1; d nb * 16 halves
+//   Q2_K, Q3_K: quants nb * 1024: per sub-block j of 16, one chunk, bits 2i, 2i + 1 of byte k the
+//           2-bit value of element 4i + k; masks (Q3_K) nb * 512: per sub-block 4 masks, mask i the
+//           third bit of elements 4i + k; scales nb * 256: Q2_K the file's scale/min bytes, byte
+//           16 j + lane; Q3_K the signed scales in pairs as Q6_K's; d (and Q2_K's dmin) nb * 16 halves
 // Rows past the matrix's last row (the last group's padding) are zero. A group is 16 rows of
-// packed_block_bytes each per block: the file's block size for the 32-element types and Q6_K, 148
-// for Q4_K (+ 4 bytes for unpacked scales) and 180 for Q5_K.
+// packed_block_bytes each per block: the file's block size for the 32-element types, Q2_K and Q6_K,
+// 148 for Q4_K and 180 for Q5_K (+ 4 bytes for unpacked scales), 114 for Q3_K (+ 4).
 //
 // Results: per row and token, dot = sum over blocks, in order, of fma(d_w * d_x, isum_b) into one
 // float accumulator and fma(e_w, ds_x) into a second (e_w: the min, or d_w times the offset of the
