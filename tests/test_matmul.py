@@ -148,9 +148,13 @@ def test_simd_levels_match_scalar_across_row_counts(qtype):
 PACKED_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.IQ4_NL, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]  # ops/cpu/packed_weights.h
 
 
-@pytest.mark.skipif("avx512" not in SIMD_LEVELS, reason="the packed-row kernels are AVX-512 VNNI ones")
-@pytest.mark.parametrize("qtype", PACKED_TYPES, ids=lambda t: t.name)
-def test_packed_rows_match_the_per_row_kernels(qtype):
+PACKED_AT = {"avx512": PACKED_TYPES, "avx2": [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1]}  # levels with packed kernels
+PACKED_CASES = [(isa, qtype) for isa in SIMD_LEVELS for qtype in PACKED_AT.get(isa, [])]
+
+
+@pytest.mark.skipif(not PACKED_CASES, reason="this CPU has no level with packed-row kernels")
+@pytest.mark.parametrize("isa, qtype", PACKED_CASES, ids=lambda v: getattr(v, "name", v))
+def test_packed_rows_match_the_per_row_kernels(isa, qtype):
     """Rows regrouped 16 at a time (ops/cpu/packed_weights.h) against the per-row kernels of the same
     level: the same integer products in another float order, so within 1e-5 of sum |w x|; and against
     gguf-py's dequantization within the activation rounding. Row counts around the 16-row groups
@@ -166,13 +170,24 @@ def test_packed_rows_match_the_per_row_kernels(qtype):
             for n in (1, 4, 5, 9):
                 x = rng.standard_normal((n, cols)).astype(np.float32)
                 absdot = np.abs(x.astype(np.float64)) @ np.abs(wf).T
-                packed = run(qtype, w, rows, cols, x, "avx512", packed=True)
-                per_row = run(qtype, w, rows, cols, x, "avx512", packed=False)
+                packed = run(qtype, w, rows, cols, x, isa, packed=True)
+                per_row = run(qtype, w, rows, cols, x, isa, packed=False)
                 assert np.all(np.abs(packed.astype(np.float64) - per_row) <= 1e-5 * absdot + 1e-30), (rows, cols, n)
                 bound = activation_rounding_bound(qtype, wf, x) * 1.0001 + 1e-5 * absdot + 1e-30
                 assert np.all(np.abs(packed - x.astype(np.float64) @ wf.T) <= bound), (rows, cols, n)
                 differs = differs or not np.array_equal(packed, per_row)
     assert differs, "packed=True gave the per-row kernels' bits everywhere: the packed path did not run"
+
+
+@pytest.mark.skipif(not {"avx2", "avx512"} <= set(SIMD_LEVELS), reason="needs both x86 levels")
+@pytest.mark.parametrize("qtype", PACKED_AT["avx2"], ids=lambda t: t.name)
+def test_packed_avx2_kernels_give_the_avx512_bits(qtype):
+    # Both compute each block's exact int32 sums and then the same float steps in the same order.
+    rng = np.random.default_rng(970 + int(qtype))
+    for rows, cols, n in ((1, 32, 1), (37, 96, 5), (16, 576, 9)):
+        w = make_weight(qtype, rows, cols, rng)
+        x = rng.standard_normal((n, cols)).astype(np.float32)
+        assert np.array_equal(run(qtype, w, rows, cols, x, "avx2"), run(qtype, w, rows, cols, x, "avx512"))
 
 
 @pytest.mark.parametrize("qtype", PACKED_TYPES, ids=lambda t: t.name)
@@ -334,7 +349,7 @@ def test_neon_kernels_under_qemu(tmp_path_factory, cpu, isa):
                "cpp/ops/cpu/matmul.cc", "cpp/ops/cpu/cpu_features.cc", "cpp/ops/cpu/vec_dot_scalar.cc",
                "cpp/ops/cpu/vec_dot_neon.cc", "cpp/ops/cpu/vec_dot_dotprod.cc", "cpp/ops/cpu/vec_dot_i8mm.cc",
                "cpp/ops/cpu/vec_dot_avx2.cc", "cpp/ops/cpu/vec_dot_avx512.cc", "cpp/ops/cpu/packed_weights.cc",
-               "cpp/ops/cpu/packed_avx512.cc", "cpp/core/thread_pool.cc"]
+               "cpp/ops/cpu/packed_avx512.cc", "cpp/ops/cpu/packed_avx2.cc", "cpp/core/thread_pool.cc"]
     out = cross_arm.build_and_run(sources, cpu, tmp_path_factory.getbasetemp() / "matmul_isa_check")
     assert out.returncode == 0 and "all levels match scalar" in out.stdout, out.stdout[-3000:]
     assert f"best ISA: {isa}\n" in out.stdout

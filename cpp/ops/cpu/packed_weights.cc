@@ -351,7 +351,9 @@ void unpack_row(const WeightMatrix& w, int64_t row, uint8_t* out) {
 
 PackedTileFn packed_tile_kernel(GgmlType type, Isa isa) {
   if (packed_block_bytes(type) == 0) return nullptr;
-  return isa == Isa::Avx512 ? avx512_packed_tile(type) : nullptr;
+  if (isa == Isa::Avx512) return avx512_packed_tile(type);
+  if (isa == Isa::Avx2) return avx2_packed_tile(type);
+  return nullptr;
 }
 
 int64_t packed_group_bytes(const WeightMatrix& w) {

@@ -1,4 +1,5 @@
-// Weights regrouped at load for the interleaved-row matmul kernels (packed_avx512.cc).
+// Weights regrouped at load for the interleaved-row matmul kernels (packed_avx512.cc; packed_avx2.cc
+// for the nibble types).
 //
 // The per-row kernels (vec_dot.h) take a weight row and an activation row and reduce 32-element
 // blocks to one number with horizontal sums and per-block scale shuffles: about nine vector
@@ -76,6 +77,7 @@ constexpr int kPackTokenTile = 8;
 // weight is then not packed and the per-row kernels read the file's rows).
 PackedTileFn packed_tile_kernel(GgmlType type, Isa isa);
 PackedTileFn avx512_packed_tile(GgmlType type);  // nullptr when not compiled for x86-64
+PackedTileFn avx2_packed_tile(GgmlType type);    // Q4_0, Q4_1, Q5_0, Q5_1 only; nullptr otherwise
 
 // Bytes of one group of w packed, and of all of w (its rows rounded up to a multiple of kPackRows).
 int64_t packed_group_bytes(const WeightMatrix& w);

@@ -1,0 +1,166 @@
+// AVX2 kernels for packed weights of the nibble types Q4_0, Q4_1, Q5_0 and Q5_1 (layout and
+// summation order: packed_weights.h). Compiled with -mavx2 -mfma -mf16c; only called at Isa::Avx2.
+//
+// A 16-row group is two 256-bit halves (rows 0-7 and 8-15: each 64-byte chunk is the two halves
+// one after the other). Without VPDPBUSD, 4 products per row come from VPMADDUBSW (unsigned weight
+// byte times signed activation byte, pairs summed to int16) and VPMADDWD by ones (pairs of int16 to
+// int32). The int16 step is exact: a weight is at most 31 (Q5), so a pair is at most 2 * 31 * 127.
+// The integer sums are therefore the AVX-512 kernels' exactly, and so are the float steps after
+// them. Q8_0 and IQ4_NL stay with the per-row kernels here: their packed bytes (value + 128) would
+// overflow VPMADDUBSW's int16 pairs.
+#include "ops/cpu/packed_weights.h"
+
+#if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "ops/cpu/vec_dot.h"
+#include "quant/quant_blocks.h"
+
+namespace sinkstream {
+
+namespace {
+
+static inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+static inline int32_t load_i32(const uint8_t* p) { int32_t v; std::memcpy(&v, p, 4); return v; }
+
+// Byte offset in a Q8A activation row of element e of block b (vec_dot.h).
+static inline int64_t q8a_offset(int64_t b, int e) { return 64 * (b / 2) + 32 * (e / 16) + 16 * (b % 2) + e % 16; }
+
+// Bytes with 0x10 where the bits of `bits` (one per byte, byte j = bit j) are set.
+static inline __m256i bits_to_sixteens(uint32_t bits) {
+  const __m256i byte_of_bit = _mm256_setr_epi64x(0x0000000000000000, 0x0101010101010101, 0x0202020202020202,
+                                                 0x0303030303030303);
+  const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), byte_of_bit);
+  const __m256i bit_in_byte = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+  const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit_in_byte), bit_in_byte);
+  return _mm256_and_si256(set, _mm256_set1_epi8(0x10));
+}
+
+// Software prefetch of the group kPrefetchGroups ahead, a block's share at a time (as the AVX-512
+// kernels do, see there for the measurements). A hint only: never faults.
+constexpr int kPrefetchGroups = 2;
+static inline void prefetch_ahead(const uint8_t* group, int64_t group_bytes, int64_t nb, int64_t b) {
+  const int64_t share = group_bytes / nb;
+  // Integer arithmetic: the address may lie past the matrix, where pointer arithmetic would be UB.
+  const uintptr_t ahead = reinterpret_cast<uintptr_t>(group) + (uintptr_t)(kPrefetchGroups * group_bytes + b * share);
+  for (int64_t i = 0; i < share; i += 64)
+    _mm_prefetch(reinterpret_cast<const char*>(ahead + (uintptr_t)i), _MM_HINT_T0);
+}
+
+// Four unsigned weight bytes per int32 lane times the same four activation bytes in every lane.
+static inline __m256i dot4(__m256i w, __m256i a) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1));
+}
+
+// kFifthBits: add 16 where the masks say (Q5_0, Q5_1); kMins: the extra term is m * ds_x, else
+// -kOffset * d_w * ds_x (as the AVX-512 kernels' traits).
+template <bool kFifthBits, bool kMins, int kOffset>
+struct PackedNibbles {
+  static constexpr int kMaxTokens = 4;
+
+  // One half (8 rows, `half` 0 or 1) of a group against NT tokens.
+  template <int NT>
+  static void run_half(int64_t nb, const uint8_t* group, int64_t group_bytes, int half, const uint8_t* x, int64_t xs,
+                       float* y, int64_t ys, int rows) {
+    const uint8_t* quants = group;
+    const uint8_t* fifth = quants + nb * 256;
+    const uint8_t* scales = fifth + (kFifthBits ? nb * 64 : 0);
+    const uint8_t* mins = scales + nb * kPackRows * 2;
+    const int64_t scales_offset = q8a_scales_offset(nb);
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    __m256 acc[NT], extra[NT];
+    for (int t = 0; t < NT; ++t) acc[t] = extra[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      if (half == 0) prefetch_ahead(group, group_bytes, nb, b);
+      __m256i isum[NT];
+      for (int t = 0; t < NT; ++t) isum[t] = _mm256_setzero_si256();
+      for (int c = 0; c < 4; ++c) {
+        const __m256i packed = load256(quants + b * 256 + 64 * c + 32 * half);
+        __m256i lo = _mm256_and_si256(packed, low4);
+        __m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
+        if constexpr (kFifthBits) {
+          uint32_t mask_lo, mask_hi;  // this half's 32 bits of the register's 64-bit mask
+          std::memcpy(&mask_lo, fifth + b * 64 + 8 * c + 4 * half, 4);
+          std::memcpy(&mask_hi, fifth + b * 64 + 8 * (c + 4) + 4 * half, 4);
+          lo = _mm256_or_si256(lo, bits_to_sixteens(mask_lo));
+          hi = _mm256_or_si256(hi, bits_to_sixteens(mask_hi));
+        }
+        for (int t = 0; t < NT; ++t) {
+          const uint8_t* a = x + t * xs;
+          isum[t] = _mm256_add_epi32(isum[t], dot4(lo, _mm256_set1_epi32(load_i32(a + q8a_offset(b, 4 * c)))));
+          isum[t] = _mm256_add_epi32(isum[t], dot4(hi, _mm256_set1_epi32(load_i32(a + q8a_offset(b, 16 + 4 * c)))));
+        }
+      }
+      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + b * 32 + 16 * half)));
+      const __m256 e =
+          kMins ? _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mins + b * 32 + 16 * half)))
+                : _mm256_mul_ps(d, _mm256_set1_ps(-(float)kOffset));
+      for (int t = 0; t < NT; ++t) {
+        const Q8AScale s = reinterpret_cast<const Q8AScale*>(x + t * xs + scales_offset)[b];
+        acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(s.d)), _mm256_cvtepi32_ps(isum[t]), acc[t]);
+        extra[t] = _mm256_fmadd_ps(e, _mm256_set1_ps(s.ds), extra[t]);
+      }
+    }
+    for (int t = 0; t < NT; ++t) {
+      const __m256 out = _mm256_add_ps(acc[t], extra[t]);
+      if (rows >= 8) {
+        _mm256_storeu_ps(y + t * ys, out);
+      } else {
+        alignas(32) float lanes[8];
+        _mm256_store_ps(lanes, out);
+        std::memcpy(y + t * ys, lanes, (size_t)rows * sizeof(float));
+      }
+    }
+  }
+
+  template <int NT>
+  static void run(int64_t nb, const uint8_t* group, int64_t group_bytes, const uint8_t* x, int64_t xs, float* y,
+                  int64_t ys, int64_t left) {
+    for (int half = 0; half < 2 && left > 8 * half; ++half)
+      run_half<NT>(nb, group, group_bytes, half, x, xs, y + 8 * half, ys, (int)std::min<int64_t>(8, left - 8 * half));
+  }
+};
+
+template <typename Kernel>
+void packed_tile(int64_t nb, const uint8_t* w, int64_t group_bytes, int n_groups, int64_t rows_left,
+                 const uint8_t* x, int64_t xs, int nt, float* y, int64_t ys) {
+  for (int g = 0; g < n_groups; ++g) {
+    const int64_t left = rows_left - (int64_t)g * kPackRows;
+    const uint8_t* group = w + g * group_bytes;
+    for (int t = 0; t < nt; t += Kernel::kMaxTokens) {
+      const uint8_t* xt = x + t * xs;
+      float* out = y + g * kPackRows + t * ys;
+      switch (std::min(nt - t, Kernel::kMaxTokens)) {
+        case 1: Kernel::template run<1>(nb, group, group_bytes, xt, xs, out, ys, left); break;
+        case 2: Kernel::template run<2>(nb, group, group_bytes, xt, xs, out, ys, left); break;
+        case 3: Kernel::template run<3>(nb, group, group_bytes, xt, xs, out, ys, left); break;
+        default: Kernel::template run<4>(nb, group, group_bytes, xt, xs, out, ys, left); break;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+PackedTileFn avx2_packed_tile(GgmlType type) {
+  switch (type) {
+    case GgmlType::Q4_0: return packed_tile<PackedNibbles<false, false, 8>>;
+    case GgmlType::Q4_1: return packed_tile<PackedNibbles<false, true, 0>>;
+    case GgmlType::Q5_0: return packed_tile<PackedNibbles<true, false, 16>>;
+    case GgmlType::Q5_1: return packed_tile<PackedNibbles<true, true, 0>>;
+    default: return nullptr;
+  }
+}
+
+}  // namespace sinkstream
+
+#else  // not an x86-64 build with the AVX2 flags: no kernels
+
+namespace sinkstream {
+PackedTileFn avx2_packed_tile(GgmlType) { return nullptr; }
+}  // namespace sinkstream
+
+#endif
