@@ -23,32 +23,8 @@ namespace sinkstream {
 
 namespace {
 
-static inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
-static inline int32_t load_i32(const uint8_t* p) { int32_t v; std::memcpy(&v, p, 4); return v; }
-
-// Byte offset in a Q8A activation row of element e of block b (vec_dot.h).
-static inline int64_t q8a_offset(int64_t b, int e) { return 64 * (b / 2) + 32 * (e / 16) + 16 * (b % 2) + e % 16; }
-
-// Bytes with 0x10 where the bits of `bits` (one per byte, byte j = bit j) are set.
-static inline __m256i bits_to_sixteens(uint32_t bits) {
-  const __m256i byte_of_bit = _mm256_setr_epi64x(0x0000000000000000, 0x0101010101010101, 0x0202020202020202,
-                                                 0x0303030303030303);
-  const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), byte_of_bit);
-  const __m256i bit_in_byte = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
-  const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit_in_byte), bit_in_byte);
-  return _mm256_and_si256(set, _mm256_set1_epi8(0x10));
-}
-
-// Software prefetch of the group kPrefetchGroups ahead, a block's share at a time (as the AVX-512
-// kernels do, see there for the measurements). A hint only: never faults.
-constexpr int kPrefetchGroups = 2;
-static inline void prefetch_ahead(const uint8_t* group, int64_t group_bytes, int64_t nb, int64_t b) {
-  const int64_t share = group_bytes / nb;
-  // Integer arithmetic: the address may lie past the matrix, where pointer arithmetic would be UB.
-  const uintptr_t ahead = reinterpret_cast<uintptr_t>(group) + (uintptr_t)(kPrefetchGroups * group_bytes + b * share);
-  for (int64_t i = 0; i < share; i += 64)
-    _mm_prefetch(reinterpret_cast<const char*>(ahead + (uintptr_t)i), _MM_HINT_T0);
-}
+#include "ops/cpu/kernel32_x86.inc"  // load256, fifth_bits
+#include "ops/cpu/packed_x86.inc"
 
 // Four unsigned weight bytes per int32 lane times the same four activation bytes in every lane.
 static inline __m256i dot4(__m256i w, __m256i a) {
@@ -85,13 +61,14 @@ struct PackedNibbles {
           uint32_t mask_lo, mask_hi;  // this half's 32 bits of the register's 64-bit mask
           std::memcpy(&mask_lo, fifth + b * 64 + 8 * c + 4 * half, 4);
           std::memcpy(&mask_hi, fifth + b * 64 + 8 * (c + 4) + 4 * half, 4);
-          lo = _mm256_or_si256(lo, bits_to_sixteens(mask_lo));
-          hi = _mm256_or_si256(hi, bits_to_sixteens(mask_hi));
+          lo = _mm256_or_si256(lo, fifth_bits(mask_lo));
+          hi = _mm256_or_si256(hi, fifth_bits(mask_hi));
         }
         for (int t = 0; t < NT; ++t) {
           const uint8_t* a = x + t * xs;
-          isum[t] = _mm256_add_epi32(isum[t], dot4(lo, _mm256_set1_epi32(load_i32(a + q8a_offset(b, 4 * c)))));
-          isum[t] = _mm256_add_epi32(isum[t], dot4(hi, _mm256_set1_epi32(load_i32(a + q8a_offset(b, 16 + 4 * c)))));
+          isum[t] = _mm256_add_epi32(isum[t], dot4(lo, _mm256_set1_epi32(load_i32(a + q8a_element_offset(b, 4 * c)))));
+          const __m256i a_hi = _mm256_set1_epi32(load_i32(a + q8a_element_offset(b, 16 + 4 * c)));
+          isum[t] = _mm256_add_epi32(isum[t], dot4(hi, a_hi));
         }
       }
       const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + b * 32 + 16 * half)));

@@ -23,15 +23,13 @@ namespace sinkstream {
 
 namespace {
 
+#include "ops/cpu/packed_x86.inc"
+
 static inline __m512i load512(const void* p) { return _mm512_loadu_si512(p); }
 static inline __m512 load_halves(const uint8_t* p) {
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
-static inline int32_t load_i32(const uint8_t* p) { int32_t v; std::memcpy(&v, p, 4); return v; }
 
-// Byte offset in a Q8A activation row of element e of block b (vec_dot.h: blocks in pairs, 16-byte
-// halves interleaved).
-static inline int64_t q8a_offset(int64_t b, int e) { return 64 * (b / 2) + 32 * (e / 16) + 16 * (b % 2) + e % 16; }
 
 // What each 32-element type's block looks like to the kernel:
 //   kQuantBytes: packed quant bytes per block (256: nibbles, 512: Q8_0's bytes)
@@ -44,32 +42,29 @@ struct NibbleLayout {
   static constexpr int kQuantBytes = 256;
   // Register j < 4: low nibbles of chunk j; j >= 4: high nibbles of chunk j - 4.
   static constexpr int first_element(int j) { return j < 4 ? 4 * j : 16 + 4 * (j - 4); }
+  static __m512i map(__m512i nibbles) { return nibbles; }  // the nibble is the weight byte
 };
 
 struct Q4_0Packed : NibbleLayout {
   static constexpr bool kFifthBits = false, kMins = false;
   static constexpr float kOffset = 8.0f;
-  static __m512i map(__m512i nibbles) { return nibbles; }
 };
 struct Q4_1Packed : NibbleLayout {
   static constexpr bool kFifthBits = false, kMins = true;
   static constexpr float kOffset = 0.0f;
-  static __m512i map(__m512i nibbles) { return nibbles; }
 };
 struct Q5_0Packed : NibbleLayout {
   static constexpr bool kFifthBits = true, kMins = false;
   static constexpr float kOffset = 16.0f;
-  static __m512i map(__m512i nibbles) { return nibbles; }
 };
 struct Q5_1Packed : NibbleLayout {
   static constexpr bool kFifthBits = true, kMins = true;
   static constexpr float kOffset = 0.0f;
-  static __m512i map(__m512i nibbles) { return nibbles; }
 };
 struct IQ4_NLPacked : NibbleLayout {
   static constexpr bool kFifthBits = false, kMins = false;
   static constexpr float kOffset = 128.0f;
-  // The codebook + 128 (in 1 .. 241: flipping the sign bit of an int8 adds 128), looked up by nibble.
+  // Hides the base's: the codebook + 128 (in 1 .. 241: flipping the sign bit of an int8 adds 128).
   static __m512i map(__m512i nibbles) {
     const __m128i codebook = _mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues));
     return _mm512_shuffle_epi8(_mm512_broadcast_i32x4(_mm_xor_si128(codebook, _mm_set1_epi8(-128))), nibbles);
@@ -96,8 +91,8 @@ static inline void block_sums(const uint8_t* quants, const uint8_t* fifth, const
     hi = Traits::map(hi);
     const int e_lo = Traits::first_element(c), e_hi = Traits::first_element(c + 4);
     for (int t = 0; t < NT; ++t) {
-      isum[t] = _mm512_dpbusd_epi32(isum[t], lo, _mm512_set1_epi32(load_i32(act[t] + q8a_offset(b, e_lo))));
-      isum[t] = _mm512_dpbusd_epi32(isum[t], hi, _mm512_set1_epi32(load_i32(act[t] + q8a_offset(b, e_hi))));
+      isum[t] = _mm512_dpbusd_epi32(isum[t], lo, _mm512_set1_epi32(load_i32(act[t] + q8a_element_offset(b, e_lo))));
+      isum[t] = _mm512_dpbusd_epi32(isum[t], hi, _mm512_set1_epi32(load_i32(act[t] + q8a_element_offset(b, e_hi))));
     }
   }
 }
@@ -113,26 +108,10 @@ static inline void block_sums_q8_0(const uint8_t* quants, const uint8_t* const* 
   for (int j = 0; j < 8; ++j) {
     const __m512i w = load512(quants + 64 * j);
     for (int t = 0; t < NT; ++t)
-      isum[t] = _mm512_dpbusd_epi32(isum[t], w, _mm512_set1_epi32(load_i32(act[t] + q8a_offset(b, 4 * j))));
+      isum[t] = _mm512_dpbusd_epi32(isum[t], w, _mm512_set1_epi32(load_i32(act[t] + q8a_element_offset(b, 4 * j))));
   }
 }
 
-// Each group comes from DRAM once per call (decode, and a prefill's or batched step's tiles of
-// tokens walk the groups in order). Asking for the group kPrefetchGroups ahead, a block's share at a
-// time while this block is multiplied, keeps more requests in flight than the hardware prefetchers
-// alone (which see three streams per group: quants, scales, mins). Measured on the default model's
-// matrices in forward order (1 / 2 threads): 19 / 26 GB/s without, 43 / 45 with 2 groups ahead into
-// all cache levels (T0); the NTA hint the per-row kernels use gave 29 GB/s at 2 threads here. For
-// tiles of 8 tokens it took an 8-token pass of the default model from 11.3 to 5.3 ms. A hint only:
-// never faults, even past the end of the matrix.
-constexpr int kPrefetchGroups = 2;
-static inline void prefetch_ahead(const uint8_t* group, int64_t group_bytes, int64_t nb, int64_t b) {
-  const int64_t share = group_bytes / nb;
-  // Integer arithmetic: the address may lie past the matrix, where pointer arithmetic would be UB.
-  const uintptr_t ahead = reinterpret_cast<uintptr_t>(group) + (uintptr_t)(kPrefetchGroups * group_bytes + b * share);
-  for (int64_t i = 0; i < share; i += 64)
-    _mm_prefetch(reinterpret_cast<const char*>(ahead + (uintptr_t)i), _MM_HINT_T0);
-}
 
 // The 32-element types (Traits above): per block, 16 rows x NT tokens of exact int32 sums, then
 // one scale step and one offset / min step per token.
