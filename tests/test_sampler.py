@@ -207,6 +207,31 @@ def test_top_k_ties_keep_lowest_ids():
     assert {s.sample(logits) for _ in range(300)} == {0, 1, 2}
 
 
+def top_k_cut_cases():
+    """Logits where the engine's cut before top-k (the k-th largest of 64-entry block maxima: every
+    one of the k best reaches it) meets ties, banned tokens and a short last block."""
+    rng = np.random.default_rng(3)
+    ties = np.zeros(1000, dtype=F32)               # every block maximum equal, ties everywhere
+    ties[rng.choice(1000, 30, replace=False)] = 1.0
+    few_blocks = np.full(300, -np.inf, dtype=F32)  # 5 blocks, finite values in 2 of them: k > blocks
+    few_blocks[[1, 2, 3, 200, 201, 299]] = [0.5, 0.5, 0.1, 0.9, 0.5, 0.7]
+    one_block = rng.standard_normal(1000).astype(F32) - 10.0  # the best all in one block
+    one_block[128:192] = rng.standard_normal(64).astype(F32)
+    quantized = np.round(rng.standard_normal(4099) * 2).astype(F32)  # coarse values: ties at the k-th
+    banned = rng.standard_normal(4099).astype(F32)
+    banned[rng.choice(4099, 4000, replace=False)] = -np.inf
+    return {"ties": ties, "few_blocks": few_blocks, "one_block": one_block, "quantized": quantized,
+            "banned": banned}
+
+
+@pytest.mark.parametrize("case", sorted(top_k_cut_cases()))
+@pytest.mark.parametrize("top_k", [1, 3, 40, 64, 99])
+def test_top_k_cut_keeps_the_reference_support(case, top_k):
+    logits = top_k_cut_cases()[case]
+    assert_matches_reference(logits, temperature=1.0, top_k=top_k, top_p=1.0, min_p=0.0)
+    assert_matches_reference(logits, temperature=0.8, top_k=top_k, top_p=0.95, min_p=0.05)
+
+
 def test_top_k_larger_than_the_finite_candidates():
     logits = np.full(50, -np.inf, dtype=F32)
     logits[[3, 9]] = [1.0, 2.0]

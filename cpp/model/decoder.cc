@@ -226,6 +226,8 @@ void Decoder::attention_block(int64_t l, const ForwardSegment* segments, int64_t
   // per run, the CPU loops over the rows exactly as before); then each segment's queries attend
   // over their own A_l(t).
   const bool rotates = lc.rope >= 0;
+  std::vector<AttentionCall> calls;
+  calls.reserve((size_t)n_segments);
   int64_t row = 0;
   for (int64_t i = 0; i < n_segments; ++i) {
     const ForwardSegment& seg = segments[i];
@@ -280,11 +282,14 @@ void Decoder::attention_block(int64_t l, const ForwardSegment* segments, int64_t
     call.alibi_slopes = lc.alibi ? c.alibi_slopes.data() : nullptr;
     call.sink_logits = lc.learned_sinks ? L.attn_sinks.data() : nullptr;
     call.out = s.buf.attn + row * q_dim;
-    const uint64_t attended_before = seg.entries_attended != nullptr ? backend.entries_attended() : 0;
-    backend.attention(call);
-    if (seg.entries_attended != nullptr) *seg.entries_attended += backend.entries_attended() - attended_before;
+    calls.push_back(call);
     row += seg.n;
   }
+  // Every segment's keys are stored: their attention goes as one batch (each over its own cache).
+  std::vector<uint64_t> entries((size_t)n_segments);
+  backend.attention_calls(calls.data(), n_segments, entries.data());
+  for (int64_t i = 0; i < n_segments; ++i)
+    if (segments[i].entries_attended != nullptr) *segments[i].entries_attended += entries[(size_t)i];
   backend.matmul(L.wo, s.buf.attn, n, out);
   add_bias(backend, out, L.bo, n);
 }

@@ -69,6 +69,16 @@ class Backend {
                     const float* sin) = 0;
 
   virtual void attention(const AttentionCall& call) = 0;
+  // attention() of `count` calls at once (a batched step's segments, each over its own cache);
+  // entries[i] = the cache entries call i read (as entries_attended() counts them). A backend may
+  // spread all the calls' work over its threads together; by default, one call after another.
+  virtual void attention_calls(const AttentionCall* calls, int64_t count, uint64_t* entries) {
+    for (int64_t i = 0; i < count; ++i) {
+      const uint64_t before = entries_attended();
+      attention(calls[i]);
+      entries[i] = entries_attended() - before;
+    }
+  }
 
   // Memory and data movement (one call per forward or per block, never per element).
   // Points scratch.buf at this backend's activation buffers for scratch's shapes (model.h).

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 
 #include "core/error.h"
@@ -30,7 +31,41 @@ struct ByLogitDesc {
   }
 };
 
+// The largest of v[0..n): eight independent lanes, so the compiler can keep them in vector
+// registers (a single running max is a serial chain it may not reorder).
+float max_of(const float* v, int32_t n) {
+  float lane[8] = {-kInf, -kInf, -kInf, -kInf, -kInf, -kInf, -kInf, -kInf};
+  int32_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) lane[j] = v[i + j] > lane[j] ? v[i + j] : lane[j];
+  float m = -kInf;
+  for (float x : lane) m = x > m ? x : m;
+  for (; i < n; ++i) m = v[i] > m ? v[i] : m;
+  return m;
+}
+
+int32_t count_finite(const float* v, int32_t n) {
+  int32_t count = 0;
+  for (int32_t i = 0; i < n; ++i) count += v[i] > -kInf;
+  return count;
+}
+
 }  // namespace
+
+// A value that each of the k largest logits reaches (0 < k < the finite count): the k-th largest of
+// the maxima of blocks of kFloorBlock entries. Those k maxima are k distinct entries at or above
+// it, so the k-th largest entry is too. With fewer than k finite block maxima, -inf (no cut).
+float Sampler::top_k_floor(int32_t k) {
+  constexpr int32_t kFloorBlock = 64;
+  floor_maxima_.clear();
+  for (int32_t b = 0; b < n_vocab_; b += kFloorBlock) {
+    const float m = max_of(work_.data() + b, std::min(kFloorBlock, n_vocab_ - b));
+    if (m > -kInf) floor_maxima_.push_back(m);
+  }
+  if ((int32_t)floor_maxima_.size() < k) return -kInf;
+  std::nth_element(floor_maxima_.begin(), floor_maxima_.begin() + (k - 1), floor_maxima_.end(), std::greater<float>());
+  return floor_maxima_[(size_t)(k - 1)];
+}
 
 void Xoshiro256::reseed(uint64_t seed) {
   uint64_t state = seed;
@@ -83,6 +118,7 @@ Sampler::Sampler(int32_t n_vocab, SamplerParams params)
   // The window fills as tokens are accepted: a huge repeat_last_n costs memory only once that
   // many tokens were seen.
   ring_.reserve(std::min<int32_t>(p.penalty_last_n, 4096));
+  floor_maxima_.reserve((size_t)(n_vocab + 63) / 64);
 }
 
 void Sampler::accept(int32_t token) {
@@ -148,41 +184,44 @@ int32_t Sampler::prepare(const float* logits, int32_t n_vocab) {
   SS_CHECK_ARG(n_vocab == n_vocab_, "sampler: logits have ", n_vocab, " entries but the sampler was built for n_vocab ",
                n_vocab_);
   const SamplerParams& p = params_;
+  // -inf is a banned token; NaN and +inf mean the model output is broken. The copy and the check
+  // are one branch-free pass (vectorized); the bad entry is looked for only when there is one.
+  bool all_ok = true;
   for (int32_t i = 0; i < n_allowed_; ++i) {
     const float v = logits[i];
-    // -inf is a banned token; NaN and +inf mean the model output is broken.
-    SS_CHECK_ARG(v < kInf, "sampler: logits[", i, "] is ", v, " (logits must be finite or -inf)");
+    all_ok &= v < kInf;
     work_[i] = v;
   }
+  if (!all_ok)
+    for (int32_t i = 0; i < n_allowed_; ++i)
+      SS_CHECK_ARG(logits[i] < kInf, "sampler: logits[", i, "] is ", logits[i], " (logits must be finite or -inf)");
   // Padding ids: whatever their rows compute (untrained, maybe zero), they are never drawn.
   std::fill(work_.begin() + n_allowed_, work_.end(), -kInf);
   for (const auto& [token, bias] : p.logit_bias) work_[token] += bias;
   apply_penalties();
 
+  const float max_logit = max_of(work_.data(), n_vocab);
+  SS_CHECK_ARG(max_logit > -kInf, "sampler: every token has logit -inf (all banned by logit_bias?)");
   if (p.temperature == 0.0f) {
     int32_t best = 0;
-    for (int32_t i = 1; i < n_vocab; ++i)
-      if (work_[i] > work_[best]) best = i;  // strict: ties keep the lowest id
-    SS_CHECK_ARG(work_[best] > -kInf, "sampler: every token has logit -inf (all banned by logit_bias?)");
+    while (work_[best] != max_logit) ++best;  // the first maximum: ties keep the lowest id
     return best;
   }
 
-  float max_logit = -kInf;
+  // top-k: keep the k best (ByLogitDesc), found in O(n) by nth_element instead of sorting the
+  // vocabulary; the candidates it chooses from are first cut to those at or above a floor that
+  // every one of the k best clears (top_k_floor), so nth_element sees dozens of ids, not the
+  // whole vocabulary. Without a cut, every finite logit is a candidate.
+  const int32_t n_finite = count_finite(work_.data(), n_vocab);
+  const bool top_k_cut = p.top_k > 0 && p.top_k < n_finite;
+  const float floor = top_k_cut ? top_k_floor(p.top_k) : -kInf;
   n_cand_ = 0;
-  for (int32_t i = 0; i < n_vocab; ++i) {
-    if (work_[i] > -kInf) {
-      cand_[n_cand_++] = i;
-      max_logit = std::max(max_logit, work_[i]);
-    }
-  }
-  SS_CHECK_ARG(n_cand_ > 0, "sampler: every token has logit -inf (all banned by logit_bias?)");
+  for (int32_t i = 0; i < n_vocab; ++i)
+    if (work_[i] > -kInf && work_[i] >= floor) cand_[n_cand_++] = i;
   sorted_ = 0;
   ByLogitDesc order{work_.data()};
-
-  // top-k: keep the k best, found in O(n) by nth_element instead of sorting the vocabulary.
-  const bool top_k_cut = p.top_k > 0 && p.top_k < n_cand_;
   if (top_k_cut) {
-    std::nth_element(cand_.begin(), cand_.begin() + p.top_k, cand_.begin() + n_cand_, order);
+    if (p.top_k < n_cand_) std::nth_element(cand_.begin(), cand_.begin() + p.top_k, cand_.begin() + n_cand_, order);
     n_cand_ = p.top_k;
   }
 

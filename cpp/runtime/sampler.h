@@ -84,6 +84,8 @@ class Sampler {
   // Makes cand_[0 .. n) sorted by (logit desc, id asc) given cand_[0 .. sorted_) already is and
   // holds the largest elements of cand_[0 .. n_cand_).
   void ensure_sorted_prefix(int32_t n);
+  // A logit that each of the k best reaches, to cut the candidates before top-k (sampler.cc).
+  float top_k_floor(int32_t k);
 
   int32_t n_vocab_;
   int32_t n_allowed_;  // ids [n_allowed_, n_vocab_) are padding: never drawn
@@ -94,6 +96,7 @@ class Sampler {
   std::vector<int32_t> cand_;    // (n_vocab) candidate ids; the first sorted_ are sorted
   std::vector<double> weights_;  // (n_vocab) exp((logit - max) / temperature) of the survivors
   std::vector<int32_t> counts_;  // (n_vocab) scratch counts for the penalties; all zero between calls
+  std::vector<float> floor_maxima_;  // (n_vocab / 64) block maxima for top_k_floor
   std::vector<int32_t> ring_;    // (<= penalty_last_n) last accepted tokens, a ring once full
   int32_t ring_start_ = 0;       // index of the oldest entry
   int32_t n_cand_ = 0;

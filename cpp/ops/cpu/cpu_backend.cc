@@ -184,30 +184,64 @@ void CpuBackend::attend_across_threads(const AttentionCall& call, int64_t b) {
   entries_attended_[0].value += (uint64_t)(n_rows * call.n_head);
 }
 
+int64_t CpuBackend::attend_pair(const AttentionCall& call, int64_t b, int64_t kv_head, int thread) {
+  const int64_t q_dim = call.n_head * head_dim_;
+  const int64_t first = b * q_dim + kv_head * group_ * head_dim_;  // the group's query heads are contiguous
+  const float* q = call.q + first;
+  const float* qs = call.separate_sink_query != nullptr && call.separate_sink_query[b] ? call.q_sink + first : q;
+  // The group's slopes: head h of the group is query head kv_head * group + h.
+  const ScoreBias bias{call.alibi_slopes != nullptr ? call.alibi_slopes + kv_head * group_ : nullptr, call.softcap,
+                       call.sink_logits != nullptr ? call.sink_logits + kv_head * group_ : nullptr};
+  const int64_t rows = attend(*call.cache, call.layer, kv_head, group_, call.t0 + (uint64_t)b, qs, q, call.scale,
+                              bias, scores_.data() + thread * scores_stride_, call.out + first);
+  return rows * group_;
+}
+
+// Decode deep in a stream gives too few (token, KV head) pairs to keep every thread busy: then
+// each token's attention is spread over the threads in pieces of its A_l(t) (the same bits).
+static bool too_few_pairs(int64_t pairs, int n_threads) { return pairs < 2 * n_threads; }
+
 void CpuBackend::attention(const AttentionCall& call) {
   SS_ASSERT(call.n_head == n_head_kv_ * group_);
-  const int64_t q_dim = call.n_head * head_dim_;
   // Every (token, KV head) pair attends independently with its group of query heads: all keys of
   // the chunk are already stored, and the ring's slack keeps each query's whole A_l(t) in place.
-  if (call.n * n_head_kv_ < 2 * pool_.n_threads() &&
+  if (too_few_pairs(call.n * n_head_kv_, pool_.n_threads()) &&
       attention_set_size(*call.cache, call.layer, call.t0) > kAttendChunkRows) {
-    // Decode deep in a stream: too few pairs to keep every thread busy; spread each token's
-    // attention over the threads in pieces of its A_l(t) instead (the same bits as attend()).
     for (int64_t b = 0; b < call.n; ++b) attend_across_threads(call, b);
     return;
   }
   pool_.run(call.n * n_head_kv_, [&](int64_t task, int thread) {
-    const int64_t b = task / n_head_kv_, kv_head = task % n_head_kv_;
-    const int64_t first = b * q_dim + kv_head * group_ * head_dim_;  // the group's query heads are contiguous
-    const float* q = call.q + first;
-    const float* qs = call.separate_sink_query != nullptr && call.separate_sink_query[b] ? call.q_sink + first : q;
-    // The group's slopes: head h of the group is query head kv_head * group + h.
-    const ScoreBias bias{call.alibi_slopes != nullptr ? call.alibi_slopes + kv_head * group_ : nullptr, call.softcap,
-                         call.sink_logits != nullptr ? call.sink_logits + kv_head * group_ : nullptr};
-    const int64_t rows = attend(*call.cache, call.layer, kv_head, group_, call.t0 + (uint64_t)b, qs, q, call.scale,
-                                bias, scores_.data() + thread * scores_stride_, call.out + first);
-    entries_attended_[(size_t)thread].value += (uint64_t)(rows * group_);
+    entries_attended_[(size_t)thread].value += (uint64_t)attend_pair(call, task / n_head_kv_, task % n_head_kv_, thread);
   });
+}
+
+// A batched step's segments: the (token, KV head) pairs of every call in one run, so the threads
+// share them out together (one call of a decoding session has only n_head_kv pairs, too few to
+// split evenly over the threads, and a run per call would add a hand-off each).
+void CpuBackend::attention_calls(const AttentionCall* calls, int64_t count, uint64_t* entries) {
+  int64_t pairs = 0;
+  pair_start_.assign(1, 0);
+  for (int64_t i = 0; i < count; ++i) {
+    SS_ASSERT(calls[i].n_head == n_head_kv_ * group_);
+    pairs += calls[i].n * n_head_kv_;
+    pair_start_.push_back(pairs);
+  }
+  if (count == 1 || too_few_pairs(pairs, pool_.n_threads())) {
+    Backend::attention_calls(calls, count, entries);
+    return;
+  }
+  pair_entries_.assign((size_t)pairs, 0);
+  pool_.run(pairs, [&](int64_t task, int thread) {
+    const int64_t i = std::upper_bound(pair_start_.begin(), pair_start_.end(), task) - pair_start_.begin() - 1;
+    const int64_t pair = task - pair_start_[(size_t)i];
+    pair_entries_[(size_t)task] = attend_pair(calls[i], pair / n_head_kv_, pair % n_head_kv_, thread);
+  });
+  for (int64_t i = 0; i < count; ++i) {
+    entries[i] = 0;
+    for (int64_t task = pair_start_[(size_t)i]; task < pair_start_[(size_t)i + 1]; ++task)
+      entries[i] += (uint64_t)pair_entries_[(size_t)task];
+    entries_attended_[0].value += entries[i];
+  }
 }
 
 }  // namespace sinkstream

@@ -33,6 +33,7 @@ class CpuBackend final : public Backend {
   void rope(float* x, int64_t n_heads, int64_t head_dim, int64_t n_rot, RopeLayout layout, const float* cos,
             const float* sin) override;
   void attention(const AttentionCall& call) override;
+  void attention_calls(const AttentionCall* calls, int64_t count, uint64_t* entries) override;
   uint64_t entries_attended() const override;
   void bind_scratch(ForwardScratch& scratch) override;
   void upload(float* dst, const float* host_src, int64_t n) override;
@@ -44,6 +45,9 @@ class CpuBackend final : public Backend {
 
  private:
   void attend_across_threads(const AttentionCall& call, int64_t b);
+  // attend() of token b's KV head kv_head in `call`, on thread `thread`'s scratch; returns the
+  // entries read (rows x query heads of the group).
+  int64_t attend_pair(const AttentionCall& call, int64_t b, int64_t kv_head, int thread);
 
   ThreadPool& pool_;
   int64_t n_head_kv_, head_dim_, group_;
@@ -57,6 +61,9 @@ class CpuBackend final : public Backend {
     uint64_t value = 0;
   };
   std::vector<Counter> entries_attended_;  // (n_threads)
+  // attention_calls' scratch: the first pair of each call (count + 1), and each pair's entries.
+  std::vector<int64_t> pair_start_;
+  std::vector<int64_t> pair_entries_;
 };
 
 }  // namespace sinkstream
