@@ -165,6 +165,16 @@ void for_each_run_part(const SinkCache& cache, int64_t layer, uint64_t t, int64_
   }
 }
 
+// The kernels prefetch kPrefetchRows ahead of the rows they read, so a run's first rows would wait
+// for DRAM: those of both the keys and the values (read right after) are asked for as its scores
+// start. Short runs (a batched step's young sessions, sliding-window layers) gain most.
+void prefetch_run_start(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t slot, int64_t n_rows) {
+  const int64_t row_bytes = (int64_t)cache.head_row_bytes();
+  const int64_t n_bytes = std::min(n_rows, kPrefetchRows) * row_bytes;
+  prefetch_bytes(cache.key_rows(layer, kv_head), slot * row_bytes, n_bytes);
+  prefetch_bytes(cache.value_rows(layer, kv_head), slot * row_bytes, n_bytes);
+}
+
 template <typename T, typename Score>
 void scores_typed(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,
                   const float* q_sink, const float* q_window, float scale, int64_t row_begin, int64_t row_end,
@@ -183,6 +193,7 @@ void scores_typed(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_
     q_window = q_half[1];
   }
   for_each_run_part(cache, layer, t, row_begin, row_end, [&](int64_t slot, int64_t n_rows, bool sink, int64_t r) {
+    prefetch_run_start(cache, layer, kv_head, slot, n_rows);
     score(keys + slot * row, n_rows, row, sink ? q_sink : q_window, group, dim, scale, scores + r, scores_stride);
   });
 }
@@ -216,6 +227,7 @@ void scores_q8(const Kernels& k, const SinkCache& cache, int64_t layer, int64_t 
   const int64_t row = (int64_t)cache.head_row_bytes();
   const uint8_t* keys = cache.key_rows(layer, kv_head);
   for_each_run_part(cache, layer, t, row_begin, row_end, [&](int64_t slot, int64_t n_rows, bool sink, int64_t r) {
+    prefetch_run_start(cache, layer, kv_head, slot, n_rows);
     score(keys + slot * row, n_rows, row, sink ? q_sink : q_window, group, cache.head_dim(), scale, scores + r,
           scores_stride);
   });

@@ -42,7 +42,7 @@ static void score_heads(const T* keys, int64_t n_rows, int64_t row_stride, const
   int64_t r = 0;
   for (; r + R <= n_rows; r += R) {
     const T* k = keys + r * row_stride;
-    for (int j = 0; j < R; ++j) prefetch_row(k + (kPrefetchRows + j) * row_stride, dim);
+    for (int j = 0; j < R; ++j) prefetch_row_ahead(k + j * row_stride, row_stride, dim);
     __m256 acc[HN][4];
     for (int h = 0; h < HN; ++h)
       for (int j = 0; j < 4; ++j) acc[h][j] = _mm256_setzero_ps();
@@ -101,7 +101,7 @@ static void accumulate_block(const T* values, int64_t n_rows, int64_t row_stride
     for (int b = 0; b < NB; ++b) acc[h][b] = _mm256_loadu_ps(out + h * dim + 8 * b);
   for (int64_t r = 0; r < n_rows; ++r) {
     const T* v = values + r * row_stride;
-    prefetch_row(v + kPrefetchRows * row_stride, 8 * NB);
+    prefetch_row_ahead(v, row_stride, 8 * NB);
     __m256 vv[NB];
     for (int b = 0; b < NB; ++b) vv[b] = load8(v + 8 * b);
     for (int h = 0; h < HN; ++h) {
@@ -222,7 +222,7 @@ static void score_q8_heads(const uint8_t* keys, int64_t n_rows, int64_t row_byte
                            float scale, float* scores, int64_t scores_stride) {
   for (int64_t r = 0; r < n_rows; ++r) {
     const BlockQ8_0* k = reinterpret_cast<const BlockQ8_0*>(keys + r * row_bytes);
-    prefetch_bytes(keys + (r + kPrefetchRows) * row_bytes, row_bytes);
+    prefetch_bytes(k, kPrefetchRows * row_bytes, row_bytes);
     __m256 acc[HN];
     for (int h = 0; h < HN; ++h) acc[h] = _mm256_setzero_ps();
     for (int64_t b = 0; b < dim / kQK; ++b) {
@@ -248,7 +248,7 @@ static void accumulate_rows_q8(const uint8_t* values, int64_t n_rows, int64_t ro
                                int64_t weights_stride, int64_t group, int64_t dim, float* out) {
   for (int64_t r = 0; r < n_rows; ++r) {
     const BlockQ8_0* v = reinterpret_cast<const BlockQ8_0*>(values + r * row_bytes);
-    prefetch_bytes(values + (r + kPrefetchRows) * row_bytes, row_bytes);
+    prefetch_bytes(v, kPrefetchRows * row_bytes, row_bytes);
     for (int64_t b = 0; b < dim / kQK; ++b) {
       const float d = _cvtsh_ss(v[b].d);
       for (int i = 0; i < kQK; i += 8) {

@@ -49,7 +49,7 @@ static void score_heads(const T* keys, int64_t n_rows, int64_t row_stride, const
   int64_t r = 0;
   for (; r + 4 <= n_rows; r += 4) {
     const T* k = keys + r * row_stride;
-    for (int j = 0; j < 4; ++j) prefetch_row(k + (kPrefetchRows + j) * row_stride, dim);
+    for (int j = 0; j < 4; ++j) prefetch_row_ahead(k + j * row_stride, row_stride, dim);
     __m512 acc[HN][4];
     for (int h = 0; h < HN; ++h)
       for (int j = 0; j < 4; ++j) acc[h][j] = _mm512_setzero_ps();
@@ -96,7 +96,7 @@ static void accumulate_block(const T* values, int64_t n_rows, int64_t row_stride
     for (int b = 0; b < NB; ++b) acc[h][b] = _mm512_loadu_ps(out + h * dim + 16 * b);
   for (int64_t r = 0; r < n_rows; ++r) {
     const T* v = values + r * row_stride;
-    prefetch_row(v + kPrefetchRows * row_stride, 16 * NB);
+    prefetch_row_ahead(v, row_stride, 16 * NB);
     __m512 vv[NB];
     for (int b = 0; b < NB; ++b) vv[b] = load16(v + 16 * b);
     for (int h = 0; h < HN; ++h) {

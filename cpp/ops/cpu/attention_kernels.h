@@ -64,13 +64,16 @@ inline void for_head_passes(int64_t group, Fn&& fn) {
 // the one they load; past the end of a run that touches lines of the next head or layer, harmless
 // (a prefetch never faults).
 constexpr int64_t kPrefetchRows = 64;
-inline void prefetch_bytes(const void* first, int64_t n_bytes) {
-  const char* p = static_cast<const char*>(first);
-  for (int64_t i = 0; i < n_bytes; i += 64) __builtin_prefetch(p + i, 0, 3);
+// n_bytes from `ahead` bytes past p. Integer arithmetic: the address may lie past the cache's
+// storage, where pointer arithmetic would be undefined.
+inline void prefetch_bytes(const void* p, int64_t ahead, int64_t n_bytes) {
+  const uintptr_t first = reinterpret_cast<uintptr_t>(p) + (uintptr_t)ahead;
+  for (int64_t i = 0; i < n_bytes; i += 64) __builtin_prefetch(reinterpret_cast<const void*>(first + (uintptr_t)i), 0, 3);
 }
+// The first `elements` of the row kPrefetchRows rows after `row` (rows row_stride elements apart).
 template <typename T>
-inline void prefetch_row(const T* row, int64_t elements) {
-  prefetch_bytes(row, elements * (int64_t)sizeof(T));
+inline void prefetch_row_ahead(const T* row, int64_t row_stride, int64_t elements) {
+  prefetch_bytes(row, kPrefetchRows * row_stride * (int64_t)sizeof(T), elements * (int64_t)sizeof(T));
 }
 
 struct Kernels {

@@ -25,7 +25,7 @@ static void score_heads(const T* keys, int64_t n_rows, int64_t row_stride, const
   int64_t r = 0;
   for (; r + 4 <= n_rows; r += 4) {
     const T* k = keys + r * row_stride;
-    for (int j = 0; j < 4; ++j) prefetch_row(k + (kPrefetchRows + j) * row_stride, dim);
+    for (int j = 0; j < 4; ++j) prefetch_row_ahead(k + j * row_stride, row_stride, dim);
     float32x4_t acc[HN][4];
     for (int h = 0; h < HN; ++h)
       for (int j = 0; j < 4; ++j) acc[h][j] = vdupq_n_f32(0.0f);
@@ -74,7 +74,7 @@ static void accumulate_block(const T* values, int64_t n_rows, int64_t row_stride
     for (int b = 0; b < NB; ++b) acc[h][b] = vld1q_f32(out + h * dim + 4 * b);
   for (int64_t r = 0; r < n_rows; ++r) {
     const T* v = values + r * row_stride;
-    prefetch_row(v + kPrefetchRows * row_stride, 4 * NB);
+    prefetch_row_ahead(v, row_stride, 4 * NB);
     float32x4_t vv[NB];
     for (int b = 0; b < NB; ++b) vv[b] = load4(v + 4 * b);
     for (int h = 0; h < HN; ++h) {
