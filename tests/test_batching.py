@@ -95,6 +95,73 @@ def test_step_logits_only_where_wanted_and_sessions_checked_first(tiny):
         a.eval(stream_of(2, 1)), b.eval(stream_of(2, 1))
 
 
+SAMPLING = dict(temperature=0.9, top_k=20, top_p=0.95, min_p=0.02, repeat_penalty=1.1, repeat_last_n=16)
+
+
+def test_a_step_draws_each_sessions_next_token_as_its_sampler_would(tiny):
+    """In-step sampling: the token drawn (and accepted) in C++ equals a twin sampler's draw from the
+    same logits, session by session; sessions without a sampler draw nothing; logits still come
+    back where wanted."""
+    sessions = [tiny.session(window=20, batch_size=8) for _ in range(4)]
+    twins = [tiny.session(window=20, batch_size=8) for _ in range(4)]
+    samplers = [_core.Sampler(tiny.n_vocab, seed=i, **SAMPLING) for i in range(3)] + [None]
+    reference = [_core.Sampler(tiny.n_vocab, seed=i, **SAMPLING) for i in range(3)]
+    runner = _core.BatchRunner(tiny._core, 2, 32, 4)
+    prompts = [stream_of(10 + i, 2 + i) for i in range(4)]
+    for step in range(12):  # past the windows: the caches wrap
+        want = [False, True, False, True]
+        logits, drawn, errors = runner.step([s._core for s in sessions], prompts, want, samplers)
+        assert errors == [None] * 4 and drawn.dtype == np.int32 and drawn[3] == -1
+        alone = [t.eval(p) for t, p in zip(twins, prompts)]
+        assert np.array_equal(logits, np.stack([alone[1], alone[3]]))
+        for i in range(3):
+            want_token = reference[i].sample(alone[i])
+            reference[i].accept(want_token)
+            assert drawn[i] == want_token, (step, i)
+        prompts = [np.array([t if t >= 0 else step], np.int32) for t in drawn]
+    assert [s.history for s in samplers[:3]] == [r.history for r in reference]
+
+
+def test_in_step_sampling_errors_stay_with_their_session(tiny):
+    a, b = tiny.session(window=20), tiny.session(window=20)
+    runner = _core.BatchRunner(tiny._core, 2, 8, 4)
+    banned = _core.Sampler(tiny.n_vocab, seed=0, logit_bias={i: float("-inf") for i in range(tiny.n_vocab)})
+    fine = _core.Sampler(tiny.n_vocab, seed=0)
+    _, drawn, errors = runner.step([a._core, b._core], [stream_of(0, 2)] * 2, [False, False], [banned, fine])
+    assert drawn[0] == -1 and "every token has logit -inf" in errors[0]
+    assert drawn[1] >= 0 and errors[1] is None
+    assert (a.n_past, b.n_past) == (2, 2)  # both sessions' tokens ran
+    with pytest.raises(ValueError, match="sampler of an earlier session"):
+        runner.step([a._core, b._core], [stream_of(0, 1)] * 2, [False, False], [fine, fine])
+    assert (a.n_past, b.n_past) == (2, 2)
+    with pytest.raises(ValueError, match="one sampler"):
+        runner.step([a._core, b._core], [stream_of(0, 1)] * 2, [False, False], [fine])
+
+
+def test_scheduled_generation_draws_in_the_step_unless_a_hook_wants_logits(tiny):
+    """stream() on a scheduled session leaves the draws to the steps (no logits cross into Python),
+    and a per-token hook (the server's logprobs) keeps the Python draw: both give the same text as
+    the session alone."""
+    alone = "".join(tiny.session(window=40).stream("hello", seed=5, max_tokens=20, **SAMPLING))
+    with sinkstream.BatchScheduler(tiny) as scheduler:
+        calls = []
+        forward = scheduler._forward
+
+        def recording_forward(step):
+            calls.append([r.sampler is not None for r, _ in step])
+            return forward(step)
+        scheduler._forward = recording_forward
+        in_step = "".join(scheduler.session(window=40).stream("hello", seed=5, max_tokens=20, **SAMPLING))
+        assert sum(any(c) for c in calls) == 19  # every decode step but the first token's (prompt logits)
+        calls.clear()
+        hooked_session = scheduler.session(window=40)
+        seen = []
+        hooked_session._on_token = lambda token, logits: seen.append((token, logits.shape))
+        hooked = "".join(hooked_session.stream("hello", seed=5, max_tokens=20, **SAMPLING))
+        assert not any(any(c) for c in calls) and len(seen) == 20 and seen[0][1] == (tiny.n_vocab,)
+    assert in_step == hooked == alone
+
+
 def generate_in_threads(make_session, prompts, **options):
     results = [None] * len(prompts)
     errors = []

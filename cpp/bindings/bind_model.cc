@@ -2,10 +2,12 @@
 // that own their memory (a fresh array per call, so later evals never change earlier results).
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/shared_ptr.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include <algorithm>
 #include <functional>
 #include <memory>
 #include <vector>
@@ -48,10 +50,11 @@ const int32_t* int32_tokens(const AnyTokenArray& a) {
   return static_cast<const int32_t*>(a.data());
 }
 
-nb::ndarray<nb::numpy, float> owned_array(std::unique_ptr<std::vector<float>> data, std::vector<size_t> shape) {
-  std::vector<float>* raw = data.release();
-  nb::capsule owner(raw, [](void* p) noexcept { delete static_cast<std::vector<float>*>(p); });
-  return nb::ndarray<nb::numpy, float>(raw->data(), shape.size(), shape.data(), owner);
+template <typename T>
+nb::ndarray<nb::numpy, T> owned_array(std::unique_ptr<std::vector<T>> data, std::vector<size_t> shape) {
+  std::vector<T>* raw = data.release();
+  nb::capsule owner(raw, [](void* p) noexcept { delete static_cast<std::vector<T>*>(p); });
+  return nb::ndarray<nb::numpy, T>(raw->data(), shape.size(), shape.data(), owner);
 }
 
 SessionOptions session_options(const std::string& mode, int64_t n_sink, int64_t window, int64_t batch_size,
@@ -321,31 +324,53 @@ void bind_model(nb::module_& m) {
       .def(
           "step",
           [](BatchRunner& runner, std::vector<Session*> sessions, std::vector<AnyTokenArray> tokens,
-             std::vector<bool> want_logits) {
+             std::vector<bool> want_logits, std::optional<std::vector<std::optional<PySampler*>>> samplers) {
             SS_CHECK_ARG(sessions.size() == tokens.size() && sessions.size() == want_logits.size(),
                          "step needs as many token arrays and want_logits flags as sessions, got ", sessions.size(),
                          ", ", tokens.size(), " and ", want_logits.size());
+            SS_CHECK_ARG(!samplers || samplers->size() == sessions.size(), "step needs one sampler (or None) per ",
+                         "session, got ", samplers ? samplers->size() : 0, " for ", sessions.size());
             int64_t n_logits = 0;
             for (bool want : want_logits) n_logits += want ? 1 : 0;
             const int64_t n_vocab = sessions.empty() || sessions[0] == nullptr ? 0 : sessions[0]->model().n_vocab();
             auto out = std::make_unique<std::vector<float>>((size_t)(n_logits * n_vocab));
             std::vector<BatchRunner::Item> items(sessions.size());
+            std::vector<PySampler*> lent;  // the samplers this step uses, each locked while it runs
             int64_t row = 0;
             for (size_t i = 0; i < sessions.size(); ++i) {
               items[i].session = sessions[i];
               items[i].tokens = int32_tokens(tokens[i]);
               items[i].n = (int64_t)tokens[i].shape(0);
               if (want_logits[i]) items[i].logits = out->data() + (row++) * n_vocab;
+              PySampler* sampler = samplers && (*samplers)[i] ? *(*samplers)[i] : nullptr;
+              if (sampler == nullptr) continue;
+              SS_CHECK_ARG(std::find(lent.begin(), lent.end(), sampler) == lent.end(), "step: session ", i,
+                           " has the sampler of an earlier session; each needs its own");
+              lent.push_back(sampler);
+              items[i].sampler = &sampler->sampler;
             }
+            auto sampled = std::make_unique<std::vector<int32_t>>(sessions.size(), -1);
+            std::vector<std::string> errors;
             {
               nb::gil_scoped_release release;
+              std::vector<std::unique_lock<std::mutex>> locks;
+              for (PySampler* sampler : lent) locks.emplace_back(sampler->mutex);
               runner.step(items.data(), (int64_t)items.size());
+              if (samplers) runner.sample_tokens(items.data(), (int64_t)items.size(), sampled->data(), errors);
             }
-            return owned_array(std::move(out), {(size_t)n_logits, (size_t)n_vocab});
+            nb::object logits = nb::cast(owned_array(std::move(out), {(size_t)n_logits, (size_t)n_vocab}));
+            if (!samplers) return logits;
+            nb::list messages;
+            for (const std::string& e : errors) messages.append(e.empty() ? nb::object(nb::none()) : nb::object(nb::str(e.c_str())));
+            const size_t n = sampled->size();
+            return nb::object(nb::make_tuple(logits, nb::cast(owned_array(std::move(sampled), {n})), messages));
           },
-          nb::arg("sessions"), nb::arg("tokens"), nb::arg("want_logits"),
+          nb::arg("sessions"), nb::arg("tokens"), nb::arg("want_logits"), nb::arg("samplers") = nb::none(),
           "Runs each session's int32 tokens (1..its batch_size) as one pass; returns the last-token "
-          "logits of the sessions with want_logits, in order, as (count, n_vocab).")
+          "logits of the sessions with want_logits, in order, as (count, n_vocab).\n"
+          "samplers: one Sampler or None per session; then the step also draws each one's next token "
+          "from its last logits (the sampler accepts it) and returns (logits, tokens: int32 (sessions,), "
+          "-1 where no sampler, errors: a sampler's error message or None per session).")
       .def_prop_ro("n_threads", &BatchRunner::n_threads)
       .def_prop_ro("max_tokens", &BatchRunner::max_tokens)
       .def_prop_ro("max_sessions", &BatchRunner::max_sessions);

@@ -25,14 +25,6 @@ namespace {
 
 using Logits = nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 
-// The compute calls release the GIL, so two Python threads could reach one Sampler at once; the
-// mutex keeps its buffers and random stream consistent.
-struct PySampler {
-  Sampler sampler;
-  std::mutex mutex;
-  PySampler(int32_t n_vocab, SamplerParams params) : sampler(n_vocab, std::move(params)) {}
-};
-
 uint64_t seed_from_python(const nb::handle& seed) {
   if (seed.is_none()) {
     // A fresh random seed; read back through Sampler.seed to reproduce the run.

@@ -35,10 +35,21 @@ void BatchRunner::step(const Item* items, int64_t count) {
                rows);
 
   // Claim every session (checks included) before anything runs; give them all back on any error.
+  // Where each item's logits go: its own array, or for a sampler alone the row of the runner's
+  // gathered logits it is computed into (forward_segments gathers the rows that want logits in
+  // item order, and copies a row onto itself as a no-op).
+  const int64_t n_vocab = model_->n_vocab();
+  sample_from_.assign((size_t)count, nullptr);
+  for (int64_t i = 0, gathered = 0; i < count; ++i) {
+    float* logits = items[i].logits;
+    if (logits == nullptr && items[i].sampler != nullptr) logits = logits_rows_.data() + gathered * n_vocab;
+    if (logits != nullptr) ++gathered;
+    sample_from_[(size_t)i] = logits;
+  }
   segments_.clear();
   try {
     for (int64_t i = 0; i < count; ++i)
-      segments_.push_back(items[i].session->begin_segment(items[i].tokens, items[i].n, items[i].logits));
+      segments_.push_back(items[i].session->begin_segment(items[i].tokens, items[i].n, sample_from_[(size_t)i]));
   } catch (...) {
     for (size_t i = 0; i < segments_.size(); ++i) items[i].session->release_segment();
     throw;
@@ -61,6 +72,24 @@ void BatchRunner::step(const Item* items, int64_t count) {
   model_->forward_segments(segments_.data(), count, scratch_, *backend_, logits_rows_.data());
   release.done = true;
   for (int64_t i = 0; i < count; ++i) items[i].session->end_segment(items[i].n);
+}
+
+void BatchRunner::sample_tokens(const Item* items, int64_t count, int32_t* tokens, std::vector<std::string>& errors) {
+  SS_CHECK_ARG(count == (int64_t)sample_from_.size(), "sample_tokens: ", count, " items, the step had ",
+               sample_from_.size());
+  errors.assign((size_t)count, std::string());
+  const int32_t n_vocab = (int32_t)model_->n_vocab();
+  pool_.run(count, [&](int64_t i, int) {
+    tokens[i] = -1;
+    if (items[i].sampler == nullptr) return;
+    try {
+      tokens[i] = items[i].sampler->sample(sample_from_[(size_t)i], n_vocab);
+      items[i].sampler->accept(tokens[i]);
+    } catch (const std::exception& e) {  // never out of a pool thread
+      tokens[i] = -1;
+      errors[(size_t)i] = e.what();
+    }
+  });
 }
 
 }  // namespace sinkstream

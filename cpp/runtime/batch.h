@@ -12,11 +12,13 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "core/thread_pool.h"
 #include "model/model.h"
 #include "ops/cpu/cpu_backend.h"
+#include "runtime/sampler.h"
 #include "runtime/session.h"
 
 namespace sinkstream {
@@ -32,12 +34,22 @@ class BatchRunner {
     const int32_t* tokens = nullptr;
     int64_t n = 0;           // 1 .. the session's batch_size
     float* logits = nullptr;  // (n_vocab) of the last token, or nullptr for none
+    // Sampling in the step (sample_tokens): the next token is drawn from the last token's logits
+    // (in `logits` when given, else in the runner's scratch) with `sampler`, which accepts it.
+    Sampler* sampler = nullptr;
   };
 
   // Runs every item's tokens as one pass. Everything is checked first (same model, distinct
   // sessions, not recompute mode, sizes, token ids, no session busy elsewhere): on an error nothing
   // has changed. Afterwards each session's stream has advanced by its n tokens.
   void step(const Item* items, int64_t count);
+
+  // After step() on the same items: for each item with a sampler, tokens[i] = the token drawn from
+  // its logits (accepted by the sampler), spread over the step's threads; items without one get -1.
+  // A sampler's error (say, every logit -inf) is kept for its item alone in errors[i] (empty: none),
+  // since the step itself has already advanced every session. The caller keeps each sampler to
+  // this call (no other thread uses it meanwhile).
+  void sample_tokens(const Item* items, int64_t count, int32_t* tokens, std::vector<std::string>& errors);
 
   int n_threads() const { return pool_.n_threads(); }
   int64_t max_tokens() const { return scratch_.max_tokens; }
@@ -52,7 +64,8 @@ class BatchRunner {
   std::unique_ptr<CpuBackend> backend_;
   int64_t backend_capacity_ = 0;
   ForwardScratch scratch_;
-  std::vector<float> logits_rows_;  // (max_sessions, n_vocab)
+  std::vector<float> logits_rows_;  // (max_sessions, n_vocab): the gathered rows (model.h)
+  std::vector<float*> sample_from_;        // per item of the last step: the logits its sampler reads
   std::vector<ForwardSegment> segments_;
 };
 

@@ -362,9 +362,10 @@ class BatchRunner:
 
     def __init__(self, model: Model, n_threads: int = 0, max_tokens: int = 256, max_sessions: int = 64) -> None: ...
 
-    def step(self, sessions: Sequence[Session], tokens: Sequence[Annotated[NDArray, dict(shape=(None,), device='cpu')]], want_logits: Sequence[bool]) -> NDArray[numpy.float32]:
+    def step(self, sessions: Sequence[Session], tokens: Sequence[Annotated[NDArray, dict(shape=(None,), device='cpu')]], want_logits: Sequence[bool], samplers: Sequence[Sampler | None] | None = None) -> object:
         """
         Runs each session's int32 tokens (1..its batch_size) as one pass; returns the last-token logits of the sessions with want_logits, in order, as (count, n_vocab).
+        samplers: one Sampler or None per session; then the step also draws each one's next token from its last logits (the sampler accepts it) and returns (logits, tokens: int32 (sessions,), -1 where no sampler, errors: a sampler's error message or None per session).
         """
 
     @property

@@ -49,8 +49,10 @@ class _Request:
     session: Any               # sinkstream.Session
     tokens: np.ndarray         # int32
     want_logits: bool
+    sampler: Any = None        # a _core.Sampler: the last step draws the next token (see eval)
     done_tokens: int = 0
     logits: np.ndarray | None = None
+    token: int = -1            # the token the sampler drew
     error: BaseException | None = None
     abandoned: bool = False    # the caller stopped waiting (Ctrl-C, cancel): feed no more
     finished: threading.Event = field(default_factory=threading.Event)
@@ -168,13 +170,17 @@ class BatchScheduler:
         self.close()
 
     # -- evals (called by Session.eval in the sessions' threads) -----------------------------------
-    def eval(self, session: "Session", tokens: np.ndarray, want_logits: bool) -> np.ndarray | None:
+    def eval(self, session: "Session", tokens: np.ndarray, want_logits: bool, sampler: Any = None) -> Any:
         """Feeds checked int32 tokens to a scheduled session over one or more steps and returns the
         last token's logits (or None). Blocks the calling thread until done. Ctrl-C or cancel()
-        stops after the step in flight, keeping every token fed so far (n_past counts them)."""
+        stops after the step in flight, keeping every token fed so far (n_past counts them).
+
+        With a sampler (a _core.Sampler), the last step also draws the next token from the last
+        token's logits in C++, spread over the step's threads with the other sessions' draws, and
+        the sampler accepts it: returns that token id (the logits stay in the engine)."""
         if len(tokens) == 0:
             return None
-        request = _Request(session, tokens, want_logits)
+        request = _Request(session, tokens, want_logits and sampler is None, sampler)
         with self._lock:
             if self._closed:
                 raise RuntimeError("the BatchScheduler is closed")
@@ -192,7 +198,7 @@ class BatchScheduler:
             with self._step_lock:  # a cancelled eval's last step may still be running: let it end
                 pass
             raise request.error
-        return request.logits
+        return request.token if sampler is not None else request.logits
 
     def exclusive(self, fn: Any) -> Any:
         """Runs fn() while no batched pass runs (for what a step cannot do, e.g. all-token logits)."""
@@ -266,23 +272,26 @@ class BatchScheduler:
         with self._step_lock:
             start = time.perf_counter()
             try:
-                logits = self._forward(step)
-                errors: list[BaseException | None] = [None] * len(step)
+                logits, tokens, errors = self._forward(step)
             except Exception:
                 # Somebody's tokens could not run (dense mode full, a closed model, ...): run each
                 # alone so the error reaches the eval it belongs to and the others go on.
-                logits, errors = self._forward_one_by_one(step)
+                logits, tokens, errors = self._forward_one_by_one(step)
             self.stats.busy_seconds += time.perf_counter() - start
         with self._lock:
             self._served = set()
             row = 0
-            for (request, n), error in zip(step, errors):
+            for (request, n), error, token in zip(step, errors, tokens):
                 wanted = request.want_logits and request.remaining == n
                 if error is None:
                     request.done_tokens += n
                     if wanted:
                         request.logits = logits[row]
                         row += 1
+                    if isinstance(token, BaseException):  # its tokens ran, its draw failed
+                        error = token
+                    else:
+                        request.token = token
                 if request.finished.is_set():  # cancelled while the step ran: its error stands
                     continue
                 if error is not None or request.remaining == 0 or request.abandoned:
@@ -297,21 +306,32 @@ class BatchScheduler:
             self.stats.tokens += sum(ran)
             self.stats.session_slots += len(ran)
 
-    def _forward(self, step: list[tuple[_Request, int]]) -> np.ndarray:
+    def _forward(self, step: list[tuple[_Request, int]]) -> tuple[np.ndarray, list[Any], list[BaseException | None]]:
+        """One pass: (logits of the rows that want them, each request's drawn token (-1 without a
+        sampler, or the draw's exception: a sampler's error, say every logit banned, is its own
+        eval's, after its tokens ran), None per request (errors of requests that did not run come
+        from _forward_one_by_one))."""
         sessions = [r.session._core for r, _ in step]
         tokens = [r.tokens[r.done_tokens:r.done_tokens + n] for r, n in step]
         want = [r.want_logits and r.remaining == n for r, n in step]
-        return self._runner.step(sessions, tokens, want)
+        samplers = [r.sampler if r.remaining == n else None for r, n in step]
+        if all(sampler is None for sampler in samplers):
+            return self._runner.step(sessions, tokens, want), [-1] * len(step), [None] * len(step)
+        logits, drawn, messages = self._runner.step(sessions, tokens, want, samplers)
+        return logits, [int(t) if m is None else ValueError(m) for t, m in zip(drawn, messages)], [None] * len(step)
 
     def _forward_one_by_one(self, step):
         rows: list[np.ndarray] = []
+        drawn: list[Any] = []
         errors: list[BaseException | None] = []
         for item in step:
             try:
-                out = self._forward([item])
+                out, tokens, item_errors = self._forward([item])
                 rows.extend(out)
-                errors.append(None)
+                drawn.append(tokens[0])
+                errors.append(item_errors[0])
             except Exception as e:  # handed to the eval that asked for these tokens
+                drawn.append(-1)
                 errors.append(e)
         n_vocab = self.model.n_vocab
-        return (np.stack(rows) if rows else np.zeros((0, n_vocab), np.float32)), errors
+        return (np.stack(rows) if rows else np.zeros((0, n_vocab), np.float32)), drawn, errors

@@ -397,6 +397,23 @@ def _eval(session: Any, tokens: list[int], progress: bool = False):
     return logits, fed
 
 
+def _draws_in_step(session: Any) -> bool:
+    samples_in_step = getattr(session, "_samples_in_step", None)  # sinkstream.Session's
+    return samples_in_step is not None and samples_in_step()
+
+
+def _eval_and_draw(session: Any, sampler: Any) -> int:
+    """Feeds the pending token through the session's BatchScheduler, whose step also draws (and the
+    sampler accepts) the next token: the per-token work leaves Python. Pending bookkeeping as _eval."""
+    n_before = session.n_past
+    try:
+        return session._eval_sample(_pending_of(session), sampler)
+    finally:
+        fed = session.n_past - n_before
+        pending = _pending_of(session)
+        session._pending = pending[min(max(fed, 0), len(pending)):]
+
+
 def stream_tokens(session: Any, prompt: str | Sequence[int] | np.ndarray | None = None,
                   params: SamplingParams | None = None, *, add_bos: bool | None = None, special: bool = True,
                   progress: bool = False, **options: Any) -> Iterator[int]:
@@ -451,10 +468,13 @@ def _token_loop(session, prompt, add_bos, special, sampler, limit, repeat_last_n
 
         while limit is None or stats.generated_tokens < limit:
             resumed = clock()
-            if stats.generated_tokens > 0:
-                logits, _ = _eval(session, _pending_of(session))
-            token = int(sampler.sample(logits))
-            sampler.accept(token)
+            if stats.generated_tokens > 0 and _draws_in_step(session):
+                token = _eval_and_draw(session, sampler)
+            else:
+                if stats.generated_tokens > 0:
+                    logits, _ = _eval(session, _pending_of(session))
+                token = int(sampler.sample(logits))
+                sampler.accept(token)
             stats.tokens.append(token)
             stats.generated_tokens += 1
             session._pending = [token]

@@ -57,6 +57,12 @@ def token_array(tokens: Sequence[int] | np.ndarray, n_vocab: int, name: str = "t
     """tokens as a contiguous int32 array, after checking it is a 1-D sequence of ids in the vocabulary."""
     if isinstance(tokens, (str, bytes)):
         raise TypeError(f"{name} must be a sequence of token ids, not text (use model.tokenize)")
+    if isinstance(tokens, list) and len(tokens) <= 4 and all(type(t) is int for t in tokens):
+        # A decode step's one token: checked in Python, far cheaper than NumPy's reductions.
+        for t in tokens:
+            if not 0 <= t < n_vocab:
+                raise ValueError(f"{name}: token id {t} is outside the vocabulary (0..{n_vocab - 1})")
+        return np.array(tokens, dtype=np.int32)
     array = np.asarray(tokens)
     if array.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {array.shape}")
@@ -442,6 +448,20 @@ class Session:
             core = self._core
             return scheduler.exclusive(lambda: core.eval(array, True, True))
         return scheduler.eval(self, array, logits is not None)
+
+    def _samples_in_step(self) -> bool:
+        """Whether generation draws its tokens inside the BatchScheduler's steps (_eval_sample):
+        when a running scheduler serves this session and no hook wants each token's logits."""
+        scheduler = self._scheduler
+        return scheduler is not None and not scheduler.closed and getattr(self, "_on_token", None) is None
+
+    def _eval_sample(self, tokens: Sequence[int], sampler: Any) -> int:
+        """eval() through the session's BatchScheduler whose last step also draws the next token
+        with `sampler` (a _core.Sampler, which accepts it); returns it. The logits stay in the
+        engine, so the session holds no fresh logits afterwards."""
+        array = token_array(tokens, self.model.n_vocab)
+        self._last_logits = None
+        return int(self._scheduler.eval(self, array, False, sampler))
 
     def cancel(self) -> None:
         """Asks an eval running in another thread (directly or through a BatchScheduler) to stop
