@@ -191,3 +191,19 @@ def test_learned_sink_logits_on_every_isa(shape, kv_type):
     with pytest.raises(ValueError, match="sink_logits"):
         _core.attend_test(keys, values, q_sink, q_window, n_head_kv, n_sink, window, kv_type, "scalar",
                           sink_logits[:-1].copy())
+
+
+def test_cache_rows_round_to_half_as_numpy_at_every_isa():
+    """The sink cache's f32 -> f16 conversion (F16C at the x86 levels) gives NumPy's float16 bits:
+    nearest, ties to even, subnormals, overflow to infinity, signed zeros; 37 values: a vector tail."""
+    rng = np.random.default_rng(4)
+    special = np.array([0.0, -0.0, 1.0, -1.0, 65504.0, 65519.99, 65520.0, -65520.0, 1e9, np.inf, -np.inf,
+                        2.0**-24, 2.0**-25, 2.0**-25 * 1.0001, 3 * 2.0**-25, 2.0**-14, 2.0**-14 * (1 - 2.0**-11),
+                        1 + 2.0**-11, 1 + 3 * 2.0**-11, 1e-9], dtype=np.float32)
+    values = np.concatenate([special, (rng.standard_normal(17) * 10).astype(np.float32)])
+    ties = (np.float16(rng.standard_normal(1000)).astype(np.float32).view(np.uint32) + (1 << 12)).view(np.float32)
+    for row in (values, ties):  # ties: exactly halfway between two half-precision neighbours
+        with np.errstate(over="ignore"):  # 65520 and beyond become infinity, as they should
+            want = row.astype(np.float16).view(np.uint16)
+        for isa in ISAS:
+            assert np.array_equal(_core.half_row_test(row, isa), want), isa

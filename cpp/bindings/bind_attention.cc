@@ -13,6 +13,7 @@
 
 #include "bindings/bindings.h"
 #include "core/error.h"
+#include "core/fp16.h"
 #include "kv/sink_cache.h"
 #include "ops/cpu/attention_kernels.h"
 #include "ops/cpu/cpu_features.h"
@@ -31,6 +32,24 @@ using F32Vector = nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device
 }  // namespace
 
 void bind_attention(nb::module_& m) {
+  m.def(
+      "half_row_test",
+      [](F32Vector values, const std::string& isa) {
+        const Isa level = parse_isa(isa);
+        SS_CHECK_ARG(isa_supported(level), "ISA ", isa, " is not available on this CPU");
+        const int64_t n = (int64_t)values.shape(0);
+        auto* bits = new std::vector<uint16_t>((size_t)n);
+        nb::capsule owner(bits, [](void* p) noexcept { delete static_cast<std::vector<uint16_t>*>(p); });
+        SinkCache::HalfRowFn convert = half_row_conversion(level);
+        if (convert != nullptr)
+          convert(values.data(), n, bits->data());
+        else
+          for (int64_t i = 0; i < n; ++i) (*bits)[(size_t)i] = f32_to_fp16(values.data()[i]);
+        size_t shape[1] = {(size_t)n};
+        return nb::ndarray<nb::numpy, uint16_t>(bits->data(), 1, shape, owner);
+      },
+      nb::arg("values"), nb::arg("isa"),
+      "Test hook: the half-precision bits the sink cache stores for float32 values at an ISA level.");
   m.def(
       "attend_test",
       [](F32Matrix keys, F32Matrix values, F32Matrix q_sink, F32Matrix q_window, int64_t n_head_kv, int64_t n_sink,

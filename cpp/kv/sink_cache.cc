@@ -101,7 +101,7 @@ size_t SinkCache::bytes_for(int64_t n_layer, int64_t n_head_kv, int64_t head_dim
   return 2 * bytes;  // keys and values
 }
 
-void SinkCache::store(int64_t layer, uint64_t token, const float* key, const float* value) {
+void SinkCache::store(int64_t layer, uint64_t token, const float* key, const float* value, HalfRowFn to_half) {
   for (int64_t h = 0; h < n_head_kv_; ++h) {
     uint8_t* k = keys_.data() + row_offset(layer, h, token);
     uint8_t* v = values_.data() + row_offset(layer, h, token);
@@ -116,6 +116,11 @@ void SinkCache::store(int64_t layer, uint64_t token, const float* key, const flo
     } else {
       uint16_t* kh = reinterpret_cast<uint16_t*>(k);
       uint16_t* vh = reinterpret_cast<uint16_t*>(v);
+      if (to_half != nullptr) {
+        to_half(key_h, head_dim_, kh);
+        to_half(value_h, head_dim_, vh);
+        continue;
+      }
       for (int64_t i = 0; i < head_dim_; ++i) {
         kh[i] = f32_to_fp16(key_h[i]);
         vh[i] = f32_to_fp16(value_h[i]);

@@ -128,8 +128,10 @@ class SinkCache {
   size_t token_row_bytes() const { return (size_t)n_head_kv_ * head_row_bytes(); }  // one token's K (or V)
 
   // Writes one token's rows (float32, row_elements() each, head after head), converting to the
-  // storage type.
-  void store(int64_t layer, uint64_t token, const float* key, const float* value);
+  // storage type. to_half: a vectorized f32 -> f16 row conversion with the same rounding (nearest,
+  // ties to even) as fp16.h's, or nullptr for that scalar one.
+  using HalfRowFn = void (*)(const float* in, int64_t n, uint16_t* out);
+  void store(int64_t layer, uint64_t token, const float* key, const float* value, HalfRowFn to_half = nullptr);
 
   // One token's stored K and V of a layer as raw bytes, head after head (token_row_bytes() each),
   // for save/restore: exact, the storage is copied as is.

@@ -124,6 +124,11 @@ def glu_test(activation: str, gate: Annotated[NDArray[numpy.float32], dict(shape
     Test hook: act(gate) * up with the function CpuBackend uses at ISA level `isa` (activations.h).
     """
 
+def half_row_test(values: Annotated[NDArray[numpy.float32], dict(shape=(None,), order='C', device='cpu', writable=False)], isa: str) -> NDArray[numpy.uint16]:
+    """
+    Test hook: the half-precision bits the sink cache stores for float32 values at an ISA level.
+    """
+
 def attend_test(keys: Annotated[NDArray[numpy.float32], dict(shape=(None, None), order='C', device='cpu', writable=False)], values: Annotated[NDArray[numpy.float32], dict(shape=(None, None), order='C', device='cpu', writable=False)], q_sink: Annotated[NDArray[numpy.float32], dict(shape=(None, None), order='C', device='cpu', writable=False)], q_window: Annotated[NDArray[numpy.float32], dict(shape=(None, None), order='C', device='cpu', writable=False)], n_head_kv: int, n_sink: int, window: int, kv_type: str, isa: str, sink_logits: Annotated[NDArray[numpy.float32], dict(shape=(None,), order='C', device='cpu', writable=False)] | None = None) -> NDArray[numpy.float32]:
     """
     Test hook: stores keys/values (n_tokens, n_head_kv * head_dim) as tokens 0.. of a one-layer sink

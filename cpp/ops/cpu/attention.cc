@@ -213,6 +213,10 @@ void accumulate_typed(const SinkCache& cache, int64_t layer, int64_t kv_head, in
 
 }  // namespace
 
+SinkCache::HalfRowFn half_row_conversion(Isa isa) {
+  return kernels_for(8, isa).to_half_bits;  // any row length: the kernels convert their tails too
+}
+
 int64_t attention_set_size(const SinkCache& cache, int64_t layer, uint64_t t) {
   return cache.span(layer, t).size(t);
 }

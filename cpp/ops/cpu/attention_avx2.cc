@@ -211,6 +211,15 @@ static void round_to_half(const float* in, int64_t n, float* out) {
   }
 }
 
+// F16C's conversion rounds to nearest, ties to even, as fp16.h's f32_to_fp16 (the cache's rows).
+static void to_half_bits(const float* in, int64_t n, uint16_t* out) {
+  constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), _mm256_cvtps_ph(_mm256_loadu_ps(in + i), kRound));
+  for (; i < n; ++i) out[i] = _cvtss_sh(in[i], kRound);
+}
+
 // ---- Q8_0 rows (dim % 32 == 0): 8 int8 values at a time to floats, times the block's scale ------
 
 static inline __m256 load8_q8(const int8_t* q) {
@@ -267,7 +276,8 @@ static void accumulate_rows_q8(const uint8_t* values, int64_t n_rows, int64_t ro
 
 Kernels avx2_kernels() {
   return Kernels{score_rows<uint16_t>, score_rows<float>, accumulate_rows<uint16_t>, accumulate_rows<float>,
-                 softmax,              round_to_half,     score_rows_q8,             accumulate_rows_q8};
+                 softmax,              round_to_half,     score_rows_q8,             accumulate_rows_q8,
+                 to_half_bits};
 }
 
 }  // namespace sinkstream::attention_kernels

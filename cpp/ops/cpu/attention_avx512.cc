@@ -137,7 +137,8 @@ static void accumulate_rows(const T* values, int64_t n_rows, int64_t row_stride,
 Kernels avx512_kernels() {
   const Kernels avx2 = avx2_kernels();
   return Kernels{score_rows<uint16_t>, score_rows<float>, accumulate_rows<uint16_t>, accumulate_rows<float>,
-                 avx2.softmax,         avx2.round_to_half, avx2.score_q8,           avx2.accumulate_q8};
+                 avx2.softmax,         avx2.round_to_half, avx2.score_q8,           avx2.accumulate_q8,
+                 avx2.to_half_bits};
 }
 
 }  // namespace sinkstream::attention_kernels

@@ -40,6 +40,8 @@ using AccumulateRowsQ8 = void (*)(const uint8_t* values, int64_t n_rows, int64_t
 using SoftmaxInPlace = void (*)(float* s, int64_t n, float sink, bool round_half);
 // out[i] = in[i] rounded to the nearest half-precision value (ties to even).
 using RoundToHalf = void (*)(const float* in, int64_t n, float* out);
+// out[i] = the half-precision bits of in[i], rounded the same way (fp16.h's f32_to_fp16).
+using ToHalfBits = void (*)(const float* in, int64_t n, uint16_t* out);
 
 // The query heads of a GQA group in passes of at most kMaxHeads (1 .. 4): calls
 // fn(h0, std::integral_constant<int, HN>{}) for h0 = 0, kMaxHeads, ... with HN = min(kMaxHeads,
@@ -86,6 +88,7 @@ struct Kernels {
   // Q8_0 rows; nullptr where a level has none (the scalar twins serve then).
   ScoreRowsQ8 score_q8 = nullptr;
   AccumulateRowsQ8 accumulate_q8 = nullptr;
+  ToHalfBits to_half_bits = nullptr;  // nullptr: the scalar conversion (fp16.h)
 };
 
 // AVX2 + FMA + F16C versions (attention_avx2.cc); only called when the CPU has them and dim % 8 == 0.
@@ -99,6 +102,10 @@ Kernels neon_kernels();
 }  // namespace sinkstream::attention_kernels
 
 namespace sinkstream {
+// The vectorized f32 -> f16 row conversion of level `isa` for SinkCache::store (the same bits as
+// the scalar one), or nullptr where the level has none.
+SinkCache::HalfRowFn half_row_conversion(Isa isa);
+
 // attend() (ops.h) with the kernel level given explicitly (falling back to narrower kernels where
 // head_dim does not suit the level); tests compare the levels on one CPU.
 int64_t attend_at_isa(const SinkCache& cache, int64_t layer, int64_t kv_head, int64_t group, uint64_t t,

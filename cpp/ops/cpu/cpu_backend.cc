@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "model/model.h"
 #include "ops/cpu/activations.h"
+#include "ops/cpu/attention_kernels.h"
 
 namespace sinkstream {
 
@@ -131,7 +132,8 @@ void CpuBackend::add_bias(float* y, const float* bias, int64_t rows, int64_t d) 
 }
 
 void CpuBackend::store_kv(SinkCache& cache, int64_t layer, uint64_t t, const float* key, const float* value) {
-  cache.store(layer, t, key, value);
+  static const SinkCache::HalfRowFn to_half = half_row_conversion(active_isa());
+  cache.store(layer, t, key, value, to_half);
 }
 
 uint64_t CpuBackend::entries_attended() const {
