@@ -159,7 +159,17 @@ def test_scheduled_generation_draws_in_the_step_unless_a_hook_wants_logits(tiny)
         hooked_session._on_token = lambda token, logits: seen.append((token, logits.shape))
         hooked = "".join(hooked_session.stream("hello", seed=5, max_tokens=20, **SAMPLING))
         assert not any(any(c) for c in calls) and len(seen) == 20 and seen[0][1] == (tiny.n_vocab,)
-    assert in_step == hooked == alone
+        calls.clear()
+        ids = []
+
+        def ids_only(token, logits):  # the server's hook without logprobs
+            ids.append((token, logits is None))
+        ids_only.needs_logits = False
+        ids_session = scheduler.session(window=40)
+        ids_session._on_token = ids_only
+        hooked_ids = "".join(ids_session.stream("hello", seed=5, max_tokens=20, **SAMPLING))
+        assert sum(any(c) for c in calls) == 19 and [none for _, none in ids] == [False] + [True] * 19
+    assert in_step == hooked == hooked_ids == alone
 
 
 def generate_in_threads(make_session, prompts, **options):

@@ -470,6 +470,7 @@ def _token_loop(session, prompt, add_bos, special, sampler, limit, repeat_last_n
             resumed = clock()
             if stats.generated_tokens > 0 and _draws_in_step(session):
                 token = _eval_and_draw(session, sampler)
+                logits = None  # they stayed in the engine
             else:
                 if stats.generated_tokens > 0:
                     logits, _ = _eval(session, _pending_of(session))
@@ -479,7 +480,9 @@ def _token_loop(session, prompt, add_bos, special, sampler, limit, repeat_last_n
             stats.generated_tokens += 1
             session._pending = [token]
             stats.decode_seconds += clock() - resumed
-            on_token = getattr(session, "_on_token", None)  # (token, the logits it was sampled from): aio/server
+            # (token, the logits it was sampled from, or None when the batched step drew it: a hook
+            # with needs_logits = False allows that): aio/server
+            on_token = getattr(session, "_on_token", None)
             if on_token is not None:
                 on_token(token, logits)
             if model.is_end_of_generation(token):

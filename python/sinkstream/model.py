@@ -451,9 +451,12 @@ class Session:
 
     def _samples_in_step(self) -> bool:
         """Whether generation draws its tokens inside the BatchScheduler's steps (_eval_sample):
-        when a running scheduler serves this session and no hook wants each token's logits."""
+        when a running scheduler serves this session and no per-token hook needs the logits (a
+        hook says so with needs_logits = False; then it gets None for them)."""
         scheduler = self._scheduler
-        return scheduler is not None and not scheduler.closed and getattr(self, "_on_token", None) is None
+        hook = getattr(self, "_on_token", None)
+        return (scheduler is not None and not scheduler.closed
+                and (hook is None or not getattr(hook, "needs_logits", True)))
 
     def _eval_sample(self, tokens: Sequence[int], sampler: Any) -> int:
         """eval() through the session's BatchScheduler whose last step also draws the next token

@@ -196,6 +196,7 @@ def _chunks(request: GenerationRequest, metrics: Metrics) -> Iterator[Chunk]:
         sampled.append(info)
         metrics.tokens(1)
 
+    on_token.needs_logits = k is not None  # type: ignore[attr-defined]  # else the batched step may draw
     session._on_token = on_token
     try:
         if request.messages is not None:
