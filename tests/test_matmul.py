@@ -148,7 +148,7 @@ def test_simd_levels_match_scalar_across_row_counts(qtype):
 PACKED_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.IQ4_NL, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]  # ops/cpu/packed_weights.h
 
 
-PACKED_AT = {"avx512": PACKED_TYPES, "avx2": [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1]}  # levels with packed kernels
+PACKED_AT = {"avx512": PACKED_TYPES, "avx2": [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0]}  # levels with packed kernels
 PACKED_CASES = [(isa, qtype) for isa in SIMD_LEVELS for qtype in PACKED_AT.get(isa, [])]
 
 
@@ -188,6 +188,13 @@ def test_packed_avx2_kernels_give_the_avx512_bits(qtype):
         w = make_weight(qtype, rows, cols, rng)
         x = rng.standard_normal((n, cols)).astype(np.float32)
         assert np.array_equal(run(qtype, w, rows, cols, x, "avx2"), run(qtype, w, rows, cols, x, "avx512"))
+    if qtype == T.Q8_0:  # any byte a file may hold, -128 included (the quantizer stops at -127)
+        blocks = rng.integers(0, 256, size=(16 * 18, 34), dtype=np.uint8)
+        blocks[:, 2::7] = 0x80
+        blocks[:, 0:2] = rng.uniform(1e-3, 2e-2, 16 * 18).astype(np.float16).view(np.uint8).reshape(-1, 2)
+        w = blocks.reshape(16, -1)
+        x = rng.standard_normal((5, 576)).astype(np.float32)
+        assert np.array_equal(run(qtype, w, 16, 576, x, "avx2"), run(qtype, w, 16, 576, x, "avx512"))
 
 
 @pytest.mark.parametrize("qtype", PACKED_TYPES, ids=lambda t: t.name)

@@ -1,13 +1,15 @@
-// AVX2 kernels for packed weights of the nibble types Q4_0, Q4_1, Q5_0 and Q5_1 (layout and
-// summation order: packed_weights.h). Compiled with -mavx2 -mfma -mf16c; only called at Isa::Avx2.
+// AVX2 kernels for packed weights of Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 (layout and summation order:
+// packed_weights.h). Compiled with -mavx2 -mfma -mf16c; only called at Isa::Avx2.
 //
 // A 16-row group is two 256-bit halves (rows 0-7 and 8-15: each 64-byte chunk is the two halves
 // one after the other). Without VPDPBUSD, 4 products per row come from VPMADDUBSW (unsigned weight
 // byte times signed activation byte, pairs summed to int16) and VPMADDWD by ones (pairs of int16 to
-// int32). The int16 step is exact: a weight is at most 31 (Q5), so a pair is at most 2 * 31 * 127.
-// The integer sums are therefore the AVX-512 kernels' exactly, and so are the float steps after
-// them. Q8_0 and IQ4_NL stay with the per-row kernels here: their packed bytes (value + 128) would
-// overflow VPMADDUBSW's int16 pairs.
+// int32). The int16 step is exact: a nibble weight is at most 31 (Q5), so a pair is at most
+// 2 * 31 * 127. Q8_0's stored bytes (value + 128) would overflow it, so its kernel multiplies the
+// signed values instead (|q| times a with q's sign, at most 2 * 128 * 127 per pair) and adds back
+// 128 * the block's activation sum, in integers. The integer sums are therefore the AVX-512
+// kernels' exactly, and so are the float steps after them. IQ4_NL and the K-quants stay with the
+// per-row kernels here.
 #include "ops/cpu/packed_weights.h"
 
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
@@ -29,6 +31,20 @@ namespace {
 // Four unsigned weight bytes per int32 lane times the same four activation bytes in every lane.
 static inline __m256i dot4(__m256i w, __m256i a) {
   return _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1));
+}
+
+// y[t] (the first `rows` of a half's 8) = acc[t] + extra[t], for NT tokens ys apart.
+static inline void store_half(const __m256* acc, const __m256* extra, int nt, float* y, int64_t ys, int rows) {
+  for (int t = 0; t < nt; ++t) {
+    const __m256 out = _mm256_add_ps(acc[t], extra[t]);
+    if (rows >= 8) {
+      _mm256_storeu_ps(y + t * ys, out);
+    } else {
+      alignas(32) float lanes[8];
+      _mm256_store_ps(lanes, out);
+      std::memcpy(y + t * ys, lanes, (size_t)rows * sizeof(float));
+    }
+  }
 }
 
 // kFifthBits: add 16 where the masks say (Q5_0, Q5_1); kMins: the extra term is m * ds_x, else
@@ -81,16 +97,63 @@ struct PackedNibbles {
         extra[t] = _mm256_fmadd_ps(e, _mm256_set1_ps(s.ds), extra[t]);
       }
     }
-    for (int t = 0; t < NT; ++t) {
-      const __m256 out = _mm256_add_ps(acc[t], extra[t]);
-      if (rows >= 8) {
-        _mm256_storeu_ps(y + t * ys, out);
-      } else {
-        alignas(32) float lanes[8];
-        _mm256_store_ps(lanes, out);
-        std::memcpy(y + t * ys, lanes, (size_t)rows * sizeof(float));
+    store_half(acc, extra, NT, y, ys, rows);
+  }
+
+  template <int NT>
+  static void run(int64_t nb, const uint8_t* group, int64_t group_bytes, const uint8_t* x, int64_t xs, float* y,
+                  int64_t ys, int64_t left) {
+    for (int half = 0; half < 2 && left > 8 * half; ++half)
+      run_half<NT>(nb, group, group_bytes, half, x, xs, y + 8 * half, ys, (int)std::min<int64_t>(8, left - 8 * half));
+  }
+};
+
+// Q8_0 (stored q + 128, rows in lanes as the nibble types; the extra term is -128 * d_w * ds_x, as
+// the AVX-512 kernel's Q8_0Packed).
+struct PackedQ8_0 {
+  static constexpr int kMaxTokens = 4;
+
+  // Sum of the 32 activation quants of block b (a 16-byte piece for elements 0-15 and one for
+  // 16-31): SAD of the bytes + 128 against zero, minus 32 * 128.
+  static inline int32_t block_sum(const uint8_t* a, int64_t b) {
+    const __m256i bytes = _mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + q8a_quant_offset(b, 1))),
+                                           _mm_loadu_si128(reinterpret_cast<const __m128i*>(a + q8a_quant_offset(b, 0))));
+    const __m256i sad = _mm256_sad_epu8(_mm256_xor_si256(bytes, _mm256_set1_epi8(-128)), _mm256_setzero_si256());
+    __m128i sum = _mm_add_epi64(_mm256_castsi256_si128(sad), _mm256_extracti128_si256(sad, 1));
+    sum = _mm_add_epi64(sum, _mm_unpackhi_epi64(sum, sum));
+    return _mm_cvtsi128_si32(sum) - 32 * 128;
+  }
+
+  template <int NT>
+  static void run_half(int64_t nb, const uint8_t* group, int64_t group_bytes, int half, const uint8_t* x, int64_t xs,
+                       float* y, int64_t ys, int rows) {
+    const uint8_t* quants = group;
+    const uint8_t* scales = quants + nb * 512;
+    const int64_t scales_offset = q8a_scales_offset(nb);
+    const __m256i sign_bit = _mm256_set1_epi8(-128);
+    __m256 acc[NT], extra[NT];
+    for (int t = 0; t < NT; ++t) acc[t] = extra[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      if (half == 0) prefetch_ahead(group, group_bytes, nb, b);
+      __m256i isum[NT];
+      for (int t = 0; t < NT; ++t) isum[t] = _mm256_set1_epi32(128 * block_sum(x + t * xs, b));
+      for (int j = 0; j < 8; ++j) {
+        const __m256i q = _mm256_xor_si256(load256(quants + b * 512 + 64 * j + 32 * half), sign_bit);  // signed
+        const __m256i magnitude = _mm256_abs_epi8(q);  // -128 gives the byte 128, read unsigned
+        for (int t = 0; t < NT; ++t) {
+          const __m256i a = _mm256_set1_epi32(load_i32(x + t * xs + q8a_element_offset(b, 4 * j)));
+          isum[t] = _mm256_add_epi32(isum[t], dot4(magnitude, _mm256_sign_epi8(a, q)));
+        }
+      }
+      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + b * 32 + 16 * half)));
+      const __m256 e = _mm256_mul_ps(d, _mm256_set1_ps(-128.0f));
+      for (int t = 0; t < NT; ++t) {
+        const Q8AScale s = reinterpret_cast<const Q8AScale*>(x + t * xs + scales_offset)[b];
+        acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(s.d)), _mm256_cvtepi32_ps(isum[t]), acc[t]);
+        extra[t] = _mm256_fmadd_ps(e, _mm256_set1_ps(s.ds), extra[t]);
       }
     }
+    store_half(acc, extra, NT, y, ys, rows);
   }
 
   template <int NT>
@@ -128,6 +191,7 @@ PackedTileFn avx2_packed_tile(GgmlType type) {
     case GgmlType::Q4_1: return packed_tile<PackedNibbles<false, true, 0>>;
     case GgmlType::Q5_0: return packed_tile<PackedNibbles<true, false, 16>>;
     case GgmlType::Q5_1: return packed_tile<PackedNibbles<true, true, 0>>;
+    case GgmlType::Q8_0: return packed_tile<PackedQ8_0>;
     default: return nullptr;
   }
 }
