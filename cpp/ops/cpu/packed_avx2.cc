@@ -1,4 +1,4 @@
-// AVX2 kernels for packed weights of Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 (layout and summation order:
+// AVX2 kernels for packed weights of Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and IQ4_NL (layout and summation order:
 // packed_weights.h). Compiled with -mavx2 -mfma -mf16c; only called at Isa::Avx2.
 //
 // A 16-row group is two 256-bit halves (rows 0-7 and 8-15: each 64-byte chunk is the two halves
@@ -8,8 +8,8 @@
 // 2 * 31 * 127. Q8_0's stored bytes (value + 128) would overflow it, so its kernel multiplies the
 // signed values instead (|q| times a with q's sign, at most 2 * 128 * 127 per pair) and adds back
 // 128 * the block's activation sum, in integers. The integer sums are therefore the AVX-512
-// kernels' exactly, and so are the float steps after them. IQ4_NL and the K-quants stay with the
-// per-row kernels here.
+// kernels' exactly, and so are the float steps after them. IQ4_NL the same way, its nibbles looked
+// up in the codebook. The K-quants stay with the per-row kernels here.
 #include "ops/cpu/packed_weights.h"
 
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
@@ -33,6 +33,21 @@ static inline __m256i dot4(__m256i w, __m256i a) {
   return _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1));
 }
 
+// Sum of the 32 activation quants of block b of a Q8A row (a 16-byte piece for elements 0-15 and
+// one for 16-31): SAD of the bytes + 128 against zero, minus 32 * 128.
+static inline int32_t block_sum(const uint8_t* a, int64_t b) {
+  const __m256i bytes = _mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + q8a_quant_offset(b, 1))),
+                                         _mm_loadu_si128(reinterpret_cast<const __m128i*>(a + q8a_quant_offset(b, 0))));
+  const __m256i sad = _mm256_sad_epu8(_mm256_xor_si256(bytes, _mm256_set1_epi8(-128)), _mm256_setzero_si256());
+  __m128i sum = _mm_add_epi64(_mm256_castsi256_si128(sad), _mm256_extracti128_si256(sad, 1));
+  sum = _mm_add_epi64(sum, _mm_unpackhi_epi64(sum, sum));
+  return _mm_cvtsi128_si32(sum) - 32 * 128;
+}
+
+// Signed weight bytes q (-128 .. 127) times four activation bytes per int32 lane, exactly: |q|
+// times a with q's sign (a pair is at most 2 * 128 * 127, within VPMADDUBSW's int16).
+static inline __m256i dot4_signed(__m256i q, __m256i a) { return dot4(_mm256_abs_epi8(q), _mm256_sign_epi8(a, q)); }
+
 // y[t] (the first `rows` of a half's 8) = acc[t] + extra[t], for NT tokens ys apart.
 static inline void store_half(const __m256* acc, const __m256* extra, int nt, float* y, int64_t ys, int rows) {
   for (int t = 0; t < nt; ++t) {
@@ -48,8 +63,10 @@ static inline void store_half(const __m256* acc, const __m256* extra, int nt, fl
 }
 
 // kFifthBits: add 16 where the masks say (Q5_0, Q5_1); kMins: the extra term is m * ds_x, else
-// -kOffset * d_w * ds_x (as the AVX-512 kernels' traits).
-template <bool kFifthBits, bool kMins, int kOffset>
+// -kOffset * d_w * ds_x (as the AVX-512 kernels' traits). kCodebook (IQ4_NL): a nibble stands for
+// its codebook value q; the AVX-512 kernel multiplies q + 128, so the sums get 128 * the block's
+// activation sum added (kOffset is 128).
+template <bool kFifthBits, bool kMins, int kOffset, bool kCodebook = false>
 struct PackedNibbles {
   static constexpr int kMaxTokens = 4;
 
@@ -63,12 +80,15 @@ struct PackedNibbles {
     const uint8_t* mins = scales + nb * kPackRows * 2;
     const int64_t scales_offset = q8a_scales_offset(nb);
     const __m256i low4 = _mm256_set1_epi8(0x0f);
+    const __m256i codebook =
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues)));
     __m256 acc[NT], extra[NT];
     for (int t = 0; t < NT; ++t) acc[t] = extra[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
       if (half == 0) prefetch_ahead(group, group_bytes, nb, b);
       __m256i isum[NT];
-      for (int t = 0; t < NT; ++t) isum[t] = _mm256_setzero_si256();
+      for (int t = 0; t < NT; ++t)
+        isum[t] = kCodebook ? _mm256_set1_epi32(kOffset * block_sum(x + t * xs, b)) : _mm256_setzero_si256();
       for (int c = 0; c < 4; ++c) {
         const __m256i packed = load256(quants + b * 256 + 64 * c + 32 * half);
         __m256i lo = _mm256_and_si256(packed, low4);
@@ -80,11 +100,21 @@ struct PackedNibbles {
           lo = _mm256_or_si256(lo, fifth_bits(mask_lo));
           hi = _mm256_or_si256(hi, fifth_bits(mask_hi));
         }
+        if constexpr (kCodebook) {
+          lo = _mm256_shuffle_epi8(codebook, lo);
+          hi = _mm256_shuffle_epi8(codebook, hi);
+        }
         for (int t = 0; t < NT; ++t) {
           const uint8_t* a = x + t * xs;
-          isum[t] = _mm256_add_epi32(isum[t], dot4(lo, _mm256_set1_epi32(load_i32(a + q8a_element_offset(b, 4 * c)))));
+          const __m256i a_lo = _mm256_set1_epi32(load_i32(a + q8a_element_offset(b, 4 * c)));
           const __m256i a_hi = _mm256_set1_epi32(load_i32(a + q8a_element_offset(b, 16 + 4 * c)));
-          isum[t] = _mm256_add_epi32(isum[t], dot4(hi, a_hi));
+          if constexpr (kCodebook) {
+            isum[t] = _mm256_add_epi32(isum[t], dot4_signed(lo, a_lo));
+            isum[t] = _mm256_add_epi32(isum[t], dot4_signed(hi, a_hi));
+          } else {
+            isum[t] = _mm256_add_epi32(isum[t], dot4(lo, a_lo));
+            isum[t] = _mm256_add_epi32(isum[t], dot4(hi, a_hi));
+          }
         }
       }
       const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + b * 32 + 16 * half)));
@@ -113,17 +143,6 @@ struct PackedNibbles {
 struct PackedQ8_0 {
   static constexpr int kMaxTokens = 4;
 
-  // Sum of the 32 activation quants of block b (a 16-byte piece for elements 0-15 and one for
-  // 16-31): SAD of the bytes + 128 against zero, minus 32 * 128.
-  static inline int32_t block_sum(const uint8_t* a, int64_t b) {
-    const __m256i bytes = _mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + q8a_quant_offset(b, 1))),
-                                           _mm_loadu_si128(reinterpret_cast<const __m128i*>(a + q8a_quant_offset(b, 0))));
-    const __m256i sad = _mm256_sad_epu8(_mm256_xor_si256(bytes, _mm256_set1_epi8(-128)), _mm256_setzero_si256());
-    __m128i sum = _mm_add_epi64(_mm256_castsi256_si128(sad), _mm256_extracti128_si256(sad, 1));
-    sum = _mm_add_epi64(sum, _mm_unpackhi_epi64(sum, sum));
-    return _mm_cvtsi128_si32(sum) - 32 * 128;
-  }
-
   template <int NT>
   static void run_half(int64_t nb, const uint8_t* group, int64_t group_bytes, int half, const uint8_t* x, int64_t xs,
                        float* y, int64_t ys, int rows) {
@@ -135,14 +154,13 @@ struct PackedQ8_0 {
     for (int t = 0; t < NT; ++t) acc[t] = extra[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
       if (half == 0) prefetch_ahead(group, group_bytes, nb, b);
-      __m256i isum[NT];
+      __m256i isum[NT];  // the AVX-512 kernel's sums of q + 128: 128 * the activation sum, then q's products
       for (int t = 0; t < NT; ++t) isum[t] = _mm256_set1_epi32(128 * block_sum(x + t * xs, b));
       for (int j = 0; j < 8; ++j) {
         const __m256i q = _mm256_xor_si256(load256(quants + b * 512 + 64 * j + 32 * half), sign_bit);  // signed
-        const __m256i magnitude = _mm256_abs_epi8(q);  // -128 gives the byte 128, read unsigned
         for (int t = 0; t < NT; ++t) {
           const __m256i a = _mm256_set1_epi32(load_i32(x + t * xs + q8a_element_offset(b, 4 * j)));
-          isum[t] = _mm256_add_epi32(isum[t], dot4(magnitude, _mm256_sign_epi8(a, q)));
+          isum[t] = _mm256_add_epi32(isum[t], dot4_signed(q, a));
         }
       }
       const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + b * 32 + 16 * half)));
@@ -192,6 +210,7 @@ PackedTileFn avx2_packed_tile(GgmlType type) {
     case GgmlType::Q5_0: return packed_tile<PackedNibbles<true, false, 16>>;
     case GgmlType::Q5_1: return packed_tile<PackedNibbles<true, true, 0>>;
     case GgmlType::Q8_0: return packed_tile<PackedQ8_0>;
+    case GgmlType::IQ4_NL: return packed_tile<PackedNibbles<false, false, 128, true>>;
     default: return nullptr;
   }
 }
