@@ -148,7 +148,7 @@ def test_simd_levels_match_scalar_across_row_counts(qtype):
 PACKED_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.IQ4_NL, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]  # ops/cpu/packed_weights.h
 
 
-PACKED_AT = {"avx512": PACKED_TYPES, "avx2": [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.IQ4_NL]}  # levels with packed kernels
+PACKED_AT = {"avx512": PACKED_TYPES, "avx2": [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.IQ4_NL, T.Q4_K, T.Q5_K, T.Q6_K]}  # levels with packed kernels
 PACKED_CASES = [(isa, qtype) for isa in SIMD_LEVELS for qtype in PACKED_AT.get(isa, [])]
 
 
@@ -184,7 +184,8 @@ def test_packed_rows_match_the_per_row_kernels(isa, qtype):
 def test_packed_avx2_kernels_give_the_avx512_bits(qtype):
     # Both compute each block's exact int32 sums and then the same float steps in the same order.
     rng = np.random.default_rng(970 + int(qtype))
-    for rows, cols, n in ((1, 32, 1), (37, 96, 5), (16, 576, 9)):
+    block = GGML_QUANT_SIZES[qtype][0]  # 32, or 256 for the K-quants
+    for rows, cols, n in ((1, block, 1), (37, 3 * block, 5), (16, 18 * 32 if block == 32 else 3 * block, 9)):
         w = make_weight(qtype, rows, cols, rng)
         x = rng.standard_normal((n, cols)).astype(np.float32)
         assert np.array_equal(run(qtype, w, rows, cols, x, "avx2"), run(qtype, w, rows, cols, x, "avx512"))

@@ -1,4 +1,4 @@
-// AVX2 kernels for packed weights of Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and IQ4_NL (layout and summation order:
+// AVX2 kernels for packed weights of Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q4_K, Q5_K and Q6_K (layout and summation order:
 // packed_weights.h). Compiled with -mavx2 -mfma -mf16c; only called at Isa::Avx2.
 //
 // A 16-row group is two 256-bit halves (rows 0-7 and 8-15: each 64-byte chunk is the two halves
@@ -9,7 +9,8 @@
 // signed values instead (|q| times a with q's sign, at most 2 * 128 * 127 per pair) and adds back
 // 128 * the block's activation sum, in integers. The integer sums are therefore the AVX-512
 // kernels' exactly, and so are the float steps after them. IQ4_NL the same way, its nibbles looked
-// up in the codebook. The K-quants stay with the per-row kernels here.
+// up in the codebook. Q4_K, Q5_K and Q6_K (weights at most 63) follow the AVX-512 kernels step by
+// step; Q2_K and Q3_K stay with the per-row kernels here.
 #include "ops/cpu/packed_weights.h"
 
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
@@ -182,6 +183,169 @@ struct PackedQ8_0 {
   }
 };
 
+// ---- K-quants (as the AVX-512 kernels: one exact int32 total per super-block, then one float step
+// per super-block and token), 8 rows per 256-bit half ------------------------------------------------
+
+static inline const BlockQ8KA* q8k_block(const uint8_t* x, int64_t xs, int t, int64_t b) {
+  return reinterpret_cast<const BlockQ8KA*>(x + t * xs) + b;
+}
+// 4 activation bytes (or 2 int16 bsums) as 8 copies.
+static inline __m256i broadcast4(const void* p) { return _mm256_set1_epi32(load_i32(static_cast<const uint8_t*>(p))); }
+// 8 bytes (one per row) as int32 lanes.
+static inline __m256i widen8(const uint8_t* p) {
+  return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+}
+static inline __m256 load_halves8(const uint8_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+// Q4_K / Q5_K: y = d d_x sum_j sc_j isum_j - dmin d_x sum_j m_j (bsum_2j + bsum_2j+1); weights at
+// most 31, so VPMADDUBSW pairs are exact.
+template <bool kFifthBits>
+struct PackedQ45K {
+  static constexpr int kMaxTokens = 4;
+
+  template <int NT>
+  static void run_half(int64_t nb, const uint8_t* group, int64_t group_bytes, int half, const uint8_t* x, int64_t xs,
+                       float* y, int64_t ys, int rows) {
+    const uint8_t* quants = group;
+    const uint8_t* fifth = quants + nb * 2048;
+    const uint8_t* scales = fifth + (kFifthBits ? nb * 512 : 0);
+    const uint8_t* mins = scales + nb * 128;
+    const uint8_t* d_half = mins + nb * 128;
+    const uint8_t* dmin_half = d_half + nb * 32;
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    __m256 acc[NT], extra[NT];
+    for (int t = 0; t < NT; ++t) acc[t] = extra[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      if (half == 0) prefetch_ahead(group, group_bytes, nb, b);
+      const uint8_t* q = quants + b * 2048;
+      __m256i total[NT];
+      for (int t = 0; t < NT; ++t) total[t] = _mm256_setzero_si256();
+      for (int c = 0; c < 4; ++c) {  // sub-blocks 2c (low nibbles) and 2c + 1 (high nibbles)
+        __m256i sum_lo[NT], sum_hi[NT];
+        for (int t = 0; t < NT; ++t) sum_lo[t] = sum_hi[t] = _mm256_setzero_si256();
+        for (int i = 0; i < 8; ++i) {
+          const int n = 8 * c + i;
+          const __m256i packed = load256(q + 64 * n + 32 * half);
+          __m256i lo = _mm256_and_si256(packed, low4);
+          __m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
+          if constexpr (kFifthBits) {
+            uint32_t mask_lo, mask_hi;  // this half's 32 bits of the register's 64-bit mask
+            std::memcpy(&mask_lo, fifth + b * 512 + 8 * n + 4 * half, 4);
+            std::memcpy(&mask_hi, fifth + b * 512 + 8 * (32 + n) + 4 * half, 4);
+            lo = _mm256_or_si256(lo, fifth_bits(mask_lo));
+            hi = _mm256_or_si256(hi, fifth_bits(mask_hi));
+          }
+          for (int t = 0; t < NT; ++t) {
+            const int8_t* a = q8k_block(x, xs, t, b)->qs + 64 * c + 4 * i;
+            sum_lo[t] = _mm256_add_epi32(sum_lo[t], dot4(lo, broadcast4(a)));
+            sum_hi[t] = _mm256_add_epi32(sum_hi[t], dot4(hi, broadcast4(a + 32)));
+          }
+        }
+        const __m256i sc_lo = widen8(scales + b * 128 + 16 * (2 * c) + 8 * half);
+        const __m256i sc_hi = widen8(scales + b * 128 + 16 * (2 * c + 1) + 8 * half);
+        for (int t = 0; t < NT; ++t)
+          total[t] = _mm256_add_epi32(total[t], _mm256_add_epi32(_mm256_mullo_epi32(sum_lo[t], sc_lo),
+                                                                 _mm256_mullo_epi32(sum_hi[t], sc_hi)));
+      }
+      // Mins: the 16-element bsums in pairs against [m_j, m_j] in each row's lane.
+      __m256i min_total[NT];
+      for (int t = 0; t < NT; ++t) min_total[t] = _mm256_setzero_si256();
+      for (int j = 0; j < 8; ++j) {
+        const __m256i m = widen8(mins + b * 128 + 16 * j + 8 * half);
+        const __m256i m_twice = _mm256_or_si256(m, _mm256_slli_epi32(m, 16));
+        for (int t = 0; t < NT; ++t)
+          min_total[t] = _mm256_add_epi32(
+              min_total[t], _mm256_madd_epi16(m_twice, broadcast4(q8k_block(x, xs, t, b)->bsums + 2 * j)));
+      }
+      const __m256 d = load_halves8(d_half + b * 32 + 16 * half), dmin = load_halves8(dmin_half + b * 32 + 16 * half);
+      for (int t = 0; t < NT; ++t) {
+        const __m256 dx = _mm256_set1_ps(q8k_block(x, xs, t, b)->d);
+        acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, dx), _mm256_cvtepi32_ps(total[t]), acc[t]);
+        extra[t] = _mm256_fmadd_ps(_mm256_mul_ps(dmin, dx), _mm256_cvtepi32_ps(min_total[t]), extra[t]);
+      }
+    }
+    for (int t = 0; t < NT; ++t) extra[t] = _mm256_sub_ps(_mm256_setzero_ps(), extra[t]);  // acc - extra
+    store_half(acc, extra, NT, y, ys, rows);
+  }
+
+  template <int NT>
+  static void run(int64_t nb, const uint8_t* group, int64_t group_bytes, const uint8_t* x, int64_t xs, float* y,
+                  int64_t ys, int64_t left) {
+    for (int half = 0; half < 2 && left > 8 * half; ++half)
+      run_half<NT>(nb, group, group_bytes, half, x, xs, y + 8 * half, ys, (int)std::min<int64_t>(8, left - 8 * half));
+  }
+};
+
+// Q6_K: y = d d_x sum_j sc_j (isum_j - 32 bsum_j), the 6-bit values stored unsigned (q + 32, at
+// most 63: VPMADDUBSW pairs are exact).
+struct PackedQ6K {
+  static constexpr int kMaxTokens = 4;
+
+  template <int NT>
+  static void run_half(int64_t nb, const uint8_t* group, int64_t group_bytes, int half, const uint8_t* x, int64_t xs,
+                       float* y, int64_t ys, int rows) {
+    const uint8_t* quants = group;
+    const uint8_t* scales = quants + nb * 3072;
+    const uint8_t* d_half = scales + nb * 256;
+    const __m256i low4 = _mm256_set1_epi8(0x0f), top2 = _mm256_set1_epi8(0x30);
+    __m256 acc[NT];
+    for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      if (half == 0) prefetch_ahead(group, group_bytes, nb, b);
+      __m256i total[NT], offset[NT];
+      for (int t = 0; t < NT; ++t) total[t] = offset[t] = _mm256_setzero_si256();
+      for (int p = 0; p < 8; ++p) {  // sub-blocks 2p, 2p + 1
+        // The pair's scales as int16 pairs [sc_2p, sc_2p+1] per row: the bsums term in one VPMADDWD.
+        const __m256i sc_pair = _mm256_cvtepi8_epi16(
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + b * 256 + 32 * p + 16 * half)));
+        for (int t = 0; t < NT; ++t)
+          offset[t] = _mm256_add_epi32(offset[t],
+                                       _mm256_madd_epi16(sc_pair, broadcast4(q8k_block(x, xs, t, b)->bsums + 2 * p)));
+        for (int sub = 0; sub < 2; ++sub) {
+          const int j = 2 * p + sub;
+          const uint8_t* chunks = quants + b * 3072 + j * 192 + 32 * half;
+          const __m256i l0 = load256(chunks), l1 = load256(chunks + 64), h = load256(chunks + 128);
+          // Value = low nibble | top two bits << 4 (bits 4, 5; the masks drop what the 16-bit shifts carry over).
+          const auto value = [&](__m256i low, __m256i top) {
+            return _mm256_or_si256(_mm256_and_si256(low, low4), _mm256_and_si256(top, top2));
+          };
+          const __m256i v[4] = {value(l0, _mm256_slli_epi16(h, 4)),
+                                value(_mm256_srli_epi16(l0, 4), _mm256_slli_epi16(h, 2)), value(l1, h),
+                                value(_mm256_srli_epi16(l1, 4), _mm256_srli_epi16(h, 2))};
+          // Sub-block j's int32 scale: the low (even j) or high (odd j) int16 of each lane, sign-extended.
+          const __m256i sc =
+              sub == 0 ? _mm256_srai_epi32(_mm256_slli_epi32(sc_pair, 16), 16) : _mm256_srai_epi32(sc_pair, 16);
+          for (int t = 0; t < NT; ++t) {
+            const int8_t* a = q8k_block(x, xs, t, b)->qs + 16 * j;
+            __m256i sum = _mm256_setzero_si256();
+            for (int k = 0; k < 4; ++k) sum = _mm256_add_epi32(sum, dot4(v[k], broadcast4(a + 4 * k)));
+            total[t] = _mm256_add_epi32(total[t], _mm256_mullo_epi32(sum, sc));
+          }
+        }
+      }
+      const __m256 d = load_halves8(d_half + b * 32 + 16 * half);
+      for (int t = 0; t < NT; ++t) {
+        // - 32 sum_j sc_j bsum_j
+        const __m256i centered = _mm256_sub_epi32(total[t], _mm256_slli_epi32(offset[t], 5));
+        const __m256 dx = _mm256_set1_ps(q8k_block(x, xs, t, b)->d);
+        acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, dx), _mm256_cvtepi32_ps(centered), acc[t]);
+      }
+    }
+    __m256 zero[NT];
+    for (int t = 0; t < NT; ++t) zero[t] = _mm256_setzero_ps();
+    store_half(acc, zero, NT, y, ys, rows);
+  }
+
+  template <int NT>
+  static void run(int64_t nb, const uint8_t* group, int64_t group_bytes, const uint8_t* x, int64_t xs, float* y,
+                  int64_t ys, int64_t left) {
+    for (int half = 0; half < 2 && left > 8 * half; ++half)
+      run_half<NT>(nb, group, group_bytes, half, x, xs, y + 8 * half, ys, (int)std::min<int64_t>(8, left - 8 * half));
+  }
+};
+
 template <typename Kernel>
 void packed_tile(int64_t nb, const uint8_t* w, int64_t group_bytes, int n_groups, int64_t rows_left,
                  const uint8_t* x, int64_t xs, int nt, float* y, int64_t ys) {
@@ -211,6 +375,9 @@ PackedTileFn avx2_packed_tile(GgmlType type) {
     case GgmlType::Q5_1: return packed_tile<PackedNibbles<true, true, 0>>;
     case GgmlType::Q8_0: return packed_tile<PackedQ8_0>;
     case GgmlType::IQ4_NL: return packed_tile<PackedNibbles<false, false, 128, true>>;
+    case GgmlType::Q4_K: return packed_tile<PackedQ45K<false>>;
+    case GgmlType::Q5_K: return packed_tile<PackedQ45K<true>>;
+    case GgmlType::Q6_K: return packed_tile<PackedQ6K>;
     default: return nullptr;
   }
 }

@@ -77,7 +77,7 @@ constexpr int kPackTokenTile = 8;
 // weight is then not packed and the per-row kernels read the file's rows).
 PackedTileFn packed_tile_kernel(GgmlType type, Isa isa);
 PackedTileFn avx512_packed_tile(GgmlType type);  // nullptr when not compiled for x86-64
-PackedTileFn avx2_packed_tile(GgmlType type);    // Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL; nullptr otherwise
+PackedTileFn avx2_packed_tile(GgmlType type);    // all but Q2_K and Q3_K; nullptr for those
 
 // Bytes of one group of w packed, and of all of w (its rows rounded up to a multiple of kPackRows).
 int64_t packed_group_bytes(const WeightMatrix& w);
