@@ -63,13 +63,25 @@ static inline void store_half(const __m256* acc, const __m256* extra, int nt, fl
   }
 }
 
+// A kernel's run(): its run_half on rows 0-7, then on rows 8-15 where the group has them.
+template <typename Kernel>
+struct Halves {
+  static constexpr int kMaxTokens = 4;
+  template <int NT>
+  static void run(int64_t nb, const uint8_t* group, int64_t group_bytes, const uint8_t* x, int64_t xs, float* y,
+                  int64_t ys, int64_t left) {
+    for (int half = 0; half < 2 && left > 8 * half; ++half)
+      Kernel::template run_half<NT>(nb, group, group_bytes, half, x, xs, y + 8 * half, ys,
+                                    (int)std::min<int64_t>(8, left - 8 * half));
+  }
+};
+
 // kFifthBits: add 16 where the masks say (Q5_0, Q5_1); kMins: the extra term is m * ds_x, else
 // -kOffset * d_w * ds_x (as the AVX-512 kernels' traits). kCodebook (IQ4_NL): a nibble stands for
 // its codebook value q; the AVX-512 kernel multiplies q + 128, so the sums get 128 * the block's
 // activation sum added (kOffset is 128).
 template <bool kFifthBits, bool kMins, int kOffset, bool kCodebook = false>
-struct PackedNibbles {
-  static constexpr int kMaxTokens = 4;
+struct PackedNibbles : Halves<PackedNibbles<kFifthBits, kMins, kOffset, kCodebook>> {
 
   // One half (8 rows, `half` 0 or 1) of a group against NT tokens.
   template <int NT>
@@ -130,19 +142,11 @@ struct PackedNibbles {
     }
     store_half(acc, extra, NT, y, ys, rows);
   }
-
-  template <int NT>
-  static void run(int64_t nb, const uint8_t* group, int64_t group_bytes, const uint8_t* x, int64_t xs, float* y,
-                  int64_t ys, int64_t left) {
-    for (int half = 0; half < 2 && left > 8 * half; ++half)
-      run_half<NT>(nb, group, group_bytes, half, x, xs, y + 8 * half, ys, (int)std::min<int64_t>(8, left - 8 * half));
-  }
 };
 
 // Q8_0 (stored q + 128, rows in lanes as the nibble types; the extra term is -128 * d_w * ds_x, as
 // the AVX-512 kernel's Q8_0Packed).
-struct PackedQ8_0 {
-  static constexpr int kMaxTokens = 4;
+struct PackedQ8_0 : Halves<PackedQ8_0> {
 
   template <int NT>
   static void run_half(int64_t nb, const uint8_t* group, int64_t group_bytes, int half, const uint8_t* x, int64_t xs,
@@ -174,13 +178,6 @@ struct PackedQ8_0 {
     }
     store_half(acc, extra, NT, y, ys, rows);
   }
-
-  template <int NT>
-  static void run(int64_t nb, const uint8_t* group, int64_t group_bytes, const uint8_t* x, int64_t xs, float* y,
-                  int64_t ys, int64_t left) {
-    for (int half = 0; half < 2 && left > 8 * half; ++half)
-      run_half<NT>(nb, group, group_bytes, half, x, xs, y + 8 * half, ys, (int)std::min<int64_t>(8, left - 8 * half));
-  }
 };
 
 // ---- K-quants (as the AVX-512 kernels: one exact int32 total per super-block, then one float step
@@ -202,8 +199,7 @@ static inline __m256 load_halves8(const uint8_t* p) {
 // Q4_K / Q5_K: y = d d_x sum_j sc_j isum_j - dmin d_x sum_j m_j (bsum_2j + bsum_2j+1); weights at
 // most 31, so VPMADDUBSW pairs are exact.
 template <bool kFifthBits>
-struct PackedQ45K {
-  static constexpr int kMaxTokens = 4;
+struct PackedQ45K : Halves<PackedQ45K<kFifthBits>> {
 
   template <int NT>
   static void run_half(int64_t nb, const uint8_t* group, int64_t group_bytes, int half, const uint8_t* x, int64_t xs,
@@ -269,19 +265,11 @@ struct PackedQ45K {
     for (int t = 0; t < NT; ++t) extra[t] = _mm256_sub_ps(_mm256_setzero_ps(), extra[t]);  // acc - extra
     store_half(acc, extra, NT, y, ys, rows);
   }
-
-  template <int NT>
-  static void run(int64_t nb, const uint8_t* group, int64_t group_bytes, const uint8_t* x, int64_t xs, float* y,
-                  int64_t ys, int64_t left) {
-    for (int half = 0; half < 2 && left > 8 * half; ++half)
-      run_half<NT>(nb, group, group_bytes, half, x, xs, y + 8 * half, ys, (int)std::min<int64_t>(8, left - 8 * half));
-  }
 };
 
 // Q6_K: y = d d_x sum_j sc_j (isum_j - 32 bsum_j), the 6-bit values stored unsigned (q + 32, at
 // most 63: VPMADDUBSW pairs are exact).
-struct PackedQ6K {
-  static constexpr int kMaxTokens = 4;
+struct PackedQ6K : Halves<PackedQ6K> {
 
   template <int NT>
   static void run_half(int64_t nb, const uint8_t* group, int64_t group_bytes, int half, const uint8_t* x, int64_t xs,
@@ -336,13 +324,6 @@ struct PackedQ6K {
     __m256 zero[NT];
     for (int t = 0; t < NT; ++t) zero[t] = _mm256_setzero_ps();
     store_half(acc, zero, NT, y, ys, rows);
-  }
-
-  template <int NT>
-  static void run(int64_t nb, const uint8_t* group, int64_t group_bytes, const uint8_t* x, int64_t xs, float* y,
-                  int64_t ys, int64_t left) {
-    for (int half = 0; half < 2 && left > 8 * half; ++half)
-      run_half<NT>(nb, group, group_bytes, half, x, xs, y + 8 * half, ys, (int)std::min<int64_t>(8, left - 8 * half));
   }
 };
 
