@@ -49,10 +49,10 @@ static inline int32_t block_sum(const uint8_t* a, int64_t b) {
 // times a with q's sign (a pair is at most 2 * 128 * 127, within VPMADDUBSW's int16).
 static inline __m256i dot4_signed(__m256i q, __m256i a) { return dot4(_mm256_abs_epi8(q), _mm256_sign_epi8(a, q)); }
 
-// y[t] (the first `rows` of a half's 8) = acc[t] + extra[t], for NT tokens ys apart.
-static inline void store_half(const __m256* acc, const __m256* extra, int nt, float* y, int64_t ys, int rows) {
+// y[t] (the first `rows` of a half's 8) = results[t], for nt tokens ys apart.
+static inline void store_half(const __m256* results, int nt, float* y, int64_t ys, int rows) {
   for (int t = 0; t < nt; ++t) {
-    const __m256 out = _mm256_add_ps(acc[t], extra[t]);
+    const __m256 out = results[t];
     if (rows >= 8) {
       _mm256_storeu_ps(y + t * ys, out);
     } else {
@@ -87,10 +87,7 @@ struct PackedNibbles : Halves<PackedNibbles<kFifthBits, kMins, kOffset, kCodeboo
   template <int NT>
   static void run_half(int64_t nb, const uint8_t* group, int64_t group_bytes, int half, const uint8_t* x, int64_t xs,
                        float* y, int64_t ys, int rows) {
-    const uint8_t* quants = group;
-    const uint8_t* fifth = quants + nb * 256;
-    const uint8_t* scales = fifth + (kFifthBits ? nb * 64 : 0);
-    const uint8_t* mins = scales + nb * kPackRows * 2;
+    const auto [quants, fifth, scales, mins] = regions32(group, nb, 256, kFifthBits);
     const int64_t scales_offset = q8a_scales_offset(nb);
     const __m256i low4 = _mm256_set1_epi8(0x0f);
     const __m256i codebook =
@@ -140,19 +137,18 @@ struct PackedNibbles : Halves<PackedNibbles<kFifthBits, kMins, kOffset, kCodeboo
         extra[t] = _mm256_fmadd_ps(e, _mm256_set1_ps(s.ds), extra[t]);
       }
     }
-    store_half(acc, extra, NT, y, ys, rows);
+    for (int t = 0; t < NT; ++t) acc[t] = _mm256_add_ps(acc[t], extra[t]);
+    store_half(acc, NT, y, ys, rows);
   }
 };
 
 // Q8_0 (stored q + 128, rows in lanes as the nibble types; the extra term is -128 * d_w * ds_x, as
 // the AVX-512 kernel's Q8_0Packed).
 struct PackedQ8_0 : Halves<PackedQ8_0> {
-
   template <int NT>
   static void run_half(int64_t nb, const uint8_t* group, int64_t group_bytes, int half, const uint8_t* x, int64_t xs,
                        float* y, int64_t ys, int rows) {
-    const uint8_t* quants = group;
-    const uint8_t* scales = quants + nb * 512;
+    const auto [quants, fifth, scales, mins] = regions32(group, nb, 512, false);  // no fifth bits, no mins
     const int64_t scales_offset = q8a_scales_offset(nb);
     const __m256i sign_bit = _mm256_set1_epi8(-128);
     __m256 acc[NT], extra[NT];
@@ -176,7 +172,8 @@ struct PackedQ8_0 : Halves<PackedQ8_0> {
         extra[t] = _mm256_fmadd_ps(e, _mm256_set1_ps(s.ds), extra[t]);
       }
     }
-    store_half(acc, extra, NT, y, ys, rows);
+    for (int t = 0; t < NT; ++t) acc[t] = _mm256_add_ps(acc[t], extra[t]);
+    store_half(acc, NT, y, ys, rows);
   }
 };
 
@@ -204,12 +201,7 @@ struct PackedQ45K : Halves<PackedQ45K<kFifthBits>> {
   template <int NT>
   static void run_half(int64_t nb, const uint8_t* group, int64_t group_bytes, int half, const uint8_t* x, int64_t xs,
                        float* y, int64_t ys, int rows) {
-    const uint8_t* quants = group;
-    const uint8_t* fifth = quants + nb * 2048;
-    const uint8_t* scales = fifth + (kFifthBits ? nb * 512 : 0);
-    const uint8_t* mins = scales + nb * 128;
-    const uint8_t* d_half = mins + nb * 128;
-    const uint8_t* dmin_half = d_half + nb * 32;
+    const auto [quants, fifth, scales, mins, d_half, dmin_half] = regions_q45k(group, nb, kFifthBits);
     const __m256i low4 = _mm256_set1_epi8(0x0f);
     __m256 acc[NT], extra[NT];
     for (int t = 0; t < NT; ++t) acc[t] = extra[t] = _mm256_setzero_ps();
@@ -262,21 +254,18 @@ struct PackedQ45K : Halves<PackedQ45K<kFifthBits>> {
         extra[t] = _mm256_fmadd_ps(_mm256_mul_ps(dmin, dx), _mm256_cvtepi32_ps(min_total[t]), extra[t]);
       }
     }
-    for (int t = 0; t < NT; ++t) extra[t] = _mm256_sub_ps(_mm256_setzero_ps(), extra[t]);  // acc - extra
-    store_half(acc, extra, NT, y, ys, rows);
+    for (int t = 0; t < NT; ++t) acc[t] = _mm256_sub_ps(acc[t], extra[t]);
+    store_half(acc, NT, y, ys, rows);
   }
 };
 
 // Q6_K: y = d d_x sum_j sc_j (isum_j - 32 bsum_j), the 6-bit values stored unsigned (q + 32, at
 // most 63: VPMADDUBSW pairs are exact).
 struct PackedQ6K : Halves<PackedQ6K> {
-
   template <int NT>
   static void run_half(int64_t nb, const uint8_t* group, int64_t group_bytes, int half, const uint8_t* x, int64_t xs,
                        float* y, int64_t ys, int rows) {
-    const uint8_t* quants = group;
-    const uint8_t* scales = quants + nb * 3072;
-    const uint8_t* d_half = scales + nb * 256;
+    const auto [quants, scales, d_half] = regions_q6k(group, nb);
     const __m256i low4 = _mm256_set1_epi8(0x0f), top2 = _mm256_set1_epi8(0x30);
     __m256 acc[NT];
     for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
@@ -321,9 +310,7 @@ struct PackedQ6K : Halves<PackedQ6K> {
         acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, dx), _mm256_cvtepi32_ps(centered), acc[t]);
       }
     }
-    __m256 zero[NT];
-    for (int t = 0; t < NT; ++t) zero[t] = _mm256_setzero_ps();
-    store_half(acc, zero, NT, y, ys, rows);
+    store_half(acc, NT, y, ys, rows);
   }
 };
 

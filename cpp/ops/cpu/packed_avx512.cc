@@ -121,10 +121,7 @@ struct Packed32 {
   template <int NT>
   static void run(int64_t nb, const uint8_t* group, int64_t group_bytes, const uint8_t* x, int64_t xs, float* y,
                   int64_t ys, __mmask16 store) {
-    const uint8_t* quants = group;
-    const uint8_t* fifth = quants + nb * Traits::kQuantBytes;
-    const uint8_t* scales = fifth + (Traits::kFifthBits ? nb * 64 : 0);
-    const uint8_t* mins = scales + nb * kPackRows * 2;
+    const auto [quants, fifth, scales, mins] = regions32(group, nb, Traits::kQuantBytes, Traits::kFifthBits);
     const int64_t scales_offset = q8a_scales_offset(nb);
     const uint8_t* act[NT];
     const Q8AScale* act_scales[NT];
@@ -176,12 +173,7 @@ struct PackedQ45K {
   template <int NT>
   static void run(int64_t nb, const uint8_t* group, int64_t group_bytes, const uint8_t* x, int64_t xs, float* y,
                   int64_t ys, __mmask16 store) {
-    const uint8_t* quants = group;
-    const uint8_t* fifth = quants + nb * 2048;
-    const uint8_t* scales = fifth + (kFifthBits ? nb * 512 : 0);
-    const uint8_t* mins = scales + nb * 128;
-    const uint8_t* d_half = mins + nb * 128;
-    const uint8_t* dmin_half = d_half + nb * 32;
+    const auto [quants, fifth, scales, mins, d_half, dmin_half] = regions_q45k(group, nb, kFifthBits);
     const __m512i low4 = _mm512_set1_epi8(0x0f), sixteen = _mm512_set1_epi8(0x10);
     __m512 acc[NT], extra[NT];
     for (int t = 0; t < NT; ++t) acc[t] = extra[t] = _mm512_setzero_ps();
@@ -243,9 +235,7 @@ struct PackedQ6K {
   template <int NT>
   static void run(int64_t nb, const uint8_t* group, int64_t group_bytes, const uint8_t* x, int64_t xs, float* y,
                   int64_t ys, __mmask16 store) {
-    const uint8_t* quants = group;
-    const uint8_t* scales = quants + nb * 3072;
-    const uint8_t* d_half = scales + nb * 256;
+    const auto [quants, scales, d_half] = regions_q6k(group, nb);
     const __m512i low4 = _mm512_set1_epi8(0x0f), top2 = _mm512_set1_epi8(0x30);
     __m512 acc[NT];
     for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
@@ -301,11 +291,7 @@ struct PackedQ23K {
   template <int NT>
   static void run(int64_t nb, const uint8_t* group, int64_t group_bytes, const uint8_t* x, int64_t xs, float* y,
                   int64_t ys, __mmask16 store) {
-    const uint8_t* quants = group;
-    const uint8_t* masks = quants + nb * 1024;
-    const uint8_t* scales = masks + (kQ3 ? nb * 512 : 0);
-    const uint8_t* d_half = scales + nb * 256;
-    const uint8_t* dmin_half = d_half + nb * 32;
+    const auto [quants, masks, scales, d_half, dmin_half] = regions_q23k(group, nb, kQ3);
     const __m512i three = _mm512_set1_epi8(3), four = _mm512_set1_epi8(4), low4 = _mm512_set1_epi32(0x0f);
     __m512 acc[NT], extra[NT];
     for (int t = 0; t < NT; ++t) acc[t] = extra[t] = _mm512_setzero_ps();

@@ -63,10 +63,7 @@ void set_mask_bit(uint8_t* masks, int mask, int bit) {
 
 // One row (lane `lane` of the group at `group`) of a 32-element type.
 void pack_row32(const Format32& f, const uint8_t* row, int64_t nb, int64_t block_bytes, int lane, uint8_t* group) {
-  uint8_t* quants = group;
-  uint8_t* fifth = quants + nb * f.quant_bytes;
-  uint8_t* scales = fifth + (f.fifth_bits ? nb * 64 : 0);
-  uint8_t* mins = scales + nb * kPackRows * 2;
+  auto [quants, fifth, scales, mins] = regions32(group, nb, f.quant_bytes, f.fifth_bits);
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* block = row + b * block_bytes;
     const uint8_t* qs = block + f.qs_offset;
@@ -92,12 +89,7 @@ void pack_row32(const Format32& f, const uint8_t* row, int64_t nb, int64_t block
 
 // One row of Q4_K or Q5_K (the shared fields are at the same offsets; Q5_K adds qh).
 void pack_row_q45k(bool q5, const uint8_t* row, int64_t nb, int lane, uint8_t* group) {
-  uint8_t* quants = group;
-  uint8_t* fifth = quants + nb * 2048;
-  uint8_t* scales = fifth + (q5 ? nb * 512 : 0);
-  uint8_t* mins = scales + nb * 128;
-  uint8_t* d = mins + nb * 128;
-  uint8_t* dmin = d + nb * 32;
+  auto [quants, fifth, scales, mins, d, dmin] = regions_q45k(group, nb, q5);
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* block = row + b * (q5 ? sizeof(BlockQ5_K) : sizeof(BlockQ4_K));
     const uint8_t* packed_scales = q5 ? reinterpret_cast<const BlockQ5_K*>(block)->scales
@@ -131,9 +123,7 @@ void pack_row_q45k(bool q5, const uint8_t* row, int64_t nb, int lane, uint8_t* g
 
 // One row of Q6_K: per sub-block j of 16, three chunks (packed_weights.h).
 void pack_row_q6k(const uint8_t* row, int64_t nb, int lane, uint8_t* group) {
-  uint8_t* quants = group;
-  uint8_t* scales = quants + nb * 3072;
-  uint8_t* d = scales + nb * 256;
+  auto [quants, scales, d] = regions_q6k(group, nb);
   for (int64_t b = 0; b < nb; ++b) {
     const BlockQ6_K& block = reinterpret_cast<const BlockQ6_K*>(row)[b];
     uint8_t q[kQKK];  // the 6-bit values, 0 .. 63 (quant_blocks.h layout)
@@ -160,11 +150,7 @@ void pack_row_q6k(const uint8_t* row, int64_t nb, int lane, uint8_t* group) {
 // One row of Q2_K or Q3_K: per sub-block j of 16, one chunk of 2-bit values (bits 2i, 2i + 1 of
 // byte k: element 4i + k); Q3_K adds 4 masks per sub-block for the third bit.
 void pack_row_q23k(bool q3, const uint8_t* row, int64_t nb, int lane, uint8_t* group) {
-  uint8_t* quants = group;
-  uint8_t* masks = quants + nb * 1024;
-  uint8_t* scales = masks + (q3 ? nb * 512 : 0);
-  uint8_t* d = scales + nb * 256;
-  uint8_t* dmin = d + nb * 32;
+  auto [quants, masks, scales, d, dmin] = regions_q23k(group, nb, q3);
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* qs =
         q3 ? reinterpret_cast<const BlockQ3_K*>(row)[b].qs : reinterpret_cast<const BlockQ2_K*>(row)[b].qs;
@@ -205,10 +191,7 @@ bool mask_bit(const uint8_t* masks, int mask, int bit) {
 
 // The inverses of the pack_row_* functions: the file's blocks of row `lane` of a group.
 void unpack_row32(const Format32& f, const uint8_t* group, int64_t nb, int64_t block_bytes, int lane, uint8_t* row) {
-  const uint8_t* quants = group;
-  const uint8_t* fifth = quants + nb * f.quant_bytes;
-  const uint8_t* scales = fifth + (f.fifth_bits ? nb * 64 : 0);
-  const uint8_t* mins = scales + nb * kPackRows * 2;
+  auto [quants, fifth, scales, mins] = regions32(group, nb, f.quant_bytes, f.fifth_bits);
   for (int64_t b = 0; b < nb; ++b) {
     uint8_t* block = row + b * block_bytes;
     uint8_t* qs = block + f.qs_offset;
@@ -231,12 +214,7 @@ void unpack_row32(const Format32& f, const uint8_t* group, int64_t nb, int64_t b
 }
 
 void unpack_row_q45k(bool q5, const uint8_t* group, int64_t nb, int lane, uint8_t* row) {
-  const uint8_t* quants = group;
-  const uint8_t* fifth = quants + nb * 2048;
-  const uint8_t* scales = fifth + (q5 ? nb * 512 : 0);
-  const uint8_t* mins = scales + nb * 128;
-  const uint8_t* d = mins + nb * 128;
-  const uint8_t* dmin = d + nb * 32;
+  auto [quants, fifth, scales, mins, d, dmin] = regions_q45k(group, nb, q5);
   for (int64_t b = 0; b < nb; ++b) {
     uint8_t* block = row + b * (q5 ? sizeof(BlockQ5_K) : sizeof(BlockQ4_K));
     uint8_t* packed_scales =
@@ -268,9 +246,7 @@ void unpack_row_q45k(bool q5, const uint8_t* group, int64_t nb, int lane, uint8_
 }
 
 void unpack_row_q6k(const uint8_t* group, int64_t nb, int lane, uint8_t* row) {
-  const uint8_t* quants = group;
-  const uint8_t* scales = quants + nb * 3072;
-  const uint8_t* d = scales + nb * 256;
+  auto [quants, scales, d] = regions_q6k(group, nb);
   for (int64_t b = 0; b < nb; ++b) {
     BlockQ6_K& block = reinterpret_cast<BlockQ6_K*>(row)[b];
     std::memset(&block, 0, sizeof(block));
@@ -292,11 +268,7 @@ void unpack_row_q6k(const uint8_t* group, int64_t nb, int lane, uint8_t* row) {
 }
 
 void unpack_row_q23k(bool q3, const uint8_t* group, int64_t nb, int lane, uint8_t* row) {
-  const uint8_t* quants = group;
-  const uint8_t* masks = quants + nb * 1024;
-  const uint8_t* scales = masks + (q3 ? nb * 512 : 0);
-  const uint8_t* d = scales + nb * 256;
-  const uint8_t* dmin = d + nb * 32;
+  auto [quants, masks, scales, d, dmin] = regions_q23k(group, nb, q3);
   for (int64_t b = 0; b < nb; ++b) {
     uint8_t* block = row + b * (q3 ? sizeof(BlockQ3_K) : sizeof(BlockQ2_K));
     std::memset(block, 0, q3 ? sizeof(BlockQ3_K) : sizeof(BlockQ2_K));

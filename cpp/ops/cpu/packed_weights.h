@@ -64,6 +64,52 @@ namespace sinkstream {
 
 constexpr int kPackRows = 16;
 
+// Where each region of a packed group of nb blocks starts (the layout above), one function per
+// layout family: packing, unpacking and the kernels all take the layout from here. Byte is uint8_t
+// when packing, const uint8_t otherwise.
+template <typename Byte>
+struct Regions32 {
+  Byte *quants, *fifth, *scales, *mins;
+};
+template <typename Byte>
+inline Regions32<Byte> regions32(Byte* group, int64_t nb, int quant_bytes, bool fifth_bits) {
+  Byte* fifth = group + nb * quant_bytes;
+  Byte* scales = fifth + (fifth_bits ? nb * 64 : 0);
+  return {group, fifth, scales, scales + nb * kPackRows * 2};
+}
+template <typename Byte>
+struct RegionsQ45K {
+  Byte *quants, *fifth, *scales, *mins, *d, *dmin;
+};
+template <typename Byte>
+inline RegionsQ45K<Byte> regions_q45k(Byte* group, int64_t nb, bool fifth_bits) {
+  Byte* fifth = group + nb * 2048;
+  Byte* scales = fifth + (fifth_bits ? nb * 512 : 0);
+  Byte* mins = scales + nb * 128;
+  Byte* d = mins + nb * 128;
+  return {group, fifth, scales, mins, d, d + nb * 32};
+}
+template <typename Byte>
+struct RegionsQ6K {
+  Byte *quants, *scales, *d;
+};
+template <typename Byte>
+inline RegionsQ6K<Byte> regions_q6k(Byte* group, int64_t nb) {
+  Byte* scales = group + nb * 3072;
+  return {group, scales, scales + nb * 256};
+}
+template <typename Byte>
+struct RegionsQ23K {
+  Byte *quants, *masks, *scales, *d, *dmin;
+};
+template <typename Byte>
+inline RegionsQ23K<Byte> regions_q23k(Byte* group, int64_t nb, bool q3) {
+  Byte* masks = group + nb * 1024;
+  Byte* scales = masks + (q3 ? nb * 512 : 0);
+  Byte* d = scales + nb * 256;
+  return {group, masks, scales, d, d + nb * 32};
+}
+
 // A tile of `n_groups` consecutive groups (group k at w + k * group_bytes) against nt tokens (1 ..
 // kPackTokenTile) of Q8A activation rows (row t at x + t * x_stride):
 //   y[t * y_stride + 16 k + lane] = dot(row 16 k + lane, token t)   for 16 k + lane < rows_left
