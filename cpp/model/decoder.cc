@@ -226,8 +226,8 @@ void Decoder::attention_block(int64_t l, const ForwardSegment* segments, int64_t
   // per run, the CPU loops over the rows exactly as before); then each segment's queries attend
   // over their own A_l(t).
   const bool rotates = lc.rope >= 0;
-  std::vector<AttentionCall> calls;
-  calls.reserve((size_t)n_segments);
+  std::vector<AttentionCall>& calls = s.attention_calls;
+  calls.clear();
   int64_t row = 0;
   for (int64_t i = 0; i < n_segments; ++i) {
     const ForwardSegment& seg = segments[i];
@@ -286,7 +286,8 @@ void Decoder::attention_block(int64_t l, const ForwardSegment* segments, int64_t
     row += seg.n;
   }
   // Every segment's keys are stored: their attention goes as one batch (each over its own cache).
-  std::vector<uint64_t> entries((size_t)n_segments);
+  std::vector<uint64_t>& entries = s.attention_entries;
+  entries.resize((size_t)n_segments);
   backend.attention_calls(calls.data(), n_segments, entries.data());
   for (int64_t i = 0; i < n_segments; ++i)
     if (segments[i].entries_attended != nullptr) *segments[i].entries_attended += entries[(size_t)i];

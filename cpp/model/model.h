@@ -62,6 +62,10 @@ struct ForwardScratch {
   };
   std::vector<RopeTables> rope;
   std::vector<uint8_t> separate_sink_query;  // (max_tokens) p(t) != window position of t
+  // One layer's attention calls, one per segment of the pass, and the entries each read (reused
+  // from layer to layer: no allocation per layer).
+  std::vector<AttentionCall> attention_calls;
+  std::vector<uint64_t> attention_entries;
   // Key rotations so far: one per key per layer with RoPE, never again (streaming.md invariant 3).
   uint64_t keys_rotated = 0;
   ForwardBuffers buf;  // set by Backend::bind_scratch at the start of every pass
