@@ -12,10 +12,42 @@ namespace sinkstream::attention_kernels {
 
 namespace {
 
-static inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-static inline __m256 load8(const uint16_t* p) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
+// Cache rows as the kernels read them: load8(r, i) is row r's values at columns i .. i + 7 as
+// floats, whatever the row's type, and prefetch_ahead(r, i, n) asks for the bytes of columns
+// i .. i + n - 1 of the row kPrefetchRows after r. One kernel template serves every type.
+struct FloatRows {
+  const float* base;
+  int64_t stride;  // floats from one row to the next
+  __m256 load8(int64_t r, int64_t i) const { return _mm256_loadu_ps(base + r * stride + i); }
+  void prefetch_ahead(int64_t r, int64_t i, int64_t n) const { prefetch_row_ahead(base + r * stride + i, stride, n); }
+};
+
+struct HalfRows {
+  const uint16_t* base;
+  int64_t stride;  // halves from one row to the next
+  __m256 load8(int64_t r, int64_t i) const {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(base + r * stride + i)));
+  }
+  void prefetch_ahead(int64_t r, int64_t i, int64_t n) const { prefetch_row_ahead(base + r * stride + i, stride, n); }
+};
+
+// GGML Q8_0 blocks (sink_cache.h): 8 int8 values of one block widened to floats, times its scale d.
+struct Q8Rows {
+  const uint8_t* base;
+  int64_t row_bytes;
+  const BlockQ8_0* block(int64_t r, int64_t i) const {
+    return reinterpret_cast<const BlockQ8_0*>(base + r * row_bytes) + i / kQK;
+  }
+  __m256 load8(int64_t r, int64_t i) const {
+    const BlockQ8_0* b = block(r, i);
+    const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b->qs + i % kQK));
+    return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), _mm256_set1_ps(_cvtsh_ss(b->d)));
+  }
+  void prefetch_ahead(int64_t r, int64_t i, int64_t n) const {
+    const int64_t first = i / kQK * (int64_t)sizeof(BlockQ8_0), last = (i + n + kQK - 1) / kQK * (int64_t)sizeof(BlockQ8_0);
+    prefetch_bytes(base + r * row_bytes + first, kPrefetchRows * row_bytes, last - first);
+  }
+};
 
 static inline float horizontal_sum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -34,21 +66,20 @@ static inline __m128 sum_four(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
 // + 1 query vector <= 16 (a 4 x 3 block needs 17, and the spilled accumulators put a store-to-load
 // round trip into the FMA chains). Each key vector is converted once for HN heads and the R scores
 // of a head come out of one reduction; leftover rows go one by one.
-template <typename T, int HN, int R>
-static void score_heads(const T* keys, int64_t n_rows, int64_t row_stride, const float* q, int64_t dim, float scale,
-                        float* scores, int64_t scores_stride) {
+template <typename Rows, int HN, int R>
+static void score_heads(const Rows& keys, int64_t n_rows, const float* q, int64_t dim, float scale, float* scores,
+                        int64_t scores_stride) {
   static_assert(R * HN + R + 1 <= 16 && R <= 4, "block must fit the 16 vector registers");
   const __m128 vscale = _mm_set1_ps(scale);
   int64_t r = 0;
   for (; r + R <= n_rows; r += R) {
-    const T* k = keys + r * row_stride;
-    for (int j = 0; j < R; ++j) prefetch_row_ahead(k + j * row_stride, row_stride, dim);
+    for (int j = 0; j < R; ++j) keys.prefetch_ahead(r + j, 0, dim);
     __m256 acc[HN][4];
     for (int h = 0; h < HN; ++h)
       for (int j = 0; j < 4; ++j) acc[h][j] = _mm256_setzero_ps();
     for (int64_t i = 0; i < dim; i += 8) {
       __m256 kv[R];
-      for (int j = 0; j < R; ++j) kv[j] = load8(k + j * row_stride + i);
+      for (int j = 0; j < R; ++j) kv[j] = keys.load8(r + j, i);
       for (int h = 0; h < HN; ++h) {
         const __m256 qv = _mm256_loadu_ps(q + h * dim + i);
         for (int j = 0; j < R; ++j) acc[h][j] = _mm256_fmadd_ps(qv, kv[j], acc[h][j]);
@@ -66,70 +97,84 @@ static void score_heads(const T* keys, int64_t n_rows, int64_t row_stride, const
     }
   }
   for (; r < n_rows; ++r) {
-    const T* k = keys + r * row_stride;
     __m256 acc[HN];
     for (int h = 0; h < HN; ++h) acc[h] = _mm256_setzero_ps();
     for (int64_t i = 0; i < dim; i += 8) {
-      const __m256 kv = load8(k + i);
+      const __m256 kv = keys.load8(r, i);
       for (int h = 0; h < HN; ++h) acc[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * dim + i), kv, acc[h]);
     }
-    for (int h = 0; h < HN; ++h) scores[h * scores_stride + r] = horizontal_sum(acc[h]) * scale;
+    // Reduced as in a block of four, so a row's score does not depend on where the run that holds
+    // it starts (the ring's wrap point moves with the chunk size: streaming.md invariant 1).
+    const __m256 zero = _mm256_setzero_ps();
+    for (int h = 0; h < HN; ++h)
+      scores[h * scores_stride + r] = _mm_cvtss_f32(_mm_mul_ss(sum_four(acc[h], zero, zero, zero), vscale));
   }
 }
 
-template <typename T>
-static void score_rows(const T* keys, int64_t n_rows, int64_t row_stride, const float* q, int64_t group, int64_t dim,
-                       float scale, float* scores, int64_t scores_stride) {
+template <typename Rows>
+static void score_rows(const Rows& keys, int64_t n_rows, const float* q, int64_t group, int64_t dim, float scale,
+                       float* scores, int64_t scores_stride) {
   // Passes of 3 heads (3 x 3 blocks) when the group divides by 3, else pairs (2 heads x 4 rows).
   const auto pass = [&](int64_t h0, auto heads) {
     constexpr int kHeads = decltype(heads)::value;
-    score_heads<T, kHeads, kHeads == 3 ? 3 : 4>(keys, n_rows, row_stride, q + h0 * dim, dim, scale,
-                                                scores + h0 * scores_stride, scores_stride);
+    score_heads<Rows, kHeads, kHeads == 3 ? 3 : 4>(keys, n_rows, q + h0 * dim, dim, scale, scores + h0 * scores_stride,
+                                                   scores_stride);
   };
   if (group % 3 == 0) for_head_passes<3>(group, pass);
   else for_head_passes<2>(group, pass);
 }
 
-// out[h] += sum_r w[h, r] * v_r for HN <= 3 heads over NB * 8 columns (NB <= 2): the HN x NB
-// accumulators, NB value vectors and the weight stay in registers for all rows, and each value
-// vector is converted once for the HN heads.
-template <typename T, int HN, int NB>
-static void accumulate_block(const T* values, int64_t n_rows, int64_t row_stride, const float* weights,
+// out[h] += sum_r w[h, r] * v_r for HN <= 2 heads over NB * 8 columns from i0 (NB <= 4): the
+// HN x NB accumulators, NB value vectors and the weight stay in registers for all rows, and each
+// value vector is converted once for the HN heads.
+template <typename Rows, int HN, int NB>
+static void accumulate_block(const Rows& values, int64_t n_rows, int64_t i0, const float* weights,
                              int64_t weights_stride, float* out, int64_t dim) {
   __m256 acc[HN][NB];
   for (int h = 0; h < HN; ++h)
-    for (int b = 0; b < NB; ++b) acc[h][b] = _mm256_loadu_ps(out + h * dim + 8 * b);
+    for (int b = 0; b < NB; ++b) acc[h][b] = _mm256_loadu_ps(out + h * dim + i0 + 8 * b);
   for (int64_t r = 0; r < n_rows; ++r) {
-    const T* v = values + r * row_stride;
-    prefetch_row_ahead(v, row_stride, 8 * NB);
+    values.prefetch_ahead(r, i0, 8 * NB);
     __m256 vv[NB];
-    for (int b = 0; b < NB; ++b) vv[b] = load8(v + 8 * b);
+    for (int b = 0; b < NB; ++b) vv[b] = values.load8(r, i0 + 8 * b);
     for (int h = 0; h < HN; ++h) {
       const __m256 w = _mm256_set1_ps(weights[h * weights_stride + r]);
       for (int b = 0; b < NB; ++b) acc[h][b] = _mm256_fmadd_ps(w, vv[b], acc[h][b]);
     }
   }
   for (int h = 0; h < HN; ++h)
-    for (int b = 0; b < NB; ++b) _mm256_storeu_ps(out + h * dim + 8 * b, acc[h][b]);
+    for (int b = 0; b < NB; ++b) _mm256_storeu_ps(out + h * dim + i0 + 8 * b, acc[h][b]);
 }
 
-template <typename T, int HN>
-static void accumulate_heads(const T* values, int64_t n_rows, int64_t row_stride, const float* weights,
-                             int64_t weights_stride, float* out, int64_t dim) {
+template <typename Rows, int HN>
+static void accumulate_heads(const Rows& values, int64_t n_rows, const float* weights, int64_t weights_stride,
+                             float* out, int64_t dim) {
   int64_t i0 = 0;
   for (; i0 + 32 <= dim; i0 += 32)
-    accumulate_block<T, HN, 4>(values + i0, n_rows, row_stride, weights, weights_stride, out + i0, dim);
-  for (; i0 < dim; i0 += 8)
-    accumulate_block<T, HN, 1>(values + i0, n_rows, row_stride, weights, weights_stride, out + i0, dim);
+    accumulate_block<Rows, HN, 4>(values, n_rows, i0, weights, weights_stride, out, dim);
+  for (; i0 < dim; i0 += 8) accumulate_block<Rows, HN, 1>(values, n_rows, i0, weights, weights_stride, out, dim);
 }
 
-template <typename T>
-static void accumulate_rows(const T* values, int64_t n_rows, int64_t row_stride, const float* weights,
-                            int64_t weights_stride, int64_t group, int64_t dim, float* out) {
+template <typename Rows>
+static void accumulate_rows(const Rows& values, int64_t n_rows, const float* weights, int64_t weights_stride,
+                            int64_t group, int64_t dim, float* out) {
   for_head_passes<2>(group, [&](int64_t h0, auto heads) {
-    accumulate_heads<T, decltype(heads)::value>(values, n_rows, row_stride, weights + h0 * weights_stride,
-                                                weights_stride, out + h0 * dim, dim);
+    accumulate_heads<Rows, decltype(heads)::value>(values, n_rows, weights + h0 * weights_stride, weights_stride,
+                                                   out + h0 * dim, dim);
   });
+}
+
+// The Kernels entries: each cache type's rows in the kernels' terms.
+template <typename Rows, typename T>
+static void score_rows_of(const T* keys, int64_t n_rows, int64_t row_stride, const float* q, int64_t group,
+                          int64_t dim, float scale, float* scores, int64_t scores_stride) {
+  score_rows(Rows{keys, row_stride}, n_rows, q, group, dim, scale, scores, scores_stride);
+}
+
+template <typename Rows, typename T>
+static void accumulate_rows_of(const T* values, int64_t n_rows, int64_t row_stride, const float* weights,
+                               int64_t weights_stride, int64_t group, int64_t dim, float* out) {
+  accumulate_rows(Rows{values, row_stride}, n_rows, weights, weights_stride, group, dim, out);
 }
 
 // exp(x) for x <= 0 (softmax inputs after the max shift), relative error ~2e-7: x = n ln2 + r with
@@ -220,64 +265,12 @@ static void to_half_bits(const float* in, int64_t n, uint16_t* out) {
   for (; i < n; ++i) out[i] = _cvtss_sh(in[i], kRound);
 }
 
-// ---- Q8_0 rows (dim % 32 == 0): 8 int8 values at a time to floats, times the block's scale ------
-
-static inline __m256 load8_q8(const int8_t* q) {
-  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q))));
-}
-
-template <int HN>
-static void score_q8_heads(const uint8_t* keys, int64_t n_rows, int64_t row_bytes, const float* q, int64_t dim,
-                           float scale, float* scores, int64_t scores_stride) {
-  for (int64_t r = 0; r < n_rows; ++r) {
-    const BlockQ8_0* k = reinterpret_cast<const BlockQ8_0*>(keys + r * row_bytes);
-    prefetch_bytes(k, kPrefetchRows * row_bytes, row_bytes);
-    __m256 acc[HN];
-    for (int h = 0; h < HN; ++h) acc[h] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < dim / kQK; ++b) {
-      const __m256 d = _mm256_set1_ps(_cvtsh_ss(k[b].d));
-      for (int i = 0; i < kQK; i += 8) {
-        const __m256 kv = _mm256_mul_ps(load8_q8(k[b].qs + i), d);
-        for (int h = 0; h < HN; ++h) acc[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * dim + b * kQK + i), kv, acc[h]);
-      }
-    }
-    for (int h = 0; h < HN; ++h) scores[h * scores_stride + r] = horizontal_sum(acc[h]) * scale;
-  }
-}
-
-static void score_rows_q8(const uint8_t* keys, int64_t n_rows, int64_t row_bytes, const float* q, int64_t group,
-                          int64_t dim, float scale, float* scores, int64_t scores_stride) {
-  for_head_passes<4>(group, [&](int64_t h0, auto hn) {
-    score_q8_heads<decltype(hn)::value>(keys, n_rows, row_bytes, q + h0 * dim, dim, scale, scores + h0 * scores_stride,
-                                        scores_stride);
-  });
-}
-
-static void accumulate_rows_q8(const uint8_t* values, int64_t n_rows, int64_t row_bytes, const float* weights,
-                               int64_t weights_stride, int64_t group, int64_t dim, float* out) {
-  for (int64_t r = 0; r < n_rows; ++r) {
-    const BlockQ8_0* v = reinterpret_cast<const BlockQ8_0*>(values + r * row_bytes);
-    prefetch_bytes(v, kPrefetchRows * row_bytes, row_bytes);
-    for (int64_t b = 0; b < dim / kQK; ++b) {
-      const float d = _cvtsh_ss(v[b].d);
-      for (int i = 0; i < kQK; i += 8) {
-        const __m256 vv = load8_q8(v[b].qs + i);
-        for (int64_t h = 0; h < group; ++h) {
-          float* o = out + h * dim + b * kQK + i;
-          const __m256 w = _mm256_set1_ps(weights[h * weights_stride + r] * d);
-          _mm256_storeu_ps(o, _mm256_fmadd_ps(w, vv, _mm256_loadu_ps(o)));
-        }
-      }
-    }
-  }
-}
-
 }  // namespace
 
 Kernels avx2_kernels() {
-  return Kernels{score_rows<uint16_t>, score_rows<float>, accumulate_rows<uint16_t>, accumulate_rows<float>,
-                 softmax,              round_to_half,     score_rows_q8,             accumulate_rows_q8,
-                 to_half_bits};
+  return Kernels{score_rows_of<HalfRows>,      score_rows_of<FloatRows>, accumulate_rows_of<HalfRows>,
+                 accumulate_rows_of<FloatRows>, softmax,                  round_to_half,
+                 score_rows_of<Q8Rows>,        accumulate_rows_of<Q8Rows>, to_half_bits};
 }
 
 }  // namespace sinkstream::attention_kernels

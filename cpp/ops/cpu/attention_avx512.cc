@@ -1,6 +1,7 @@
-// AVX-512 attention row kernels (F + F16C; compiled with those flags only in this file, called only
-// when cpu_features.h reports the AVX-512 level and head_dim % 16 == 0). The scalar twins in
-// attention.cc are the specification; the softmax and half rounding are the AVX2 file's.
+// AVX-512 attention row kernels for f16, f32 and Q8_0 cache rows (F + F16C; compiled with those
+// flags only in this file, called only when cpu_features.h reports the AVX-512 level and head_dim %
+// 16 == 0). The scalar twins in attention.cc are the specification; the softmax and half rounding
+// are the AVX2 file's.
 //
 // Why a second x86 version: a query-head group of 3 (SmolLM2: 9 query / 3 KV heads) against blocks
 // of 4 rows needs 12 accumulators plus the 4 converted key vectors, more than AVX2's 16 registers,
@@ -9,6 +10,7 @@
 // On Zen 4 a 512-bit FMA takes both 256-bit pipes, so the gain is registers and fewer instructions
 // per element, not wider arithmetic.
 #include "ops/cpu/attention_kernels.h"
+#include "quant/quant_blocks.h"
 
 #if defined(__x86_64__) && defined(__AVX512F__) && defined(__F16C__) && defined(__FMA__)
 #include <immintrin.h>
@@ -25,10 +27,43 @@ namespace {
 
 constexpr int kMaxHeads = 4;  // query heads per pass: 4 x 4 accumulators + 4 key vectors + 1 query
 
-static inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-static inline __m512 load16(const uint16_t* p) {
-  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-}
+// Cache rows as the kernels read them: load16(r, i) is row r's values at columns i .. i + 15 as
+// floats, whatever the row's type, and prefetch_ahead(r, i, n) asks for the bytes of columns
+// i .. i + n - 1 of the row kPrefetchRows after r. One kernel template serves every type.
+struct FloatRows {
+  const float* base;
+  int64_t stride;  // floats from one row to the next
+  __m512 load16(int64_t r, int64_t i) const { return _mm512_loadu_ps(base + r * stride + i); }
+  void prefetch_ahead(int64_t r, int64_t i, int64_t n) const { prefetch_row_ahead(base + r * stride + i, stride, n); }
+};
+
+struct HalfRows {
+  const uint16_t* base;
+  int64_t stride;  // halves from one row to the next
+  __m512 load16(int64_t r, int64_t i) const {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(base + r * stride + i)));
+  }
+  void prefetch_ahead(int64_t r, int64_t i, int64_t n) const { prefetch_row_ahead(base + r * stride + i, stride, n); }
+};
+
+// GGML Q8_0 blocks (sink_cache.h): 16 int8 values of one block widened to floats, times its scale d
+// (the 16 columns never straddle two blocks: 32 is a multiple of 16).
+struct Q8Rows {
+  const uint8_t* base;
+  int64_t row_bytes;
+  const BlockQ8_0* block(int64_t r, int64_t i) const {
+    return reinterpret_cast<const BlockQ8_0*>(base + r * row_bytes) + i / kQK;
+  }
+  __m512 load16(int64_t r, int64_t i) const {
+    const BlockQ8_0* b = block(r, i);
+    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b->qs + i % kQK));
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)), _mm512_set1_ps(_cvtsh_ss(b->d)));
+  }
+  void prefetch_ahead(int64_t r, int64_t i, int64_t n) const {
+    const int64_t first = i / kQK * (int64_t)sizeof(BlockQ8_0), last = (i + n + kQK - 1) / kQK * (int64_t)sizeof(BlockQ8_0);
+    prefetch_bytes(base + r * row_bytes + first, kPrefetchRows * row_bytes, last - first);
+  }
+};
 
 // Four accumulators (one per row, lanes hold partial sums) -> the four dot products, in one vector.
 static inline __m128 sum_four(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
@@ -42,20 +77,19 @@ static inline __m128 sum_four(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
 
 // Scores of HN heads (q: HN x dim, contiguous) against all n_rows rows: blocks of 4 rows with one
 // reduction per head and block, then the leftover rows one by one.
-template <typename T, int HN>
-static void score_heads(const T* keys, int64_t n_rows, int64_t row_stride, const float* q, int64_t dim, float scale,
-                        float* scores, int64_t scores_stride) {
+template <typename Rows, int HN>
+static void score_heads(const Rows& keys, int64_t n_rows, const float* q, int64_t dim, float scale, float* scores,
+                        int64_t scores_stride) {
   const __m128 vscale = _mm_set1_ps(scale);
   int64_t r = 0;
   for (; r + 4 <= n_rows; r += 4) {
-    const T* k = keys + r * row_stride;
-    for (int j = 0; j < 4; ++j) prefetch_row_ahead(k + j * row_stride, row_stride, dim);
+    for (int j = 0; j < 4; ++j) keys.prefetch_ahead(r + j, 0, dim);
     __m512 acc[HN][4];
     for (int h = 0; h < HN; ++h)
       for (int j = 0; j < 4; ++j) acc[h][j] = _mm512_setzero_ps();
     for (int64_t i = 0; i < dim; i += 16) {
       __m512 kv[4];
-      for (int j = 0; j < 4; ++j) kv[j] = load16(k + j * row_stride + i);
+      for (int j = 0; j < 4; ++j) kv[j] = keys.load16(r + j, i);
       for (int h = 0; h < HN; ++h) {
         const __m512 qv = _mm512_loadu_ps(q + h * dim + i);
         for (int j = 0; j < 4; ++j) acc[h][j] = _mm512_fmadd_ps(qv, kv[j], acc[h][j]);
@@ -66,79 +100,92 @@ static void score_heads(const T* keys, int64_t n_rows, int64_t row_stride, const
                     _mm_mul_ps(sum_four(acc[h][0], acc[h][1], acc[h][2], acc[h][3]), vscale));
   }
   for (; r < n_rows; ++r) {
-    const T* k = keys + r * row_stride;
     __m512 acc[HN];
     for (int h = 0; h < HN; ++h) acc[h] = _mm512_setzero_ps();
     for (int64_t i = 0; i < dim; i += 16) {
-      const __m512 kv = load16(k + i);
+      const __m512 kv = keys.load16(r, i);
       for (int h = 0; h < HN; ++h) acc[h] = _mm512_fmadd_ps(_mm512_loadu_ps(q + h * dim + i), kv, acc[h]);
     }
-    for (int h = 0; h < HN; ++h) scores[h * scores_stride + r] = _mm512_reduce_add_ps(acc[h]) * scale;
+    // Reduced as in a block of four, so a row's score does not depend on where the run that holds
+    // it starts (the ring's wrap point moves with the chunk size: streaming.md invariant 1).
+    const __m512 zero = _mm512_setzero_ps();
+    for (int h = 0; h < HN; ++h)
+      scores[h * scores_stride + r] = _mm_cvtss_f32(_mm_mul_ss(sum_four(acc[h], zero, zero, zero), vscale));
   }
 }
 
-template <typename T>
-static void score_rows(const T* keys, int64_t n_rows, int64_t row_stride, const float* q, int64_t group, int64_t dim,
-                       float scale, float* scores, int64_t scores_stride) {
+template <typename Rows>
+static void score_rows(const Rows& keys, int64_t n_rows, const float* q, int64_t group, int64_t dim, float scale,
+                       float* scores, int64_t scores_stride) {
   for_head_passes<kMaxHeads>(group, [&](int64_t h0, auto heads) {
-    score_heads<T, decltype(heads)::value>(keys, n_rows, row_stride, q + h0 * dim, dim, scale,
-                                           scores + h0 * scores_stride, scores_stride);
+    score_heads<Rows, decltype(heads)::value>(keys, n_rows, q + h0 * dim, dim, scale, scores + h0 * scores_stride,
+                                              scores_stride);
   });
 }
 
-// out[h] += sum_r w[h, r] * v_r for HN heads over NB * 16 columns: HN x NB accumulators stay in
-// registers for all rows, and each value vector is converted once for the HN heads.
-template <typename T, int HN, int NB>
-static void accumulate_block(const T* values, int64_t n_rows, int64_t row_stride, const float* weights,
+// out[h] += sum_r w[h, r] * v_r for HN heads over NB * 16 columns from i0: HN x NB accumulators
+// stay in registers for all rows, and each value vector is converted once for the HN heads.
+template <typename Rows, int HN, int NB>
+static void accumulate_block(const Rows& values, int64_t n_rows, int64_t i0, const float* weights,
                              int64_t weights_stride, float* out, int64_t dim) {
   __m512 acc[HN][NB];
   for (int h = 0; h < HN; ++h)
-    for (int b = 0; b < NB; ++b) acc[h][b] = _mm512_loadu_ps(out + h * dim + 16 * b);
+    for (int b = 0; b < NB; ++b) acc[h][b] = _mm512_loadu_ps(out + h * dim + i0 + 16 * b);
   for (int64_t r = 0; r < n_rows; ++r) {
-    const T* v = values + r * row_stride;
-    prefetch_row_ahead(v, row_stride, 16 * NB);
+    values.prefetch_ahead(r, i0, 16 * NB);
     __m512 vv[NB];
-    for (int b = 0; b < NB; ++b) vv[b] = load16(v + 16 * b);
+    for (int b = 0; b < NB; ++b) vv[b] = values.load16(r, i0 + 16 * b);
     for (int h = 0; h < HN; ++h) {
       const __m512 w = _mm512_set1_ps(weights[h * weights_stride + r]);
       for (int b = 0; b < NB; ++b) acc[h][b] = _mm512_fmadd_ps(w, vv[b], acc[h][b]);
     }
   }
   for (int h = 0; h < HN; ++h)
-    for (int b = 0; b < NB; ++b) _mm512_storeu_ps(out + h * dim + 16 * b, acc[h][b]);
+    for (int b = 0; b < NB; ++b) _mm512_storeu_ps(out + h * dim + i0 + 16 * b, acc[h][b]);
 }
 
-template <typename T, int HN>
-static void accumulate_heads(const T* values, int64_t n_rows, int64_t row_stride, const float* weights,
-                             int64_t weights_stride, float* out, int64_t dim) {
+template <typename Rows, int HN>
+static void accumulate_heads(const Rows& values, int64_t n_rows, const float* weights, int64_t weights_stride,
+                             float* out, int64_t dim) {
   for (int64_t i0 = 0; i0 < dim; i0 += 64) {  // columns in pieces of up to 4 vectors
-    const T* v = values + i0;
-    float* o = out + i0;
     switch ((dim - i0 < 64 ? dim - i0 : 64) / 16) {
-      case 1: accumulate_block<T, HN, 1>(v, n_rows, row_stride, weights, weights_stride, o, dim); break;
-      case 2: accumulate_block<T, HN, 2>(v, n_rows, row_stride, weights, weights_stride, o, dim); break;
-      case 3: accumulate_block<T, HN, 3>(v, n_rows, row_stride, weights, weights_stride, o, dim); break;
-      default: accumulate_block<T, HN, 4>(v, n_rows, row_stride, weights, weights_stride, o, dim); break;
+      case 1: accumulate_block<Rows, HN, 1>(values, n_rows, i0, weights, weights_stride, out, dim); break;
+      case 2: accumulate_block<Rows, HN, 2>(values, n_rows, i0, weights, weights_stride, out, dim); break;
+      case 3: accumulate_block<Rows, HN, 3>(values, n_rows, i0, weights, weights_stride, out, dim); break;
+      default: accumulate_block<Rows, HN, 4>(values, n_rows, i0, weights, weights_stride, out, dim); break;
     }
   }
 }
 
-template <typename T>
-static void accumulate_rows(const T* values, int64_t n_rows, int64_t row_stride, const float* weights,
-                            int64_t weights_stride, int64_t group, int64_t dim, float* out) {
+template <typename Rows>
+static void accumulate_rows(const Rows& values, int64_t n_rows, const float* weights, int64_t weights_stride,
+                            int64_t group, int64_t dim, float* out) {
   for_head_passes<kMaxHeads>(group, [&](int64_t h0, auto heads) {
-    accumulate_heads<T, decltype(heads)::value>(values, n_rows, row_stride, weights + h0 * weights_stride,
-                                                weights_stride, out + h0 * dim, dim);
+    accumulate_heads<Rows, decltype(heads)::value>(values, n_rows, weights + h0 * weights_stride, weights_stride,
+                                                   out + h0 * dim, dim);
   });
+}
+
+// The Kernels entries: each cache type's rows in the kernels' terms.
+template <typename Rows, typename T>
+static void score_rows_of(const T* keys, int64_t n_rows, int64_t row_stride, const float* q, int64_t group,
+                          int64_t dim, float scale, float* scores, int64_t scores_stride) {
+  score_rows(Rows{keys, row_stride}, n_rows, q, group, dim, scale, scores, scores_stride);
+}
+
+template <typename Rows, typename T>
+static void accumulate_rows_of(const T* values, int64_t n_rows, int64_t row_stride, const float* weights,
+                               int64_t weights_stride, int64_t group, int64_t dim, float* out) {
+  accumulate_rows(Rows{values, row_stride}, n_rows, weights, weights_stride, group, dim, out);
 }
 
 }  // namespace
 
 Kernels avx512_kernels() {
   const Kernels avx2 = avx2_kernels();
-  return Kernels{score_rows<uint16_t>, score_rows<float>, accumulate_rows<uint16_t>, accumulate_rows<float>,
-                 avx2.softmax,         avx2.round_to_half, avx2.score_q8,           avx2.accumulate_q8,
-                 avx2.to_half_bits};
+  return Kernels{score_rows_of<HalfRows>,      score_rows_of<FloatRows>, accumulate_rows_of<HalfRows>,
+                 accumulate_rows_of<FloatRows>, avx2.softmax,             avx2.round_to_half,
+                 score_rows_of<Q8Rows>,        accumulate_rows_of<Q8Rows>, avx2.to_half_bits};
 }
 
 }  // namespace sinkstream::attention_kernels
