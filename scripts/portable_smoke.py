@@ -14,7 +14,8 @@ Two steps, so the emulated one needs nothing but numpy and sinkstream:
       checks that run-time dispatch picked the expected level on that CPU (no AVX-512 on Haswell,
       nothing wider than SSE2 on Nehalem), that the logits match the NumPy reference, and that they
       and the greedy text equal the native run of the same level (same instructions, so the same
-      bits: IEEE arithmetic is emulated exactly).
+      bits: IEEE arithmetic is emulated exactly), and that the level's attention kernels agree with
+      the scalar ones on f16, f32 and q8_0 cache rows.
 
   python scripts/portable_smoke.py selftest
       prepare into a temporary directory, then check natively (the cibuildwheel test command).
@@ -42,6 +43,10 @@ N_TOKENS = 48                      # streamed past the cache below, in chunks of
 SESSION = dict(mode="streaming", n_sink=2, window=14, batch_size=16, kv_type="f32")
 PROMPT = "the theme"
 GENERATE = dict(max_tokens=24, temperature=0.0)
+# (kv_type, (head_dim, n_head, n_head_kv, n_tokens, n_sink, window)): the ring wrapped, a GQA group of 3.
+ATTENTION_CASES = [("f16", (64, 9, 3, 300, 4, 250)), ("f32", (64, 9, 3, 300, 4, 250)), ("q8_0", (64, 9, 3, 300, 4, 250)),
+                   ("q8_0", (32, 4, 1, 100, 2, 90))]
+ATTENTION_TOLERANCE = 2e-5  # standard normal values: float rounding in another order
 REFERENCE_TOLERANCE = 2e-3         # relative to the logit scale, as in tests/test_forward_reference.py
 # The reference rounds activations to 8 bits like the kernels do; a kernel level that sums floats in
 # another order can land one activation on the other side of a rounding boundary, which moves that
@@ -142,6 +147,17 @@ def check(directory: Path, expect_isa: str | None) -> int:
                        f"{name}: text {text!r} differs from the native {active} run {native_texts[name]!r}")
         else:
             print(f"{name}: no native {active} run recorded (that level was not runnable where prepared)")
+    # The attention kernels of the active level against the scalar ones on every cache type (the
+    # sessions above use f32 rows and the default f16; q8_0 rows have kernels of their own).
+    for kv_type, (head_dim, n_head, n_head_kv, n_tokens, n_sink, window) in ATTENTION_CASES:
+        rng = np.random.default_rng(head_dim + n_tokens)
+        keys, values = (rng.standard_normal((n_tokens, n_head_kv * head_dim), dtype=np.float32) for _ in range(2))
+        q_sink, q_window = (rng.standard_normal((n_head, head_dim), dtype=np.float32) for _ in range(2))
+        out = {isa: _core.attend_test(keys, values, q_sink, q_window, n_head_kv, n_sink, window, kv_type, isa)
+               for isa in ("scalar", active)}
+        err = float(np.abs(out[active] - out["scalar"]).max())
+        print(f"attention {kv_type} head_dim {head_dim}: max |{active} - scalar| = {err:.2e}")
+        expect(err < ATTENTION_TOLERANCE, f"attention {kv_type}: {active} differs from scalar by {err:.3g}")
     for failure in failures:
         print("FAILED:", failure)
     print(f"portable smoke: {passed} passed, {len(failures)} failed")

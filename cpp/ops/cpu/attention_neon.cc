@@ -1,14 +1,17 @@
-// ARM NEON attention row kernels (AArch64, where Advanced SIMD and the f16 <-> f32 conversions are
-// mandatory: baseline flags, no run-time check). Called at the NEON level when head_dim % 4 == 0.
+// ARM NEON attention row kernels for f16, f32 and Q8_0 cache rows (AArch64, where Advanced SIMD
+// and the f16 <-> f32 conversions are mandatory: baseline flags, no run-time check). Called at the
+// NEON level when head_dim % 4 == 0.
 // The scalar twins in attention.cc are the specification; the structure follows the x86 files:
 // blocks of 4 rows x up to 4 query heads (16 accumulators + 4 key vectors + 1 query of the 32
 // registers), each key or value vector converted once for all heads of the block.
 #include "ops/cpu/attention_kernels.h"
+#include "quant/quant_blocks.h"
 
 #if defined(__aarch64__) && defined(__ARM_NEON)
 #include <arm_neon.h>
 
 #include <cmath>
+#include <cstring>
 
 namespace sinkstream::attention_kernels {
 
@@ -16,22 +19,55 @@ namespace {
 
 constexpr int kMaxHeads = 4;
 
-static inline float32x4_t load4(const float* p) { return vld1q_f32(p); }
-static inline float32x4_t load4(const uint16_t* p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
+// Cache rows as the kernels read them: load4(r, i) is row r's values at columns i .. i + 3 as
+// floats, whatever the row's type, and prefetch_ahead(r, i, n) asks for the bytes of columns
+// i .. i + n - 1 of the row kPrefetchRows after r. One kernel template serves every type.
+struct FloatRows {
+  const float* base;
+  int64_t stride;  // floats from one row to the next
+  float32x4_t load4(int64_t r, int64_t i) const { return vld1q_f32(base + r * stride + i); }
+  void prefetch_ahead(int64_t r, int64_t i, int64_t n) const { prefetch_row_ahead(base + r * stride + i, stride, n); }
+};
 
-template <typename T, int HN>
-static void score_heads(const T* keys, int64_t n_rows, int64_t row_stride, const float* q, int64_t dim, float scale,
-                        float* scores, int64_t scores_stride) {
+struct HalfRows {
+  const uint16_t* base;
+  int64_t stride;  // halves from one row to the next
+  float32x4_t load4(int64_t r, int64_t i) const {
+    return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(base + r * stride + i)));
+  }
+  void prefetch_ahead(int64_t r, int64_t i, int64_t n) const { prefetch_row_ahead(base + r * stride + i, stride, n); }
+};
+
+// GGML Q8_0 blocks (sink_cache.h): 4 int8 values of one block widened to floats, times its scale d.
+struct Q8Rows {
+  const uint8_t* base;
+  int64_t row_bytes;
+  float32x4_t load4(int64_t r, int64_t i) const {
+    const BlockQ8_0* b = reinterpret_cast<const BlockQ8_0*>(base + r * row_bytes) + i / kQK;
+    int32_t four;  // 4 bytes: no alignment to assume
+    std::memcpy(&four, b->qs + i % kQK, sizeof(four));
+    const int16x8_t wide = vmovl_s8(vreinterpret_s8_s32(vdup_n_s32(four)));
+    const float32x4_t values = vcvtq_f32_s32(vmovl_s16(vget_low_s16(wide)));
+    return vmulq_n_f32(values, vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(b->d))), 0));
+  }
+  void prefetch_ahead(int64_t r, int64_t i, int64_t n) const {
+    const int64_t first = i / kQK * (int64_t)sizeof(BlockQ8_0), last = (i + n + kQK - 1) / kQK * (int64_t)sizeof(BlockQ8_0);
+    prefetch_bytes(base + r * row_bytes + first, kPrefetchRows * row_bytes, last - first);
+  }
+};
+
+template <typename Rows, int HN>
+static void score_heads(const Rows& keys, int64_t n_rows, const float* q, int64_t dim, float scale, float* scores,
+                        int64_t scores_stride) {
   int64_t r = 0;
   for (; r + 4 <= n_rows; r += 4) {
-    const T* k = keys + r * row_stride;
-    for (int j = 0; j < 4; ++j) prefetch_row_ahead(k + j * row_stride, row_stride, dim);
+    for (int j = 0; j < 4; ++j) keys.prefetch_ahead(r + j, 0, dim);
     float32x4_t acc[HN][4];
     for (int h = 0; h < HN; ++h)
       for (int j = 0; j < 4; ++j) acc[h][j] = vdupq_n_f32(0.0f);
     for (int64_t i = 0; i < dim; i += 4) {
       float32x4_t kv[4];
-      for (int j = 0; j < 4; ++j) kv[j] = load4(k + j * row_stride + i);
+      for (int j = 0; j < 4; ++j) kv[j] = keys.load4(r + j, i);
       for (int h = 0; h < HN; ++h) {
         const float32x4_t qv = vld1q_f32(q + h * dim + i);
         for (int j = 0; j < 4; ++j) acc[h][j] = vfmaq_f32(acc[h][j], qv, kv[j]);
@@ -45,64 +81,76 @@ static void score_heads(const T* keys, int64_t n_rows, int64_t row_stride, const
     }
   }
   for (; r < n_rows; ++r) {
-    const T* k = keys + r * row_stride;
     float32x4_t acc[HN];
     for (int h = 0; h < HN; ++h) acc[h] = vdupq_n_f32(0.0f);
     for (int64_t i = 0; i < dim; i += 4) {
-      const float32x4_t kv = load4(k + i);
+      const float32x4_t kv = keys.load4(r, i);
       for (int h = 0; h < HN; ++h) acc[h] = vfmaq_f32(acc[h], vld1q_f32(q + h * dim + i), kv);
     }
+    // FADDP's pairs, (a0 + a1) + (a2 + a3): the order of a block of four (the score of a row does
+    // not depend on where its run starts).
     for (int h = 0; h < HN; ++h) scores[h * scores_stride + r] = vaddvq_f32(acc[h]) * scale;
   }
 }
 
-template <typename T>
-static void score_rows(const T* keys, int64_t n_rows, int64_t row_stride, const float* q, int64_t group, int64_t dim,
-                       float scale, float* scores, int64_t scores_stride) {
+template <typename Rows>
+static void score_rows(const Rows& keys, int64_t n_rows, const float* q, int64_t group, int64_t dim, float scale,
+                       float* scores, int64_t scores_stride) {
   for_head_passes<kMaxHeads>(group, [&](int64_t h0, auto heads) {
-    score_heads<T, decltype(heads)::value>(keys, n_rows, row_stride, q + h0 * dim, dim, scale,
-                                           scores + h0 * scores_stride, scores_stride);
+    score_heads<Rows, decltype(heads)::value>(keys, n_rows, q + h0 * dim, dim, scale, scores + h0 * scores_stride,
+                                              scores_stride);
   });
 }
 
-// out[h] += sum_r w[h, r] * v_r for HN heads over NB * 4 columns, accumulators in registers.
-template <typename T, int HN, int NB>
-static void accumulate_block(const T* values, int64_t n_rows, int64_t row_stride, const float* weights,
+// out[h] += sum_r w[h, r] * v_r for HN heads over NB * 4 columns from i0, accumulators in registers.
+template <typename Rows, int HN, int NB>
+static void accumulate_block(const Rows& values, int64_t n_rows, int64_t i0, const float* weights,
                              int64_t weights_stride, float* out, int64_t dim) {
   float32x4_t acc[HN][NB];
   for (int h = 0; h < HN; ++h)
-    for (int b = 0; b < NB; ++b) acc[h][b] = vld1q_f32(out + h * dim + 4 * b);
+    for (int b = 0; b < NB; ++b) acc[h][b] = vld1q_f32(out + h * dim + i0 + 4 * b);
   for (int64_t r = 0; r < n_rows; ++r) {
-    const T* v = values + r * row_stride;
-    prefetch_row_ahead(v, row_stride, 4 * NB);
+    values.prefetch_ahead(r, i0, 4 * NB);
     float32x4_t vv[NB];
-    for (int b = 0; b < NB; ++b) vv[b] = load4(v + 4 * b);
+    for (int b = 0; b < NB; ++b) vv[b] = values.load4(r, i0 + 4 * b);
     for (int h = 0; h < HN; ++h) {
       const float w = weights[h * weights_stride + r];
       for (int b = 0; b < NB; ++b) acc[h][b] = vfmaq_n_f32(acc[h][b], vv[b], w);
     }
   }
   for (int h = 0; h < HN; ++h)
-    for (int b = 0; b < NB; ++b) vst1q_f32(out + h * dim + 4 * b, acc[h][b]);
+    for (int b = 0; b < NB; ++b) vst1q_f32(out + h * dim + i0 + 4 * b, acc[h][b]);
 }
 
-template <typename T, int HN>
-static void accumulate_heads(const T* values, int64_t n_rows, int64_t row_stride, const float* weights,
-                             int64_t weights_stride, float* out, int64_t dim) {
+template <typename Rows, int HN>
+static void accumulate_heads(const Rows& values, int64_t n_rows, const float* weights, int64_t weights_stride,
+                             float* out, int64_t dim) {
   int64_t i0 = 0;
   for (; i0 + 16 <= dim; i0 += 16)
-    accumulate_block<T, HN, 4>(values + i0, n_rows, row_stride, weights, weights_stride, out + i0, dim);
-  for (; i0 < dim; i0 += 4)
-    accumulate_block<T, HN, 1>(values + i0, n_rows, row_stride, weights, weights_stride, out + i0, dim);
+    accumulate_block<Rows, HN, 4>(values, n_rows, i0, weights, weights_stride, out, dim);
+  for (; i0 < dim; i0 += 4) accumulate_block<Rows, HN, 1>(values, n_rows, i0, weights, weights_stride, out, dim);
 }
 
-template <typename T>
-static void accumulate_rows(const T* values, int64_t n_rows, int64_t row_stride, const float* weights,
-                            int64_t weights_stride, int64_t group, int64_t dim, float* out) {
+template <typename Rows>
+static void accumulate_rows(const Rows& values, int64_t n_rows, const float* weights, int64_t weights_stride,
+                            int64_t group, int64_t dim, float* out) {
   for_head_passes<kMaxHeads>(group, [&](int64_t h0, auto heads) {
-    accumulate_heads<T, decltype(heads)::value>(values, n_rows, row_stride, weights + h0 * weights_stride,
-                                                weights_stride, out + h0 * dim, dim);
+    accumulate_heads<Rows, decltype(heads)::value>(values, n_rows, weights + h0 * weights_stride, weights_stride,
+                                                   out + h0 * dim, dim);
   });
+}
+
+// The Kernels entries: each cache type's rows in the kernels' terms.
+template <typename Rows, typename T>
+static void score_rows_of(const T* keys, int64_t n_rows, int64_t row_stride, const float* q, int64_t group,
+                          int64_t dim, float scale, float* scores, int64_t scores_stride) {
+  score_rows(Rows{keys, row_stride}, n_rows, q, group, dim, scale, scores, scores_stride);
+}
+
+template <typename Rows, typename T>
+static void accumulate_rows_of(const T* values, int64_t n_rows, int64_t row_stride, const float* weights,
+                               int64_t weights_stride, int64_t group, int64_t dim, float* out) {
+  accumulate_rows(Rows{values, row_stride}, n_rows, weights, weights_stride, group, dim, out);
 }
 
 // exp(x) for x <= 0, the AVX2 file's method (relative error ~2e-7): x = n ln2 + r, |r| <= ln2 / 2,
@@ -167,8 +215,9 @@ static void round_to_half(const float* in, int64_t n, float* out) {
 }  // namespace
 
 Kernels neon_kernels() {
-  return Kernels{score_rows<uint16_t>, score_rows<float>, accumulate_rows<uint16_t>, accumulate_rows<float>,
-                 softmax, round_to_half};
+  return Kernels{score_rows_of<HalfRows>,      score_rows_of<FloatRows>, accumulate_rows_of<HalfRows>,
+                 accumulate_rows_of<FloatRows>, softmax,                  round_to_half,
+                 score_rows_of<Q8Rows>,        accumulate_rows_of<Q8Rows>};
 }
 
 }  // namespace sinkstream::attention_kernels
