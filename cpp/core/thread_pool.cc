@@ -1,6 +1,9 @@
 #include "core/thread_pool.h"
 
+#include "core/error.h"
+
 #include <algorithm>
+#include <cstdint>
 #include <chrono>
 #include <fstream>
 #include <set>
@@ -50,7 +53,8 @@ bool spin_until(Done done) {
 
 }  // namespace
 
-ThreadPool::ThreadPool(int n_threads) : windows_since_probe_(kWindowsBetweenProbes - 1) {
+ThreadPool::ThreadPool(int n_threads)
+    : shares_((size_t)std::max(1, n_threads)), windows_since_probe_(kWindowsBetweenProbes - 1) {
   const int n = std::max(1, n_threads);
   for (int i = 1; i < n; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
 }
@@ -153,6 +157,52 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
     const int64_t begin = n * task / n_tasks;
     const int64_t end = n * (task + 1) / n_tasks;
     if (begin < end) fn(begin, end, thread);
+  });
+}
+
+bool ThreadPool::Share::take_front(int64_t piece, int64_t* begin, int64_t* end) {
+  uint64_t now = range_.load(std::memory_order_relaxed);
+  for (;;) {
+    const int64_t f = front(now), b = back(now);
+    if (f >= b) return false;
+    const int64_t e = std::min(b, f + piece);
+    if (range_.compare_exchange_weak(now, pack(e, b), std::memory_order_relaxed)) {
+      *begin = f, *end = e;
+      return true;
+    }
+  }
+}
+
+bool ThreadPool::Share::take_back(int64_t piece, int64_t* begin, int64_t* end) {
+  uint64_t now = range_.load(std::memory_order_relaxed);
+  for (;;) {
+    const int64_t f = front(now), b = back(now);
+    if (f >= b) return false;
+    const int64_t s = std::max(f, b - std::max(piece, (b - f) / 2));
+    if (range_.compare_exchange_weak(now, pack(f, s), std::memory_order_relaxed)) {
+      *begin = s, *end = b;
+      return true;
+    }
+  }
+}
+
+void ThreadPool::run_shares(int64_t n, int shares, int64_t piece,
+                            const std::function<void(int64_t, int64_t, int)>& fn) {
+  if (n <= 0) return;
+  SS_ASSERT(n < ((int64_t)1 << 32) && piece >= 1);  // two 32-bit halves of a Share
+  shares = (int)std::max<int64_t>(1, std::min<int64_t>({(int64_t)shares, (int64_t)n_threads(), n}));
+  if (shares == 1) {
+    fn(0, n, 0);
+    return;
+  }
+  for (int i = 0; i < shares; ++i) shares_[(size_t)i].reset(n * i / shares, n * (i + 1) / shares);
+  run(shares, [&](int64_t own, int thread) {
+    int64_t begin, end;
+    while (shares_[(size_t)own].take_front(piece, &begin, &end)) fn(begin, end, thread);
+    for (int64_t k = 1; k < shares; ++k) {  // then the others', nearest first
+      Share& other = shares_[(size_t)((own + k) % shares)];
+      while (other.take_back(piece, &begin, &end)) fn(begin, end, thread);
+    }
   });
 }
 

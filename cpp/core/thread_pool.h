@@ -44,6 +44,16 @@ class ThreadPool {
   void parallel_for(int64_t n, const std::function<void(int64_t begin, int64_t end, int thread)>& fn,
                     int64_t min_per_task = 1);
 
+  // Splits [0, n) into `shares` contiguous shares (at most n_threads) and calls fn(begin, end,
+  // thread) on pieces of them: each thread walks a share of its own from the front, `piece` items
+  // at a time, then helps with the others from their back, half of what is left at a time. Every
+  // thread streams through one contiguous region until the run's end is near, where dynamic tasks
+  // would send it jumping between regions (each jump costs the ramp-up of the hardware's and the
+  // kernels' prefetching: measured 15% of a memory-bound decode step with 4 tasks per thread);
+  // a late or slow thread's share is still finished by the others. piece >= 1.
+  void run_shares(int64_t n, int shares, int64_t piece,
+                  const std::function<void(int64_t begin, int64_t end, int thread)>& fn);
+
   // Physical cores when they can be told apart from SMT siblings, else logical CPUs.
   static int default_thread_count();
 
@@ -56,6 +66,22 @@ class ThreadPool {
   void worker_loop(int thread_index);
   void work_on_current_job(int thread_index);
 
+  // One share of run_shares: [front, back) still to do, packed in one word, so that the owner taking
+  // from the front and helpers taking from the back can never both take an item.
+  class Share {
+   public:
+    void reset(int64_t begin, int64_t end) { range_.store(pack(begin, end), std::memory_order_relaxed); }
+    bool take_front(int64_t piece, int64_t* begin, int64_t* end);  // the next piece; false: none left
+    bool take_back(int64_t piece, int64_t* begin, int64_t* end);   // half of what is left (>= a piece)
+
+   private:
+    static uint64_t pack(int64_t f, int64_t b) { return (uint64_t)f << 32 | (uint64_t)b; }
+    static int64_t front(uint64_t v) { return (int64_t)(v >> 32); }
+    static int64_t back(uint64_t v) { return (int64_t)(v & 0xffffffffu); }
+    alignas(64) std::atomic<uint64_t> range_{0};  // a cache line each: the owners do not contend
+  };
+
+  std::vector<Share> shares_;  // one per thread
   std::vector<std::thread> workers_;
   std::mutex mutex_;
   std::condition_variable wake_;

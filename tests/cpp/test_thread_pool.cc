@@ -1,5 +1,6 @@
 // ThreadPool: every task runs exactly once per run(), on a valid thread index, and run() returns only
-// after all of them finished; parallel_for covers [0, n) exactly once with contiguous ranges. Many
+// after all of them finished; parallel_for and run_shares cover [0, n) exactly once with contiguous
+// ranges. Many
 // runs back to back with sizes that grow, shrink and straddle the thread count, so a worker that
 // picks up a stale job or a run that returns early shows up as a miscount.
 #include <atomic>
@@ -54,6 +55,23 @@ void check_parallel_for(ThreadPool& pool, int64_t n, int64_t min_per_task) {
   CHECK_EQ(bad_range.load(), 0, "threads", pool.n_threads(), "n", n, "min_per_task", min_per_task);
 }
 
+// run_shares: every item of [0, n) once, in non-empty ranges inside [0, n), whatever the shares and
+// piece size; with uneven work (one share slow) the other threads take over its back half.
+void check_run_shares(ThreadPool& pool, int64_t n, int shares, int64_t piece, bool slow_first_share) {
+  std::vector<std::atomic<int>> covered((size_t)std::max<int64_t>(n, 1));
+  for (auto& c : covered) c.store(0);
+  std::atomic<int> bad_range{0};
+  pool.run_shares(n, shares, piece, [&](int64_t begin, int64_t end, int thread) {
+    if (begin < 0 || end > n || begin >= end || thread < 0 || thread >= pool.n_threads()) bad_range.fetch_add(1);
+    if (slow_first_share && begin < n / std::max(1, shares)) std::this_thread::sleep_for(std::chrono::microseconds(50));
+    for (int64_t i = std::max<int64_t>(begin, 0); i < std::min(end, n); ++i) covered[(size_t)i].fetch_add(1);
+  });
+  int wrong = 0;
+  for (int64_t i = 0; i < n; ++i) wrong += covered[(size_t)i].load() != 1;
+  CHECK_EQ(wrong, 0, "threads", pool.n_threads(), "n", n, "shares", shares, "piece", piece);
+  CHECK_EQ(bad_range.load(), 0, "threads", pool.n_threads(), "n", n, "shares", shares, "piece", piece);
+}
+
 }  // namespace
 
 int main() {
@@ -71,6 +89,10 @@ int main() {
     for (int round = 0; round < 5; ++round) check_run(pool, 64, /*uneven=*/true, rng);
     for (int64_t n : {0, 1, 2, 3, 10, 31, 100, 1000, 4097})
       for (int64_t min_per_task : {1, 2, 7, 64, 10000}) check_parallel_for(pool, n, min_per_task);
+    for (int64_t n : {0, 1, 2, 3, 10, 31, 100, 1000, 4097})
+      for (int shares : {1, 2, 3, 8})
+        for (int64_t piece : {1, 3, 64, 100000}) check_run_shares(pool, n, shares, piece, false);
+    for (int round = 0; round < 3; ++round) check_run_shares(pool, 400, pool.n_threads(), 4, true);
   }
   // Pools created and destroyed in quick succession (destructor joins workers that may never have
   // received a job).

@@ -1,9 +1,10 @@
 // matmul and get_row (ops.h) on the CPU: kernel choice, activation quantization, threading, tiling.
 //
-// Work split: output rows are divided into contiguous ranges, one ThreadPool task each, so every
-// thread streams its own part of W once. Inside a range, rows are taken in groups small enough to
-// stay in L2 (kTileBytes of weights), and for each group the tokens are walked kTokenTile at a time:
-// a weight row is read from memory once per call and from cache for every further token.
+// Work split: output rows are divided into one contiguous share per thread, each streamed front to
+// back (ThreadPool::run_shares), so every thread reads its own part of W once. Inside a piece of a
+// share, rows are taken in groups small enough to stay in L2 (kTileBytes of weights), and for each
+// group the tokens are walked kTokenTile at a time: a weight row is read from memory once per call
+// and from cache for every further token.
 #include <algorithm>
 #include <cstdint>
 #include <vector>
@@ -165,8 +166,13 @@ void matmul_shared_input_at_isa(const WeightMatrix* const* ws, float* const* ys,
     dots[i] = packed[i] != nullptr ? nullptr : select_dot_tile(ws[i]->type, isa);
     row_start[i + 1] = row_start[i] + ws[i]->rows;
   }
-  pool.parallel_for(
-      row_start[count],
+  // A share of the rows per thread, each streamed front to back (ThreadPool::run_shares), in
+  // pieces of about kTileBytes; fewer shares where there is too little work to hand out.
+  const int64_t total_rows = row_start[count];
+  const int64_t min_rows_per_share = std::max<int64_t>(1, kMinMacsPerTask / (first.cols * n));
+  const int64_t piece_rows = std::max<int64_t>(1, kTileBytes / first.row_bytes);
+  pool.run_shares(
+      total_rows, (int)std::min<int64_t>(pool.n_threads(), total_rows / min_rows_per_share), piece_rows,
       [&](int64_t begin, int64_t end, int) {
         for (int i = 0; i < count; ++i) {
           const int64_t lo = std::max(begin, row_start[i]) - row_start[i];
@@ -187,8 +193,7 @@ void matmul_shared_input_at_isa(const WeightMatrix* const* ws, float* const* ys,
             }
           }
         }
-      },
-      std::max<int64_t>(1, kMinMacsPerTask / (first.cols * n)));
+      });
 }
 
 void matmul_at_isa(const WeightMatrix& w, const float* x, int64_t n, float* y, ThreadPool& pool, Isa isa) {
