@@ -15,6 +15,7 @@ import pytest
 
 import sinkstream
 from sinkstream import _core
+from sinkstream.generation import stream_tokens
 from tiny_models import FAMILIES, PAPER_FAMILIES, write_family_model, write_tiny_model
 
 # Sessions of one batch: different modes and geometries, so their caches wrap at different times.
@@ -170,6 +171,92 @@ def test_scheduled_generation_draws_in_the_step_unless_a_hook_wants_logits(tiny)
         hooked_ids = "".join(ids_session.stream("hello", seed=5, max_tokens=20, **SAMPLING))
         assert sum(any(c) for c in calls) == 19 and [none for _, none in ids] == [False] + [True] * 19
     assert in_step == hooked == hooked_ids == alone
+
+
+def stop_after(pieces, n):
+    """The first n pieces of a stream, then the generator is closed (the consumer stops)."""
+    taken = []
+    for piece in pieces:
+        taken.append(piece)
+        if len(taken) == n:
+            break
+    pieces.close()
+    return taken
+
+
+@pytest.mark.parametrize("how", ["break", "stop string", "max_tokens", "slow consumer"])
+def test_a_stopped_generation_leaves_the_stream_it_leaves_alone(tiny, how):
+    """The scheduler runs each drawn token's eval ahead of the consumer (batching.py); when the
+    consumer stops, that eval is taken back (Session.undo_last_token), so the session's state is
+    byte for byte the state of the same generation alone: same n_past, same pending token, same
+    save() blob, and the next generation continues identically."""
+    options = dict(seed=3, max_tokens=12 if how == "max_tokens" else 40, **SAMPLING)
+
+    def generate(session):
+        pieces = session.stream("hello there", **options)
+        if how == "break":
+            return stop_after(pieces, 6)
+        if how == "slow consumer":  # each step's eval has run long before the consumer asks
+            taken = []
+            for piece in pieces:
+                time.sleep(0.01)
+                taken.append(piece)
+                if len(taken) == 5:
+                    break
+            pieces.close()
+            return taken
+        return list(pieces)
+
+    if how == "stop string":  # the text alone decides where it stops
+        text = "".join(tiny.session(window=24).stream("hello there", **options))
+        options["stop"] = text[len(text) // 2: len(text) // 2 + 2]
+    alone_session = tiny.session(window=24)
+    alone = generate(alone_session)
+    with sinkstream.BatchScheduler(tiny) as scheduler:
+        session = scheduler.session(window=24)
+        got = generate(session)
+        assert scheduler.stats.run_ahead > 0
+        assert (scheduler.stats.taken_back == 0) == (how == "max_tokens")  # max_tokens: never run past it
+        assert got == alone
+        assert session.n_past == alone_session.n_past and session._pending == alone_session._pending
+        alone_session._last_logits = None  # its draws were made in Python from logits (the steps': in C++)
+        assert session.save() == alone_session.save()
+        after = "".join(session.stream(" and more", seed=4, max_tokens=10, **SAMPLING))
+    assert after == "".join(alone_session.stream(" and more", seed=4, max_tokens=10, **SAMPLING))
+
+
+def test_run_ahead_never_passes_an_end_of_generation_token(tiny):
+    """An end-of-generation token ends the generation: the scheduler does not queue its eval, so
+    nothing is taken back and the token stays pending, as alone."""
+    options = dict(max_tokens=60, logit_bias={tiny.eos_id: 4.0}, **SAMPLING)
+    def tokens(session, seed):
+        return list(stream_tokens(session, "hi", seed=seed, **options))
+    seed = next(s for s in range(50) if 4 <= len(tokens(tiny.session(window=40), s)) < 59)  # eos after a few
+    alone = tiny.session(window=40)
+    expected = tokens(alone, seed)
+    with sinkstream.BatchScheduler(tiny) as scheduler:
+        session = scheduler.session(window=40)
+        assert tokens(session, seed) == expected
+        assert session.last_stats.stop_reason == "eos" and session._pending == [tiny.eos_id]
+        assert scheduler.stats.run_ahead > 0 and scheduler.stats.taken_back == 0
+        assert session.n_past == alone.n_past
+
+
+def test_undo_last_token_only_takes_back_a_one_token_batched_step(tiny):
+    session = tiny.session(window=24)
+    with pytest.raises(ValueError, match="undo_last_token"):
+        session._core.undo_last_token()  # nothing batched yet
+    runner = _core.BatchRunner(tiny._core, 1, 16, 4)
+    session.eval(stream_of(5, 30))
+    state = session.save()
+    runner.step([session._core], [np.array([7], np.int32)], [False])
+    session._core.undo_last_token()
+    assert session.save() == state
+    with pytest.raises(ValueError, match="undo_last_token"):
+        session._core.undo_last_token()  # once
+    runner.step([session._core], [np.array([7, 8], np.int32)], [False])
+    with pytest.raises(ValueError, match="undo_last_token"):
+        session._core.undo_last_token()  # two tokens
 
 
 def generate_in_threads(make_session, prompts, **options):

@@ -304,6 +304,9 @@ void bind_model(nb::module_& m) {
           "logits_n_past, app_data), if given, may refuse the extras by raising; the session changes only "
           "when nothing failed.")
       .def("request_cancel", &Session::request_cancel)
+      .def("undo_last_token", &Session::undo_last_token,
+           "Takes back the token of the session's last batched step when it was one token and nothing changed "
+           "the stream since (ValueError otherwise): the stream is as if that step had never run.")
       .def_prop_ro("n_past", &Session::n_past)
       .def_prop_ro("n_cached", &Session::n_cached)
       .def_prop_ro("kv_bytes", &Session::kv_bytes)

@@ -184,6 +184,7 @@ const char* device_name(Device device) { return device == Device::kCuda ? "cuda"
 
 void Session::reset() {
   BusyGuard guard(busy_);
+  before_step_.undoable = false;
   n_past_ = 0;  // the cache is overwritten before it is read again: no need to clear it
 }
 
@@ -215,6 +216,7 @@ void Session::eval(const int32_t* tokens, int64_t n, bool all_logits, float* out
   BusyGuard guard(busy_);
   check_tokens(tokens, n);
   if (n == 0) return;
+  before_step_.undoable = false;
   cancel_requested_.store(false);
   interrupt_ = &interrupt;
   struct ClearHook {
@@ -258,12 +260,24 @@ ForwardSegment Session::begin_segment(const int32_t* tokens, int64_t n, float* l
   }
   ForwardSegment segment = make_segment(tokens, n, n_past_, cache_, scratch_, logits);
   segment.entries_attended = &batched_entries_attended_;
+  before_step_ = BeforeStep{false, n_past_, scratch_.keys_rotated, batched_entries_attended_};
   return segment;
 }
 
 void Session::end_segment(int64_t n) {
   n_past_ += (uint64_t)n;
+  before_step_.undoable = n == 1;
   busy_.store(false);
+}
+
+void Session::undo_last_token() {
+  BusyGuard guard(busy_);
+  SS_CHECK_ARG(before_step_.undoable && n_past_ == before_step_.n_past + 1,
+               "undo_last_token: the session's last change was not a one-token batched step");
+  n_past_ = before_step_.n_past;
+  scratch_.keys_rotated = before_step_.keys_rotated;
+  batched_entries_attended_ = before_step_.entries_attended;
+  before_step_.undoable = false;
 }
 
 // The paper's "sliding window with re-computation": token t (t >= C) is predicted from the last C
@@ -554,6 +568,7 @@ void Session::load(const uint8_t* state, size_t size, const std::function<void(S
     copy_rows(layer.window_begin, h.n_past);
   }
   n_past_ = h.n_past;
+  before_step_.undoable = false;
 }
 
 }  // namespace sinkstream

@@ -114,6 +114,15 @@ class Session {
   void load(const uint8_t* state, size_t size, const std::function<void(StreamExtras&)>& accept = nullptr);
   void load(const std::vector<uint8_t>& state) { load(state.data(), state.size()); }
 
+  // Takes back the token of the last batched step (BatchRunner) this session took part in, when that
+  // was one token and nothing has changed the stream since: n_past and the counters return to what
+  // they were before it. Its K/V rows stay in their slot, which no query reads before the next
+  // token is written there (the ring holds at least the window plus the token being written), so
+  // the stream is exactly as if that step had never run. A BatchScheduler runs a generating
+  // session's drawn token ahead of its consumer and takes it back this way when the consumer stops
+  // (batching.py). ArgumentError when there is no such step to take back.
+  void undo_last_token();
+
   // Asks a running eval (in another thread) to stop after its current chunk.
   void request_cancel() { cancel_requested_.store(true); }
 
@@ -158,6 +167,11 @@ class Session {
   ForwardScratch scratch_;
   uint64_t n_past_ = 0;
   uint64_t batched_entries_attended_ = 0;  // K/V rows attended in batched passes
+  // What undo_last_token() restores: the counters before the last batched step, while it can.
+  struct BeforeStep {
+    bool undoable = false;
+    uint64_t n_past = 0, keys_rotated = 0, entries_attended = 0;
+  } before_step_;
   // recompute mode: the last C tokens (a ring indexed by stream position) and the logits buffer.
   std::vector<int32_t> history_;
   std::vector<int32_t> scratch_recompute_tokens_;  // (C) tokens re-encoded for one prediction

@@ -323,6 +323,11 @@ class Session:
 
     def request_cancel(self) -> None: ...
 
+    def undo_last_token(self) -> None:
+        """
+        Takes back the token of the session's last batched step when it was one token and nothing changed the stream since (ValueError otherwise): the stream is as if that step had never run.
+        """
+
     @property
     def n_past(self) -> int: ...
 

@@ -17,6 +17,16 @@ How a step is made (``BatchScheduler._next_step``):
 - at most ``max_batch_tokens`` tokens and ``max_sessions`` sessions per step; the rest wait for the
   next step, oldest first.
 
+Running ahead of the consumer (generation through ``eval(..., sampler)``): when a step has drawn a
+generating session's next token, the scheduler queues that token's eval for the next step at once,
+while the session's thread is still handing the token to its consumer, so the step does not wait
+for N Python threads to come back. The thread then finds its eval already queued or done. When the
+consumer stops instead (a stop string, closing the generator), ``drop_run_ahead`` takes the eval
+back: not run yet, it is dropped; run, the session undoes that one token (``undo_last_token``:
+exact, its K/V rows are never read). So the stream is always what it would be without running
+ahead: the last drawn token stays pending (generation.py). The scheduler never runs past a token
+the consumer cannot take (an end-of-generation token, max_tokens), and at most one token ahead.
+
     with sinkstream.BatchScheduler(model) as scheduler:
         sessions = [scheduler.session() for _ in range(8)]
         # each session used from its own thread: session.stream(...), session.chat(...)
@@ -50,6 +60,9 @@ class _Request:
     tokens: np.ndarray         # int32
     want_logits: bool
     sampler: Any = None        # a _core.Sampler: the last step draws the next token (see eval)
+    draws_left: int | None = 0  # draws the consumer takes after this one (None: no limit): run ahead?
+    adopted: bool = True       # a caller waits on it (False: queued ahead of its consumer, see eval)
+    in_step: bool = False      # in the step being run
     done_tokens: int = 0
     logits: np.ndarray | None = None
     token: int = -1            # the token the sampler drew
@@ -70,6 +83,8 @@ class BatchStats:
     tokens: int = 0            # rows of all steps: prompt and decode tokens together
     session_slots: int = 0     # sum over steps of the sessions in the step
     busy_seconds: float = 0.0  # time inside forward passes
+    run_ahead: int = 0         # drawn tokens whose eval was queued ahead of their consumer
+    taken_back: int = 0        # of those, evals that ran and were undone (the consumer stopped)
 
     @property
     def mean_sessions_per_step(self) -> float:
@@ -104,6 +119,7 @@ class BatchScheduler:
         self._lock = threading.Condition()
         self._waiting: OrderedDict[Any, _Request] = OrderedDict()  # session -> its eval, oldest first
         self._served: set[Any] = set()   # sessions of the last step that finished an eval there
+        self._ahead: dict[Any, _Request] = {}  # session -> its drawn token's eval, queued ahead of its consumer
         self._step_lock = threading.Lock()  # held while a pass runs (exclusive evals take it too)
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="sinkstream-batch", daemon=True)
@@ -160,6 +176,7 @@ class BatchScheduler:
                 request.finished.set()
             self._waiting.clear()
             self._lock.notify_all()
+        # Evals that ran ahead stay until their sessions' generations end (drop_run_ahead).
         if self._thread is not threading.current_thread():
             self._thread.join()
 
@@ -170,17 +187,50 @@ class BatchScheduler:
         self.close()
 
     # -- evals (called by Session.eval in the sessions' threads) -----------------------------------
-    def eval(self, session: "Session", tokens: np.ndarray, want_logits: bool, sampler: Any = None) -> Any:
+    def eval(self, session: "Session", tokens: np.ndarray, want_logits: bool, sampler: Any = None,
+             draws_left: int | None = 0, fed: Any = None) -> Any:
         """Feeds checked int32 tokens to a scheduled session over one or more steps and returns the
         last token's logits (or None). Blocks the calling thread until done. Ctrl-C or cancel()
         stops after the step in flight, keeping every token fed so far (n_past counts them).
 
         With a sampler (a _core.Sampler), the last step also draws the next token from the last
         token's logits in C++, spread over the step's threads with the other sessions' draws, and
-        the sampler accepts it: returns that token id (the logits stay in the engine)."""
+        the sampler accepts it: returns that token id (the logits stay in the engine). draws_left:
+        how many more tokens the caller will draw after this one (None: no limit); then the drawn
+        token's eval runs ahead of the caller (module docstring), who must end its generation with
+        drop_run_ahead. fed: called with the number of `tokens` that reached the session, also when
+        this raises."""
         if len(tokens) == 0:
             return None
-        request = _Request(session, tokens, want_logits and sampler is None, sampler)
+        request = None
+        with self._lock:
+            ahead = self._ahead.get(session)
+            if ahead is not None and ahead.sampler is sampler and np.array_equal(ahead.tokens, tokens):
+                request = self._adopt(ahead, draws_left)
+        if request is None:
+            if ahead is not None:  # another eval than the one queued ahead: take that back first
+                self.drop_run_ahead(session)
+            request = self._submit(session, tokens, want_logits, sampler, draws_left)
+        try:
+            while not request.finished.wait(_WAIT_SLICE_S):
+                pass
+        except BaseException:
+            self._abandon(request)
+            if fed is not None:
+                fed(request.done_tokens)
+            raise
+        if request.error is not None:
+            with self._step_lock:  # a cancelled eval's last step may still be running: let it end
+                pass
+        if fed is not None:
+            fed(request.done_tokens)
+        if request.error is not None:
+            raise request.error
+        return request.token if sampler is not None else request.logits
+
+    def _submit(self, session: "Session", tokens: np.ndarray, want_logits: bool, sampler: Any,
+                draws_left: int | None) -> _Request:
+        request = _Request(session, tokens, want_logits and sampler is None, sampler, draws_left)
         with self._lock:
             if self._closed:
                 raise RuntimeError("the BatchScheduler is closed")
@@ -188,17 +238,50 @@ class BatchScheduler:
                 raise ValueError("this Session is already in use by another thread; use one Session per thread")
             self._waiting[session] = request
             self._lock.notify_all()
-        try:
-            while not request.finished.wait(_WAIT_SLICE_S):
-                pass
-        except BaseException:
-            self._abandon(request)
-            raise
-        if request.error is not None:
-            with self._step_lock:  # a cancelled eval's last step may still be running: let it end
-                pass
-            raise request.error
-        return request.token if sampler is not None else request.logits
+        return request
+
+    def _adopt(self, ahead: _Request, draws_left: int | None) -> _Request:
+        """(lock held) The caller takes over the eval queued ahead of it; if it has run already,
+        the token it drew runs ahead in turn."""
+        del self._ahead[ahead.session]
+        ahead.adopted, ahead.draws_left = True, draws_left
+        if ahead.finished.is_set() and ahead.error is None:
+            self._run_ahead(ahead)
+        return ahead
+
+    def _run_ahead(self, request: _Request) -> None:
+        """(lock held) Queues the eval of the token `request` drew, for the next step, unless its
+        consumer cannot take another token (module docstring)."""
+        token = request.token
+        if (self._closed or request.sampler is None or request.abandoned or request.draws_left == 0
+                or self.model.is_end_of_generation(token) or request.session in self._waiting):
+            return
+        draws_left = None if request.draws_left is None else request.draws_left - 1
+        ahead = _Request(request.session, np.array([token], dtype=np.int32), False, request.sampler, draws_left,
+                         adopted=False)
+        self._ahead[request.session] = ahead
+        self._waiting[request.session] = ahead
+        self.stats.run_ahead += 1
+        self._lock.notify_all()
+
+    def drop_run_ahead(self, session: "Session") -> None:
+        """Takes back the eval queued ahead of the session's consumer, if any (its generation has
+        ended): dropped if it has not run, undone (Session.undo_last_token) if it has. Afterwards
+        the session's stream is what its consumer has seen. Idempotent; cheap when nothing is ahead."""
+        with self._lock:
+            ahead = self._ahead.pop(session, None)
+            if ahead is None:
+                return
+            ahead.abandoned = True
+            if self._waiting.get(session) is ahead and not ahead.in_step:  # not run: never will be
+                self._waiting.pop(session)
+                return
+        with self._step_lock:  # a step running it ends first (its bookkeeping too: _run_step)
+            pass
+        if ahead.done_tokens:
+            session._core.undo_last_token()
+            with self._lock:
+                self.stats.taken_back += 1
 
     def exclusive(self, fn: Any) -> Any:
         """Runs fn() while no batched pass runs (for what a step cannot do, e.g. all-token logits)."""
@@ -209,7 +292,9 @@ class BatchScheduler:
         """Stops the session's waiting eval after the step in flight: it raises sinkstream.Cancelled."""
         with self._lock:
             request = self._waiting.get(session)
-            if request is not None:
+            # (An eval queued ahead of its consumer has nobody waiting on it: the consumer adopts
+            # or drops it.)
+            if request is not None and request.adopted:
                 self._waiting.pop(session)
                 request.error = _core.Cancelled("evaluation cancelled")
                 request.finished.set()
@@ -266,9 +351,12 @@ class BatchScheduler:
             budget, slots = budget - n, slots - 1
         for request, _ in step:  # served ones go to the back: the others are older now
             self._waiting.move_to_end(request.session)
+            request.in_step = True
         return step
 
     def _run_step(self, step: list[tuple[_Request, int]]) -> None:
+        # The bookkeeping too under the step lock: who waits for a step to end (drop_run_ahead,
+        # _abandon) then sees its done_tokens.
         with self._step_lock:
             start = time.perf_counter()
             try:
@@ -278,10 +366,15 @@ class BatchScheduler:
                 # alone so the error reaches the eval it belongs to and the others go on.
                 logits, tokens, errors = self._forward_one_by_one(step)
             self.stats.busy_seconds += time.perf_counter() - start
+            self._finish_step(step, logits, tokens, errors)
+
+    def _finish_step(self, step: list[tuple[_Request, int]], logits: np.ndarray, tokens: list[Any],
+                     errors: list[BaseException | None]) -> None:
         with self._lock:
             self._served = set()
             row = 0
             for (request, n), error, token in zip(step, errors, tokens):
+                request.in_step = False
                 wanted = request.want_logits and request.remaining == n
                 if error is None:
                     request.done_tokens += n
@@ -300,6 +393,8 @@ class BatchScheduler:
                         self._waiting.pop(request.session)
                     if error is None and not request.abandoned:
                         self._served.add(request.session)
+                        if request.adopted:  # (one not adopted yet runs ahead once it is: _adopt)
+                            self._run_ahead(request)
                     request.finished.set()
             ran = [n for (_, n), error in zip(step, errors) if error is None]
             self.stats.steps += bool(ran)

@@ -402,15 +402,22 @@ def _draws_in_step(session: Any) -> bool:
     return samples_in_step is not None and samples_in_step()
 
 
-def _eval_and_draw(session: Any, sampler: Any) -> int:
+def _eval_and_draw(session: Any, sampler: Any, draws_left: int | None) -> int:
     """Feeds the pending token through the session's BatchScheduler, whose step also draws (and the
-    sampler accepts) the next token: the per-token work leaves Python. Pending bookkeeping as _eval."""
-    n_before = session.n_past
+    sampler accepts) the next token: the per-token work leaves Python. draws_left: how many more
+    tokens this generation may draw after this one (None: no limit), so the scheduler can run the
+    drawn token's eval ahead of us (batching.py; _token_loop ends with session._settle()).
+    Afterwards (even on error) session._pending drops the tokens that reached the session."""
+    pending = _pending_of(session)
+    fed = 0
+
+    def count(n: int) -> None:
+        nonlocal fed
+        fed = n
+
     try:
-        return session._eval_sample(_pending_of(session), sampler)
+        return session._eval_sample(pending, sampler, draws_left, count)
     finally:
-        fed = session.n_past - n_before
-        pending = _pending_of(session)
         session._pending = pending[min(max(fed, 0), len(pending)):]
 
 
@@ -469,7 +476,8 @@ def _token_loop(session, prompt, add_bos, special, sampler, limit, repeat_last_n
         while limit is None or stats.generated_tokens < limit:
             resumed = clock()
             if stats.generated_tokens > 0 and _draws_in_step(session):
-                token = _eval_and_draw(session, sampler)
+                left = None if limit is None else limit - stats.generated_tokens - 1
+                token = _eval_and_draw(session, sampler, left)
                 logits = None  # they stayed in the engine
             else:
                 if stats.generated_tokens > 0:
@@ -499,6 +507,12 @@ def _token_loop(session, prompt, add_bos, special, sampler, limit, repeat_last_n
     except BaseException:
         stats.stop_reason = "error"
         raise
+    finally:
+        # A token drawn in a batched step may already be running ahead of us: the stream must end
+        # with it pending, as the module docstring says (BatchScheduler.drop_run_ahead).
+        settle = getattr(session, "_settle", None)
+        if settle is not None:
+            settle()
 
 
 # ---- text ----------------------------------------------------------------------------------------

@@ -441,6 +441,7 @@ class Session:
         array = token_array(tokens, self.model.n_vocab)
         if len(array) == 0 and logits is not None:
             raise ValueError("tokens is empty: there are no logits to return")
+        self._settle()
         scheduler = self._scheduler
         if scheduler is None or scheduler.closed:
             return self._core.eval(array, logits == "all", logits is not None)
@@ -458,13 +459,23 @@ class Session:
         return (scheduler is not None and not scheduler.closed
                 and (hook is None or not getattr(hook, "needs_logits", True)))
 
-    def _eval_sample(self, tokens: Sequence[int], sampler: Any) -> int:
+    def _eval_sample(self, tokens: Sequence[int], sampler: Any, draws_left: int | None = 0,
+                     fed: Any = None) -> int:
         """eval() through the session's BatchScheduler whose last step also draws the next token
         with `sampler` (a _core.Sampler, which accepts it); returns it. The logits stay in the
-        engine, so the session holds no fresh logits afterwards."""
+        engine, so the session holds no fresh logits afterwards. draws_left and fed: see
+        BatchScheduler.eval (with draws_left != 0 the drawn token's eval runs ahead: the generation
+        ends with _settle)."""
         array = token_array(tokens, self.model.n_vocab)
         self._last_logits = None
-        return int(self._scheduler.eval(self, array, False, sampler))
+        return int(self._scheduler.eval(self, array, False, sampler, draws_left, fed))
+
+    def _settle(self) -> None:
+        """Takes back an eval that its BatchScheduler ran ahead of a generation that has not asked
+        for it (BatchScheduler.drop_run_ahead): whatever reads or changes the stream sees exactly
+        what the generation has seen."""
+        if self._scheduler is not None:
+            self._scheduler.drop_run_ahead(self)
 
     def cancel(self) -> None:
         """Asks an eval running in another thread (directly or through a BatchScheduler) to stop
@@ -478,10 +489,12 @@ class Session:
 
     @property
     def n_past(self) -> int:
+        self._settle()
         return self._core.n_past
 
     @property
     def n_cached(self) -> int:
+        self._settle()
         return self._core.n_cached
 
     @property
@@ -513,6 +526,7 @@ class Session:
         """Starts a new stream: empty cache, counter 0, no pending token or chat history."""
         from .generation import reset_generation_state
 
+        self._settle()
         self._core.reset()
         reset_generation_state(self)
 
@@ -523,6 +537,7 @@ class Session:
         checksum: bytes, or written to `path`. Restore with load() on a session made with the same
         model and settings. (Samplers live per generate()/stream() call, seeded by their options:
         there is no sampler state between calls to keep.)"""
+        self._settle()
         record = getattr(self, "_chat_record", None)
         last = getattr(self, "_last_logits", None)  # (n_past when computed, logits): see generation.py
         app_data = json.dumps({
@@ -556,6 +571,7 @@ class Session:
             # here refuses the whole state.
             decoded["fields"] = (pending, logits, logits_n_past, *_decode_chat_state(app_data))
 
+        self._settle()
         self._core.load(bytes(state), accept)
         pending, logits, logits_n_past, history, record = decoded["fields"]
         self._pending = list(pending)
