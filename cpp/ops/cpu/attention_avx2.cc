@@ -1,7 +1,6 @@
 // AVX2 + FMA + F16C attention row kernels (compiled with those flags only in this file; called only
 // after cpu_features.h reports the AVX2 level). The scalar twins in attention.cc are the specification.
 #include "ops/cpu/attention_kernels.h"
-#include "quant/quant_blocks.h"
 
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
@@ -12,40 +11,22 @@ namespace sinkstream::attention_kernels {
 
 namespace {
 
-// Cache rows as the kernels read them: load8(r, i) is row r's values at columns i .. i + 7 as
-// floats, whatever the row's type, and prefetch_ahead(r, i, n) asks for the bytes of columns
-// i .. i + n - 1 of the row kPrefetchRows after r. One kernel template serves every type.
-struct FloatRows {
-  const float* base;
-  int64_t stride;  // floats from one row to the next
-  __m256 load8(int64_t r, int64_t i) const { return _mm256_loadu_ps(base + r * stride + i); }
-  void prefetch_ahead(int64_t r, int64_t i, int64_t n) const { prefetch_row_ahead(base + r * stride + i, stride, n); }
+// The cache's rows with this file's vector load (attention_kernels.h).
+struct FloatRows : PlainRows<float> {
+  __m256 load8(int64_t r, int64_t i) const { return _mm256_loadu_ps(at(r, i)); }
 };
 
-struct HalfRows {
-  const uint16_t* base;
-  int64_t stride;  // halves from one row to the next
+struct HalfRows : PlainRows<uint16_t> {
   __m256 load8(int64_t r, int64_t i) const {
-    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(base + r * stride + i)));
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(at(r, i))));
   }
-  void prefetch_ahead(int64_t r, int64_t i, int64_t n) const { prefetch_row_ahead(base + r * stride + i, stride, n); }
 };
 
-// GGML Q8_0 blocks (sink_cache.h): 8 int8 values of one block widened to floats, times its scale d.
-struct Q8Rows {
-  const uint8_t* base;
-  int64_t row_bytes;
-  const BlockQ8_0* block(int64_t r, int64_t i) const {
-    return reinterpret_cast<const BlockQ8_0*>(base + r * row_bytes) + i / kQK;
-  }
+struct Q8Rows : Q8BlockRows {  // the int8 values widened to floats, times the block's scale d
   __m256 load8(int64_t r, int64_t i) const {
     const BlockQ8_0* b = block(r, i);
     const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b->qs + i % kQK));
     return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), _mm256_set1_ps(_cvtsh_ss(b->d)));
-  }
-  void prefetch_ahead(int64_t r, int64_t i, int64_t n) const {
-    const int64_t first = i / kQK * (int64_t)sizeof(BlockQ8_0), last = (i + n + kQK - 1) / kQK * (int64_t)sizeof(BlockQ8_0);
-    prefetch_bytes(base + r * row_bytes + first, kPrefetchRows * row_bytes, last - first);
   }
 };
 
@@ -168,13 +149,13 @@ static void accumulate_rows(const Rows& values, int64_t n_rows, const float* wei
 template <typename Rows, typename T>
 static void score_rows_of(const T* keys, int64_t n_rows, int64_t row_stride, const float* q, int64_t group,
                           int64_t dim, float scale, float* scores, int64_t scores_stride) {
-  score_rows(Rows{keys, row_stride}, n_rows, q, group, dim, scale, scores, scores_stride);
+  score_rows(Rows{{keys, row_stride}}, n_rows, q, group, dim, scale, scores, scores_stride);
 }
 
 template <typename Rows, typename T>
 static void accumulate_rows_of(const T* values, int64_t n_rows, int64_t row_stride, const float* weights,
                                int64_t weights_stride, int64_t group, int64_t dim, float* out) {
-  accumulate_rows(Rows{values, row_stride}, n_rows, weights, weights_stride, group, dim, out);
+  accumulate_rows(Rows{{values, row_stride}}, n_rows, weights, weights_stride, group, dim, out);
 }
 
 // exp(x) for x <= 0 (softmax inputs after the max shift), relative error ~2e-7: x = n ln2 + r with

@@ -10,7 +10,6 @@
 // On Zen 4 a 512-bit FMA takes both 256-bit pipes, so the gain is registers and fewer instructions
 // per element, not wider arithmetic.
 #include "ops/cpu/attention_kernels.h"
-#include "quant/quant_blocks.h"
 
 #if defined(__x86_64__) && defined(__AVX512F__) && defined(__F16C__) && defined(__FMA__)
 #include <immintrin.h>
@@ -27,41 +26,22 @@ namespace {
 
 constexpr int kMaxHeads = 4;  // query heads per pass: 4 x 4 accumulators + 4 key vectors + 1 query
 
-// Cache rows as the kernels read them: load16(r, i) is row r's values at columns i .. i + 15 as
-// floats, whatever the row's type, and prefetch_ahead(r, i, n) asks for the bytes of columns
-// i .. i + n - 1 of the row kPrefetchRows after r. One kernel template serves every type.
-struct FloatRows {
-  const float* base;
-  int64_t stride;  // floats from one row to the next
-  __m512 load16(int64_t r, int64_t i) const { return _mm512_loadu_ps(base + r * stride + i); }
-  void prefetch_ahead(int64_t r, int64_t i, int64_t n) const { prefetch_row_ahead(base + r * stride + i, stride, n); }
+// The cache's rows with this file's vector load (attention_kernels.h).
+struct FloatRows : PlainRows<float> {
+  __m512 load16(int64_t r, int64_t i) const { return _mm512_loadu_ps(at(r, i)); }
 };
 
-struct HalfRows {
-  const uint16_t* base;
-  int64_t stride;  // halves from one row to the next
+struct HalfRows : PlainRows<uint16_t> {
   __m512 load16(int64_t r, int64_t i) const {
-    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(base + r * stride + i)));
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(at(r, i))));
   }
-  void prefetch_ahead(int64_t r, int64_t i, int64_t n) const { prefetch_row_ahead(base + r * stride + i, stride, n); }
 };
 
-// GGML Q8_0 blocks (sink_cache.h): 16 int8 values of one block widened to floats, times its scale d
-// (the 16 columns never straddle two blocks: 32 is a multiple of 16).
-struct Q8Rows {
-  const uint8_t* base;
-  int64_t row_bytes;
-  const BlockQ8_0* block(int64_t r, int64_t i) const {
-    return reinterpret_cast<const BlockQ8_0*>(base + r * row_bytes) + i / kQK;
-  }
+struct Q8Rows : Q8BlockRows {  // the int8 values widened to floats, times the block's scale d
   __m512 load16(int64_t r, int64_t i) const {
     const BlockQ8_0* b = block(r, i);
     const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b->qs + i % kQK));
     return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)), _mm512_set1_ps(_cvtsh_ss(b->d)));
-  }
-  void prefetch_ahead(int64_t r, int64_t i, int64_t n) const {
-    const int64_t first = i / kQK * (int64_t)sizeof(BlockQ8_0), last = (i + n + kQK - 1) / kQK * (int64_t)sizeof(BlockQ8_0);
-    prefetch_bytes(base + r * row_bytes + first, kPrefetchRows * row_bytes, last - first);
   }
 };
 
@@ -170,13 +150,13 @@ static void accumulate_rows(const Rows& values, int64_t n_rows, const float* wei
 template <typename Rows, typename T>
 static void score_rows_of(const T* keys, int64_t n_rows, int64_t row_stride, const float* q, int64_t group,
                           int64_t dim, float scale, float* scores, int64_t scores_stride) {
-  score_rows(Rows{keys, row_stride}, n_rows, q, group, dim, scale, scores, scores_stride);
+  score_rows(Rows{{keys, row_stride}}, n_rows, q, group, dim, scale, scores, scores_stride);
 }
 
 template <typename Rows, typename T>
 static void accumulate_rows_of(const T* values, int64_t n_rows, int64_t row_stride, const float* weights,
                                int64_t weights_stride, int64_t group, int64_t dim, float* out) {
-  accumulate_rows(Rows{values, row_stride}, n_rows, weights, weights_stride, group, dim, out);
+  accumulate_rows(Rows{{values, row_stride}}, n_rows, weights, weights_stride, group, dim, out);
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include "kv/sink_cache.h"
 #include "ops/cpu/cpu_features.h"
 #include "ops/ops.h"
+#include "quant/quant_blocks.h"
 
 namespace sinkstream::attention_kernels {
 
@@ -77,6 +78,33 @@ template <typename T>
 inline void prefetch_row_ahead(const T* row, int64_t row_stride, int64_t elements) {
   prefetch_bytes(row, kPrefetchRows * row_stride * (int64_t)sizeof(T), elements * (int64_t)sizeof(T));
 }
+
+// Cache rows as the SIMD kernels address them; each ISA file adds a load of one vector of floats
+// (load16 / load8 / load4 at row r, column i), so one kernel template serves every storage type.
+// prefetch_ahead(r, i, n) asks for the bytes of columns i .. i + n - 1 of the row kPrefetchRows
+// after r.
+template <typename T>
+struct PlainRows {  // f32 or f16 bits
+  const T* base;
+  int64_t stride;  // elements from one row to the next
+  const T* at(int64_t r, int64_t i) const { return base + r * stride + i; }
+  void prefetch_ahead(int64_t r, int64_t i, int64_t n) const { prefetch_row_ahead(at(r, i), stride, n); }
+};
+
+// GGML Q8_0 blocks (sink_cache.h): a row is dim / 32 blocks of an f16 scale d and 32 int8 values;
+// a vector of at most 32 columns from a multiple of its width never straddles two blocks.
+struct Q8BlockRows {
+  const uint8_t* base;
+  int64_t row_bytes;
+  const BlockQ8_0* block(int64_t r, int64_t i) const {
+    return reinterpret_cast<const BlockQ8_0*>(base + r * row_bytes) + i / kQK;
+  }
+  void prefetch_ahead(int64_t r, int64_t i, int64_t n) const {
+    const int64_t first = i / kQK * (int64_t)sizeof(BlockQ8_0);
+    const int64_t last = (i + n + kQK - 1) / kQK * (int64_t)sizeof(BlockQ8_0);
+    prefetch_bytes(base + r * row_bytes + first, kPrefetchRows * row_bytes, last - first);
+  }
+};
 
 struct Kernels {
   ScoreRowsF16 score_f16;

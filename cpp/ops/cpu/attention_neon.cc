@@ -5,7 +5,6 @@
 // blocks of 4 rows x up to 4 query heads (16 accumulators + 4 key vectors + 1 query of the 32
 // registers), each key or value vector converted once for all heads of the block.
 #include "ops/cpu/attention_kernels.h"
-#include "quant/quant_blocks.h"
 
 #if defined(__aarch64__) && defined(__ARM_NEON)
 #include <arm_neon.h>
@@ -19,40 +18,23 @@ namespace {
 
 constexpr int kMaxHeads = 4;
 
-// Cache rows as the kernels read them: load4(r, i) is row r's values at columns i .. i + 3 as
-// floats, whatever the row's type, and prefetch_ahead(r, i, n) asks for the bytes of columns
-// i .. i + n - 1 of the row kPrefetchRows after r. One kernel template serves every type.
-struct FloatRows {
-  const float* base;
-  int64_t stride;  // floats from one row to the next
-  float32x4_t load4(int64_t r, int64_t i) const { return vld1q_f32(base + r * stride + i); }
-  void prefetch_ahead(int64_t r, int64_t i, int64_t n) const { prefetch_row_ahead(base + r * stride + i, stride, n); }
+// The cache's rows with this file's vector load (attention_kernels.h).
+struct FloatRows : PlainRows<float> {
+  float32x4_t load4(int64_t r, int64_t i) const { return vld1q_f32(at(r, i)); }
 };
 
-struct HalfRows {
-  const uint16_t* base;
-  int64_t stride;  // halves from one row to the next
-  float32x4_t load4(int64_t r, int64_t i) const {
-    return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(base + r * stride + i)));
-  }
-  void prefetch_ahead(int64_t r, int64_t i, int64_t n) const { prefetch_row_ahead(base + r * stride + i, stride, n); }
+struct HalfRows : PlainRows<uint16_t> {
+  float32x4_t load4(int64_t r, int64_t i) const { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(at(r, i)))); }
 };
 
-// GGML Q8_0 blocks (sink_cache.h): 4 int8 values of one block widened to floats, times its scale d.
-struct Q8Rows {
-  const uint8_t* base;
-  int64_t row_bytes;
+struct Q8Rows : Q8BlockRows {  // the int8 values widened to floats, times the block's scale d
   float32x4_t load4(int64_t r, int64_t i) const {
-    const BlockQ8_0* b = reinterpret_cast<const BlockQ8_0*>(base + r * row_bytes) + i / kQK;
+    const BlockQ8_0* b = block(r, i);
     int32_t four;  // 4 bytes: no alignment to assume
     std::memcpy(&four, b->qs + i % kQK, sizeof(four));
     const int16x8_t wide = vmovl_s8(vreinterpret_s8_s32(vdup_n_s32(four)));
     const float32x4_t values = vcvtq_f32_s32(vmovl_s16(vget_low_s16(wide)));
     return vmulq_n_f32(values, vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(b->d))), 0));
-  }
-  void prefetch_ahead(int64_t r, int64_t i, int64_t n) const {
-    const int64_t first = i / kQK * (int64_t)sizeof(BlockQ8_0), last = (i + n + kQK - 1) / kQK * (int64_t)sizeof(BlockQ8_0);
-    prefetch_bytes(base + r * row_bytes + first, kPrefetchRows * row_bytes, last - first);
   }
 };
 
@@ -144,13 +126,13 @@ static void accumulate_rows(const Rows& values, int64_t n_rows, const float* wei
 template <typename Rows, typename T>
 static void score_rows_of(const T* keys, int64_t n_rows, int64_t row_stride, const float* q, int64_t group,
                           int64_t dim, float scale, float* scores, int64_t scores_stride) {
-  score_rows(Rows{keys, row_stride}, n_rows, q, group, dim, scale, scores, scores_stride);
+  score_rows(Rows{{keys, row_stride}}, n_rows, q, group, dim, scale, scores, scores_stride);
 }
 
 template <typename Rows, typename T>
 static void accumulate_rows_of(const T* values, int64_t n_rows, int64_t row_stride, const float* weights,
                                int64_t weights_stride, int64_t group, int64_t dim, float* out) {
-  accumulate_rows(Rows{values, row_stride}, n_rows, weights, weights_stride, group, dim, out);
+  accumulate_rows(Rows{{values, row_stride}}, n_rows, weights, weights_stride, group, dim, out);
 }
 
 // exp(x) for x <= 0, the AVX2 file's method (relative error ~2e-7): x = n ln2 + r, |r| <= ln2 / 2,
