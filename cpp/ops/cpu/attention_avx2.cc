@@ -92,9 +92,11 @@ static void score_heads(const Rows& keys, int64_t n_rows, const float* q, int64_
   }
 }
 
-template <typename Rows>
-static void score_rows(const Rows& keys, int64_t n_rows, const float* q, int64_t group, int64_t dim, float scale,
-                       float* scores, int64_t scores_stride) {
+// A Kernels entry: the rows of one storage type (Rows over T) in the kernels' terms.
+template <typename Rows, typename T>
+static void score_rows(const T* key_rows, int64_t n_rows, int64_t row_stride, const float* q, int64_t group,
+                       int64_t dim, float scale, float* scores, int64_t scores_stride) {
+  const Rows keys{{key_rows, row_stride}};
   // Passes of 3 heads (3 x 3 blocks) when the group divides by 3, else pairs (2 heads x 4 rows).
   const auto pass = [&](int64_t h0, auto heads) {
     constexpr int kHeads = decltype(heads)::value;
@@ -136,27 +138,16 @@ static void accumulate_heads(const Rows& values, int64_t n_rows, const float* we
   for (; i0 < dim; i0 += 8) accumulate_block<Rows, HN, 1>(values, n_rows, i0, weights, weights_stride, out, dim);
 }
 
-template <typename Rows>
-static void accumulate_rows(const Rows& values, int64_t n_rows, const float* weights, int64_t weights_stride,
-                            int64_t group, int64_t dim, float* out) {
+template <typename Rows, typename T>  // a Kernels entry, as score_rows
+static void accumulate_rows(const T* value_rows, int64_t n_rows, int64_t row_stride, const float* weights,
+                            int64_t weights_stride, int64_t group, int64_t dim, float* out) {
+  const Rows values{{value_rows, row_stride}};
   for_head_passes<2>(group, [&](int64_t h0, auto heads) {
     accumulate_heads<Rows, decltype(heads)::value>(values, n_rows, weights + h0 * weights_stride, weights_stride,
                                                    out + h0 * dim, dim);
   });
 }
 
-// The Kernels entries: each cache type's rows in the kernels' terms.
-template <typename Rows, typename T>
-static void score_rows_of(const T* keys, int64_t n_rows, int64_t row_stride, const float* q, int64_t group,
-                          int64_t dim, float scale, float* scores, int64_t scores_stride) {
-  score_rows(Rows{{keys, row_stride}}, n_rows, q, group, dim, scale, scores, scores_stride);
-}
-
-template <typename Rows, typename T>
-static void accumulate_rows_of(const T* values, int64_t n_rows, int64_t row_stride, const float* weights,
-                               int64_t weights_stride, int64_t group, int64_t dim, float* out) {
-  accumulate_rows(Rows{{values, row_stride}}, n_rows, weights, weights_stride, group, dim, out);
-}
 
 // exp(x) for x <= 0 (softmax inputs after the max shift), relative error ~2e-7: x = n ln2 + r with
 // |r| <= ln2/2 (ln2 split in two parts so n ln2 is exact), e^r by its degree-6 Taylor polynomial
@@ -249,9 +240,9 @@ static void to_half_bits(const float* in, int64_t n, uint16_t* out) {
 }  // namespace
 
 Kernels avx2_kernels() {
-  return Kernels{score_rows_of<HalfRows>,      score_rows_of<FloatRows>, accumulate_rows_of<HalfRows>,
-                 accumulate_rows_of<FloatRows>, softmax,                  round_to_half,
-                 score_rows_of<Q8Rows>,        accumulate_rows_of<Q8Rows>, to_half_bits};
+  return Kernels{score_rows<HalfRows>,      score_rows<FloatRows>, accumulate_rows<HalfRows>,
+                 accumulate_rows<FloatRows>, softmax,              round_to_half,
+                 score_rows<Q8Rows>,   accumulate_rows<Q8Rows>, to_half_bits};
 }
 
 }  // namespace sinkstream::attention_kernels
