@@ -86,6 +86,28 @@ def test_bench_prints_the_table_and_fills_its_progress_bar(tmp_path, capsys, bar
     assert "decode GB/s" in out and all(len(row) == 9 for row in rows)
 
 
+def test_decode_bandwidth_counts_the_cache_rows_attention_reads(tmp_path, capsys, bars):
+    """Bytes read per decode token are the weights plus the K/V rows: at decode position t every
+    layer reads the t + 1 cached tokens (the prompt is shorter than the cache), a key and a value
+    of head_dim halves per KV head. Computed here from the file's geometry."""
+    path = write_tiny_model(tmp_path / "m.gguf", n_ctx=256)
+    assert cli.main(["bench", str(path), "--threads", "1", "--repeats", "1", *SMALL_ARGS]) == 0
+    out = capsys.readouterr().out
+    fields = {f.name: f.parts[f.data[0]] for f in gguf.GGUFReader(str(path)).fields.values() if f.data}
+    arch = bytes(fields["general.architecture"]).decode()
+    n_layer, n_head, n_head_kv = (int(fields[f"{arch}.{k}"][0]) for k in ("block_count", "attention.head_count",
+                                                                         "attention.head_count_kv"))
+    head_dim = int(fields[f"{arch}.embedding_length"][0]) // n_head
+    prompt, decode = 16, 4
+    entries = sum(t + 1 for t in range(prompt, prompt + decode)) / decode
+    expected = entries * n_layer * n_head_kv * head_dim * 2 * 2
+    line = next(line for line in out.splitlines() if line.startswith("K/V cache rows read per decode token"))
+    assert float(line.split(": ")[1].split(" MB")[0]) == pytest.approx(expected / 1e6, abs=1e-3)
+    weights = sum(expected_decode_bytes(path).values())
+    row = engine_rows(out)[0]
+    assert float(row[7]) == pytest.approx((weights + expected) * float(row[3]) / 1e9, abs=0.06)
+
+
 def test_several_models_print_one_table_each(tmp_path, capsys, bars):
     first = write_tiny_model(tmp_path / "a.gguf", n_ctx=256)
     second = write_tiny_model(tmp_path / "b.gguf", n_ctx=256, weight_type="Q8_0", n_ff=64, seed=1)

@@ -5,8 +5,9 @@ Figures (each the median of several runs, the machine is noisy):
 - decode tok/s: then generates M tokens one by one (greedy: sampling cost is not the engine's);
 - decode ms/token at a stream position (2K by default): the session first reads that many tokens;
 - peak RSS of the process (VmHWM) while that model is benchmarked;
-- decode GB/s: the bytes of weights one decode token reads (decode_matrices) x decode tok/s, and
-  that as a % of the machine's memory read bandwidth (memory_read_bandwidth);
+- decode GB/s: the bytes one decode token reads, weights (decode_matrices) and K/V cache rows
+  (counted by the session's attention over the decode phase, f16), x decode tok/s, and that as a %
+  of the machine's memory read bandwidth (memory_read_bandwidth);
 - per GGML weight type: the MB of those weights per decode token, the time the decode matmuls of that
   type take per token (time_decode_matmuls: the engine's kernels alone), and their GB/s.
 When llama-cpp-python is importable, the same figures for llama.cpp on the same GGUF, the same
@@ -37,6 +38,9 @@ class BenchResult:
     position: int
     peak_rss_mib: float
     runs: dict = field(default_factory=dict)
+    # K/V cache bytes attention read per decode token over the decode phase (sinkstream's count; the
+    # same positions cost any engine the same rows while the cache holds every token).
+    cache_bytes_per_token: float = 0.0
 
 
 def process_memory_mib(field: str = "VmRSS") -> float:
@@ -91,16 +95,19 @@ def bench_sinkstream(model, threads: int, prompt_tokens: int = 512, decode_token
     prompt = _prompt(model.n_vocab, prompt_tokens)
     known = model.n_tokenizer_vocab  # greedy never picks a padding row of the embedding
     prefill, decode, at_position = [], [], []
+    entries = 0
     for _ in range(repeats):
         session = model.session(mode="streaming", n_sink=4, window=window, n_threads=threads, batch_size=512)
         t0 = time.perf_counter()
         logits = session.eval(prompt, logits="last")
         prefill.append(prompt_tokens / (time.perf_counter() - t0))
         advance(prompt_tokens)
+        entries_before = session._core.entries_attended
         t0 = time.perf_counter()
         for _ in range(decode_tokens):
             logits = session.eval([int(np.argmax(logits[:known]))], logits="last")
         decode.append(decode_tokens / (time.perf_counter() - t0))
+        entries = session._core.entries_attended - entries_before
         advance(decode_tokens)
         if session.n_past < position:
             advance(position - session.n_past)
@@ -112,7 +119,17 @@ def bench_sinkstream(model, threads: int, prompt_tokens: int = 512, decode_token
         advance(AT_POSITION_STEPS)
     return BenchResult("sinkstream", threads, statistics.median(prefill), statistics.median(decode),
                        statistics.median(at_position), position, peak_rss_mib(),
-                       {"prefill": prefill, "decode": decode, "at_position": at_position})
+                       {"prefill": prefill, "decode": decode, "at_position": at_position},
+                       cache_bytes_per_token(model, entries / max(1, decode_tokens)))
+
+
+def cache_bytes_per_token(model, entries_per_token: float) -> float:
+    """K/V bytes an f16 cache gives attention per token, from Session.entries_attended's count (one
+    entry per query head, layer and attended token): each KV head's rows serve its group of query
+    heads once, a key and a value of head_dim halves each."""
+    core = model._core
+    group = core.n_head // core.n_head_kv
+    return entries_per_token / group * core.head_dim * 2 * 2
 
 
 def bench_llama_cpp(model_path: str, threads: int, prompt_tokens: int = 512, decode_tokens: int = 256,
@@ -265,8 +282,10 @@ def memory_read_bandwidth(threads: int, buffer_bytes: int | None = None, runs: i
 
 def format_table(results: list[BenchResult], decode_bytes: int | None = None,
                  bandwidth: dict[int, float] | None = None) -> str:
-    """The engines' table; with decode_bytes (weights read per decode token) a decode GB/s column,
-    and with bandwidth (bytes/s per thread count) that as a % of the machine's."""
+    """The engines' table; with decode_bytes (weights read per decode token) a decode GB/s column
+    (weights plus the K/V rows of sinkstream's run at the same thread count), and with bandwidth
+    (bytes/s per thread count) that as a % of the machine's."""
+    cache_bytes = {r.threads: r.cache_bytes_per_token for r in results if r.engine == "sinkstream"}
     header = (f"{'engine':<11} {'threads':>7} {'prefill tok/s':>14} {'decode tok/s':>13} "
               f"{'ms/token @pos':>14} {'peak RSS MiB':>13}")
     if decode_bytes is not None:
@@ -278,7 +297,7 @@ def format_table(results: list[BenchResult], decode_bytes: int | None = None,
         line = (f"{r.engine:<11} {r.threads:>7} {r.prefill_tok_s:>14.1f} {r.decode_tok_s:>13.1f} "
                 f"{r.decode_ms_at_position:>9.2f} @{r.position:<4} {r.peak_rss_mib:>13.1f}")
         if decode_bytes is not None:
-            decode_bytes_per_s = decode_bytes * r.decode_tok_s
+            decode_bytes_per_s = (decode_bytes + cache_bytes.get(r.threads, 0.0)) * r.decode_tok_s
             line += f" {decode_bytes_per_s / 1e9:>12.1f}"
             if bandwidth is not None:
                 line += f" {100 * decode_bytes_per_s / bandwidth[r.threads]:>12.0f}"

@@ -110,6 +110,10 @@ def bench_model(path: str, matrices: list, experts: list[str], threads: list[int
     weights = read_weights(path, matrices)
     seconds = {n: time_decode_matmuls(matrices, weights, n, args.repeats) for n in threads}
     del weights
+    cache = [r.cache_bytes_per_token for r in results if r.engine == "sinkstream"]
+    if cache:
+        print(f"K/V cache rows read per decode token: {max(cache) / 1e6:.3f} MB (mean over the "
+              f"{args.decode_tokens} decoded tokens after the {args.prompt_tokens}-token prompt; in decode GB/s)")
     print(format_table(results, decode_bytes, bandwidth))
     print(f"decode matmuls by weight type (the kernels alone, every matrix once per token; "
           f"median of {args.repeats} run(s)):")
