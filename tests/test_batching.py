@@ -217,12 +217,67 @@ def test_a_stopped_generation_leaves_the_stream_it_leaves_alone(tiny, how):
         got = generate(session)
         assert scheduler.stats.run_ahead > 0
         assert (scheduler.stats.taken_back == 0) == (how == "max_tokens")  # max_tokens: never run past it
+        assert not scheduler._ahead and not scheduler._kept_draws  # nothing left behind for the session
         assert got == alone
         assert session.n_past == alone_session.n_past and session._pending == alone_session._pending
         alone_session._last_logits = None  # its draws were made in Python from logits (the steps': in C++)
         assert session.save() == alone_session.save()
         after = "".join(session.stream(" and more", seed=4, max_tokens=10, **SAMPLING))
     assert after == "".join(alone_session.stream(" and more", seed=4, max_tokens=10, **SAMPLING))
+
+
+def test_reading_a_generating_session_from_another_thread_is_safe(tiny):
+    """The server describes sessions (n_past) while they generate: a read counts the stream as the
+    consumer has seen it, without a token run ahead, and takes nothing back (BatchScheduler.
+    visible_n_past), so the generation goes on undisturbed and equals the one alone."""
+    options = dict(seed=7, max_tokens=60, logit_bias={tiny.eos_id: float("-inf")}, **SAMPLING)
+    alone = tiny.session(window=24)
+    expected = "".join(alone.stream("hello", **options))
+    with sinkstream.BatchScheduler(tiny) as scheduler:
+        session = scheduler.session(window=24)
+        done = threading.Event()
+        seen = []
+
+        def read():
+            while not done.is_set():
+                seen.append(session.n_past)
+        reader = threading.Thread(target=read)
+        reader.start()
+        try:
+            got = "".join(session.stream("hello", **options))
+        finally:
+            done.set()
+            reader.join()
+        assert scheduler.stats.run_ahead > 0 and scheduler.stats.taken_back == 0
+    assert got == expected and session.n_past == alone.n_past and session._pending == alone._pending
+    assert len(seen) > 10 and seen == sorted(seen) and max(seen) <= alone.n_past
+
+
+def test_saving_between_two_tokens_of_a_generation_changes_nothing(tiny):
+    """save() between two pieces (the generator paused) takes back the token run ahead, so the
+    blob is the one alone at that point; the generation then goes on with that token's draw kept
+    (the sampler has moved past it) and gives the text alone."""
+    options = dict(seed=9, max_tokens=30, logit_bias={tiny.eos_id: float("-inf")}, **SAMPLING)
+
+    def run(session):
+        pieces = session.stream("hello", **options)
+        head = [next(pieces) for _ in range(8)]
+        time.sleep(0.05)  # the run-ahead eval has run by now
+        blob = session.save()
+        return blob, "".join(head + list(pieces))
+    alone = tiny.session(window=24)
+    alone_blob, alone_text = run(alone)
+    with sinkstream.BatchScheduler(tiny) as scheduler:
+        session = scheduler.session(window=24)
+        blob, text = run(session)
+        assert scheduler.stats.taken_back >= 1
+    assert text == alone_text
+    restored = tiny.session(window=24)
+    restored.load(blob)
+    alone_restored = tiny.session(window=24)
+    alone_restored.load(alone_blob)
+    alone_restored._last_logits = None  # drawn in Python from logits alone, in the step when scheduled
+    assert restored.save() == alone_restored.save()
 
 
 def test_run_ahead_never_passes_an_end_of_generation_token(tiny):

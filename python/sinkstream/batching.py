@@ -62,6 +62,8 @@ class _Request:
     sampler: Any = None        # a _core.Sampler: the last step draws the next token (see eval)
     draws_left: int | None = 0  # draws the consumer takes after this one (None: no limit): run ahead?
     adopted: bool = True       # a caller waits on it (False: queued ahead of its consumer, see eval)
+    drawn: int | None = None   # the token a taken-back run-ahead eval drew: fed again, not drawn again
+    keep_draw: bool = True     # taken back, its draw waits for the consumer (False: the generation ended)
     in_step: bool = False      # in the step being run
     done_tokens: int = 0
     logits: np.ndarray | None = None
@@ -120,7 +122,10 @@ class BatchScheduler:
         self._waiting: OrderedDict[Any, _Request] = OrderedDict()  # session -> its eval, oldest first
         self._served: set[Any] = set()   # sessions of the last step that finished an eval there
         self._ahead: dict[Any, _Request] = {}  # session -> its drawn token's eval, queued ahead of its consumer
-        self._step_lock = threading.Lock()  # held while a pass runs (exclusive evals take it too)
+        self._kept_draws: dict[Any, _Request] = {}  # session -> a taken-back run-ahead eval whose draw stands
+        # Held while a pass runs (exclusive evals take it too); reentrant, so that what runs under
+        # exclusive() may still read a session (visible_n_past).
+        self._step_lock = threading.RLock()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="sinkstream-batch", daemon=True)
         self._thread.start()
@@ -207,10 +212,14 @@ class BatchScheduler:
             ahead = self._ahead.get(session)
             if ahead is not None and ahead.sampler is sampler and np.array_equal(ahead.tokens, tokens):
                 request = self._adopt(ahead, draws_left)
+            kept = self._kept_draws.pop(session, None)
         if request is None:
             if ahead is not None:  # another eval than the one queued ahead: take that back first
                 self.drop_run_ahead(session)
-            request = self._submit(session, tokens, want_logits, sampler, draws_left)
+            # The eval of a run-ahead taken back mid-generation (save() between two tokens, ...):
+            # fed again, its draw kept, since the sampler has already moved past it.
+            same = kept is not None and kept.sampler is sampler and np.array_equal(kept.tokens, tokens)
+            request = self._submit(session, tokens, want_logits, sampler, draws_left, kept.token if same else None)
         try:
             while not request.finished.wait(_WAIT_SLICE_S):
                 pass
@@ -229,11 +238,15 @@ class BatchScheduler:
         return request.token if sampler is not None else request.logits
 
     def _submit(self, session: "Session", tokens: np.ndarray, want_logits: bool, sampler: Any,
-                draws_left: int | None) -> _Request:
-        request = _Request(session, tokens, want_logits and sampler is None, sampler, draws_left)
+                draws_left: int | None, drawn: int | None = None) -> _Request:
+        request = _Request(session, tokens, want_logits and sampler is None, sampler, draws_left, drawn=drawn)
         with self._lock:
             if self._closed:
                 raise RuntimeError("the BatchScheduler is closed")
+            # A run-ahead eval that another thread is taking back (Session.n_past, save, ... call
+            # drop_run_ahead) may still be in the step in flight: it leaves at the step's end.
+            while (previous := self._waiting.get(session)) is not None and previous.abandoned and not previous.adopted:
+                self._lock.wait()
             if session in self._waiting:
                 raise ValueError("this Session is already in use by another thread; use one Session per thread")
             self._waiting[session] = request
@@ -264,24 +277,43 @@ class BatchScheduler:
         self.stats.run_ahead += 1
         self._lock.notify_all()
 
-    def drop_run_ahead(self, session: "Session") -> None:
-        """Takes back the eval queued ahead of the session's consumer, if any (its generation has
-        ended): dropped if it has not run, undone (Session.undo_last_token) if it has. Afterwards
-        the session's stream is what its consumer has seen. Idempotent; cheap when nothing is ahead."""
+    def drop_run_ahead(self, session: "Session", generation_ended: bool = False) -> None:
+        """Takes back the eval queued ahead of the session's consumer, if any: dropped if it has not
+        run, undone (Session.undo_last_token) if it has. Afterwards the session's stream is what
+        its consumer has seen. The token that eval drew is kept for the consumer's next eval (the
+        sampler has moved past it) unless the generation has ended. Idempotent; cheap when nothing
+        is ahead."""
         with self._lock:
+            if generation_ended:
+                self._kept_draws.pop(session, None)
             ahead = self._ahead.pop(session, None)
             if ahead is None:
                 return
             ahead.abandoned = True
-            if self._waiting.get(session) is ahead and not ahead.in_step:  # not run: never will be
-                self._waiting.pop(session)
+            ahead.keep_draw = not generation_ended
+            if not ahead.in_step:
+                if self._waiting.get(session) is ahead:  # not run: now it never will be
+                    self._waiting.pop(session)
+                elif ahead.done_tokens:  # run: undone before any other step can take the session
+                    self._take_back(ahead)
                 return
-        with self._step_lock:  # a step running it ends first (its bookkeeping too: _run_step)
+        with self._step_lock:  # in the step in flight: its bookkeeping takes it back (_finish_step)
             pass
-        if ahead.done_tokens:
-            session._core.undo_last_token()
-            with self._lock:
-                self.stats.taken_back += 1
+
+    def _take_back(self, ahead: _Request) -> None:
+        """(lock held) Undoes the one token an abandoned run-ahead eval fed; keeps what it drew."""
+        ahead.session._core.undo_last_token()
+        self.stats.taken_back += 1
+        if ahead.keep_draw and ahead.error is None and ahead.token >= 0:
+            self._kept_draws[ahead.session] = ahead
+
+    def visible_n_past(self, session: "Session") -> int:
+        """The session's n_past as its consumer has seen the stream: without a token run ahead of
+        it (read between steps; takes nothing back, so a generation going on in another thread is
+        not disturbed)."""
+        with self._step_lock, self._lock:
+            ahead = self._ahead.get(session)
+            return session._core.n_past - (1 if ahead is not None and ahead.done_tokens else 0)
 
     def exclusive(self, fn: Any) -> Any:
         """Runs fn() while no batched pass runs (for what a step cannot do, e.g. all-token logits)."""
@@ -384,7 +416,14 @@ class BatchScheduler:
                     if isinstance(token, BaseException):  # its tokens ran, its draw failed
                         error = token
                     else:
-                        request.token = token
+                        request.token = token if request.drawn is None else request.drawn
+                if request.abandoned and not request.adopted:  # run ahead, dropped while it ran
+                    if request.done_tokens:
+                        self._take_back(request)
+                    if self._waiting.get(request.session) is request:
+                        self._waiting.pop(request.session)
+                    request.finished.set()
+                    continue
                 if request.finished.is_set():  # cancelled while the step ran: its error stands
                     continue
                 if error is not None or request.remaining == 0 or request.abandoned:
@@ -400,6 +439,7 @@ class BatchScheduler:
             self.stats.steps += bool(ran)
             self.stats.tokens += sum(ran)
             self.stats.session_slots += len(ran)
+            self._lock.notify_all()  # _submit may wait for a run-ahead eval to leave
 
     def _forward(self, step: list[tuple[_Request, int]]) -> tuple[np.ndarray, list[Any], list[BaseException | None]]:
         """One pass: (logits of the rows that want them, each request's drawn token (-1 without a
@@ -409,7 +449,7 @@ class BatchScheduler:
         sessions = [r.session._core for r, _ in step]
         tokens = [r.tokens[r.done_tokens:r.done_tokens + n] for r, n in step]
         want = [r.want_logits and r.remaining == n for r, n in step]
-        samplers = [r.sampler if r.remaining == n else None for r, n in step]
+        samplers = [r.sampler if r.remaining == n and r.drawn is None else None for r, n in step]
         if all(sampler is None for sampler in samplers):
             return self._runner.step(sessions, tokens, want), [-1] * len(step), [None] * len(step)
         logits, drawn, messages = self._runner.step(sessions, tokens, want, samplers)

@@ -512,7 +512,7 @@ def _token_loop(session, prompt, add_bos, special, sampler, limit, repeat_last_n
         # with it pending, as the module docstring says (BatchScheduler.drop_run_ahead).
         settle = getattr(session, "_settle", None)
         if settle is not None:
-            settle()
+            settle(generation_ended=True)
 
 
 # ---- text ----------------------------------------------------------------------------------------

@@ -470,12 +470,12 @@ class Session:
         self._last_logits = None
         return int(self._scheduler.eval(self, array, False, sampler, draws_left, fed))
 
-    def _settle(self) -> None:
+    def _settle(self, generation_ended: bool = False) -> None:
         """Takes back an eval that its BatchScheduler ran ahead of a generation that has not asked
-        for it (BatchScheduler.drop_run_ahead): whatever reads or changes the stream sees exactly
-        what the generation has seen."""
+        for it (BatchScheduler.drop_run_ahead): whatever changes or saves the stream sees exactly
+        what the generation has seen, and a generation paused meanwhile goes on as it would have."""
         if self._scheduler is not None:
-            self._scheduler.drop_run_ahead(self)
+            self._scheduler.drop_run_ahead(self, generation_ended)
 
     def cancel(self) -> None:
         """Asks an eval running in another thread (directly or through a BatchScheduler) to stop
@@ -489,13 +489,17 @@ class Session:
 
     @property
     def n_past(self) -> int:
-        self._settle()
+        """Tokens the stream holds (not counting the pending token). Safe to read from another
+        thread while the session generates."""
+        if self._scheduler is not None:
+            return self._scheduler.visible_n_past(self)
         return self._core.n_past
 
     @property
     def n_cached(self) -> int:
-        self._settle()
-        return self._core.n_cached
+        """K/V entries the next token attends over (at most the capacity)."""
+        n_past = self.n_past
+        return n_past if self.mode == "dense" else min(n_past, self.capacity)
 
     @property
     def kv_bytes(self) -> int:
