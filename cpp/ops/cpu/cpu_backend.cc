@@ -42,30 +42,13 @@ void CpuBackend::embed(const WeightMatrix& table, const int32_t* ids, int64_t n,
   for (int64_t b = 0; b < n; ++b) get_row(table, ids[b], out + b * table.cols);
 }
 
-// Row-wise and element-wise ops of a prefill chunk (hundreds of rows) are spread over the threads
-// in pieces of at least kMinValuesPerTask values; a decode token's few rows stay on the caller,
-// where a hand-off would cost more than the work. Each row is computed as alone: same bits.
-constexpr int64_t kMinValuesPerTask = 16384;
-
-static int64_t rows_per_task(int64_t d) { return std::max<int64_t>(1, kMinValuesPerTask / std::max<int64_t>(1, d)); }
-
 void CpuBackend::rms_norm(const float* x, const float* weight, int64_t rows, int64_t d, float eps, float* out) {
-  pool_.parallel_for(
-      rows,
-      [&](int64_t begin, int64_t end, int) {
-        sinkstream::rms_norm(x + begin * d, weight, end - begin, d, eps, out + begin * d);
-      },
-      rows_per_task(d));
+  sinkstream::rms_norm(x, weight, rows, d, eps, out);
 }
 
 void CpuBackend::layer_norm(const float* x, const float* weight, const float* bias, int64_t rows, int64_t d,
                             float eps, float* out) {
-  pool_.parallel_for(
-      rows,
-      [&](int64_t begin, int64_t end, int) {
-        sinkstream::layer_norm(x + begin * d, weight, bias, end - begin, d, eps, out + begin * d);
-      },
-      rows_per_task(d));
+  sinkstream::layer_norm(x, weight, bias, rows, d, eps, out);
 }
 
 void CpuBackend::activate(FfnActivation act, float* x, int64_t n) {
@@ -111,15 +94,10 @@ void CpuBackend::glu(FfnActivation act, const float* gate, const float* up, int6
 }
 
 void CpuBackend::add(float* y, const float* x, float scale, int64_t n) {
-  pool_.parallel_for(
-      n,
-      [&](int64_t begin, int64_t end, int) {
-        if (scale == 1.0f)
-          add_inplace(y + begin, x + begin, end - begin);
-        else
-          add_scaled_inplace(y + begin, x + begin, scale, end - begin);
-      },
-      kMinValuesPerTask);
+  if (scale == 1.0f)
+    add_inplace(y, x, n);
+  else
+    add_scaled_inplace(y, x, scale, n);
 }
 
 void CpuBackend::scale(float* x, float s, int64_t n) { scale_inplace(x, s, n); }
