@@ -311,6 +311,9 @@ class BatchScheduler:
         """The session's n_past as its consumer has seen the stream: without a token run ahead of
         it (read between steps; takes nothing back, so a generation going on in another thread is
         not disturbed)."""
+        with self._lock:
+            if session not in self._ahead:  # nothing ahead (the usual case): no need to wait for a step
+                return session._core.n_past
         with self._step_lock, self._lock:
             ahead = self._ahead.get(session)
             return session._core.n_past - (1 if ahead is not None and ahead.done_tokens else 0)
