@@ -243,8 +243,8 @@ class BatchScheduler:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the BatchScheduler is closed")
-            # A run-ahead eval that another thread is taking back (Session.n_past, save, ... call
-            # drop_run_ahead) may still be in the step in flight: it leaves at the step's end.
+            # A run-ahead eval being taken back (drop_run_ahead: Session.save, eval, ...) may still
+            # be in the step in flight: it leaves at the step's end.
             while (previous := self._waiting.get(session)) is not None and previous.abandoned and not previous.adopted:
                 self._lock.wait()
             if session in self._waiting:
