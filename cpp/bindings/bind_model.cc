@@ -309,6 +309,8 @@ void bind_model(nb::module_& m) {
            "the stream since (ValueError otherwise): the stream is as if that step had never run.")
       .def_prop_ro("n_past", &Session::n_past)
       .def_prop_ro("n_cached", &Session::n_cached)
+      .def("n_cached_at", &Session::n_cached_at, nb::arg("n_past"),
+           "K/V entries a stream of n_past tokens holds in this session's geometry (<= capacity, but dense).")
       .def_prop_ro("kv_bytes", &Session::kv_bytes)
       .def_prop_ro("capacity", &Session::capacity)
       .def_prop_ro("n_sink", &Session::n_sink)

@@ -188,9 +188,9 @@ void Session::reset() {
   n_past_ = 0;  // the cache is overwritten before it is read again: no need to clear it
 }
 
-int64_t Session::n_cached() const {
-  if (options_.mode == AttentionMode::kDense) return (int64_t)n_past_;
-  return (int64_t)std::min<uint64_t>(n_past_, (uint64_t)capacity());
+int64_t Session::n_cached_at(uint64_t n_past) const {
+  if (options_.mode == AttentionMode::kDense) return (int64_t)n_past;
+  return (int64_t)std::min<uint64_t>(n_past, (uint64_t)capacity());
 }
 
 size_t Session::kv_bytes() const { return cache_.bytes(); }

@@ -89,7 +89,8 @@ class Session {
 
   void reset();
   uint64_t n_past() const { return n_past_; }
-  int64_t n_cached() const;   // K/V entries the next query would attend over (<= capacity)
+  int64_t n_cached() const { return n_cached_at(n_past_); }  // K/V entries the next query attends over
+  int64_t n_cached_at(uint64_t n_past) const;  // the same for a stream of n_past tokens (<= capacity)
   size_t kv_bytes() const;
   int64_t capacity() const { return n_sink_ + window_; }
   int64_t n_sink() const { return n_sink_; }

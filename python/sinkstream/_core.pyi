@@ -334,6 +334,11 @@ class Session:
     @property
     def n_cached(self) -> int: ...
 
+    def n_cached_at(self, n_past: int) -> int:
+        """
+        K/V entries a stream of n_past tokens holds in this session's geometry (<= capacity, but dense).
+        """
+
     @property
     def kv_bytes(self) -> int: ...
 

@@ -86,7 +86,8 @@ class BatchStats:
     session_slots: int = 0     # sum over steps of the sessions in the step
     busy_seconds: float = 0.0  # time inside forward passes
     run_ahead: int = 0         # drawn tokens whose eval was queued ahead of their consumer
-    taken_back: int = 0        # of those, evals that ran and were undone (the consumer stopped)
+    taken_back: int = 0        # of those, evals that ran and were undone (the consumer stopped, or
+                               # saved or changed the stream between two pieces)
 
     @property
     def mean_sessions_per_step(self) -> float:

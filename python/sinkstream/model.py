@@ -497,9 +497,8 @@ class Session:
 
     @property
     def n_cached(self) -> int:
-        """K/V entries the next token attends over (at most the capacity)."""
-        n_past = self.n_past
-        return n_past if self.mode == "dense" else min(n_past, self.capacity)
+        """K/V entries the next token attends over (at most the capacity), as n_past counts them."""
+        return self._core.n_cached_at(self.n_past)
 
     @property
     def kv_bytes(self) -> int:
