@@ -148,7 +148,7 @@ def test_simd_levels_match_scalar_across_row_counts(qtype):
 PACKED_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.IQ4_NL, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]  # ops/cpu/packed_weights.h
 
 
-PACKED_AT = {"avx512": PACKED_TYPES, "avx2": [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.IQ4_NL, T.Q4_K, T.Q5_K, T.Q6_K]}  # levels with packed kernels
+PACKED_AT = {"avx512": PACKED_TYPES, "avx2": PACKED_TYPES}  # levels with packed kernels
 PACKED_CASES = [(isa, qtype) for isa in SIMD_LEVELS for qtype in PACKED_AT.get(isa, [])]
 
 

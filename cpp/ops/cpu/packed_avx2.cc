@@ -1,4 +1,4 @@
-// AVX2 kernels for packed weights of Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q4_K, Q5_K and Q6_K (layout and summation order:
+// AVX2 kernels for packed weights of every packed type (layout and summation order:
 // packed_weights.h). Compiled with -mavx2 -mfma -mf16c; only called at Isa::Avx2.
 //
 // A 16-row group is two 256-bit halves (rows 0-7 and 8-15: each 64-byte chunk is the two halves
@@ -9,8 +9,7 @@
 // signed values instead (|q| times a with q's sign, at most 2 * 128 * 127 per pair) and adds back
 // 128 * the block's activation sum, in integers. The integer sums are therefore the AVX-512
 // kernels' exactly, and so are the float steps after them. IQ4_NL the same way, its nibbles looked
-// up in the codebook. Q4_K, Q5_K and Q6_K (weights at most 63) follow the AVX-512 kernels step by
-// step; Q2_K and Q3_K stay with the per-row kernels here.
+// up in the codebook. The K-quants (weights at most 63) follow the AVX-512 kernels step by step.
 #include "ops/cpu/packed_weights.h"
 
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
@@ -314,6 +313,82 @@ struct PackedQ6K : Halves<PackedQ6K> {
   }
 };
 
+// Q2_K: y = d d_x sum_j sc_j isum_j - dmin d_x sum_j m_j bsum_j (sub-blocks of 16, 4-bit sc and m).
+// Q3_K: y = d d_x sum_j sc_j (isum_j - 4 bsum_j), the stored values q + 4 in 0 .. 7, sc signed.
+// Weights at most 7, so VPMADDUBSW pairs are exact.
+template <bool kQ3>
+struct PackedQ23K : Halves<PackedQ23K<kQ3>> {
+  template <int NT>
+  static void run_half(int64_t nb, const uint8_t* group, int64_t group_bytes, int half, const uint8_t* x, int64_t xs,
+                       float* y, int64_t ys, int rows) {
+    const auto [quants, masks, scales, d_half, dmin_half] = regions_q23k(group, nb, kQ3);
+    const __m256i three = _mm256_set1_epi8(3), low4 = _mm256_set1_epi32(0x0f);
+    __m256 acc[NT], extra[NT];
+    for (int t = 0; t < NT; ++t) acc[t] = extra[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      if (half == 0) prefetch_ahead(group, group_bytes, nb, b);
+      __m256i total[NT], offset[NT];
+      for (int t = 0; t < NT; ++t) total[t] = offset[t] = _mm256_setzero_si256();
+      for (int j = 0; j < 16; ++j) {
+        const __m256i chunk = load256(quants + b * 1024 + 64 * j + 32 * half);
+        __m256i v[4];
+        for (int i = 0; i < 4; ++i) {
+          v[i] = _mm256_and_si256(_mm256_srli_epi16(chunk, 2 * i), three);
+          if constexpr (kQ3) {
+            uint32_t mask;  // this half's 32 bits of the register's 64-bit mask: + 4 where set
+            std::memcpy(&mask, masks + b * 512 + 8 * (4 * j + i) + 4 * half, 4);
+            v[i] = _mm256_or_si256(v[i], bits_to_bytes(mask, 4));
+          }
+        }
+        __m256i sc;
+        if constexpr (kQ3) {
+          const __m256i pair = _mm256_cvtepi8_epi16(
+              _mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + b * 256 + 32 * (j / 2) + 16 * half)));
+          sc = j % 2 == 0 ? _mm256_srai_epi32(_mm256_slli_epi32(pair, 16), 16) : _mm256_srai_epi32(pair, 16);
+        } else {
+          sc = _mm256_and_si256(widen8(scales + b * 256 + 16 * j + 8 * half), low4);
+        }
+        for (int t = 0; t < NT; ++t) {
+          const int8_t* a = q8k_block(x, xs, t, b)->qs + 16 * j;
+          __m256i sum = _mm256_setzero_si256();
+          for (int i = 0; i < 4; ++i) sum = _mm256_add_epi32(sum, dot4(v[i], broadcast4(a + 4 * i)));
+          total[t] = _mm256_add_epi32(total[t], _mm256_mullo_epi32(sum, sc));
+        }
+      }
+      // Per pair of sub-blocks, [x_2p, x_2p+1] int16 in each row's lane against the bsums pair: Q2_K's
+      // mins (the high nibbles), Q3_K's scales (for the -4 offset).
+      for (int p = 0; p < 8; ++p) {
+        __m256i pair;
+        if constexpr (kQ3) {
+          pair = _mm256_cvtepi8_epi16(
+              _mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + b * 256 + 32 * p + 16 * half)));
+        } else {
+          const __m256i even = _mm256_srli_epi32(widen8(scales + b * 256 + 16 * (2 * p) + 8 * half), 4);
+          const __m256i odd = _mm256_srli_epi32(widen8(scales + b * 256 + 16 * (2 * p + 1) + 8 * half), 4);
+          pair = _mm256_or_si256(even, _mm256_slli_epi32(odd, 16));
+        }
+        for (int t = 0; t < NT; ++t)
+          offset[t] = _mm256_add_epi32(offset[t], _mm256_madd_epi16(pair, broadcast4(q8k_block(x, xs, t, b)->bsums + 2 * p)));
+      }
+      const __m256 d = load_halves8(d_half + b * 32 + 16 * half);
+      for (int t = 0; t < NT; ++t) {
+        const __m256 dx = _mm256_set1_ps(q8k_block(x, xs, t, b)->d);
+        if constexpr (kQ3) {
+          // - 4 sum_j sc_j bsum_j
+          const __m256i centered = _mm256_sub_epi32(total[t], _mm256_slli_epi32(offset[t], 2));
+          acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, dx), _mm256_cvtepi32_ps(centered), acc[t]);
+        } else {
+          acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, dx), _mm256_cvtepi32_ps(total[t]), acc[t]);
+          extra[t] = _mm256_fmadd_ps(_mm256_mul_ps(load_halves8(dmin_half + b * 32 + 16 * half), dx),
+                                     _mm256_cvtepi32_ps(offset[t]), extra[t]);
+        }
+      }
+    }
+    for (int t = 0; t < NT; ++t) acc[t] = _mm256_sub_ps(acc[t], extra[t]);
+    store_half(acc, NT, y, ys, rows);
+  }
+};
+
 template <typename Kernel>
 void packed_tile(int64_t nb, const uint8_t* w, int64_t group_bytes, int n_groups, int64_t rows_left,
                  const uint8_t* x, int64_t xs, int nt, float* y, int64_t ys) {
@@ -346,6 +421,8 @@ PackedTileFn avx2_packed_tile(GgmlType type) {
     case GgmlType::Q4_K: return packed_tile<PackedQ45K<false>>;
     case GgmlType::Q5_K: return packed_tile<PackedQ45K<true>>;
     case GgmlType::Q6_K: return packed_tile<PackedQ6K>;
+    case GgmlType::Q2_K: return packed_tile<PackedQ23K<false>>;
+    case GgmlType::Q3_K: return packed_tile<PackedQ23K<true>>;
     default: return nullptr;
   }
 }

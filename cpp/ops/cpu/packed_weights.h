@@ -123,7 +123,7 @@ constexpr int kPackTokenTile = 8;
 // weight is then not packed and the per-row kernels read the file's rows).
 PackedTileFn packed_tile_kernel(GgmlType type, Isa isa);
 PackedTileFn avx512_packed_tile(GgmlType type);  // nullptr when not compiled for x86-64
-PackedTileFn avx2_packed_tile(GgmlType type);    // all but Q2_K and Q3_K; nullptr for those
+PackedTileFn avx2_packed_tile(GgmlType type);    // nullptr when not compiled for x86-64
 
 // Bytes of one group of w packed, and of all of w (its rows rounded up to a multiple of kPackRows).
 int64_t packed_group_bytes(const WeightMatrix& w);
