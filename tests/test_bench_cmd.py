@@ -81,9 +81,36 @@ def test_bench_prints_the_table_and_fills_its_progress_bar(tmp_path, capsys, bar
     assert [row[1] for row in rows] == ["1", "2"] and all(float(row[2]) > 0 and float(row[3]) > 0 for row in rows)
     assert [b.description for b in bars] == ["sinkstream, 1 thread(s)", "sinkstream, 2 thread(s)"]
     assert all(b.total == 2 * (60 + 32) and b.done == b.total for b in bars)
-    assert "memory read bandwidth (mem bw): 1 thread(s) " in out and "2 thread(s) " in out
-    # decode GB/s and % of memory bandwidth beside tok/s
-    assert "decode GB/s" in out and all(len(row) == 9 for row in rows)
+    assert "memory read bandwidth (mem bw): probed just before and after each measurement" in out
+    # decode GB/s, the memory bandwidth around the run and the % of it beside tok/s
+    assert "decode GB/s" in out and all(len(row) == 10 for row in rows)
+    assert all(float(row[8]) > 0 and float(row[9]) == pytest.approx(100 * float(row[7]) / float(row[8]), abs=1)
+               for row in rows)
+
+
+def test_each_run_is_set_against_the_bandwidth_probed_around_it(tmp_path, capsys, bars, monkeypatch):
+    """The VM's bandwidth drifts: each run's % of mem bw uses the mean of the probes just before and
+    after it, at its own thread count, and the per-type table the probes around the matmul timings."""
+    probes = []
+
+    def fake_probe(threads):
+        probes.append(threads)
+        return 10e9 * len(probes)  # 10, 20, 30, ... GB/s: each probe differs
+    monkeypatch.setattr(bench, "probe_bandwidth", fake_probe)
+    path = write_tiny_model(tmp_path / "m.gguf", n_ctx=256)
+    assert cli.main(["bench", str(path), "--threads", "1,2", "--repeats", "1", *SMALL_ARGS]) == 0
+    out = capsys.readouterr().out
+    # Engines: probes 1, 2 around the 1-thread run, 3, 4 around the 2-thread one; then the matmul
+    # timings: 5, 6 (1 thread) and 7, 8 (2 threads).
+    assert probes == [1, 1, 2, 2, 1, 1, 2, 2]
+    rows = engine_rows(out)
+    assert [float(row[8]) for row in rows] == [15.0, 35.0]
+    assert all(float(row[9]) == pytest.approx(100 * float(row[7]) / float(row[8]), abs=1) for row in rows)
+    table = type_tables(out)[str(path)]
+    assert {int(row[-4]) for row in table} == {1, 2}
+    for row in table:  # ... threads ms/token GB/s %
+        threads, gb_per_s, percent = int(row[-4]), float(row[-2]), float(row[-1])
+        assert percent == pytest.approx(100 * gb_per_s / {1: 55.0, 2: 75.0}[threads], abs=1)
 
 
 def test_decode_bandwidth_counts_the_cache_rows_attention_reads(tmp_path, capsys, bars):
@@ -118,7 +145,7 @@ def test_several_models_print_one_table_each(tmp_path, capsys, bars):
     sections = out.split("\n== ")[1:]
     assert all(sum(line.startswith("engine ") for line in s.splitlines()) == 1 for s in sections)
     assert all(len(engine_rows(s)) == 1 for s in sections)
-    assert out.count("memory read bandwidth (mem bw)") == 1  # measured once for all models
+    assert out.count("memory read bandwidth (mem bw)") == 1  # said once; probed around each run
     assert [b.description for b in bars] == ["sinkstream, 1 thread(s)"] * 2
     assert all(b.total == 60 + 32 and b.done == b.total for b in bars)
     assert set(type_tables(out)) == {str(first), str(second)}

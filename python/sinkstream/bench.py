@@ -7,7 +7,9 @@ Figures (each the median of several runs, the machine is noisy):
 - peak RSS of the process (VmHWM) while that model is benchmarked;
 - decode GB/s: the bytes one decode token reads, weights (decode_matrices) and K/V cache rows
   (counted by the session's attention over the decode phase, f16), x decode tok/s, and that as a %
-  of the machine's memory read bandwidth (memory_read_bandwidth);
+  of the machine's memory read bandwidth (memory_read_bandwidth), probed right before and after
+  each run (bandwidth_around): a shared or virtual machine's bandwidth drifts by tens of percent
+  within the hour, so a figure taken minutes earlier would misstate the run's share of it;
 - per GGML weight type: the MB of those weights per decode token, the time the decode matmuls of that
   type take per token (time_decode_matmuls: the engine's kernels alone), and their GB/s.
 When llama-cpp-python is importable, the same figures for llama.cpp on the same GGUF, the same
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import re
 import statistics
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -280,18 +284,46 @@ def memory_read_bandwidth(threads: int, buffer_bytes: int | None = None, runs: i
     return best
 
 
+def probe_bandwidth(threads: int) -> float:
+    """memory_read_bandwidth(threads) measured in a child process, so that its buffer (1 GiB) never
+    counts toward this process's peak RSS, which the engines' tables report."""
+    code = ("import sys; from sinkstream.bench import memory_read_bandwidth as m; "
+            "print(m(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])))")
+    done = subprocess.run([sys.executable, "-c", code, str(threads), str(BANDWIDTH_BUFFER_BYTES),
+                           str(BANDWIDTH_RUNS)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"the memory bandwidth probe ({threads} thread(s)) failed: {done.stderr.strip()}")
+    return float(done.stdout)
+
+
+class BandwidthProbes:
+    """The memory bandwidth next to each measurement: probe() before and after it, and the mean of
+    the two is the figure its % of mem bw is taken against (consecutive measurements share the
+    probe between them)."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self.last = probe_bandwidth(threads)
+
+    def around_last(self) -> float:
+        """Probes again; the mean of this probe and the one before (bytes/s)."""
+        before, self.last = self.last, probe_bandwidth(self.threads)
+        return (before + self.last) / 2
+
+
 def format_table(results: list[BenchResult], decode_bytes: int | None = None,
                  bandwidth: dict[int, float] | None = None) -> str:
     """The engines' table; with decode_bytes (weights read per decode token) a decode GB/s column
     (weights plus the K/V rows of sinkstream's run at the same thread count), and with bandwidth
-    (bytes/s per thread count) that as a % of the machine's."""
+    (bytes/s per (engine, threads): the memory bandwidth around that run) that and decode GB/s as a
+    % of it."""
     cache_bytes = {r.threads: r.cache_bytes_per_token for r in results if r.engine == "sinkstream"}
     header = (f"{'engine':<11} {'threads':>7} {'prefill tok/s':>14} {'decode tok/s':>13} "
               f"{'ms/token @pos':>14} {'peak RSS MiB':>13}")
     if decode_bytes is not None:
         header += f" {'decode GB/s':>12}"
         if bandwidth is not None:
-            header += f" {'% of mem bw':>12}"
+            header += f" {'mem bw GB/s':>12} {'% of mem bw':>12}"
     lines = [header]
     for r in results:
         line = (f"{r.engine:<11} {r.threads:>7} {r.prefill_tok_s:>14.1f} {r.decode_tok_s:>13.1f} "
@@ -300,7 +332,8 @@ def format_table(results: list[BenchResult], decode_bytes: int | None = None,
             decode_bytes_per_s = (decode_bytes + cache_bytes.get(r.threads, 0.0)) * r.decode_tok_s
             line += f" {decode_bytes_per_s / 1e9:>12.1f}"
             if bandwidth is not None:
-                line += f" {100 * decode_bytes_per_s / bandwidth[r.threads]:>12.0f}"
+                around = bandwidth[(r.engine, r.threads)]
+                line += f" {around / 1e9:>12.1f} {100 * decode_bytes_per_s / around:>12.0f}"
         lines.append(line)
     ours = {r.threads: r for r in results if r.engine == "sinkstream"}
     for r in results:
@@ -315,8 +348,8 @@ def format_type_table(matrices: list[DecodeMatrix], seconds: dict[int, dict[str,
                       bandwidth: dict[int, float], isa: str) -> str:
     """Per weight type and thread count: the ISA level of the kernel that serves the type, MB read
     per decode token, the type's decode matmul time per token (seconds[threads][type], from
-    time_decode_matmuls), GB/s and % of the machine's memory bandwidth (bandwidth[threads], bytes/s);
-    then the same for all types together."""
+    time_decode_matmuls), GB/s and % of the machine's memory bandwidth around those timings
+    (bandwidth[threads], bytes/s); then the same for all types together."""
     n_bytes_of = bytes_per_type(matrices)
     type_id_of = {m.type_name: m.type_id for m in matrices}
     lines = [f"{'weights':<8} {'kernel':>13} {'MB/token':>9} {'threads':>7} {'ms/token':>9} {'GB/s':>7} "

@@ -43,8 +43,7 @@ def parse_threads(text: str) -> list[int]:
 
 def run(args: argparse.Namespace) -> int:
     from .. import _core
-    from ..bench import (BANDWIDTH_BUFFER_BYTES, BANDWIDTH_RUNS, decode_matrices, expert_tensors,
-                         memory_read_bandwidth)
+    from ..bench import BANDWIDTH_BUFFER_BYTES, BANDWIDTH_RUNS, decode_matrices, expert_tensors
     from ..default_model import default_model_path
     from ..gguf_file import GGUFFile
 
@@ -62,28 +61,23 @@ def run(args: argparse.Namespace) -> int:
         if not matrices_of[path]:
             raise ValueError(f"{path}: no weight matrices (is it a model?)")
 
-    # Measured once, before any model is loaded (the buffer is freed before the first model's
-    # peak RSS is taken).
-    print("memory read bandwidth ...", flush=True)
-    bandwidth = {n: memory_read_bandwidth(n) for n in threads}
     isa = _core.cpu_features()["active_isa"]
-    print("memory read bandwidth (mem bw): "
-          + ", ".join(f"{n} thread(s) {bandwidth[n] / 1e9:.1f} GB/s" for n in threads)
-          + f"\n  a plain streaming read: the best of {BANDWIDTH_RUNS} passes over a "
+    print(f"memory read bandwidth (mem bw): probed just before and after each measurement, in a child process; "
+          f"the mean of the two.\n  A plain streaming read: the best of {BANDWIDTH_RUNS} passes over a "
           f"{BANDWIDTH_BUFFER_BYTES / 2**30:g} GiB buffer, each thread taking numpy's max of its own slice.\n"
           "  Kernels that prefetch ahead can read faster, and weights that fit the caches far faster: "
           "% of mem bw can pass 100.")
     for path in paths:
         print()
-        bench_model(path, matrices_of[path], expert_tensors(path), threads, bandwidth, isa, args)
+        bench_model(path, matrices_of[path], expert_tensors(path), threads, isa, args)
     return 0
 
 
-def bench_model(path: str, matrices: list, experts: list[str], threads: list[int], bandwidth: dict[int, float],
-                isa: str, args: argparse.Namespace) -> None:
+def bench_model(path: str, matrices: list, experts: list[str], threads: list[int], isa: str,
+                args: argparse.Namespace) -> None:
     """One model's two tables: the engines' figures, then the decode matmuls per weight type."""
-    from ..bench import (bench_llama_cpp, bench_sinkstream, format_table, format_type_table, read_weights,
-                         reset_peak_rss, time_decode_matmuls, tokens_per_run)
+    from ..bench import (BandwidthProbes, bench_llama_cpp, bench_sinkstream, format_table, format_type_table,
+                         read_weights, reset_peak_rss, time_decode_matmuls, tokens_per_run)
     from ..model import Model
 
     decode_bytes = sum(m.n_bytes for m in matrices)
@@ -92,11 +86,14 @@ def bench_model(path: str, matrices: list, experts: list[str], threads: list[int
     total = args.repeats * tokens_per_run(args.prompt_tokens, args.decode_tokens, args.position)
     sizes = (args.prompt_tokens, args.decode_tokens, args.position, args.repeats)
     results = []
+    bandwidth: dict[tuple[str, int], float] = {}  # (engine, threads): bytes/s around that run
     with Model(path) as model:
         for n in threads:
+            probes = BandwidthProbes(n)
             print(f"sinkstream, {n} thread(s) ...", flush=True)
             with progress_bar(total, f"sinkstream, {n} thread(s)") as bar:
                 results.append(bench_sinkstream(model, n, *sizes, progress=bar.update))
+            bandwidth[("sinkstream", n)] = probes.around_last()
             if not args.no_llama_cpp:
                 print(f"llama.cpp, {n} thread(s) ...", flush=True)
                 with progress_bar(total, f"llama.cpp, {n} thread(s)") as bar:
@@ -105,10 +102,15 @@ def bench_model(path: str, matrices: list, experts: list[str], threads: list[int
                     print("  (llama-cpp-python is not installed: pip install llama-cpp-python to compare)")
                 else:
                     results.append(peer)
+                    bandwidth[("llama.cpp", n)] = probes.around_last()
     # After the engines' peak RSS is taken: this holds a copy of the weights.
     print("decode matmuls per weight type ...", flush=True)
     weights = read_weights(path, matrices)
-    seconds = {n: time_decode_matmuls(matrices, weights, n, args.repeats) for n in threads}
+    seconds, matmul_bandwidth = {}, {}
+    for n in threads:
+        probes = BandwidthProbes(n)
+        seconds[n] = time_decode_matmuls(matrices, weights, n, args.repeats)
+        matmul_bandwidth[n] = probes.around_last()
     del weights
     cache = [r.cache_bytes_per_token for r in results if r.engine == "sinkstream"]
     if cache:
@@ -117,6 +119,6 @@ def bench_model(path: str, matrices: list, experts: list[str], threads: list[int
     print(format_table(results, decode_bytes, bandwidth))
     print(f"decode matmuls by weight type (the kernels alone, every matrix once per token; "
           f"median of {args.repeats} run(s)):")
-    print(format_type_table(matrices, seconds, bandwidth, isa))
+    print(format_type_table(matrices, seconds, matmul_bandwidth, isa))
     if experts:
         print(f"  (not counted: {len(experts)} mixture-of-experts tensor(s), e.g. {experts[0]})")
