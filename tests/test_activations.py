@@ -1,6 +1,6 @@
 """Gated activations (ops.h silu_mul, gelu_tanh_mul, swiglu_oai_mul) at every ISA level this CPU runs,
-against float64 NumPy written from their definitions. The AVX-512 level replaces libm's expf with a
-polynomial exp (ops/cpu/activations.h): it must stay within a few float32 ulps of the exact value,
+against float64 NumPy written from their definitions. The AVX-512 and AVX2 levels replace libm's expf
+with a polynomial exp (ops/cpu/activations.h): it must stay within a few float32 ulps of the exact value,
 keep inf / NaN / underflow behaviour, and give each element the same bits wherever it sits in a call
 (chunked evaluation equals one-shot evaluation)."""
 from __future__ import annotations

@@ -19,5 +19,6 @@ using GluFn = void (*)(const float* gate, const float* up, int64_t n, float* out
 GluFn select_glu(FfnActivation act, Isa isa);
 
 GluFn avx512_glu(FfnActivation act);  // nullptr where not compiled or not vectorized
+GluFn avx2_glu(FfnActivation act);    // the same
 
 }  // namespace sinkstream

@@ -62,7 +62,7 @@ void CpuBackend::activate(FfnActivation act, float* x, int64_t n) {
 void CpuBackend::clamp(float* x, float limit, int64_t n) { clamp_inplace(x, limit, n); }
 
 GluFn select_glu(FfnActivation act, Isa isa) {
-  GluFn fn = isa == Isa::Avx512 ? avx512_glu(act) : nullptr;
+  GluFn fn = isa == Isa::Avx512 ? avx512_glu(act) : isa == Isa::Avx2 ? avx2_glu(act) : nullptr;
   if (fn != nullptr) return fn;
   switch (act) {
     case FfnActivation::kSwiGlu: return silu_mul;

@@ -44,6 +44,19 @@ static inline int32_t block_sum(const uint8_t* a, int64_t b) {
   return _mm_cvtsi128_si32(sum) - 32 * 128;
 }
 
+// VPMADDUBSW's int16 pairs, added up in int16 before they are widened to int32 (one VPMADDWD for
+// several products instead of one each, the AVX2 kernels' costliest step): a pair of unsigned
+// weights up to kMaxWeight times activation bytes (|a| <= 127 from the quantizer; 128 allowed
+// here) is at most 2 * kMaxWeight * 128, so kProducts pairs still fit int16 exactly (15: 8,
+// 31: 4, 63: 2, 7: 18). The sums are the same integers as widening each product: exact.
+template <int kMaxWeight>
+struct Pairs16 {
+  static constexpr int kProducts = 32767 / (2 * kMaxWeight * 128);
+  static_assert(kProducts >= 1, "a single pair must fit int16");
+};
+// Adjacent int16 pairs to int32 lanes (4 products per lane).
+static inline __m256i widen_pairs(__m256i pairs) { return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)); }
+
 // Signed weight bytes q (-128 .. 127) times four activation bytes per int32 lane, exactly: |q|
 // times a with q's sign (a pair is at most 2 * 128 * 127, within VPMADDUBSW's int16).
 static inline __m256i dot4_signed(__m256i q, __m256i a) { return dot4(_mm256_abs_epi8(q), _mm256_sign_epi8(a, q)); }
@@ -98,6 +111,11 @@ struct PackedNibbles : Halves<PackedNibbles<kFifthBits, kMins, kOffset, kCodeboo
       __m256i isum[NT];
       for (int t = 0; t < NT; ++t)
         isum[t] = kCodebook ? _mm256_set1_epi32(kOffset * block_sum(x + t * xs, b)) : _mm256_setzero_si256();
+      // Nibble weights: VPMADDUBSW pairs summed in int16 over kChunksPer16 chunks (Pairs16),
+      // then widened once. The codebook's signed values fill the int16 pairs: widened per register.
+      constexpr int kChunksPer16 = kCodebook ? 1 : Pairs16<kFifthBits ? 31 : 15>::kProducts / 2;
+      __m256i pairs[NT];
+      for (int t = 0; t < NT; ++t) pairs[t] = _mm256_setzero_si256();
       for (int c = 0; c < 4; ++c) {
         const __m256i packed = load256(quants + b * 256 + 64 * c + 32 * half);
         __m256i lo = _mm256_and_si256(packed, low4);
@@ -121,8 +139,12 @@ struct PackedNibbles : Halves<PackedNibbles<kFifthBits, kMins, kOffset, kCodeboo
             isum[t] = _mm256_add_epi32(isum[t], dot4_signed(lo, a_lo));
             isum[t] = _mm256_add_epi32(isum[t], dot4_signed(hi, a_hi));
           } else {
-            isum[t] = _mm256_add_epi32(isum[t], dot4(lo, a_lo));
-            isum[t] = _mm256_add_epi32(isum[t], dot4(hi, a_hi));
+            pairs[t] = _mm256_add_epi16(pairs[t], _mm256_add_epi16(_mm256_maddubs_epi16(lo, a_lo),
+                                                                   _mm256_maddubs_epi16(hi, a_hi)));
+            if ((c + 1) % kChunksPer16 == 0) {
+              isum[t] = _mm256_add_epi32(isum[t], widen_pairs(pairs[t]));
+              pairs[t] = _mm256_setzero_si256();
+            }
           }
         }
       }
@@ -210,8 +232,13 @@ struct PackedQ45K : Halves<PackedQ45K<kFifthBits>> {
       __m256i total[NT];
       for (int t = 0; t < NT; ++t) total[t] = _mm256_setzero_si256();
       for (int c = 0; c < 4; ++c) {  // sub-blocks 2c (low nibbles) and 2c + 1 (high nibbles)
-        __m256i sum_lo[NT], sum_hi[NT];
-        for (int t = 0; t < NT; ++t) sum_lo[t] = sum_hi[t] = _mm256_setzero_si256();
+        // Each sub-block's products summed in int16, kPerWiden at a time (Q4_K: all 8, Q5_K: 4), then
+        // widened and scaled into the total: fewer registers per token than int32 sums per sub-block.
+        constexpr int kPerWiden = Pairs16<kFifthBits ? 31 : 15>::kProducts;
+        const __m256i sc_lo = widen8(scales + b * 128 + 16 * (2 * c) + 8 * half);
+        const __m256i sc_hi = widen8(scales + b * 128 + 16 * (2 * c + 1) + 8 * half);
+        __m256i pairs_lo[NT], pairs_hi[NT];
+        for (int t = 0; t < NT; ++t) pairs_lo[t] = pairs_hi[t] = _mm256_setzero_si256();
         for (int i = 0; i < 8; ++i) {
           const int n = 8 * c + i;
           const __m256i packed = load256(q + 64 * n + 32 * half);
@@ -226,15 +253,16 @@ struct PackedQ45K : Halves<PackedQ45K<kFifthBits>> {
           }
           for (int t = 0; t < NT; ++t) {
             const int8_t* a = q8k_block(x, xs, t, b)->qs + 64 * c + 4 * i;
-            sum_lo[t] = _mm256_add_epi32(sum_lo[t], dot4(lo, broadcast4(a)));
-            sum_hi[t] = _mm256_add_epi32(sum_hi[t], dot4(hi, broadcast4(a + 32)));
+            pairs_lo[t] = _mm256_add_epi16(pairs_lo[t], _mm256_maddubs_epi16(lo, broadcast4(a)));
+            pairs_hi[t] = _mm256_add_epi16(pairs_hi[t], _mm256_maddubs_epi16(hi, broadcast4(a + 32)));
+            if ((i + 1) % kPerWiden == 0) {
+              const __m256i scaled_lo = _mm256_mullo_epi32(widen_pairs(pairs_lo[t]), sc_lo);
+              const __m256i scaled_hi = _mm256_mullo_epi32(widen_pairs(pairs_hi[t]), sc_hi);
+              total[t] = _mm256_add_epi32(total[t], _mm256_add_epi32(scaled_lo, scaled_hi));
+              pairs_lo[t] = pairs_hi[t] = _mm256_setzero_si256();
+            }
           }
         }
-        const __m256i sc_lo = widen8(scales + b * 128 + 16 * (2 * c) + 8 * half);
-        const __m256i sc_hi = widen8(scales + b * 128 + 16 * (2 * c + 1) + 8 * half);
-        for (int t = 0; t < NT; ++t)
-          total[t] = _mm256_add_epi32(total[t], _mm256_add_epi32(_mm256_mullo_epi32(sum_lo[t], sc_lo),
-                                                                 _mm256_mullo_epi32(sum_hi[t], sc_hi)));
       }
       // Mins: the 16-element bsums in pairs against [m_j, m_j] in each row's lane.
       __m256i min_total[NT];
@@ -295,8 +323,12 @@ struct PackedQ6K : Halves<PackedQ6K> {
               sub == 0 ? _mm256_srai_epi32(_mm256_slli_epi32(sc_pair, 16), 16) : _mm256_srai_epi32(sc_pair, 16);
           for (int t = 0; t < NT; ++t) {
             const int8_t* a = q8k_block(x, xs, t, b)->qs + 16 * j;
-            __m256i sum = _mm256_setzero_si256();
-            for (int k = 0; k < 4; ++k) sum = _mm256_add_epi32(sum, dot4(v[k], broadcast4(a + 4 * k)));
+            static_assert(Pairs16<63>::kProducts == 2, "two products per widening");
+            const __m256i sum = _mm256_add_epi32(
+                widen_pairs(_mm256_add_epi16(_mm256_maddubs_epi16(v[0], broadcast4(a)),
+                                             _mm256_maddubs_epi16(v[1], broadcast4(a + 4)))),
+                widen_pairs(_mm256_add_epi16(_mm256_maddubs_epi16(v[2], broadcast4(a + 8)),
+                                             _mm256_maddubs_epi16(v[3], broadcast4(a + 12)))));
             total[t] = _mm256_add_epi32(total[t], _mm256_mullo_epi32(sum, sc));
           }
         }
@@ -350,9 +382,11 @@ struct PackedQ23K : Halves<PackedQ23K<kQ3>> {
         }
         for (int t = 0; t < NT; ++t) {
           const int8_t* a = q8k_block(x, xs, t, b)->qs + 16 * j;
-          __m256i sum = _mm256_setzero_si256();
-          for (int i = 0; i < 4; ++i) sum = _mm256_add_epi32(sum, dot4(v[i], broadcast4(a + 4 * i)));
-          total[t] = _mm256_add_epi32(total[t], _mm256_mullo_epi32(sum, sc));
+          static_assert(Pairs16<7>::kProducts >= 4, "a sub-block's four products per widening");
+          __m256i pairs = _mm256_setzero_si256();
+          for (int i = 0; i < 4; ++i)
+            pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(v[i], broadcast4(a + 4 * i)));
+          total[t] = _mm256_add_epi32(total[t], _mm256_mullo_epi32(widen_pairs(pairs), sc));
         }
       }
       // Per pair of sub-blocks, [x_2p, x_2p+1] int16 in each row's lane against the bsums pair: Q2_K's
@@ -367,8 +401,10 @@ struct PackedQ23K : Halves<PackedQ23K<kQ3>> {
           const __m256i odd = _mm256_srli_epi32(widen8(scales + b * 256 + 16 * (2 * p + 1) + 8 * half), 4);
           pair = _mm256_or_si256(even, _mm256_slli_epi32(odd, 16));
         }
-        for (int t = 0; t < NT; ++t)
-          offset[t] = _mm256_add_epi32(offset[t], _mm256_madd_epi16(pair, broadcast4(q8k_block(x, xs, t, b)->bsums + 2 * p)));
+        for (int t = 0; t < NT; ++t) {
+          const __m256i bsums = broadcast4(q8k_block(x, xs, t, b)->bsums + 2 * p);
+          offset[t] = _mm256_add_epi32(offset[t], _mm256_madd_epi16(pair, bsums));
+        }
       }
       const __m256 d = load_halves8(d_half + b * 32 + 16 * half);
       for (int t = 0; t < NT; ++t) {
