@@ -8,7 +8,7 @@ Figures (each the median of several runs, the machine is noisy):
 - decode GB/s: the bytes one decode token reads, weights (decode_matrices) and K/V cache rows
   (counted by the session's attention over the decode phase, f16), x decode tok/s, and that as a %
   of the machine's memory read bandwidth (memory_read_bandwidth), probed right before and after
-  each run (bandwidth_around): a shared or virtual machine's bandwidth drifts by tens of percent
+  each run (BandwidthProbes): a shared or virtual machine's bandwidth drifts by tens of percent
   within the hour, so a figure taken minutes earlier would misstate the run's share of it;
 - per GGML weight type: the MB of those weights per decode token, the time the decode matmuls of that
   type take per token (time_decode_matmuls: the engine's kernels alone), and their GB/s.
@@ -297,9 +297,9 @@ def probe_bandwidth(threads: int) -> float:
 
 
 class BandwidthProbes:
-    """The memory bandwidth next to each measurement: probe() before and after it, and the mean of
-    the two is the figure its % of mem bw is taken against (consecutive measurements share the
-    probe between them)."""
+    """The memory bandwidth next to each measurement: a probe before it (at construction, or the
+    previous measurement's closing probe) and one after it (around_last); the mean of the two is
+    the figure its % of mem bw is taken against."""
 
     def __init__(self, threads: int) -> None:
         self.threads = threads
@@ -312,7 +312,7 @@ class BandwidthProbes:
 
 
 def format_table(results: list[BenchResult], decode_bytes: int | None = None,
-                 bandwidth: dict[int, float] | None = None) -> str:
+                 bandwidth: dict[tuple[str, int], float] | None = None) -> str:
     """The engines' table; with decode_bytes (weights read per decode token) a decode GB/s column
     (weights plus the K/V rows of sinkstream's run at the same thread count), and with bandwidth
     (bytes/s per (engine, threads): the memory bandwidth around that run) that and decode GB/s as a

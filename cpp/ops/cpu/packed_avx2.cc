@@ -28,11 +28,6 @@ namespace {
 #include "ops/cpu/kernel32_x86.inc"  // load256, fifth_bits
 #include "ops/cpu/packed_x86.inc"
 
-// Four unsigned weight bytes per int32 lane times the same four activation bytes in every lane.
-static inline __m256i dot4(__m256i w, __m256i a) {
-  return _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1));
-}
-
 // Sum of the 32 activation quants of block b of a Q8A row (a 16-byte piece for elements 0-15 and
 // one for 16-31): SAD of the bytes + 128 against zero, minus 32 * 128.
 static inline int32_t block_sum(const uint8_t* a, int64_t b) {
@@ -56,6 +51,8 @@ struct Pairs16 {
 };
 // Adjacent int16 pairs to int32 lanes (4 products per lane).
 static inline __m256i widen_pairs(__m256i pairs) { return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)); }
+// Four unsigned weight bytes per int32 lane times the same four activation bytes in every lane.
+static inline __m256i dot4(__m256i w, __m256i a) { return widen_pairs(_mm256_maddubs_epi16(w, a)); }
 
 // Signed weight bytes q (-128 .. 127) times four activation bytes per int32 lane, exactly: |q|
 // times a with q's sign (a pair is at most 2 * 128 * 127, within VPMADDUBSW's int16).
