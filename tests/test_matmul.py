@@ -198,15 +198,17 @@ def test_packed_avx2_kernels_give_the_avx512_bits(qtype):
         assert np.array_equal(run(qtype, w, 16, 576, x, "avx2"), run(qtype, w, 16, 576, x, "avx512"))
 
 
+@pytest.mark.parametrize("layout", ["avx2", "avx512"])  # Q5 fifth bits: bit planes, masks
 @pytest.mark.parametrize("qtype", PACKED_TYPES, ids=lambda t: t.name)
-def test_packing_keeps_every_bit_of_the_rows(qtype):
-    """Every byte of random blocks (any scales, any bits) survives packing into 16-row groups and
-    unpacking row by row: get_row reads a tied embedding from its packed head this way."""
+def test_packing_keeps_every_bit_of_the_rows(qtype, layout):
+    """Every byte of random blocks (any scales, any bits) survives packing into 16-row groups, as
+    laid out for either level's kernels, and unpacking row by row: get_row reads a tied embedding
+    from its packed head this way."""
     rng = np.random.default_rng(950 + int(qtype))
     block_size, type_size = GGML_QUANT_SIZES[qtype]
     for rows, blocks in ((1, 1), (17, 3), (40, 2)):
         w = rng.integers(0, 256, size=(rows, blocks * type_size), dtype=np.uint8)
-        back = _core.pack_roundtrip_test(int(qtype), w.tobytes(), rows, blocks * block_size)
+        back = _core.pack_roundtrip_test(int(qtype), w.tobytes(), rows, blocks * block_size, layout)
         assert back == w.tobytes(), (rows, blocks)
 
 

@@ -295,17 +295,20 @@ void bind_quant(nb::module_& m) {
 
   m.def(
       "pack_roundtrip_test",
-      [](uint32_t type_id, nb::bytes weight, int64_t rows, int64_t cols) {
+      [](uint32_t type_id, nb::bytes weight, int64_t rows, int64_t cols, const std::string& isa) {
         WeightMatrix w = weight_from_bytes(type_id, weight, rows, cols);
+        const Isa level = parse_isa(isa);  // any level: packing does not run its kernels
         std::vector<uint8_t> packed((size_t)packed_bytes(w)), rows_back((size_t)(rows * w.row_bytes));
-        pack_weight(w, packed.data());
+        pack_weight(w, level, packed.data());
         w.packed = packed.data();
+        w.packed_isa = level;
         for (int64_t r = 0; r < rows; ++r) unpack_row(w, r, rows_back.data() + r * w.row_bytes);
         return nb::bytes(reinterpret_cast<const char*>(rows_back.data()), rows_back.size());
       },
-      nb::arg("type_id"), nb::arg("weight"), nb::arg("rows"), nb::arg("cols"),
-      "Test hook: packs raw GGML weight bytes into 16-row groups (packed_weights.h) and unpacks every row\n"
-      "again; returns the rows' bytes (equal to the input when the layout loses nothing).");
+      nb::arg("type_id"), nb::arg("weight"), nb::arg("rows"), nb::arg("cols"), nb::arg("isa"),
+      "Test hook: packs raw GGML weight bytes into 16-row groups (packed_weights.h) laid out for the\n"
+      "kernels of `isa` and unpacks every row again; returns the rows' bytes (equal to the input when the\n"
+      "layout loses nothing).");
 
   m.def(
       "glu_test",

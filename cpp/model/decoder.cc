@@ -96,7 +96,10 @@ void Decoder::pack_weights_for_cpu() {
   matrices.push_back(&output_);
   packed_weights_.pack(matrices, active_isa(),
                        [&](const uint8_t* data, int64_t bytes) { file_->release_pages(data, (uint64_t)bytes); });
-  if (tied) token_embd_.packed = output_.packed;
+  if (tied) {
+    token_embd_.packed = output_.packed;
+    token_embd_.packed_isa = output_.packed_isa;
+  }
 }
 
 // The experts' weights stay in the mapped file: a token reads only its n_expert_used experts'

@@ -10,6 +10,8 @@
 
 namespace sinkstream {
 
+enum class Isa;  // ops/cpu/cpu_features.h
+
 enum class RopeLayout {
   kAdjacentPairs,  // rotate (x[2i], x[2i+1]): ggml "normal" mode, llama GGUFs (Q/K rows permuted)
   kNeox,           // rotate (x[i], x[i + n_rot/2]): qwen2, gptneox, falcon, ...
@@ -40,6 +42,9 @@ struct WeightMatrix {
   // Owned by whoever packed them (the Model); `data` stays valid beside it for the other readers
   // (get_row, the CUDA upload, kernels of other levels).
   const uint8_t* packed = nullptr;
+  // The instruction-set level `packed` was laid out for (the AVX2 kernels take Q5 fifth bits as bit
+  // planes, the others as masks: packed_weights.h); only that level's kernels read it.
+  Isa packed_isa{};
 };
 
 // Y (n x w.rows) = X (n x w.cols) . W^T, float32 row-major X and Y. Works directly on the quantized

@@ -113,10 +113,11 @@ def cpu_features() -> dict:
     CPU features seen by the kernels, the best ISA level, the levels this CPU runs (lowest first) and the active one (after SINKSTREAM_ISA).
     """
 
-def pack_roundtrip_test(type_id: int, weight: bytes, rows: int, cols: int) -> bytes:
+def pack_roundtrip_test(type_id: int, weight: bytes, rows: int, cols: int, isa: str) -> bytes:
     """
-    Test hook: packs raw GGML weight bytes into 16-row groups (packed_weights.h) and unpacks every row
-    again; returns the rows' bytes (equal to the input when the layout loses nothing).
+    Test hook: packs raw GGML weight bytes into 16-row groups (packed_weights.h) laid out for the
+    kernels of `isa` and unpacks every row again; returns the rows' bytes (equal to the input when the
+    layout loses nothing).
     """
 
 def glu_test(activation: str, gate: Annotated[NDArray[numpy.float32], dict(shape=(None,), order='C', device='cpu', writable=False)], up: Annotated[NDArray[numpy.float32], dict(shape=(None,), order='C', device='cpu', writable=False)], isa: str) -> NDArray[numpy.float32]:

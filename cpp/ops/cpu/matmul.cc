@@ -162,7 +162,8 @@ void matmul_shared_input_at_isa(const WeightMatrix* const* ws, float* const* ys,
   int64_t row_start[kMaxSharedInput + 1];
   row_start[0] = 0;
   for (int i = 0; i < count; ++i) {
-    packed[i] = ws[i]->packed != nullptr ? packed_tile_kernel(ws[i]->type, isa) : nullptr;
+    // Packed groups are read only by the kernels of the level they were laid out for.
+    packed[i] = ws[i]->packed != nullptr && ws[i]->packed_isa == isa ? packed_tile_kernel(ws[i]->type, isa) : nullptr;
     dots[i] = packed[i] != nullptr ? nullptr : select_dot_tile(ws[i]->type, isa);
     row_start[i + 1] = row_start[i] + ws[i]->rows;
   }

@@ -25,7 +25,7 @@ namespace sinkstream {
 
 namespace {
 
-#include "ops/cpu/kernel32_x86.inc"  // load256, fifth_bits
+#include "ops/cpu/kernel32_x86.inc"  // load256, bits_to_bytes
 #include "ops/cpu/packed_x86.inc"
 
 // Sum of the 32 activation quants of block b of a Q8A row (a 16-byte piece for elements 0-15 and
@@ -57,6 +57,15 @@ static inline __m256i dot4(__m256i w, __m256i a) { return widen_pairs(_mm256_mad
 // Signed weight bytes q (-128 .. 127) times four activation bytes per int32 lane, exactly: |q|
 // times a with q's sign (a pair is at most 2 * 128 * 127, within VPMADDUBSW's int16).
 static inline __m256i dot4_signed(__m256i q, __m256i a) { return dot4(_mm256_abs_epi8(q), _mm256_sign_epi8(a, q)); }
+
+// Fifth bits from a half's bit plane (packed_weights.h; AVX2 packing): 0x10 in each byte whose
+// plane bit `bit` is set. A 16-bit shift moves that bit to bit 4 of its own byte (left by 4 - bit
+// for bits 0-3, right by bit - 4 for bits 5-7: no bit that reaches bit 4 comes from the other byte
+// of the pair), and the mask keeps only bit 4.
+static inline __m256i plane_fifth_bits(__m256i plane, int bit) {
+  const __m256i at_bit4 = bit < 4 ? _mm256_slli_epi16(plane, 4 - bit) : _mm256_srli_epi16(plane, bit - 4);
+  return _mm256_and_si256(at_bit4, _mm256_set1_epi8(0x10));
+}
 
 // y[t] (the first `rows` of a half's 8) = results[t], for nt tokens ys apart.
 static inline void store_half(const __m256* results, int nt, float* y, int64_t ys, int rows) {
@@ -113,16 +122,15 @@ struct PackedNibbles : Halves<PackedNibbles<kFifthBits, kMins, kOffset, kCodeboo
       constexpr int kChunksPer16 = kCodebook ? 1 : Pairs16<kFifthBits ? 31 : 15>::kProducts / 2;
       __m256i pairs[NT];
       for (int t = 0; t < NT; ++t) pairs[t] = _mm256_setzero_si256();
+      // The block's fifth bits for this half: bit c for chunk c's low nibbles, 4 + c for its high.
+      const __m256i plane = kFifthBits ? load256(fifth + b * 64 + 32 * half) : _mm256_setzero_si256();
       for (int c = 0; c < 4; ++c) {
         const __m256i packed = load256(quants + b * 256 + 64 * c + 32 * half);
         __m256i lo = _mm256_and_si256(packed, low4);
         __m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
         if constexpr (kFifthBits) {
-          uint32_t mask_lo, mask_hi;  // this half's 32 bits of the register's 64-bit mask
-          std::memcpy(&mask_lo, fifth + b * 64 + 8 * c + 4 * half, 4);
-          std::memcpy(&mask_hi, fifth + b * 64 + 8 * (c + 4) + 4 * half, 4);
-          lo = _mm256_or_si256(lo, fifth_bits(mask_lo));
-          hi = _mm256_or_si256(hi, fifth_bits(mask_hi));
+          lo = _mm256_or_si256(lo, plane_fifth_bits(plane, c));
+          hi = _mm256_or_si256(hi, plane_fifth_bits(plane, 4 + c));
         }
         if constexpr (kCodebook) {
           lo = _mm256_shuffle_epi8(codebook, lo);
@@ -236,17 +244,18 @@ struct PackedQ45K : Halves<PackedQ45K<kFifthBits>> {
         const __m256i sc_hi = widen8(scales + b * 128 + 16 * (2 * c + 1) + 8 * half);
         __m256i pairs_lo[NT], pairs_hi[NT];
         for (int t = 0; t < NT; ++t) pairs_lo[t] = pairs_hi[t] = _mm256_setzero_si256();
+        // This half's fifth-bit planes of chunks 8c .. 8c + 3 and 8c + 4 .. 8c + 7.
+        __m256i planes[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+        if constexpr (kFifthBits)
+          for (int p = 0; p < 2; ++p) planes[p] = load256(fifth + b * 512 + 64 * (2 * c + p) + 32 * half);
         for (int i = 0; i < 8; ++i) {
           const int n = 8 * c + i;
           const __m256i packed = load256(q + 64 * n + 32 * half);
           __m256i lo = _mm256_and_si256(packed, low4);
           __m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
           if constexpr (kFifthBits) {
-            uint32_t mask_lo, mask_hi;  // this half's 32 bits of the register's 64-bit mask
-            std::memcpy(&mask_lo, fifth + b * 512 + 8 * n + 4 * half, 4);
-            std::memcpy(&mask_hi, fifth + b * 512 + 8 * (32 + n) + 4 * half, 4);
-            lo = _mm256_or_si256(lo, fifth_bits(mask_lo));
-            hi = _mm256_or_si256(hi, fifth_bits(mask_hi));
+            lo = _mm256_or_si256(lo, plane_fifth_bits(planes[i / 4], i % 4));
+            hi = _mm256_or_si256(hi, plane_fifth_bits(planes[i / 4], 4 + i % 4));
           }
           for (int t = 0; t < NT; ++t) {
             const int8_t* a = q8k_block(x, xs, t, b)->qs + 64 * c + 4 * i;

@@ -61,8 +61,24 @@ void set_mask_bit(uint8_t* masks, int mask, int bit) {
   std::memcpy(masks + 8 * mask, &m, 8);
 }
 
-// One row (lane `lane` of the group at `group`) of a 32-element type.
-void pack_row32(const Format32& f, const uint8_t* row, int64_t nb, int64_t block_bytes, int lane, uint8_t* group) {
+// Where the fifth bit of byte 4 lane + k of a chunk's low (high = false) or high nibbles is kept in
+// a block's fifth-bit region (packed_weights.h): in masks, the register's little-endian 64-bit mask
+// (n_chunks: the block's chunks, 4 or 32; the high nibbles' masks follow the low ones'), or in the
+// bit planes of AVX2 packing.
+struct BitPlace {
+  int byte, bit;
+};
+BitPlace fifth_bit_place(bool planes, int n_chunks, int chunk, bool high, int lane, int k) {
+  if (planes) return {64 * (chunk / 4) + 32 * (lane / 8) + 4 * (lane % 8) + k, chunk % 4 + (high ? 4 : 0)};
+  const int mask = high ? n_chunks + chunk : chunk, bit = 4 * lane + k;
+  return {8 * mask + bit / 8, bit % 8};
+}
+void set_bit(uint8_t* region, BitPlace place) { region[place.byte] |= (uint8_t)(1u << place.bit); }
+bool bit_at(const uint8_t* region, BitPlace place) { return (region[place.byte] >> place.bit) & 1u; }
+
+// One row (lane `lane` of the group at `group`) of a 32-element type (planes: fifth bits as planes).
+void pack_row32(const Format32& f, bool planes, const uint8_t* row, int64_t nb, int64_t block_bytes, int lane,
+                uint8_t* group) {
   auto [quants, fifth, scales, mins] = regions32(group, nb, f.quant_bytes, f.fifth_bits);
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* block = row + b * block_bytes;
@@ -74,13 +90,12 @@ void pack_row32(const Format32& f, const uint8_t* row, int64_t nb, int64_t block
     if (f.fifth_bits) {
       uint32_t qh;
       std::memcpy(&qh, block + f.qh_offset, 4);
-      // Register j < 4: low nibbles of chunk j (elements 4j + k); j >= 4: high nibbles of chunk
-      // j - 4 (elements 16 + 4(j - 4) + k).
-      for (int j = 0; j < 8; ++j) {
-        const int first_element = j < 4 ? 4 * j : 16 + 4 * (j - 4);
+      // Chunk c's low nibbles are elements 4c + k, its high nibbles 16 + 4c + k.
+      for (int c = 0; c < 4; ++c)
         for (int k = 0; k < 4; ++k)
-          if ((qh >> (first_element + k)) & 1u) set_mask_bit(fifth + b * 64, j, 4 * lane + k);
-      }
+          for (bool high : {false, true})
+            if ((qh >> ((high ? 16 : 0) + 4 * c + k)) & 1u)
+              set_bit(fifth + b * 64, fifth_bit_place(planes, 4, c, high, lane, k));
     }
     std::memcpy(scales + (b * kPackRows + lane) * 2, block + f.d_offset, 2);
     if (f.mins) std::memcpy(mins + (b * kPackRows + lane) * 2, block + f.m_offset, 2);
@@ -88,7 +103,7 @@ void pack_row32(const Format32& f, const uint8_t* row, int64_t nb, int64_t block
 }
 
 // One row of Q4_K or Q5_K (the shared fields are at the same offsets; Q5_K adds qh).
-void pack_row_q45k(bool q5, const uint8_t* row, int64_t nb, int lane, uint8_t* group) {
+void pack_row_q45k(bool q5, bool planes, const uint8_t* row, int64_t nb, int lane, uint8_t* group) {
   auto [quants, fifth, scales, mins, d, dmin] = regions_q45k(group, nb, q5);
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* block = row + b * (q5 ? sizeof(BlockQ5_K) : sizeof(BlockQ4_K));
@@ -99,15 +114,15 @@ void pack_row_q45k(bool q5, const uint8_t* row, int64_t nb, int lane, uint8_t* g
     for (int n = 0; n < 32; ++n)
       for (int k = 0; k < 4; ++k) quants[b * 2048 + 64 * n + 4 * lane + k] = qs[4 * n + k];
     if (q5) {
-      // Chunk n = 8c + i holds elements 4i .. 4i + 3 of sub-block 2c (low nibbles, mask n) and of
-      // sub-block 2c + 1 (high nibbles, mask 32 + n); fifth bit of element l of sub-block j: bit j of qh[l].
+      // Chunk n = 8c + i holds elements 4i .. 4i + 3 of sub-block 2c (low nibbles) and of sub-block
+      // 2c + 1 (high nibbles); fifth bit of element l of sub-block j: bit j of qh[l].
       const uint8_t* qh = reinterpret_cast<const BlockQ5_K*>(block)->qh;
       for (int n = 0; n < 32; ++n) {
         const int c = n / 8, first = 4 * (n % 8);
-        for (int k = 0; k < 4; ++k) {
-          if ((qh[first + k] >> (2 * c)) & 1) set_mask_bit(fifth + b * 512, n, 4 * lane + k);
-          if ((qh[first + k] >> (2 * c + 1)) & 1) set_mask_bit(fifth + b * 512, 32 + n, 4 * lane + k);
-        }
+        for (int k = 0; k < 4; ++k)
+          for (bool high : {false, true})
+            if ((qh[first + k] >> (2 * c + (high ? 1 : 0))) & 1)
+              set_bit(fifth + b * 512, fifth_bit_place(planes, 32, n, high, lane, k));
       }
     }
     for (int j = 0; j < 8; ++j) {
@@ -190,7 +205,8 @@ bool mask_bit(const uint8_t* masks, int mask, int bit) {
 }
 
 // The inverses of the pack_row_* functions: the file's blocks of row `lane` of a group.
-void unpack_row32(const Format32& f, const uint8_t* group, int64_t nb, int64_t block_bytes, int lane, uint8_t* row) {
+void unpack_row32(const Format32& f, bool planes, const uint8_t* group, int64_t nb, int64_t block_bytes, int lane,
+                  uint8_t* row) {
   auto [quants, fifth, scales, mins] = regions32(group, nb, f.quant_bytes, f.fifth_bits);
   for (int64_t b = 0; b < nb; ++b) {
     uint8_t* block = row + b * block_bytes;
@@ -201,11 +217,11 @@ void unpack_row32(const Format32& f, const uint8_t* group, int64_t nb, int64_t b
         qs[4 * c + k] = f.quant_bytes == 512 ? (uint8_t)(q[64 * c + 4 * lane + k] ^ 0x80) : q[64 * c + 4 * lane + k];
     if (f.fifth_bits) {
       uint32_t qh = 0;
-      for (int j = 0; j < 8; ++j) {
-        const int first_element = j < 4 ? 4 * j : 16 + 4 * (j - 4);
+      for (int c = 0; c < 4; ++c)
         for (int k = 0; k < 4; ++k)
-          if (mask_bit(fifth + b * 64, j, 4 * lane + k)) qh |= 1u << (first_element + k);
-      }
+          for (bool high : {false, true})
+            if (bit_at(fifth + b * 64, fifth_bit_place(planes, 4, c, high, lane, k)))
+              qh |= 1u << ((high ? 16 : 0) + 4 * c + k);
       std::memcpy(block + f.qh_offset, &qh, 4);
     }
     std::memcpy(block + f.d_offset, scales + (b * kPackRows + lane) * 2, 2);
@@ -213,7 +229,7 @@ void unpack_row32(const Format32& f, const uint8_t* group, int64_t nb, int64_t b
   }
 }
 
-void unpack_row_q45k(bool q5, const uint8_t* group, int64_t nb, int lane, uint8_t* row) {
+void unpack_row_q45k(bool q5, bool planes, const uint8_t* group, int64_t nb, int lane, uint8_t* row) {
   auto [quants, fifth, scales, mins, d, dmin] = regions_q45k(group, nb, q5);
   for (int64_t b = 0; b < nb; ++b) {
     uint8_t* block = row + b * (q5 ? sizeof(BlockQ5_K) : sizeof(BlockQ4_K));
@@ -227,10 +243,10 @@ void unpack_row_q45k(bool q5, const uint8_t* group, int64_t nb, int lane, uint8_
       std::memset(qh, 0, kQKK / 8);
       for (int n = 0; n < 32; ++n) {
         const int c = n / 8, first = 4 * (n % 8);
-        for (int k = 0; k < 4; ++k) {
-          if (mask_bit(fifth + b * 512, n, 4 * lane + k)) qh[first + k] |= (uint8_t)(1u << (2 * c));
-          if (mask_bit(fifth + b * 512, 32 + n, 4 * lane + k)) qh[first + k] |= (uint8_t)(1u << (2 * c + 1));
-        }
+        for (int k = 0; k < 4; ++k)
+          for (bool high : {false, true})
+            if (bit_at(fifth + b * 512, fifth_bit_place(planes, 32, n, high, lane, k)))
+              qh[first + k] |= (uint8_t)(1u << (2 * c + (high ? 1 : 0)));
       }
     }
     uint8_t sc[8], m[8];
@@ -310,15 +326,16 @@ void unpack_row(const WeightMatrix& w, int64_t row, uint8_t* out) {
   const int64_t nb = w.cols / info.block_size;
   const uint8_t* group = w.packed + (row / kPackRows) * packed_group_bytes(w);
   const int lane = (int)(row % kPackRows);
+  const bool planes = fifth_bit_planes(w.packed_isa);
   Format32 f32;
   if (format32(w.type, &f32))
-    unpack_row32(f32, group, nb, info.block_bytes, lane, out);
+    unpack_row32(f32, planes, group, nb, info.block_bytes, lane, out);
   else if (w.type == GgmlType::Q6_K)
     unpack_row_q6k(group, nb, lane, out);
   else if (w.type == GgmlType::Q2_K || w.type == GgmlType::Q3_K)
     unpack_row_q23k(w.type == GgmlType::Q3_K, group, nb, lane, out);
   else
-    unpack_row_q45k(w.type == GgmlType::Q5_K, group, nb, lane, out);
+    unpack_row_q45k(w.type == GgmlType::Q5_K, planes, group, nb, lane, out);
 }
 
 PackedTileFn packed_tile_kernel(GgmlType type, Isa isa) {
@@ -337,7 +354,7 @@ int64_t packed_bytes(const WeightMatrix& w) {
   return groups * packed_group_bytes(w);
 }
 
-void pack_weight(const WeightMatrix& w, uint8_t* out) {
+void pack_weight(const WeightMatrix& w, Isa isa, uint8_t* out) {
   SS_CHECK_ARG(packed_block_bytes(w.type) != 0, "weight ", w.name, ": no packed layout for ", ggml_type_name(w.type));
   const GgmlTypeInfo& info = ggml_type_info(w.type);
   const int64_t nb = w.cols / info.block_size;
@@ -345,19 +362,19 @@ void pack_weight(const WeightMatrix& w, uint8_t* out) {
   const int64_t groups = (w.rows + kPackRows - 1) / kPackRows;
   std::memset(out, 0, (size_t)(groups * group_bytes));
   Format32 f32;
-  const bool is32 = format32(w.type, &f32);
+  const bool is32 = format32(w.type, &f32), planes = fifth_bit_planes(isa);
   for (int64_t g = 0; g < groups; ++g) {
     uint8_t* group = out + g * group_bytes;
     for (int lane = 0; lane < kPackRows && g * kPackRows + lane < w.rows; ++lane) {
       const uint8_t* row = w.data + (g * kPackRows + lane) * w.row_bytes;
       if (is32)
-        pack_row32(f32, row, nb, info.block_bytes, lane, group);
+        pack_row32(f32, planes, row, nb, info.block_bytes, lane, group);
       else if (w.type == GgmlType::Q6_K)
         pack_row_q6k(row, nb, lane, group);
       else if (w.type == GgmlType::Q2_K || w.type == GgmlType::Q3_K)
         pack_row_q23k(w.type == GgmlType::Q3_K, row, nb, lane, group);
       else
-        pack_row_q45k(w.type == GgmlType::Q5_K, row, nb, lane, group);
+        pack_row_q45k(w.type == GgmlType::Q5_K, planes, row, nb, lane, group);
     }
   }
 }
@@ -398,10 +415,11 @@ void PackedWeightStore::pack(const std::vector<WeightMatrix*>& weights, Isa isa,
       WeightMatrix slice = w;
       slice.data = w.data + first * w.row_bytes;
       slice.rows = std::min(kPackSliceRows, w.rows - first);
-      pack_weight(slice, arena + offsets[i] + first / kPackRows * group_bytes);
+      pack_weight(slice, isa, arena + offsets[i] + first / kPackRows * group_bytes);
       if (done) done(slice.data, slice.rows * slice.row_bytes);
     }
     w.packed = arena + offsets[i];
+    w.packed_isa = isa;
   }
   bytes_ += total;
 }

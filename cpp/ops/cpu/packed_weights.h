@@ -1,5 +1,4 @@
-// Weights regrouped at load for the interleaved-row matmul kernels (packed_avx512.cc; packed_avx2.cc
-// for the nibble types).
+// Weights regrouped at load for the interleaved-row matmul kernels (packed_avx512.cc, packed_avx2.cc).
 //
 // The per-row kernels (vec_dot.h) take a weight row and an activation row and reduce 32-element
 // blocks to one number with horizontal sums and per-block scale shuffles: about nine vector
@@ -38,6 +37,13 @@
 //           2-bit value of element 4i + k; masks (Q3_K) nb * 512: per sub-block 4 masks, mask i the
 //           third bit of elements 4i + k; scales nb * 256: Q2_K the file's scale/min bytes, byte
 //           16 j + lane; Q3_K the signed scales in pairs as Q6_K's; d (and Q2_K's dmin) nb * 16 halves
+// Fifth bits at Isa::Avx2 (fifth_bit_planes): AVX2 has no mask registers, and turning a 32-bit mask
+// into bytes costs a broadcast, a shuffle, a compare and two logic operations per register. Packed
+// for AVX2, the same region holds bit planes instead: per block (Q5_0, Q5_1) or per 4 chunks (Q5_K:
+// plane p for chunks 4p .. 4p + 3, 64 bytes each, so nb * 512 as before), 64 bytes, rows 0-7 then
+// 8-15; byte 32 half + 4 l + k has bit r (r < 4) for the low nibble of byte 4 l + k of the plane's
+// chunk r and bit 4 + r for its high nibble (l: the row within the half). A register's fifth bits
+// then come from one shift of the plane and a mask of 0x10.
 // Rows past the matrix's last row (the last group's padding) are zero. A group is 16 rows of
 // packed_block_bytes each per block: the file's block size for the 32-element types, Q2_K and Q6_K,
 // 148 for Q4_K and 180 for Q5_K (+ 4 bytes for unpacked scales), 114 for Q3_K (+ 4).
@@ -125,22 +131,27 @@ PackedTileFn packed_tile_kernel(GgmlType type, Isa isa);
 PackedTileFn avx512_packed_tile(GgmlType type);  // nullptr when not compiled for x86-64
 PackedTileFn avx2_packed_tile(GgmlType type);    // nullptr when not compiled for x86-64
 
+// Whether weights packed for `isa` hold their fifth bits as bit planes (else as masks; above).
+constexpr bool fifth_bit_planes(Isa isa) { return isa == Isa::Avx2; }
+
 // Bytes of one group of w packed, and of all of w (its rows rounded up to a multiple of kPackRows).
 int64_t packed_group_bytes(const WeightMatrix& w);
 int64_t packed_bytes(const WeightMatrix& w);
-// Writes the layout above for w (type with packed kernels, any ISA) into out (packed_bytes(w)).
-void pack_weight(const WeightMatrix& w, uint8_t* out);
+// Writes the layout above for w (type with packed kernels) into out (packed_bytes(w)), laid out
+// for the kernels of `isa` (any level: packing runs on every CPU).
+void pack_weight(const WeightMatrix& w, Isa isa, uint8_t* out);
 
-// The file's bytes of row `row` of packed w (row_bytes of them): the exact inverse of pack_weight,
-// so get_row can read a tied embedding from its packed head instead of the file's pages.
+// The file's bytes of row `row` of packed w (row_bytes of them; w.packed laid out for
+// w.packed_isa): the exact inverse of pack_weight, so get_row can read a tied embedding from its
+// packed head instead of the file's pages.
 void unpack_row(const WeightMatrix& w, int64_t row, uint8_t* out);
 
 // Packed copies of weights, kept alive as long as the WeightMatrix values that point at them.
 class PackedWeightStore {
  public:
-  // Packs, into one allocation, each weight whose type has kernels at `isa` (sets its `packed`);
-  // leaves the others as they are. Large matrices go kPackSliceRows rows at a time, and done (if
-  // set) is called with each slice's source bytes once they are packed (to release them).
+  // Packs, into one allocation, each weight whose type has kernels at `isa` (sets its `packed` and
+  // `packed_isa`); leaves the others as they are. Large matrices go kPackSliceRows rows at a time,
+  // and done (if set) is called with each slice's source bytes once they are packed (to release them).
   void pack(const std::vector<WeightMatrix*>& weights, Isa isa,
             const std::function<void(const uint8_t* data, int64_t bytes)>& done = {});
   static constexpr int64_t kPackSliceRows = 64 * kPackRows;
