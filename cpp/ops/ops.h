@@ -42,8 +42,8 @@ struct WeightMatrix {
   // Owned by whoever packed them (the Model); `data` stays valid beside it for the other readers
   // (get_row, the CUDA upload, kernels of other levels).
   const uint8_t* packed = nullptr;
-  // The instruction-set level `packed` was laid out for (the AVX2 kernels take Q5 fifth bits as bit
-  // planes, the others as masks: packed_weights.h); only that level's kernels read it.
+  // The instruction-set level `packed` was laid out for (the AVX2 kernels take bit planes where the
+  // others take masks: packed_weights.h); only that level's kernels read it.
   Isa packed_isa{};
 };
 

@@ -10,6 +10,7 @@
 // 128 * the block's activation sum, in integers. The integer sums are therefore the AVX-512
 // kernels' exactly, and so are the float steps after them. IQ4_NL the same way, its nibbles looked
 // up in the codebook. The K-quants (weights at most 63) follow the AVX-512 kernels step by step.
+// Q5 fifth bits and Q3_K high bits come from the bit planes of AVX2 packing (packed_weights.h).
 #include "ops/cpu/packed_weights.h"
 
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
@@ -25,7 +26,7 @@ namespace sinkstream {
 
 namespace {
 
-#include "ops/cpu/kernel32_x86.inc"  // load256, bits_to_bytes
+#include "ops/cpu/kernel32_x86.inc"  // load256
 #include "ops/cpu/packed_x86.inc"
 
 // Sum of the 32 activation quants of block b of a Q8A row (a 16-byte piece for elements 0-15 and
@@ -58,13 +59,13 @@ static inline __m256i dot4(__m256i w, __m256i a) { return widen_pairs(_mm256_mad
 // times a with q's sign (a pair is at most 2 * 128 * 127, within VPMADDUBSW's int16).
 static inline __m256i dot4_signed(__m256i q, __m256i a) { return dot4(_mm256_abs_epi8(q), _mm256_sign_epi8(a, q)); }
 
-// Fifth bits from a half's bit plane (packed_weights.h; AVX2 packing): 0x10 in each byte whose
-// plane bit `bit` is set. A 16-bit shift moves that bit to bit 4 of its own byte (left by 4 - bit
-// for bits 0-3, right by bit - 4 for bits 5-7: no bit that reaches bit 4 comes from the other byte
-// of the pair), and the mask keeps only bit 4.
-static inline __m256i plane_fifth_bits(__m256i plane, int bit) {
-  const __m256i at_bit4 = bit < 4 ? _mm256_slli_epi16(plane, 4 - bit) : _mm256_srli_epi16(plane, bit - 4);
-  return _mm256_and_si256(at_bit4, _mm256_set1_epi8(0x10));
+// One mask's bits from a half's bit plane (packed_weights.h; AVX2 packing): 1 << to in each byte
+// whose plane bit `bit` is set. A 16-bit shift moves bit `bit` of each byte to bit `to`, and the
+// mask keeps only that bit: what crosses from the other byte of the pair lands below `to` (a left
+// shift by to - bit <= to) or above it (a right shift by s = bit - to: at 8 - s and up).
+static inline __m256i plane_bits(__m256i plane, int bit, int to) {
+  const __m256i moved = bit < to ? _mm256_slli_epi16(plane, to - bit) : _mm256_srli_epi16(plane, bit - to);
+  return _mm256_and_si256(moved, _mm256_set1_epi8((char)(1 << to)));
 }
 
 // y[t] (the first `rows` of a half's 8) = results[t], for nt tokens ys apart.
@@ -122,15 +123,16 @@ struct PackedNibbles : Halves<PackedNibbles<kFifthBits, kMins, kOffset, kCodeboo
       constexpr int kChunksPer16 = kCodebook ? 1 : Pairs16<kFifthBits ? 31 : 15>::kProducts / 2;
       __m256i pairs[NT];
       for (int t = 0; t < NT; ++t) pairs[t] = _mm256_setzero_si256();
-      // The block's fifth bits for this half: bit c for chunk c's low nibbles, 4 + c for its high.
+      // The block's fifth bits for this half: masks c (chunk c's low nibbles) and 4 + c (its high).
       const __m256i plane = kFifthBits ? load256(fifth + b * 64 + 32 * half) : _mm256_setzero_si256();
+      #pragma GCC unroll 8  // unrolled: plane_bits shifts by constants
       for (int c = 0; c < 4; ++c) {
         const __m256i packed = load256(quants + b * 256 + 64 * c + 32 * half);
         __m256i lo = _mm256_and_si256(packed, low4);
         __m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
         if constexpr (kFifthBits) {
-          lo = _mm256_or_si256(lo, plane_fifth_bits(plane, c));
-          hi = _mm256_or_si256(hi, plane_fifth_bits(plane, 4 + c));
+          lo = _mm256_or_si256(lo, plane_bits(plane, c, 4));
+          hi = _mm256_or_si256(hi, plane_bits(plane, 4 + c, 4));
         }
         if constexpr (kCodebook) {
           lo = _mm256_shuffle_epi8(codebook, lo);
@@ -244,18 +246,20 @@ struct PackedQ45K : Halves<PackedQ45K<kFifthBits>> {
         const __m256i sc_hi = widen8(scales + b * 128 + 16 * (2 * c + 1) + 8 * half);
         __m256i pairs_lo[NT], pairs_hi[NT];
         for (int t = 0; t < NT; ++t) pairs_lo[t] = pairs_hi[t] = _mm256_setzero_si256();
-        // This half's fifth-bit planes of chunks 8c .. 8c + 3 and 8c + 4 .. 8c + 7.
+        // This half's fifth bits of chunks 8c .. 8c + 7: masks 8c + i (low nibbles, plane c) and
+        // 32 + 8c + i (high nibbles, plane 4 + c).
         __m256i planes[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
         if constexpr (kFifthBits)
-          for (int p = 0; p < 2; ++p) planes[p] = load256(fifth + b * 512 + 64 * (2 * c + p) + 32 * half);
+          for (int p = 0; p < 2; ++p) planes[p] = load256(fifth + b * 512 + 64 * (c + 4 * p) + 32 * half);
+        #pragma GCC unroll 8  // unrolled: plane_bits shifts by constants
         for (int i = 0; i < 8; ++i) {
           const int n = 8 * c + i;
           const __m256i packed = load256(q + 64 * n + 32 * half);
           __m256i lo = _mm256_and_si256(packed, low4);
           __m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
           if constexpr (kFifthBits) {
-            lo = _mm256_or_si256(lo, plane_fifth_bits(planes[i / 4], i % 4));
-            hi = _mm256_or_si256(hi, plane_fifth_bits(planes[i / 4], 4 + i % 4));
+            lo = _mm256_or_si256(lo, plane_bits(planes[0], i, 4));
+            hi = _mm256_or_si256(hi, plane_bits(planes[1], i, 4));
           }
           for (int t = 0; t < NT; ++t) {
             const int8_t* a = q8k_block(x, xs, t, b)->qs + 64 * c + 4 * i;
@@ -367,32 +371,36 @@ struct PackedQ23K : Halves<PackedQ23K<kQ3>> {
       if (half == 0) prefetch_ahead(group, group_bytes, nb, b);
       __m256i total[NT], offset[NT];
       for (int t = 0; t < NT; ++t) total[t] = offset[t] = _mm256_setzero_si256();
-      for (int j = 0; j < 16; ++j) {
-        const __m256i chunk = load256(quants + b * 1024 + 64 * j + 32 * half);
-        __m256i v[4];
-        for (int i = 0; i < 4; ++i) {
-          v[i] = _mm256_and_si256(_mm256_srli_epi16(chunk, 2 * i), three);
-          if constexpr (kQ3) {
-            uint32_t mask;  // this half's 32 bits of the register's 64-bit mask: + 4 where set
-            std::memcpy(&mask, masks + b * 512 + 8 * (4 * j + i) + 4 * half, 4);
-            v[i] = _mm256_or_si256(v[i], bits_to_bytes(mask, 4));
+      for (int jp = 0; jp < 8; ++jp) {  // sub-blocks 2 jp and 2 jp + 1
+        // Q3_K: this half's high bits of the two sub-blocks, masks 8 jp + 4 odd + i: plane jp, bits
+        // 4 odd + i.
+        const __m256i plane = kQ3 ? load256(masks + b * 512 + 64 * jp + 32 * half) : _mm256_setzero_si256();
+        #pragma GCC unroll 2  // unrolled: plane_bits shifts by constants
+        for (int odd = 0; odd < 2; ++odd) {
+          const int j = 2 * jp + odd;
+          const __m256i chunk = load256(quants + b * 1024 + 64 * j + 32 * half);
+          __m256i v[4];
+          #pragma GCC unroll 8  // unrolled: plane_bits shifts by constants
+          for (int i = 0; i < 4; ++i) {
+            v[i] = _mm256_and_si256(_mm256_srli_epi16(chunk, 2 * i), three);
+            if constexpr (kQ3) v[i] = _mm256_or_si256(v[i], plane_bits(plane, 4 * odd + i, 2));  // + 4 where set
           }
-        }
-        __m256i sc;
-        if constexpr (kQ3) {
-          const __m256i pair = _mm256_cvtepi8_epi16(
-              _mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + b * 256 + 32 * (j / 2) + 16 * half)));
-          sc = j % 2 == 0 ? _mm256_srai_epi32(_mm256_slli_epi32(pair, 16), 16) : _mm256_srai_epi32(pair, 16);
-        } else {
-          sc = _mm256_and_si256(widen8(scales + b * 256 + 16 * j + 8 * half), low4);
-        }
-        for (int t = 0; t < NT; ++t) {
-          const int8_t* a = q8k_block(x, xs, t, b)->qs + 16 * j;
-          static_assert(Pairs16<7>::kProducts >= 4, "a sub-block's four products per widening");
-          __m256i pairs = _mm256_setzero_si256();
-          for (int i = 0; i < 4; ++i)
-            pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(v[i], broadcast4(a + 4 * i)));
-          total[t] = _mm256_add_epi32(total[t], _mm256_mullo_epi32(widen_pairs(pairs), sc));
+          __m256i sc;
+          if constexpr (kQ3) {
+            const __m256i pair = _mm256_cvtepi8_epi16(
+                _mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + b * 256 + 32 * (j / 2) + 16 * half)));
+            sc = odd == 0 ? _mm256_srai_epi32(_mm256_slli_epi32(pair, 16), 16) : _mm256_srai_epi32(pair, 16);
+          } else {
+            sc = _mm256_and_si256(widen8(scales + b * 256 + 16 * j + 8 * half), low4);
+          }
+          for (int t = 0; t < NT; ++t) {
+            const int8_t* a = q8k_block(x, xs, t, b)->qs + 16 * j;
+            static_assert(Pairs16<7>::kProducts >= 4, "a sub-block's four products per widening");
+            __m256i pairs = _mm256_setzero_si256();
+            for (int i = 0; i < 4; ++i)
+              pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(v[i], broadcast4(a + 4 * i)));
+            total[t] = _mm256_add_epi32(total[t], _mm256_mullo_epi32(widen_pairs(pairs), sc));
+          }
         }
       }
       // Per pair of sub-blocks, [x_2p, x_2p+1] int16 in each row's lane against the bsums pair: Q2_K's

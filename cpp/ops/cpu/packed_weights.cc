@@ -54,27 +54,25 @@ int64_t packed_block_bytes(GgmlType type) {
   }
 }
 
-void set_mask_bit(uint8_t* masks, int mask, int bit) {
-  uint64_t m;
-  std::memcpy(&m, masks + 8 * mask, 8);
-  m |= uint64_t{1} << bit;
-  std::memcpy(masks + 8 * mask, &m, 8);
-}
-
-// Where the fifth bit of byte 4 lane + k of a chunk's low (high = false) or high nibbles is kept in
-// a block's fifth-bit region (packed_weights.h): in masks, the register's little-endian 64-bit mask
-// (n_chunks: the block's chunks, 4 or 32; the high nibbles' masks follow the low ones'), or in the
-// bit planes of AVX2 packing.
+// Where bit 4 lane + k of mask `mask` of a block's mask region (fifth bits, Q3_K's high bits) is
+// kept (packed_weights.h): in the little-endian 64-bit mask itself, or, packed for AVX2 (planes),
+// at bit mask % 8 of a byte of bit plane mask / 8.
 struct BitPlace {
   int byte, bit;
 };
-BitPlace fifth_bit_place(bool planes, int n_chunks, int chunk, bool high, int lane, int k) {
-  if (planes) return {64 * (chunk / 4) + 32 * (lane / 8) + 4 * (lane % 8) + k, chunk % 4 + (high ? 4 : 0)};
-  const int mask = high ? n_chunks + chunk : chunk, bit = 4 * lane + k;
+BitPlace mask_bit_place(bool planes, int mask, int lane, int k) {
+  if (planes) return {64 * (mask / 8) + 32 * (lane / 8) + 4 * (lane % 8) + k, mask % 8};
+  const int bit = 4 * lane + k;
   return {8 * mask + bit / 8, bit % 8};
 }
-void set_bit(uint8_t* region, BitPlace place) { region[place.byte] |= (uint8_t)(1u << place.bit); }
-bool bit_at(const uint8_t* region, BitPlace place) { return (region[place.byte] >> place.bit) & 1u; }
+void set_mask_bit(uint8_t* region, bool planes, int mask, int lane, int k) {
+  const BitPlace place = mask_bit_place(planes, mask, lane, k);
+  region[place.byte] |= (uint8_t)(1u << place.bit);
+}
+bool mask_bit(const uint8_t* region, bool planes, int mask, int lane, int k) {
+  const BitPlace place = mask_bit_place(planes, mask, lane, k);
+  return (region[place.byte] >> place.bit) & 1u;
+}
 
 // One row (lane `lane` of the group at `group`) of a 32-element type (planes: fifth bits as planes).
 void pack_row32(const Format32& f, bool planes, const uint8_t* row, int64_t nb, int64_t block_bytes, int lane,
@@ -90,12 +88,13 @@ void pack_row32(const Format32& f, bool planes, const uint8_t* row, int64_t nb, 
     if (f.fifth_bits) {
       uint32_t qh;
       std::memcpy(&qh, block + f.qh_offset, 4);
-      // Chunk c's low nibbles are elements 4c + k, its high nibbles 16 + 4c + k.
-      for (int c = 0; c < 4; ++c)
+      // Register j < 4: low nibbles of chunk j (elements 4j + k); j >= 4: high nibbles of chunk
+      // j - 4 (elements 16 + 4(j - 4) + k).
+      for (int j = 0; j < 8; ++j) {
+        const int first_element = j < 4 ? 4 * j : 16 + 4 * (j - 4);
         for (int k = 0; k < 4; ++k)
-          for (bool high : {false, true})
-            if ((qh >> ((high ? 16 : 0) + 4 * c + k)) & 1u)
-              set_bit(fifth + b * 64, fifth_bit_place(planes, 4, c, high, lane, k));
+          if ((qh >> (first_element + k)) & 1u) set_mask_bit(fifth + b * 64, planes, j, lane, k);
+      }
     }
     std::memcpy(scales + (b * kPackRows + lane) * 2, block + f.d_offset, 2);
     if (f.mins) std::memcpy(mins + (b * kPackRows + lane) * 2, block + f.m_offset, 2);
@@ -114,15 +113,15 @@ void pack_row_q45k(bool q5, bool planes, const uint8_t* row, int64_t nb, int lan
     for (int n = 0; n < 32; ++n)
       for (int k = 0; k < 4; ++k) quants[b * 2048 + 64 * n + 4 * lane + k] = qs[4 * n + k];
     if (q5) {
-      // Chunk n = 8c + i holds elements 4i .. 4i + 3 of sub-block 2c (low nibbles) and of sub-block
-      // 2c + 1 (high nibbles); fifth bit of element l of sub-block j: bit j of qh[l].
+      // Chunk n = 8c + i holds elements 4i .. 4i + 3 of sub-block 2c (low nibbles, mask n) and of
+      // sub-block 2c + 1 (high nibbles, mask 32 + n); fifth bit of element l of sub-block j: bit j of qh[l].
       const uint8_t* qh = reinterpret_cast<const BlockQ5_K*>(block)->qh;
       for (int n = 0; n < 32; ++n) {
         const int c = n / 8, first = 4 * (n % 8);
-        for (int k = 0; k < 4; ++k)
-          for (bool high : {false, true})
-            if ((qh[first + k] >> (2 * c + (high ? 1 : 0))) & 1)
-              set_bit(fifth + b * 512, fifth_bit_place(planes, 32, n, high, lane, k));
+        for (int k = 0; k < 4; ++k) {
+          if ((qh[first + k] >> (2 * c)) & 1) set_mask_bit(fifth + b * 512, planes, n, lane, k);
+          if ((qh[first + k] >> (2 * c + 1)) & 1) set_mask_bit(fifth + b * 512, planes, 32 + n, lane, k);
+        }
       }
     }
     for (int j = 0; j < 8; ++j) {
@@ -164,7 +163,7 @@ void pack_row_q6k(const uint8_t* row, int64_t nb, int lane, uint8_t* group) {
 
 // One row of Q2_K or Q3_K: per sub-block j of 16, one chunk of 2-bit values (bits 2i, 2i + 1 of
 // byte k: element 4i + k); Q3_K adds 4 masks per sub-block for the third bit.
-void pack_row_q23k(bool q3, const uint8_t* row, int64_t nb, int lane, uint8_t* group) {
+void pack_row_q23k(bool q3, bool planes, const uint8_t* row, int64_t nb, int lane, uint8_t* group) {
   auto [quants, masks, scales, d, dmin] = regions_q23k(group, nb, q3);
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* qs =
@@ -181,7 +180,7 @@ void pack_row_q23k(bool q3, const uint8_t* row, int64_t nb, int lane, uint8_t* g
         for (int i = 0; i < 4; ++i) byte |= (uint8_t)(low[16 * j + 4 * i + k] << (2 * i));
         quants[b * 1024 + 64 * j + 4 * lane + k] = byte;
         for (int i = 0; i < 4 && q3; ++i)
-          if (high[16 * j + 4 * i + k]) set_mask_bit(masks + b * 512, 4 * j + i, 4 * lane + k);
+          if (high[16 * j + 4 * i + k]) set_mask_bit(masks + b * 512, planes, 4 * j + i, lane, k);
       }
       if (q3)  // the signed scales in pairs, as Q6_K's
         scales[b * 256 + (j / 2) * 32 + 2 * lane + j % 2] =
@@ -198,12 +197,6 @@ void pack_row_q23k(bool q3, const uint8_t* row, int64_t nb, int lane, uint8_t* g
   }
 }
 
-bool mask_bit(const uint8_t* masks, int mask, int bit) {
-  uint64_t m;
-  std::memcpy(&m, masks + 8 * mask, 8);
-  return (m >> bit) & 1u;
-}
-
 // The inverses of the pack_row_* functions: the file's blocks of row `lane` of a group.
 void unpack_row32(const Format32& f, bool planes, const uint8_t* group, int64_t nb, int64_t block_bytes, int lane,
                   uint8_t* row) {
@@ -217,11 +210,11 @@ void unpack_row32(const Format32& f, bool planes, const uint8_t* group, int64_t 
         qs[4 * c + k] = f.quant_bytes == 512 ? (uint8_t)(q[64 * c + 4 * lane + k] ^ 0x80) : q[64 * c + 4 * lane + k];
     if (f.fifth_bits) {
       uint32_t qh = 0;
-      for (int c = 0; c < 4; ++c)
+      for (int j = 0; j < 8; ++j) {
+        const int first_element = j < 4 ? 4 * j : 16 + 4 * (j - 4);
         for (int k = 0; k < 4; ++k)
-          for (bool high : {false, true})
-            if (bit_at(fifth + b * 64, fifth_bit_place(planes, 4, c, high, lane, k)))
-              qh |= 1u << ((high ? 16 : 0) + 4 * c + k);
+          if (mask_bit(fifth + b * 64, planes, j, lane, k)) qh |= 1u << (first_element + k);
+      }
       std::memcpy(block + f.qh_offset, &qh, 4);
     }
     std::memcpy(block + f.d_offset, scales + (b * kPackRows + lane) * 2, 2);
@@ -243,10 +236,10 @@ void unpack_row_q45k(bool q5, bool planes, const uint8_t* group, int64_t nb, int
       std::memset(qh, 0, kQKK / 8);
       for (int n = 0; n < 32; ++n) {
         const int c = n / 8, first = 4 * (n % 8);
-        for (int k = 0; k < 4; ++k)
-          for (bool high : {false, true})
-            if (bit_at(fifth + b * 512, fifth_bit_place(planes, 32, n, high, lane, k)))
-              qh[first + k] |= (uint8_t)(1u << (2 * c + (high ? 1 : 0)));
+        for (int k = 0; k < 4; ++k) {
+          if (mask_bit(fifth + b * 512, planes, n, lane, k)) qh[first + k] |= (uint8_t)(1u << (2 * c));
+          if (mask_bit(fifth + b * 512, planes, 32 + n, lane, k)) qh[first + k] |= (uint8_t)(1u << (2 * c + 1));
+        }
       }
     }
     uint8_t sc[8], m[8];
@@ -283,7 +276,7 @@ void unpack_row_q6k(const uint8_t* group, int64_t nb, int lane, uint8_t* row) {
   }
 }
 
-void unpack_row_q23k(bool q3, const uint8_t* group, int64_t nb, int lane, uint8_t* row) {
+void unpack_row_q23k(bool q3, bool planes, const uint8_t* group, int64_t nb, int lane, uint8_t* row) {
   auto [quants, masks, scales, d, dmin] = regions_q23k(group, nb, q3);
   for (int64_t b = 0; b < nb; ++b) {
     uint8_t* block = row + b * (q3 ? sizeof(BlockQ3_K) : sizeof(BlockQ2_K));
@@ -295,7 +288,7 @@ void unpack_row_q23k(bool q3, const uint8_t* group, int64_t nb, int lane, uint8_
         for (int i = 0; i < 4; ++i) {
           const int e = 16 * j + 4 * i + k, h = e / 128, s = (e % 128) / 32, l = e % 32;
           qs[32 * h + l] |= (uint8_t)(((byte >> (2 * i)) & 3) << (2 * s));
-          if (q3 && mask_bit(masks + b * 512, 4 * j + i, 4 * lane + k))
+          if (q3 && mask_bit(masks + b * 512, planes, 4 * j + i, lane, k))
             reinterpret_cast<BlockQ3_K*>(block)->hmask[l] |= (uint8_t)(1u << (e / 32));
         }
       }
@@ -326,14 +319,14 @@ void unpack_row(const WeightMatrix& w, int64_t row, uint8_t* out) {
   const int64_t nb = w.cols / info.block_size;
   const uint8_t* group = w.packed + (row / kPackRows) * packed_group_bytes(w);
   const int lane = (int)(row % kPackRows);
-  const bool planes = fifth_bit_planes(w.packed_isa);
+  const bool planes = mask_bit_planes(w.packed_isa);
   Format32 f32;
   if (format32(w.type, &f32))
     unpack_row32(f32, planes, group, nb, info.block_bytes, lane, out);
   else if (w.type == GgmlType::Q6_K)
     unpack_row_q6k(group, nb, lane, out);
   else if (w.type == GgmlType::Q2_K || w.type == GgmlType::Q3_K)
-    unpack_row_q23k(w.type == GgmlType::Q3_K, group, nb, lane, out);
+    unpack_row_q23k(w.type == GgmlType::Q3_K, planes, group, nb, lane, out);
   else
     unpack_row_q45k(w.type == GgmlType::Q5_K, planes, group, nb, lane, out);
 }
@@ -362,7 +355,7 @@ void pack_weight(const WeightMatrix& w, Isa isa, uint8_t* out) {
   const int64_t groups = (w.rows + kPackRows - 1) / kPackRows;
   std::memset(out, 0, (size_t)(groups * group_bytes));
   Format32 f32;
-  const bool is32 = format32(w.type, &f32), planes = fifth_bit_planes(isa);
+  const bool is32 = format32(w.type, &f32), planes = mask_bit_planes(isa);
   for (int64_t g = 0; g < groups; ++g) {
     uint8_t* group = out + g * group_bytes;
     for (int lane = 0; lane < kPackRows && g * kPackRows + lane < w.rows; ++lane) {
@@ -372,7 +365,7 @@ void pack_weight(const WeightMatrix& w, Isa isa, uint8_t* out) {
       else if (w.type == GgmlType::Q6_K)
         pack_row_q6k(row, nb, lane, group);
       else if (w.type == GgmlType::Q2_K || w.type == GgmlType::Q3_K)
-        pack_row_q23k(w.type == GgmlType::Q3_K, row, nb, lane, group);
+        pack_row_q23k(w.type == GgmlType::Q3_K, planes, row, nb, lane, group);
       else
         pack_row_q45k(w.type == GgmlType::Q5_K, planes, row, nb, lane, group);
     }
