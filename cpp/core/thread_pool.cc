@@ -26,14 +26,6 @@ namespace {
 constexpr auto kSpinTime = std::chrono::microseconds(200);
 constexpr int kPauseIterations = 1000;  // about 10-50 us of pure spinning first
 
-// Runs per timed window (a decode step of a small model is a few hundred runs: a window spans a
-// token or so, so adjacent windows do alike work), and windows in the chosen mode between two
-// probes of the other (a probe costs one window in the slower mode). Solo must win clearly
-// (kSoloMargin): on a quiet machine the workers are faster, and noise must not send the pool solo.
-constexpr int64_t kWindowRuns = 256;
-constexpr int64_t kWindowsBetweenProbes = 16;
-constexpr double kSoloMargin = 0.8;
-
 // Waits until done() or kSpinTime passed; true if done() became true. After a short pure spin it
 // yields the CPU between checks, so on an oversubscribed machine the thread being waited for can
 // run instead of the waiter burning its time slice.
@@ -53,8 +45,37 @@ bool spin_until(Done done) {
 
 }  // namespace
 
-ThreadPool::ThreadPool(int n_threads)
-    : shares_((size_t)std::max(1, n_threads)), windows_since_probe_(kWindowsBetweenProbes - 1) {
+// A window spans a decode token or so of a small model (a few hundred runs); a probe costs half a
+// window in the slower mode. Solo must win clearly (kSoloMargin): on a quiet machine the workers
+// are faster, and noise must not send the pool solo.
+bool SoloChooser::next_run_solo() {
+  if (!probing_) return solo_;
+  random_state_ ^= random_state_ << 13;  // xorshift64: an even split without a pattern of runs
+  random_state_ ^= random_state_ >> 7;
+  random_state_ ^= random_state_ << 17;
+  return (random_state_ >> 32) & 1u;
+}
+
+void SoloChooser::record(bool solo, double seconds) {
+  if (probing_) {
+    probe_seconds_[solo] += seconds;
+    ++probe_runs_[solo];
+  }
+  if (++window_runs_ < kWindowRuns) return;
+  window_runs_ = 0;
+  if (probing_) {
+    probing_ = false;
+    windows_since_probe_ = 0;
+    if (probe_runs_[0] > 0 && probe_runs_[1] > 0)
+      solo_ = probe_seconds_[1] / (double)probe_runs_[1] < kSoloMargin * probe_seconds_[0] / (double)probe_runs_[0];
+  } else if (++windows_since_probe_ >= kWindowsBetweenProbes) {
+    probing_ = true;
+    probe_seconds_[0] = probe_seconds_[1] = 0.0;
+    probe_runs_[0] = probe_runs_[1] = 0;
+  }
+}
+
+ThreadPool::ThreadPool(int n_threads) : shares_((size_t)std::max(1, n_threads)) {
   const int n = std::max(1, n_threads);
   for (int i = 1; i < n; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
 }
@@ -103,9 +124,12 @@ void ThreadPool::run(int64_t n_tasks, const std::function<void(int64_t, int)>& f
     return;
   }
   const auto start = std::chrono::steady_clock::now();
-  if (solo_) {
+  const auto seconds_since_start = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
+  if (chooser_.next_run_solo()) {
     for (int64_t t = 0; t < n_tasks; ++t) fn(t, 0);
-    note_run(std::chrono::steady_clock::now() - start);
+    chooser_.record(true, seconds_since_start());
     return;
   }
   job_ = &fn;
@@ -125,23 +149,7 @@ void ThreadPool::run(int64_t n_tasks, const std::function<void(int64_t, int)>& f
     done_.wait(lock, all_done);
   }
   job_ = nullptr;
-  note_run(std::chrono::steady_clock::now() - start);
-}
-
-void ThreadPool::note_run(std::chrono::steady_clock::duration took) {
-  window_time_ += took;
-  if (++window_runs_ < kWindowRuns) return;
-  seconds_per_run_[solo_] = std::chrono::duration<double>(window_time_).count() / (double)window_runs_;
-  window_runs_ = 0;
-  window_time_ = std::chrono::steady_clock::duration::zero();
-  if (probing_) {  // the two modes were just timed in adjacent windows: keep the faster
-    probing_ = false;
-    solo_ = seconds_per_run_[1] < kSoloMargin * seconds_per_run_[0];
-    windows_since_probe_ = 0;
-  } else if (++windows_since_probe_ >= kWindowsBetweenProbes) {
-    probing_ = true;
-    solo_ = !solo_;
-  }
+  chooser_.record(false, seconds_since_start());
 }
 
 void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn,

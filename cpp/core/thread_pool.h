@@ -10,9 +10,9 @@
 // A shared machine (an edge box runs other services) may take a core away: a worker descheduled
 // in the middle of a run holds up the caller until the OS runs it again, and a decode step has
 // hundreds of runs, so two threads beside a busy process can be slower than one. The pool measures
-// instead of guessing: runs are timed in windows, and every so often one window runs on the caller
-// alone (the workers sleep, leaving any free core to it); the next windows use the workers unless
-// running alone was clearly faster per run in the last pair of adjacent windows. Results do not
+// instead of guessing (SoloChooser): every so often a probe window sends each run at random either
+// to the caller alone (the workers sleep, leaving any free core to it) or to all the threads, and
+// the next windows use the workers unless running alone was clearly faster per run. Results do not
 // change: every kernel's output is the same whatever thread computes which part (ops.h).
 #pragma once
 #include <atomic>
@@ -25,6 +25,34 @@
 #include <vector>
 
 namespace sinkstream {
+
+// Which way a pool's runs go: on the caller alone (solo) or on all the threads. Runs are counted
+// in windows of kWindowRuns; every kWindowsBetweenProbes windows (and soon after the start: a new
+// pool learns its machine quickly) one probe window picks each run's mode at random, so that both
+// modes time the same mix of runs whatever the forward pass is doing. (Timing whole windows one
+// mode after the other compared unlike work: the long runs of a prompt against the short ones of
+// the decode steps after it sent the pool solo for thousands of runs.) Solo is kept only when its
+// mean time per run is clearly lower (kSoloMargin). Not thread-safe: the pool's caller owns it.
+class SoloChooser {
+ public:
+  static constexpr int64_t kWindowRuns = 256;
+  static constexpr int64_t kWindowsBetweenProbes = 16;
+  static constexpr double kSoloMargin = 0.8;
+
+  bool next_run_solo();                    // the mode of the next run
+  void record(bool solo, double seconds);  // and how long it took
+  bool solo() const { return solo_; }      // the mode chosen at the last probe
+  bool probing() const { return probing_; }
+
+ private:
+  bool solo_ = false;
+  bool probing_ = false;
+  int64_t window_runs_ = 0;
+  int64_t windows_since_probe_ = kWindowsBetweenProbes - 2;
+  double probe_seconds_[2] = {0.0, 0.0};  // this probe's time and runs, with workers [0] and alone [1]
+  int64_t probe_runs_[2] = {0, 0};
+  uint64_t random_state_ = 0x9e3779b97f4a7c15u;
+};
 
 class ThreadPool {
  public:
@@ -58,11 +86,9 @@ class ThreadPool {
   static int default_thread_count();
 
   // Whether runs now go on the caller alone (measured faster than with the workers; see above).
-  bool solo() const { return solo_; }
+  bool solo() const { return chooser_.solo(); }
 
  private:
-  // Times one run; at the end of a window, records its mode's time per run and picks the next mode.
-  void note_run(std::chrono::steady_clock::duration took);
   void worker_loop(int thread_index);
   void work_on_current_job(int thread_index);
 
@@ -92,12 +118,7 @@ class ThreadPool {
   std::atomic<int> busy_workers_{0};
   std::atomic<uint64_t> generation_{0};
   std::atomic<bool> stopping_{false};
-  bool solo_ = false;       // runs go on the caller alone
-  bool probing_ = false;    // this window tries the other mode
-  int64_t window_runs_ = 0;
-  std::chrono::steady_clock::duration window_time_{};
-  double seconds_per_run_[2] = {0.0, 0.0};  // the last window's, with workers [0] and alone [1]
-  int64_t windows_since_probe_;  // starts near a probe: a new pool learns its machine quickly
+  SoloChooser chooser_;
 };
 
 }  // namespace sinkstream

@@ -111,7 +111,7 @@ int main() {
   }
   for (auto& t : users) t.join();
 
-  // The pool times its runs with and without the workers and keeps the faster. Here a worker's tasks
+  // The pool times its runs with and without the workers and keeps the faster (SoloChooser). Here a worker's tasks
   // take 300 us longer than the caller's (as if the OS kept descheduling it): alone is faster, and
   // the pool goes solo, every task then on the caller, each still exactly once. When the tasks cost
   // the same wherever they run (busy work), the workers halve the time and the pool takes them back.
@@ -138,5 +138,22 @@ int main() {
     for (int round = 0; round < 20000 && pool.solo(); ++round) pool.run(2, busy);
     CHECK(!pool.solo());
   }
+  // SoloChooser times both modes on the same mix of runs. A prompt's long runs, then a decode's
+  // short ones (the workers twice as fast on both): no run outside a probe goes solo (timing whole
+  // windows one mode after the other set the prompt's runs against the decode's and went solo for
+  // thousands of runs). Alone twice as fast: outside the first windows and probes, every run is solo.
+  const auto solo_outside_probes = [](double alone_over_workers) {
+    SoloChooser chooser;
+    int64_t solo = 0;
+    for (int64_t run = 0; run < 20300; ++run) {
+      const double with_workers = run < 300 ? 1e-3 : 3e-5;
+      const bool probe = chooser.probing(), alone = chooser.next_run_solo();
+      chooser.record(alone, alone ? with_workers * alone_over_workers : with_workers);
+      solo += alone && !probe;
+    }
+    return solo;
+  };
+  CHECK_EQ(solo_outside_probes(2.0), 0);
+  CHECK(solo_outside_probes(0.5) > 20300 - 4 * SoloChooser::kWindowRuns - 20300 / SoloChooser::kWindowsBetweenProbes);
   return sinkstream_test::check_summary("test_thread_pool");
 }
