@@ -42,8 +42,17 @@ void CpuBackend::embed(const WeightMatrix& table, const int32_t* ids, int64_t n,
   for (int64_t b = 0; b < n; ++b) get_row(table, ids[b], out + b * table.cols);
 }
 
+// Row-wise ops over a prompt's chunk are spread over the threads in pieces of at least this many
+// values (a serial part of prefill otherwise); a decode step's rows stay inline.
+constexpr int64_t kRowOpMinPerTask = 16384;
+
 void CpuBackend::rms_norm(const float* x, const float* weight, int64_t rows, int64_t d, float eps, float* out) {
-  sinkstream::rms_norm(x, weight, rows, d, eps, out);
+  pool_.parallel_for(
+      rows,
+      [&](int64_t begin, int64_t end, int) {
+        sinkstream::rms_norm(x + begin * d, weight, end - begin, d, eps, out + begin * d);
+      },
+      std::max<int64_t>(1, kRowOpMinPerTask / d));
 }
 
 void CpuBackend::layer_norm(const float* x, const float* weight, const float* bias, int64_t rows, int64_t d,

@@ -24,6 +24,8 @@ constexpr int64_t kTileBytes = 64 * 1024;  // weight bytes per row group (well i
 // cost of about 1 us with spinning workers (far more on a loaded machine). Smaller matmuls, like
 // the 192-row K/V projections of a 135M model at decode, run on the calling thread alone.
 constexpr int64_t kMinMacsPerTask = 64 * 1024;
+// Activation values quantized per task when a chunk's rows are spread over the threads (a few us).
+constexpr int64_t kQuantizeMinValuesPerTask = 16 * 1024;
 
 void check_weight(const WeightMatrix& w) {
   const GgmlTypeInfo& info = ggml_type_info(w.type);
@@ -151,7 +153,14 @@ void matmul_shared_input_at_isa(const WeightMatrix* const* ws, float* const* ys,
   if (format != ActFormat::F32) {
     uint8_t* q = activation_scratch(n * act_stride);
     const QuantizeFn quantize = select_quantize(isa);
-    for (int64_t t = 0; t < n; ++t) quantize(format, x + t * first.cols, first.cols, q + t * act_stride);
+    // Spread over the threads for a prompt's chunk (a serial part of prefill otherwise); a decode
+    // step's few rows stay inline.
+    pool.parallel_for(
+        n,
+        [&](int64_t begin, int64_t end, int) {
+          for (int64_t t = begin; t < end; ++t) quantize(format, x + t * first.cols, first.cols, q + t * act_stride);
+        },
+        std::max<int64_t>(1, kQuantizeMinValuesPerTask / first.cols));
     act = q;
   }
 
