@@ -388,7 +388,7 @@ struct PackedQ23K : Halves<PackedQ23K<kQ3>> {
           __m256i sc;
           if constexpr (kQ3) {
             const __m256i pair = _mm256_cvtepi8_epi16(
-                _mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + b * 256 + 32 * (j / 2) + 16 * half)));
+                _mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + b * 256 + 32 * jp + 16 * half)));
             sc = odd == 0 ? _mm256_srai_epi32(_mm256_slli_epi32(pair, 16), 16) : _mm256_srai_epi32(pair, 16);
           } else {
             sc = _mm256_and_si256(widen8(scales + b * 256 + 16 * j + 8 * half), low4);
