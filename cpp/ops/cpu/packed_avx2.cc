@@ -95,6 +95,48 @@ struct Halves {
   }
 };
 
+// The second accumulator of each token (packed_weights.h: fma(e_w, ds_x) per block, in block
+// order, where e_w is the min or -offset * d_w). For tiles of 3 or 4 tokens (prefill, batched
+// steps; kApart) it is summed in a loop of its own after the integer work: AVX2 has 16 registers,
+// and these NT sums beside acc, the int16 pairs and the unpacked weights made the compiler spill
+// in the main loop (Q4_1 at 4 tokens: 41 -> 59 GMAC/s). For 1 or 2 tokens the second loop cost
+// more than it saved (decode's Q4_1: 41 -> 32 GMAC/s), so there it stays in the block loop. Same
+// operations in the same order either way, so the same bits.
+template <int NT, bool kMins>
+struct OffsetTerms {
+  static constexpr bool kApart = NT >= 3;
+  int64_t nb;
+  const uint8_t *scales, *mins;  // the group's regions (mins: kMins only)
+  int half;
+  float offset;  // e_w = -offset * d_w without mins
+  __m256 extra[NT];
+
+  OffsetTerms(int64_t nb, const uint8_t* scales, const uint8_t* mins, int half, float offset)
+      : nb(nb), scales(scales), mins(mins), half(half), offset(offset) {
+    for (int t = 0; t < NT; ++t) extra[t] = _mm256_setzero_ps();
+  }
+  // Block b's term for each token.
+  void add_block(const uint8_t* x, int64_t xs, int64_t b) {
+    const uint8_t* e_halves = (kMins ? mins : scales) + b * 32 + 16 * half;
+    __m256 e = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(e_halves)));
+    if (!kMins) e = _mm256_mul_ps(e, _mm256_set1_ps(-offset));
+    for (int t = 0; t < NT; ++t) {
+      const Q8AScale s = reinterpret_cast<const Q8AScale*>(x + t * xs + q8a_scales_offset(nb))[b];
+      extra[t] = _mm256_fmadd_ps(e, _mm256_set1_ps(s.ds), extra[t]);
+    }
+  }
+  // In the block loop, after block b's integer work: its terms unless kApart.
+  void in_block_loop(const uint8_t* x, int64_t xs, int64_t b) {
+    if (!kApart) add_block(x, xs, b);
+  }
+  // After the block loop: every block's terms if kApart, then acc += extra.
+  void add_to(const uint8_t* x, int64_t xs, __m256* acc) {
+    if (kApart)
+      for (int64_t b = 0; b < nb; ++b) add_block(x, xs, b);
+    for (int t = 0; t < NT; ++t) acc[t] = _mm256_add_ps(acc[t], extra[t]);
+  }
+};
+
 // kFifthBits: add 16 where the masks say (Q5_0, Q5_1); kMins: the extra term is m * ds_x, else
 // -kOffset * d_w * ds_x (as the AVX-512 kernels' traits). kCodebook (IQ4_NL): a nibble stands for
 // its codebook value q; the AVX-512 kernel multiplies q + 128, so the sums get 128 * the block's
@@ -111,10 +153,12 @@ struct PackedNibbles : Halves<PackedNibbles<kFifthBits, kMins, kOffset, kCodeboo
     const __m256i low4 = _mm256_set1_epi8(0x0f);
     const __m256i codebook =
         _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues)));
-    __m256 acc[NT], extra[NT];
-    for (int t = 0; t < NT; ++t) acc[t] = extra[t] = _mm256_setzero_ps();
+    __m256 acc[NT];
+    for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
+    OffsetTerms<NT, kMins> offset_terms(nb, scales, mins, half, (float)kOffset);
+    const GroupPrefetch prefetch(group, group_bytes, nb);
     for (int64_t b = 0; b < nb; ++b) {
-      if (half == 0) prefetch_ahead(group, group_bytes, nb, b);
+      if (half == 0) prefetch.block(b);
       __m256i isum[NT];
       for (int t = 0; t < NT; ++t)
         isum[t] = kCodebook ? _mm256_set1_epi32(kOffset * block_sum(x + t * xs, b)) : _mm256_setzero_si256();
@@ -156,16 +200,13 @@ struct PackedNibbles : Halves<PackedNibbles<kFifthBits, kMins, kOffset, kCodeboo
         }
       }
       const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + b * 32 + 16 * half)));
-      const __m256 e =
-          kMins ? _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mins + b * 32 + 16 * half)))
-                : _mm256_mul_ps(d, _mm256_set1_ps(-(float)kOffset));
       for (int t = 0; t < NT; ++t) {
         const Q8AScale s = reinterpret_cast<const Q8AScale*>(x + t * xs + scales_offset)[b];
         acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(s.d)), _mm256_cvtepi32_ps(isum[t]), acc[t]);
-        extra[t] = _mm256_fmadd_ps(e, _mm256_set1_ps(s.ds), extra[t]);
       }
+      offset_terms.in_block_loop(x, xs, b);
     }
-    for (int t = 0; t < NT; ++t) acc[t] = _mm256_add_ps(acc[t], extra[t]);
+    offset_terms.add_to(x, xs, acc);
     store_half(acc, NT, y, ys, rows);
   }
 };
@@ -179,10 +220,12 @@ struct PackedQ8_0 : Halves<PackedQ8_0> {
     const auto [quants, fifth, scales, mins] = regions32(group, nb, 512, false);  // no fifth bits, no mins
     const int64_t scales_offset = q8a_scales_offset(nb);
     const __m256i sign_bit = _mm256_set1_epi8(-128);
-    __m256 acc[NT], extra[NT];
-    for (int t = 0; t < NT; ++t) acc[t] = extra[t] = _mm256_setzero_ps();
+    __m256 acc[NT];
+    for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
+    OffsetTerms<NT, false> offset_terms(nb, scales, nullptr, half, 128.0f);
+    const GroupPrefetch prefetch(group, group_bytes, nb);
     for (int64_t b = 0; b < nb; ++b) {
-      if (half == 0) prefetch_ahead(group, group_bytes, nb, b);
+      if (half == 0) prefetch.block(b);
       __m256i isum[NT];  // the AVX-512 kernel's sums of q + 128: 128 * the activation sum, then q's products
       for (int t = 0; t < NT; ++t) isum[t] = _mm256_set1_epi32(128 * block_sum(x + t * xs, b));
       for (int j = 0; j < 8; ++j) {
@@ -193,14 +236,13 @@ struct PackedQ8_0 : Halves<PackedQ8_0> {
         }
       }
       const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + b * 32 + 16 * half)));
-      const __m256 e = _mm256_mul_ps(d, _mm256_set1_ps(-128.0f));
       for (int t = 0; t < NT; ++t) {
         const Q8AScale s = reinterpret_cast<const Q8AScale*>(x + t * xs + scales_offset)[b];
         acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(s.d)), _mm256_cvtepi32_ps(isum[t]), acc[t]);
-        extra[t] = _mm256_fmadd_ps(e, _mm256_set1_ps(s.ds), extra[t]);
       }
+      offset_terms.in_block_loop(x, xs, b);
     }
-    for (int t = 0; t < NT; ++t) acc[t] = _mm256_add_ps(acc[t], extra[t]);
+    offset_terms.add_to(x, xs, acc);
     store_half(acc, NT, y, ys, rows);
   }
 };
@@ -233,8 +275,9 @@ struct PackedQ45K : Halves<PackedQ45K<kFifthBits>> {
     const __m256i low4 = _mm256_set1_epi8(0x0f);
     __m256 acc[NT], extra[NT];
     for (int t = 0; t < NT; ++t) acc[t] = extra[t] = _mm256_setzero_ps();
+    const GroupPrefetch prefetch(group, group_bytes, nb);
     for (int64_t b = 0; b < nb; ++b) {
-      if (half == 0) prefetch_ahead(group, group_bytes, nb, b);
+      if (half == 0) prefetch.block(b);
       const uint8_t* q = quants + b * 2048;
       __m256i total[NT];
       for (int t = 0; t < NT; ++t) total[t] = _mm256_setzero_si256();
@@ -306,8 +349,9 @@ struct PackedQ6K : Halves<PackedQ6K> {
     const __m256i low4 = _mm256_set1_epi8(0x0f), top2 = _mm256_set1_epi8(0x30);
     __m256 acc[NT];
     for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
+    const GroupPrefetch prefetch(group, group_bytes, nb);
     for (int64_t b = 0; b < nb; ++b) {
-      if (half == 0) prefetch_ahead(group, group_bytes, nb, b);
+      if (half == 0) prefetch.block(b);
       __m256i total[NT], offset[NT];
       for (int t = 0; t < NT; ++t) total[t] = offset[t] = _mm256_setzero_si256();
       for (int p = 0; p < 8; ++p) {  // sub-blocks 2p, 2p + 1
@@ -367,8 +411,9 @@ struct PackedQ23K : Halves<PackedQ23K<kQ3>> {
     const __m256i three = _mm256_set1_epi8(3), low4 = _mm256_set1_epi32(0x0f);
     __m256 acc[NT], extra[NT];
     for (int t = 0; t < NT; ++t) acc[t] = extra[t] = _mm256_setzero_ps();
+    const GroupPrefetch prefetch(group, group_bytes, nb);
     for (int64_t b = 0; b < nb; ++b) {
-      if (half == 0) prefetch_ahead(group, group_bytes, nb, b);
+      if (half == 0) prefetch.block(b);
       __m256i total[NT], offset[NT];
       for (int t = 0; t < NT; ++t) total[t] = offset[t] = _mm256_setzero_si256();
       for (int jp = 0; jp < 8; ++jp) {  // sub-blocks 2 jp and 2 jp + 1

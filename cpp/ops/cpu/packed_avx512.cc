@@ -132,8 +132,9 @@ struct Packed32 {
       acc[t] = _mm512_setzero_ps();
       extra[t] = _mm512_setzero_ps();
     }
+    const GroupPrefetch prefetch(group, group_bytes, nb);
     for (int64_t b = 0; b < nb; ++b) {
-      prefetch_ahead(group, group_bytes, nb, b);
+      prefetch.block(b);
       __m512i isum[NT];
       for (int t = 0; t < NT; ++t) isum[t] = _mm512_setzero_si512();
       if constexpr (Traits::kQuantBytes == 512)
@@ -177,8 +178,9 @@ struct PackedQ45K {
     const __m512i low4 = _mm512_set1_epi8(0x0f), sixteen = _mm512_set1_epi8(0x10);
     __m512 acc[NT], extra[NT];
     for (int t = 0; t < NT; ++t) acc[t] = extra[t] = _mm512_setzero_ps();
+    const GroupPrefetch prefetch(group, group_bytes, nb);
     for (int64_t b = 0; b < nb; ++b) {
-      prefetch_ahead(group, group_bytes, nb, b);
+      prefetch.block(b);
       const uint8_t* q = quants + b * 2048;
       __m512i total[NT];
       for (int t = 0; t < NT; ++t) total[t] = _mm512_setzero_si512();
@@ -239,8 +241,9 @@ struct PackedQ6K {
     const __m512i low4 = _mm512_set1_epi8(0x0f), top2 = _mm512_set1_epi8(0x30);
     __m512 acc[NT];
     for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
+    const GroupPrefetch prefetch(group, group_bytes, nb);
     for (int64_t b = 0; b < nb; ++b) {
-      prefetch_ahead(group, group_bytes, nb, b);
+      prefetch.block(b);
       __m512i total[NT], offset[NT];
       for (int t = 0; t < NT; ++t) total[t] = offset[t] = _mm512_setzero_si512();
       for (int p = 0; p < 8; ++p) {  // sub-blocks 2p, 2p + 1
@@ -295,8 +298,9 @@ struct PackedQ23K {
     const __m512i three = _mm512_set1_epi8(3), four = _mm512_set1_epi8(4), low4 = _mm512_set1_epi32(0x0f);
     __m512 acc[NT], extra[NT];
     for (int t = 0; t < NT; ++t) acc[t] = extra[t] = _mm512_setzero_ps();
+    const GroupPrefetch prefetch(group, group_bytes, nb);
     for (int64_t b = 0; b < nb; ++b) {
-      prefetch_ahead(group, group_bytes, nb, b);
+      prefetch.block(b);
       __m512i total[NT], offset[NT];
       for (int t = 0; t < NT; ++t) total[t] = offset[t] = _mm512_setzero_si512();
       for (int j = 0; j < 16; ++j) {
