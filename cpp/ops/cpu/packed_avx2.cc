@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "ops/cpu/vec_dot.h"
 #include "quant/quant_blocks.h"
@@ -86,12 +87,13 @@ static inline void store_half(const __m256* results, int nt, float* y, int64_t y
 template <typename Kernel>
 struct Halves {
   static constexpr int kMaxTokens = 4;
+  // sums: the tokens' block sums (nb per token: block_sums), for the kernels that use them.
   template <int NT>
   static void run(int64_t nb, const uint8_t* group, int64_t group_bytes, const uint8_t* x, int64_t xs, float* y,
-                  int64_t ys, int64_t left) {
+                  int64_t ys, int64_t left, const int32_t* sums) {
     for (int half = 0; half < 2 && left > 8 * half; ++half)
       Kernel::template run_half<NT>(nb, group, group_bytes, half, x, xs, y + 8 * half, ys,
-                                    (int)std::min<int64_t>(8, left - 8 * half));
+                                    (int)std::min<int64_t>(8, left - 8 * half), sums);
   }
 };
 
@@ -143,11 +145,12 @@ struct OffsetTerms {
 // activation sum added (kOffset is 128).
 template <bool kFifthBits, bool kMins, int kOffset, bool kCodebook = false>
 struct PackedNibbles : Halves<PackedNibbles<kFifthBits, kMins, kOffset, kCodebook>> {
+  static constexpr bool kUsesBlockSums = kCodebook;
 
   // One half (8 rows, `half` 0 or 1) of a group against NT tokens.
   template <int NT>
   static void run_half(int64_t nb, const uint8_t* group, int64_t group_bytes, int half, const uint8_t* x, int64_t xs,
-                       float* y, int64_t ys, int rows) {
+                       float* y, int64_t ys, int rows, const int32_t* sums) {
     const auto [quants, fifth, scales, mins] = regions32(group, nb, 256, kFifthBits);
     const int64_t scales_offset = q8a_scales_offset(nb);
     const __m256i low4 = _mm256_set1_epi8(0x0f);
@@ -161,7 +164,7 @@ struct PackedNibbles : Halves<PackedNibbles<kFifthBits, kMins, kOffset, kCodeboo
       if (half == 0) prefetch.block(b);
       __m256i isum[NT];
       for (int t = 0; t < NT; ++t)
-        isum[t] = kCodebook ? _mm256_set1_epi32(kOffset * block_sum(x + t * xs, b)) : _mm256_setzero_si256();
+        isum[t] = kCodebook ? _mm256_set1_epi32(kOffset * sums[t * nb + b]) : _mm256_setzero_si256();
       // Nibble weights: VPMADDUBSW pairs summed in int16 over kChunksPer16 chunks (Pairs16),
       // then widened once. The codebook's signed values fill the int16 pairs: widened per register.
       constexpr int kChunksPer16 = kCodebook ? 1 : Pairs16<kFifthBits ? 31 : 15>::kProducts / 2;
@@ -214,9 +217,10 @@ struct PackedNibbles : Halves<PackedNibbles<kFifthBits, kMins, kOffset, kCodeboo
 // Q8_0 (stored q + 128, rows in lanes as the nibble types; the extra term is -128 * d_w * ds_x, as
 // the AVX-512 kernel's Q8_0Packed).
 struct PackedQ8_0 : Halves<PackedQ8_0> {
+  static constexpr bool kUsesBlockSums = true;
   template <int NT>
   static void run_half(int64_t nb, const uint8_t* group, int64_t group_bytes, int half, const uint8_t* x, int64_t xs,
-                       float* y, int64_t ys, int rows) {
+                       float* y, int64_t ys, int rows, const int32_t* sums) {
     const auto [quants, fifth, scales, mins] = regions32(group, nb, 512, false);  // no fifth bits, no mins
     const int64_t scales_offset = q8a_scales_offset(nb);
     const __m256i sign_bit = _mm256_set1_epi8(-128);
@@ -227,7 +231,7 @@ struct PackedQ8_0 : Halves<PackedQ8_0> {
     for (int64_t b = 0; b < nb; ++b) {
       if (half == 0) prefetch.block(b);
       __m256i isum[NT];  // the AVX-512 kernel's sums of q + 128: 128 * the activation sum, then q's products
-      for (int t = 0; t < NT; ++t) isum[t] = _mm256_set1_epi32(128 * block_sum(x + t * xs, b));
+      for (int t = 0; t < NT; ++t) isum[t] = _mm256_set1_epi32(128 * sums[t * nb + b]);
       for (int j = 0; j < 8; ++j) {
         const __m256i q = _mm256_xor_si256(load256(quants + b * 512 + 64 * j + 32 * half), sign_bit);  // signed
         for (int t = 0; t < NT; ++t) {
@@ -267,10 +271,11 @@ static inline __m256 load_halves8(const uint8_t* p) {
 // most 31, so VPMADDUBSW pairs are exact.
 template <bool kFifthBits>
 struct PackedQ45K : Halves<PackedQ45K<kFifthBits>> {
+  static constexpr bool kUsesBlockSums = false;
 
   template <int NT>
   static void run_half(int64_t nb, const uint8_t* group, int64_t group_bytes, int half, const uint8_t* x, int64_t xs,
-                       float* y, int64_t ys, int rows) {
+                       float* y, int64_t ys, int rows, const int32_t* /*sums: unused*/) {
     const auto [quants, fifth, scales, mins, d_half, dmin_half] = regions_q45k(group, nb, kFifthBits);
     const __m256i low4 = _mm256_set1_epi8(0x0f);
     __m256 acc[NT], extra[NT];
@@ -342,9 +347,10 @@ struct PackedQ45K : Halves<PackedQ45K<kFifthBits>> {
 // Q6_K: y = d d_x sum_j sc_j (isum_j - 32 bsum_j), the 6-bit values stored unsigned (q + 32, at
 // most 63: VPMADDUBSW pairs are exact).
 struct PackedQ6K : Halves<PackedQ6K> {
+  static constexpr bool kUsesBlockSums = false;
   template <int NT>
   static void run_half(int64_t nb, const uint8_t* group, int64_t group_bytes, int half, const uint8_t* x, int64_t xs,
-                       float* y, int64_t ys, int rows) {
+                       float* y, int64_t ys, int rows, const int32_t* /*sums: unused*/) {
     const auto [quants, scales, d_half] = regions_q6k(group, nb);
     const __m256i low4 = _mm256_set1_epi8(0x0f), top2 = _mm256_set1_epi8(0x30);
     __m256 acc[NT];
@@ -404,9 +410,10 @@ struct PackedQ6K : Halves<PackedQ6K> {
 // Weights at most 7, so VPMADDUBSW pairs are exact.
 template <bool kQ3>
 struct PackedQ23K : Halves<PackedQ23K<kQ3>> {
+  static constexpr bool kUsesBlockSums = false;
   template <int NT>
   static void run_half(int64_t nb, const uint8_t* group, int64_t group_bytes, int half, const uint8_t* x, int64_t xs,
-                       float* y, int64_t ys, int rows) {
+                       float* y, int64_t ys, int rows, const int32_t* /*sums: unused*/) {
     const auto [quants, masks, scales, d_half, dmin_half] = regions_q23k(group, nb, kQ3);
     const __m256i three = _mm256_set1_epi8(3), low4 = _mm256_set1_epi32(0x0f);
     __m256 acc[NT], extra[NT];
@@ -487,17 +494,27 @@ struct PackedQ23K : Halves<PackedQ23K<kQ3>> {
 template <typename Kernel>
 void packed_tile(int64_t nb, const uint8_t* w, int64_t group_bytes, int n_groups, int64_t rows_left,
                  const uint8_t* x, int64_t xs, int nt, float* y, int64_t ys) {
+  // Q8_0 and IQ4_NL add 128 * each activation block's sum (block_sum): once per call for all its
+  // groups and both halves rather than in every group's half (llvm-mca, znver3: Q8_0's 4-token
+  // block loop 67 -> 55 cycles).
+  thread_local std::vector<int32_t> sums;
+  if constexpr (Kernel::kUsesBlockSums) {
+    sums.resize((size_t)(nt * nb));
+    for (int t = 0; t < nt; ++t)
+      for (int64_t b = 0; b < nb; ++b) sums[(size_t)(t * nb + b)] = block_sum(x + t * xs, b);
+  }
   for (int g = 0; g < n_groups; ++g) {
     const int64_t left = rows_left - (int64_t)g * kPackRows;
     const uint8_t* group = w + g * group_bytes;
     for (int t = 0; t < nt; t += Kernel::kMaxTokens) {
       const uint8_t* xt = x + t * xs;
       float* out = y + g * kPackRows + t * ys;
+      const int32_t* st = Kernel::kUsesBlockSums ? sums.data() + t * nb : nullptr;
       switch (std::min(nt - t, Kernel::kMaxTokens)) {
-        case 1: Kernel::template run<1>(nb, group, group_bytes, xt, xs, out, ys, left); break;
-        case 2: Kernel::template run<2>(nb, group, group_bytes, xt, xs, out, ys, left); break;
-        case 3: Kernel::template run<3>(nb, group, group_bytes, xt, xs, out, ys, left); break;
-        default: Kernel::template run<4>(nb, group, group_bytes, xt, xs, out, ys, left); break;
+        case 1: Kernel::template run<1>(nb, group, group_bytes, xt, xs, out, ys, left, st); break;
+        case 2: Kernel::template run<2>(nb, group, group_bytes, xt, xs, out, ys, left, st); break;
+        case 3: Kernel::template run<3>(nb, group, group_bytes, xt, xs, out, ys, left, st); break;
+        default: Kernel::template run<4>(nb, group, group_bytes, xt, xs, out, ys, left, st); break;
       }
     }
   }
