@@ -101,9 +101,10 @@ struct Halves {
 // order, where e_w is the min or -offset * d_w). For tiles of 3 or 4 tokens (prefill, batched
 // steps; kApart) it is summed in a loop of its own after the integer work: AVX2 has 16 registers,
 // and these NT sums beside acc, the int16 pairs and the unpacked weights made the compiler spill
-// in the main loop (Q4_1 at 4 tokens: 41 -> 59 GMAC/s). For 1 or 2 tokens the second loop cost
-// more than it saved (decode's Q4_1: 41 -> 32 GMAC/s), so there it stays in the block loop. Same
-// operations in the same order either way, so the same bits.
+// in the main loop (benchmarks/kernel_cycles.py, znver3: Q4_1's 4-token block loop 49 -> 41
+// cycles). One-token decode, timed with the separate loop, was slower (it loads and converts the
+// scales a second time), so for 1 or 2 tokens the terms stay in the block loop. Same operations
+// in the same order either way, so the same bits.
 template <int NT, bool kMins>
 struct OffsetTerms {
   static constexpr bool kApart = NT >= 3;
@@ -495,8 +496,8 @@ template <typename Kernel>
 void packed_tile(int64_t nb, const uint8_t* w, int64_t group_bytes, int n_groups, int64_t rows_left,
                  const uint8_t* x, int64_t xs, int nt, float* y, int64_t ys) {
   // Q8_0 and IQ4_NL add 128 * each activation block's sum (block_sum): once per call for all its
-  // groups and both halves rather than in every group's half (llvm-mca, znver3: Q8_0's 4-token
-  // block loop 67 -> 55 cycles).
+  // groups and both halves rather than in every group's half (kernel_cycles.py, znver3: Q8_0's
+  // 4-token block loop 67 -> 56 cycles).
   thread_local std::vector<int32_t> sums;
   if constexpr (Kernel::kUsesBlockSums) {
     sums.resize((size_t)(nt * nb));
