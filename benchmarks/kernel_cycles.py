@@ -8,7 +8,7 @@ It counts uops, ports and latencies, not cache misses or the hardware's real qui
 compare two versions of a kernel, and confirm what it says with interleaved timed runs
 (bench_matmul.py --hot).
 
-    python benchmarks/kernel_cycles.py [--mcpu znver3] [--isa avx2|avx512] [--match Q4_1] [--source FILE]
+    python benchmarks/kernel_cycles.py [--isa avx2|avx512] [--mcpu CPU] [--match Q4_1] [--source FILE]
 
 Compiles the kernel file with the flags CMakeLists.txt gives it (-O3, the ISA's -m flags), then for
 each kernel instantiation (run_half<NT> / run<NT>) takes its longest loop, the block loop, up to its
@@ -35,6 +35,8 @@ ISA_SOURCES = {
     "avx512": ("cpp/ops/cpu/packed_avx512.cc",
                ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni", "-mavx2", "-mfma", "-mf16c"]),
 }
+# llvm-mca 14 has no Zen 4 model: Ice Lake server is the nearest with AVX-512 VNNI.
+DEFAULT_MCPU = {"avx2": "znver3", "avx512": "icelake-server"}
 KERNEL_SYMBOL = re.compile(r"^[0-9a-f]+ <(.*::(?:run_half|run|run_halves)<[^>]*>)\(")
 TYPE_OF_KERNEL = {  # template arguments -> the GGUF type (packed_avx2.cc's avx2_packed_tile table)
     "PackedNibbles<false, false, 8, false>": "Q4_0", "PackedNibbles<false, true, 0, false>": "Q4_1",
@@ -110,8 +112,11 @@ def cycles_per_iteration(body: list[str], mcpu: str, workdir: Path) -> float:
     listing.write_text("\n".join(body) + "\n")
     iterations = 200
     report = subprocess.run([find_tool("llvm-mca", "llvm-mca-14"), f"-mcpu={mcpu}", f"-iterations={iterations}",
-                             str(listing)], check=True, capture_output=True, text=True).stdout
-    return int(re.search(r"Total Cycles:\s+(\d+)", report).group(1)) / iterations
+                             str(listing)], capture_output=True, text=True)
+    if report.returncode != 0:
+        sys.exit(f"kernel_cycles.py: llvm-mca -mcpu={mcpu} failed (does that CPU model have these instructions?):\n"
+                 f"{report.stderr[-2000:]}")
+    return int(re.search(r"Total Cycles:\s+(\d+)", report.stdout).group(1)) / iterations
 
 
 def kernel_label(symbol: str) -> str:
@@ -123,12 +128,14 @@ def kernel_label(symbol: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mcpu", default="znver3", help="llvm-mca's CPU model (znver3, znver2, skylake-avx512, ...)")
+    parser.add_argument("--mcpu", help="llvm-mca's CPU model (default: znver3 for avx2, icelake-server for avx512; "
+                                       "znver2, skylake-avx512, ...)")
     parser.add_argument("--isa", choices=sorted(ISA_SOURCES), default="avx2")
     parser.add_argument("--match", default="", help="only kernels whose label contains this (say Q4_1 or <4>)")
     parser.add_argument("--source", type=Path, help="another version of the ISA's kernel file, to compare")
     args = parser.parse_args()
     default_source, flags = ISA_SOURCES[args.isa]
+    args.mcpu = args.mcpu or DEFAULT_MCPU[args.isa]
     source = args.source or ROOT / default_source
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
