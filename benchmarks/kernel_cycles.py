@@ -9,6 +9,7 @@ compare two versions of a kernel, and confirm what it says with interleaved time
 (bench_matmul.py --hot).
 
     python benchmarks/kernel_cycles.py [--isa avx2|avx512] [--mcpu CPU] [--match Q4_1] [--source FILE]
+                                       [--extra-flags "-fno-tree-reassoc ..."]
 
 Compiles the kernel file with the flags CMakeLists.txt gives it (-O3, the ISA's -m flags), then for
 each kernel instantiation (run_half<NT> / run<NT>) takes its longest loop, the block loop, up to its
@@ -133,14 +134,16 @@ def main() -> None:
     parser.add_argument("--isa", choices=sorted(ISA_SOURCES), default="avx2")
     parser.add_argument("--match", default="", help="only kernels whose label contains this (say Q4_1 or <4>)")
     parser.add_argument("--source", type=Path, help="another version of the ISA's kernel file, to compare")
+    parser.add_argument("--extra-flags", default="", help="compiler flags added after CMake's, to compare (quoted)")
     args = parser.parse_args()
     default_source, flags = ISA_SOURCES[args.isa]
     args.mcpu = args.mcpu or DEFAULT_MCPU[args.isa]
     source = args.source or ROOT / default_source
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        functions = disassemble(source, flags, workdir)
-        print(f"{source} ({args.isa}), llvm-mca -mcpu={args.mcpu}: the block loop of each kernel")
+        functions = disassemble(source, flags + args.extra_flags.split(), workdir)
+        print(f"{source} ({args.isa}{', ' + args.extra_flags if args.extra_flags else ''}), "
+              f"llvm-mca -mcpu={args.mcpu}: the block loop of each kernel")
         print(f"{'kernel':28s} {'instr':>6s} {'cycles':>7s} {'madd':>5s} {'products/cycle':>15s} {'stack':>6s}")
         for symbol in sorted(functions, key=kernel_label):
             label = kernel_label(symbol)
