@@ -9,7 +9,7 @@ compare two versions of a kernel, and confirm what it says with interleaved time
 (bench_matmul.py --hot).
 
     python benchmarks/kernel_cycles.py [--isa avx2|avx512] [--mcpu CPU] [--match Q4_1] [--source FILE]
-                                       [--extra-flags "-fno-tree-reassoc ..."]
+                                       [--extra-flags="-fno-tree-reassoc ..."]
 
 Compiles the kernel file with the flags CMakeLists.txt gives it (-O3, the ISA's -m flags), then for
 each kernel instantiation (run_half<NT> / run<NT>) takes its longest loop, the block loop, up to its
@@ -134,7 +134,8 @@ def main() -> None:
     parser.add_argument("--isa", choices=sorted(ISA_SOURCES), default="avx2")
     parser.add_argument("--match", default="", help="only kernels whose label contains this (say Q4_1 or <4>)")
     parser.add_argument("--source", type=Path, help="another version of the ISA's kernel file, to compare")
-    parser.add_argument("--extra-flags", default="", help="compiler flags added after CMake's, to compare (quoted)")
+    parser.add_argument("--extra-flags", default="", help="compiler flags added after CMake's, to compare: --extra-flags=\"-fa -fb\" "
+                             "(with =, since they start with a dash)")
     args = parser.parse_args()
     default_source, flags = ISA_SOURCES[args.isa]
     args.mcpu = args.mcpu or DEFAULT_MCPU[args.isa]
