@@ -118,24 +118,29 @@ struct OffsetTerms {
       : nb(nb), scales(scales), mins(mins), half(half), offset(offset) {
     for (int t = 0; t < NT; ++t) extra[t] = _mm256_setzero_ps();
   }
-  // Block b's term for each token.
-  void add_block(const uint8_t* x, int64_t xs, int64_t b) {
-    const uint8_t* e_halves = (kMins ? mins : scales) + b * 32 + 16 * half;
-    __m256 e = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(e_halves)));
-    if (!kMins) e = _mm256_mul_ps(e, _mm256_set1_ps(-offset));
+  // Block b's scales d_w as floats.
+  __m256 block_d(int64_t b) const {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + b * 32 + 16 * half)));
+  }
+  // Block b's term for each token; d: block_d(b) (used without mins).
+  void add_block(const uint8_t* x, int64_t xs, int64_t b, __m256 d) {
+    const __m256 e =
+        kMins ? _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mins + b * 32 + 16 * half)))
+              : _mm256_mul_ps(d, _mm256_set1_ps(-offset));
     for (int t = 0; t < NT; ++t) {
       const Q8AScale s = reinterpret_cast<const Q8AScale*>(x + t * xs + q8a_scales_offset(nb))[b];
       extra[t] = _mm256_fmadd_ps(e, _mm256_set1_ps(s.ds), extra[t]);
     }
   }
-  // In the block loop, after block b's integer work: its terms unless kApart.
-  void in_block_loop(const uint8_t* x, int64_t xs, int64_t b) {
-    if (!kApart) add_block(x, xs, b);
+  // In the block loop, after block b's integer work (d: its block_d, loaded there already): its
+  // terms unless kApart.
+  void in_block_loop(const uint8_t* x, int64_t xs, int64_t b, __m256 d) {
+    if (!kApart) add_block(x, xs, b, d);
   }
   // After the block loop: every block's terms if kApart, then acc += extra.
   void add_to(const uint8_t* x, int64_t xs, __m256* acc) {
     if (kApart)
-      for (int64_t b = 0; b < nb; ++b) add_block(x, xs, b);
+      for (int64_t b = 0; b < nb; ++b) add_block(x, xs, b, kMins ? _mm256_setzero_ps() : block_d(b));
     for (int t = 0; t < NT; ++t) acc[t] = _mm256_add_ps(acc[t], extra[t]);
   }
 };
@@ -203,12 +208,12 @@ struct PackedNibbles : Halves<PackedNibbles<kFifthBits, kMins, kOffset, kCodeboo
           }
         }
       }
-      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + b * 32 + 16 * half)));
+      const __m256 d = offset_terms.block_d(b);
       for (int t = 0; t < NT; ++t) {
         const Q8AScale s = reinterpret_cast<const Q8AScale*>(x + t * xs + scales_offset)[b];
         acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(s.d)), _mm256_cvtepi32_ps(isum[t]), acc[t]);
       }
-      offset_terms.in_block_loop(x, xs, b);
+      offset_terms.in_block_loop(x, xs, b, d);
     }
     offset_terms.add_to(x, xs, acc);
     store_half(acc, NT, y, ys, rows);
@@ -240,12 +245,12 @@ struct PackedQ8_0 : Halves<PackedQ8_0> {
           isum[t] = _mm256_add_epi32(isum[t], dot4_signed(q, a));
         }
       }
-      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + b * 32 + 16 * half)));
+      const __m256 d = offset_terms.block_d(b);
       for (int t = 0; t < NT; ++t) {
         const Q8AScale s = reinterpret_cast<const Q8AScale*>(x + t * xs + scales_offset)[b];
         acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(s.d)), _mm256_cvtepi32_ps(isum[t]), acc[t]);
       }
-      offset_terms.in_block_loop(x, xs, b);
+      offset_terms.in_block_loop(x, xs, b, d);
     }
     offset_terms.add_to(x, xs, acc);
     store_half(acc, NT, y, ys, rows);
