@@ -158,7 +158,7 @@ def test_packed_rows_match_the_per_row_kernels(isa, qtype):
     """Rows regrouped 16 at a time (ops/cpu/packed_weights.h) against the per-row kernels of the same
     level: the same integer products in another float order, so within 1e-5 of sum |w x|; and against
     gguf-py's dequantization within the activation rounding. Row counts around the 16-row groups
-    (partial last groups), odd block counts, token counts around the 4-token tiles. The packed path
+    (partial last groups), odd block counts, token counts giving every tile width (1-4 tokens). The packed path
     must really run: its bits differ from the per-row kernels' somewhere."""
     rng = np.random.default_rng(900 + int(qtype))
     differs = False
@@ -167,7 +167,7 @@ def test_packed_rows_match_the_per_row_kernels(isa, qtype):
             cols = GGML_QUANT_SIZES[qtype][0] * blocks
             w = make_weight(qtype, rows, cols, rng)
             wf = dequantized(qtype, w, rows)
-            for n in (1, 4, 5, 9):
+            for n in (1, 2, 3, 7, 9):  # every tile width: 1-3 alone, 4 + 3, 4 + 4 + 1
                 x = rng.standard_normal((n, cols)).astype(np.float32)
                 absdot = np.abs(x.astype(np.float64)) @ np.abs(wf).T
                 packed = run(qtype, w, rows, cols, x, isa, packed=True)
@@ -185,7 +185,8 @@ def test_packed_avx2_kernels_give_the_avx512_bits(qtype):
     # Both compute each block's exact int32 sums and then the same float steps in the same order.
     rng = np.random.default_rng(970 + int(qtype))
     block = GGML_QUANT_SIZES[qtype][0]  # 32, or 256 for the K-quants
-    for rows, cols, n in ((1, block, 1), (37, 3 * block, 5), (16, 18 * 32 if block == 32 else 3 * block, 9)):
+    for rows, cols, n in ((1, block, 1), (17, 2 * block, 2), (37, 3 * block, 7),  # tiles of 1, 2, 4 + 3
+                         (16, 18 * 32 if block == 32 else 3 * block, 9)):
         w = make_weight(qtype, rows, cols, rng)
         x = rng.standard_normal((n, cols)).astype(np.float32)
         assert np.array_equal(run(qtype, w, rows, cols, x, "avx2"), run(qtype, w, rows, cols, x, "avx512"))
