@@ -6,7 +6,12 @@ neighbours), which hides the 10-20% a change to a kernel's inner loop makes. llv
 loop body on a model of the CPU's pipes instead: the same object gives the same figure every time.
 It counts uops, ports and latencies, not cache misses or the hardware's real quirks, so use it to
 compare two versions of a kernel, and confirm what it says with interleaved timed runs
-(bench_matmul.py --hot).
+(bench_matmul.py --hot). Two ways it misled on Zen 3 (znver3 model against timed runs): it charges
+stack spills that the hardware nearly hides (removing every spill of the AVX2 K-quant loops took
+Q4_K from 100 to 65 cycles here and changed nothing timed), and it gives VPADDSW the pipes of
+VPADDW while the hardware runs it beside VPMADDUBSW on fewer (8 of each plus 8 broadcasts: 5.2
+cycles against 4.0 in a microbenchmark). Loops without spills it predicted well (Q4_1's 4-token
+loop: 33 cycles per 1,024 products, 77 GMAC/s timed at about 2.4 GHz).
 
     python benchmarks/kernel_cycles.py [--isa avx2|avx512] [--mcpu CPU] [--match Q4_1] [--source FILE]
                                        [--extra-flags="-fno-tree-reassoc ..."]

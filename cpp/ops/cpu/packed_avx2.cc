@@ -51,19 +51,6 @@ struct Pairs16 {
   static constexpr int kProducts = 32767 / (2 * kMaxWeight * 128);
   static_assert(kProducts >= 1, "a single pair must fit int16");
 };
-// Running sums in program order. GCC sees _mm256_add_epi16/epi32 as a plain vector `+`, and its
-// reassociation regrouped each token's chain of adds into a tree that keeps all the products live at
-// once: spills on AVX2's 16 registers. An empty asm makes the sum opaque at each step, so the adds
-// stay one chain (no instruction is emitted; the integers are the same). benchmarks/kernel_cycles.py,
-// znver3, 4-token block loops: Q4_1 40.8 -> 33.6 cycles, Q4_K 100 -> 65, Q5_K 101 -> 84, Q8_0 56 -> 53.
-// (The saturating VPADDSW, never saturating here, would also stop the reassociation, but on Zen 3 it
-// runs on fewer pipes than VPADDW: 8 VPMADDUBSW + 8 broadcasts + 8 adds took 5.2 cycles against 4.0.)
-static inline __m256i ordered(__m256i sum) {
-  asm("" : "+x"(sum));
-  return sum;
-}
-// sum + pairs in int16 (Pairs16 keeps them exact), in order.
-static inline __m256i add_pairs16(__m256i sum, __m256i pairs) { return ordered(_mm256_add_epi16(sum, pairs)); }
 // Adjacent int16 pairs to int32 lanes (4 products per lane).
 static inline __m256i widen_pairs(__m256i pairs) { return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)); }
 // Four unsigned weight bytes per int32 lane times the same four activation bytes in every lane.
@@ -209,10 +196,11 @@ struct PackedNibbles : Halves<PackedNibbles<kFifthBits, kMins, kOffset, kCodeboo
           const __m256i a_lo = _mm256_set1_epi32(load_i32(a + q8a_element_offset(b, 4 * c)));
           const __m256i a_hi = _mm256_set1_epi32(load_i32(a + q8a_element_offset(b, 16 + 4 * c)));
           if constexpr (kCodebook) {
-            isum[t] = ordered(_mm256_add_epi32(isum[t], dot4_signed(lo, a_lo)));
-            isum[t] = ordered(_mm256_add_epi32(isum[t], dot4_signed(hi, a_hi)));
+            isum[t] = _mm256_add_epi32(isum[t], dot4_signed(lo, a_lo));
+            isum[t] = _mm256_add_epi32(isum[t], dot4_signed(hi, a_hi));
           } else {
-            pairs[t] = add_pairs16(pairs[t], add_pairs16(_mm256_maddubs_epi16(lo, a_lo), _mm256_maddubs_epi16(hi, a_hi)));
+            pairs[t] = _mm256_add_epi16(pairs[t], _mm256_add_epi16(_mm256_maddubs_epi16(lo, a_lo),
+                                                                   _mm256_maddubs_epi16(hi, a_hi)));
             if ((c + 1) % kChunksPer16 == 0) {
               isum[t] = _mm256_add_epi32(isum[t], widen_pairs(pairs[t]));
               pairs[t] = _mm256_setzero_si256();
@@ -250,12 +238,11 @@ struct PackedQ8_0 : Halves<PackedQ8_0> {
       if (half == 0) prefetch.block(b);
       __m256i isum[NT];  // the AVX-512 kernel's sums of q + 128: 128 * the activation sum, then q's products
       for (int t = 0; t < NT; ++t) isum[t] = _mm256_set1_epi32(128 * sums[t * nb + b]);
-      #pragma GCC unroll 8  // a block's 8 chunks in one straight run
       for (int j = 0; j < 8; ++j) {
         const __m256i q = _mm256_xor_si256(load256(quants + b * 512 + 64 * j + 32 * half), sign_bit);  // signed
         for (int t = 0; t < NT; ++t) {
           const __m256i a = _mm256_set1_epi32(load_i32(x + t * xs + q8a_element_offset(b, 4 * j)));
-          isum[t] = ordered(_mm256_add_epi32(isum[t], dot4_signed(q, a)));
+          isum[t] = _mm256_add_epi32(isum[t], dot4_signed(q, a));
         }
       }
       const __m256 d = offset_terms.block_d(b);
@@ -330,12 +317,12 @@ struct PackedQ45K : Halves<PackedQ45K<kFifthBits>> {
           }
           for (int t = 0; t < NT; ++t) {
             const int8_t* a = q8k_block(x, xs, t, b)->qs + 64 * c + 4 * i;
-            pairs_lo[t] = add_pairs16(pairs_lo[t], _mm256_maddubs_epi16(lo, broadcast4(a)));
-            pairs_hi[t] = add_pairs16(pairs_hi[t], _mm256_maddubs_epi16(hi, broadcast4(a + 32)));
+            pairs_lo[t] = _mm256_add_epi16(pairs_lo[t], _mm256_maddubs_epi16(lo, broadcast4(a)));
+            pairs_hi[t] = _mm256_add_epi16(pairs_hi[t], _mm256_maddubs_epi16(hi, broadcast4(a + 32)));
             if ((i + 1) % kPerWiden == 0) {
               const __m256i scaled_lo = _mm256_mullo_epi32(widen_pairs(pairs_lo[t]), sc_lo);
               const __m256i scaled_hi = _mm256_mullo_epi32(widen_pairs(pairs_hi[t]), sc_hi);
-              total[t] = ordered(_mm256_add_epi32(total[t], _mm256_add_epi32(scaled_lo, scaled_hi)));
+              total[t] = _mm256_add_epi32(total[t], _mm256_add_epi32(scaled_lo, scaled_hi));
               pairs_lo[t] = pairs_hi[t] = _mm256_setzero_si256();
             }
           }
@@ -404,11 +391,11 @@ struct PackedQ6K : Halves<PackedQ6K> {
             const int8_t* a = q8k_block(x, xs, t, b)->qs + 16 * j;
             static_assert(Pairs16<63>::kProducts == 2, "two products per widening");
             const __m256i sum = _mm256_add_epi32(
-                widen_pairs(add_pairs16(_mm256_maddubs_epi16(v[0], broadcast4(a)),
+                widen_pairs(_mm256_add_epi16(_mm256_maddubs_epi16(v[0], broadcast4(a)),
                                              _mm256_maddubs_epi16(v[1], broadcast4(a + 4)))),
-                widen_pairs(add_pairs16(_mm256_maddubs_epi16(v[2], broadcast4(a + 8)),
+                widen_pairs(_mm256_add_epi16(_mm256_maddubs_epi16(v[2], broadcast4(a + 8)),
                                              _mm256_maddubs_epi16(v[3], broadcast4(a + 12)))));
-            total[t] = ordered(_mm256_add_epi32(total[t], _mm256_mullo_epi32(sum, sc)));
+            total[t] = _mm256_add_epi32(total[t], _mm256_mullo_epi32(sum, sc));
           }
         }
       }
@@ -469,8 +456,8 @@ struct PackedQ23K : Halves<PackedQ23K<kQ3>> {
             static_assert(Pairs16<7>::kProducts >= 4, "a sub-block's four products per widening");
             __m256i pairs = _mm256_setzero_si256();
             for (int i = 0; i < 4; ++i)
-              pairs = add_pairs16(pairs, _mm256_maddubs_epi16(v[i], broadcast4(a + 4 * i)));
-            total[t] = ordered(_mm256_add_epi32(total[t], _mm256_mullo_epi32(widen_pairs(pairs), sc)));
+              pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(v[i], broadcast4(a + 4 * i)));
+            total[t] = _mm256_add_epi32(total[t], _mm256_mullo_epi32(widen_pairs(pairs), sc));
           }
         }
       }
