@@ -167,7 +167,7 @@ def test_packed_rows_match_the_per_row_kernels(isa, qtype):
             cols = GGML_QUANT_SIZES[qtype][0] * blocks
             w = make_weight(qtype, rows, cols, rng)
             wf = dequantized(qtype, w, rows)
-            for n in (1, 2, 3, 7, 9):  # every tile width: 1-3 alone, 4 + 3, 4 + 4 + 1
+            for n in (1, 2, 3, 7, 13):  # every tile width: 1-3 alone, 4 + 3, 4 + 4 + 4 + 1 (unpacked)
                 x = rng.standard_normal((n, cols)).astype(np.float32)
                 absdot = np.abs(x.astype(np.float64)) @ np.abs(wf).T
                 packed = run(qtype, w, rows, cols, x, isa, packed=True)
@@ -177,6 +177,24 @@ def test_packed_rows_match_the_per_row_kernels(isa, qtype):
                 assert np.all(np.abs(packed - x.astype(np.float64) @ wf.T) <= bound), (rows, cols, n)
                 differs = differs or not np.array_equal(packed, per_row)
     assert differs, "packed=True gave the per-row kernels' bits everywhere: the packed path did not run"
+
+
+@pytest.mark.skipif(not PACKED_CASES, reason="this CPU has no level with packed-row kernels")
+@pytest.mark.parametrize("isa, qtype", PACKED_CASES, ids=lambda v: getattr(v, "name", v))
+def test_packed_results_do_not_depend_on_the_tile(isa, qtype):
+    """A token's outputs are the same bits whether it goes alone (1-token kernels) or in a prompt-sized
+    tile (4-token kernels; from 12 tokens the nibble types read each group's weights unpacked once,
+    packed_avx2.cc): every width sums the same integers and then the same floats in the same order.
+    A batched session must get the bits it would get alone."""
+    rng = np.random.default_rng(990 + int(qtype))
+    block = GGML_QUANT_SIZES[qtype][0]
+    rows, cols, n = 37, (18 if block == 32 else 3) * block, 14  # 3 groups, the last partial; tiles 4+4+4+2
+    w = make_weight(qtype, rows, cols, rng)
+    x = rng.standard_normal((n, cols)).astype(np.float32)
+    together = run(qtype, w, rows, cols, x, isa)
+    alone = np.vstack([run(qtype, w, rows, cols, x[i:i + 1], isa) for i in range(n)])
+    assert np.array_equal(together, alone)
+    assert np.array_equal(run(qtype, w, rows, cols, x[:7], isa), together[:7])  # tiles 4 + 3
 
 
 @pytest.mark.skipif(not {"avx2", "avx512"} <= set(SIMD_LEVELS), reason="needs both x86 levels")
