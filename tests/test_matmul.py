@@ -167,7 +167,7 @@ def test_packed_rows_match_the_per_row_kernels(isa, qtype):
             cols = GGML_QUANT_SIZES[qtype][0] * blocks
             w = make_weight(qtype, rows, cols, rng)
             wf = dequantized(qtype, w, rows)
-            for n in (1, 2, 3, 7, 13):  # every tile width: 1-3 alone, 4 + 3, 4 + 4 + 4 + 1 (unpacked)
+            for n in (1, 2, 3, 7, 13):  # every tile width: 1-3 alone, 4 + 3, (4 + 4) + (4 + 1)
                 x = rng.standard_normal((n, cols)).astype(np.float32)
                 absdot = np.abs(x.astype(np.float64)) @ np.abs(wf).T
                 packed = run(qtype, w, rows, cols, x, isa, packed=True)
@@ -183,9 +183,8 @@ def test_packed_rows_match_the_per_row_kernels(isa, qtype):
 @pytest.mark.parametrize("isa, qtype", PACKED_CASES, ids=lambda v: getattr(v, "name", v))
 def test_packed_results_do_not_depend_on_the_tile(isa, qtype):
     """A token's outputs are the same bits whether it goes alone (1-token kernels) or in a prompt-sized
-    tile (4-token kernels; from 12 tokens the nibble types read each group's weights unpacked once,
-    packed_avx2.cc): every width sums the same integers and then the same floats in the same order.
-    A batched session must get the bits it would get alone."""
+    matmul (tiles of 8 tokens, run 4 at a time): every width sums the same integers and then the same
+    floats in the same order. A batched session must get the bits it would get alone."""
     rng = np.random.default_rng(990 + int(qtype))
     block = GGML_QUANT_SIZES[qtype][0]
     rows, cols, n = 37, (18 if block == 32 else 3) * block, 14  # 3 groups, the last partial; tiles 4+4+4+2

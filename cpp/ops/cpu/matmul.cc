@@ -49,29 +49,17 @@ uint8_t* activation_scratch(int64_t bytes) {
 // The packed groups (packed_weights.h) whose first row lies in [lo, hi): every group belongs to
 // exactly one task however the rows are split, and is never divided. Groups are taken kTileBytes
 // at a time, each such tile against all tokens kPackTokenTile at a time (as for unpacked rows).
-// With more than one token tile (a prompt's chunk) and a kernel that has an unpacked form, each
-// weight tile is unpacked once into this thread's scratch and every token tile reads it there.
-void matmul_packed_rows(const WeightMatrix& w, PackedTileFn kernel, const UnpackedTileKernels& unpacked_kernels,
-                        int64_t n_blocks, int64_t lo, int64_t hi, const uint8_t* act, int64_t act_stride, int64_t n,
-                        float* y) {
+void matmul_packed_rows(const WeightMatrix& w, PackedTileFn kernel, int64_t n_blocks, int64_t lo, int64_t hi,
+                        const uint8_t* act, int64_t act_stride, int64_t n, float* y) {
   const int64_t group_bytes = packed_group_bytes(w);
   const int64_t first = (lo + kPackRows - 1) / kPackRows, end = (hi + kPackRows - 1) / kPackRows;
   const int64_t groups_per_tile = std::max<int64_t>(1, kTileBytes / group_bytes);
-  const bool unpack = unpacked_kernels.unpack != nullptr && n > kPackTokenTile;
-  thread_local std::vector<uint8_t> unpacked;
-  if (unpack) unpacked.resize((size_t)(groups_per_tile * n_blocks * unpacked_kernels.bytes_per_block));
   for (int64_t g = first; g < end; g += groups_per_tile) {
     const int ng = (int)std::min(end - g, groups_per_tile);
-    const uint8_t* tile = w.packed + g * group_bytes;
-    if (unpack) unpacked_kernels.unpack(n_blocks, tile, group_bytes, ng, unpacked.data());
     for (int64_t t = 0; t < n; t += kPackTokenTile) {
       const int nt = (int)std::min<int64_t>(kPackTokenTile, n - t);
-      if (unpack)
-        unpacked_kernels.tile(n_blocks, tile, group_bytes, ng, w.rows - g * kPackRows, unpacked.data(),
-                              act + t * act_stride, act_stride, nt, y + t * w.rows + g * kPackRows, w.rows);
-      else
-        kernel(n_blocks, tile, group_bytes, ng, w.rows - g * kPackRows, act + t * act_stride, act_stride, nt,
-               y + t * w.rows + g * kPackRows, w.rows);
+      kernel(n_blocks, w.packed + g * group_bytes, group_bytes, ng, w.rows - g * kPackRows, act + t * act_stride,
+             act_stride, nt, y + t * w.rows + g * kPackRows, w.rows);
     }
   }
 }
@@ -180,13 +168,11 @@ void matmul_shared_input_at_isa(const WeightMatrix* const* ws, float* const* ys,
   // range may cover the end of one weight and the start of the next.
   DotTileFn dots[kMaxSharedInput];
   PackedTileFn packed[kMaxSharedInput];
-  UnpackedTileKernels unpacked[kMaxSharedInput];
   int64_t row_start[kMaxSharedInput + 1];
   row_start[0] = 0;
   for (int i = 0; i < count; ++i) {
     // Packed groups are read only by the kernels of the level they were laid out for.
     packed[i] = ws[i]->packed != nullptr && ws[i]->packed_isa == isa ? packed_tile_kernel(ws[i]->type, isa) : nullptr;
-    if (packed[i] != nullptr) unpacked[i] = unpacked_tile_kernels(ws[i]->type, isa);
     dots[i] = packed[i] != nullptr ? nullptr : select_dot_tile(ws[i]->type, isa);
     row_start[i + 1] = row_start[i] + ws[i]->rows;
   }
@@ -204,7 +190,7 @@ void matmul_shared_input_at_isa(const WeightMatrix* const* ws, float* const* ys,
           const WeightMatrix& w = *ws[i];
           const int64_t n_blocks = w.cols / ggml_type_info(w.type).block_size;
           if (packed[i] != nullptr) {
-            if (lo < hi) matmul_packed_rows(w, packed[i], unpacked[i], n_blocks, lo, hi, act, act_stride, n, ys[i]);
+            if (lo < hi) matmul_packed_rows(w, packed[i], n_blocks, lo, hi, act, act_stride, n, ys[i]);
             continue;
           }
           const int64_t rows_per_group = std::max<int64_t>(1, kTileBytes / w.row_bytes);

@@ -87,23 +87,13 @@ static inline void store_half(const __m256* results, int nt, float* y, int64_t y
 template <typename Kernel>
 struct Halves {
   static constexpr int kMaxTokens = 4;
-  static constexpr bool kUnpacks = false;  // true: the kernel can read weights unpacked ahead (unpack_group)
   // sums: the tokens' block sums (nb per token: block_sums), for the kernels that use them.
-  // unpacked: the group's weights as unpack_group wrote them (kUnpacks kernels), or nullptr.
   template <int NT>
   static void run(int64_t nb, const uint8_t* group, int64_t group_bytes, const uint8_t* x, int64_t xs, float* y,
-                  int64_t ys, int64_t left, const int32_t* sums, const uint8_t* unpacked) {
-    for (int half = 0; half < 2 && left > 8 * half; ++half) {
-      const int rows = (int)std::min<int64_t>(8, left - 8 * half);
-      if constexpr (Kernel::kUnpacks) {
-        if (unpacked != nullptr) {
-          Kernel::template run_half<NT, true>(nb, group, group_bytes, half, x, xs, y + 8 * half, ys, rows, sums,
-                                              unpacked);
-          continue;
-        }
-      }
-      Kernel::template run_half<NT>(nb, group, group_bytes, half, x, xs, y + 8 * half, ys, rows, sums);
-    }
+                  int64_t ys, int64_t left, const int32_t* sums) {
+    for (int half = 0; half < 2 && left > 8 * half; ++half)
+      Kernel::template run_half<NT>(nb, group, group_bytes, half, x, xs, y + 8 * half, ys,
+                                    (int)std::min<int64_t>(8, left - 8 * half), sums);
   }
 };
 
@@ -162,58 +152,16 @@ struct OffsetTerms {
 template <bool kFifthBits, bool kMins, int kOffset, bool kCodebook = false>
 struct PackedNibbles : Halves<PackedNibbles<kFifthBits, kMins, kOffset, kCodebook>> {
   static constexpr bool kUsesBlockSums = kCodebook;
-  static constexpr bool kUnpacks = true;
 
-  // Chunk c (0-3) of block b's half: its low-nibble and high-nibble weights as bytes (fifth bits
-  // added, codebook values looked up). plane: the block's fifth bits for the half (kFifthBits).
-  static void unpack_chunk(const uint8_t* quants, __m256i plane, int64_t b, int c, int half, __m256i* lo,
-                           __m256i* hi) {
-    const __m256i low4 = _mm256_set1_epi8(0x0f);
-    const __m256i packed = load256(quants + b * 256 + 64 * c + 32 * half);
-    *lo = _mm256_and_si256(packed, low4);
-    *hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
-    if constexpr (kFifthBits) {
-      *lo = _mm256_or_si256(*lo, plane_bits(plane, c, 4));
-      *hi = _mm256_or_si256(*hi, plane_bits(plane, 4 + c, 4));
-    }
-    if constexpr (kCodebook) {
-      const __m256i codebook =
-          _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues)));
-      *lo = _mm256_shuffle_epi8(codebook, *lo);
-      *hi = _mm256_shuffle_epi8(codebook, *hi);
-    }
-  }
-  static const __m256i* unpacked_chunk(const uint8_t* unpacked, int64_t b, int c, int half) {
-    return reinterpret_cast<const __m256i*>(unpacked + ((b * 2 + half) * 4 + c) * 64);
-  }
-  // Bytes unpack_group writes per block: lo and hi of 4 chunks of each half.
-  static constexpr int64_t kUnpackedBlockBytes = 2 * 4 * 64;
-  // A group's weights as the block loop reads them (unpack_chunk's lo then hi, per block, half and
-  // chunk), for tiles of many tokens: the unpacking is done once per group instead of once per
-  // 4-token tile (packed_tile). Same bytes, so the same integer sums.
-  static void unpack_group(int64_t nb, const uint8_t* group, uint8_t* unpacked) {
-    const auto [quants, fifth, scales, mins] = regions32(group, nb, 256, kFifthBits);
-    for (int64_t b = 0; b < nb; ++b)
-      for (int half = 0; half < 2; ++half) {
-        const __m256i plane = kFifthBits ? load256(fifth + b * 64 + 32 * half) : _mm256_setzero_si256();
-        #pragma GCC unroll 8  // unrolled: plane_bits shifts by constants
-        for (int c = 0; c < 4; ++c) {
-          __m256i lo, hi;
-          unpack_chunk(quants, plane, b, c, half, &lo, &hi);
-          __m256i* out = reinterpret_cast<__m256i*>(unpacked + ((b * 2 + half) * 4 + c) * 64);
-          _mm256_storeu_si256(out, lo);
-          _mm256_storeu_si256(out + 1, hi);
-        }
-      }
-  }
-
-  // One half (8 rows, `half` 0 or 1) of a group against NT tokens; kUnpacked: the weights come from
-  // unpack_group's bytes (`unpacked`) instead of the group's packed quants.
-  template <int NT, bool kUnpacked = false>
+  // One half (8 rows, `half` 0 or 1) of a group against NT tokens.
+  template <int NT>
   static void run_half(int64_t nb, const uint8_t* group, int64_t group_bytes, int half, const uint8_t* x, int64_t xs,
-                       float* y, int64_t ys, int rows, const int32_t* sums, const uint8_t* unpacked = nullptr) {
+                       float* y, int64_t ys, int rows, const int32_t* sums) {
     const auto [quants, fifth, scales, mins] = regions32(group, nb, 256, kFifthBits);
     const int64_t scales_offset = q8a_scales_offset(nb);
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    const __m256i codebook =
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues)));
     __m256 acc[NT];
     for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
     OffsetTerms<NT, kMins> offset_terms(nb, scales, mins, half, (float)kOffset);
@@ -229,16 +177,19 @@ struct PackedNibbles : Halves<PackedNibbles<kFifthBits, kMins, kOffset, kCodeboo
       __m256i pairs[NT];
       for (int t = 0; t < NT; ++t) pairs[t] = _mm256_setzero_si256();
       // The block's fifth bits for this half: masks c (chunk c's low nibbles) and 4 + c (its high).
-      const __m256i plane =
-          kFifthBits && !kUnpacked ? load256(fifth + b * 64 + 32 * half) : _mm256_setzero_si256();
+      const __m256i plane = kFifthBits ? load256(fifth + b * 64 + 32 * half) : _mm256_setzero_si256();
       #pragma GCC unroll 8  // unrolled: plane_bits shifts by constants
       for (int c = 0; c < 4; ++c) {
-        __m256i lo, hi;
-        if constexpr (kUnpacked) {
-          lo = _mm256_loadu_si256(unpacked_chunk(unpacked, b, c, half));
-          hi = _mm256_loadu_si256(unpacked_chunk(unpacked, b, c, half) + 1);
-        } else {
-          unpack_chunk(quants, plane, b, c, half, &lo, &hi);
+        const __m256i packed = load256(quants + b * 256 + 64 * c + 32 * half);
+        __m256i lo = _mm256_and_si256(packed, low4);
+        __m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
+        if constexpr (kFifthBits) {
+          lo = _mm256_or_si256(lo, plane_bits(plane, c, 4));
+          hi = _mm256_or_si256(hi, plane_bits(plane, 4 + c, 4));
+        }
+        if constexpr (kCodebook) {
+          lo = _mm256_shuffle_epi8(codebook, lo);
+          hi = _mm256_shuffle_epi8(codebook, hi);
         }
         for (int t = 0; t < NT; ++t) {
           const uint8_t* a = x + t * xs;
@@ -546,11 +497,9 @@ struct PackedQ23K : Halves<PackedQ23K<kQ3>> {
   }
 };
 
-// The tile of packed_weights.h's PackedTileFn; unpacked: the groups' weights as unpack_tile wrote
-// them (kUnpacks kernels), or nullptr to unpack them in the block loop.
 template <typename Kernel>
-void tile(int64_t nb, const uint8_t* w, int64_t group_bytes, int n_groups, int64_t rows_left, const uint8_t* unpacked,
-          const uint8_t* x, int64_t xs, int nt, float* y, int64_t ys) {
+void packed_tile(int64_t nb, const uint8_t* w, int64_t group_bytes, int n_groups, int64_t rows_left,
+                 const uint8_t* x, int64_t xs, int nt, float* y, int64_t ys) {
   // Q8_0 and IQ4_NL add 128 * each activation block's sum (block_sum): once per call for all its
   // groups and both halves rather than in every group's half (kernel_cycles.py, znver3: Q8_0's
   // 4-token block loop 67 -> 56 cycles).
@@ -563,38 +512,18 @@ void tile(int64_t nb, const uint8_t* w, int64_t group_bytes, int n_groups, int64
   for (int g = 0; g < n_groups; ++g) {
     const int64_t left = rows_left - (int64_t)g * kPackRows;
     const uint8_t* group = w + g * group_bytes;
-    const uint8_t* from = nullptr;
-    if constexpr (Kernel::kUnpacks)
-      if (unpacked != nullptr) from = unpacked + g * nb * Kernel::kUnpackedBlockBytes;
     for (int t = 0; t < nt; t += Kernel::kMaxTokens) {
       const uint8_t* xt = x + t * xs;
       float* out = y + g * kPackRows + t * ys;
       const int32_t* st = Kernel::kUsesBlockSums ? sums.data() + t * nb : nullptr;
       switch (std::min(nt - t, Kernel::kMaxTokens)) {
-        case 1: Kernel::template run<1>(nb, group, group_bytes, xt, xs, out, ys, left, st, from); break;
-        case 2: Kernel::template run<2>(nb, group, group_bytes, xt, xs, out, ys, left, st, from); break;
-        case 3: Kernel::template run<3>(nb, group, group_bytes, xt, xs, out, ys, left, st, from); break;
-        default: Kernel::template run<4>(nb, group, group_bytes, xt, xs, out, ys, left, st, from); break;
+        case 1: Kernel::template run<1>(nb, group, group_bytes, xt, xs, out, ys, left, st); break;
+        case 2: Kernel::template run<2>(nb, group, group_bytes, xt, xs, out, ys, left, st); break;
+        case 3: Kernel::template run<3>(nb, group, group_bytes, xt, xs, out, ys, left, st); break;
+        default: Kernel::template run<4>(nb, group, group_bytes, xt, xs, out, ys, left, st); break;
       }
     }
   }
-}
-
-template <typename Kernel>
-void packed_tile(int64_t nb, const uint8_t* w, int64_t group_bytes, int n_groups, int64_t rows_left,
-                 const uint8_t* x, int64_t xs, int nt, float* y, int64_t ys) {
-  tile<Kernel>(nb, w, group_bytes, n_groups, rows_left, nullptr, x, xs, nt, y, ys);
-}
-
-// UnpackedTileKernels (packed_weights.h) for the kUnpacks kernels.
-template <typename Kernel>
-void unpack_tile(int64_t nb, const uint8_t* w, int64_t group_bytes, int n_groups, uint8_t* out) {
-  for (int g = 0; g < n_groups; ++g)
-    Kernel::unpack_group(nb, w + g * group_bytes, out + g * nb * Kernel::kUnpackedBlockBytes);
-}
-template <typename Kernel>
-UnpackedTileKernels unpacked_kernels() {
-  return {Kernel::kUnpackedBlockBytes, unpack_tile<Kernel>, tile<Kernel>};
 }
 
 }  // namespace
@@ -616,24 +545,12 @@ PackedTileFn avx2_packed_tile(GgmlType type) {
   }
 }
 
-UnpackedTileKernels avx2_unpacked_tile_kernels(GgmlType type) {
-  switch (type) {
-    case GgmlType::Q4_0: return unpacked_kernels<PackedNibbles<false, false, 8>>();
-    case GgmlType::Q4_1: return unpacked_kernels<PackedNibbles<false, true, 0>>();
-    case GgmlType::Q5_0: return unpacked_kernels<PackedNibbles<true, false, 16>>();
-    case GgmlType::Q5_1: return unpacked_kernels<PackedNibbles<true, true, 0>>();
-    case GgmlType::IQ4_NL: return unpacked_kernels<PackedNibbles<false, false, 128, true>>();
-    default: return {};
-  }
-}
-
 }  // namespace sinkstream
 
 #else  // not an x86-64 build with the AVX2 flags: no kernels
 
 namespace sinkstream {
 PackedTileFn avx2_packed_tile(GgmlType) { return nullptr; }
-UnpackedTileKernels avx2_unpacked_tile_kernels(GgmlType) { return {}; }
 }  // namespace sinkstream
 
 #endif

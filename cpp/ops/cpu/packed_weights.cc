@@ -338,11 +338,6 @@ PackedTileFn packed_tile_kernel(GgmlType type, Isa isa) {
   return nullptr;
 }
 
-UnpackedTileKernels unpacked_tile_kernels(GgmlType type, Isa isa) {
-  if (packed_block_bytes(type) == 0 || isa != Isa::Avx2) return {};
-  return avx2_unpacked_tile_kernels(type);
-}
-
 int64_t packed_group_bytes(const WeightMatrix& w) {
   return kPackRows * (w.cols / ggml_type_info(w.type).block_size) * packed_block_bytes(w.type);
 }

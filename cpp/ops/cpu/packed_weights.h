@@ -124,27 +124,11 @@ using PackedTileFn = void (*)(int64_t n_blocks, const uint8_t* w, int64_t group_
                               const uint8_t* x, int64_t x_stride, int nt, float* y, int64_t y_stride);
 constexpr int kPackTokenTile = 8;
 
-// A second way to run a tile, for kernels whose block loop unpacks the weights (the AVX2 nibble
-// types: and, shift, fifth bits, codebook): `unpack` writes a tile's groups as the bytes the loop
-// reads (bytes_per_block per group and 32-element block), and `tile` runs as PackedTileFn but reads
-// them from there. A prompt's token tiles then share one unpacking instead of each doing it again;
-// the integer sums, and so the results, are the same bits.
-struct UnpackedTileKernels {
-  int64_t bytes_per_block = 0;
-  void (*unpack)(int64_t n_blocks, const uint8_t* w, int64_t group_bytes, int n_groups, uint8_t* out) = nullptr;
-  void (*tile)(int64_t n_blocks, const uint8_t* w, int64_t group_bytes, int n_groups, int64_t rows_left,
-               const uint8_t* unpacked, const uint8_t* x, int64_t x_stride, int nt, float* y,
-               int64_t y_stride) = nullptr;
-};
-
 // The kernel for packed weights of `type` at level `isa`, or nullptr when that level has none (the
 // weight is then not packed and the per-row kernels read the file's rows).
 PackedTileFn packed_tile_kernel(GgmlType type, Isa isa);
 PackedTileFn avx512_packed_tile(GgmlType type);  // nullptr when not compiled for x86-64
 PackedTileFn avx2_packed_tile(GgmlType type);    // nullptr when not compiled for x86-64
-// The unpacked form of the kernel for `type` at `isa`, or {} (unpack == nullptr) when it has none.
-UnpackedTileKernels unpacked_tile_kernels(GgmlType type, Isa isa);
-UnpackedTileKernels avx2_unpacked_tile_kernels(GgmlType type);
 
 // Whether weights packed for `isa` hold their masks as bit planes (above).
 constexpr bool mask_bit_planes(Isa isa) { return isa == Isa::Avx2; }
