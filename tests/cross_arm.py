@@ -16,6 +16,7 @@ TARGETS = [("cortex-a53", "neon"), ("cortex-a76", "dotprod"), ("max", "i8mm")]
 # Everything is compiled for the baseline (armv8-a) except these files, with CMakeLists.txt's flags.
 FILE_FLAGS = {
     "cpp/ops/cpu/vec_dot_dotprod.cc": ["-march=armv8.2-a+dotprod"],
+    "cpp/ops/cpu/packed_dotprod.cc": ["-march=armv8.2-a+dotprod"],
     "cpp/ops/cpu/vec_dot_i8mm.cc": ["-march=armv8.2-a+dotprod+i8mm"],
 }
 

@@ -11,6 +11,7 @@ References:
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -377,11 +378,15 @@ def test_neon_kernels_under_qemu(tmp_path_factory, cpu, isa):
                "cpp/ops/cpu/matmul.cc", "cpp/ops/cpu/cpu_features.cc", "cpp/ops/cpu/vec_dot_scalar.cc",
                "cpp/ops/cpu/vec_dot_neon.cc", "cpp/ops/cpu/vec_dot_dotprod.cc", "cpp/ops/cpu/vec_dot_i8mm.cc",
                "cpp/ops/cpu/vec_dot_avx2.cc", "cpp/ops/cpu/vec_dot_avx512.cc", "cpp/ops/cpu/packed_weights.cc",
-               "cpp/ops/cpu/packed_avx512.cc", "cpp/ops/cpu/packed_avx2.cc", "cpp/core/thread_pool.cc"]
+               "cpp/ops/cpu/packed_avx512.cc", "cpp/ops/cpu/packed_avx2.cc", "cpp/ops/cpu/packed_dotprod.cc",
+               "cpp/core/thread_pool.cc"]
     out = cross_arm.build_and_run(sources, cpu, tmp_path_factory.getbasetemp() / "matmul_isa_check")
     assert out.returncode == 0 and "all levels match scalar" in out.stdout, out.stdout[-3000:]
     assert f"best ISA: {isa}\n" in out.stdout
     assert f"(kernel {isa:<6s})" in out.stdout  # that level's kernels really ran
+    if isa == "dotprod":  # the packed SDOT kernels (Q4_0, Q4_1, Q8_0, IQ4_NL) ran and matched too
+        for name in ("Q4_0", "Q4_1", "Q8_0", "IQ4_NL"):
+            assert re.search(rf"^{name}\s+dotprod \(kernel dotprod\+packed\).* ok$", out.stdout, re.M), name
 
 
 # ---- activation quantization -------------------------------------------------------------------------

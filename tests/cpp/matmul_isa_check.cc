@@ -9,10 +9,12 @@
 #include <cmath>
 #include <cstdio>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "core/fp16.h"
 #include "ops/cpu/cpu_features.h"
+#include "ops/cpu/packed_weights.h"
 #include "ops/cpu/vec_dot.h"
 #include "quant/dequantize.h"
 #include "quant/quant_types.h"
@@ -75,8 +77,9 @@ int main() {
   for (GgmlType t : types) {
     const GgmlTypeInfo& info = ggml_type_info(t);
     for (int64_t blocks : {1, 2, 3, 7, 11}) {
-      const int64_t cols = blocks * (info.block_size == 1 ? 37 : info.block_size), rows = 13;
-      for (int64_t n : {1, 2, 5}) {
+      // 13 rows: one partial 16-row group of packed weights; 37: two whole groups and a partial one.
+      const int64_t cols = blocks * (info.block_size == 1 ? 37 : info.block_size), rows = blocks == 7 ? 37 : 13;
+      for (int64_t n : {1, 3, 6}) {  // token tiles of 1, 3, and 4 + 2
         const std::vector<uint8_t> wbytes = random_weight(t, rows, cols, rng);
         WeightMatrix w;
         w.name = "check";
@@ -91,7 +94,14 @@ int main() {
         std::vector<float> ref((size_t)(n * rows)), got((size_t)(n * rows));
         matmul_at_isa(w, x.data(), n, ref.data(), pool, Isa::Scalar);
         for (Isa isa : levels) {
-          matmul_at_isa(w, x.data(), n, got.data(), pool, isa);
+         // Each level's per-row kernels, then its packed ones where it has them for this type
+         // (packed_weights.h: the weights regrouped for that level).
+         for (bool packed : {false, true}) {
+          if (packed && packed_tile_kernel(t, isa) == nullptr) continue;
+          WeightMatrix wl = w;
+          PackedWeightStore store;
+          if (packed) store.pack({&wl}, isa);
+          matmul_at_isa(wl, x.data(), n, got.data(), pool, isa);
           double worst = 0.0;
           bool ok = true;
           for (int64_t t_ = 0; t_ < n; ++t_)
@@ -104,9 +114,11 @@ int main() {
             }
           Isa from;
           select_dot_tile(t, isa, &from);
+          const std::string kernel = packed ? std::string(isa_name(isa)) + "+packed" : isa_name(from);
           std::printf("%-6s %-6s (kernel %-6s) cols=%-5lld n=%lld  max diff/sum|wx| = %.3g %s\n", info.name,
-                      isa_name(isa), isa_name(from), (long long)cols, (long long)n, worst, ok ? "ok" : "MISMATCH");
+                      isa_name(isa), kernel.c_str(), (long long)cols, (long long)n, worst, ok ? "ok" : "MISMATCH");
           failures += ok ? 0 : 1;
+         }
         }
       }
     }

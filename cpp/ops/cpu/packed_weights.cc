@@ -335,6 +335,9 @@ PackedTileFn packed_tile_kernel(GgmlType type, Isa isa) {
   if (packed_block_bytes(type) == 0) return nullptr;
   if (isa == Isa::Avx512) return avx512_packed_tile(type);
   if (isa == Isa::Avx2) return avx2_packed_tile(type);
+  // Not at I8mm: its per-row SMMLA kernels do twice the products per instruction, and no machine
+  // was at hand to say which is faster there.
+  if (isa == Isa::Dotprod) return dotprod_packed_tile(type);
   return nullptr;
 }
 

@@ -1,4 +1,5 @@
-// Weights regrouped at load for the interleaved-row matmul kernels (packed_avx512.cc, packed_avx2.cc).
+// Weights regrouped at load for the interleaved-row matmul kernels (packed_avx512.cc, packed_avx2.cc,
+// packed_dotprod.cc).
 //
 // The per-row kernels (vec_dot.h) take a weight row and an activation row and reduce 32-element
 // blocks to one number with horizontal sums and per-block scale shuffles: about nine vector
@@ -129,6 +130,7 @@ constexpr int kPackTokenTile = 8;
 PackedTileFn packed_tile_kernel(GgmlType type, Isa isa);
 PackedTileFn avx512_packed_tile(GgmlType type);  // nullptr when not compiled for x86-64
 PackedTileFn avx2_packed_tile(GgmlType type);    // nullptr when not compiled for x86-64
+PackedTileFn dotprod_packed_tile(GgmlType type);  // AArch64 SDOT; nullptr elsewhere and for mask types
 
 // Whether weights packed for `isa` hold their masks as bit planes (above).
 constexpr bool mask_bit_planes(Isa isa) { return isa == Isa::Avx2; }
