@@ -217,11 +217,11 @@ def test_packed_avx2_kernels_give_the_avx512_bits(qtype):
         assert np.array_equal(run(qtype, w, 16, 576, x, "avx2"), run(qtype, w, 16, 576, x, "avx512"))
 
 
-@pytest.mark.parametrize("layout", ["avx2", "avx512"])  # Q5 fifth bits: bit planes, masks
+@pytest.mark.parametrize("layout", ["avx2", "avx512", "dotprod"])  # Q5 fifth bits: planes, masks, planes
 @pytest.mark.parametrize("qtype", PACKED_TYPES, ids=lambda t: t.name)
 def test_packing_keeps_every_bit_of_the_rows(qtype, layout):
     """Every byte of random blocks (any scales, any bits) survives packing into 16-row groups, as
-    laid out for either level's kernels, and unpacking row by row: get_row reads a tied embedding
+    laid out for any level's kernels, and unpacking row by row: get_row reads a tied embedding
     from its packed head this way."""
     rng = np.random.default_rng(950 + int(qtype))
     block_size, type_size = GGML_QUANT_SIZES[qtype]
@@ -384,8 +384,8 @@ def test_neon_kernels_under_qemu(tmp_path_factory, cpu, isa):
     assert out.returncode == 0 and "all levels match scalar" in out.stdout, out.stdout[-3000:]
     assert f"best ISA: {isa}\n" in out.stdout
     assert f"(kernel {isa:<6s})" in out.stdout  # that level's kernels really ran
-    if isa == "dotprod":  # the packed SDOT kernels (Q4_0, Q4_1, Q8_0, IQ4_NL) ran and matched too
-        for name in ("Q4_0", "Q4_1", "Q8_0", "IQ4_NL"):
+    if isa == "dotprod":  # the packed SDOT kernels ran and matched too
+        for name in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL"):
             assert re.search(rf"^{name}\s+dotprod \(kernel dotprod\+packed\).* ok$", out.stdout, re.M), name
 
 

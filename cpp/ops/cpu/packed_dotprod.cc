@@ -1,12 +1,14 @@
 // AArch64 SDOT kernels for packed weights (layout and summation order: packed_weights.h) of the
-// types whose groups hold no bit masks: Q4_0, Q4_1, Q8_0 and IQ4_NL. CMakeLists.txt compiles this
-// file with -march=armv8.2-a+dotprod; packed_tile_kernel hands them out only at Isa::Dotprod.
+// 32-element types: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and IQ4_NL. CMakeLists.txt compiles this file
+// with -march=armv8.2-a+dotprod; packed_tile_kernel hands them out only at Isa::Dotprod, whose
+// packing holds the Q5 fifth bits as bit planes (as for AVX2): a register's bits are one byte
+// shift of its plane and a mask.
 //
 // A 64-byte chunk of a group is four 128-bit registers of 4 rows x 4 bytes. SDOT by element
 // (vdotq_laneq_s32) adds, into each row's int32 lane, the products of its 4 bytes with 4
 // activation bytes picked from a register by a constant lane: the activations need no broadcast,
 // and a block's row sums come out with no horizontal work, as with VPDPBUSD. SDOT multiplies
-// signed bytes: nibbles (0..15) are already valid int8; Q8_0's stored q + 128 goes back to q with
+// signed bytes: nibbles (0..15, 0..31 with the fifth bit) are already valid int8; Q8_0's stored q + 128 goes back to q with
 // an exclusive or, and IQ4_NL's codebook values are signed. The packed_weights.h sums are of the
 // stored unsigned values (q + 128 for Q8_0 and IQ4_NL), so those two start each block's sum at
 // 128 * the activation block's sum: the same integers, then the same float steps in the same
@@ -32,24 +34,22 @@ namespace {
 
 // Per type: bytes of a block's quants in a group, the chunks per block (4 bytes of each row per
 // chunk), and the offset term (packed_weights.h: fma(e_w, ds_x) with e_w the min, or -kOffset d_w).
-struct Q4_0Traits {
+template <bool kFifth, bool kWithMins, int kOffsetValue>
+struct NibbleTraits {  // Q4_0, Q4_1, Q5_0, Q5_1
   static constexpr int kQuantBytes = 256;
-  static constexpr bool kNibbles = true, kMins = false, kCodebook = false, kUsesBlockSums = false;
-  static constexpr int kOffset = 8;
-};
-struct Q4_1Traits {
-  static constexpr int kQuantBytes = 256;
-  static constexpr bool kNibbles = true, kMins = true, kCodebook = false, kUsesBlockSums = false;
-  static constexpr int kOffset = 0;
+  static constexpr bool kNibbles = true, kFifthBits = kFifth, kMins = kWithMins, kCodebook = false;
+  static constexpr bool kUsesBlockSums = false;
+  static constexpr int kOffset = kOffsetValue;
 };
 struct Iq4NlTraits {  // nibbles index the codebook; sums of (value + 128)
   static constexpr int kQuantBytes = 256;
-  static constexpr bool kNibbles = true, kMins = false, kCodebook = true, kUsesBlockSums = true;
+  static constexpr bool kNibbles = true, kFifthBits = false, kMins = false, kCodebook = true, kUsesBlockSums = true;
   static constexpr int kOffset = 128;
 };
 struct Q8_0Traits {  // stored q + 128; sums of (q + 128)
   static constexpr int kQuantBytes = 512;
-  static constexpr bool kNibbles = false, kMins = false, kCodebook = false, kUsesBlockSums = true;
+  static constexpr bool kNibbles = false, kFifthBits = false, kMins = false;
+  static constexpr bool kUsesBlockSums = true;
   static constexpr int kOffset = 128;
 };
 
@@ -81,7 +81,7 @@ inline void dot_lane(const int8x16_t w[2], const int8x16_t a[NT], int32x4_t isum
 template <typename Traits, int NT>
 void run_half(int64_t nb, const uint8_t* group, int half, const uint8_t* x, int64_t xs, float* y, int64_t ys,
               int rows, const int32_t* sums) {
-  const auto [quants, fifth, scales, mins] = regions32(group, nb, Traits::kQuantBytes, false);
+  const auto [quants, fifth, scales, mins] = regions32(group, nb, Traits::kQuantBytes, Traits::kFifthBits);
   const int64_t scales_offset = q8a_scales_offset(nb);
   const uint8x16_t low4 = vdupq_n_u8(0x0f), sign_bit = vdupq_n_u8(0x80);
   const int8x16_t codebook = vld1q_s8(kIq4nlValues);
@@ -100,14 +100,26 @@ void run_half(int64_t nb, const uint8_t* group, int half, const uint8_t* x, int6
     const uint8_t* block = quants + b * Traits::kQuantBytes + 32 * half;
     if constexpr (Traits::kNibbles) {
       // Chunk c: low nibbles are elements 4c .. 4c + 3 (first 16 activation bytes, lane c), high
-      // nibbles 16 + 4c .. (second 16, lane c).
+      // nibbles 16 + 4c .. (second 16, lane c). Q5: the block's plane (its 8 masks, packed_weights.h)
+      // holds their fifth bits as bits c (low) and 4 + c (high) of each byte.
+      uint8x16_t plane[2];
+      for (int q = 0; q < 2; ++q)
+        plane[q] = Traits::kFifthBits ? vld1q_u8(fifth + b * 64 + 32 * half + 16 * q) : vdupq_n_u8(0);
       const auto nibble_chunk = [&](auto chunk) {
         constexpr int c = decltype(chunk)::value;
         int8x16_t lo[2], hi[2];
         for (int q = 0; q < 2; ++q) {
           const uint8x16_t packed = vld1q_u8(block + 64 * c + 16 * q);
-          lo[q] = vreinterpretq_s8_u8(vandq_u8(packed, low4));
-          hi[q] = vreinterpretq_s8_u8(vshrq_n_u8(packed, 4));
+          uint8x16_t lo_bytes = vandq_u8(packed, low4), hi_bytes = vshrq_n_u8(packed, 4);
+          if constexpr (Traits::kFifthBits) {  // bit c, and bit 4 + c, to bit 4 (16)
+            const uint8x16_t sixteen = vdupq_n_u8(16);
+            uint8x16_t high_bits = plane[q];
+            if constexpr (c > 0) high_bits = vshrq_n_u8(plane[q], c);  // (a shift by 0 is not encodable)
+            lo_bytes = vorrq_u8(lo_bytes, vandq_u8(vshlq_n_u8(plane[q], 4 - c), sixteen));
+            hi_bytes = vorrq_u8(hi_bytes, vandq_u8(high_bits, sixteen));
+          }
+          lo[q] = vreinterpretq_s8_u8(lo_bytes);
+          hi[q] = vreinterpretq_s8_u8(hi_bytes);
           if constexpr (Traits::kCodebook) {
             lo[q] = vqtbl1q_s8(codebook, vreinterpretq_u8_s8(lo[q]));
             hi[q] = vqtbl1q_s8(codebook, vreinterpretq_u8_s8(hi[q]));
@@ -195,8 +207,10 @@ void packed_tile(int64_t nb, const uint8_t* w, int64_t group_bytes, int n_groups
 
 PackedTileFn dotprod_packed_tile(GgmlType type) {
   switch (type) {
-    case GgmlType::Q4_0: return packed_tile<Q4_0Traits>;
-    case GgmlType::Q4_1: return packed_tile<Q4_1Traits>;
+    case GgmlType::Q4_0: return packed_tile<NibbleTraits<false, false, 8>>;
+    case GgmlType::Q4_1: return packed_tile<NibbleTraits<false, true, 0>>;
+    case GgmlType::Q5_0: return packed_tile<NibbleTraits<true, false, 16>>;
+    case GgmlType::Q5_1: return packed_tile<NibbleTraits<true, true, 0>>;
     case GgmlType::Q8_0: return packed_tile<Q8_0Traits>;
     case GgmlType::IQ4_NL: return packed_tile<Iq4NlTraits>;
     default: return nullptr;

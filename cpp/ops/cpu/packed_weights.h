@@ -38,7 +38,7 @@
 //           2-bit value of element 4i + k; masks (Q3_K) nb * 512: per sub-block 4 masks, mask i the
 //           third bit of elements 4i + k; scales nb * 256: Q2_K the file's scale/min bytes, byte
 //           16 j + lane; Q3_K the signed scales in pairs as Q6_K's; d (and Q2_K's dmin) nb * 16 halves
-// Masks at Isa::Avx2 (mask_bit_planes): AVX2 has no mask registers, and turning a 32-bit mask
+// Masks at Isa::Avx2 and Isa::Dotprod (mask_bit_planes): AVX2 and NEON have no mask registers, and turning a 32-bit mask
 // into bytes costs a broadcast, a shuffle, a compare and two logic operations per register. Packed
 // for AVX2, a mask region (Q5 fifth bits, Q3_K high bits) holds the same bits as planes: the masks
 // in eights, transposed. Plane p (64 bytes: rows 0-7, then 8-15) holds masks 8p .. 8p + 7; bit r
@@ -133,7 +133,7 @@ PackedTileFn avx2_packed_tile(GgmlType type);    // nullptr when not compiled fo
 PackedTileFn dotprod_packed_tile(GgmlType type);  // AArch64 SDOT; nullptr elsewhere and for mask types
 
 // Whether weights packed for `isa` hold their masks as bit planes (above).
-constexpr bool mask_bit_planes(Isa isa) { return isa == Isa::Avx2; }
+constexpr bool mask_bit_planes(Isa isa) { return isa == Isa::Avx2 || isa == Isa::Dotprod; }
 
 // Bytes of one group of w packed, and of all of w (its rows rounded up to a multiple of kPackRows).
 int64_t packed_group_bytes(const WeightMatrix& w);
