@@ -93,11 +93,9 @@ int main() {
         for (int64_t r = 0; r < rows; ++r) dequantize_row(t, wbytes.data() + r * w.row_bytes, &wf[r * cols], cols);
         std::vector<float> ref((size_t)(n * rows)), got((size_t)(n * rows));
         matmul_at_isa(w, x.data(), n, ref.data(), pool, Isa::Scalar);
-        for (Isa isa : levels) {
-         // Each level's per-row kernels, then its packed ones where it has them for this type
-         // (packed_weights.h: the weights regrouped for that level).
-         for (bool packed : {false, true}) {
-          if (packed && packed_tile_kernel(t, isa) == nullptr) continue;
+        // Each level's per-row kernels, then its packed ones where it has them for this type
+        // (packed_weights.h: the weights regrouped for that level).
+        const auto check = [&](Isa isa, bool packed) {
           WeightMatrix wl = w;
           PackedWeightStore store;
           if (packed) store.pack({&wl}, isa);
@@ -118,7 +116,10 @@ int main() {
           std::printf("%-6s %-6s (kernel %-6s) cols=%-5lld n=%lld  max diff/sum|wx| = %.3g %s\n", info.name,
                       isa_name(isa), kernel.c_str(), (long long)cols, (long long)n, worst, ok ? "ok" : "MISMATCH");
           failures += ok ? 0 : 1;
-         }
+        };
+        for (Isa isa : levels) {
+          check(isa, false);
+          if (packed_tile_kernel(t, isa) != nullptr) check(isa, true);
         }
       }
     }

@@ -38,12 +38,12 @@
 //           2-bit value of element 4i + k; masks (Q3_K) nb * 512: per sub-block 4 masks, mask i the
 //           third bit of elements 4i + k; scales nb * 256: Q2_K the file's scale/min bytes, byte
 //           16 j + lane; Q3_K the signed scales in pairs as Q6_K's; d (and Q2_K's dmin) nb * 16 halves
-// Masks at Isa::Avx2 and Isa::Dotprod (mask_bit_planes): AVX2 and NEON have no mask registers, and turning a 32-bit mask
-// into bytes costs a broadcast, a shuffle, a compare and two logic operations per register. Packed
-// for AVX2, a mask region (Q5 fifth bits, Q3_K high bits) holds the same bits as planes: the masks
-// in eights, transposed. Plane p (64 bytes: rows 0-7, then 8-15) holds masks 8p .. 8p + 7; bit r
-// of its byte 32 half + 4 l + k is bit 4 (8 half + l) + k of mask 8p + r. A register's bits then
-// come from one shift of its plane and a mask.
+// Masks at Isa::Avx2 and Isa::Dotprod (mask_bit_planes): AVX2 and NEON have no mask registers, and
+// turning a 32-bit mask into bytes costs a broadcast, a shuffle, a compare and two logic operations
+// per register (AVX2). Packed for those levels, a mask region (Q5 fifth bits, Q3_K high bits)
+// holds the same bits as planes: the masks in eights, transposed. Plane p (64 bytes: rows 0-7, then
+// 8-15) holds masks 8p .. 8p + 7; bit r of its byte 32 half + 4 l + k is bit 4 (8 half + l) + k of
+// mask 8p + r. A register's bits then come from one shift of its plane and a mask.
 // Rows past the matrix's last row (the last group's padding) are zero. A group is 16 rows of
 // packed_block_bytes each per block: the file's block size for the 32-element types, Q2_K and Q6_K,
 // 148 for Q4_K and 180 for Q5_K (+ 4 bytes for unpacked scales), 114 for Q3_K (+ 4).
@@ -130,7 +130,7 @@ constexpr int kPackTokenTile = 8;
 PackedTileFn packed_tile_kernel(GgmlType type, Isa isa);
 PackedTileFn avx512_packed_tile(GgmlType type);  // nullptr when not compiled for x86-64
 PackedTileFn avx2_packed_tile(GgmlType type);    // nullptr when not compiled for x86-64
-PackedTileFn dotprod_packed_tile(GgmlType type);  // AArch64 SDOT; nullptr elsewhere and for mask types
+PackedTileFn dotprod_packed_tile(GgmlType type);  // AArch64 SDOT; nullptr elsewhere and for the K-quants
 
 // Whether weights packed for `isa` hold their masks as bit planes (above).
 constexpr bool mask_bit_planes(Isa isa) { return isa == Isa::Avx2 || isa == Isa::Dotprod; }
