@@ -38,16 +38,16 @@ timings+=("build + auditwheel: $((SECONDS - t0)) s")
 # shellcheck source=scripts/find_python.sh
 . scripts/find_python.sh
 
-# The text of the oracle's first N greedy ids for p1, cut at its first near-tie (top-2 gap < 0.05):
-# what a correct engine prints (p1's first 14 steps are decided for both engines, see
-# tests/test_oracle.py, so N stays below that).
-expected_text() {
-  "$1" - "$ORACLE" "$2" <<'EOF'
+# The text of the oracle's first N greedy ids for p1, cut at its first near-tie (top-2 gap below
+# GAP, default 0.05): what a correct engine prints (p1's first 14 steps are decided for both
+# engines, see tests/test_oracle.py, so N stays below that).
+expected_text() {  # python N [GAP]
+  "$1" - "$ORACLE" "$2" "${3:-0.05}" <<'EOF'
 import json, sys
 import sinkstream
 oracle = json.load(open(sys.argv[1]))["p1"]
-ids, steps, limit = oracle["greedy_ids"], oracle["greedy_step_top5"], int(sys.argv[2])
-decided = next((i for i, s in enumerate(steps) if s["logits"][0] - s["logits"][1] < 0.05), len(ids))
+ids, steps, limit, gap = oracle["greedy_ids"], oracle["greedy_step_top5"], int(sys.argv[2]), float(sys.argv[3])
+decided = next((i for i, s in enumerate(steps) if s["logits"][0] - s["logits"][1] < gap), len(ids))
 model = sinkstream.Model()
 print(model.detokenize(ids[:min(limit, decided)]), end="")
 EOF
@@ -129,7 +129,12 @@ for minor in $(seq 17 "$arm_glibc"); do platforms+=(--platform "manylinux_2_${mi
 smoke="$VENVS/smoke"
 "$host_venv_python" scripts/portable_smoke.py prepare "$smoke" >/dev/null
 n_arm=6  # a few tokens: each costs seconds under emulation
-want=$(expected_text "$host_venv_python" $n_arm)
+# The ARM levels sum in other float orders than the x86 engine the oracle tests pin down, and 8-bit
+# activations turn such differences into rounding flips: on this prompt every level's logits lie
+# within 0.07-0.45 of llama.cpp's (x86 scalar and AVX2 alike, NEON, SDOT), and two levels differ by
+# up to 1 from each other. So only steps whose oracle top-2 gap is at least 0.5 are decided here
+# (p1: the first 5; its 6th has a gap of 0.33, and the packed SDOT kernels take the other token).
+want=$(expected_text "$host_venv_python" $n_arm 0.5)
 arm() {  # cpu args...: the arm64 interpreter with the installed wheel on that emulated CPU
   local cpu=$1; shift
   env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE QEMU_CPU="$cpu" PYTHONPATH="$site" "$ARM_PY" "$@"
