@@ -8,11 +8,12 @@
 // (vdotq_laneq_s32) adds, into each row's int32 lane, the products of its 4 bytes with 4
 // activation bytes picked from a register by a constant lane: the activations need no broadcast,
 // and a block's row sums come out with no horizontal work, as with VPDPBUSD. SDOT multiplies
-// signed bytes: nibbles (0..15, 0..31 with the fifth bit) are already valid int8; Q8_0's stored q + 128 goes back to q with
-// an exclusive or, and IQ4_NL's codebook values are signed. The packed_weights.h sums are of the
-// stored unsigned values (q + 128 for Q8_0 and IQ4_NL), so those two start each block's sum at
-// 128 * the activation block's sum: the same integers, then the same float steps in the same
-// order, so the same bits as the x86 packed kernels.
+// signed bytes: nibbles (0..15, 0..31 with the fifth bit) are already valid int8; Q8_0's stored
+// q + 128 goes back to q with an exclusive or, and IQ4_NL's codebook values are signed. The
+// packed_weights.h sums are of the stored unsigned values (q + 128 for Q8_0 and IQ4_NL), so those
+// two start each block's sum at 128 * the activation block's sum: the same integers, then the same
+// float steps in the same order as the x86 packed kernels (so, by construction, their bits; never
+// compared, since no machine runs both).
 //
 // Run only under qemu (cortex-a76, max) when this was written: no AArch64 machine was at hand to
 // time them against the per-row kernels (vec_dot_neon.inc).
@@ -32,8 +33,9 @@ namespace sinkstream {
 
 namespace {
 
-// Per type: bytes of a block's quants in a group, the chunks per block (4 bytes of each row per
-// chunk), and the offset term (packed_weights.h: fma(e_w, ds_x) with e_w the min, or -kOffset d_w).
+// Per type: bytes of a block's quants in a group, nibbles (else Q8_0's bytes) with or without fifth
+// bits or codebook, and the offset term (packed_weights.h: fma(e_w, ds_x) with e_w the min, or
+// -kOffset d_w; kUsesBlockSums: the sums start at kOffset * the activation block's sum).
 template <bool kFifth, bool kWithMins, int kOffsetValue>
 struct NibbleTraits {  // Q4_0, Q4_1, Q5_0, Q5_1
   static constexpr int kQuantBytes = 256;
