@@ -1,7 +1,9 @@
 """Cross-compiling a standalone C++ check for AArch64 and running it under qemu-user, for the NEON
-kernels that cannot run on an x86 machine (Debian: g++-aarch64-linux-gnu, qemu-user)."""
+kernels that cannot run on an x86 machine (Debian: g++-aarch64-linux-gnu, qemu-user); and building
+the same check natively, to compare the two."""
 from __future__ import annotations
 
+import platform
 import shutil
 import subprocess
 from pathlib import Path
@@ -44,6 +46,36 @@ def build(sources: list[str], out_dir: Path) -> Path:
                         *FILE_FLAGS.get(source, []), "-Icpp", "-c", source, "-o", str(obj)], cwd=ROOT, check=True)
         objects.append(str(obj))
     subprocess.run([cxx, *objects, "-static", "-pthread", "-o", str(exe)], cwd=ROOT, check=True)
+    return exe
+
+
+# The same sources built natively on an x86-64 host, to compare with what runs under qemu: the
+# x86 SIMD files with CMakeLists.txt's flags.
+X86_FILE_FLAGS = {
+    "cpp/ops/cpu/vec_dot_avx2.cc": ["-mavx2", "-mfma", "-mf16c"],
+    "cpp/ops/cpu/packed_avx2.cc": ["-mavx2", "-mfma", "-mf16c"],
+    **{f"cpp/ops/cpu/{name}.cc": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni", "-mavx2",
+                                  "-mfma", "-mf16c"] for name in ("vec_dot_avx512", "packed_avx512")},
+}
+
+
+def build_native(sources: list[str], out_dir: Path) -> Path:
+    """build()'s executable for this x86-64 host (skips the test elsewhere or without g++)."""
+    cxx = shutil.which("g++")
+    if cxx is None or platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("needs g++ on an x86-64 host")
+    exe = out_dir / Path(sources[0]).stem
+    if exe.exists():
+        return exe
+    out_dir.mkdir(parents=True, exist_ok=True)
+    objects = []
+    for source in sources:
+        obj = out_dir / (source.replace("/", "_") + ".o")
+        # (no -Werror: GCC 12's own AVX-512 headers warn of an uninitialized variable at -O1)
+        subprocess.run([cxx, "-std=c++17", "-O1", *X86_FILE_FLAGS.get(source, []), "-Icpp", "-c", source, "-o",
+                        str(obj)], cwd=ROOT, check=True)
+        objects.append(str(obj))
+    subprocess.run([cxx, *objects, "-pthread", "-o", str(exe)], cwd=ROOT, check=True)
     return exe
 
 

@@ -366,6 +366,14 @@ def test_bad_arguments_raise():
             _core.matmul_test(int(T.Q4_1), w.tobytes(), 4, 64, x, "neon")
 
 
+MATMUL_CHECK_SOURCES = [
+    "tests/cpp/matmul_isa_check.cc", "cpp/quant/quant_types.cc", "cpp/quant/dequantize.cc", "cpp/ops/cpu/matmul.cc",
+    "cpp/ops/cpu/cpu_features.cc", "cpp/ops/cpu/vec_dot_scalar.cc", "cpp/ops/cpu/vec_dot_neon.cc",
+    "cpp/ops/cpu/vec_dot_dotprod.cc", "cpp/ops/cpu/vec_dot_i8mm.cc", "cpp/ops/cpu/vec_dot_avx2.cc",
+    "cpp/ops/cpu/vec_dot_avx512.cc", "cpp/ops/cpu/packed_weights.cc", "cpp/ops/cpu/packed_avx512.cc",
+    "cpp/ops/cpu/packed_avx2.cc", "cpp/ops/cpu/packed_dotprod.cc", "cpp/core/thread_pool.cc"]
+
+
 @pytest.mark.slow
 @pytest.mark.ci
 @pytest.mark.parametrize("cpu,isa", cross_arm.TARGETS)
@@ -374,19 +382,39 @@ def test_neon_kernels_under_qemu(tmp_path_factory, cpu, isa):
     # (once: the baseline, plus the SDOT and SMMLA files with their extensions) and run it under
     # qemu-user on CPUs without and with those extensions, when both tools exist. Run-time dispatch
     # must pick `isa` there, and every level up to it must match the scalar kernels.
-    sources = ["tests/cpp/matmul_isa_check.cc", "cpp/quant/quant_types.cc", "cpp/quant/dequantize.cc",
-               "cpp/ops/cpu/matmul.cc", "cpp/ops/cpu/cpu_features.cc", "cpp/ops/cpu/vec_dot_scalar.cc",
-               "cpp/ops/cpu/vec_dot_neon.cc", "cpp/ops/cpu/vec_dot_dotprod.cc", "cpp/ops/cpu/vec_dot_i8mm.cc",
-               "cpp/ops/cpu/vec_dot_avx2.cc", "cpp/ops/cpu/vec_dot_avx512.cc", "cpp/ops/cpu/packed_weights.cc",
-               "cpp/ops/cpu/packed_avx512.cc", "cpp/ops/cpu/packed_avx2.cc", "cpp/ops/cpu/packed_dotprod.cc",
-               "cpp/core/thread_pool.cc"]
-    out = cross_arm.build_and_run(sources, cpu, tmp_path_factory.getbasetemp() / "matmul_isa_check")
+    out = cross_arm.build_and_run(MATMUL_CHECK_SOURCES, cpu, tmp_path_factory.getbasetemp() / "matmul_isa_check")
     assert out.returncode == 0 and "all levels match scalar" in out.stdout, out.stdout[-3000:]
     assert f"best ISA: {isa}\n" in out.stdout
     assert f"(kernel {isa:<6s})" in out.stdout  # that level's kernels really ran
     if isa == "dotprod":  # the packed SDOT kernels ran and matched too
         for name in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL"):
-            assert re.search(rf"^{name}\s+dotprod \(kernel dotprod\+packed\).* ok$", out.stdout, re.M), name
+            assert re.search(rf"^{name}\s+dotprod \(kernel dotprod\+packed\).* ok  packed bits [0-9a-f]{{16}}$",
+                             out.stdout, re.M), name
+
+
+PACKED_BITS_LINE = re.compile(r"^(\S+)\s+\S+\s+\(kernel (\S+)\+packed\) cols=(\d+)\s+n=(\d+) .* ok  packed bits ([0-9a-f]{16})$",
+                              re.M)
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_packed_kernels_give_the_same_bits_on_arm_and_x86(tmp_path_factory):
+    # packed_weights.h: every level's packed kernels sum the same integers, then the same floats in
+    # the same order, and the activations quantize to the same bytes. So the SDOT kernels under qemu
+    # (cortex-a76) and this x86 host's packed kernels (AVX2; AVX-512 where present) must give the
+    # same bits for the same inputs (tests/cpp/matmul_isa_check.cc draws them from a seeded mt19937).
+    base = tmp_path_factory.getbasetemp()
+    arm = cross_arm.build_and_run(MATMUL_CHECK_SOURCES, "cortex-a76", base / "matmul_isa_check")
+    native = subprocess.run([str(cross_arm.build_native(MATMUL_CHECK_SOURCES, base / "matmul_isa_check_native"))],
+                            capture_output=True, text=True)
+    assert arm.returncode == 0 and native.returncode == 0, (arm.stdout[-2000:], native.stdout[-2000:])
+    arm_bits = {(t, c, n): d for t, level, c, n, d in PACKED_BITS_LINE.findall(arm.stdout) if level == "dotprod"}
+    x86 = [(t, level, c, n, d) for t, level, c, n, d in PACKED_BITS_LINE.findall(native.stdout)]
+    compared = [(t, level, c, n) for t, level, c, n, d in x86 if (t, c, n) in arm_bits]
+    assert {t for t, *_ in compared} == {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL"}, compared
+    for t, level, c, n, d in x86:
+        if (t, c, n) in arm_bits:
+            assert d == arm_bits[(t, c, n)], f"{t} cols={c} n={n}: {level} packed differs from dotprod packed"
 
 
 # ---- activation quantization -------------------------------------------------------------------------

@@ -8,6 +8,7 @@
 // differs: |simd - scalar| <= 1e-5 * sum_i |w_i x_i| (w dequantized with dequantize_row).
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -58,6 +59,17 @@ std::vector<uint8_t> random_weight(GgmlType t, int64_t rows, int64_t cols, std::
       std::memcpy(&w[(size_t)(b * info.block_bytes + off)], &h, 2);
     }
   return w;
+}
+
+// FNV-1a over the bits of the floats.
+uint64_t bits_digest(const std::vector<float>& values) {
+  uint64_t h = 1469598103934665603ull;
+  for (float v : values) {
+    uint32_t bits;
+    std::memcpy(&bits, &v, 4);
+    for (int i = 0; i < 4; ++i) h = (h ^ ((bits >> (8 * i)) & 0xff)) * 1099511628211ull;
+  }
+  return h;
 }
 
 }  // namespace
@@ -113,8 +125,12 @@ int main() {
           Isa from;
           select_dot_tile(t, isa, &from);
           const std::string kernel = packed ? std::string(isa_name(isa)) + "+packed" : isa_name(from);
-          std::printf("%-6s %-6s (kernel %-6s) cols=%-5lld n=%lld  max diff/sum|wx| = %.3g %s\n", info.name,
+          std::printf("%-6s %-6s (kernel %-6s) cols=%-5lld n=%lld  max diff/sum|wx| = %.3g %s", info.name,
                       isa_name(isa), kernel.c_str(), (long long)cols, (long long)n, worst, ok ? "ok" : "MISMATCH");
+          // The packed kernels of every level sum the same integers and then the same floats in the
+          // same order (packed_weights.h): a digest of the result's bits, to compare across machines.
+          if (packed) std::printf("  packed bits %016llx", (unsigned long long)bits_digest(got));
+          std::printf("\n");
           failures += ok ? 0 : 1;
         };
         for (Isa isa : levels) {

@@ -12,8 +12,8 @@
 // q + 128 goes back to q with an exclusive or, and IQ4_NL's codebook values are signed. The
 // packed_weights.h sums are of the stored unsigned values (q + 128 for Q8_0 and IQ4_NL), so those
 // two start each block's sum at 128 * the activation block's sum: the same integers, then the same
-// float steps in the same order as the x86 packed kernels (so, by construction, their bits; never
-// compared, since no machine runs both).
+// float steps in the same order as the x86 packed kernels, so the same bits
+// (tests/test_matmul.py::test_packed_kernels_give_the_same_bits_on_arm_and_x86).
 //
 // Run only under qemu (cortex-a76, max) when this was written: no AArch64 machine was at hand to
 // time them against the per-row kernels (vec_dot_neon.inc).
