@@ -31,10 +31,10 @@ def tools() -> tuple[str, str]:
     return cxx, qemu
 
 
-def build(sources: list[str], out_dir: Path) -> Path:
-    """Builds sources (paths from the repository root) statically for the AArch64 baseline, the
-    files of FILE_FLAGS with their extensions (once per out_dir); returns the executable."""
-    cxx, _ = tools()
+def compile_and_link(cxx: str, sources: list[str], out_dir: Path, flags: list[str], file_flags: dict[str, list[str]],
+                     link_flags: list[str]) -> Path:
+    """Compiles sources (paths from the repository root) with flags plus file_flags' own, and links
+    them (once per out_dir); returns the executable."""
     exe = out_dir / Path(sources[0]).stem
     if exe.exists():
         return exe
@@ -42,11 +42,19 @@ def build(sources: list[str], out_dir: Path) -> Path:
     objects = []
     for source in sources:
         obj = out_dir / (source.replace("/", "_") + ".o")
-        subprocess.run([cxx, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", "-march=armv8-a",
-                        *FILE_FLAGS.get(source, []), "-Icpp", "-c", source, "-o", str(obj)], cwd=ROOT, check=True)
+        subprocess.run([cxx, "-std=c++17", "-O1", *flags, *file_flags.get(source, []), "-Icpp", "-c", source, "-o",
+                        str(obj)], cwd=ROOT, check=True)
         objects.append(str(obj))
-    subprocess.run([cxx, *objects, "-static", "-pthread", "-o", str(exe)], cwd=ROOT, check=True)
+    subprocess.run([cxx, *objects, *link_flags, "-pthread", "-o", str(exe)], cwd=ROOT, check=True)
     return exe
+
+
+def build(sources: list[str], out_dir: Path) -> Path:
+    """Builds sources statically for the AArch64 baseline, the files of FILE_FLAGS with their
+    extensions (once per out_dir); returns the executable."""
+    cxx, _ = tools()
+    return compile_and_link(cxx, sources, out_dir, ["-Wall", "-Wextra", "-Werror", "-march=armv8-a"], FILE_FLAGS,
+                            ["-static"])
 
 
 # The same sources built natively on an x86-64 host, to compare with what runs under qemu: the
@@ -64,19 +72,8 @@ def build_native(sources: list[str], out_dir: Path) -> Path:
     cxx = shutil.which("g++")
     if cxx is None or platform.machine() not in ("x86_64", "AMD64"):
         pytest.skip("needs g++ on an x86-64 host")
-    exe = out_dir / Path(sources[0]).stem
-    if exe.exists():
-        return exe
-    out_dir.mkdir(parents=True, exist_ok=True)
-    objects = []
-    for source in sources:
-        obj = out_dir / (source.replace("/", "_") + ".o")
-        # (no -Werror: GCC 12's own AVX-512 headers warn of an uninitialized variable at -O1)
-        subprocess.run([cxx, "-std=c++17", "-O1", *X86_FILE_FLAGS.get(source, []), "-Icpp", "-c", source, "-o",
-                        str(obj)], cwd=ROOT, check=True)
-        objects.append(str(obj))
-    subprocess.run([cxx, *objects, "-pthread", "-o", str(exe)], cwd=ROOT, check=True)
-    return exe
+    # (no -Werror: GCC 12's own AVX-512 headers warn of an uninitialized variable at -O1)
+    return compile_and_link(cxx, sources, out_dir, [], X86_FILE_FLAGS, [])
 
 
 def build_and_run(sources: list[str], cpu: str, out_dir: Path) -> subprocess.CompletedProcess:
