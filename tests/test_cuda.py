@@ -206,12 +206,15 @@ def test_decode_row_validates_arguments():
 
 
 # (n_layer, n_sink, window, max_chunk, layer_windows, evicts): a global cache, Gemma-style local
-# layers narrower and wider than the window, no sinks, and the dense (non-evicting) layout.
+# layers narrower and wider than the window, no sinks, the dense (non-evicting) layout, and chunks
+# of several query tiles.
 PLAN_GEOMETRIES = {
     "global": (2, 4, 12, 5, [], True),
     "local": (3, 2, 10, 4, [5, 0, 16], True),
     "no_sinks": (1, 0, 7, 3, [], True),
     "dense": (2, 4, 60, 8, [0, 6], False),
+    # chunks longer than the window: several query tiles (prefill), the ring wrapped within a chunk
+    "long_chunks": (2, 4, 12, 40, [5, 0], True),
 }
 
 
@@ -232,6 +235,8 @@ def test_attention_plan_matches_sink_cache(name):
             for q in _core.cuda_attention_plan(n_layer, 2, 8, n_sink, window, chunk, layer_windows, evicts,
                                                layer, t0, chunk):
                 assert q["slots"] == q["expected_slots"], (name, layer, q["t"])
+                # the prefill kernel's tiles find exactly these rows, each once, at these slots
+                assert q["tile_slots"] == q["slots"] and q["tile_rows"] == len(q["slots"]), (name, layer, q["t"])
                 assert q["alibi_distances"] == q["expected_alibi_distances"], (name, layer, q["t"])
                 assert q["query_position"] == q["expected_query_position"]
                 assert q["tokens"][-1] == q["t"] and q["slots"][-1] == q["store_slot"]
@@ -420,7 +425,8 @@ def test_silu_mul_matches_numpy(shape):
 
 @needs_gpu
 @pytest.mark.parametrize("kv_type", ["f16", "f32"])
-@pytest.mark.parametrize("shape", [(64, 9, 3, 700, 4, 600), (64, 8, 2, 5, 4, 16), (80, 5, 1, 301, 2, 290),
+@pytest.mark.parametrize("shape", [(64, 9, 3, 700, 4, 600), (64, 9, 3, 5000, 4, 4500), (64, 8, 2, 5, 4, 16),
+                                   (80, 5, 1, 301, 2, 290),
                                    (16, 4, 2, 130, 4, 64), (24, 6, 1, 263, 0, 263), (256, 4, 1, 50, 4, 40)],
                          ids=lambda s: "hd{}-h{}-kv{}-t{}".format(*s[:4]))
 def test_attention_kernel_matches_cpu(shape, kv_type):

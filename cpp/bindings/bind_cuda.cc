@@ -5,6 +5,7 @@
 // everywhere, and those checks are testable without a GPU.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/shared_ptr.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
@@ -137,6 +138,11 @@ constexpr const char* kMatmulDoc =
     "x float32 (n, cols). Uploads W and X, runs, downloads Y (a test hook, not a fast path).\n"
     "ValueError for bad arguments; RuntimeError when built without CUDA or no device is usable.";
 
+// What Model(device="cuda") holds so that its weights stay on the device between its sessions.
+struct CudaWeightsHandle {
+  std::shared_ptr<void> held;
+};
+
 }  // namespace
 
 void bind_cuda(nb::module_& m) {
@@ -175,10 +181,25 @@ void bind_cuda(nb::module_& m) {
         const SinkCache cache(n_layer, n_head_kv, head_dim, n_sink, window, max_chunk, KvType::kF16, 0,
                               std::move(layer_windows), evicts, /*host_storage=*/false);
         SS_ASSERT(!cache.has_host_storage() && cache.bytes() > 0);
+        std::vector<cuda::AttentionRowPlan> plans;
+        for (int64_t b = 0; b < n; ++b) plans.push_back(cuda::plan_attention_row(cache, layer, t0 + (uint64_t)b, false));
         nb::list out;
         for (int64_t b = 0; b < n; ++b) {
           const uint64_t t = t0 + (uint64_t)b;
-          const cuda::AttentionRowPlan p = cuda::plan_attention_row(cache, layer, t, false);
+          const cuda::AttentionRowPlan& p = plans[(size_t)b];
+          // The prefill kernel's view: query b's rows found among its tile's candidates, by row.
+          const int64_t first = b / cuda::kTileQueries * cuda::kTileQueries;
+          const cuda::AttentionTilePlan tile = cuda::plan_attention_tile(
+              plans.data(), first, std::min(cuda::kTileQueries, n - first), cache.ring_slots(layer));
+          std::vector<int64_t> tile_slots((size_t)cuda::plan_rows(p), -1);
+          int64_t tile_rows = 0;
+          for (int64_t c = 0; c < cuda::tile_candidates(tile); ++c) {
+            const int64_t r = cuda::tile_candidate_row(tile, p, c, cache.ring_slots(layer));
+            if (r < 0) continue;
+            ++tile_rows;
+            if (r < (int64_t)tile_slots.size())
+              tile_slots[(size_t)r] = cuda::tile_candidate_slot(tile, c, cache.n_sink(), cache.ring_slots(layer));
+          }
           // What the kernel reads, row by row (row_slot, alibi_distance: the kernel's own code) ...
           std::vector<int64_t> slots, distances;
           for (int64_t r = 0; r < cuda::plan_rows(p); ++r) {
@@ -204,6 +225,8 @@ void bind_cuda(nb::module_& m) {
           d["query_position"] = p.query_position;
           d["store_slot"] = cuda::store_slot(cache, layer, t);
           d["slots"] = slots;
+          d["tile_slots"] = tile_slots;
+          d["tile_rows"] = tile_rows;
           d["alibi_distances"] = distances;
           d["tokens"] = tokens;
           d["expected_slots"] = expected_slots;
@@ -269,6 +292,21 @@ void bind_cuda(nb::module_& m) {
       "Test hook: one row-wise or elementwise op of the CUDA backend ('cuda') or its CPU twin in ops.h ('cpu') on\n"
       "a (rows, cols); b, c, p as the op needs (cuda_backend.h elementwise_host lists them; empty arrays when\n"
       "unused). RuntimeError for 'cuda' without a CUDA build or device.");
+  nb::class_<CudaWeightsHandle>(m, "CudaWeightsHandle",
+                                "Keeps a model's weights on the GPU while it lives (cuda_retain_weights).");
+  m.def(
+      "cuda_retain_weights",
+      [](std::shared_ptr<const Model> model) -> CudaWeightsHandle {
+#ifdef SINKSTREAM_HAVE_CUDA
+        return CudaWeightsHandle{cuda::retain_weights(std::move(model))};
+#else
+        (void)model;
+        throw std::runtime_error(kNotBuilt);
+#endif
+      },
+      nb::arg("model"),
+      "A handle that keeps `model`'s weights on the GPU (uploaded on first use) while it lives, also between\n"
+      "sessions; Model(device='cuda') holds one. RuntimeError without a CUDA build or device.");
   m.def(
       "cuda_resident_weight_bytes",
       [](const Model& model) -> size_t {

@@ -461,6 +461,17 @@ def cuda_op_test(op: str, device: str, a: Annotated[NDArray[numpy.float32], dict
     unused). RuntimeError for 'cuda' without a CUDA build or device.
     """
 
+class CudaWeightsHandle:
+    """
+    Keeps a model's weights on the GPU while it lives (cuda_retain_weights).
+    """
+
+def cuda_retain_weights(model: Model) -> CudaWeightsHandle:
+    """
+    A handle that keeps `model`'s weights on the GPU (uploaded on first use) while it lives, also between
+    sessions; Model(device='cuda') holds one. RuntimeError without a CUDA build or device.
+    """
+
 def cuda_resident_weight_bytes(model: Model) -> int:
     """
     Device memory the CUDA sessions of `model` hold for its weights now (0 before the first CUDA pass and

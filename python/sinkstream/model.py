@@ -148,6 +148,9 @@ class Model:
         self._sessions: weakref.WeakSet[Session] = weakref.WeakSet()
         self._schedulers: weakref.WeakSet[Any] = weakref.WeakSet()  # BatchSchedulers of this model
         self._metadata: dict[str, Any] | None = None
+        # device="cuda": the weights stay on the GPU between sessions (uploaded by the first one);
+        # otherwise each generate() or session would upload them again.
+        self._cuda_weights = _core.cuda_retain_weights(self._handle) if self.device == "cuda" else None
 
     @property
     def _core(self) -> Any:  # _core.Model
@@ -173,6 +176,7 @@ class Model:
         for session in list(self._sessions):
             session._close()
         self._sessions.clear()
+        self._cuda_weights = None
         self._handle = None
 
     def __enter__(self) -> "Model":

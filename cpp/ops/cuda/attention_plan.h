@@ -8,6 +8,7 @@
 // read is the slot SinkCache::slot_of names and that its ALiBi distance is the CPU's
 // (tests/test_cuda.py, test_attention_plan_matches_sink_cache).
 #pragma once
+#include <algorithm>
 #include <cstdint>
 
 #include "kv/sink_cache.h"
@@ -50,6 +51,75 @@ SS_HD int64_t row_slot(const AttentionRowPlan& p, int64_t r, int64_t n_sink, int
 SS_HD int64_t alibi_distance(const AttentionRowPlan& p, int64_t r) {
   if (r < p.n_sink_rows) return p.query_position - (p.sink_begin + r);
   return plan_rows(p) - 1 - r;
+}
+
+// ---- tiles of queries (prefill) ------------------------------------------------------------------
+// Consecutive queries of a pass share most of their attention sets, so the prefill kernel reads each
+// key and value once per tile of kTileQueries queries instead of once per query. A tile walks the
+// union of its queries' sets as candidates: the sink slots [sink_begin, sink_begin + n_sink_slots),
+// then n_window_slots ring slots from window_first_slot. Each query keeps exactly its own set:
+// tile_candidate_row() says which of its rows a candidate is, or that it is not one of them.
+constexpr int64_t kTileQueries = 16;
+
+struct AttentionTilePlan {
+  int64_t first_query = 0, n_queries = 0;
+  int64_t sink_begin = 0, n_sink_slots = 0;
+  int64_t window_first_slot = 0, n_window_slots = 0;
+};
+
+// Ring distance from slot `from` forward to slot `to` (both window slots), 0 .. ring_slots - 1.
+SS_HD int64_t ring_offset(int64_t from, int64_t to, int64_t ring_slots) {
+  const int64_t d = to - from;
+  return d < 0 ? d + ring_slots : d;
+}
+
+// The tile of plans[first .. first + count - 1].
+inline AttentionTilePlan plan_attention_tile(const AttentionRowPlan* plans, int64_t first, int64_t count,
+                                             int64_t ring_slots) {
+  AttentionTilePlan tile;
+  tile.first_query = first;
+  tile.n_queries = count;
+  int64_t sink_end = 0;
+  bool has_sinks = false, has_window = false;
+  for (int64_t b = first; b < first + count; ++b) {
+    const AttentionRowPlan& p = plans[b];
+    if (p.n_sink_rows > 0) {
+      tile.sink_begin = has_sinks ? std::min(tile.sink_begin, p.sink_begin) : p.sink_begin;
+      sink_end = has_sinks ? std::max(sink_end, p.sink_begin + p.n_sink_rows) : p.sink_begin + p.n_sink_rows;
+      has_sinks = true;
+    }
+    if (p.n_window_rows > 0) {
+      if (!has_window) tile.window_first_slot = p.window_first_slot;
+      has_window = true;
+      // Each query's window as an offset from the tile's first window slot; the union ends at the
+      // farthest end, and never holds a ring slot twice.
+      const int64_t end = ring_offset(tile.window_first_slot, p.window_first_slot, ring_slots) + p.n_window_rows;
+      tile.n_window_slots = std::min(ring_slots, std::max(tile.n_window_slots, end));
+    }
+  }
+  tile.n_sink_slots = has_sinks ? sink_end - tile.sink_begin : 0;
+  return tile;
+}
+
+SS_HD int64_t tile_candidates(const AttentionTilePlan& t) { return t.n_sink_slots + t.n_window_slots; }
+
+// The cache slot of candidate c of the tile.
+SS_HD int64_t tile_candidate_slot(const AttentionTilePlan& t, int64_t c, int64_t n_sink, int64_t ring_slots) {
+  if (c < t.n_sink_slots) return t.sink_begin + c;
+  return n_sink + (t.window_first_slot - n_sink + (c - t.n_sink_slots)) % ring_slots;
+}
+
+// The row of query plan p that candidate c is, or -1 when c is not in p's set.
+SS_HD int64_t tile_candidate_row(const AttentionTilePlan& t, const AttentionRowPlan& p, int64_t c,
+                                 int64_t ring_slots) {
+  if (c < t.n_sink_slots) {
+    const int64_t slot = t.sink_begin + c;
+    return slot >= p.sink_begin && slot < p.sink_begin + p.n_sink_rows ? slot - p.sink_begin : -1;
+  }
+  if (p.n_window_rows == 0) return -1;
+  const int64_t into = ring_offset(ring_offset(t.window_first_slot, p.window_first_slot, ring_slots),
+                                   c - t.n_sink_slots, ring_slots);
+  return into < p.n_window_rows ? p.n_sink_rows + into : -1;
 }
 
 // The slot a token's key and value are stored in (SinkCache::store's row).

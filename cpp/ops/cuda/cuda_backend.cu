@@ -41,16 +41,10 @@ using detail::check_launch;
 
 constexpr int kThreads = 256;
 constexpr int kWarp = 32;
-constexpr int kAttnWarps = 8;
+constexpr int kAttnWarps = 4;
 constexpr int kMaxHeadDim = 256;  // attention keeps head_dim / 32 accumulators per lane
 
 unsigned blocks_for(int64_t n) { return (unsigned)std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 65535)); }
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 __device__ __forceinline__ float round_half(float v) { return __half2float(__float2half_rn(v)); }
 
@@ -200,6 +194,11 @@ __device__ __forceinline__ float cache_at(const uint8_t* rows, int64_t index) {
 // kernels: (1) each range's max and sum of exp, (2) every range combines all ranges' (max, sum) into
 // the softmax's own, then weighs its values with the final weights (so each weight is rounded as the
 // CPU rounds it), (3) the ranges' partial sums added. A short set is one range.
+// Each lane scores a row of its own (the whole q . k), so a warp has 32 rows' loads in flight; the
+// first version reduced each row's dot product across the warp, one row at a time per warp, and
+// spent ~55 us per decode step and layer waiting on those chains (H200, 1,100 rows): 74% of the
+// GPU's decode time. The values are then summed row by row, each lane holding head_dim / 32 of
+// the output, with the row's weight and slot broadcast from the lane that scored it.
 struct AttentionArgs {
   const float* q;
   const float* q_sink;
@@ -216,10 +215,12 @@ struct AttentionArgs {
   float2* stats;          // (n, n_head, splits): (max, sum of exp) per range
   float* partials;        // (n, n_head, splits, head_dim)
   float* out;             // (n, n_head * head_dim)
+  const AttentionTilePlan* tiles;  // the prefill kernels' query tiles (attention_plan.h)
 };
 
-constexpr int64_t kRowsPerSplit = 512;
-constexpr int64_t kTargetBlocks = 1024;  // enough (head, token, range) blocks to fill a large GPU
+constexpr int64_t kRowsPerSplit = kAttnWarps * kWarp;  // a range is at least one row per lane
+constexpr int kRowsInFlight = 8;  // value rows whose loads one lane has in flight (divides 32)
+constexpr int64_t kTargetBlocks = 2048;  // enough (head, token, range) blocks to fill a large GPU
 constexpr int64_t kMaxSplits = 256;
 
 int attention_splits(int64_t n, int64_t n_head, int64_t max_rows) {
@@ -259,13 +260,27 @@ struct AttentionBlock {
     __syncthreads();
   }
   __device__ int64_t slot(const AttentionArgs& a, int64_t r) const { return row_slot(plan, r, a.n_sink, a.ring_slots); }
-  // Row r's biased score; every lane of the calling warp gets it.
-  __device__ float score(const AttentionArgs& a, const float* qw, const float* qs, int64_t r, int lane) const {
+  // Row r's biased score, computed by the calling lane alone (head_dim is even: host-checked).
+  __device__ float lane_score(const AttentionArgs& a, const float* qw, const float* qs, int64_t r) const {
     const int64_t at = slot(a, r) * a.head_dim;
     const float* q = r < plan.n_sink_rows ? qs : qw;
-    float part = 0.0f;
-    for (int i = lane; i < a.head_dim; i += kWarp) part += q[i] * cache_at<F16>(k_rows, at + i);
-    float s = warp_sum(part) * a.scale;
+    float even = 0.0f, odd = 0.0f;  // two chains: half the dependent FMAs in a row
+    if (F16) {
+      const __half2* k = reinterpret_cast<const __half2*>(k_rows) + at / 2;
+      for (int i = 0; i < a.head_dim / 2; ++i) {
+        const float2 kv = __half22float2(k[i]);
+        even = fmaf(q[2 * i], kv.x, even);
+        odd = fmaf(q[2 * i + 1], kv.y, odd);
+      }
+    } else {
+      const float2* k = reinterpret_cast<const float2*>(k_rows) + at / 2;
+      for (int i = 0; i < a.head_dim / 2; ++i) {
+        const float2 kv = k[i];
+        even = fmaf(q[2 * i], kv.x, even);
+        odd = fmaf(q[2 * i + 1], kv.y, odd);
+      }
+    }
+    float s = (even + odd) * a.scale;
     if (a.slopes != nullptr) s -= slope * (float)alibi_distance(plan, r);
     if (a.softcap > 0.0f) s = a.softcap * tanhf(s * (1.0f / a.softcap));
     return s;
@@ -276,6 +291,13 @@ __device__ __forceinline__ int64_t entry_index(const AttentionArgs& a) {
   return ((int64_t)blockIdx.y * a.n_head + blockIdx.x) * a.splits + blockIdx.z;
 }
 
+// (max, sum of exp) of two parts of a softmax merged; a part with no rows is (-inf, 0).
+__device__ __forceinline__ void merge_softmax_stats(float& m, float& l, float m2, float l2) {
+  const float mx = fmaxf(m, m2);
+  l = (l > 0.0f ? l * expf(m - mx) : 0.0f) + (l2 > 0.0f ? l2 * expf(m2 - mx) : 0.0f);
+  m = mx;
+}
+
 template <bool F16>
 __global__ void __launch_bounds__(kAttnWarps * kWarp) attention_stats_kernel(AttentionArgs a) {
   extern __shared__ float shared[];
@@ -283,12 +305,13 @@ __global__ void __launch_bounds__(kAttnWarps * kWarp) attention_stats_kernel(Att
   __shared__ float warp_max[kAttnWarps], warp_sum_exp[kAttnWarps];
   const AttentionBlock<F16> blk(a, qw, qs);
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
-  float m = -INFINITY, l = 0.0f;
-  for (int64_t r = blk.begin + warp; r < blk.end; r += kAttnWarps) {
-    const float s = blk.score(a, qw, qs, r, lane);
-    const float m2 = fmaxf(m, s);
-    l = l * expf(m - m2) + expf(s - m2);
-    m = m2;
+  float m = -INFINITY, l = 0.0f;  // this lane's rows
+  for (int64_t r = blk.begin + warp * kWarp + lane; r < blk.end; r += kAttnWarps * kWarp)
+    merge_softmax_stats(m, l, blk.lane_score(a, qw, qs, r), 1.0f);
+#pragma unroll
+  for (int o = kWarp / 2; o > 0; o >>= 1) {
+    const float m2 = __shfl_xor_sync(0xffffffffu, m, o), l2 = __shfl_xor_sync(0xffffffffu, l, o);
+    merge_softmax_stats(m, l, m2, l2);
   }
   if (lane == 0) {
     warp_max[warp] = m;
@@ -297,9 +320,7 @@ __global__ void __launch_bounds__(kAttnWarps * kWarp) attention_stats_kernel(Att
   __syncthreads();
   if (threadIdx.x == 0) {
     float mx = -INFINITY, total = 0.0f;
-    for (int w = 0; w < kAttnWarps; ++w) mx = fmaxf(mx, warp_max[w]);
-    for (int w = 0; w < kAttnWarps; ++w)
-      if (warp_sum_exp[w] > 0.0f) total += warp_sum_exp[w] * expf(warp_max[w] - mx);
+    for (int w = 0; w < kAttnWarps; ++w) merge_softmax_stats(mx, total, warp_max[w], warp_sum_exp[w]);
     a.stats[entry_index(a)] = make_float2(mx, total);  // (-inf, 0) for an empty range
   }
 }
@@ -328,14 +349,38 @@ __global__ void __launch_bounds__(kAttnWarps * kWarp) attention_accumulate_kerne
   float acc[kMaxHeadDim / kWarp];
 #pragma unroll
   for (int k = 0; k < kMaxHeadDim / kWarp; ++k) acc[k] = 0.0f;
-  for (int64_t r = blk.begin + warp; r < blk.end; r += kAttnWarps) {
-    float w = expf(blk.score(a, qw, qs, r, lane) - mx) * inv;
-    if (F16) w = round_half(w);
-    const int64_t at = blk.slot(a, r) * a.head_dim;
+  // Groups of 32 rows: lane j weighs row first + j, then every lane adds its columns of each row.
+  for (int64_t first = blk.begin + warp * kWarp; first < blk.end; first += kAttnWarps * kWarp) {
+    const int64_t r = first + lane;
+    float w = 0.0f;
+    long long slot = 0;
+    if (r < blk.end) {
+      w = expf(blk.lane_score(a, qw, qs, r) - mx) * inv;
+      if (F16) w = round_half(w);
+      slot = blk.slot(a, r);
+    }
+    // kRowsInFlight rows at a time, all their loads issued before their adds (a lane past the
+    // range has weight 0 and slot 0: a real row, added times 0). The same order of adds as one by one.
+    const int rows = (int)min((int64_t)kWarp, blk.end - first);  // the same for the whole warp
+    for (int j0 = 0; j0 < rows; j0 += kRowsInFlight) {
+      float wj[kRowsInFlight];
+      int64_t at[kRowsInFlight];
 #pragma unroll
-    for (int k = 0; k < kMaxHeadDim / kWarp; ++k) {
-      const int i = lane + k * kWarp;
-      if (i < a.head_dim) acc[k] += w * cache_at<F16>(blk.v_rows, at + i);
+      for (int u = 0; u < kRowsInFlight; ++u) {
+        wj[u] = __shfl_sync(0xffffffffu, w, j0 + u);
+        at[u] = (int64_t)__shfl_sync(0xffffffffu, slot, j0 + u) * a.head_dim;
+      }
+#pragma unroll
+      for (int k = 0; k < kMaxHeadDim / kWarp; ++k) {
+        const int i = lane + k * kWarp;
+        if (i < a.head_dim) {
+          float v[kRowsInFlight];
+#pragma unroll
+          for (int u = 0; u < kRowsInFlight; ++u) v[u] = cache_at<F16>(blk.v_rows, at[u] + i);
+#pragma unroll
+          for (int u = 0; u < kRowsInFlight; ++u) acc[k] += wj[u] * v[u];
+        }
+      }
     }
   }
 #pragma unroll
@@ -361,6 +406,206 @@ __global__ void attention_combine_kernel(AttentionArgs a) {
     for (int sp = 0; sp < a.splits; ++sp) total += a.partials[(first + sp) * a.head_dim + i];
     out[i] = total;
   }
+}
+
+// ---- attention for tiles of queries (prefill) -------------------------------------------------------
+// Block (head, tile): the kTileQueries consecutive queries of a tile (attention_plan.h) walk its
+// candidates kTileRows at a time. The candidates' keys (then values) are read into shared memory
+// once for the whole tile and every (query, candidate) pair is scored from there; a candidate
+// outside a query's own set is left out of that query. The per-query kernels above read every key
+// once per query: at 2,048 cached rows and 512-token chunks that was 85% of a prefill's GPU time.
+// The same two passes (each weight is the final softmax weight, rounded as the CPU rounds it); each
+// query's rows are added in its row order (sinks, then the window); one range per query.
+constexpr int kTileRows = 32;
+constexpr int kTileThreads = 128;
+constexpr int kThreadsPerQuery = kTileThreads / (int)kTileQueries;  // 8 score a query's candidates
+constexpr int kTileOutputs = (int)kTileQueries * kMaxHeadDim / kTileThreads;
+
+// Rows in shared memory are head_dim + 1 floats apart, so the queries and candidates one warp reads
+// at once sit in different banks.
+__host__ __device__ inline int64_t tile_stride(int64_t head_dim) { return head_dim + 1; }
+size_t tile_shared_bytes(int64_t head_dim, bool accumulate) {
+  const int64_t floats = (2 * kTileQueries + kTileRows) * tile_stride(head_dim) + (accumulate ? kTileQueries * kTileRows : 0);
+  return (size_t)floats * sizeof(float);
+}
+
+template <bool F16>
+struct TileBlock {
+  const AttentionTilePlan* tile;
+  const uint8_t *k_rows, *v_rows;
+  float slope;
+  int64_t stride, candidates;
+  float *q, *q_sink, *rows;      // shared: (kTileQueries, stride) twice, (kTileRows, stride)
+  int64_t* slots;                // shared: the slots of the candidates in `rows`
+  __device__ TileBlock(const AttentionArgs& a, float* shared, int64_t* slot_shared) {
+    const int h = blockIdx.x;
+    tile = a.tiles + blockIdx.y;
+    const size_t element = F16 ? 2 : 4;
+    const int kv = h / a.group;
+    k_rows = a.keys + (size_t)kv * a.n_slots * a.head_dim * element;
+    v_rows = a.values + (size_t)kv * a.n_slots * a.head_dim * element;
+    slope = a.slopes != nullptr ? a.slopes[h] : 0.0f;
+    stride = tile_stride(a.head_dim);
+    candidates = tile_candidates(*tile);
+    q = shared;
+    q_sink = q + kTileQueries * stride;
+    rows = q_sink + kTileQueries * stride;
+    slots = slot_shared;
+    for (int64_t e = threadIdx.x; e < kTileQueries * a.head_dim; e += blockDim.x) {
+      const int64_t qi = e / a.head_dim, i = e % a.head_dim;
+      float qw = 0.0f, qs = 0.0f;
+      if (qi < tile->n_queries) {
+        const int64_t b = tile->first_query + qi;
+        const float* qw_g = a.q + (b * a.n_head + h) * (int64_t)a.head_dim;
+        const float* qs_g = a.plans[b].separate_sink_query ? a.q_sink + (b * a.n_head + h) * (int64_t)a.head_dim : qw_g;
+        qw = F16 ? round_half(qw_g[i]) : qw_g[i];
+        qs = F16 ? round_half(qs_g[i]) : qs_g[i];
+      }
+      q[qi * stride + i] = qw;
+      q_sink[qi * stride + i] = qs;
+    }
+  }
+  // Candidates c0 .. c0 + kTileRows - 1 of `source` (keys or values) into `rows` (0 past the last).
+  // Starts and ends with a barrier: `rows` is free before, filled after.
+  __device__ void load(const AttentionArgs& a, const uint8_t* source, int64_t c0) {
+    __syncthreads();
+    if (threadIdx.x < kTileRows) {
+      const int64_t c = c0 + threadIdx.x;
+      slots[threadIdx.x] = c < candidates ? tile_candidate_slot(*tile, c, a.n_sink, a.ring_slots) : -1;
+    }
+    __syncthreads();
+    for (int64_t e = threadIdx.x; e < kTileRows * a.head_dim; e += blockDim.x) {
+      const int64_t j = e / a.head_dim, i = e % a.head_dim;
+      const int64_t slot = slots[j];
+      rows[j * stride + i] = slot >= 0 ? cache_at<F16>(source, slot * a.head_dim + i) : 0.0f;
+    }
+    __syncthreads();
+  }
+  // The biased score of query qi (plan p) against row r = candidate j of `rows` (keys loaded).
+  __device__ float score(const AttentionArgs& a, const AttentionRowPlan& p, int qi, int j, int64_t r) const {
+    const float* qv = (r < p.n_sink_rows ? q_sink : q) + qi * stride;
+    const float* kv = rows + j * stride;
+    float even = 0.0f, odd = 0.0f;
+    for (int i = 0; i < a.head_dim; i += 2) {
+      even = fmaf(qv[i], kv[i], even);
+      odd = fmaf(qv[i + 1], kv[i + 1], odd);
+    }
+    float s = (even + odd) * a.scale;
+    if (a.slopes != nullptr) s -= slope * (float)alibi_distance(p, r);
+    if (a.softcap > 0.0f) s = a.softcap * tanhf(s * (1.0f / a.softcap));
+    return s;
+  }
+};
+
+template <bool F16>
+__global__ void __launch_bounds__(kTileThreads) attention_tile_stats_kernel(AttentionArgs a) {
+  extern __shared__ float shared[];
+  __shared__ int64_t slot_shared[kTileRows];
+  TileBlock<F16> blk(a, shared, slot_shared);
+  const int qi = threadIdx.x / kThreadsPerQuery, part = threadIdx.x % kThreadsPerQuery;
+  const bool active = qi < blk.tile->n_queries;
+  const AttentionRowPlan p = active ? a.plans[blk.tile->first_query + qi] : AttentionRowPlan{};
+  float m = -INFINITY, l = 0.0f;
+  for (int64_t c0 = 0; c0 < blk.candidates; c0 += kTileRows) {
+    blk.load(a, blk.k_rows, c0);
+    for (int j = part; j < kTileRows && active; j += kThreadsPerQuery) {
+      const int64_t c = c0 + j;
+      const int64_t r = c < blk.candidates ? tile_candidate_row(*blk.tile, p, c, a.ring_slots) : -1;
+      if (r >= 0) merge_softmax_stats(m, l, blk.score(a, p, qi, j, r), 1.0f);
+    }
+  }
+#pragma unroll
+  for (int o = kThreadsPerQuery / 2; o > 0; o >>= 1) {  // a query's threads are adjacent lanes
+    const float m2 = __shfl_xor_sync(0xffffffffu, m, o), l2 = __shfl_xor_sync(0xffffffffu, l, o);
+    merge_softmax_stats(m, l, m2, l2);
+  }
+  if (active && part == 0) a.stats[(blk.tile->first_query + qi) * a.n_head + blockIdx.x] = make_float2(m, l);
+}
+
+template <bool F16>
+__global__ void __launch_bounds__(kTileThreads) attention_tile_accumulate_kernel(AttentionArgs a) {
+  extern __shared__ float shared[];
+  __shared__ int64_t slot_shared[kTileRows];
+  __shared__ float final_max[kTileQueries], final_inv[kTileQueries];
+  TileBlock<F16> blk(a, shared, slot_shared);
+  float* weights = blk.rows + kTileRows * blk.stride;  // (kTileQueries, kTileRows)
+  const int h = blockIdx.x;
+  if (threadIdx.x < blk.tile->n_queries) {  // the softmax's max and 1 / sum (one range per query)
+    const float2 st = a.stats[(blk.tile->first_query + threadIdx.x) * a.n_head + h];
+    const float sink = a.sink_logits != nullptr ? a.sink_logits[h] : -INFINITY;
+    const float mx = fmaxf(sink, st.x);
+    float total = a.sink_logits != nullptr ? expf(sink - mx) : 0.0f;
+    if (st.y > 0.0f) total += st.y * expf(st.x - mx);
+    final_max[threadIdx.x] = mx;
+    final_inv[threadIdx.x] = 1.0f / total;
+  }
+  const int qi = threadIdx.x / kThreadsPerQuery, part = threadIdx.x % kThreadsPerQuery;
+  const bool active = qi < blk.tile->n_queries;
+  const AttentionRowPlan p = active ? a.plans[blk.tile->first_query + qi] : AttentionRowPlan{};
+  float acc[kTileOutputs];
+#pragma unroll
+  for (int o = 0; o < kTileOutputs; ++o) acc[o] = 0.0f;
+  for (int64_t c0 = 0; c0 < blk.candidates; c0 += kTileRows) {
+    blk.load(a, blk.k_rows, c0);  // its first barrier also publishes final_max / final_inv
+    for (int j = part; j < kTileRows; j += kThreadsPerQuery) {
+      const int64_t c = c0 + j;
+      const int64_t r = active && c < blk.candidates ? tile_candidate_row(*blk.tile, p, c, a.ring_slots) : -1;
+      float w = 0.0f;
+      if (r >= 0) {
+        w = expf(blk.score(a, p, qi, j, r) - final_max[qi]) * final_inv[qi];
+        if (F16) w = round_half(w);
+      }
+      if (qi < kTileQueries) weights[qi * kTileRows + j] = w;
+    }
+    blk.load(a, blk.v_rows, c0);
+#pragma unroll
+    for (int o = 0; o < kTileOutputs; ++o) {
+      const int64_t e = threadIdx.x + (int64_t)o * kTileThreads;
+      if (e < kTileQueries * a.head_dim) {
+        const int64_t oq = e / a.head_dim, i = e % a.head_dim;
+        const float* w = weights + oq * kTileRows;
+        float sum = acc[o];
+        for (int j = 0; j < kTileRows; ++j) sum += w[j] != 0.0f ? w[j] * blk.rows[j * blk.stride + i] : 0.0f;
+        acc[o] = sum;
+      }
+    }
+  }
+#pragma unroll
+  for (int o = 0; o < kTileOutputs; ++o) {
+    const int64_t e = threadIdx.x + (int64_t)o * kTileThreads;
+    if (e < kTileQueries * a.head_dim) {
+      const int64_t oq = e / a.head_dim, i = e % a.head_dim;
+      if (oq < blk.tile->n_queries)
+        a.partials[((blk.tile->first_query + oq) * a.n_head + h) * a.head_dim + i] = acc[o];
+    }
+  }
+}
+
+// Lets a kernel take `bytes` of dynamic shared memory (over the default 48 KiB: head_dim 256).
+template <typename Kernel>
+void allow_shared_memory(Kernel kernel, size_t bytes) {
+  if (bytes > (48u << 10))
+    SS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+}
+
+// The two tile kernels and the combine (one range) for n queries in n_tiles tiles (a.tiles set).
+void launch_tile_attention(AttentionArgs a, int64_t n, int64_t n_tiles, bool f16) {
+  a.splits = 1;
+  const dim3 grid((unsigned)a.n_head, (unsigned)n_tiles);
+  const size_t stats_shared = tile_shared_bytes(a.head_dim, false), acc_shared = tile_shared_bytes(a.head_dim, true);
+  if (f16) {
+    allow_shared_memory(attention_tile_stats_kernel<true>, stats_shared);
+    allow_shared_memory(attention_tile_accumulate_kernel<true>, acc_shared);
+    attention_tile_stats_kernel<true><<<grid, kTileThreads, stats_shared>>>(a);
+    attention_tile_accumulate_kernel<true><<<grid, kTileThreads, acc_shared>>>(a);
+  } else {
+    allow_shared_memory(attention_tile_stats_kernel<false>, stats_shared);
+    allow_shared_memory(attention_tile_accumulate_kernel<false>, acc_shared);
+    attention_tile_stats_kernel<false><<<grid, kTileThreads, stats_shared>>>(a);
+    attention_tile_accumulate_kernel<false><<<grid, kTileThreads, acc_shared>>>(a);
+  }
+  attention_combine_kernel<<<dim3((unsigned)a.n_head, (unsigned)n), 128>>>(a);
+  check_launch("tile attention");
 }
 
 // The cache geometry part of the arguments (keys / values: the layer's rows on the device).
@@ -481,6 +726,60 @@ std::shared_ptr<DeviceWeights> weights_of(const Model& model) {
   return w;
 }
 
+// ---- uploads ---------------------------------------------------------------------------------------
+
+// Pinned host staging for the small uploads of every pass: token ids, RoPE tables, K/V slots and
+// attention plans. A cudaMemcpy from pageable memory waits for all the work queued on the legacy
+// stream, so the two uploads per layer drained the GPU twice per layer: decode of a 135M model on an
+// H200 took 5.5 ms per token, almost all of it the CPU and GPU waiting on each other. Here an
+// upload is a memcpy into pinned memory and a cudaMemcpyAsync, queued in stream order behind the
+// kernels launched before it; the host returns at once. A region is written again only after a
+// synchronization has proved the GPU read it: a download (reclaim()), or the arena filling up.
+class UploadStaging {
+ public:
+  explicit UploadStaging(size_t bytes) : size_(bytes) {
+    void* base = nullptr;
+    SS_CUDA_CHECK(cudaMallocHost(&base, bytes));
+    base_ = static_cast<uint8_t*>(base);
+  }
+  ~UploadStaging() {
+    if (base_ != nullptr) (void)cudaFreeHost(base_);
+  }
+  UploadStaging(const UploadStaging&) = delete;
+  UploadStaging& operator=(const UploadStaging&) = delete;
+
+  // Copies `bytes` at host `src` to device `dst` in stream order; `src` may change after this returns.
+  void copy_to_device(void* dst, const void* src, size_t bytes) {
+    if (bytes == 0) return;
+    if (bytes > size_) {  // larger than the whole arena: a synchronous copy, as before
+      SS_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+      return;
+    }
+    size_t at = (used_ + kAlign - 1) / kAlign * kAlign;
+    if (at + bytes > size_) {  // full: wait until the GPU has read every queued region
+      SS_CUDA_CHECK(cudaStreamSynchronize(0));
+      at = 0;
+    }
+    std::memcpy(base_ + at, src, bytes);
+    SS_CUDA_CHECK(cudaMemcpyAsync(dst, base_ + at, bytes, cudaMemcpyHostToDevice, 0));
+    used_ = at + bytes;
+  }
+  // After a synchronization of the legacy stream: every queued copy has run.
+  void reclaim() { used_ = 0; }
+
+ private:
+  static constexpr size_t kAlign = 256;
+  uint8_t* base_ = nullptr;
+  size_t size_ = 0, used_ = 0;
+};
+
+// A pass uploads its ids and RoPE tables once and a slot list and a plan list per layer; room for
+// a few such passes between synchronizations (decode synchronizes every token, for its logits).
+size_t staging_bytes(const ModelConfig& c, int64_t max_tokens) {
+  const size_t per_layer = (size_t)max_tokens * (sizeof(AttentionRowPlan) + sizeof(int64_t)) + 512;
+  return std::min<size_t>(std::max<size_t>((size_t)4 << 20, 4 * per_layer * (size_t)c.n_layer), (size_t)64 << 20);
+}
+
 // ---- the backend -----------------------------------------------------------------------------------
 
 class CudaBackend final : public Backend {
@@ -497,7 +796,8 @@ class CudaBackend final : public Backend {
     }
     weights_ = weights_of(*model_);
     const ModelConfig& c = model_->config();
-    SS_CHECK_ARG(c.head_dim <= kMaxHeadDim, "device='cuda': head_dim ", c.head_dim, " > ", kMaxHeadDim);
+    SS_CHECK_ARG(c.head_dim <= kMaxHeadDim && c.head_dim % 2 == 0, "device='cuda': head_dim ", c.head_dim,
+                 " is not an even number up to ", kMaxHeadDim, " (the attention kernel reads pairs)");
     // Tokens of a pass are a grid dimension of the attention kernels (gridDim.y <= 65535).
     SS_CHECK_ARG(max_tokens >= 1 && max_tokens <= 65535, "device='cuda': batch_size ", max_tokens,
                  " must be 1..65535");
@@ -506,6 +806,9 @@ class CudaBackend final : public Backend {
     slots_ = DeviceBuffer((size_t)max_tokens * sizeof(int64_t));
     slot_host_.resize((size_t)max_tokens);
     plan_host_.resize((size_t)max_tokens);
+    tile_host_.resize((size_t)((max_tokens + kTileQueries - 1) / kTileQueries));
+    tiles_ = DeviceBuffer(tile_host_.size() * sizeof(AttentionTilePlan));
+    staging_ = std::make_unique<UploadStaging>(staging_bytes(c, max_tokens));
     const int64_t entries = attention_entries(max_tokens, c.n_head);
     attn_stats_ = DeviceBuffer((size_t)entries * sizeof(float2));
     attn_partials_ = DeviceBuffer((size_t)(entries * c.head_dim) * sizeof(float));
@@ -525,7 +828,7 @@ class CudaBackend final : public Backend {
   void embed(const WeightMatrix& table, const int32_t* ids, int64_t n, float* out) override {
     const uint8_t* dt = weights_->resolve(table.data, (size_t)(table.rows * table.row_bytes));
     SS_CHECK_ARG(n <= max_tokens_, "embed of ", n, " tokens");
-    SS_CUDA_CHECK(cudaMemcpy(ids_.data(), ids, (size_t)n * sizeof(int32_t), cudaMemcpyHostToDevice));
+    staging_->copy_to_device(ids_.data(), ids, (size_t)n * sizeof(int32_t));
     embed_kernel<<<(unsigned)n, kThreads>>>(table.type, dt, table.row_bytes, ids_.as<int32_t>(), table.cols, out);
     check_launch("embed");
   }
@@ -585,8 +888,16 @@ class CudaBackend final : public Backend {
       rows += (uint64_t)plan_rows(plan_host_[(size_t)b]);
       max_rows = std::max(max_rows, plan_rows(plan_host_[(size_t)b]));
     }
-    SS_CUDA_CHECK(cudaMemcpy(plans_.data(), plan_host_.data(), (size_t)call.n * sizeof(AttentionRowPlan),
-                             cudaMemcpyHostToDevice));
+    staging_->copy_to_device(plans_.data(), plan_host_.data(), (size_t)call.n * sizeof(AttentionRowPlan));
+    const bool tiled = call.n >= kTileQueries;  // a prefill chunk: queries in tiles
+    const int64_t n_tiles = (call.n + kTileQueries - 1) / kTileQueries;
+    if (tiled) {
+      for (int64_t i = 0; i < n_tiles; ++i)
+        tile_host_[(size_t)i] = plan_attention_tile(plan_host_.data(), i * kTileQueries,
+                                                    std::min(kTileQueries, call.n - i * kTileQueries),
+                                                    cache.ring_slots(call.layer));
+      staging_->copy_to_device(tiles_.data(), tile_host_.data(), (size_t)n_tiles * sizeof(AttentionTilePlan));
+    }
     AttentionArgs a = attention_args(cache, call.layer, call.n_head, dc.keys.as<uint8_t>() + dc.layer_offset[(size_t)call.layer],
                                      dc.values.as<uint8_t>() + dc.layer_offset[(size_t)call.layer]);
     a.q = call.q;
@@ -599,7 +910,11 @@ class CudaBackend final : public Backend {
     a.stats = attn_stats_.as<float2>();
     a.partials = attn_partials_.as<float>();
     a.out = call.out;
-    launch_attention(a, call.n, max_rows, cache.type() == KvType::kF16);
+    a.tiles = tiles_.as<AttentionTilePlan>();
+    if (tiled)
+      launch_tile_attention(a, call.n, n_tiles, cache.type() == KvType::kF16);
+    else
+      launch_attention(a, call.n, max_rows, cache.type() == KvType::kF16);
     entries_ += rows * (uint64_t)call.n_head;
   }
   uint64_t entries_attended() const override { return entries_; }
@@ -631,10 +946,11 @@ class CudaBackend final : public Backend {
       for (float** p : {&r.cos, &r.sin, &r.cos_sink, &r.sin_sink}) *p = next();
   }
   void upload(float* dst, const float* host_src, int64_t n) override {
-    if (n > 0) SS_CUDA_CHECK(cudaMemcpy(dst, host_src, (size_t)n * sizeof(float), cudaMemcpyHostToDevice));
+    if (n > 0) staging_->copy_to_device(dst, host_src, (size_t)n * sizeof(float));
   }
   void download(float* host_dst, const float* src, int64_t n) override {
     if (n > 0) SS_CUDA_CHECK(cudaMemcpy(host_dst, src, (size_t)n * sizeof(float), cudaMemcpyDeviceToHost));
+    staging_->reclaim();  // the copy above waited for everything queued before it
   }
   void copy_rows(float* dst, int64_t dst_stride, const float* src, int64_t src_stride, int64_t rows,
                  int64_t width) override {
@@ -666,7 +982,7 @@ class CudaBackend final : public Backend {
     SS_CHECK_ARG(n >= 1 && n <= max_tokens_, "store of ", n, " tokens");
     DeviceCache& dc = device_cache(cache);
     for (int64_t b = 0; b < n; ++b) slot_host_[(size_t)b] = store_slot(cache, layer, t0 + (uint64_t)b);
-    SS_CUDA_CHECK(cudaMemcpy(slots_.data(), slot_host_.data(), (size_t)n * sizeof(int64_t), cudaMemcpyHostToDevice));
+    staging_->copy_to_device(slots_.data(), slot_host_.data(), (size_t)n * sizeof(int64_t));
     const size_t offset = dc.layer_offset[(size_t)layer];
     store_kv_kernel<<<blocks_for(n * row), kThreads>>>(keys, values, dc.keys.as<uint8_t>() + offset,
                                                        dc.values.as<uint8_t>() + offset, n, slots_.as<int64_t>(),
@@ -711,6 +1027,9 @@ class CudaBackend final : public Backend {
   std::vector<int64_t> slot_host_;
   DeviceBuffer attn_stats_, attn_partials_;  // attention's per-range statistics and partial sums
   std::vector<AttentionRowPlan> plan_host_;
+  std::vector<AttentionTilePlan> tile_host_;
+  DeviceBuffer tiles_;
+  std::unique_ptr<UploadStaging> staging_;  // every host -> device copy of a pass (the weights' aside)
   DeviceCache cache_;
   uint64_t entries_ = 0;
 };
@@ -727,7 +1046,8 @@ void attend_host(const SinkCache& cache, int64_t layer, uint64_t t, int64_t n_he
   std::string why;
   if (!available(&why)) throw CudaError(why);
   const int64_t head_dim = cache.head_dim(), n_head_kv = cache.n_head_kv();
-  SS_CHECK_ARG(n_head % n_head_kv == 0 && head_dim <= kMaxHeadDim, "attend_host: ", n_head, " heads over ",
+  SS_CHECK_ARG(n_head % n_head_kv == 0 && head_dim <= kMaxHeadDim && head_dim % 2 == 0, "attend_host: ", n_head,
+               " heads over ",
                n_head_kv, " KV heads of ", head_dim);
   const size_t layer_bytes = (size_t)(n_head_kv * cache.n_slots(layer)) * cache.head_row_bytes();
   const DeviceBuffer keys = upload(cache.key_rows(layer, 0), layer_bytes);
@@ -796,6 +1116,18 @@ void elementwise_host(const std::string& op, const float* a, int64_t rows, int64
   check_launch(op);
   synchronize();
   y.download(out, (size_t)n * sizeof(float));
+}
+
+std::shared_ptr<void> retain_weights(std::shared_ptr<const Model> model) {
+  // The weights are destroyed before the model (members go in reverse order): DeviceWeights may
+  // unregister the model's mapped file image.
+  struct Held {
+    std::shared_ptr<const Model> model;
+    std::shared_ptr<DeviceWeights> weights;
+  };
+  if (std::string why; !available(&why)) throw CudaError(cat("device='cuda': ", why));
+  std::shared_ptr<DeviceWeights> weights = weights_of(*model);
+  return std::make_shared<Held>(Held{std::move(model), std::move(weights)});
 }
 
 size_t resident_weight_bytes(const Model& model) {

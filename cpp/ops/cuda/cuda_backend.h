@@ -3,7 +3,8 @@
 //
 // What lives where:
 //   weights      uploaded once per model, on first use, and shared by every CUDA session of that
-//                model (a registry keyed by the Model, which each backend keeps alive). The backend
+//                model (a registry keyed by the Model, which each backend and each retain_weights
+//                handle keeps alive). The backend
 //                maps each host pointer the decoder passes (a WeightMatrix's blocks, a norm or bias
 //                vector, the ALiBi slopes) to its device copy. On an integrated GPU (Jetson:
 //                cudaDeviceProp::integrated) the mmap'd GGUF image is registered and mapped instead
@@ -34,6 +35,12 @@ namespace cuda {
 // Throws CudaError naming the reason when no CUDA device is usable (no GPU, no driver), and
 // ArgumentError when a weight type of the model has no CUDA kernel.
 std::unique_ptr<Backend> make_backend(std::shared_ptr<const Model> model, int64_t max_tokens, int64_t capacity);
+
+// Keeps `model`'s device weights (uploaded on first use, as for a session) for as long as the
+// returned handle lives, also while no session of the model exists: without it the weights go with
+// the model's last CUDA session and the next session uploads them again. Model(device="cuda") holds
+// one (python/sinkstream/model.py). Throws CudaError when no CUDA device is usable.
+std::shared_ptr<void> retain_weights(std::shared_ptr<const Model> model);
 
 // Device memory the weights of `model` occupy now (0 before the first CUDA session's first pass;
 // 0 on an integrated GPU, where the file's pages are mapped), for benchmarks.
