@@ -240,7 +240,8 @@ void bind_cuda(nb::module_& m) {
       nb::arg("max_chunk"), nb::arg("layer_windows"), nb::arg("evicts"), nb::arg("layer"), nb::arg("t0"), nb::arg("n"),
       "The CUDA attention plan of queries t0 .. t0+n-1 of one layer, per query: the cache slots and ALiBi\n"
       "distances the kernel reads row by row (computed by the kernel's own row_slot / alibi_distance on\n"
-      "the CPU) beside SinkCache's own span members, slot_of and distances, for tests without a GPU.");
+      "the CPU) beside SinkCache's own span members, slot_of and distances, for tests without a GPU; and\n"
+      "tile_slots / tile_rows: the rows the prefill kernels find for it among its tile's candidates.");
   m.def(
       "cuda_op_test",
       [](const std::string& op, const std::string& device, F32Matrix a, F32Any b, F32Any c, double p) -> F32Result {

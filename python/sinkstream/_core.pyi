@@ -451,7 +451,8 @@ def cuda_attention_plan(n_layer: int, n_head_kv: int, head_dim: int, n_sink: int
     """
     The CUDA attention plan of queries t0 .. t0+n-1 of one layer, per query: the cache slots and ALiBi
     distances the kernel reads row by row (computed by the kernel's own row_slot / alibi_distance on
-    the CPU) beside SinkCache's own span members, slot_of and distances, for tests without a GPU.
+    the CPU) beside SinkCache's own span members, slot_of and distances, for tests without a GPU; and
+    tile_slots / tile_rows: the rows the prefill kernels find for it among its tile's candidates.
     """
 
 def cuda_op_test(op: str, device: str, a: Annotated[NDArray[numpy.float32], dict(shape=(None, None), order='C', device='cpu', writable=False)], b: Annotated[NDArray[numpy.float32], dict(order='C', device='cpu', writable=False)], c: Annotated[NDArray[numpy.float32], dict(order='C', device='cpu', writable=False)], p: float = 0.0) -> NDArray[numpy.float32]:

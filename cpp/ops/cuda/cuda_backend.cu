@@ -229,8 +229,13 @@ int attention_splits(int64_t n, int64_t n_head, int64_t max_rows) {
   return (int)std::max<int64_t>(1, std::min(std::min(by_rows, by_blocks), kMaxSplits));
 }
 
-// (head, token, range) entries the scratch holds: n * n_head * splits <= max(n * n_head, kTargetBlocks).
-int64_t attention_entries(int64_t max_tokens, int64_t n_head) { return std::max(max_tokens * n_head, kTargetBlocks); }
+constexpr int64_t kMaxTileSplits = 8;  // ranges per query tile (prefill; launch_tile_attention)
+
+// (head, token, range) entries the scratch holds: n * n_head * splits <= max(n * n_head, kTargetBlocks)
+// for the per-query kernels, <= n * n_head * kMaxTileSplits for the tiles.
+int64_t attention_entries(int64_t max_tokens, int64_t n_head) {
+  return std::max(max_tokens * n_head * kMaxTileSplits, kTargetBlocks);
+}
 
 // The block's query in shared memory (rounded to half against an f16 cache, as the CPU does), its
 // K and V rows, and its range of rows.
@@ -414,8 +419,9 @@ __global__ void attention_combine_kernel(AttentionArgs a) {
 // once for the whole tile and every (query, candidate) pair is scored from there; a candidate
 // outside a query's own set is left out of that query. The per-query kernels above read every key
 // once per query: at 2,048 cached rows and 512-token chunks that was 85% of a prefill's GPU time.
-// The same two passes (each weight is the final softmax weight, rounded as the CPU rounds it); each
-// query's rows are added in its row order (sinks, then the window); one range per query.
+// The same two passes (each weight is the final softmax weight, rounded as the CPU rounds it) and
+// the same ranges (splits) of candidates, one block each; within a range each query's rows are
+// added in its row order (sinks, then the window).
 constexpr int kTileRows = 32;
 constexpr int kTileThreads = 128;
 constexpr int kThreadsPerQuery = kTileThreads / (int)kTileQueries;  // 8 score a query's candidates
@@ -435,6 +441,7 @@ struct TileBlock {
   const uint8_t *k_rows, *v_rows;
   float slope;
   int64_t stride, candidates;
+  int64_t begin, end;            // this block's range of the candidates (blockIdx.z of a.splits)
   float *q, *q_sink, *rows;      // shared: (kTileQueries, stride) twice, (kTileRows, stride)
   int64_t* slots;                // shared: the slots of the candidates in `rows`
   __device__ TileBlock(const AttentionArgs& a, float* shared, int64_t* slot_shared) {
@@ -447,6 +454,9 @@ struct TileBlock {
     slope = a.slopes != nullptr ? a.slopes[h] : 0.0f;
     stride = tile_stride(a.head_dim);
     candidates = tile_candidates(*tile);
+    const int64_t per_split = (candidates + a.splits - 1) / a.splits;
+    begin = min(candidates, (int64_t)blockIdx.z * per_split);
+    end = min(candidates, begin + per_split);
     q = shared;
     q_sink = q + kTileQueries * stride;
     rows = q_sink + kTileQueries * stride;
@@ -465,13 +475,13 @@ struct TileBlock {
       q_sink[qi * stride + i] = qs;
     }
   }
-  // Candidates c0 .. c0 + kTileRows - 1 of `source` (keys or values) into `rows` (0 past the last).
+  // Candidates c0 .. c0 + kTileRows - 1 of `source` (keys or values) into `rows` (0 past `end`).
   // Starts and ends with a barrier: `rows` is free before, filled after.
   __device__ void load(const AttentionArgs& a, const uint8_t* source, int64_t c0) {
     __syncthreads();
     if (threadIdx.x < kTileRows) {
       const int64_t c = c0 + threadIdx.x;
-      slots[threadIdx.x] = c < candidates ? tile_candidate_slot(*tile, c, a.n_sink, a.ring_slots) : -1;
+      slots[threadIdx.x] = c < end ? tile_candidate_slot(*tile, c, a.n_sink, a.ring_slots) : -1;
     }
     __syncthreads();
     for (int64_t e = threadIdx.x; e < kTileRows * a.head_dim; e += blockDim.x) {
@@ -506,11 +516,11 @@ __global__ void __launch_bounds__(kTileThreads) attention_tile_stats_kernel(Atte
   const bool active = qi < blk.tile->n_queries;
   const AttentionRowPlan p = active ? a.plans[blk.tile->first_query + qi] : AttentionRowPlan{};
   float m = -INFINITY, l = 0.0f;
-  for (int64_t c0 = 0; c0 < blk.candidates; c0 += kTileRows) {
+  for (int64_t c0 = blk.begin; c0 < blk.end; c0 += kTileRows) {
     blk.load(a, blk.k_rows, c0);
     for (int j = part; j < kTileRows && active; j += kThreadsPerQuery) {
       const int64_t c = c0 + j;
-      const int64_t r = c < blk.candidates ? tile_candidate_row(*blk.tile, p, c, a.ring_slots) : -1;
+      const int64_t r = c < blk.end ? tile_candidate_row(*blk.tile, p, c, a.ring_slots) : -1;
       if (r >= 0) merge_softmax_stats(m, l, blk.score(a, p, qi, j, r), 1.0f);
     }
   }
@@ -519,7 +529,8 @@ __global__ void __launch_bounds__(kTileThreads) attention_tile_stats_kernel(Atte
     const float m2 = __shfl_xor_sync(0xffffffffu, m, o), l2 = __shfl_xor_sync(0xffffffffu, l, o);
     merge_softmax_stats(m, l, m2, l2);
   }
-  if (active && part == 0) a.stats[(blk.tile->first_query + qi) * a.n_head + blockIdx.x] = make_float2(m, l);
+  if (active && part == 0)
+    a.stats[((blk.tile->first_query + qi) * a.n_head + blockIdx.x) * a.splits + blockIdx.z] = make_float2(m, l);
 }
 
 template <bool F16>
@@ -530,12 +541,14 @@ __global__ void __launch_bounds__(kTileThreads) attention_tile_accumulate_kernel
   TileBlock<F16> blk(a, shared, slot_shared);
   float* weights = blk.rows + kTileRows * blk.stride;  // (kTileQueries, kTileRows)
   const int h = blockIdx.x;
-  if (threadIdx.x < blk.tile->n_queries) {  // the softmax's max and 1 / sum (one range per query)
-    const float2 st = a.stats[(blk.tile->first_query + threadIdx.x) * a.n_head + h];
+  if (threadIdx.x < blk.tile->n_queries) {  // the softmax's max and 1 / sum, from every range
+    const float2* st = a.stats + ((blk.tile->first_query + threadIdx.x) * a.n_head + h) * a.splits;
     const float sink = a.sink_logits != nullptr ? a.sink_logits[h] : -INFINITY;
-    const float mx = fmaxf(sink, st.x);
+    float mx = sink;
+    for (int i = 0; i < a.splits; ++i) mx = fmaxf(mx, st[i].x);
     float total = a.sink_logits != nullptr ? expf(sink - mx) : 0.0f;
-    if (st.y > 0.0f) total += st.y * expf(st.x - mx);
+    for (int i = 0; i < a.splits; ++i)
+      if (st[i].y > 0.0f) total += st[i].y * expf(st[i].x - mx);
     final_max[threadIdx.x] = mx;
     final_inv[threadIdx.x] = 1.0f / total;
   }
@@ -545,11 +558,12 @@ __global__ void __launch_bounds__(kTileThreads) attention_tile_accumulate_kernel
   float acc[kTileOutputs];
 #pragma unroll
   for (int o = 0; o < kTileOutputs; ++o) acc[o] = 0.0f;
-  for (int64_t c0 = 0; c0 < blk.candidates; c0 += kTileRows) {
-    blk.load(a, blk.k_rows, c0);  // its first barrier also publishes final_max / final_inv
+  __syncthreads();  // final_max / final_inv, also for a block whose range is empty
+  for (int64_t c0 = blk.begin; c0 < blk.end; c0 += kTileRows) {
+    blk.load(a, blk.k_rows, c0);
     for (int j = part; j < kTileRows; j += kThreadsPerQuery) {
       const int64_t c = c0 + j;
-      const int64_t r = active && c < blk.candidates ? tile_candidate_row(*blk.tile, p, c, a.ring_slots) : -1;
+      const int64_t r = active && c < blk.end ? tile_candidate_row(*blk.tile, p, c, a.ring_slots) : -1;
       float w = 0.0f;
       if (r >= 0) {
         w = expf(blk.score(a, p, qi, j, r) - final_max[qi]) * final_inv[qi];
@@ -576,7 +590,7 @@ __global__ void __launch_bounds__(kTileThreads) attention_tile_accumulate_kernel
     if (e < kTileQueries * a.head_dim) {
       const int64_t oq = e / a.head_dim, i = e % a.head_dim;
       if (oq < blk.tile->n_queries)
-        a.partials[((blk.tile->first_query + oq) * a.n_head + h) * a.head_dim + i] = acc[o];
+        a.partials[(((blk.tile->first_query + oq) * a.n_head + h) * a.splits + blockIdx.z) * a.head_dim + i] = acc[o];
     }
   }
 }
@@ -588,10 +602,16 @@ void allow_shared_memory(Kernel kernel, size_t bytes) {
     SS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
 }
 
-// The two tile kernels and the combine (one range) for n queries in n_tiles tiles (a.tiles set).
-void launch_tile_attention(AttentionArgs a, int64_t n, int64_t n_tiles, bool f16) {
-  a.splits = 1;
-  const dim3 grid((unsigned)a.n_head, (unsigned)n_tiles);
+// The two tile kernels and the combine for n queries in n_tiles tiles (a.tiles set) of at most
+// max_candidates candidates. Each tile's candidates are cut into ranges, one block each, so that a
+// 512-token chunk has blocks enough to fill the GPU (288 (head, tile) blocks left most SMs with
+// two blocks of four warps waiting on their loads): about kTargetBlocks blocks, at most
+// kMaxTileSplits ranges (what attention_entries() leaves room for), each of 4 chunks at least.
+void launch_tile_attention(AttentionArgs a, int64_t n, int64_t n_tiles, int64_t max_candidates, bool f16) {
+  const int64_t by_rows = (max_candidates + 4 * kTileRows - 1) / (4 * kTileRows);  // >= 4 chunks a block
+  const int64_t by_blocks = std::max<int64_t>(1, kTargetBlocks / std::max<int64_t>(1, a.n_head * n_tiles));
+  a.splits = (int)std::max<int64_t>(1, std::min(std::min(by_rows, by_blocks), kMaxTileSplits));
+  const dim3 grid((unsigned)a.n_head, (unsigned)n_tiles, (unsigned)a.splits);
   const size_t stats_shared = tile_shared_bytes(a.head_dim, false), acc_shared = tile_shared_bytes(a.head_dim, true);
   if (f16) {
     allow_shared_memory(attention_tile_stats_kernel<true>, stats_shared);
@@ -891,11 +911,14 @@ class CudaBackend final : public Backend {
     staging_->copy_to_device(plans_.data(), plan_host_.data(), (size_t)call.n * sizeof(AttentionRowPlan));
     const bool tiled = call.n >= kTileQueries;  // a prefill chunk: queries in tiles
     const int64_t n_tiles = (call.n + kTileQueries - 1) / kTileQueries;
+    int64_t max_candidates = 1;
     if (tiled) {
-      for (int64_t i = 0; i < n_tiles; ++i)
+      for (int64_t i = 0; i < n_tiles; ++i) {
         tile_host_[(size_t)i] = plan_attention_tile(plan_host_.data(), i * kTileQueries,
                                                     std::min(kTileQueries, call.n - i * kTileQueries),
                                                     cache.ring_slots(call.layer));
+        max_candidates = std::max(max_candidates, tile_candidates(tile_host_[(size_t)i]));
+      }
       staging_->copy_to_device(tiles_.data(), tile_host_.data(), (size_t)n_tiles * sizeof(AttentionTilePlan));
     }
     AttentionArgs a = attention_args(cache, call.layer, call.n_head, dc.keys.as<uint8_t>() + dc.layer_offset[(size_t)call.layer],
@@ -912,7 +935,7 @@ class CudaBackend final : public Backend {
     a.out = call.out;
     a.tiles = tiles_.as<AttentionTilePlan>();
     if (tiled)
-      launch_tile_attention(a, call.n, n_tiles, cache.type() == KvType::kF16);
+      launch_tile_attention(a, call.n, n_tiles, max_candidates, cache.type() == KvType::kF16);
     else
       launch_attention(a, call.n, max_rows, cache.type() == KvType::kF16);
     entries_ += rows * (uint64_t)call.n_head;
