@@ -67,7 +67,8 @@ struct AttentionTilePlan {
   int64_t window_first_slot = 0, n_window_slots = 0;
 };
 
-// Ring distance from slot `from` forward to slot `to` (both window slots), 0 .. ring_slots - 1.
+// Distance forward on the ring from `from` to `to` (two window slots, or two offsets into the ring),
+// 0 .. ring_slots - 1.
 SS_HD int64_t ring_offset(int64_t from, int64_t to, int64_t ring_slots) {
   const int64_t d = to - from;
   return d < 0 ? d + ring_slots : d;

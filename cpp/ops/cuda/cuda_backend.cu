@@ -972,7 +972,8 @@ class CudaBackend final : public Backend {
     if (n > 0) staging_->copy_to_device(dst, host_src, (size_t)n * sizeof(float));
   }
   void download(float* host_dst, const float* src, int64_t n) override {
-    if (n > 0) SS_CUDA_CHECK(cudaMemcpy(host_dst, src, (size_t)n * sizeof(float), cudaMemcpyDeviceToHost));
+    if (n == 0) return;
+    SS_CUDA_CHECK(cudaMemcpy(host_dst, src, (size_t)n * sizeof(float), cudaMemcpyDeviceToHost));
     staging_->reclaim();  // the copy above waited for everything queued before it
   }
   void copy_rows(float* dst, int64_t dst_stride, const float* src, int64_t src_stride, int64_t rows,
@@ -1039,6 +1040,10 @@ class CudaBackend final : public Backend {
     }
     dc.keys = DeviceBuffer(total);
     dc.values = DeviceBuffer(total);
+    // Zeros, not whatever the allocation held: the attention kernels multiply the rows of lanes
+    // past a range's end by a weight of 0, and 0 times a NaN left in memory would be NaN.
+    SS_CUDA_CHECK(cudaMemset(dc.keys.data(), 0, total));
+    SS_CUDA_CHECK(cudaMemset(dc.values.data(), 0, total));
     cache_ = std::move(dc);
     return cache_;
   }
