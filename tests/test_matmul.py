@@ -149,7 +149,9 @@ def test_simd_levels_match_scalar_across_row_counts(qtype):
 PACKED_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.IQ4_NL, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]  # ops/cpu/packed_weights.h
 
 
-PACKED_AT = {"avx512": PACKED_TYPES, "avx2": PACKED_TYPES}  # levels with packed kernels
+# Levels with packed kernels (ops/cpu/packed_weights.cc packed_tile_kernel). On an AArch64 host the
+# dotprod level's run here; under qemu they run in test_neon_kernels_under_qemu.
+PACKED_AT = {"avx512": PACKED_TYPES, "avx2": PACKED_TYPES, "dotprod": PACKED_TYPES}
 PACKED_CASES = [(isa, qtype) for isa in SIMD_LEVELS for qtype in PACKED_AT.get(isa, [])]
 
 
@@ -374,6 +376,10 @@ MATMUL_CHECK_SOURCES = [
     "cpp/ops/cpu/packed_avx2.cc", "cpp/ops/cpu/packed_dotprod.cc", "cpp/core/thread_pool.cc"]
 
 
+# The types with packed SDOT kernels (ops/cpu/packed_dotprod.cc): all of them.
+DOTPROD_PACKED = tuple(t.name for t in PACKED_AT["dotprod"])
+
+
 @pytest.mark.slow
 @pytest.mark.ci
 @pytest.mark.parametrize("cpu,isa", cross_arm.TARGETS)
@@ -387,7 +393,7 @@ def test_neon_kernels_under_qemu(tmp_path_factory, cpu, isa):
     assert f"best ISA: {isa}\n" in out.stdout
     assert f"(kernel {isa:<6s})" in out.stdout  # that level's kernels really ran
     if isa == "dotprod":  # the packed SDOT kernels ran and matched too
-        for name in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL"):
+        for name in DOTPROD_PACKED:
             assert re.search(rf"^{name}\s+dotprod \(kernel dotprod\+packed\).* ok  packed bits [0-9a-f]{{16}}$",
                              out.stdout, re.M), name
 
@@ -411,7 +417,7 @@ def test_packed_kernels_give_the_same_bits_on_arm_and_x86(tmp_path_factory):
     arm_bits = {(t, c, n): d for t, level, c, n, d in PACKED_BITS_LINE.findall(arm.stdout) if level == "dotprod"}
     x86 = [(t, level, c, n, d) for t, level, c, n, d in PACKED_BITS_LINE.findall(native.stdout)]
     compared = [(t, level, c, n) for t, level, c, n, d in x86 if (t, c, n) in arm_bits]
-    assert {t for t, *_ in compared} == {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL"}, compared
+    assert {t for t, *_ in compared} == set(DOTPROD_PACKED), compared
     for t, level, c, n, d in x86:
         if (t, c, n) in arm_bits:
             assert d == arm_bits[(t, c, n)], f"{t} cols={c} n={n}: {level} packed differs from dotprod packed"

@@ -130,7 +130,7 @@ constexpr int kPackTokenTile = 8;
 PackedTileFn packed_tile_kernel(GgmlType type, Isa isa);
 PackedTileFn avx512_packed_tile(GgmlType type);  // nullptr when not compiled for x86-64
 PackedTileFn avx2_packed_tile(GgmlType type);    // nullptr when not compiled for x86-64
-PackedTileFn dotprod_packed_tile(GgmlType type);  // AArch64 SDOT; nullptr elsewhere and for the K-quants
+PackedTileFn dotprod_packed_tile(GgmlType type);  // AArch64 SDOT; nullptr elsewhere
 
 // Whether weights packed for `isa` hold their masks as bit planes (above).
 constexpr bool mask_bit_planes(Isa isa) { return isa == Isa::Avx2 || isa == Isa::Dotprod; }
