@@ -209,13 +209,38 @@ inline void store_half(const float32x4_t acc[NT][2], const float32x4_t extra[NT]
   }
 }
 
-// Bit kBit of each byte of a Q5_K plane moved to bit 4 (16), the fifth bit of a nibble.
-template <int kBit>
-inline uint8x16_t fifth_bit(uint8x16_t plane) {
-  const uint8x16_t sixteen = vdupq_n_u8(16);
-  if constexpr (kBit < 4) return vandq_u8(vshlq_n_u8(plane, 4 - kBit), sixteen);
-  if constexpr (kBit == 4) return vandq_u8(plane, sixteen);
-  if constexpr (kBit > 4) return vandq_u8(vshrq_n_u8(plane, kBit - 4), sixteen);
+// Bit kBit of each byte of a plane (packed_weights.h) moved to bit kTo, the others cleared: Q5_K's
+// fifth bits (to 4) and Q3_K's third bits (to 2).
+template <int kBit, int kTo>
+inline uint8x16_t plane_bit(uint8x16_t plane) {
+  const uint8x16_t bit = vdupq_n_u8(1 << kTo);
+  if constexpr (kBit < kTo) return vandq_u8(vshlq_n_u8(plane, kTo - kBit), bit);
+  else if constexpr (kBit == kTo) return vandq_u8(plane, bit);
+  else return vandq_u8(vshrq_n_u8(plane, kBit - kTo), bit);
+}
+
+// A quarter's 4 int8 scales of sub-block 2p + odd, from the pairs (Q6_K, Q3_K): byte 2 r + odd of
+// the quarter's 8 bytes at `pairs` is row r's.
+inline int32x4_t pair_scales(const uint8_t* pairs, int odd) {
+  const int8_t* p = reinterpret_cast<const int8_t*>(pairs);
+  const int32_t lanes[4] = {p[odd], p[2 + odd], p[4 + odd], p[6 + odd]};
+  return vld1q_s32(lanes);
+}
+
+// isum[t] = the exact sums of 16-element sub-block j of super-block b (v[i]: elements 4i .. 4i + 3
+// of each row) against token t's activations qs[16 j .. 16 j + 15] (Q6_K, Q2_K, Q3_K).
+template <int NT>
+inline void sub_block16_sums(const int8x16_t v[4][2], const uint8_t* x, int64_t xs, int64_t b, int j,
+                             int32x4_t isum[NT][2]) {
+  int8x16_t a[NT];
+  for (int t = 0; t < NT; ++t) {
+    a[t] = vld1q_s8(q8k_block(x, xs, t, b)->qs + 16 * j);
+    isum[t][0] = isum[t][1] = vdupq_n_s32(0);
+  }
+  dot_lane<0, NT>(v[0], a, isum);
+  dot_lane<1, NT>(v[1], a, isum);
+  dot_lane<2, NT>(v[2], a, isum);
+  dot_lane<3, NT>(v[3], a, isum);
 }
 
 // Q4_K / Q5_K: y = d d_x sum_j sc_j isum_j - dmin d_x sum_j m_j (bsum_2j + bsum_2j+1).
@@ -262,8 +287,8 @@ struct PackedQ45K {
             const uint8x16_t packed = vld1q_u8(chunks + 64 * i + 16 * q);
             uint8x16_t lo_bytes = vandq_u8(packed, low4), hi_bytes = vshrq_n_u8(packed, 4);
             if constexpr (kFifthBits) {
-              lo_bytes = vorrq_u8(lo_bytes, fifth_bit<i>(plane_lo[q]));
-              hi_bytes = vorrq_u8(hi_bytes, fifth_bit<i>(plane_hi[q]));
+              lo_bytes = vorrq_u8(lo_bytes, plane_bit<i, 4>(plane_lo[q]));
+              hi_bytes = vorrq_u8(hi_bytes, plane_bit<i, 4>(plane_hi[q]));
             }
             lo[q] = vreinterpretq_s8_u8(lo_bytes);
             hi[q] = vreinterpretq_s8_u8(hi_bytes);
@@ -327,11 +352,7 @@ struct PackedQ6K {
       for (int j = 0; j < 16; ++j) {
         // Scales in pairs: byte 32 (j / 2) + 2 lane + j % 2 is sub-block j's for row `lane`.
         int32x4_t sc[2];
-        for (int q = 0; q < 2; ++q) {
-          const int8_t* pair = reinterpret_cast<const int8_t*>(scales + b * 256 + 32 * (j / 2) + 16 * half + 8 * q);
-          const int32_t lanes[4] = {pair[j % 2], pair[2 + j % 2], pair[4 + j % 2], pair[6 + j % 2]};
-          sc[q] = vld1q_s32(lanes);
-        }
+        for (int q = 0; q < 2; ++q) sc[q] = pair_scales(scales + b * 256 + 32 * (j / 2) + 16 * half + 8 * q, j % 2);
         // Value = low nibble | its top two bits << 4: elements k, 4 + k, 8 + k, 12 + k of the
         // sub-block, whose activations are lanes 0 .. 3 of qs[16 j .. 16 j + 15].
         const uint8_t* chunks = quants + b * 3072 + j * 192 + 32 * half;
@@ -344,16 +365,8 @@ struct PackedQ6K {
           v[2][q] = vreinterpretq_s8_u8(vorrq_u8(vandq_u8(l1, low4), vandq_u8(h, top2)));
           v[3][q] = vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8(l1, 4), vandq_u8(vshrq_n_u8(h, 2), top2)));
         }
-        int8x16_t a[NT];
         int32x4_t isum[NT][2];
-        for (int t = 0; t < NT; ++t) {
-          a[t] = vld1q_s8(q8k_block(x, xs, t, b)->qs + 16 * j);
-          isum[t][0] = isum[t][1] = vdupq_n_s32(0);
-        }
-        dot_lane<0, NT>(v[0], a, isum);
-        dot_lane<1, NT>(v[1], a, isum);
-        dot_lane<2, NT>(v[2], a, isum);
-        dot_lane<3, NT>(v[3], a, isum);
+        sub_block16_sums<NT>(v, x, xs, b, j, isum);
         for (int t = 0; t < NT; ++t) {
           const int32_t bsum = q8k_block(x, xs, t, b)->bsums[j];
           for (int q = 0; q < 2; ++q) {
@@ -373,15 +386,6 @@ struct PackedQ6K {
     store_half<NT>(acc, zero, y, ys, rows);
   }
 };
-
-// Bit kBit of each byte of a Q3_K plane moved to bit 2 (4), the third bit of a 2-bit value.
-template <int kBit>
-inline uint8x16_t third_bit(uint8x16_t plane) {
-  const uint8x16_t four = vdupq_n_u8(4);
-  if constexpr (kBit < 2) return vandq_u8(vshlq_n_u8(plane, 2 - kBit), four);
-  if constexpr (kBit == 2) return vandq_u8(plane, four);
-  if constexpr (kBit > 2) return vandq_u8(vshrq_n_u8(plane, kBit - 2), four);
-}
 
 // Q2_K: y = d d_x sum_j sc_j isum_j - dmin d_x sum_j m_j bsum_j (sub-blocks of 16, 4-bit sc and m).
 // Q3_K: y = d d_x sum_j sc_j (isum_j - 4 bsum_j), the stored values q + 4 in 0 .. 7, sc signed.
@@ -416,33 +420,23 @@ struct PackedQ23K {
             uint8x16_t bits[4] = {vandq_u8(chunk, three), vandq_u8(vshrq_n_u8(chunk, 2), three),
                                   vandq_u8(vshrq_n_u8(chunk, 4), three), vshrq_n_u8(chunk, 6)};
             if constexpr (kQ3) {  // + 4 where the third bit is set
-              bits[0] = vorrq_u8(bits[0], third_bit<4 * odd + 0>(plane[q]));
-              bits[1] = vorrq_u8(bits[1], third_bit<4 * odd + 1>(plane[q]));
-              bits[2] = vorrq_u8(bits[2], third_bit<4 * odd + 2>(plane[q]));
-              bits[3] = vorrq_u8(bits[3], third_bit<4 * odd + 3>(plane[q]));
+              bits[0] = vorrq_u8(bits[0], plane_bit<4 * odd + 0, 2>(plane[q]));
+              bits[1] = vorrq_u8(bits[1], plane_bit<4 * odd + 1, 2>(plane[q]));
+              bits[2] = vorrq_u8(bits[2], plane_bit<4 * odd + 2, 2>(plane[q]));
+              bits[3] = vorrq_u8(bits[3], plane_bit<4 * odd + 3, 2>(plane[q]));
             }
             for (int i = 0; i < 4; ++i) v[i][q] = vreinterpretq_s8_u8(bits[i]);
           }
           int32x4_t sc[2];
           for (int q = 0; q < 2; ++q) {
-            if constexpr (kQ3) {  // signed, in pairs as Q6_K's: byte 32 jp + 2 lane + odd
-              const int8_t* pair = reinterpret_cast<const int8_t*>(scales + b * 256 + 32 * jp + 16 * half + 8 * q);
-              const int32_t lanes[4] = {pair[odd], pair[2 + odd], pair[4 + odd], pair[6 + odd]};
-              sc[q] = vld1q_s32(lanes);
+            if constexpr (kQ3) {  // signed, in pairs as Q6_K's
+              sc[q] = pair_scales(scales + b * 256 + 32 * jp + 16 * half + 8 * q, odd);
             } else {  // the low nibble of byte 16 j + lane
               sc[q] = vandq_s32(widen4_u8(scales + b * 256 + 16 * j + 8 * half + 4 * q), low4);
             }
           }
-          int8x16_t a[NT];
           int32x4_t isum[NT][2];
-          for (int t = 0; t < NT; ++t) {
-            a[t] = vld1q_s8(q8k_block(x, xs, t, b)->qs + 16 * j);
-            isum[t][0] = isum[t][1] = vdupq_n_s32(0);
-          }
-          dot_lane<0, NT>(v[0], a, isum);
-          dot_lane<1, NT>(v[1], a, isum);
-          dot_lane<2, NT>(v[2], a, isum);
-          dot_lane<3, NT>(v[3], a, isum);
+          sub_block16_sums<NT>(v, x, xs, b, j, isum);
           for (int q = 0; q < 2; ++q) {
             // The offset term's factor: Q3_K's scale (for the -4), Q2_K's min (the high nibble).
             const int32x4_t factor =
