@@ -183,14 +183,16 @@ void bind_cuda(nb::module_& m) {
         SS_ASSERT(!cache.has_host_storage() && cache.bytes() > 0);
         std::vector<cuda::AttentionRowPlan> plans;
         for (int64_t b = 0; b < n; ++b) plans.push_back(cuda::plan_attention_row(cache, layer, t0 + (uint64_t)b, false));
+        std::vector<cuda::AttentionTilePlan> tiles;  // the prefill kernels' tiles of these queries
+        for (int64_t first = 0; first < n; first += cuda::kTileQueries)
+          tiles.push_back(cuda::plan_attention_tile(plans.data(), first, std::min(cuda::kTileQueries, n - first),
+                                                    cache.ring_slots(layer)));
         nb::list out;
         for (int64_t b = 0; b < n; ++b) {
           const uint64_t t = t0 + (uint64_t)b;
           const cuda::AttentionRowPlan& p = plans[(size_t)b];
           // The prefill kernel's view: query b's rows found among its tile's candidates, by row.
-          const int64_t first = b / cuda::kTileQueries * cuda::kTileQueries;
-          const cuda::AttentionTilePlan tile = cuda::plan_attention_tile(
-              plans.data(), first, std::min(cuda::kTileQueries, n - first), cache.ring_slots(layer));
+          const cuda::AttentionTilePlan& tile = tiles[(size_t)(b / cuda::kTileQueries)];
           std::vector<int64_t> tile_slots((size_t)cuda::plan_rows(p), -1);
           int64_t tile_rows = 0;
           for (int64_t c = 0; c < cuda::tile_candidates(tile); ++c) {

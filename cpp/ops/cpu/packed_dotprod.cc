@@ -83,6 +83,16 @@ inline void dot_lane(const int8x16_t w[2], const int8x16_t a[NT], int32x4_t isum
     for (int q = 0; q < 2; ++q) isum[t][q] = vdotq_laneq_s32(isum[t][q], w[q], a[t], kLane);
 }
 
+// Bit kBit of each byte of a plane (packed_weights.h) moved to bit kTo, the others cleared: the Q5
+// fifth bits (to 4) and Q3_K's third bits (to 2).
+template <int kBit, int kTo>
+inline uint8x16_t plane_bit(uint8x16_t plane) {
+  const uint8x16_t bit = vdupq_n_u8(1 << kTo);
+  if constexpr (kBit < kTo) return vandq_u8(vshlq_n_u8(plane, kTo - kBit), bit);
+  else if constexpr (kBit == kTo) return vandq_u8(plane, bit);
+  else return vandq_u8(vshrq_n_u8(plane, kBit - kTo), bit);
+}
+
 // One half (rows 8 half .. 8 half + 7: two quarters of 4 rows) of a group against NT tokens.
 template <typename Traits, int NT>
 void run_half32(int64_t nb, const uint8_t* group, int half, const uint8_t* x, int64_t xs, float* y, int64_t ys,
@@ -117,12 +127,9 @@ void run_half32(int64_t nb, const uint8_t* group, int half, const uint8_t* x, in
         for (int q = 0; q < 2; ++q) {
           const uint8x16_t packed = vld1q_u8(block + 64 * c + 16 * q);
           uint8x16_t lo_bytes = vandq_u8(packed, low4), hi_bytes = vshrq_n_u8(packed, 4);
-          if constexpr (Traits::kFifthBits) {  // bit c, and bit 4 + c, to bit 4 (16)
-            const uint8x16_t sixteen = vdupq_n_u8(16);
-            uint8x16_t high_bits = plane[q];
-            if constexpr (c > 0) high_bits = vshrq_n_u8(plane[q], c);  // (a shift by 0 is not encodable)
-            lo_bytes = vorrq_u8(lo_bytes, vandq_u8(vshlq_n_u8(plane[q], 4 - c), sixteen));
-            hi_bytes = vorrq_u8(hi_bytes, vandq_u8(high_bits, sixteen));
+          if constexpr (Traits::kFifthBits) {  // bit c, and bit 4 + c, to bit 4
+            lo_bytes = vorrq_u8(lo_bytes, plane_bit<c, 4>(plane[q]));
+            hi_bytes = vorrq_u8(hi_bytes, plane_bit<4 + c, 4>(plane[q]));
           }
           lo[q] = vreinterpretq_s8_u8(lo_bytes);
           hi[q] = vreinterpretq_s8_u8(hi_bytes);
@@ -207,16 +214,6 @@ inline void store_half(const float32x4_t acc[NT][2], const float32x4_t extra[NT]
     vst1q_f32(lanes + 4, vsubq_f32(acc[t][1], extra[t][1]));
     std::memcpy(y + t * ys, lanes, (size_t)rows * sizeof(float));
   }
-}
-
-// Bit kBit of each byte of a plane (packed_weights.h) moved to bit kTo, the others cleared: Q5_K's
-// fifth bits (to 4) and Q3_K's third bits (to 2).
-template <int kBit, int kTo>
-inline uint8x16_t plane_bit(uint8x16_t plane) {
-  const uint8x16_t bit = vdupq_n_u8(1 << kTo);
-  if constexpr (kBit < kTo) return vandq_u8(vshlq_n_u8(plane, kTo - kBit), bit);
-  else if constexpr (kBit == kTo) return vandq_u8(plane, bit);
-  else return vandq_u8(vshrq_n_u8(plane, kBit - kTo), bit);
 }
 
 // A quarter's 4 int8 scales of sub-block 2p + odd, from the pairs (Q6_K, Q3_K): byte 2 r + odd of

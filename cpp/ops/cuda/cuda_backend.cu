@@ -237,6 +237,15 @@ int64_t attention_entries(int64_t max_tokens, int64_t n_head) {
   return std::max(max_tokens * n_head * kMaxTileSplits, kTargetBlocks);
 }
 
+// Row r's score from its q . k: scaled, ALiBi (slope: the head's), soft-capped (attention.cc).
+__device__ __forceinline__ float biased_score(const AttentionArgs& a, float slope, const AttentionRowPlan& p,
+                                              int64_t r, float dot) {
+  float s = dot * a.scale;
+  if (a.slopes != nullptr) s -= slope * (float)alibi_distance(p, r);
+  if (a.softcap > 0.0f) s = a.softcap * tanhf(s * (1.0f / a.softcap));
+  return s;
+}
+
 // The block's query in shared memory (rounded to half against an f16 cache, as the CPU does), its
 // K and V rows, and its range of rows.
 template <bool F16>
@@ -285,15 +294,24 @@ struct AttentionBlock {
         odd = fmaf(q[2 * i + 1], kv.y, odd);
       }
     }
-    float s = (even + odd) * a.scale;
-    if (a.slopes != nullptr) s -= slope * (float)alibi_distance(plan, r);
-    if (a.softcap > 0.0f) s = a.softcap * tanhf(s * (1.0f / a.softcap));
-    return s;
+    return biased_score(a, slope, plan, r, even + odd);
   }
 };
 
 __device__ __forceinline__ int64_t entry_index(const AttentionArgs& a) {
   return ((int64_t)blockIdx.y * a.n_head + blockIdx.x) * a.splits + blockIdx.z;
+}
+
+// The softmax's (max, 1 / sum of exp) for query head h from its ranges' (max, sum) stats. A learned
+// sink joins the max and the denominator only (the CPU's softmax, attention.cc).
+__device__ __forceinline__ float2 softmax_normalizer(const AttentionArgs& a, const float2* stats, int h) {
+  const float sink = a.sink_logits != nullptr ? a.sink_logits[h] : -INFINITY;
+  float mx = sink, total = 0.0f;
+  for (int i = 0; i < a.splits; ++i) mx = fmaxf(mx, stats[i].x);
+  if (a.sink_logits != nullptr) total = expf(sink - mx);
+  for (int i = 0; i < a.splits; ++i)
+    if (stats[i].y > 0.0f) total += stats[i].y * expf(stats[i].x - mx);
+  return make_float2(mx, 1.0f / total);
 }
 
 // (max, sum of exp) of two parts of a softmax merged; a part with no rows is (-inf, 0).
@@ -338,16 +356,9 @@ __global__ void __launch_bounds__(kAttnWarps * kWarp) attention_accumulate_kerne
   const AttentionBlock<F16> blk(a, qw, qs);
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   if (threadIdx.x == 0) {  // the softmax's max and 1 / sum, from every range of this query head
-    const float2* st = a.stats + (entry_index(a) - blockIdx.z);
-    // A learned sink joins the max and the denominator only (the CPU's softmax, attention.cc).
-    const float sink = a.sink_logits != nullptr ? a.sink_logits[blockIdx.x] : -INFINITY;
-    float mx = sink, total = 0.0f;
-    for (int i = 0; i < a.splits; ++i) mx = fmaxf(mx, st[i].x);
-    if (a.sink_logits != nullptr) total = expf(sink - mx);
-    for (int i = 0; i < a.splits; ++i)
-      if (st[i].y > 0.0f) total += st[i].y * expf(st[i].x - mx);
-    final_max = mx;
-    final_inv = 1.0f / total;
+    const float2 norm = softmax_normalizer(a, a.stats + (entry_index(a) - blockIdx.z), blockIdx.x);
+    final_max = norm.x;
+    final_inv = norm.y;
   }
   __syncthreads();
   const float mx = final_max, inv = final_inv;
@@ -500,10 +511,7 @@ struct TileBlock {
       even = fmaf(qv[i], kv[i], even);
       odd = fmaf(qv[i + 1], kv[i + 1], odd);
     }
-    float s = (even + odd) * a.scale;
-    if (a.slopes != nullptr) s -= slope * (float)alibi_distance(p, r);
-    if (a.softcap > 0.0f) s = a.softcap * tanhf(s * (1.0f / a.softcap));
-    return s;
+    return biased_score(a, slope, p, r, even + odd);
   }
 };
 
@@ -542,15 +550,10 @@ __global__ void __launch_bounds__(kTileThreads) attention_tile_accumulate_kernel
   float* weights = blk.rows + kTileRows * blk.stride;  // (kTileQueries, kTileRows)
   const int h = blockIdx.x;
   if (threadIdx.x < blk.tile->n_queries) {  // the softmax's max and 1 / sum, from every range
-    const float2* st = a.stats + ((blk.tile->first_query + threadIdx.x) * a.n_head + h) * a.splits;
-    const float sink = a.sink_logits != nullptr ? a.sink_logits[h] : -INFINITY;
-    float mx = sink;
-    for (int i = 0; i < a.splits; ++i) mx = fmaxf(mx, st[i].x);
-    float total = a.sink_logits != nullptr ? expf(sink - mx) : 0.0f;
-    for (int i = 0; i < a.splits; ++i)
-      if (st[i].y > 0.0f) total += st[i].y * expf(st[i].x - mx);
-    final_max[threadIdx.x] = mx;
-    final_inv[threadIdx.x] = 1.0f / total;
+    const float2 norm =
+        softmax_normalizer(a, a.stats + ((blk.tile->first_query + threadIdx.x) * a.n_head + h) * a.splits, h);
+    final_max[threadIdx.x] = norm.x;
+    final_inv[threadIdx.x] = norm.y;
   }
   const int qi = threadIdx.x / kThreadsPerQuery, part = threadIdx.x % kThreadsPerQuery;
   const bool active = qi < blk.tile->n_queries;
