@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import sinkstream
+from sinkstream.device import cuda_unavailable_reason
 from sinkstream.texts import tokenize_text
 
 from gemma3_model import gemma3_model  # noqa: F401  (the module-scoped fixture)
@@ -25,6 +26,10 @@ PROMPTS = json.loads((ORACLE / "prompts.json").read_text())
 KJV = json.loads((ORACLE / "kjv_ppl.json").read_text())
 PROMPT_NAMES = ["p1", "p2", "p3"]  # plain text, Gemma chat turn, 728 KJV tokens (past the 512 window)
 WINDOW = 2048  # dense sessions hold every token of these tests
+# The logits tests run on the GPU too where one is (tests/test_cuda_forward.py says how the CUDA
+# backend differs: float32 matmul inputs, like the exact float64 pass the bounds below were set by).
+CUDA_REASON = cuda_unavailable_reason()
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(CUDA_REASON is not None, reason=CUDA_REASON or ""))]
 
 pytestmark = pytest.mark.model
 
@@ -122,14 +127,15 @@ def gap(values) -> float:
     return float(top2[1] - top2[0])
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", PROMPT_NAMES)
-def test_last_logits_match_llama_cpp(model, name):
+def test_last_logits_match_llama_cpp(model, name, device):
     """A dense session with the f16 cache (as the oracle run): the same top-1 (where llama.cpp's is
     not a near-tie), llama.cpp's top 5 among our top 10, KL < MAX_KL, log-probabilities within
     MAX_LOGPROB_DIFF, logits within MAX_LOGIT_DIFF."""
     tokens = np.load(ORACLE / f"{name}_tokens.npy")
     assert tokens.tolist() == PROMPTS[name]["tokens"]
-    got = model.session(mode="dense", window=WINDOW).eval(tokens, logits="last")
+    got = model.session(mode="dense", window=WINDOW, device=device).eval(tokens, logits="last")
     assert got.shape == (model.n_vocab,) == (262144,)
     ids, values, lse = reference_last(name)
     ref_lp = values - lse
@@ -138,7 +144,7 @@ def test_last_logits_match_llama_cpp(model, name):
     likeliest = np.argsort(-values, kind="stable")[:4096]
     lp_diff = np.abs(ours_lp[ids] - ref_lp)  # all of p2's vocabulary, the 4096 likeliest of the others
     logit_diff = np.abs(got.astype(np.float64)[ids] - values)
-    print(f"{name}: KL {kl:.2e}, max |log-prob diff| {lp_diff.max():.3f} (top 4096: {lp_diff[likeliest].max():.3f}), "
+    print(f"{name} ({device}): KL {kl:.2e}, max |log-prob diff| {lp_diff.max():.3f} (top 4096: {lp_diff[likeliest].max():.3f}), "
           f"max |logit diff| {logit_diff.max():.3f} over {len(ids)} ids")
     want_top5 = [i for i, _ in PROMPTS[name]["last_logits_top5"]]
     want_gap = PROMPTS[name]["last_logits_top5"][0][1] - PROMPTS[name]["last_logits_top5"][1][1]
@@ -155,11 +161,12 @@ def test_last_logits_match_llama_cpp(model, name):
 
 # -- greedy continuations -------------------------------------------------------------------------
 
-def test_free_running_greedy_p2_until_first_near_tie(model):
+@pytest.mark.parametrize("device", DEVICES)
+def test_free_running_greedy_p2_until_first_near_tie(model, device):
     """Our own greedy continuation of p2 (our tokens fed back) equals llama.cpp's up to the first
     near-tie of either engine (llama.cpp's first is at step 12; p1 and p3 have one within 1-4 steps)."""
     case = PROMPTS["p2"]
-    session = model.session(mode="dense", window=WINDOW)
+    session = model.session(mode="dense", window=WINDOW, device=device)
     logits = session.eval(case["tokens"], logits="last")
     got = []
     for step, want in enumerate(case["greedy_ids"]):
@@ -173,12 +180,13 @@ def test_free_running_greedy_p2_until_first_near_tie(model):
     assert len(got) >= 10
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", PROMPT_NAMES)
-def test_greedy_steps_follow_llama_cpp(model, name):
+def test_greedy_steps_follow_llama_cpp(model, name, device):
     """Along llama.cpp's greedy continuation (its tokens fed back), our top-1 equals llama.cpp's at
     every step that is not a near-tie, and the top-2 gaps agree throughout."""
     case = PROMPTS[name]
-    session = model.session(mode="dense", window=WINDOW)
+    session = model.session(mode="dense", window=WINDOW, device=device)
     logits = session.eval(case["tokens"], logits="last")
     gap_differences, decided = [], 0
     for step, want in enumerate(case["greedy_ids"]):
@@ -191,7 +199,7 @@ def test_greedy_steps_follow_llama_cpp(model, name):
             top1 = int(np.argmax(logits))
             assert top1 == want, f"{name}: step {step} gave {top1}, llama.cpp {want}"
         logits = session.eval([want], logits="last")
-    print(f"{name}: top-1 equal on all {decided} decided steps; |gap difference| median "
+    print(f"{name} ({device}): top-1 equal on all {decided} decided steps; |gap difference| median "
           f"{np.median(gap_differences):.3f}, max {max(gap_differences):.3f}")
     assert decided >= 32
     # the three float64 passes: median 0.06-0.16, max 1.12; our engine: max 2.1 at p3 step 27 (" Jesus",
