@@ -207,3 +207,60 @@ def test_default_model_type_table(default_model_path, capsys, bars):
     expected = expected_decode_bytes(default_model_path)
     assert {row[0]: row[2] for row in rows if row[0] != "all"} == {
         name: f"{n / 1e6:.3f}" for name, n in expected.items()}
+
+
+# -- llama.cpp runs in a child process ----------------------------------------------------------
+
+FAKE_LLAMA_CPP = '''
+"""A stand-in for llama-cpp-python: the calls bench_llama_cpp makes, logits from a ctypes array."""
+import ctypes, os, signal
+
+N_VOCAB = 256
+_logits = (ctypes.c_float * N_VOCAB)(*range(N_VOCAB))
+
+def llama_get_logits_ith(ctx, i):
+    return ctypes.cast(_logits, ctypes.POINTER(ctypes.c_float))
+
+class Llama:
+    def __init__(self, model_path, **kwargs):
+        self.ctx, self.n_tokens = object(), 0
+    def n_vocab(self):
+        return N_VOCAB
+    def reset(self):
+        self.n_tokens = 0
+    def eval(self, tokens):
+        if os.environ.get("FAKE_LLAMA_CRASH") and len(tokens) > 1:
+            os.kill(os.getpid(), signal.SIGSEGV)  # as llama.cpp's AMX matmul did on prompts
+        self.n_tokens += len(tokens)
+'''
+
+
+@pytest.fixture
+def fake_llama_cpp(tmp_path, monkeypatch):
+    """A `llama_cpp` package that shadows any installed one in the child process."""
+    package = tmp_path / "fake_site" / "llama_cpp"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(FAKE_LLAMA_CPP)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(package.parent), os.environ.get("PYTHONPATH")])))
+    return package
+
+
+def test_llama_cpp_is_measured_in_a_child_process(tmp_path, fake_llama_cpp):
+    advanced = []
+    result = bench.bench_llama_cpp(str(tmp_path / "any.gguf"), 2, 16, 4, 60, 2, progress=advanced.append)
+    assert result is not None and result.engine == "llama.cpp" and result.threads == 2
+    assert len(result.runs["decode"]) == 2 and result.prefill_tok_s > 0 and result.decode_tok_s > 0
+    assert sum(advanced) == 2 * (60 + 32)  # the child's progress reaches the parent's bar
+    assert result.peak_rss_mib > 0  # the child's own peak
+
+
+def test_a_crashing_llama_cpp_does_not_take_the_bench_down(tmp_path, fake_llama_cpp, monkeypatch, capsys, bars):
+    monkeypatch.setenv("FAKE_LLAMA_CRASH", "1")
+    with pytest.raises(bench.PeerCrashed, match="llama.cpp .2 thread.s.. died with signal SIGSEGV"):
+        bench.bench_llama_cpp(str(tmp_path / "any.gguf"), 2, 16, 4, 60, 1)
+    path = write_tiny_model(tmp_path / "m.gguf", n_ctx=256)
+    small = [a for a in SMALL_ARGS if a != "--no-llama-cpp"]
+    assert cli.main(["bench", str(path), "--threads", "1", "--repeats", "1", *small]) == 0
+    out = capsys.readouterr().out
+    assert "no llama.cpp figures: llama.cpp (1 thread(s)) died with signal SIGSEGV" in out
+    assert len(engine_rows(out)) == 1 and "ratio" not in out  # sinkstream's figures are all there

@@ -17,10 +17,14 @@ thread count, and the ratios.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -136,15 +140,69 @@ def cache_bytes_per_token(model, entries_per_token: float) -> float:
     return entries_per_token / group * core.head_dim * 2 * 2
 
 
+class PeerCrashed(RuntimeError):
+    """llama.cpp's process died during its measurement (its message says how)."""
+
+
 def bench_llama_cpp(model_path: str, threads: int, prompt_tokens: int = 512, decode_tokens: int = 256,
                     position: int = 2048, repeats: int = 3,
                     progress: Callable[[int], object] | None = None) -> BenchResult | None:
-    """The same measurements with llama.cpp (llama-cpp-python), or None when it is not installed."""
+    """The same measurements with llama.cpp (llama-cpp-python), or None when it is not installed.
+
+    llama.cpp runs in a child process: its peak RSS is its own, and a crash of llama.cpp (seen: its
+    AMX matmul on a Xeon with AMX, in a GGML_NATIVE build, segfaulting on prompts) raises
+    PeerCrashed with the signal and llama.cpp's last output, instead of killing this process."""
     advance = progress or (lambda n: None)
-    try:
-        import llama_cpp  # type: ignore[import-not-found]
-    except ImportError:
+    args = json.dumps([model_path, threads, prompt_tokens, decode_tokens, position, repeats])
+    child = subprocess.Popen([sys.executable, "-c", "from sinkstream.bench import _llama_cpp_child; _llama_cpp_child()",
+                              args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    result: BenchResult | None = None
+    missing = False
+    with child:
+        stderr_lines: list[str] = []
+        collect = threading.Thread(target=lambda: stderr_lines.extend(child.stderr), daemon=True)
+        collect.start()
+        for line in child.stdout:
+            kind, _, payload = line.rstrip("\n").partition(" ")
+            if kind == "progress":
+                advance(int(payload))
+            elif kind == "result":
+                result = BenchResult(**json.loads(payload))
+            elif kind == "missing":
+                missing = True
+        child.wait()
+        collect.join()
+    if child.returncode != 0:
+        code = child.returncode
+        how = f"signal {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals() else f"exit status {code}"
+        tail = "".join(stderr_lines[-5:]).strip()
+        raise PeerCrashed(f"llama.cpp ({threads} thread(s)) died with {how} while measuring {model_path}"
+                          + (f"; its last output: {tail}" if tail else ""))
+    if missing:
         return None
+    if result is None:
+        raise PeerCrashed(f"llama.cpp ({threads} thread(s)) gave no result for {model_path}")
+    return result
+
+
+def _llama_cpp_child() -> None:
+    """The child process of bench_llama_cpp: reports progress and the result on stdout, one line each."""
+    model_path, threads, prompt_tokens, decode_tokens, position, repeats = json.loads(sys.argv[1])
+    try:
+        import llama_cpp  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        print("missing", flush=True)
+        return
+    result = _bench_llama_cpp_here(model_path, threads, prompt_tokens, decode_tokens, position, repeats,
+                                   lambda n: print(f"progress {n}", flush=True))
+    print("result " + json.dumps(dataclasses.asdict(result)), flush=True)
+
+
+def _bench_llama_cpp_here(model_path: str, threads: int, prompt_tokens: int, decode_tokens: int, position: int,
+                          repeats: int, advance: Callable[[int], object]) -> BenchResult:
+    """bench_llama_cpp's measurements, in this process (llama_cpp importable)."""
+    import llama_cpp  # type: ignore[import-not-found]
+
     llm = llama_cpp.Llama(model_path=model_path, n_ctx=position + 64, n_threads=threads, n_threads_batch=threads,
                           n_batch=512, verbose=False, logits_all=False)
     n_vocab = llm.n_vocab()

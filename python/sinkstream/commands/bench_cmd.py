@@ -76,8 +76,8 @@ def run(args: argparse.Namespace) -> int:
 def bench_model(path: str, matrices: list, experts: list[str], threads: list[int], isa: str,
                 args: argparse.Namespace) -> None:
     """One model's two tables: the engines' figures, then the decode matmuls per weight type."""
-    from ..bench import (BandwidthProbes, bench_llama_cpp, bench_sinkstream, format_table, format_type_table,
-                         read_weights, reset_peak_rss, time_decode_matmuls, tokens_per_run)
+    from ..bench import (BandwidthProbes, PeerCrashed, bench_llama_cpp, bench_sinkstream, format_table,
+                         format_type_table, read_weights, reset_peak_rss, time_decode_matmuls, tokens_per_run)
     from ..model import Model
 
     decode_bytes = sum(m.n_bytes for m in matrices)
@@ -96,8 +96,13 @@ def bench_model(path: str, matrices: list, experts: list[str], threads: list[int
             bandwidth[("sinkstream", n)] = probes.around_last()
             if not args.no_llama_cpp:
                 print(f"llama.cpp, {n} thread(s) ...", flush=True)
-                with progress_bar(total, f"llama.cpp, {n} thread(s)") as bar:
-                    peer = bench_llama_cpp(model.path, n, *sizes, progress=bar.update)
+                try:
+                    with progress_bar(total, f"llama.cpp, {n} thread(s)") as bar:
+                        peer = bench_llama_cpp(model.path, n, *sizes, progress=bar.update)
+                except PeerCrashed as e:
+                    print(f"  no llama.cpp figures: {e}")
+                    probes.around_last()  # the next measurement's "before" probe
+                    continue
                 if peer is None:
                     print("  (llama-cpp-python is not installed: pip install llama-cpp-python to compare)")
                 else:
