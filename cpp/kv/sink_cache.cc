@@ -137,6 +137,13 @@ void SinkCache::copy_out(int64_t layer, uint64_t token, uint8_t* key, uint8_t* v
   }
 }
 
+SinkCache SinkCache::with_host_storage() const {
+  SinkCache twin = *this;
+  twin.keys_.assign(layout_bytes_, 0);
+  twin.values_.assign(layout_bytes_, 0);
+  return twin;
+}
+
 void SinkCache::copy_in(int64_t layer, uint64_t token, const uint8_t* key, const uint8_t* value) {
   SS_ASSERT(has_host_storage());
   for (int64_t h = 0; h < n_head_kv_; ++h) {

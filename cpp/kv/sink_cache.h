@@ -138,6 +138,14 @@ class SinkCache {
   void copy_out(int64_t layer, uint64_t token, uint8_t* key, uint8_t* value) const;
   void copy_in(int64_t layer, uint64_t token, const uint8_t* key, const uint8_t* value);
 
+  // A cache of this geometry and these settings with host storage, all zeros: the host twin through
+  // which a device backend's copy of a cache without host storage is saved and restored
+  // (Session::save / load; Backend::download_cache).
+  SinkCache with_host_storage() const;
+  // The whole storage of keys (values) in the layout above, bytes() / 2 each; host storage only.
+  uint8_t* key_storage() { return keys_.data(); }
+  uint8_t* value_storage() { return values_.data(); }
+
  private:
   struct LayerGeometry {
     int64_t window;      // w_l, 0 for a global layer

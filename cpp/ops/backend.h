@@ -13,6 +13,7 @@
 #pragma once
 #include <cstdint>
 
+#include "core/error.h"
 #include "kv/sink_cache.h"
 #include "ops/ops.h"
 
@@ -94,6 +95,18 @@ class Backend {
   // Token t's key and value rows (row_elements() floats each, backend memory) into layer's slot of
   // t in `cache` (SinkCache::store; a device backend writes its device copy of the cache).
   virtual void store_kv(SinkCache& cache, int64_t layer, uint64_t t, const float* key, const float* value) = 0;
+  // A device backend's copy of `cache` (a SinkCache without host storage), whole, in the SinkCache
+  // layout (keys, values: cache.bytes() / 2 each), out to host memory and back in: save() and load()
+  // of a device session go through a host twin (SinkCache::with_host_storage). After the work queued
+  // before it. A backend whose caches are the host ones has nothing to copy: it refuses.
+  virtual void download_cache(const SinkCache& cache, uint8_t* keys, uint8_t* values) {
+    (void)cache, (void)keys, (void)values;
+    throw ArgumentError(cat("the ", name(), " backend keeps no copy of a cache"));
+  }
+  virtual void upload_cache(const SinkCache& cache, const uint8_t* keys, const uint8_t* values) {
+    (void)cache, (void)keys, (void)values;
+    throw ArgumentError(cat("the ", name(), " backend keeps no copy of a cache"));
+  }
 
   // Batched forms (one call per run of rows; a GPU overrides them with one launch). By default, the
   // per-row calls above, row by row:

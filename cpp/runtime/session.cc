@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <stdexcept>
 
 #include "core/error.h"
@@ -400,9 +401,19 @@ uint64_t Session::geometry_fingerprint() const {
   return hash64(fields.data(), fields.size() * sizeof(int64_t), hash64(arch.data(), arch.size()));
 }
 
+// A device session's cache lives in its backend (the host SinkCache holds the geometry alone):
+// save() reads it through a host twin, load() fills one and sends it over whole. The state's bytes
+// are a CPU session's, so a state moves between devices.
+SinkCache Session::host_twin() const {
+  SinkCache twin = cache_.with_host_storage();
+  device_backend_->download_cache(cache_, twin.key_storage(), twin.value_storage());
+  return twin;
+}
+
 std::vector<uint8_t> Session::save(const StreamExtras& extras) const {
-  SS_CHECK_ARG(options_.device == Device::kCpu, "save() is not supported for device='", device_name(options_.device),
-               "' sessions yet (their cache lives on the device)");
+  std::optional<SinkCache> twin;
+  if (!cache_.has_host_storage()) twin.emplace(host_twin());
+  const SinkCache& cache = twin ? *twin : cache_;
   SS_CHECK_ARG(!extras.has_logits || (int64_t)extras.logits.size() == model_->n_vocab(), "saved logits have ",
                extras.logits.size(), " values, expected n_vocab = ", model_->n_vocab());
   StateHeader h{};
@@ -449,7 +460,7 @@ std::vector<uint8_t> Session::save(const StreamExtras& extras) const {
       for (uint64_t j = begin; j < end; ++j) {  // per token: its K row, then its V row (all heads)
         const size_t at = out.size();
         out.resize(at + 2 * row_bytes);
-        cache_.copy_out(l, j, out.data() + at, out.data() + at + row_bytes);
+        cache.copy_out(l, j, out.data() + at, out.data() + at + row_bytes);
       }
     };
     const LayerRows rows = layer_rows(cache_, l, h);
@@ -463,8 +474,6 @@ std::vector<uint8_t> Session::save(const StreamExtras& extras) const {
 }
 
 void Session::load(const uint8_t* state, size_t size, const std::function<void(StreamExtras&)>& accept) {
-  SS_CHECK_ARG(options_.device == Device::kCpu, "load() is not supported for device='", device_name(options_.device),
-               "' sessions yet (their cache lives on the device)");
   BusyGuard guard(busy_);
   // 1. The container: magic, version, length, checksum.
   uint32_t magic_version[2] = {0, 0};
@@ -553,20 +562,25 @@ void Session::load(const uint8_t* state, size_t size, const std::function<void(S
   extras.app_data.assign(reinterpret_cast<const char*>(app_data), (size_t)h.app_bytes);
   if (accept) accept(extras);
 
-  // 5. Everything checked: restore. Nothing below can fail.
-  for (uint64_t j = h.n_past - h.n_history, i = 0; j < h.n_past; ++j, ++i) history_[(size_t)(j % C)] = read_token(history, i);
+  // 5. Everything checked: restore. Only a device session's copy to its device can fail, and it
+  // goes first, before anything of the session changes.
+  std::optional<SinkCache> twin;
+  if (!cache_.has_host_storage()) twin.emplace(cache_.with_host_storage());
+  SinkCache& cache = twin ? *twin : cache_;
   const uint8_t* p = rows;
-  for (int64_t l = 0; l < cache_.n_layer(); ++l) {
+  for (int64_t l = 0; l < cache.n_layer(); ++l) {
     auto copy_rows = [&](uint64_t begin, uint64_t end) {
       for (uint64_t j = begin; j < end; ++j) {
-        cache_.copy_in(l, j, p, p + row_bytes);
+        cache.copy_in(l, j, p, p + row_bytes);
         p += 2 * row_bytes;
       }
     };
-    const LayerRows layer = layer_rows(cache_, l, h);
+    const LayerRows layer = layer_rows(cache, l, h);
     copy_rows(layer.sink_begin, layer.sink_end);
     copy_rows(layer.window_begin, h.n_past);
   }
+  if (twin) device_backend_->upload_cache(cache_, twin->key_storage(), twin->value_storage());
+  for (uint64_t j = h.n_past - h.n_history, i = 0; j < h.n_past; ++j, ++i) history_[(size_t)(j % C)] = read_token(history, i);
   n_past_ = h.n_past;
   before_step_.undoable = false;
 }

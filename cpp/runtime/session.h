@@ -105,7 +105,8 @@ class Session {
 
   // Exact snapshot of the stream (cache contents, counter, recompute history, `extras`) in a
   // versioned container with the model's fingerprint, the session geometry's fingerprint and a
-  // checksum over everything (format: session.cc, "Saved state").
+  // checksum over everything (format: session.cc, "Saved state"). The same bytes from a device
+  // session (its cache copied out of the device first), so a state restores on either device.
   std::vector<uint8_t> save(const StreamExtras& extras = {}) const;
   // Restores a state from save(), all or nothing: the checksum, the fingerprints, every range and
   // size, every token id (history and pending) are checked first, then `accept` (if given) sees the
@@ -145,6 +146,7 @@ class Session {
   // resolve_geometry, then the memory cap: runs before any member is allocated.
   static Geometry checked_geometry(const Model& model, const SessionOptions& options);
   uint64_t geometry_fingerprint() const;
+  SinkCache host_twin() const;  // a device session's cache, copied to the host (save())
   Session(std::shared_ptr<const Model> model, const SessionOptions& options, Geometry geometry);
 
   void check_tokens(const int32_t* tokens, int64_t n) const;  // ids, and dense mode's capacity

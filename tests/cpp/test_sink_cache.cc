@@ -175,5 +175,25 @@ int main() {
       }
     }
   }
+  // A device session's host twin (Session::save / load): the geometry of a cache without host
+  // storage, every slot of every layer (local windows included) where the original puts it, all zeros.
+  {
+    const std::vector<int64_t> windows = {0, 3};
+    SinkCache device_side(2, 2, 8, 2, 5, 4, KvType::kF16, 7, windows, true, /*host_storage=*/false);
+    CHECK(!device_side.has_host_storage());
+    SinkCache twin = device_side.with_host_storage();
+    CHECK(twin.has_host_storage() && twin.bytes() == device_side.bytes() && twin.position_offset() == 7);
+    for (int64_t layer = 0; layer < 2; ++layer) {
+      CHECK_EQ(twin.layer_window(layer), device_side.layer_window(layer));
+      CHECK_EQ(twin.n_slots(layer), device_side.n_slots(layer));
+      for (uint64_t j = 0; j < 40; ++j) CHECK_EQ(twin.slot_of(layer, j), device_side.slot_of(layer, j));
+    }
+    bool zeros = true;
+    for (size_t i = 0; i < twin.bytes() / 2; ++i) zeros = zeros && twin.key_storage()[i] == 0 && twin.value_storage()[i] == 0;
+    CHECK(zeros, "a twin starts as zeros");
+    SinkCache on_host(2, 2, 8, 2, 5, 4, KvType::kF16, 7, windows, true);
+    CHECK(twin.key_rows(1, 1) - twin.key_storage() == on_host.key_rows(1, 1) - on_host.key_storage(),
+          "the twin's layer and head offsets are the layout's");
+  }
   return sinkstream_test::check_summary("test_sink_cache");
 }

@@ -1002,6 +1002,21 @@ class CudaBackend final : public Backend {
     check_launch("rope_rows");
   }
 
+  void download_cache(const SinkCache& cache, uint8_t* keys, uint8_t* values) override {
+    DeviceCache& dc = device_cache(cache);
+    const size_t bytes = twin_bytes(cache, dc);
+    // cudaMemcpy to pageable memory: after everything queued before it, on the legacy stream.
+    SS_CUDA_CHECK(cudaMemcpy(keys, dc.keys.data(), bytes, cudaMemcpyDeviceToHost));
+    SS_CUDA_CHECK(cudaMemcpy(values, dc.values.data(), bytes, cudaMemcpyDeviceToHost));
+  }
+
+  void upload_cache(const SinkCache& cache, const uint8_t* keys, const uint8_t* values) override {
+    DeviceCache& dc = device_cache(cache);
+    const size_t bytes = twin_bytes(cache, dc);
+    SS_CUDA_CHECK(cudaMemcpy(dc.keys.data(), keys, bytes, cudaMemcpyHostToDevice));
+    SS_CUDA_CHECK(cudaMemcpy(dc.values.data(), values, bytes, cudaMemcpyHostToDevice));
+  }
+
  private:
   // Tokens t0 .. t0+n-1 into their slots (SinkCache::slot_of, on the host; uploaded with the rows).
   void store(SinkCache& cache, int64_t layer, uint64_t t0, int64_t n, const float* keys, const float* values,
@@ -1026,6 +1041,13 @@ class CudaBackend final : public Backend {
     KvType type = KvType::kF16;
     DeviceBuffer keys, values;
   };
+  // The device twin holds the host layout byte for byte (SinkCache's per-layer offsets, no padding).
+  static size_t twin_bytes(const SinkCache& cache, const DeviceCache& dc) {
+    const size_t bytes = cache.bytes() / 2;
+    SS_ASSERT(dc.keys.size() == bytes && dc.values.size() == bytes);
+    return bytes;
+  }
+
   DeviceCache& device_cache(const SinkCache& cache) {
     bool same = cache_.owner == &cache && cache_.type == cache.type() && (int64_t)cache_.slots.size() == cache.n_layer();
     for (int64_t l = 0; same && l < cache.n_layer(); ++l) same = cache_.slots[(size_t)l] == cache.n_slots(l);
