@@ -22,6 +22,8 @@
 #include <string>
 #include <vector>
 
+#include "core/large_pages.h"
+
 namespace sinkstream {
 
 // Storage of cached keys and values: half or single precision, or GGML's Q8_0 blocks (32 values,
@@ -168,8 +170,8 @@ class SinkCache {
     return head_offset(layer, kv_head) + (size_t)slot_of(layer, token) * head_row_bytes();
   }
   size_t layout_bytes_ = 0;      // keys (or values) of every layer
-  std::vector<uint8_t> keys_;    // per layer (n_head_kv, n_slots(layer), head_dim); empty without host storage
-  std::vector<uint8_t> values_;  // per layer (n_head_kv, n_slots(layer), head_dim)
+  std::vector<uint8_t, LargePageAllocator<uint8_t>> keys_;    // per layer (n_head_kv, n_slots(layer), head_dim); empty without host storage
+  std::vector<uint8_t, LargePageAllocator<uint8_t>> values_;  // per layer (n_head_kv, n_slots(layer), head_dim)
 };
 
 }  // namespace sinkstream
