@@ -16,8 +16,8 @@ constexpr size_t kLargePageBytes = size_t{2} << 20;
 // An allocator whose large blocks have their whole 2 MiB pages advised as huge pages (Linux
 // transparent huge pages, where they are enabled or in "madvise" mode). Decode reads the whole K/V
 // cache of a long window every token: with 4 KiB pages that is a TLB miss every 32 rows of 128
-// bytes. Measured on the default model at positions 512-1112 (interleaved runs, this VM): decode
-// 2-4% faster at 1 and 2 threads. The block itself is a plain malloc of the bytes asked for (its
+// bytes. Measured on the default model at positions 512-1112 (interleaved runs, a 2-core VM): decode
+// 2-6% faster at 1 and 2 threads. The block itself is a plain malloc of the bytes asked for (its
 // unaligned ends stay in 4 KiB pages), so the memory a session takes is what its estimate says
 // (Model.session_memory).
 template <typename T>

@@ -170,8 +170,10 @@ class SinkCache {
     return head_offset(layer, kv_head) + (size_t)slot_of(layer, token) * head_row_bytes();
   }
   size_t layout_bytes_ = 0;      // keys (or values) of every layer
-  std::vector<uint8_t, LargePageAllocator<uint8_t>> keys_;    // per layer (n_head_kv, n_slots(layer), head_dim); empty without host storage
-  std::vector<uint8_t, LargePageAllocator<uint8_t>> values_;  // per layer (n_head_kv, n_slots(layer), head_dim)
+  // Per layer (n_head_kv, n_slots(layer), head_dim); empty without host storage. In huge pages where
+  // the OS gives them (core/large_pages.h): decode reads all of it every token.
+  std::vector<uint8_t, LargePageAllocator<uint8_t>> keys_;
+  std::vector<uint8_t, LargePageAllocator<uint8_t>> values_;
 };
 
 }  // namespace sinkstream
