@@ -34,6 +34,7 @@ SHAPES = [
     (16, 4, 2, 130, 4, 64),     # the tiny test models' heads
     (24, 6, 1, 263, 0, 263),    # multiple of 8 only; group 6; no sinks
     (12, 2, 2, 40, 3, 20),      # neither: scalar kernels at every level
+    (256, 4, 1, 560, 4, 512),   # Gemma 3's heads: four 64-column pieces per block of rows, 35 blocks
 ]
 
 

@@ -89,7 +89,7 @@ int main() {
   // row blocks, several 256-row pieces, a wrapped ring.
   const Shape shapes[] = {{64, 9, 3, 700, 4, 600}, {64, 8, 2, 5, 4, 16}, {80, 5, 1, 301, 2, 290},
                           {16, 4, 2, 130, 4, 64},  {24, 6, 1, 263, 0, 263}, {12, 2, 2, 40, 3, 20},
-                          {6, 2, 1, 33, 1, 30}};
+                          {6, 2, 1, 33, 1, 30},    {256, 4, 1, 560, 4, 512}};
   std::vector<Isa> levels;
   for (Isa isa : {Isa::Neon, Isa::Dotprod, Isa::I8mm, Isa::Avx2, Isa::Avx512})
     if (isa_supported(isa)) levels.push_back(isa);

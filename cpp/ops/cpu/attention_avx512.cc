@@ -108,12 +108,12 @@ static void score_rows(const T* key_rows, int64_t n_rows, int64_t row_stride, co
 // out[h] += sum_r w[h, r] * v_r for HN heads over NB * 16 columns from i0: HN x NB accumulators
 // stay in registers for all rows, and each value vector is converted once for the HN heads.
 template <typename Rows, int HN, int NB>
-static void accumulate_block(const Rows& values, int64_t n_rows, int64_t i0, const float* weights,
+static void accumulate_block(const Rows& values, int64_t r_begin, int64_t r_end, int64_t i0, const float* weights,
                              int64_t weights_stride, float* out, int64_t dim) {
   __m512 acc[HN][NB];
   for (int h = 0; h < HN; ++h)
     for (int b = 0; b < NB; ++b) acc[h][b] = _mm512_loadu_ps(out + h * dim + i0 + 16 * b);
-  for (int64_t r = 0; r < n_rows; ++r) {
+  for (int64_t r = r_begin; r < r_end; ++r) {
     values.prefetch_ahead(r, i0, 16 * NB);
     __m512 vv[NB];
     for (int b = 0; b < NB; ++b) vv[b] = values.load16(r, i0 + 16 * b);
@@ -126,15 +126,27 @@ static void accumulate_block(const Rows& values, int64_t n_rows, int64_t i0, con
     for (int b = 0; b < NB; ++b) _mm512_storeu_ps(out + h * dim + i0 + 16 * b, acc[h][b]);
 }
 
+// Rows per block when a row is wider than one piece of columns: every piece of a block's rows is
+// done before the next block, so the rows are read front to back once (a dense stream the hardware
+// prefetchers follow) and each later piece finds them in L1 (16 rows of a 256-wide f16 head: 8 KB).
+// One piece after the other over all rows read every row from memory once per piece, in a sparse
+// pattern: Gemma 3's 256-wide heads with a cold cache ran at half the bytes/s. Each output element
+// still sums its rows in order, so the bits are those of a single pass.
+constexpr int64_t kAccumulateRowBlock = 16;
+
 template <typename Rows, int HN>
 static void accumulate_heads(const Rows& values, int64_t n_rows, const float* weights, int64_t weights_stride,
                              float* out, int64_t dim) {
-  for (int64_t i0 = 0; i0 < dim; i0 += 64) {  // columns in pieces of up to 4 vectors
-    switch ((dim - i0 < 64 ? dim - i0 : 64) / 16) {
-      case 1: accumulate_block<Rows, HN, 1>(values, n_rows, i0, weights, weights_stride, out, dim); break;
-      case 2: accumulate_block<Rows, HN, 2>(values, n_rows, i0, weights, weights_stride, out, dim); break;
-      case 3: accumulate_block<Rows, HN, 3>(values, n_rows, i0, weights, weights_stride, out, dim); break;
-      default: accumulate_block<Rows, HN, 4>(values, n_rows, i0, weights, weights_stride, out, dim); break;
+  const int64_t row_block = dim <= 64 ? n_rows : kAccumulateRowBlock;
+  for (int64_t r0 = 0; r0 < n_rows; r0 += row_block) {
+    const int64_t r1 = r0 + row_block < n_rows ? r0 + row_block : n_rows;
+    for (int64_t i0 = 0; i0 < dim; i0 += 64) {  // columns in pieces of up to 4 vectors
+      switch ((dim - i0 < 64 ? dim - i0 : 64) / 16) {
+        case 1: accumulate_block<Rows, HN, 1>(values, r0, r1, i0, weights, weights_stride, out, dim); break;
+        case 2: accumulate_block<Rows, HN, 2>(values, r0, r1, i0, weights, weights_stride, out, dim); break;
+        case 3: accumulate_block<Rows, HN, 3>(values, r0, r1, i0, weights, weights_stride, out, dim); break;
+        default: accumulate_block<Rows, HN, 4>(values, r0, r1, i0, weights, weights_stride, out, dim); break;
+      }
     }
   }
 }
