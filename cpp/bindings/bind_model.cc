@@ -351,7 +351,8 @@ void bind_model(nb::module_& m) {
             int64_t n_logits = 0;
             for (bool want : want_logits) n_logits += want ? 1 : 0;
             const int64_t n_vocab = sessions.empty() || sessions[0] == nullptr ? 0 : sessions[0]->model().n_vocab();
-            auto out = std::make_unique<std::vector<float>>((size_t)(n_logits * n_vocab));
+            // Every row that wants logits is written by the step (its items hold 1.. tokens each).
+            nb::ndarray<nb::numpy, float> out = uninitialized_array<float>({(size_t)n_logits, (size_t)n_vocab});
             std::vector<BatchRunner::Item> items(sessions.size());
             std::vector<PySampler*> lent;  // the samplers this step uses, each locked while it runs
             int64_t row = 0;
@@ -359,7 +360,7 @@ void bind_model(nb::module_& m) {
               items[i].session = sessions[i];
               items[i].tokens = int32_tokens(tokens[i]);
               items[i].n = (int64_t)tokens[i].shape(0);
-              if (want_logits[i]) items[i].logits = out->data() + (row++) * n_vocab;
+              if (want_logits[i]) items[i].logits = out.data() + (row++) * n_vocab;
               PySampler* sampler = samplers && (*samplers)[i] ? *(*samplers)[i] : nullptr;
               if (sampler == nullptr) continue;
               SS_CHECK_ARG(std::find(lent.begin(), lent.end(), sampler) == lent.end(), "step: session ", i,
@@ -376,7 +377,7 @@ void bind_model(nb::module_& m) {
               runner.step(items.data(), (int64_t)items.size());
               if (samplers) runner.sample_tokens(items.data(), (int64_t)items.size(), sampled->data(), errors);
             }
-            nb::object logits = nb::cast(owned_array(std::move(out), {(size_t)n_logits, (size_t)n_vocab}));
+            nb::object logits = nb::cast(out);
             if (!samplers) return logits;
             nb::list messages;
             for (const std::string& e : errors) messages.append(e.empty() ? nb::object(nb::none()) : nb::object(nb::str(e.c_str())));
