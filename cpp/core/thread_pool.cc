@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <chrono>
 #include <fstream>
+#include <limits>
 #include <set>
 #include <string>
 #include <utility>
@@ -48,32 +49,74 @@ bool spin_until(Done done) {
 // A window spans a decode token or so of a small model (a few hundred runs); a probe costs half a
 // window in the slower mode. Solo must win clearly (kSoloMargin): on a quiet machine the workers
 // are faster, and noise must not send the pool solo.
-bool SoloChooser::next_run_solo() {
+bool SoloChooser::next_run_solo(int size_class) {
+  SS_ASSERT(size_class >= 0 && size_class < kSizeClasses);
   if (!probing_) return solo_;
-  random_state_ ^= random_state_ << 13;  // xorshift64: an even split without a pattern of runs
+  ClassProbe& c = classes_[size_class];
+  if (c.pair_first >= 0) {  // the second run of the pair: the other mode
+    const bool alone = c.pair_first == 0;
+    c.pair_first = -1;
+    return alone;
+  }
+  random_state_ ^= random_state_ << 13;  // xorshift64: which run of the pair goes alone, without a pattern
   random_state_ ^= random_state_ >> 7;
   random_state_ ^= random_state_ << 17;
-  return (random_state_ >> 32) & 1u;
+  c.pair_first = (int)((random_state_ >> 32) & 1u);
+  return c.pair_first == 1;
 }
 
-void SoloChooser::record(bool solo, double seconds) {
+void SoloChooser::record(bool solo, int size_class, double seconds) {
+  SS_ASSERT(size_class >= 0 && size_class < kSizeClasses);
   if (probing_) {
-    probe_seconds_[solo] += seconds;
-    ++probe_runs_[solo];
+    classes_[size_class].seconds[solo] += seconds;
+    ++classes_[size_class].runs[solo];
   }
   if (++window_runs_ < kWindowRuns) return;
   window_runs_ = 0;
   if (probing_) {
-    probing_ = false;
-    windows_since_probe_ = 0;
-    if (probe_runs_[0] > 0 && probe_runs_[1] > 0)
-      solo_ = probe_seconds_[1] / (double)probe_runs_[1] < kSoloMargin * probe_seconds_[0] / (double)probe_runs_[0];
-  } else if (++windows_since_probe_ >= kWindowsBetweenProbes) {
+    end_probe();
+  } else if (++windows_since_probe_ >= windows_between_probes_) {
     probing_ = true;
-    probe_seconds_[0] = probe_seconds_[1] = 0.0;
-    probe_runs_[0] = probe_runs_[1] = 0;
+    for (ClassProbe& c : classes_) c = ClassProbe();
   }
 }
+
+// Each class's runs, timed in both modes, count in both totals at their class's mean time in that
+// mode; a class seen in one mode only (an odd run out) counts in neither. Infinity: no class yet.
+double SoloChooser::alone_over_with_workers() const {
+  double alone = 0.0, with_workers = 0.0;
+  for (const ClassProbe& c : classes_) {
+    if (c.runs[0] == 0 || c.runs[1] == 0) continue;
+    const double runs = (double)(c.runs[0] + c.runs[1]);
+    with_workers += runs * c.seconds[0] / (double)c.runs[0];
+    alone += runs * c.seconds[1] / (double)c.runs[1];
+  }
+  return with_workers > 0.0 ? alone / with_workers : std::numeric_limits<double>::infinity();
+}
+
+void SoloChooser::end_probe() {
+  const bool was_solo = solo_;
+  const double ratio = alone_over_with_workers();
+  if (ratio != std::numeric_limits<double>::infinity()) solo_ = ratio < kSoloMargin;
+  windows_between_probes_ =
+      solo_ == was_solo ? std::min(2 * windows_between_probes_, kMostWindowsBetweenProbes) : kWindowsBetweenProbes;
+  probing_ = false;
+  windows_since_probe_ = 0;
+}
+
+namespace {
+// 1 + floor(log2(count)) for count >= 1, at most `most`: runs within a factor of two share a class.
+int log2_class(int64_t count, int most) {
+  int c = 0;
+  while (count > 0 && c < most) {
+    count >>= 1;
+    ++c;
+  }
+  return c;
+}
+constexpr int kRunClasses = 16;  // run(): classes 0 .. 15 by task count; run_shares(): the rest by pieces
+static_assert(kRunClasses < SoloChooser::kSizeClasses, "run_shares needs classes of its own");
+}  // namespace
 
 ThreadPool::ThreadPool(int n_threads) : shares_((size_t)std::max(1, n_threads)) {
   const int n = std::max(1, n_threads);
@@ -118,6 +161,10 @@ void ThreadPool::worker_loop(int thread_index) {
 }
 
 void ThreadPool::run(int64_t n_tasks, const std::function<void(int64_t, int)>& fn) {
+  run_sized(n_tasks, log2_class(n_tasks, kRunClasses - 1), fn);
+}
+
+void ThreadPool::run_sized(int64_t n_tasks, int size_class, const std::function<void(int64_t, int)>& fn) {
   if (n_tasks <= 0) return;
   if (workers_.empty() || n_tasks == 1) {
     for (int64_t t = 0; t < n_tasks; ++t) fn(t, 0);
@@ -127,9 +174,9 @@ void ThreadPool::run(int64_t n_tasks, const std::function<void(int64_t, int)>& f
   const auto seconds_since_start = [&] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   };
-  if (chooser_.next_run_solo()) {
+  if (chooser_.next_run_solo(size_class)) {
     for (int64_t t = 0; t < n_tasks; ++t) fn(t, 0);
-    chooser_.record(true, seconds_since_start());
+    chooser_.record(true, size_class, seconds_since_start());
     return;
   }
   job_ = &fn;
@@ -149,7 +196,7 @@ void ThreadPool::run(int64_t n_tasks, const std::function<void(int64_t, int)>& f
     done_.wait(lock, all_done);
   }
   job_ = nullptr;
-  chooser_.record(false, seconds_since_start());
+  chooser_.record(false, size_class, seconds_since_start());
 }
 
 void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn,
@@ -204,7 +251,10 @@ void ThreadPool::run_shares(int64_t n, int shares, int64_t piece,
     return;
   }
   for (int i = 0; i < shares; ++i) shares_[(size_t)i].reset(n * i / shares, n * (i + 1) / shares);
-  run(shares, [&](int64_t own, int thread) {
+  // Sized by pieces: a matmul's pieces are kTileBytes of its weights each (matmul.cc), so its
+  // class follows the bytes it reads.
+  const int size_class = kRunClasses + log2_class((n + piece - 1) / piece, SoloChooser::kSizeClasses - 1 - kRunClasses);
+  run_sized(shares, size_class, [&](int64_t own, int thread) {
     int64_t begin, end;
     while (shares_[(size_t)own].take_front(piece, &begin, &end)) fn(begin, end, thread);
     for (int64_t k = 1; k < shares; ++k) {  // then the others', nearest first

@@ -10,10 +10,11 @@
 // A shared machine (an edge box runs other services) may take a core away: a worker descheduled
 // in the middle of a run holds up the caller until the OS runs it again, and a decode step has
 // hundreds of runs, so two threads beside a busy process can be slower than one. The pool measures
-// instead of guessing (SoloChooser): every so often a probe window sends each run at random either
-// to the caller alone (the workers sleep, leaving any free core to it) or to all the threads, and
-// the next windows use the workers unless running alone was clearly faster per run. Results do not
-// change: every kernel's output is the same whatever thread computes which part (ops.h).
+// instead of guessing (SoloChooser): every so often a probe window sends runs either to the caller
+// alone (the workers sleep, leaving any free core to it) or to all the threads, half of each size
+// of run each way, and the next windows use the workers unless running alone was clearly faster.
+// Results do not change: every kernel's output is the same whatever thread computes which part
+// (ops.h).
 #pragma once
 #include <atomic>
 #include <chrono>
@@ -27,30 +28,53 @@
 namespace sinkstream {
 
 // Which way a pool's runs go: on the caller alone (solo) or on all the threads. Runs are counted
-// in windows of kWindowRuns; every kWindowsBetweenProbes windows (and soon after the start: a new
-// pool learns its machine quickly) one probe window picks each run's mode at random, so that both
-// modes time the same mix of runs whatever the forward pass is doing. (Timing whole windows one
-// mode after the other compared unlike work: the long runs of a prompt against the short ones of
-// the decode steps after it sent the pool solo for thousands of runs.) Solo is kept only when its
-// mean time per run is clearly lower (kSoloMargin). Not thread-safe: the pool's caller owns it.
+// in windows of kWindowRuns; every so many windows (and soon after the start: a new pool learns its
+// machine quickly) one probe window times both modes on the same mix of runs. A probe costs: half
+// its runs go the slower way, and beside a busy process a run with the workers can wait a time
+// slice for one. So each probe that keeps the mode doubles the windows to the next, from
+// kWindowsBetweenProbes up to kMostWindowsBetweenProbes (16,384 runs: about a second of decoding),
+// and a probe that changes it starts again from kWindowsBetweenProbes.
+//
+// Runs differ in size by four orders of magnitude: a decode token of Gemma 3 270M is 127 runs, one
+// of them its 180 MB output matmul, half the token's time. So the probe compares like with like:
+// each run comes with a size class (ThreadPool: its number of tasks, or of run_shares' pieces),
+// within a class the runs go in pairs, one of each pair alone and the other with the workers (which
+// one at random), and the two modes' times are compared class by class, each class weighted by its
+// runs (a stratified estimate). Before, each run's mode was a coin flip and the modes' mean times
+// per run were compared: a window held two of those matmuls, and when both went to the workers,
+// their 12 ms against the solo side's short runs sent a quiet pool solo for 16 windows (about 32
+// tokens at half speed), one probe in four. (Timing whole windows one mode after the other was
+// worse: the long runs of a prompt against the short ones of the decode steps after it.)
+// Solo is kept only when it is clearly faster (kSoloMargin). Not thread-safe: the pool's caller
+// owns it.
 class SoloChooser {
  public:
   static constexpr int64_t kWindowRuns = 256;
   static constexpr int64_t kWindowsBetweenProbes = 16;
+  static constexpr int64_t kMostWindowsBetweenProbes = 64;
   static constexpr double kSoloMargin = 0.8;
+  static constexpr int kSizeClasses = 64;  // size_class: 0 .. kSizeClasses - 1
 
-  bool next_run_solo();                    // the mode of the next run
-  void record(bool solo, double seconds);  // and how long it took
-  bool solo() const { return solo_; }      // the mode chosen at the last probe
+  bool next_run_solo(int size_class);                      // the mode of the next run
+  void record(bool solo, int size_class, double seconds);  // and how long it took
+  bool solo() const { return solo_; }                      // the mode chosen at the last probe
   bool probing() const { return probing_; }
 
  private:
+  struct ClassProbe {
+    double seconds[2] = {0.0, 0.0};  // this probe's time and runs of the class, with workers [0] and alone [1]
+    int64_t runs[2] = {0, 0};
+    int pair_first = -1;  // the mode of the first run of an open pair (1: alone), or -1
+  };
+  double alone_over_with_workers() const;  // this probe's estimate of time alone / with the workers
+  void end_probe();                        // chooses the mode and when to probe next
+
   bool solo_ = false;
   bool probing_ = false;
   int64_t window_runs_ = 0;
   int64_t windows_since_probe_ = kWindowsBetweenProbes - 2;
-  double probe_seconds_[2] = {0.0, 0.0};  // this probe's time and runs, with workers [0] and alone [1]
-  int64_t probe_runs_[2] = {0, 0};
+  int64_t windows_between_probes_ = kWindowsBetweenProbes;
+  ClassProbe classes_[kSizeClasses];
   uint64_t random_state_ = 0x9e3779b97f4a7c15u;
 };
 
@@ -89,6 +113,9 @@ class ThreadPool {
   bool solo() const { return chooser_.solo(); }
 
  private:
+  // run() with the SoloChooser's size class of the run (run: its task count; run_shares: its
+  // number of pieces, in classes of their own).
+  void run_sized(int64_t n_tasks, int size_class, const std::function<void(int64_t task, int thread)>& fn);
   void worker_loop(int thread_index);
   void work_on_current_job(int thread_index);
 

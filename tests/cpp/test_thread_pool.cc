@@ -9,6 +9,7 @@
 #include <memory>
 #include <random>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "check.h"
@@ -147,13 +148,53 @@ int main() {
     int64_t solo = 0;
     for (int64_t run = 0; run < 20300; ++run) {
       const double with_workers = run < 300 ? 1e-3 : 3e-5;
-      const bool probe = chooser.probing(), alone = chooser.next_run_solo();
-      chooser.record(alone, alone ? with_workers * alone_over_workers : with_workers);
+      const bool probe = chooser.probing(), alone = chooser.next_run_solo(0);
+      chooser.record(alone, 0, alone ? with_workers * alone_over_workers : with_workers);
       solo += alone && !probe;
     }
     return solo;
   };
   CHECK_EQ(solo_outside_probes(2.0), 0);
   CHECK(solo_outside_probes(0.5) > 20300 - 4 * SoloChooser::kWindowRuns - 20300 / SoloChooser::kWindowsBetweenProbes);
+  // Runs of very different sizes, as in a decode token of Gemma 3 270M: 126 short runs and one
+  // long one (its output matmul, half the token's time), each timed with +-30% noise. With the
+  // workers twice as fast on every run, no run outside a probe goes solo (a coin flip per run, with
+  // the modes' mean times per run compared, went solo after about one probe in four: both long runs
+  // of a window on the workers' side). With solo twice as fast, every run after the first probe
+  // does. Either way the mode holds, so the probes thin out: the windows between them double up to
+  // kMostWindowsBetweenProbes.
+  struct MixedRuns {
+    int64_t runs = 0, solo_outside_probes = 0, probe_runs = 0;
+  };
+  const auto mixed_runs = [](double alone_over_workers) {
+    SoloChooser chooser;
+    std::mt19937 noise_rng(7);
+    std::uniform_real_distribution<double> noise(0.7, 1.3);
+    MixedRuns m;
+    for (int token = 0; token < 2000; ++token) {
+      for (int r = 0; r < 127; ++r, ++m.runs) {
+        const bool long_run = r == 126;
+        const int size_class = long_run ? 28 : 18;
+        const double with_workers = (long_run ? 6e-3 : 25e-6) * noise(noise_rng);
+        const bool probe = chooser.probing(), alone = chooser.next_run_solo(size_class);
+        chooser.record(alone, size_class, alone ? with_workers * alone_over_workers : with_workers);
+        m.solo_outside_probes += alone && !probe;
+        m.probe_runs += probe;
+      }
+    }
+    return m;
+  };
+  {
+    const MixedRuns m = mixed_runs(2.0);
+    CHECK_EQ(m.solo_outside_probes, 0);
+    // 992 windows: a probe after the first 2, then 32 windows to the next, then 64 each time: 16
+    // probes (every 16 windows: 58).
+    CHECK_EQ(m.probe_runs, 16 * SoloChooser::kWindowRuns);
+  }
+  {
+    const MixedRuns m = mixed_runs(0.5);
+    CHECK(m.solo_outside_probes >= m.runs - m.probe_runs - 2 * SoloChooser::kWindowRuns);
+    CHECK_EQ(m.probe_runs, 17 * SoloChooser::kWindowRuns);  // going solo resets the gap to 16 windows once
+  }
   return sinkstream_test::check_summary("test_thread_pool");
 }
