@@ -242,7 +242,7 @@ bool ThreadPool::Share::take_back(int64_t piece, int64_t* begin, int64_t* end) {
 }
 
 void ThreadPool::run_shares(int64_t n, int shares, int64_t piece,
-                            const std::function<void(int64_t, int64_t, int)>& fn) {
+                            const std::function<void(int64_t, int64_t, int)>& fn, int64_t work) {
   if (n <= 0) return;
   SS_ASSERT(n < ((int64_t)1 << 32) && piece >= 1);  // two 32-bit halves of a Share
   shares = (int)std::max<int64_t>(1, std::min<int64_t>({(int64_t)shares, (int64_t)n_threads(), n}));
@@ -251,9 +251,8 @@ void ThreadPool::run_shares(int64_t n, int shares, int64_t piece,
     return;
   }
   for (int i = 0; i < shares; ++i) shares_[(size_t)i].reset(n * i / shares, n * (i + 1) / shares);
-  // Sized by pieces: a matmul's pieces are kTileBytes of its weights each (matmul.cc), so its
-  // class follows the bytes it reads.
-  const int size_class = kRunClasses + log2_class((n + piece - 1) / piece, SoloChooser::kSizeClasses - 1 - kRunClasses);
+  if (work <= 0) work = (n + piece - 1) / piece;
+  const int size_class = kRunClasses + log2_class(work, SoloChooser::kSizeClasses - 1 - kRunClasses);
   run_sized(shares, size_class, [&](int64_t own, int thread) {
     int64_t begin, end;
     while (shares_[(size_t)own].take_front(piece, &begin, &end)) fn(begin, end, thread);

@@ -37,7 +37,7 @@ namespace sinkstream {
 //
 // Runs differ in size by four orders of magnitude: a decode token of Gemma 3 270M is 127 runs, one
 // of them its 180 MB output matmul, half the token's time. So the probe compares like with like:
-// each run comes with a size class (ThreadPool: its number of tasks, or of run_shares' pieces),
+// each run comes with a size class (ThreadPool: its number of tasks, or run_shares' work),
 // within a class the runs go in pairs, one of each pair alone and the other with the workers (which
 // one at random), and the two modes' times are compared class by class, each class weighted by its
 // runs (a stratified estimate). Before, each run's mode was a coin flip and the modes' mean times
@@ -102,9 +102,11 @@ class ThreadPool {
   // thread streams through one contiguous region until the run's end is near, where dynamic tasks
   // would send it jumping between regions (each jump costs the ramp-up of the hardware's and the
   // kernels' prefetching: measured 15% of a memory-bound decode step with 4 tasks per thread);
-  // a late or slow thread's share is still finished by the others. piece >= 1.
+  // a late or slow thread's share is still finished by the others. piece >= 1. work: the run's
+  // size in units that grow with its time, for the pool's probe (SoloChooser; a matmul: its pieces
+  // times its tokens), or 0 for its number of pieces.
   void run_shares(int64_t n, int shares, int64_t piece,
-                  const std::function<void(int64_t begin, int64_t end, int thread)>& fn);
+                  const std::function<void(int64_t begin, int64_t end, int thread)>& fn, int64_t work = 0);
 
   // Physical cores when they can be told apart from SMT siblings, else logical CPUs.
   static int default_thread_count();
@@ -114,7 +116,7 @@ class ThreadPool {
 
  private:
   // run() with the SoloChooser's size class of the run (run: its task count; run_shares: its
-  // number of pieces, in classes of their own).
+  // work, in classes of their own).
   void run_sized(int64_t n_tasks, int size_class, const std::function<void(int64_t task, int thread)>& fn);
   void worker_loop(int thread_index);
   void work_on_current_job(int thread_index);
