@@ -165,7 +165,7 @@ struct PackedNibbles : Halves<PackedNibbles<kFifthBits, kMins, kOffset, kCodeboo
     __m256 acc[NT];
     for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
     OffsetTerms<NT, kMins> offset_terms(nb, scales, mins, half, (float)kOffset);
-    const GroupPrefetch<NT> prefetch(group, group_bytes, nb);
+    const GroupPrefetch prefetch(group, group_bytes, nb);
     for (int64_t b = 0; b < nb; ++b) {
       if (half == 0) prefetch.block(b);
       __m256i isum[NT];
@@ -233,7 +233,7 @@ struct PackedQ8_0 : Halves<PackedQ8_0> {
     __m256 acc[NT];
     for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
     OffsetTerms<NT, false> offset_terms(nb, scales, nullptr, half, 128.0f);
-    const GroupPrefetch<NT> prefetch(group, group_bytes, nb);
+    const GroupPrefetch prefetch(group, group_bytes, nb);
     for (int64_t b = 0; b < nb; ++b) {
       if (half == 0) prefetch.block(b);
       __m256i isum[NT];  // the AVX-512 kernel's sums of q + 128: 128 * the activation sum, then q's products
@@ -286,7 +286,7 @@ struct PackedQ45K : Halves<PackedQ45K<kFifthBits>> {
     const __m256i low4 = _mm256_set1_epi8(0x0f);
     __m256 acc[NT], extra[NT];
     for (int t = 0; t < NT; ++t) acc[t] = extra[t] = _mm256_setzero_ps();
-    const GroupPrefetch<NT> prefetch(group, group_bytes, nb);
+    const GroupPrefetch prefetch(group, group_bytes, nb);
     for (int64_t b = 0; b < nb; ++b) {
       if (half == 0) prefetch.block(b);
       const uint8_t* q = quants + b * 2048;
@@ -361,7 +361,7 @@ struct PackedQ6K : Halves<PackedQ6K> {
     const __m256i low4 = _mm256_set1_epi8(0x0f), top2 = _mm256_set1_epi8(0x30);
     __m256 acc[NT];
     for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
-    const GroupPrefetch<NT> prefetch(group, group_bytes, nb);
+    const GroupPrefetch prefetch(group, group_bytes, nb);
     for (int64_t b = 0; b < nb; ++b) {
       if (half == 0) prefetch.block(b);
       __m256i total[NT], offset[NT];
@@ -424,7 +424,7 @@ struct PackedQ23K : Halves<PackedQ23K<kQ3>> {
     const __m256i three = _mm256_set1_epi8(3), low4 = _mm256_set1_epi32(0x0f);
     __m256 acc[NT], extra[NT];
     for (int t = 0; t < NT; ++t) acc[t] = extra[t] = _mm256_setzero_ps();
-    const GroupPrefetch<NT> prefetch(group, group_bytes, nb);
+    const GroupPrefetch prefetch(group, group_bytes, nb);
     for (int64_t b = 0; b < nb; ++b) {
       if (half == 0) prefetch.block(b);
       __m256i total[NT], offset[NT];

@@ -132,7 +132,7 @@ struct Packed32 {
       acc[t] = _mm512_setzero_ps();
       extra[t] = _mm512_setzero_ps();
     }
-    const GroupPrefetch<NT> prefetch(group, group_bytes, nb);
+    const GroupPrefetch prefetch(group, group_bytes, nb);
     for (int64_t b = 0; b < nb; ++b) {
       prefetch.block(b);
       __m512i isum[NT];
@@ -178,7 +178,7 @@ struct PackedQ45K {
     const __m512i low4 = _mm512_set1_epi8(0x0f), sixteen = _mm512_set1_epi8(0x10);
     __m512 acc[NT], extra[NT];
     for (int t = 0; t < NT; ++t) acc[t] = extra[t] = _mm512_setzero_ps();
-    const GroupPrefetch<NT> prefetch(group, group_bytes, nb);
+    const GroupPrefetch prefetch(group, group_bytes, nb);
     for (int64_t b = 0; b < nb; ++b) {
       prefetch.block(b);
       const uint8_t* q = quants + b * 2048;
@@ -241,7 +241,7 @@ struct PackedQ6K {
     const __m512i low4 = _mm512_set1_epi8(0x0f), top2 = _mm512_set1_epi8(0x30);
     __m512 acc[NT];
     for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
-    const GroupPrefetch<NT> prefetch(group, group_bytes, nb);
+    const GroupPrefetch prefetch(group, group_bytes, nb);
     for (int64_t b = 0; b < nb; ++b) {
       prefetch.block(b);
       __m512i total[NT], offset[NT];
@@ -298,7 +298,7 @@ struct PackedQ23K {
     const __m512i three = _mm512_set1_epi8(3), four = _mm512_set1_epi8(4), low4 = _mm512_set1_epi32(0x0f);
     __m512 acc[NT], extra[NT];
     for (int t = 0; t < NT; ++t) acc[t] = extra[t] = _mm512_setzero_ps();
-    const GroupPrefetch<NT> prefetch(group, group_bytes, nb);
+    const GroupPrefetch prefetch(group, group_bytes, nb);
     for (int64_t b = 0; b < nb; ++b) {
       prefetch.block(b);
       __m512i total[NT], offset[NT];
