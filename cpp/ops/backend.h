@@ -101,11 +101,11 @@ class Backend {
   // before it. A backend whose caches are the host ones has nothing to copy: it refuses.
   virtual void download_cache(const SinkCache& cache, uint8_t* keys, uint8_t* values) {
     (void)cache, (void)keys, (void)values;
-    throw ArgumentError(cat("the ", name(), " backend keeps no copy of a cache"));
+    refuse_cache_copy();
   }
   virtual void upload_cache(const SinkCache& cache, const uint8_t* keys, const uint8_t* values) {
     (void)cache, (void)keys, (void)values;
-    throw ArgumentError(cat("the ", name(), " backend keeps no copy of a cache"));
+    refuse_cache_copy();
   }
 
   // Batched forms (one call per run of rows; a GPU overrides them with one launch). By default, the
@@ -127,6 +127,11 @@ class Backend {
   // Cache entries attention has read so far, summed over query heads and layers (counted by the
   // kernels' callers from the rows really read: streaming.md invariant 3 is checked on this).
   virtual uint64_t entries_attended() const = 0;
+
+ private:
+  [[noreturn]] void refuse_cache_copy() const {
+    throw ArgumentError(cat("the ", name(), " backend keeps no copy of a cache"));
+  }
 };
 
 }  // namespace sinkstream
