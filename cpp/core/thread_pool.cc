@@ -164,7 +164,8 @@ void ThreadPool::run(int64_t n_tasks, const std::function<void(int64_t, int)>& f
   run_sized(n_tasks, log2_class(n_tasks, kRunClasses - 1), fn);
 }
 
-void ThreadPool::run_sized(int64_t n_tasks, int size_class, const std::function<void(int64_t, int)>& fn) {
+void ThreadPool::run_sized(int64_t n_tasks, int size_class, const std::function<void(int64_t, int)>& fn,
+                           const std::function<void()>* alone) {
   if (n_tasks <= 0) return;
   if (workers_.empty() || n_tasks == 1) {
     for (int64_t t = 0; t < n_tasks; ++t) fn(t, 0);
@@ -175,7 +176,10 @@ void ThreadPool::run_sized(int64_t n_tasks, int size_class, const std::function<
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   };
   if (chooser_.next_run_solo(size_class)) {
-    for (int64_t t = 0; t < n_tasks; ++t) fn(t, 0);
+    if (alone != nullptr)
+      (*alone)();
+    else
+      for (int64_t t = 0; t < n_tasks; ++t) fn(t, 0);
     chooser_.record(true, size_class, seconds_since_start());
     return;
   }
@@ -253,6 +257,13 @@ void ThreadPool::run_shares(int64_t n, int shares, int64_t piece,
   for (int i = 0; i < shares; ++i) shares_[(size_t)i].reset(n * i / shares, n * (i + 1) / shares);
   if (work <= 0) work = (n + piece - 1) / piece;
   const int size_class = kRunClasses + log2_class(work, SoloChooser::kSizeClasses - 1 - kRunClasses);
+  // Solo, the caller streams the whole range front to back, as one thread does: taking its own
+  // share and then the other's from the back, half of what is left at a time, walked the second
+  // half of every matrix in backward jumps, each a new start for the prefetchers. Beside one busy
+  // process, where the pool runs solo, the default model's decode took 5.64-5.90 ms a token that
+  // way and 4.41-5.19 this way (medians of 350 tokens, three interleaved rounds; one thread alone:
+  // 4.34-4.98).
+  const std::function<void()> alone = [&] { fn(0, n, 0); };
   run_sized(shares, size_class, [&](int64_t own, int thread) {
     int64_t begin, end;
     while (shares_[(size_t)own].take_front(piece, &begin, &end)) fn(begin, end, thread);
@@ -260,7 +271,7 @@ void ThreadPool::run_shares(int64_t n, int shares, int64_t piece,
       Share& other = shares_[(size_t)((own + k) % shares)];
       while (other.take_back(piece, &begin, &end)) fn(begin, end, thread);
     }
-  });
+  }, &alone);
 }
 
 int ThreadPool::default_thread_count() {

@@ -116,8 +116,10 @@ class ThreadPool {
 
  private:
   // run() with the SoloChooser's size class of the run (run: its task count; run_shares: its
-  // work, in classes of their own).
-  void run_sized(int64_t n_tasks, int size_class, const std::function<void(int64_t task, int thread)>& fn);
+  // work, in classes of their own). alone, when given, does all the tasks' work when the run goes
+  // solo, in place of fn for each task (run_shares: its whole range front to back).
+  void run_sized(int64_t n_tasks, int size_class, const std::function<void(int64_t task, int thread)>& fn,
+                 const std::function<void()>* alone = nullptr);
   void worker_loop(int thread_index);
   void work_on_current_job(int thread_index);
 

@@ -131,6 +131,13 @@ int main() {
     });
     CHECK_EQ(off_caller.load(), 0);
     CHECK_EQ(runs.load(), 64);
+    // Solo, run_shares hands the caller the whole range at once, front to back as one thread would
+    // walk it (not its own share and then the other's from the back).
+    std::vector<std::pair<int64_t, int64_t>> ranges;
+    pool.run_shares(1000, 2, 10, [&](int64_t begin, int64_t end, int) { ranges.emplace_back(begin, end); });
+    CHECK_EQ(ranges.size(), (size_t)1);
+    const bool whole_range = ranges.size() == 1 && ranges[0].first == 0 && ranges[0].second == 1000;
+    CHECK(whole_range);
     const auto busy = [](int64_t, int) {
       const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(100);
       while (std::chrono::steady_clock::now() < until) {
