@@ -114,7 +114,7 @@ int log2_class(int64_t count, int most) {
   }
   return c;
 }
-constexpr int kRunClasses = 16;  // run(): classes 0 .. 15 by task count; run_shares(): the rest by pieces
+constexpr int kRunClasses = 16;  // run(): classes 0 .. 15 by task count; run_shares(): the rest by work
 static_assert(kRunClasses < SoloChooser::kSizeClasses, "run_shares needs classes of its own");
 }  // namespace
 
