@@ -288,11 +288,11 @@ struct PackedQ45K : Halves<PackedQ45K<kFifthBits>> {
     for (int t = 0; t < NT; ++t) acc[t] = extra[t] = _mm256_setzero_ps();
     const GroupPrefetch prefetch(group, group_bytes, nb);
     for (int64_t b = 0; b < nb; ++b) {
-      if (half == 0) prefetch.block(b);
       const uint8_t* q = quants + b * 2048;
       __m256i total[NT];
       for (int t = 0; t < NT; ++t) total[t] = _mm256_setzero_si256();
       for (int c = 0; c < 4; ++c) {  // sub-blocks 2c (low nibbles) and 2c + 1 (high nibbles)
+        if (half == 0) prefetch.block_part(b, c, 4);
         // Each sub-block's products summed in int16, kPerWiden at a time (Q4_K: all 8, Q5_K: 4), then
         // widened and scaled into the total: fewer registers per token than int32 sums per sub-block.
         constexpr int kPerWiden = Pairs16<kFifthBits ? 31 : 15>::kProducts;
@@ -363,10 +363,10 @@ struct PackedQ6K : Halves<PackedQ6K> {
     for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
     const GroupPrefetch prefetch(group, group_bytes, nb);
     for (int64_t b = 0; b < nb; ++b) {
-      if (half == 0) prefetch.block(b);
       __m256i total[NT], offset[NT];
       for (int t = 0; t < NT; ++t) total[t] = offset[t] = _mm256_setzero_si256();
       for (int p = 0; p < 8; ++p) {  // sub-blocks 2p, 2p + 1
+        if (half == 0) prefetch.block_part(b, p, 8);
         // The pair's scales as int16 pairs [sc_2p, sc_2p+1] per row: the bsums term in one VPMADDWD.
         const __m256i sc_pair = _mm256_cvtepi8_epi16(
             _mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + b * 256 + 32 * p + 16 * half)));

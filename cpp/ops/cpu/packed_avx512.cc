@@ -180,11 +180,11 @@ struct PackedQ45K {
     for (int t = 0; t < NT; ++t) acc[t] = extra[t] = _mm512_setzero_ps();
     const GroupPrefetch prefetch(group, group_bytes, nb);
     for (int64_t b = 0; b < nb; ++b) {
-      prefetch.block(b);
       const uint8_t* q = quants + b * 2048;
       __m512i total[NT];
       for (int t = 0; t < NT; ++t) total[t] = _mm512_setzero_si512();
       for (int c = 0; c < 4; ++c) {  // sub-blocks 2c (low nibbles) and 2c + 1 (high nibbles)
+        prefetch.block_part(b, c, 4);
         __m512i sum_lo[NT], sum_hi[NT];
         for (int t = 0; t < NT; ++t) sum_lo[t] = sum_hi[t] = _mm512_setzero_si512();
         for (int i = 0; i < 8; ++i) {
@@ -243,10 +243,10 @@ struct PackedQ6K {
     for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
     const GroupPrefetch prefetch(group, group_bytes, nb);
     for (int64_t b = 0; b < nb; ++b) {
-      prefetch.block(b);
       __m512i total[NT], offset[NT];
       for (int t = 0; t < NT; ++t) total[t] = offset[t] = _mm512_setzero_si512();
       for (int p = 0; p < 8; ++p) {  // sub-blocks 2p, 2p + 1
+        prefetch.block_part(b, p, 8);
         // The pair's scales as int16 pairs [sc_2p, sc_2p+1] per row: the bsums term in one VPDPWSSD.
         const __m512i sc_pair = _mm512_cvtepi8_epi16(
             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + b * 256 + 32 * p)));
