@@ -275,6 +275,20 @@ def test_greedy_is_argmax_and_ignores_the_seed():
     assert probs[int(np.argmax(logits))] == 1.0 and probs.sum() == 1.0
 
 
+@pytest.mark.parametrize("n", [1, 7, 8, 63, 64, 65, 127, 129, 1000])
+def test_greedy_finds_the_first_maximum_across_blocks(n):
+    """The engine looks for the maximum block by block (64 ids each, the last one shorter): the
+    first maximum must come out wherever it lies, ties in later blocks and banned ids around it."""
+    rng = np.random.default_rng(n)
+    for pos in sorted({0, n // 2, n - 1, min(n - 1, 63), min(n - 1, 64)}):
+        logits = rng.standard_normal(n).astype(F32) - 10.0
+        logits[rng.random(n) < 0.3] = -np.inf
+        logits[pos] = 5.0
+        logits[pos + 1:][rng.random(n - pos - 1) < 0.1] = 5.0  # ties after it
+        assert Sampler(n, temperature=0.0).sample(logits) == pos, f"n {n}, first maximum at {pos}"
+        assert int(np.argmax(Sampler(n, temperature=0.0).probabilities(logits))) == pos
+
+
 def test_greedy_ties_pick_the_lowest_id():
     logits = np.zeros(10, dtype=F32)
     logits[[4, 7, 2]] = 5.0

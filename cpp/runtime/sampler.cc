@@ -5,6 +5,12 @@
 #include <functional>
 #include <limits>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#elif defined(__aarch64__)
+#include <arm_neon.h>
+#endif
+
 #include "core/error.h"
 
 namespace sinkstream {
@@ -31,17 +37,51 @@ struct ByLogitDesc {
   }
 };
 
-// The largest of v[0..n): eight independent lanes, so the compiler can keep them in vector
-// registers (a single running max is a serial chain it may not reorder).
+// The largest of v[0..n) (no NaN: prepare() checks first). In vector registers: the baseline
+// instruction sets of x86-64 (SSE2) and AArch64 (NEON) both have a 4-wide max, and compilers do
+// not vectorize a float max reduction by themselves (NaN ordering), not even over 8 independent
+// scalar lanes, which ran at about one entry per cycle.
 float max_of(const float* v, int32_t n) {
-  float lane[8] = {-kInf, -kInf, -kInf, -kInf, -kInf, -kInf, -kInf, -kInf};
   int32_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int j = 0; j < 8; ++j) lane[j] = v[i + j] > lane[j] ? v[i + j] : lane[j];
   float m = -kInf;
-  for (float x : lane) m = x > m ? x : m;
+#if defined(__SSE2__)
+  __m128 a = _mm_set1_ps(-kInf), b = a;
+  for (; i + 8 <= n; i += 8) {
+    a = _mm_max_ps(a, _mm_loadu_ps(v + i));
+    b = _mm_max_ps(b, _mm_loadu_ps(v + i + 4));
+  }
+  float lanes[4];
+  _mm_storeu_ps(lanes, _mm_max_ps(a, b));
+  for (float x : lanes) m = x > m ? x : m;
+#elif defined(__aarch64__)
+  float32x4_t a = vdupq_n_f32(-kInf), b = a;
+  for (; i + 8 <= n; i += 8) {
+    a = vmaxq_f32(a, vld1q_f32(v + i));
+    b = vmaxq_f32(b, vld1q_f32(v + i + 4));
+  }
+  m = vmaxvq_f32(vmaxq_f32(a, b));
+#endif
   for (; i < n; ++i) m = v[i] > m ? v[i] : m;
   return m;
+}
+
+// Copies v[0..n) to out; false if an entry is NaN or +inf (!(x < inf) holds for exactly those).
+// Independent lanes again: one vectorized pass, where a running flag kept the loop scalar.
+bool copy_all_below_inf(const float* v, int32_t n, float* out) {
+  int32_t bad[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int32_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) {
+      out[i + j] = v[i + j];
+      bad[j] |= !(v[i + j] < kInf);
+    }
+  int32_t any_bad = 0;
+  for (int32_t b : bad) any_bad |= b;
+  for (; i < n; ++i) {
+    out[i] = v[i];
+    any_bad |= !(v[i] < kInf);
+  }
+  return any_bad == 0;
 }
 
 int32_t count_finite(const float* v, int32_t n) {
@@ -52,16 +92,23 @@ int32_t count_finite(const float* v, int32_t n) {
 
 }  // namespace
 
-// A value that each of the k largest logits reaches (0 < k < the finite count): the k-th largest of
-// the maxima of blocks of kFloorBlock entries. Those k maxima are k distinct entries at or above
-// it, so the k-th largest entry is too. With fewer than k finite block maxima, -inf (no cut).
-float Sampler::top_k_floor(int32_t k) {
-  constexpr int32_t kFloorBlock = 64;
-  floor_maxima_.clear();
-  for (int32_t b = 0; b < n_vocab_; b += kFloorBlock) {
-    const float m = max_of(work_.data() + b, std::min(kFloorBlock, n_vocab_ - b));
-    if (m > -kInf) floor_maxima_.push_back(m);
+// The maxima of work_'s blocks of kBlock entries (the last may be shorter), and their maximum.
+float Sampler::find_block_maxima() {
+  float m = -kInf;
+  for (int32_t b = 0; b < n_blocks(); ++b) {
+    block_max_[(size_t)b] = max_of(work_.data() + b * kBlock, std::min(kBlock, n_vocab_ - b * kBlock));
+    m = block_max_[(size_t)b] > m ? block_max_[(size_t)b] : m;
   }
+  return m;
+}
+
+// A value that each of the k largest logits reaches (0 < k < the finite count): the k-th largest of
+// the block maxima. Those k maxima are k distinct entries at or above it, so the k-th largest entry
+// is too. With fewer than k finite block maxima, -inf (no cut).
+float Sampler::top_k_floor(int32_t k) {
+  floor_maxima_.clear();
+  for (float m : block_max_)
+    if (m > -kInf) floor_maxima_.push_back(m);
   if ((int32_t)floor_maxima_.size() < k) return -kInf;
   std::nth_element(floor_maxima_.begin(), floor_maxima_.begin() + (k - 1), floor_maxima_.end(), std::greater<float>());
   return floor_maxima_[(size_t)(k - 1)];
@@ -118,7 +165,8 @@ Sampler::Sampler(int32_t n_vocab, SamplerParams params)
   // The window fills as tokens are accepted: a huge repeat_last_n costs memory only once that
   // many tokens were seen.
   ring_.reserve(std::min<int32_t>(p.penalty_last_n, 4096));
-  floor_maxima_.reserve((size_t)(n_vocab + 63) / 64);
+  block_max_.resize((size_t)n_blocks());
+  floor_maxima_.reserve((size_t)n_blocks());
 }
 
 void Sampler::accept(int32_t token) {
@@ -186,13 +234,7 @@ int32_t Sampler::prepare(const float* logits, int32_t n_vocab) {
   const SamplerParams& p = params_;
   // -inf is a banned token; NaN and +inf mean the model output is broken. The copy and the check
   // are one branch-free pass (vectorized); the bad entry is looked for only when there is one.
-  bool all_ok = true;
-  for (int32_t i = 0; i < n_allowed_; ++i) {
-    const float v = logits[i];
-    all_ok &= v < kInf;
-    work_[i] = v;
-  }
-  if (!all_ok)
+  if (!copy_all_below_inf(logits, n_allowed_, work_.data()))
     for (int32_t i = 0; i < n_allowed_; ++i)
       SS_CHECK_ARG(logits[i] < kInf, "sampler: logits[", i, "] is ", logits[i], " (logits must be finite or -inf)");
   // Padding ids: whatever their rows compute (untrained, maybe zero), they are never drawn.
@@ -200,11 +242,13 @@ int32_t Sampler::prepare(const float* logits, int32_t n_vocab) {
   for (const auto& [token, bias] : p.logit_bias) work_[token] += bias;
   apply_penalties();
 
-  const float max_logit = max_of(work_.data(), n_vocab);
+  const float max_logit = find_block_maxima();
   SS_CHECK_ARG(max_logit > -kInf, "sampler: every token has logit -inf (all banned by logit_bias?)");
-  if (p.temperature == 0.0f) {
-    int32_t best = 0;
-    while (work_[best] != max_logit) ++best;  // the first maximum: ties keep the lowest id
+  if (p.temperature == 0.0f) {  // the first maximum: ties keep the lowest id
+    int32_t block = 0;
+    while (block_max_[(size_t)block] != max_logit) ++block;
+    int32_t best = block * kBlock;
+    while (work_[best] != max_logit) ++best;
     return best;
   }
 
@@ -215,9 +259,14 @@ int32_t Sampler::prepare(const float* logits, int32_t n_vocab) {
   const int32_t n_finite = count_finite(work_.data(), n_vocab);
   const bool top_k_cut = p.top_k > 0 && p.top_k < n_finite;
   const float floor = top_k_cut ? top_k_floor(p.top_k) : -kInf;
+  // Only blocks whose maximum clears the floor can hold candidates (with a top-k cut, about k of
+  // them): the others are skipped whole.
   n_cand_ = 0;
-  for (int32_t i = 0; i < n_vocab; ++i)
-    if (work_[i] > -kInf && work_[i] >= floor) cand_[n_cand_++] = i;
+  for (int32_t b = 0; b < n_blocks(); ++b) {
+    if (!(block_max_[(size_t)b] > -kInf && block_max_[(size_t)b] >= floor)) continue;
+    for (int32_t i = b * kBlock; i < std::min(n_vocab, (b + 1) * kBlock); ++i)
+      if (work_[i] > -kInf && work_[i] >= floor) cand_[n_cand_++] = i;
+  }
   sorted_ = 0;
   ByLogitDesc order{work_.data()};
   if (top_k_cut) {

@@ -8,9 +8,13 @@
 // xoshiro256** over the survivors in a canonical order (id order when no top-k/top-p cut was made,
 // else logit desc, id asc), so a seed picks the same token on every platform.
 //
-// Cost per call: O(n_vocab) for the copy, bias and max scan, plus a partial sort of only the tokens
-// that can survive the filters (nth_element for top-k; a growing sorted prefix for top-p). Every
-// buffer is allocated once in the constructor, so sample() never allocates.
+// Cost per call: two vectorized O(n_vocab) passes (the copy with its NaN / +inf check, then the
+// maxima of blocks of 64 ids), then work on only the blocks whose maximum can matter (greedy: the
+// first block holding the maximum; top-k: the blocks that reach the k-th largest block maximum),
+// plus a partial sort of only the tokens that can survive the filters (nth_element for top-k; a
+// growing sorted prefix for top-p). Without a top-k cut, the softmax behind top-p (or the draw,
+// without top-p) takes an exp of every finite logit. Every buffer is allocated once in the
+// constructor, so sample() never allocates.
 #pragma once
 
 #include <cstdint>
@@ -84,8 +88,14 @@ class Sampler {
   // Makes cand_[0 .. n) sorted by (logit desc, id asc) given cand_[0 .. sorted_) already is and
   // holds the largest elements of cand_[0 .. n_cand_).
   void ensure_sorted_prefix(int32_t n);
+  // Fills block_max_ from work_ and returns the largest logit.
+  float find_block_maxima();
   // A logit that each of the k best reaches, to cut the candidates before top-k (sampler.cc).
   float top_k_floor(int32_t k);
+  // work_ in blocks of kBlock ids: the greedy pick, the top-k floor and the candidate scan look at
+  // a block's entries only when its maximum can matter.
+  static constexpr int32_t kBlock = 64;
+  int32_t n_blocks() const { return (n_vocab_ + kBlock - 1) / kBlock; }
 
   int32_t n_vocab_;
   int32_t n_allowed_;  // ids [n_allowed_, n_vocab_) are padding: never drawn
@@ -96,7 +106,8 @@ class Sampler {
   std::vector<int32_t> cand_;    // (n_vocab) candidate ids; the first sorted_ are sorted
   std::vector<double> weights_;  // (n_vocab) exp((logit - max) / temperature) of the survivors
   std::vector<int32_t> counts_;  // (n_vocab) scratch counts for the penalties; all zero between calls
-  std::vector<float> floor_maxima_;  // (n_vocab / 64) block maxima for top_k_floor
+  std::vector<float> block_max_;     // (n_blocks) the maximum of each block of work_
+  std::vector<float> floor_maxima_;  // (n_blocks) the finite block maxima, for top_k_floor
   std::vector<int32_t> ring_;    // (<= penalty_last_n) last accepted tokens, a ring once full
   int32_t ring_start_ = 0;       // index of the oldest entry
   int32_t n_cand_ = 0;
