@@ -7,12 +7,30 @@
 
 namespace sinkstream {
 
+namespace {
+// sum over i of (x[i] - center)^2 in double (a row can hold thousands of squares), in 8 independent
+// lanes: one running sum is a chain of dependent adds, 4 cycles each, which the compiler may not
+// reorder (float addition is not associative). On the AVX-512 Xeon a 576-wide row took about 0.7 us
+// that way, 61 rows a SmolLM2 token: 2% of a decode token, 3% of an 8-session batched step, serial
+// on the calling thread. The order of the additions changes the double's last bits, hardly ever
+// the float scale taken from it.
+double sum_of_squares(const float* x, int64_t d, double center) {
+  double lane[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+  int64_t i = 0;
+  for (; i + 8 <= d; i += 8)
+    for (int j = 0; j < 8; ++j) lane[j] += ((double)x[i + j] - center) * ((double)x[i + j] - center);
+  double sum = 0.0;
+  for (double v : lane) sum += v;
+  for (; i < d; ++i) sum += ((double)x[i] - center) * ((double)x[i] - center);
+  return sum;
+}
+}  // namespace
+
 void rms_norm(const float* x, const float* weight, int64_t n, int64_t d, float eps, float* out) {
   for (int64_t r = 0; r < n; ++r) {
     const float* xr = x + r * d;
     float* yr = out + r * d;
-    double sum = 0.0;  // double: d can be thousands of squares
-    for (int64_t i = 0; i < d; ++i) sum += (double)xr[i] * xr[i];
+    const double sum = sum_of_squares(xr, d, 0.0);
     const float scale = (float)(1.0 / std::sqrt(sum / (double)d + (double)eps));
     for (int64_t i = 0; i < d; ++i) yr[i] = xr[i] * scale * weight[i];
   }
@@ -52,8 +70,7 @@ void layer_norm(const float* x, const float* weight, const float* bias, int64_t 
     double sum = 0.0;  // double: mean and variance of thousands of values
     for (int64_t i = 0; i < d; ++i) sum += xr[i];
     const double mean = sum / (double)d;
-    double squares = 0.0;
-    for (int64_t i = 0; i < d; ++i) squares += ((double)xr[i] - mean) * ((double)xr[i] - mean);
+    const double squares = sum_of_squares(xr, d, mean);
     const float scale = (float)(1.0 / std::sqrt(squares / (double)d + (double)eps));
     const float m = (float)mean;
     for (int64_t i = 0; i < d; ++i) yr[i] = (xr[i] - m) * scale * weight[i] + (bias != nullptr ? bias[i] : 0.0f);
