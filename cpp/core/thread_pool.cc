@@ -246,7 +246,7 @@ bool ThreadPool::Share::take_back(int64_t piece, int64_t* begin, int64_t* end) {
 }
 
 void ThreadPool::run_shares(int64_t n, int shares, int64_t piece,
-                            const std::function<void(int64_t, int64_t, int)>& fn, int64_t work) {
+                            const std::function<void(int64_t, int64_t, int)>& fn, int64_t cost_per_piece) {
   if (n <= 0) return;
   SS_ASSERT(n < ((int64_t)1 << 32) && piece >= 1);  // two 32-bit halves of a Share
   shares = (int)std::max<int64_t>(1, std::min<int64_t>({(int64_t)shares, (int64_t)n_threads(), n}));
@@ -255,7 +255,7 @@ void ThreadPool::run_shares(int64_t n, int shares, int64_t piece,
     return;
   }
   for (int i = 0; i < shares; ++i) shares_[(size_t)i].reset(n * i / shares, n * (i + 1) / shares);
-  if (work <= 0) work = (n + piece - 1) / piece;
+  const int64_t work = (n + piece - 1) / piece * std::max<int64_t>(1, cost_per_piece);
   const int size_class = kRunClasses + log2_class(work, SoloChooser::kSizeClasses - 1 - kRunClasses);
   // Solo, the caller streams the whole range front to back, as one thread does: taking its own
   // share and then the other's from the back, half of what is left at a time, walked the second

@@ -102,11 +102,11 @@ class ThreadPool {
   // thread streams through one contiguous region until the run's end is near, where dynamic tasks
   // would send it jumping between regions (each jump costs the ramp-up of the hardware's and the
   // kernels' prefetching: measured 15% of a memory-bound decode step with 4 tasks per thread);
-  // a late or slow thread's share is still finished by the others. piece >= 1. work: the run's
-  // size in units that grow with its time, for the pool's probe (SoloChooser; a matmul: its pieces
-  // times its tokens), or 0 for its number of pieces.
+  // a late or slow thread's share is still finished by the others. piece >= 1. cost_per_piece: how
+  // the time of a piece grows (a matmul: its tokens), so that the run's size for the pool's probe
+  // (SoloChooser), its pieces times that, sets like against like.
   void run_shares(int64_t n, int shares, int64_t piece,
-                  const std::function<void(int64_t begin, int64_t end, int thread)>& fn, int64_t work = 0);
+                  const std::function<void(int64_t begin, int64_t end, int thread)>& fn, int64_t cost_per_piece = 1);
 
   // Physical cores when they can be told apart from SMT siblings, else logical CPUs.
   static int default_thread_count();

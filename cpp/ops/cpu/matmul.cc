@@ -181,9 +181,6 @@ void matmul_shared_input_at_isa(const WeightMatrix* const* ws, float* const* ys,
   const int64_t total_rows = row_start[count];
   const int64_t min_rows_per_share = std::max<int64_t>(1, kMinMacsPerTask / (first.cols * n));
   const int64_t piece_rows = std::max<int64_t>(1, kTileBytes / first.row_bytes);
-  // Its size for the pool's probe: pieces (kTileBytes of weights) times tokens, so that a decode
-  // step's call is not set against a prompt chunk's on the same matrix (thread_pool.h).
-  const int64_t work = (total_rows + piece_rows - 1) / piece_rows * n;
   pool.run_shares(
       total_rows, (int)std::min<int64_t>(pool.n_threads(), total_rows / min_rows_per_share), piece_rows,
       [&](int64_t begin, int64_t end, int) {
@@ -207,7 +204,8 @@ void matmul_shared_input_at_isa(const WeightMatrix* const* ws, float* const* ys,
           }
         }
       },
-      work);
+      n);  // a piece's cost grows with the tokens: a decode step's call is not set against a prompt
+           // chunk's on the same matrix by the pool's probe (thread_pool.h)
 }
 
 void matmul_at_isa(const WeightMatrix& w, const float* x, int64_t n, float* y, ThreadPool& pool, Isa isa) {
